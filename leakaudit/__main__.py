@@ -1,0 +1,3 @@
+from leakaudit.cli import main
+
+main()

@@ -1,0 +1,92 @@
+"""Metrics of a membership-inference attack, from scores where higher means member.
+
+AUC is the Mann-Whitney statistic with ties counted 1/2 (what scikit-learn computes).  TPR
+at a fixed FPR comes from the step-function ROC: the best TPR among thresholds whose FPR is
+at most alpha, never interpolated.  With N non-members the FPR moves in steps of 1/N, so
+an alpha below 1/N is only met by FPR = 0 and the result says so.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import rankdata
+
+from leakaudit.report.schema import FPR_LEVELS, AttackResult, RocCurve
+
+
+def _check(members: np.ndarray, non_members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    m = np.asarray(members, dtype=np.float64)
+    n = np.asarray(non_members, dtype=np.float64)
+    if m.size == 0 or n.size == 0:
+        raise ValueError("need at least one member and one non-member score")
+    if not (np.isfinite(m).all() and np.isfinite(n).all()):
+        raise ValueError("scores must be finite (NaN or inf would silently change the class balance)")
+    return m, n
+
+
+def auc(members: np.ndarray, non_members: np.ndarray) -> float:
+    """P(member score > non-member score) + 1/2 P(equal)."""
+    m, n = _check(members, non_members)
+    ranks = rankdata(np.concatenate([m, n]))
+    u = ranks[: m.size].sum() - m.size * (m.size + 1) / 2.0
+    return float(u / (m.size * n.size))
+
+
+def roc_curve(members: np.ndarray, non_members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Step-function ROC: ``(fpr, tpr, thresholds)`` for "member if score >= threshold".
+
+    The first point is (0, 0) at threshold +inf; one point per distinct score after that.
+    """
+    m, n = _check(members, non_members)
+    thr = np.unique(np.concatenate([m, n]))[::-1]
+    ms, ns = np.sort(m), np.sort(n)
+    tp = m.size - np.searchsorted(ms, thr, side="left")
+    fp = n.size - np.searchsorted(ns, thr, side="left")
+    fpr = np.concatenate([[0.0], fp / n.size])
+    tpr = np.concatenate([[0.0], tp / m.size])
+    return fpr, tpr, np.concatenate([[np.inf], thr])
+
+
+def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, alpha: float) -> float:
+    """Largest TPR over thresholds with FPR <= alpha (no interpolation)."""
+    fpr, tpr, _ = roc_curve(members, non_members)
+    return float(tpr[fpr <= alpha + 1e-12].max())
+
+
+def advantage(members: np.ndarray, non_members: np.ndarray) -> float:
+    """max over thresholds of TPR - FPR (balanced accuracy = (1 + advantage) / 2)."""
+    fpr, tpr, _ = roc_curve(members, non_members)
+    return float(np.max(tpr - fpr))
+
+
+def thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 300) -> RocCurve:
+    """Keep the ROC's shape at low FPR (log-spaced) with a bounded number of points."""
+    if fpr.size <= max_points:
+        return RocCurve(fpr=[float(x) for x in fpr], tpr=[float(y) for y in tpr])
+    grid = np.unique(np.concatenate([[0.0], np.geomspace(max(fpr[fpr > 0].min(), 1e-6), 1.0, max_points - 1)]))
+    # the best TPR at FPR <= g, for each grid value g: a step function, like the ROC itself
+    idx = np.searchsorted(fpr, grid, side="right") - 1
+    best = np.maximum.accumulate(tpr)
+    return RocCurve(fpr=[float(x) for x in grid], tpr=[float(y) for y in best[idx]])
+
+
+def attack_result(members: np.ndarray, non_members: np.ndarray) -> AttackResult:
+    """AUC, TPR at 0.1%, 1% and 10% FPR, the ROC for plotting, and resolution warnings."""
+    m, n = _check(members, non_members)
+    fpr, tpr, _ = roc_curve(m, n)
+    res = 1.0 / n.size
+    warns = [
+        f"TPR at FPR {float(a):.1%} rests on no non-member sample (resolution 1/{n.size} = {res:.2%}); "
+        "it is the TPR at FPR 0"
+        for a in FPR_LEVELS
+        if float(a) < res
+    ]
+    return AttackResult(
+        auc=auc(m, n),
+        tpr_at_fpr={a: float(tpr[fpr <= float(a) + 1e-12].max()) for a in FPR_LEVELS},
+        n_members=int(m.size),
+        n_non_members=int(n.size),
+        min_resolvable_fpr=res,
+        warnings=warns,
+        roc=thin_roc(fpr, tpr),
+    )

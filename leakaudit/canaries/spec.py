@@ -1,0 +1,105 @@
+"""Canary specs: YAML files in ``canaries/`` describing a family of canaries."""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from leakaudit.canaries.formats import FORMATS, SecretFormat, get_format
+from leakaudit.errors import LeakauditError
+
+FIELDS = ("name", "first_name", "city", "company")
+"""Per-canary fields a template may use besides ``{secret}``, filled by Faker."""
+
+
+class SecretSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: str = Field(description="Secret format key: " + ", ".join(sorted(FORMATS)) + ".")
+    length: int = Field(ge=1, le=64, description="Number of random symbols in the secret.")
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v not in FORMATS:
+            raise ValueError(f"unknown secret format '{v}' (known: {', '.join(sorted(FORMATS))})")
+        return v
+
+
+class CanarySpec(BaseModel):
+    """A family of canaries: a template, a secret format and where to insert them.
+
+    Example YAML::
+
+        name: recovery-codes
+        template: "Note for {name}: the account recovery code is {secret}."
+        secret: {format: digits, length: 6}
+        repetitions: [1, 2, 4, 8, 16, 32]
+        canaries_per_repetition: 4
+        reference_canaries: 24
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    schema_version: Literal[1] = 1
+    name: str = Field(description="Short name of this canary family.")
+    template: str = Field(description="Canary text with one {secret} placeholder and optional per-canary fields.")
+    secret: SecretSpec
+    repetitions: list[int] = Field(description="Repetition counts at which canaries are inserted.")
+    canaries_per_repetition: int = Field(default=4, ge=1, description="Canaries inserted at each count.")
+    reference_canaries: int = Field(default=24, ge=1, description="Canaries generated but never inserted.")
+    null_samples: int = Field(
+        default=1000, ge=10, description="Random secrets scored as the null population for exposure."
+    )
+    seed: int = Field(default=0, description="Seed for secrets and per-canary fields.")
+
+    @field_validator("repetitions")
+    @classmethod
+    def _reps(cls, v: list[int]) -> list[int]:
+        if not v or any(r < 1 for r in v):
+            raise ValueError("repetitions must be a non-empty list of counts >= 1")
+        return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _template(self) -> CanarySpec:
+        names = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+        if names.count("secret") != 1:
+            raise ValueError("template must contain exactly one {secret} placeholder")
+        unknown = sorted(set(names) - {"secret", *FIELDS})
+        if unknown:
+            raise ValueError(f"template uses unknown field(s) {unknown} (allowed: secret, {', '.join(FIELDS)})")
+        return self
+
+    @property
+    def secret_format(self) -> SecretFormat:
+        return get_format(self.secret.format, self.secret.length)
+
+    @property
+    def fields(self) -> list[str]:
+        return [f for _, f, _, _ in string.Formatter().parse(self.template) if f and f != "secret"]
+
+
+def _describe(err: ValidationError) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"]) or "spec"
+    msg = e["msg"].removeprefix("Value error, ")
+    return f"field '{loc}': {msg}"
+
+
+def load_spec(path: str | Path) -> CanarySpec:
+    """Read and validate a canary spec; errors name the file and the field."""
+    p = Path(path)
+    if not p.is_file():
+        raise LeakauditError(f"{p}: canary spec not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise LeakauditError(f"{p}: a canary spec must be a YAML mapping")
+    try:
+        return CanarySpec.model_validate(raw)
+    except ValidationError as e:
+        raise LeakauditError(f"{p}: {_describe(e)}") from None

@@ -1,0 +1,329 @@
+"""The ``leakaudit`` command line: a thin layer over the Python API.
+
+Every command validates its inputs before writing anything; a problem the user can fix is
+printed as one line (``leakaudit: error: ...``) with exit code 2 and no traceback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+import typer  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: E402
+
+from leakaudit.errors import LeakauditError  # noqa: E402
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Measure how much a language model leaks of its training data.",
+)
+canaries_app = typer.Typer(no_args_is_help=True, help="Generate canaries from a spec and insert them into data.")
+app.add_typer(canaries_app, name="canaries")
+console = Console(stderr=True)
+
+
+@contextlib.contextmanager
+def _bar(description: str, total: int) -> Iterator:
+    with Progress(
+        TextColumn("  {task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, transient=not console.is_terminal,
+    ) as progress:
+        task = progress.add_task(description, total=total, loss="-")
+
+        def update(step: int, total_steps: int, loss: float) -> None:
+            progress.update(task, completed=step, total=total_steps, loss=f"{loss:.3f}")
+
+        yield update
+    console.print(f"  {description}: done")
+
+
+def _command() -> str:
+    return "leakaudit " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+
+
+# -- demo --------------------------------------------------------------------------------
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Run directory (resumed if it exists).")] = Path("runs/demo"),
+    preset: Annotated[str, typer.Option(help="tiny (tests, ~1 min), cpu (~10 min on 2 cores) or gpu.")] = "cpu",
+    config: Annotated[Path | None, typer.Option(help="YAML file overriding the preset.")] = None,
+    canaries: Annotated[list[Path] | None, typer.Option("--canaries", help="Canary spec file(s).")] = None,
+    epsilon: Annotated[float | None, typer.Option(help="Target eps of the DP model.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: best available).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
+) -> None:
+    """Build everything from nothing: data, canaries, a base model, plain and DP fine-tuning, audit, report."""
+    from leakaudit.config import resolve_config
+
+    overrides: dict = {}
+    if epsilon is not None:
+        if epsilon <= 0:
+            raise LeakauditError(f"--epsilon must be > 0 (got {epsilon:g})")
+        overrides["dp"] = {"target_epsilon": epsilon}
+    if device is not None:
+        overrides["device"] = device
+    if seed is not None:
+        overrides["seed"] = seed
+    cfg = resolve_config(preset=preset, config_file=config, canary_files=canaries, overrides=overrides)
+    _check_device(cfg.device)
+    from leakaudit.pipeline import run_demo
+
+    results = run_demo(cfg, out, echo=console.print, bar=_bar, command=_command())
+    _print_summary(results)
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+def _check_device(device: str | None) -> None:
+    if device is None:
+        return
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise LeakauditError(f"--device {device}: no CUDA device is available")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise LeakauditError(f"--device: expected cpu or cuda (got '{device}')")
+
+
+def _print_summary(results) -> None:
+    from rich.table import Table
+
+    t = Table(title="leakaudit summary")
+    t.add_column("model")
+    t.add_column("eps")
+    t.add_column("exposure >=16x (median bits)")
+    t.add_column("reference (median bits)")
+    for a in next(iter(results.models.values())).mia:
+        t.add_column(f"{a} AUC")
+    for name, m in results.models.items():
+        hi = [c.exposure_bits for c in m.canaries if c.repetitions >= 16]
+        ref = [c.exposure_bits for c in m.canaries if not c.inserted]
+        med = lambda v: f"{sorted(v)[len(v) // 2]:.2f}" if v else "-"  # noqa: E731
+        eps = "inf" if m.privacy.epsilon is None else f"{m.privacy.epsilon:.2f}"
+        t.add_row(name, eps, med(hi), med(ref), *[f"{r.auc:.3f}" for r in m.mia.values()])
+    console.print(t)
+
+
+# -- canaries ----------------------------------------------------------------------------
+@canaries_app.command("generate")
+def canaries_generate(
+    spec: Annotated[Path, typer.Argument(help="Canary spec (YAML).")],
+    out: Annotated[Path, typer.Option("--out", help="Manifest to write (JSON; holds the secrets).")],
+) -> None:
+    """Draw the canaries of a spec and write their manifest."""
+    from leakaudit.canaries import generate_canaries, load_spec
+
+    manifest = generate_canaries(load_spec(spec))
+    manifest.save(out)
+    n_in = len(manifest.inserted)
+    typer.echo(f"{out}: {n_in} canaries to insert, {len(manifest.canaries) - n_in} reference canaries")
+
+
+@canaries_app.command("insert")
+def canaries_insert(
+    manifest: Annotated[Path, typer.Option(help="Manifest from 'leakaudit canaries generate'.")],
+    data: Annotated[Path, typer.Option(help="Training corpus (JSONL, CSV, Parquet, text, saved dataset).")],
+    out: Annotated[Path, typer.Option("--out", help="JSONL file to write: the corpus with canaries.")],
+    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Insert a manifest's canaries into a corpus at their repetition counts."""
+    from leakaudit.canaries import insert_canaries
+    from leakaudit.data import load_corpus
+    from leakaudit.io import write_jsonl
+
+    m = _load_manifest(manifest)
+    ds = load_corpus(data, text_field=text_field)
+    rows = [{"id": str(r.get("id", i)), "text": r[text_field]} for i, r in enumerate(ds)]
+    rows = insert_canaries(rows, m, seed=seed)
+    write_jsonl(out, [{"id": r["id"], "text": r["text"]} for r in rows])
+    typer.echo(f"{out}: {len(rows)} records ({len(rows) - len(ds)} canary copies)")
+
+
+def _load_manifest(path: Path):
+    from pydantic import ValidationError
+
+    from leakaudit.canaries import CanaryManifest
+
+    if not path.is_file():
+        raise LeakauditError(f"{path}: canary manifest not found")
+    try:
+        return CanaryManifest.load(path)
+    except (ValueError, ValidationError) as e:
+        raise LeakauditError(f"{path}: not a canary manifest ({str(e).splitlines()[0]})") from None
+
+
+# -- train -------------------------------------------------------------------------------
+@app.command()
+def train(
+    base: Annotated[Path, typer.Option(help="Base model directory (Hugging Face format, safetensors).")],
+    data: Annotated[Path, typer.Option(help="Training corpus.")],
+    out: Annotated[Path, typer.Option("--out", help="Directory for the trained model.")],
+    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
+    epochs: Annotated[int, typer.Option(min=1)] = 3,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    lr: Annotated[float, typer.Option()] = 1e-3,
+    max_length: Annotated[int, typer.Option(min=8)] = 256,
+    dp: Annotated[bool, typer.Option("--dp", help="Train with DP-SGD (Opacus).")] = False,
+    epsilon: Annotated[float | None, typer.Option(help="Target eps (with --dp).")] = None,
+    delta: Annotated[float | None, typer.Option(help="Target delta (default min(1e-5, 1/(10N))).")] = None,
+    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm (with --dp).")] = 1.0,
+    accountant: Annotated[str, typer.Option(help="prv or rdp.")] = "prv",
+    device: Annotated[str | None, typer.Option()] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Fine-tune a model on a corpus, plainly or with DP-SGD; saves the model and privacy.json."""
+    from leakaudit.data import load_texts
+    from leakaudit.io import atomic_dir
+    from leakaudit.models import check_model_dir, default_device, load_model
+    from leakaudit.train import DPSettings, TrainSettings, save_trained, train_model
+
+    if lr <= 0:
+        raise LeakauditError(f"--lr must be > 0 (got {lr:g})")
+    dp_settings = None
+    if dp:
+        if epsilon is None:
+            raise LeakauditError("--dp needs --epsilon")
+        if epsilon <= 0:
+            raise LeakauditError(f"--epsilon must be > 0 (got {epsilon:g})")
+        if delta is not None and not 0 < delta < 1:
+            raise LeakauditError(f"--delta must lie in (0, 1) (got {delta:g})")
+        if accountant not in ("prv", "rdp"):
+            raise LeakauditError(f"--accountant: expected prv or rdp (got '{accountant}')")
+        dp_settings = DPSettings(target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant)
+    elif epsilon is not None:
+        raise LeakauditError("--epsilon needs --dp")
+    _check_device(device)
+    check_model_dir(base)
+    texts = load_texts(data, text_field=text_field)
+    settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, seed=seed)
+    loaded = load_model(base, device=device or default_device())
+    with atomic_dir(out) as tmp:
+        with _bar("training" + (" with DP-SGD" if dp else ""), 1) as update:
+            record = train_model(loaded.model, loaded.tokenizer, texts, settings, dp=dp_settings, progress=update)
+        save_trained(loaded.model.cpu(), loaded.tokenizer, tmp, record)
+    eps = "none (non-private)" if record.epsilon is None else f"{record.epsilon:.3f} (delta {record.delta:g})"
+    typer.echo(f"{out}: trained for {record.steps} steps, eps {eps}")
+
+
+# -- audit -------------------------------------------------------------------------------
+@app.command()
+def audit(
+    model: Annotated[list[str], typer.Option(help="Model directory, or NAME=DIR; repeat to compare models.")],
+    members: Annotated[Path, typer.Option(help="Records the model was trained on.")],
+    non_members: Annotated[Path, typer.Option(help="Held-out records from the same distribution.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
+    canaries: Annotated[list[Path] | None, typer.Option("--canaries", help="Canary manifest(s).")] = None,
+    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
+    attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "loss,zlib",
+    device: Annotated[str | None, typer.Option()] = None,
+    token_budget: Annotated[int, typer.Option(min=256, help="Padded tokens per scoring batch.")] = 16384,
+    trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (unsafe).")] = False,
+) -> None:
+    """Score models on members and non-members, run the attacks and canary exposure, write a report."""
+    from leakaudit.attacks import get_attack
+    from leakaudit.audit import run_audit
+    from leakaudit.data import check_no_overlap, load_corpus
+    from leakaudit.models import check_model_dir, default_device
+
+    names = [a.strip() for a in attacks.split(",") if a.strip()]
+    for a in names:
+        get_attack(a)
+    models = {}
+    for spec in model:
+        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+        name = name or Path(path).name or "model"
+        if name in models:
+            raise LeakauditError(f"--model: two models named '{name}' (use NAME=DIR)")
+        models[name] = check_model_dir(path)
+    _check_device(device)
+
+    def rows(path: Path) -> list[dict]:
+        ds = load_corpus(path, text_field=text_field)
+        return [{"id": str(r.get("id", i)), "text": r[text_field]} for i, r in enumerate(ds)]
+
+    mem, non = rows(members), rows(non_members)
+    check_no_overlap([r["text"] for r in mem], [r["text"] for r in non])
+    manifests = [_load_manifest(p) for p in canaries or []]
+    results = run_audit(
+        out, models, mem, non, manifests, attacks=names, device=device or default_device(),
+        token_budget=token_budget, trust_remote_code=trust_remote_code, echo=console.print, command=_command(),
+    )
+    _print_summary(results)
+    typer.echo(f"report: {out / 'report.html'}")
+
+
+# -- report ------------------------------------------------------------------------------
+@app.command()
+def report(run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.json.")]) -> None:
+    """Re-render report.md and report.html from a run directory's results.json (offline)."""
+    from pydantic import ValidationError
+
+    from leakaudit.io import read_json
+    from leakaudit.report.render import write_reports
+    from leakaudit.report.schema import Results
+
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise LeakauditError(f"{path}: no results.json in the run directory")
+    try:
+        results = Results.model_validate(read_json(path))
+    except (ValueError, ValidationError) as e:
+        raise LeakauditError(f"{path}: not a leakaudit results file ({str(e).splitlines()[0]})") from None
+    paths = write_reports(results, run_dir)
+    typer.echo(f"report: {paths['html']}")
+
+
+@app.command("attacks")
+def list_attacks() -> None:
+    """List the registered attacks with their papers and requirements."""
+    from leakaudit.attacks import ATTACKS
+
+    for a in ATTACKS.values():
+        needs = ", ".join(a.requires) or "target model only"
+        typer.echo(f"{a.name:10s} {a.summary}\n{'':10s} paper: {a.paper}\n{'':10s} needs: {needs}")
+
+
+@app.command()
+def version() -> None:
+    """Print the leakaudit version."""
+    from leakaudit import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except LeakauditError as e:
+        console.print(f"leakaudit: error: {e}", markup=False, highlight=False)
+        sys.exit(e.exit_code)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        console.print("leakaudit: aborted", markup=False)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        console.print("leakaudit: interrupted; run the same command again to resume", markup=False)
+        sys.exit(130)
+    except Exception as e:  # click usage errors
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        raise

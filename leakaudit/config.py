@@ -1,0 +1,129 @@
+"""Typed configuration of a demo run, with presets sized for a CPU and for a GPU.
+
+The same object comes from a preset, a YAML file (``--config``) or Python; the resolved
+config (canary specs inlined) is written to the run directory as ``config.yaml``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from leakaudit.canaries.spec import CanarySpec, load_spec
+from leakaudit.errors import LeakauditError
+from leakaudit.train.loop import DPSettings, TrainSettings
+
+REPO_CANARIES = Path(__file__).resolve().parents[1] / "canaries"
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    n_private: int = Field(default=1000, ge=4, description="Private records, split into members and non-members.")
+    n_public: int = Field(default=3000, ge=1, description="Public records for pretraining the base model.")
+    member_fraction: float = Field(default=0.5, gt=0, lt=1)
+    seed: int = 0
+
+
+class ModelConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    arch: Literal["gpt2", "llama"] = "gpt2"
+    vocab_size: int = Field(default=2048, ge=300)
+    n_layer: int = Field(default=4, ge=1)
+    n_embd: int = Field(default=128, ge=8)
+    n_head: int = Field(default=4, ge=1)
+    context: int = Field(default=256, ge=16)
+
+
+class DemoConfig(BaseModel):
+    """Everything a demo run depends on.  Changing any field re-runs the stages it feeds."""
+
+    model_config = ConfigDict(extra="forbid")
+    preset: str = "cpu"
+    seed: int = 0
+    device: str | None = Field(default=None, description="cpu, cuda, or null for the best available.")
+    data: DataConfig = Field(default_factory=DataConfig)
+    canaries: list[CanarySpec] = Field(default_factory=list, description="Canary specs (inlined).")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    pretrain: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=2, batch_size=32, lr=2e-3))
+    finetune: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=16, lr=1e-3))
+    dp_train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=64, lr=2e-3))
+    dp: DPSettings = Field(default_factory=lambda: DPSettings(target_epsilon=8.0, max_grad_norm=1.0))
+    token_budget: int = Field(default=16384, ge=256, description="Padded tokens per scoring batch.")
+
+
+def _preset(name: str) -> dict:
+    if name == "cpu":
+        return {}
+    if name == "tiny":
+        return {
+            "data": {"n_private": 240, "n_public": 600},
+            "model": {"vocab_size": 512, "n_layer": 2, "n_embd": 64, "n_head": 2, "context": 192},
+            "pretrain": {"epochs": 1, "batch_size": 32, "lr": 3e-3},
+            "finetune": {"epochs": 8, "batch_size": 16, "lr": 3e-3},
+            "dp_train": {"epochs": 3, "batch_size": 64, "lr": 3e-3},
+            "dp": {"target_epsilon": 1.0},
+            "token_budget": 8192,
+        }
+    if name == "gpu":
+        return {
+            "data": {"n_private": 4000, "n_public": 20000},
+            "model": {"vocab_size": 8192, "n_layer": 8, "n_embd": 512, "n_head": 8, "context": 512},
+            "pretrain": {"epochs": 2, "batch_size": 64, "lr": 5e-4},
+            "finetune": {"epochs": 6, "batch_size": 32, "lr": 2e-4},
+            "dp_train": {"epochs": 6, "batch_size": 256, "lr": 1e-3},
+            "token_budget": 65536,
+        }
+    raise LeakauditError(f"--preset: unknown preset '{name}' (tiny, cpu, gpu)")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _describe(err: ValidationError, where: str) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in e["loc"])
+    return f"{where}: field '{loc}': {e['msg'].removeprefix('Value error, ')}"
+
+
+def resolve_config(
+    *,
+    preset: str = "cpu",
+    config_file: str | Path | None = None,
+    canary_files: list[str | Path] | None = None,
+    overrides: dict | None = None,
+) -> DemoConfig:
+    """Preset, then the YAML file, then CLI overrides; canary spec files are read and inlined."""
+    raw = _merge({"preset": preset}, _preset(preset))
+    where = "config"
+    if config_file is not None:
+        p = Path(config_file)
+        if not p.is_file():
+            raise LeakauditError(f"{p}: config file not found")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise LeakauditError(f"{p}: a config must be a YAML mapping")
+        raw = _merge(raw, loaded)
+        where = str(p)
+    raw = _merge(raw, overrides or {})
+    specs = [load_spec(f) for f in canary_files or []]
+    if not specs and not raw.get("canaries"):
+        default = REPO_CANARIES / "recovery_codes.yaml"
+        if not default.is_file():
+            raise LeakauditError(f"{default}: default canary spec not found; pass one with --canaries")
+        specs = [load_spec(default)]
+    if specs:
+        raw["canaries"] = [s.model_dump(mode="json") for s in specs]
+    try:
+        return DemoConfig.model_validate(raw)
+    except ValidationError as e:
+        raise LeakauditError(_describe(e, where)) from None

@@ -1,0 +1,82 @@
+"""Load user corpora from JSONL, JSON, CSV, Parquet, plain text or a saved ``datasets`` directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import datasets
+import pandas as pd
+
+from leakaudit.errors import LeakauditError
+
+_TABLE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _read_table(path: Path, kind: str) -> pd.DataFrame:
+    try:
+        if kind == "jsonl":
+            return pd.read_json(path, lines=True, dtype=False)
+        if kind == "json":
+            return pd.read_json(path, dtype=False)
+        if kind == "csv":
+            return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_parquet(path)
+    except (ValueError, OSError, UnicodeDecodeError) as e:
+        if "No columns" in str(e) or "empty" in str(e).lower():
+            raise LeakauditError(f"{path}: the corpus is empty") from None
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LeakauditError(f"{path}: cannot read as {kind}: {first}") from None
+
+
+def load_corpus(path: str | Path, *, text_field: str = "text") -> datasets.Dataset:
+    """Load a corpus as a ``datasets.Dataset`` whose rows carry ``text_field``.
+
+    The format is chosen from the suffix (``.jsonl``, ``.json``, ``.csv``, ``.parquet``,
+    ``.txt``: one record per non-empty line) or, for a directory, ``datasets.load_from_disk``.
+    Errors name the file and the field: a missing file, an empty corpus, an absent text field,
+    or a text field holding something other than non-empty strings.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise LeakauditError(f"{p}: no such file or directory")
+    if p.is_dir():
+        if not (p / "dataset_info.json").exists() and not (p / "state.json").exists():
+            raise LeakauditError(f"{p}: a directory must be a dataset saved with datasets.save_to_disk")
+        try:
+            ds = datasets.load_from_disk(str(p))
+        except Exception as e:  # noqa: BLE001 - the library raises many types here
+            raise LeakauditError(f"{p}: cannot load saved dataset: {str(e).splitlines()[0]}") from None
+        if isinstance(ds, datasets.DatasetDict):
+            if "train" not in ds:
+                raise LeakauditError(f"{p}: a DatasetDict needs a 'train' split (found {sorted(ds)})")
+            ds = ds["train"]
+    elif p.suffix.lower() == ".txt":
+        lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
+        ds = datasets.Dataset.from_dict({text_field: [ln for ln in lines if ln]})
+    elif p.suffix.lower() in _TABLE_SUFFIXES:
+        if p.stat().st_size == 0:
+            raise LeakauditError(f"{p}: the corpus is empty")
+        df = _read_table(p, _TABLE_SUFFIXES[p.suffix.lower()])
+        ds = datasets.Dataset.from_pandas(df, preserve_index=False)
+    else:
+        raise LeakauditError(
+            f"{p}: unknown corpus format '{p.suffix}' (use .jsonl, .json, .csv, .parquet, .txt or a saved dataset)"
+        )
+    if len(ds) == 0:
+        raise LeakauditError(f"{p}: the corpus is empty")
+    if text_field not in ds.column_names:
+        raise LeakauditError(
+            f"{p}: text field '{text_field}' is absent (fields: {', '.join(ds.column_names)}); "
+            "choose one with --text-field"
+        )
+    bad = [i for i, t in enumerate(ds[text_field]) if not isinstance(t, str) or not t.strip()]
+    if bad:
+        raise LeakauditError(
+            f"{p}: field '{text_field}' is empty or not text in {len(bad)} record(s), first at row {bad[0]}"
+        )
+    return ds
+
+
+def load_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
+    """The text column of :func:`load_corpus` as a list of strings."""
+    return list(load_corpus(path, text_field=text_field)[text_field])

@@ -1,0 +1,62 @@
+"""Member / non-member splits, seeded and recorded, with overlap refused."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from pydantic import BaseModel, Field
+
+from leakaudit.errors import LeakauditError
+from leakaudit.io import sha256_text
+
+
+class MembershipSplit(BaseModel):
+    """Which records a model was trained on (members) and which were held out."""
+
+    seed: int = Field(description="Seed of the random split.")
+    member_fraction: float = Field(description="Fraction of records assigned to members.")
+    member_ids: list[str] = Field(description="Record ids trained on.")
+    non_member_ids: list[str] = Field(description="Record ids held out, same distribution.")
+
+
+def check_no_overlap(members: Sequence[str], non_members: Sequence[str], *, what: str = "members") -> None:
+    """Refuse a split where a text occurs among both members and non-members.
+
+    A shared text would be scored as a non-member although the model trained on it,
+    which silently biases every attack metric towards chance.
+    """
+    seen = {sha256_text(t.strip()) for t in members}
+    shared = sum(1 for t in non_members if sha256_text(t.strip()) in seen)
+    if shared:
+        raise LeakauditError(
+            f"{what} and non-members overlap: {shared} non-member text(s) also occur among the members"
+        )
+
+
+def split_members(
+    records: Sequence[dict], *, member_fraction: float = 0.5, seed: int = 0
+) -> tuple[list[dict], list[dict], MembershipSplit]:
+    """Split records at random into members and non-members.
+
+    Records with identical text are kept on the same side, so the split never overlaps.
+    """
+    if not 0.0 < member_fraction < 1.0:
+        raise LeakauditError(f"member_fraction must lie strictly between 0 and 1 (got {member_fraction})")
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(r["text"].strip(), []).append(r)
+    keys = list(groups)
+    random.Random(seed).shuffle(keys)
+    n_mem = round(len(keys) * member_fraction)
+    if n_mem == 0 or n_mem == len(keys):
+        raise LeakauditError(f"cannot split {len(keys)} distinct records into members and non-members")
+    members = [r for k in keys[:n_mem] for r in groups[k]]
+    non_members = [r for k in keys[n_mem:] for r in groups[k]]
+    split = MembershipSplit(
+        seed=seed,
+        member_fraction=member_fraction,
+        member_ids=[str(r["id"]) for r in members],
+        non_member_ids=[str(r["id"]) for r in non_members],
+    )
+    return members, non_members, split

@@ -1,0 +1,199 @@
+"""The scoring engine: every attack reads the model through :class:`Target`.
+
+``score(texts)`` returns, for each text, the natural-log probability of each of its tokens
+given the tokens before it, from one teacher-forced pass (logits at position i predict token
+i + 1).  Padding and the leading BOS carry no score.  Texts are batched by length under a
+token budget; texts longer than the context are scored with a sliding window (stride half
+the context), each token exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from leakaudit.models.tokenize import encode
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class _Row:
+    """One model input: a window of a text's token ids; tokens from ``first`` on are scored."""
+
+    text: int
+    ids: list[int]
+    first: int
+
+
+def _windows(i: int, ids: list[int], n_special: int, context: int) -> list[_Row]:
+    """Split a text into rows of at most ``context`` tokens, each token scored exactly once.
+
+    After the first window, each window ends ``stride`` tokens further on and scores only
+    its new tokens, which therefore see at least ``context - stride`` tokens of context.
+    """
+    first = max(n_special, 1)  # token 0 has no prefix inside its window
+    rows = [_Row(i, ids[:context], first)]
+    stride, end = max(1, context // 2), min(context, len(ids))
+    while end < len(ids):
+        new_end = min(end + stride, len(ids))
+        start = new_end - context
+        rows.append(_Row(i, ids[start:new_end], end - start))
+        end = new_end
+    return rows
+
+
+class Target:
+    """A model and tokenizer behind the small interface attacks use.
+
+    Args:
+        model: a Hugging Face causal LM (already on its device).
+        tokenizer: its tokenizer; must have a pad token or an EOS to pad with.
+        token_budget: most tokens (padded) per forward pass.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, token_budget: int = 16384):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.token_budget = token_budget
+        self.device = next(model.parameters()).device
+        cfg = model.config
+        self.context = int(
+            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1024
+        )
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        # transformers 5.x renamed the forward's `past_key_values` argument to `cache`
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    # -- core -------------------------------------------------------------------------
+    @torch.no_grad()
+    def _score_rows(self, rows: list[_Row]) -> list[np.ndarray]:
+        """Log-probs of tokens ``first..end`` of each row (the one-token shift applied)."""
+        out: list[np.ndarray | None] = [None] * len(rows)
+        order = sorted(range(len(rows)), key=lambda k: -len(rows[k].ids))
+        k = 0
+        while k < len(order):
+            width = len(rows[order[k]].ids)
+            n = max(1, self.token_budget // max(width, 1))
+            batch = order[k : k + n]
+            k += len(batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, r in enumerate(batch):
+                L = len(rows[r].ids)
+                ids[b, :L] = torch.tensor(rows[r].ids)
+                mask[b, :L] = 1
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(batch), -1)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+            tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu().numpy()
+            for b, r in enumerate(batch):
+                L, f = len(rows[r].ids), rows[r].first
+                # token j (j >= 1) is predicted at position j - 1
+                out[r] = tok_lp[b, f - 1 : L - 1].astype(np.float32) if f >= 1 else np.zeros(0, np.float32)
+        return out  # type: ignore[return-value]
+
+    def score_ids(self, ids_list: list[list[int]], n_special: list[int] | None = None) -> list[np.ndarray]:
+        """Per-token log-probs for already-tokenized sequences (leading specials unscored)."""
+        n_special = n_special or [1] * len(ids_list)
+        rows: list[_Row] = []
+        for i, (ids, ns) in enumerate(zip(ids_list, n_special)):
+            rows.extend(_windows(i, ids, ns, self.context))
+        parts = self._score_rows(rows)
+        out: list[list[np.ndarray]] = [[] for _ in ids_list]
+        for r, p in zip(rows, parts):
+            out[r.text].append(p)
+        return [np.concatenate(p) if p else np.zeros(0, np.float32) for p in out]
+
+    # -- the interface attacks use ------------------------------------------------------
+    def score(self, texts: list[str]) -> list[np.ndarray]:
+        """Masked per-token log-probs (natural log) of each text's tokens."""
+        enc = encode(self.tokenizer, list(texts))
+        return self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
+
+    def secret_nll(self, prefix: str, candidates: list[str]) -> np.ndarray:
+        """Summed NLL (nats) of each candidate secret following ``prefix``.
+
+        Prefix and candidate are tokenized together, as training saw them; the tokens whose
+        character spans cover any character of the candidate are summed (with byte-level BPE
+        the prefix's trailing space merges into the secret's first token).  The tokens all
+        candidates share are run once and their key/value cache reused for every candidate.
+        """
+        texts = [prefix + c for c in candidates]
+        enc = encode(self.tokenizer, texts)
+        lps = self._shared_prefix_scores([e.ids for e in enc])
+        if lps is None:
+            lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
+        start = len(prefix)
+        out = np.empty(len(candidates), dtype=np.float64)
+        for j, (e, lp, c) in enumerate(zip(enc, lps, candidates)):
+            end = start + len(c)
+            # lp[t] scores token t + 1 (the leading BOS is never scored)
+            sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < end and b > start]
+            out[j] = -float(np.sum(lp[sel], dtype=np.float64))
+        return out
+
+    @torch.no_grad()
+    def _shared_prefix_scores(self, ids_list: list[list[int]]) -> list[np.ndarray] | None:
+        """Log-probs of tokens 1.. of each sequence, running their common token prefix once.
+
+        Returns None when there is nothing to share or the sequences do not fit the context;
+        the caller then scores the sequences independently.
+        """
+        if len(ids_list) < 2 or max(len(x) for x in ids_list) > self.context:
+            return None
+        shared = min(len(x) for x in ids_list) - 1  # every sequence keeps >= 1 token of its own
+        for k in range(shared):
+            if any(x[k] != ids_list[0][k] for x in ids_list):
+                shared = k
+                break
+        if shared < 2:
+            return None
+        head = torch.tensor([ids_list[0][:shared]], device=self.device)
+        pos = torch.arange(shared, device=self.device).unsqueeze(0)
+        first = self.model(input_ids=head, position_ids=pos, use_cache=True)
+        cache = first.get("cache", first.get("past_key_values"))
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return None
+        head_lp = torch.log_softmax(first.logits[0].float(), dim=-1)  # predicts tokens 1..shared
+        head_tok = head_lp[:-1].gather(-1, head[0, 1:, None]).squeeze(-1).cpu().numpy()
+        last = head_lp[-1]
+        tails = [x[shared:] for x in ids_list]
+        out: list[np.ndarray | None] = [None] * len(ids_list)
+        order = sorted(range(len(tails)), key=lambda k: -len(tails[k]))
+        k = 0
+        while k < len(order):
+            width = len(tails[order[k]])
+            n = max(1, min(4096, self.token_budget // max(width + shared // 4, 1)))
+            batch = order[k : k + n]
+            k += len(batch)
+            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+            mask = torch.ones((len(batch), shared + width), dtype=torch.long)
+            for b, r in enumerate(batch):
+                ids[b, : len(tails[r])] = torch.tensor(tails[r])
+                mask[b, shared + len(tails[r]) :] = 0
+            ids, mask = ids.to(self.device), mask.to(self.device)
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(batch))
+            tpos = torch.arange(shared, shared + width, device=self.device).unsqueeze(0).expand(len(batch), -1)
+            logits = self.model(
+                input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True, **{self._cache_arg: past}
+            ).logits
+            lp = torch.log_softmax(logits.float(), dim=-1)
+            # token `shared` is predicted by the head's last position, token shared + j by tail position j - 1
+            t0 = last[ids[:, 0]].cpu().numpy()
+            rest = lp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu().numpy()
+            for b, r in enumerate(batch):
+                L = len(tails[r])
+                out[r] = np.concatenate([head_tok, [t0[b]], rest[b, : L - 1]]).astype(np.float32)
+        return out  # type: ignore[return-value]

@@ -1,0 +1,138 @@
+"""The end-to-end demo: data -> canaries -> base model -> plain and DP fine-tuning -> audit -> report.
+
+Every stage is cached in the run directory by a hash of its inputs (see :mod:`leakaudit.runs`),
+so an interrupted demo resumes where it stopped and a finished one re-renders in seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import yaml
+
+from leakaudit.audit import ModelToAudit, run_audit
+from leakaudit.canaries.manifest import CanaryManifest, generate_canaries, insert_canaries
+from leakaudit.config import DemoConfig
+from leakaudit.data.split import check_no_overlap, split_members
+from leakaudit.data.synthetic import make_corpora
+from leakaudit.io import read_jsonl, sha256_file, stable_hash, write_json, write_jsonl, write_text_atomic
+from leakaudit.models.loading import load_model
+from leakaudit.models.target import default_device
+from leakaudit.models.tiny import build_model, train_tokenizer
+from leakaudit.report.schema import Results
+from leakaudit.runs import EventLog, stage
+from leakaudit.train.loop import TrainSettings, save_trained, train_model
+
+ATTACKS = ["loss", "zlib"]
+BarFactory = Callable[[str, int], contextlib.AbstractContextManager]
+
+
+@contextlib.contextmanager
+def _no_bar(description: str, total: int) -> Iterator[Callable[[int, int, float], None]]:
+    yield lambda step, total, loss: None
+
+
+def run_demo(
+    cfg: DemoConfig,
+    run_dir: str | Path,
+    *,
+    echo: Callable[[str], None] | None = None,
+    bar: BarFactory = _no_bar,
+    command: str = "leakaudit demo",
+) -> Results:
+    """Run (or resume) the whole demo in ``run_dir`` and return its results."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(run_dir, echo)
+    device = cfg.device or default_device()
+    cfg_json = cfg.model_dump(mode="json")
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg_json, sort_keys=False))
+    log("run_started", f"run directory {run_dir} (device {device})", config_sha256=stable_hash(cfg_json))
+
+    # 1. data ---------------------------------------------------------------------------
+    data_key = {"data": cfg_json["data"]}
+
+    def build_data(tmp: Path) -> None:
+        private, public = make_corpora(cfg.data.n_private, cfg.data.n_public, seed=cfg.data.seed)
+        members, non_members, split = split_members(
+            private, member_fraction=cfg.data.member_fraction, seed=cfg.data.seed
+        )
+        check_no_overlap([r["text"] for r in members], [r["text"] for r in non_members])
+        write_jsonl(tmp / "public.jsonl", public)
+        write_jsonl(tmp / "members.jsonl", members)
+        write_jsonl(tmp / "non_members.jsonl", non_members)
+        write_json(tmp / "split.json", split.model_dump(mode="json"))
+
+    data_dir = stage(run_dir, "data", data_key, build_data, log)
+    members = read_jsonl(data_dir / "members.jsonl")
+    non_members = read_jsonl(data_dir / "non_members.jsonl")
+
+    # 2. canaries -----------------------------------------------------------------------
+    can_key = {**data_key, "canaries": cfg_json["canaries"], "seed": cfg.seed}
+
+    def build_canaries(tmp: Path) -> None:
+        train_rows = list(members)
+        for i, spec in enumerate(cfg.canaries):
+            manifest = generate_canaries(spec)
+            manifest.save(tmp / f"manifest-{spec.name}.json")
+            train_rows = insert_canaries(train_rows, manifest, seed=cfg.seed + i)
+        write_jsonl(tmp / "train.jsonl", train_rows)
+
+    can_dir = stage(run_dir, "canaries", can_key, build_canaries, log)
+    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
+    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
+
+    # 3. base model: tokenizer and pretraining on the public corpus ------------------------
+    base_key = {**data_key, "model": cfg_json["model"], "pretrain": cfg_json["pretrain"], "seed": cfg.seed}
+
+    def build_base(tmp: Path) -> None:
+        public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
+        tok = train_tokenizer(public, vocab_size=cfg.model.vocab_size)
+        m = cfg.model
+        model = build_model(
+            tok, arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, context=m.context, seed=cfg.seed
+        ).to(device)
+        record = _train(model, tok, public, cfg.pretrain, None, bar, "pretraining base model")
+        save_trained(model.cpu(), tok, tmp, record.model_copy(update={"epsilon": None}))
+
+    base_dir = stage(run_dir, "models/base", base_key, build_base, log)
+
+    # 4. fine-tuning, plain and DP --------------------------------------------------------
+    def finetune(settings: TrainSettings, dp, label: str):
+        def build(tmp: Path) -> None:
+            loaded = load_model(base_dir, device=device)
+            record = _train(loaded.model, loaded.tokenizer, train_texts, settings, dp, bar, label)
+            save_trained(loaded.model.cpu(), loaded.tokenizer, tmp, record)
+
+        return build
+
+    tune_key = {"base": base_key, "canaries": can_key}
+    nondp_dir = stage(
+        run_dir, "models/non_dp", {**tune_key, "train": cfg_json["finetune"]},
+        finetune(cfg.finetune, None, "fine-tuning without DP"), log,
+    )
+    dp_dir = stage(
+        run_dir, "models/dp", {**tune_key, "train": cfg_json["dp_train"], "dp": cfg_json["dp"]},
+        finetune(cfg.dp_train, cfg.dp, f"fine-tuning with DP-SGD (eps {cfg.dp.target_epsilon:g})"), log,
+    )
+
+    # 5. audit --------------------------------------------------------------------------
+    models = [
+        ModelToAudit("base", base_dir, "pretrained on public data only (never saw the private records)"),
+        ModelToAudit("non_dp", nondp_dir, "fine-tuned on the members and canaries without DP"),
+        ModelToAudit("dp", dp_dir, f"fine-tuned with DP-SGD, target eps {cfg.dp.target_epsilon:g}"),
+    ]
+    return run_audit(
+        run_dir, models, members, non_members, manifests, attacks=ATTACKS, device=device,
+        token_budget=cfg.token_budget, log=log, command=command, seed=cfg.seed,
+        extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")},
+    )
+
+
+def _train(model, tok, texts, settings, dp, bar: BarFactory, label: str):
+    n_steps = settings.epochs * max(1, -(-len(texts) // settings.batch_size))
+    with bar(label, n_steps) as update:
+        return train_model(model, tok, texts, settings, dp=dp, progress=update)
+

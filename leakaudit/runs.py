@@ -1,0 +1,90 @@
+"""Run directories: cached stages, the event log and the run record.
+
+A stage writes its outputs into a temporary directory that is moved into place only when
+the stage finishes, with ``stage.json`` holding the hash of its inputs.  Running again with
+the same inputs skips finished stages; an interrupted stage leaves nothing behind and is
+redone.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import platform
+import subprocess
+import time
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from leakaudit.io import atomic_dir, read_json, write_json
+
+
+class EventLog:
+    """Line-buffered ``events.jsonl`` plus a human line on the console."""
+
+    def __init__(self, run_dir: Path, echo: Callable[[str], None] | None = None):
+        self.path = Path(run_dir) / "events.jsonl"
+        self.echo = echo
+
+    def __call__(self, event: str, message: str = "", **fields) -> None:
+        row = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "event": event, **fields}
+        if message:
+            row["message"] = message
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row, default=str) + "\n")
+        if self.echo and message:
+            self.echo(message)
+
+
+def stage(run_dir: Path, name: str, key: dict, build: Callable[[Path], None], log: EventLog) -> Path:
+    """Run ``build(tmp_dir)`` unless ``run_dir/name`` already holds the output for ``key``."""
+    out = Path(run_dir) / name
+    marker = out / "stage.json"
+    key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    if marker.is_file() and read_json(marker).get("key") == key:
+        log("stage_skipped", f"[cached] {name}", stage=name)
+        return out
+    log("stage_started", f"{name} ...", stage=name)
+    t0 = time.perf_counter()
+    with atomic_dir(out) as tmp:
+        build(tmp)
+        write_json(tmp / "stage.json", {"stage": name, "key": key})
+    dt = time.perf_counter() - t0
+    log("stage_finished", f"{name} done in {dt:.1f}s", stage=name, seconds=round(dt, 2))
+    return out
+
+
+def git_revision() -> str | None:
+    """The git revision of the leakaudit source tree, when it is a checkout."""
+    src = Path(__file__).resolve().parents[1]
+    try:
+        rev = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("leakaudit", "torch", "transformers", "opacus", "datasets", "tokenizers", "numpy", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tokenizer and tiny models built in code (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from leakaudit.data import make_corpora  # noqa: E402
+from leakaudit.models import build_model, train_tokenizer  # noqa: E402
+
+TESTS = Path(__file__).parent
+TINY_SPEC = TESTS / "data" / "canaries_tiny.yaml"
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def corpora():
+    return make_corpora(60, 400, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(corpora):
+    _, public = corpora
+    return train_tokenizer([r["text"] for r in public], vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def gpt2(tokenizer):
+    torch.manual_seed(0)
+    return build_model(tokenizer, arch="gpt2", n_layer=2, n_embd=32, n_head=2, context=256).eval()
+
+
+@pytest.fixture(scope="session")
+def llama(tokenizer):
+    return build_model(tokenizer, arch="llama", n_layer=2, n_embd=32, n_head=2, context=256).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, gpt2, tokenizer):
+    """A saved tiny model directory (safetensors) with no privacy record."""
+    d = tmp_path_factory.mktemp("model")
+    gpt2.save_pretrained(d, safe_serialization=True)
+    tokenizer.save_pretrained(d)
+    return d

@@ -1,0 +1,73 @@
+"""Canary specs, secret formats, generation, insertion and the manifest."""
+
+import random
+
+import pytest
+
+from leakaudit.canaries import CanaryManifest, generate_canaries, get_format, insert_canaries, load_spec
+from leakaudit.errors import LeakauditError
+from tests.conftest import TINY_SPEC
+
+
+def test_formats_space_and_enumeration():
+    f = get_format("digits", 3)
+    assert f.space_size == 1000
+    assert list(f.enumerate())[:3] == ["000", "001", "002"] and f.from_index(999) == "999"
+    h = get_format("hex", 2)
+    assert len(set(h.enumerate())) == 256 and h.contains("af") and not h.contains("ag")
+    c = get_format("card", 8)
+    s = c.sample(random.Random(0))
+    assert len(s) == 9 and s[4] == " " and c.contains(s)
+    assert get_format("alnum", 2).space_size == 36**2
+    with pytest.raises(LeakauditError, match="unknown secret format 'base99'"):
+        get_format("base99", 4)
+
+
+def test_every_shipped_spec_loads():
+    from pathlib import Path
+
+    specs = sorted((Path(__file__).parents[1] / "canaries").glob("*.yaml"))
+    assert specs
+    for p in specs:
+        spec = load_spec(p)
+        assert spec.secret_format.space_size > 1
+
+
+def test_bad_specs_name_the_field(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: x\ntemplate: 'code {secret}'\nsecret: {format: emoji, length: 4}\nrepetitions: [1]\n")
+    with pytest.raises(LeakauditError, match=r"s.yaml: field 'secret.format': unknown secret format 'emoji'"):
+        load_spec(p)
+    p.write_text("name: x\ntemplate: 'no placeholder'\nsecret: {format: digits, length: 4}\nrepetitions: [1]\n")
+    with pytest.raises(LeakauditError, match="exactly one {secret}"):
+        load_spec(p)
+    p.write_text("name: x\ntemplate: 'a {secret}'\nsecret: {format: digits, length: 4}\nrepetitions: [0]\n")
+    with pytest.raises(LeakauditError, match="repetitions"):
+        load_spec(p)
+    with pytest.raises(LeakauditError, match="not found"):
+        load_spec(tmp_path / "nope.yaml")
+
+
+def test_generation_is_seeded_distinct_and_hashed():
+    spec = load_spec(TINY_SPEC)
+    m = generate_canaries(spec)
+    assert m == generate_canaries(spec)
+    secrets = [c.secret for c in m.canaries]
+    assert len(set(secrets)) == len(secrets)
+    assert len({c.prefix for c in m.canaries}) == len(m.canaries)  # {name} makes prefixes distinct
+    assert sum(not c.inserted for c in m.canaries) == spec.reference_canaries
+    assert sorted({c.repetitions for c in m.inserted}) == spec.repetitions
+    for c in m.canaries:
+        assert spec.secret_format.contains(c.secret)
+        assert c.text.startswith("Security note for ") and c.secret in c.text
+
+
+def test_insertion_counts_and_manifest_roundtrip(tmp_path):
+    m = generate_canaries(load_spec(TINY_SPEC))
+    records = [{"id": str(i), "text": f"record {i}"} for i in range(50)]
+    out = insert_canaries(records, m, seed=1)
+    assert [r for r in out if "canary_id" not in r] == records
+    for c in m.canaries:
+        assert sum(r["text"] == c.text for r in out) == c.repetitions
+    m.save(tmp_path / "m.json")
+    assert CanaryManifest.load(tmp_path / "m.json") == m

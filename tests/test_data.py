@@ -1,0 +1,102 @@
+"""Synthetic corpora, loading user data in every format, and member/non-member splits."""
+
+import json
+
+import datasets
+import pandas as pd
+import pytest
+
+from leakaudit.data import PII_TYPES, check_no_overlap, load_corpus, make_corpora, split_members
+from leakaudit.errors import LeakauditError
+
+
+def test_pii_spans_are_annotated_and_typed():
+    private, public = make_corpora(40, 40, seed=1)
+    for r in private + public:
+        assert r["pii"], r["text"]
+        for s in r["pii"]:
+            assert s["type"] in PII_TYPES
+            assert r["text"][s["start"] : s["end"]].strip() == r["text"][s["start"] : s["end"]]
+            assert s["end"] > s["start"]
+    types = {s["type"] for r in private for s in r["pii"]}
+    assert types == set(PII_TYPES)
+
+
+def test_corpora_are_seeded_and_disjoint():
+    a = make_corpora(50, 80, seed=7)
+    b = make_corpora(50, 80, seed=7)
+    assert a == b
+    assert make_corpora(50, 80, seed=8)[0] != a[0]
+    private, public = a
+    priv_pii = {r["text"][s["start"] : s["end"]] for r in private for s in r["pii"]}
+    pub_pii = {r["text"][s["start"] : s["end"]] for r in public for s in r["pii"]}
+    assert not priv_pii & pub_pii
+    assert not {r["text"] for r in private} & {r["text"] for r in public}
+    assert len({r["user_id"] for r in private}) < len(private)  # customers write several records
+
+
+@pytest.fixture()
+def rows():
+    return [{"id": i, "body": f"record number {i}", "other": i * 2} for i in range(5)]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv", "parquet", "txt", "saved"])
+def test_load_every_format(tmp_path, rows, fmt):
+    df = pd.DataFrame(rows)
+    path = tmp_path / f"c.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "json":
+        path.write_text(json.dumps(rows))
+    elif fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "parquet":
+        df.to_parquet(path)
+    elif fmt == "txt":
+        path.write_text("\n".join(r["body"] for r in rows) + "\n\n")
+    else:
+        path = tmp_path / "saved"
+        datasets.Dataset.from_pandas(df).save_to_disk(str(path))
+    field = "text" if fmt == "txt" else "body"
+    ds = load_corpus(path, text_field=field)
+    assert ds[field] == [r["body"] for r in rows]
+
+
+def test_load_errors_name_the_problem(tmp_path, rows):
+    with pytest.raises(LeakauditError, match="no such file"):
+        load_corpus(tmp_path / "missing.jsonl")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(LeakauditError, match="empty"):
+        load_corpus(empty)
+    p = tmp_path / "c.jsonl"
+    p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(LeakauditError, match=r"text field 'text' is absent.*body"):
+        load_corpus(p)
+    p.write_text(json.dumps({"text": ""}) + "\n")
+    with pytest.raises(LeakauditError, match="empty or not text"):
+        load_corpus(p)
+    (tmp_path / "c.xlsx").write_text("x")
+    with pytest.raises(LeakauditError, match="unknown corpus format"):
+        load_corpus(tmp_path / "c.xlsx")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("{not json\n")
+    with pytest.raises(LeakauditError, match="cannot read as jsonl"):
+        load_corpus(bad)
+
+
+def test_split_is_seeded_recorded_and_disjoint():
+    private, _ = make_corpora(100, 1, seed=2)
+    private.append(dict(private[0], id="dup"))  # an exact duplicate must land on the same side
+    mem, non, split = split_members(private, member_fraction=0.5, seed=4)
+    assert len(mem) + len(non) == len(private)
+    check_no_overlap([r["text"] for r in mem], [r["text"] for r in non])
+    assert split.member_ids == [str(r["id"]) for r in mem]
+    mem2, _, _ = split_members(private, member_fraction=0.5, seed=4)
+    assert mem2 == mem
+    assert split_members(private, member_fraction=0.5, seed=5)[0] != mem
+
+
+def test_overlap_is_refused():
+    with pytest.raises(LeakauditError, match="overlap: 1 non-member"):
+        check_no_overlap(["a b", "c"], ["x", "a b "])

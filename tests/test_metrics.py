@@ -1,0 +1,82 @@
+"""Metric functions against scikit-learn and a brute-force threshold sweep."""
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+from sklearn.metrics import roc_curve as sk_roc_curve
+
+from leakaudit.attacks.metrics import advantage, attack_result, auc, roc_curve, thin_roc, tpr_at_fpr
+
+
+def _cases():
+    rng = np.random.default_rng(0)
+    yield rng.normal(0.3, 1, 200), rng.normal(0, 1, 300)  # continuous
+    yield rng.integers(0, 5, 150).astype(float), rng.integers(0, 4, 170).astype(float)  # heavy ties
+    yield np.ones(10), np.ones(7)  # all tied
+    yield np.array([3.0]), np.array([1.0, 2.0, 5.0])
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_auc_equals_sklearn(case):
+    m, n = case
+    y = np.r_[np.ones(m.size), np.zeros(n.size)]
+    assert auc(m, n) == pytest.approx(roc_auc_score(y, np.r_[m, n]), abs=1e-12)
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_roc_points_match_sklearn(case):
+    m, n = case
+    y = np.r_[np.ones(m.size), np.zeros(n.size)]
+    sk_fpr, sk_tpr, _ = sk_roc_curve(y, np.r_[m, n], drop_intermediate=False)
+    fpr, tpr, _ = roc_curve(m, n)
+    assert set(zip(np.round(fpr, 12), np.round(tpr, 12))) == set(zip(np.round(sk_fpr, 12), np.round(sk_tpr, 12)))
+
+
+def _brute_tpr(m, n, alpha):
+    best = 0.0
+    for t in np.r_[np.inf, np.unique(np.r_[m, n])]:
+        if np.mean(n >= t) <= alpha:
+            best = max(best, np.mean(m >= t))
+    return best
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.001, 0.01, 0.1, 0.5])
+@pytest.mark.parametrize("case", list(_cases()))
+def test_tpr_at_fpr_equals_brute_force(case, alpha):
+    m, n = case
+    assert tpr_at_fpr(m, n, alpha) == pytest.approx(_brute_tpr(m, n, alpha))
+
+
+def test_advantage_brute_force():
+    rng = np.random.default_rng(1)
+    m, n = rng.normal(1, 1, 50), rng.normal(0, 1, 60)
+    brute = max(np.mean(m >= t) - np.mean(n >= t) for t in np.r_[np.inf, m, n])
+    assert advantage(m, n) == pytest.approx(brute)
+
+
+def test_nan_scores_are_refused():
+    with pytest.raises(ValueError, match="finite"):
+        auc(np.array([1.0, np.nan]), np.array([0.0]))
+
+
+def test_attack_result_warns_about_unresolvable_fpr():
+    rng = np.random.default_rng(2)
+    r = attack_result(rng.normal(size=100), rng.normal(size=200))
+    assert set(r.tpr_at_fpr) == {"0.001", "0.01", "0.1"}
+    assert r.min_resolvable_fpr == pytest.approx(1 / 200)
+    assert len(r.warnings) == 1 and "0.1%" in r.warnings[0]
+
+
+def test_perfect_separation():
+    r = attack_result(np.arange(10, 20.0), np.arange(0, 10.0))
+    assert r.auc == 1.0 and r.tpr_at_fpr["0.001"] == 1.0
+
+
+def test_thin_roc_keeps_a_step_function_below_the_curve():
+    rng = np.random.default_rng(3)
+    m, n = rng.normal(0.5, 1, 5000), rng.normal(0, 1, 5000)
+    fpr, tpr, _ = roc_curve(m, n)
+    thin = thin_roc(fpr, tpr, max_points=100)
+    assert len(thin.fpr) <= 100
+    for f, t in zip(thin.fpr, thin.tpr):
+        assert t == pytest.approx(tpr_at_fpr(m, n, f))

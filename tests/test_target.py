@@ -1,0 +1,83 @@
+"""The scoring engine against a naive one-sequence forward, with padding, windows and secrets."""
+
+import numpy as np
+import pytest
+import torch
+
+from leakaudit.models import Target, encode
+from leakaudit.models.target import _windows
+
+
+def _naive(model, ids):
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=x).logits[0, :-1].float(), -1)
+    return lp.gather(-1, x[0, 1:, None]).squeeze(-1).numpy()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_batched_scores_equal_one_sequence_at_a_time(request, corpora, tokenizer, arch):
+    model = request.getfixturevalue(arch)
+    texts = [r["text"] for r in corpora[0][:12]] + ["hi", "Ticket"]
+    target = Target(model, tokenizer, token_budget=300)  # several batches, much padding
+    lps = target.score(texts)
+    for t, lp in zip(texts, lps):
+        e = encode(tokenizer, [t])[0]
+        assert e.ids[0] == tokenizer.bos_token_id and e.n_special == 1
+        assert len(lp) == len(e.ids) - 1  # every token but the BOS is scored, padding never
+        np.testing.assert_allclose(lp, _naive(model, e.ids), atol=2e-5)
+
+
+def test_windows_score_every_token_once():
+    for n in [5, 16, 17, 40, 101]:
+        rows = _windows(0, list(range(n)), 1, 16)
+        covered = []
+        for r in rows:
+            start = r.ids[0]
+            assert len(r.ids) <= 16
+            covered += list(range(start + r.first, start + len(r.ids)))
+            if r is not rows[0]:
+                assert r.first >= 8  # at least half a context before each scored token
+        assert covered == list(range(1, n))
+
+
+def test_long_texts_use_a_sliding_window(gpt2, tokenizer):
+    text = " ".join(["the account was closed after the refund"] * 30)
+    ids = encode(tokenizer, [text])[0].ids
+    assert len(ids) > 128
+    full = Target(gpt2, tokenizer)
+    full.context = 64
+    lp = full.score([text])[0]
+    assert len(lp) == len(ids) - 1 and np.isfinite(lp).all()
+    np.testing.assert_allclose(lp[:63], _naive(gpt2, ids[:64]), atol=2e-5)  # first window exact
+
+
+def test_secret_nll_sums_the_secret_tokens(gpt2, tokenizer):
+    target = Target(gpt2, tokenizer)
+    prefix = "Security note for Ann Lee: the account recovery code is "
+    cands = ["123456", "000000", "987654"]
+    nll = target.secret_nll(prefix, cands)
+    for c, v in zip(cands, nll):
+        e = encode(tokenizer, [prefix + c])[0]
+        lp = _naive(gpt2, e.ids)
+        sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < len(prefix) + len(c) and b > len(prefix)]
+        assert sel, "the secret must cover at least one token"
+        assert v == pytest.approx(-lp[sel].sum(), abs=1e-4)
+        assert v > 0
+    # the candidate order does not change the values
+    np.testing.assert_allclose(target.secret_nll(prefix, cands[::-1]), nll[::-1], atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_shared_prefix_cache_equals_independent_scoring(request, tokenizer, arch):
+    model = request.getfixturevalue(arch)
+    target = Target(model, tokenizer, token_budget=64)  # several tail batches
+    prefix = "Security note for Ann Lee: the account recovery code is "
+    cands = [f"{i:06d}" for i in range(0, 1000000, 37037)] + ["12", "9999999999"]
+    fast = target.secret_nll(prefix, cands)
+    enc = encode(tokenizer, [prefix + c for c in cands])
+    assert target._shared_prefix_scores([e.ids for e in enc]) is not None  # the cached path ran
+    slow_lp = target.score_ids([e.ids for e in enc])
+    for c, v, e, lp in zip(cands, fast, enc, slow_lp):
+        sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < len(prefix) + len(c) and b > len(prefix)]
+        assert v == pytest.approx(-lp[sel].sum(), abs=1e-4)
