@@ -204,7 +204,9 @@ def train(
             raise LeakauditError(f"--delta must lie in (0, 1) (got {delta:g})")
         if accountant not in ("prv", "rdp"):
             raise LeakauditError(f"--accountant: expected prv or rdp (got '{accountant}')")
-        dp_settings = DPSettings(target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant)
+        dp_settings = DPSettings(
+            target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant
+        )
     elif epsilon is not None:
         raise LeakauditError("--epsilon needs --dp")
     _check_device(device)
@@ -310,15 +312,15 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except LeakauditError as e:
-        console.print(f"leakaudit: error: {e}", markup=False, highlight=False)
+        sys.stderr.write(f"leakaudit: error: {e}\n")
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
-        console.print("leakaudit: aborted", markup=False)
+        sys.stderr.write("leakaudit: aborted\n")
         sys.exit(130)
     except KeyboardInterrupt:
-        console.print("leakaudit: interrupted; run the same command again to resume", markup=False)
+        sys.stderr.write("leakaudit: interrupted; run the same command again to resume\n")
         sys.exit(130)
     except Exception as e:  # click usage errors
         import click

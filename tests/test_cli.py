@@ -1,0 +1,147 @@
+"""Bad inputs give one line naming the problem, exit code 2, no traceback, nothing written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from leakaudit.cli import main
+
+
+def run(monkeypatch, capsys, *args):
+    monkeypatch.setattr(sys, "argv", ["leakaudit", *map(str, args)])
+    with pytest.raises(SystemExit) as e:
+        main()
+        raise SystemExit(0)
+    cap = capsys.readouterr()
+    return e.value.code, cap.out, cap.err
+
+
+@pytest.fixture()
+def corpus(tmp_path):
+    p = tmp_path / "members.jsonl"
+    p.write_text("".join(json.dumps({"text": f"record {i} about a refund"}) + "\n" for i in range(6)))
+    q = tmp_path / "non.jsonl"
+    q.write_text("".join(json.dumps({"text": f"held out {i} about a parcel"}) + "\n" for i in range(6)))
+    return p, q
+
+
+def _assert_clean_error(code, err, *needles):
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("leakaudit: error: ")
+    assert "Traceback" not in err
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_audit_missing_file(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    out = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, "--members", tmp_path / "nope.jsonl",
+                       "--non-members", corpus[1], "--out", out)
+    _assert_clean_error(code, err, "nope.jsonl", "no such file")
+    assert not out.exists()
+
+
+def test_audit_empty_corpus(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    out = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, "--members", empty,
+                       "--non-members", corpus[1], "--out", out)
+    _assert_clean_error(code, err, "empty.jsonl", "empty")
+    assert not out.exists()
+
+
+def test_audit_text_field_absent(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    out = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, "--members", corpus[0],
+                       "--non-members", corpus[1], "--text-field", "body", "--out", out)
+    _assert_clean_error(code, err, "members.jsonl", "'body'", "--text-field")
+    assert not out.exists()
+
+
+def test_audit_overlap(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    out = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, "--members", corpus[0],
+                       "--non-members", corpus[0], "--out", out)
+    _assert_clean_error(code, err, "overlap")
+    assert not out.exists()
+
+
+def test_model_directory_without_weights(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    bad = tmp_path / "model"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    out = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", bad, "--members", corpus[0],
+                       "--non-members", corpus[1], "--out", out)
+    _assert_clean_error(code, err, str(bad), "no weights")
+    assert not out.exists()
+    (bad / "pytorch_model.bin").write_bytes(b"pickle")
+    code, _, err = run(monkeypatch, capsys, "train", "--base", bad, "--data", corpus[0], "--out", out)
+    _assert_clean_error(code, err, "pickle", "safetensors")
+    assert not out.exists()
+
+
+def test_canary_spec_unknown_format(monkeypatch, capsys, tmp_path):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\ntemplate: 'pin {secret}'\nsecret: {format: morse, length: 4}\nrepetitions: [1, 2]\n")
+    out = tmp_path / "m.json"
+    code, _, err = run(monkeypatch, capsys, "canaries", "generate", spec, "--out", out)
+    _assert_clean_error(code, err, "spec.yaml", "secret.format", "morse")
+    assert not out.exists()
+    run_dir = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--canaries", spec, "--out", run_dir)
+    _assert_clean_error(code, err, "morse")
+    assert not run_dir.exists()
+
+
+def test_negative_epsilon(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    run_dir = tmp_path / "run"
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--epsilon", "-1", "--out", run_dir)
+    _assert_clean_error(code, err, "--epsilon", "> 0")
+    assert not run_dir.exists()
+    out = tmp_path / "trained"
+    code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", corpus[0], "--out", out,
+                       "--dp", "--epsilon", "-3")
+    _assert_clean_error(code, err, "--epsilon")
+    assert not out.exists()
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("dp: {target_epsilon: -2}\n")
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--config", cfg, "--out", run_dir)
+    _assert_clean_error(code, err, "cfg.yaml", "dp.target_epsilon")
+    assert not run_dir.exists()
+
+
+def test_unknown_attack_and_preset(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, "--members", corpus[0],
+                       "--non-members", corpus[1], "--out", tmp_path / "r", "--attacks", "loss,magic")
+    _assert_clean_error(code, err, "--attacks", "magic")
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "huge", "--out", tmp_path / "r")
+    _assert_clean_error(code, err, "--preset", "huge")
+    assert not (tmp_path / "r").exists()
+
+
+def test_console_script_exit_code_without_traceback(tmp_path):
+    """The same through a real process: what a CI job sees."""
+    r = subprocess.run(
+        [sys.executable, "-m", "leakaudit", "report", str(tmp_path / "missing-run")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr and "results.json" in r.stderr
+
+
+def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    out = tmp_path / "run"
+    code, stdout, _ = run(monkeypatch, capsys, "audit", "--model", f"tiny={tiny_model_dir}", "--members", corpus[0],
+                          "--non-members", corpus[1], "--out", out)
+    assert code == 0
+    assert "report.html" in stdout
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["models"]) == {"tiny"}
+    assert set(results["models"]["tiny"]["mia"]) == {"loss", "zlib"}
+    assert (out / "scores" / "tiny" / "mia.parquet").is_file() and (out / "config.yaml").is_file()

@@ -1,0 +1,102 @@
+"""End to end on the tiny preset: a real effect, the results shape, no leaks in shared artifacts."""
+
+import json
+import re
+import statistics
+
+import pytest
+
+from leakaudit.canaries import CanaryManifest
+from leakaudit.config import resolve_config
+from leakaudit.io import read_jsonl
+from leakaudit.pipeline import run_demo
+from leakaudit.report.render import render_html, render_markdown
+from leakaudit.report.schema import Results
+from tests.conftest import TINY_SPEC
+
+SHARED = ["results.json", "report.md", "report.html"]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo")
+    cfg = resolve_config(preset="tiny", canary_files=[TINY_SPEC])
+    results = run_demo(cfg, run_dir)
+    return run_dir, results
+
+
+def _median(model, pred):
+    return statistics.median(c["exposure_bits"] for c in model["canaries"] if pred(c))
+
+
+def test_results_json_has_the_promised_shape(demo_run):
+    run_dir, _ = demo_run
+    r = json.loads((run_dir / "results.json").read_text())
+    assert r["schema_version"] == 1
+    assert set(r["models"]) == {"base", "non_dp", "dp"}
+    for m in r["models"].values():
+        p = m["privacy"]
+        for k in ("epsilon", "delta", "noise_multiplier", "sample_rate", "steps", "accountant"):
+            assert k in p
+        for attack in ("loss", "zlib"):
+            a = m["mia"][attack]
+            assert 0 <= a["auc"] <= 1 and set(a["tpr_at_fpr"]) == {"0.001", "0.01", "0.1"}
+        for c in m["canaries"]:
+            assert isinstance(c["id"], str) and isinstance(c["repetitions"], int)
+            assert isinstance(c["inserted"], bool) and isinstance(c["exposure_bits"], float)
+    assert r["models"]["non_dp"]["privacy"]["epsilon"] is None
+    assert r["models"]["dp"]["privacy"]["epsilon"] == pytest.approx(1.0, rel=0.02)
+    for f in ["config.yaml", "events.jsonl", "report.md", "report.html", "canaries/train.jsonl",
+              "scores/non_dp/mia.parquet", "models/dp/privacy.json", "data/split.json"]:
+        assert (run_dir / f).is_file(), f
+
+
+def test_repeated_canaries_are_exposed_and_dp_narrows_the_gap(demo_run):
+    run_dir, _ = demo_run
+    models = json.loads((run_dir / "results.json").read_text())["models"]
+    gap = {
+        name: _median(m, lambda c: c["repetitions"] >= 16) - _median(m, lambda c: not c["inserted"])
+        for name, m in models.items()
+    }
+    assert gap["non_dp"] >= 3.0, gap  # the tiny spec caps exposure at log2(212) = 7.7 bits
+    assert gap["dp"] < gap["non_dp"] - 1.0, gap
+    assert abs(gap["base"]) < 2.0, gap
+
+
+def test_membership_attacks_find_members_only_where_the_model_trained_on_them(demo_run):
+    _, results = demo_run
+    assert results.models["non_dp"].mia["loss"].auc > 0.7
+    for attack in ("loss", "zlib"):
+        assert abs(results.models["base"].mia[attack].auc - 0.5) < 0.12  # never saw the data: chance
+
+
+def test_no_secret_canary_or_pii_in_shared_artifacts(demo_run):
+    run_dir, _ = demo_run
+    manifest = CanaryManifest.load(next((run_dir / "canaries").glob("manifest-*.json")))
+    members = read_jsonl(run_dir / "data" / "members.jsonl")
+    pii = {r["text"][s["start"] : s["end"]] for r in members for s in r["pii"]}
+    for name in SHARED:
+        text = (run_dir / name).read_text()
+        for c in manifest.canaries:
+            assert c.prefix not in text
+            assert not re.search(rf"(?<![0-9A-Za-z+/]){re.escape(c.secret)}(?![0-9A-Za-z+/])", text), (name, c.id)
+        leaked = [v for v in pii if v in text]
+        assert not leaked, (name, leaked[:3])
+
+
+def test_report_rebuilt_from_results_json_alone_is_identical(demo_run):
+    run_dir, _ = demo_run
+    results = Results.model_validate_json((run_dir / "results.json").read_text())
+    assert render_html(results) == (run_dir / "report.html").read_text()
+    assert render_markdown(results) == (run_dir / "report.md").read_text()
+
+
+def test_a_second_run_resumes_from_the_cache(demo_run):
+    run_dir, first = demo_run
+    cfg = resolve_config(preset="tiny", canary_files=[TINY_SPEC])
+    again = run_demo(cfg, run_dir)
+    events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+    last_run = events[max(i for i, e in enumerate(events) if e["event"] == "run_started") :]
+    assert not [e for e in last_run if e["event"] == "stage_started"]
+    assert {e["stage"] for e in last_run if e["event"] == "stage_skipped"} >= {"data", "models/dp", "scores/dp"}
+    assert again.models == first.models
