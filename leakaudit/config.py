@@ -49,7 +49,7 @@ class DemoConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=2, batch_size=32, lr=2e-3))
     finetune: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=16, lr=1e-3))
-    dp_train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=64, lr=2e-3))
+    dp_train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=64, lr=5e-4))
     dp: DPSettings = Field(default_factory=lambda: DPSettings(target_epsilon=8.0, max_grad_norm=1.0))
     token_budget: int = Field(default=16384, ge=256, description="Padded tokens per scoring batch.")
 

@@ -19,7 +19,7 @@ def hash_model_dir(path: str | Path) -> dict[str, str]:
     return {
         f.name: sha256_file(f)
         for f in sorted(p.iterdir())
-        if f.is_file() and f.suffix in _HASHED_SUFFIXES
+        if f.is_file() and f.suffix in _HASHED_SUFFIXES and f.name != "stage.json"
     }
 
 

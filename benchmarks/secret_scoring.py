@@ -1,0 +1,101 @@
+"""Secret scoring speed: the shared-prefix KV cache against independent batched scoring and a
+one-candidate-per-pass loop, in the same run on the same model.
+
+    python benchmarks/secret_scoring.py [--candidates 2000] [--size tiny|small|gpt2-small] [--device cpu]
+
+Prints one JSON object: candidates/s of each method, the ratios, and the largest difference in
+summed NLL between methods (they must agree).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from leakaudit.data import make_corpora  # noqa: E402
+from leakaudit.models import Target, build_model, encode, train_tokenizer  # noqa: E402
+
+SIZES = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
+    "small": dict(n_layer=4, n_embd=128, n_head=4, vocab=2048),
+    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=8192),
+}
+
+
+def independent(target: Target, prefix: str, cands: list[str]) -> np.ndarray:
+    enc = encode(target.tokenizer, [prefix + c for c in cands])
+    lps = target.score_ids([e.ids for e in enc])
+    return _sum_secret(enc, lps, prefix, cands)
+
+
+def one_per_pass(target: Target, prefix: str, cands: list[str]) -> np.ndarray:
+    out = []
+    for c in cands:
+        enc = encode(target.tokenizer, [prefix + c])
+        out.append(_sum_secret(enc, target.score_ids([enc[0].ids]), prefix, [c])[0])
+    return np.array(out)
+
+
+def _sum_secret(enc, lps, prefix, cands):
+    s = len(prefix)
+    return np.array([
+        -float(np.sum(lp[[t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < s + len(c) and b > s]]))
+        for e, lp, c in zip(enc, lps, cands)
+    ])
+
+
+def timed(fn, *args):
+    t0 = time.perf_counter()
+    out = fn(*args)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--candidates", type=int, default=2000)
+    ap.add_argument("--loop-candidates", type=int, default=200, help="the slow loop runs on a subset")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args()
+    sz = SIZES[args.size]
+    _, public = make_corpora(1, 2000, seed=0)
+    tok = train_tokenizer([r["text"] for r in public], vocab_size=sz["vocab"])
+    model = build_model(tok, n_layer=sz["n_layer"], n_embd=sz["n_embd"], n_head=sz["n_head"], context=256)
+    model = model.to(args.device).eval()
+    target = Target(model, tok, token_budget=16384)
+    prefix = "Security note for Jordan Avery Whitfield: the account recovery code is "
+    cands = [f"{i:06d}" for i in np.random.default_rng(0).choice(10**6, args.candidates, replace=False)]
+    target.secret_nll(prefix, cands[:50])  # warm-up
+    fast, t_fast = timed(target.secret_nll, prefix, cands)
+    batched, t_batched = timed(independent, target, prefix, cands)
+    sub = cands[: args.loop_candidates]
+    loop, t_loop = timed(one_per_pass, target, prefix, sub)
+    res = {
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+        "torch_threads": torch.get_num_threads(),
+        "size": args.size,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "candidates": args.candidates,
+        "shared_prefix_cands_per_s": args.candidates / t_fast,
+        "independent_batched_cands_per_s": args.candidates / t_batched,
+        "one_per_pass_cands_per_s": len(sub) / t_loop,
+        "speedup_vs_independent": t_batched / t_fast,
+        "speedup_vs_one_per_pass": (t_loop / len(sub)) / (t_fast / args.candidates),
+        "max_abs_diff_nll": float(max(np.abs(fast - batched).max(), np.abs(fast[: len(sub)] - loop).max())),
+    }
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
