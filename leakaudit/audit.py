@@ -1,15 +1,16 @@
 """The audit stage: score each model once, run the attacks, measure canary exposure.
 
 Used by ``leakaudit demo`` and ``leakaudit audit`` alike.  For each model a cached stage
-``scores/<name>/`` holds the score table (``mia.parquet``: per-sample token log-probs and
-every attack's score) and the canary exposures (``canaries.json``: ids and hashes, no
-secrets); :func:`model_result` turns them into the typed results.
+``scores/<name>/`` holds the score table (``mia.parquet``) and the canary exposures
+(``canaries.json``: ids and hashes, no secrets).  Reference models are scored the same way;
+shadow models score the audited rows once (``scores/shadows-<key>/stats.npy``).  Attacks then
+run on these tables alone; their per-sample scores go to ``per_sample/<model>.parquet``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,21 +19,26 @@ import yaml
 
 from leakaudit import __version__
 from leakaudit.attacks import (
+    ATTACKS,
+    AttackInputs,
     attack_result,
     build_score_table,
     canary_exposures,
     exposure_groups,
+    get_attack,
     load_score_table,
     run_attack,
     save_score_table,
 )
 from leakaudit.attacks.exposure import null_secrets
+from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.io import read_json, sha256_file, sha256_text, stable_hash, write_json, write_text_atomic
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target
 from leakaudit.report.render import write_reports
 from leakaudit.report.schema import (
+    AttackResult,
     CanaryResult,
     CanarySpecSummary,
     ModelResult,
@@ -42,6 +48,9 @@ from leakaudit.report.schema import (
     Utility,
 )
 from leakaudit.runs import EventLog, device_name, git_revision, package_versions, stage
+from leakaudit.train.shadows import ShadowSet
+
+DEFAULT_ATTACKS = ["loss", "zlib", "lowercase", "min_k", "min_k_pp", "neighbourhood"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,18 @@ class ModelToAudit:
     name: str
     path: Path
     description: str = ""
+
+
+@dataclass
+class AuditOptions:
+    """What to run.  Attacks whose inputs are missing for a model are skipped with the reason."""
+
+    attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
+    params: dict[str, dict] = field(default_factory=dict)
+    n_neighbours: int = 8
+    token_budget: int = 16384
+    n_boot: int = 1000
+    seed: int = 0
 
 
 def records_hash(records: list[dict]) -> str:
@@ -71,38 +92,45 @@ def spec_summaries(manifests: list[CanaryManifest]) -> list[CanarySpecSummary]:
     return out
 
 
+def _needs(attacks: list[str]) -> set[str]:
+    return {r for a in attacks for r in get_attack(a).requires}
+
+
 def score_model(
     run_dir: Path,
     model: ModelToAudit,
-    members: list[dict],
-    non_members: list[dict],
+    rows: list[dict],
+    n_members: int,
     manifests: list[CanaryManifest],
     *,
-    attacks: list[str],
+    lowercase: bool,
+    n_neighbours: int,
     device: str,
     token_budget: int,
     log: EventLog,
     trust_remote_code: bool = False,
+    seed: int = 0,
 ) -> Path:
-    """The cached scoring stage of one model; returns its directory."""
+    """The cached scoring stage of one model (members first in ``rows``); returns its directory."""
     key = {
         "model": hash_model_dir(model.path),
-        "members": records_hash(members),
-        "non_members": records_hash(non_members),
+        "rows": records_hash(rows),
+        "n_members": n_members,
         "canaries": [stable_hash(m.model_dump(mode="json")) for m in manifests],
-        "attacks": sorted(attacks),
+        "lowercase": lowercase,
+        "neighbours": n_neighbours,
+        "seed": seed,
     }
 
     def build(tmp: Path) -> None:
         loaded = load_model(model.path, device=device, trust_remote_code=trust_remote_code)
         target = Target(loaded.model, loaded.tokenizer, token_budget=token_budget)
-        rows = members + non_members
         table = build_score_table(
             target, [str(r["id"]) for r in rows], [r["text"] for r in rows],
-            [True] * len(members) + [False] * len(non_members),
+            [i < n_members for i in range(len(rows))],
+            lowercase=lowercase, n_neighbours=n_neighbours, seed=seed,
         )
-        for name in attacks:
-            table[f"score_{name}"] = run_attack(name, table)
+        table["user_id"] = [None if r.get("user_id") is None else str(r["user_id"]) for r in rows]
         save_score_table(table, tmp / "mia.parquet")
         exposures = [c for m in manifests for c in canary_exposures(target, m)]
         write_json(tmp / "canaries.json", [c.model_dump(mode="json") for c in exposures])
@@ -111,17 +139,81 @@ def score_model(
     return stage(run_dir, f"scores/{model.name}", key, build, log)
 
 
-def model_result(score_dir: Path, model: ModelToAudit, attacks: list[str], run_dir: Path) -> ModelResult:
-    """Typed results of one model from its scoring stage and its privacy record."""
+def shadow_statistics(
+    run_dir: Path, shadows: ShadowSet, rows: list[dict], *, device: str, token_budget: int, log: EventLog
+) -> np.ndarray:
+    """Mean token log-prob of every row under every shadow model: [n_shadows, n_rows] (cached)."""
+
+    def build(tmp: Path) -> None:
+        stats = []
+        for d in shadows.dirs:
+            loaded = load_model(d, device=device)
+            lps = Target(loaded.model, loaded.tokenizer, token_budget=token_budget).score([r["text"] for r in rows])
+            stats.append([float(np.mean(lp, dtype=np.float64)) if len(lp) else 0.0 for lp in lps])
+        np.save(tmp / "stats.npy", np.array(stats))
+
+    d = stage(run_dir, f"scores/shadows-{shadows.key}", {"shadows": shadows.key, "rows": records_hash(rows)},
+              build, log)
+    return np.load(d / "stats.npy")
+
+
+def _user_scores(table: pd.DataFrame, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """A person's score is the mean score of their records; members are users whose records were trained on."""
+    if "user_id" not in table or table["user_id"].isna().any():
+        return None
+    df = pd.DataFrame({"user": table["user_id"].to_numpy(), "member": table["member"].to_numpy(), "s": scores})
+    g = df.groupby("user", sort=True).agg(member=("member", "mean"), s=("s", "mean"))
+    if ((g["member"] > 0) & (g["member"] < 1)).any() or g["member"].nunique() < 2:
+        return None  # a user on both sides (or only one side): the per-user question is ill-posed
+    return g["s"].to_numpy()[g["member"].to_numpy() == 1], g["s"].to_numpy()[g["member"].to_numpy() == 0]
+
+
+def model_result(
+    score_dir: Path,
+    model: ModelToAudit,
+    run_dir: Path,
+    options: AuditOptions,
+    *,
+    references: dict[str, pd.DataFrame],
+    shadow_stats: np.ndarray | None = None,
+    shadow_in: np.ndarray | None = None,
+) -> ModelResult:
+    """Run the attacks on one model's tables and assemble its typed results."""
     table = load_score_table(score_dir / "mia.parquet")
     member = table["member"].to_numpy(bool)
-    mia = {}
-    for name in attacks:
-        s = table[f"score_{name}"].to_numpy(np.float64)
-        mia[name] = attack_result(s[member], s[~member])
-    canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     privacy_file = model.path / "privacy.json"
     privacy = PrivacyRecord.model_validate(read_json(privacy_file)) if privacy_file.is_file() else PrivacyRecord()
+    inputs = AttackInputs(
+        target=table,
+        references={k: v for k, v in references.items() if k != model.name},
+        shadow_stats=shadow_stats,
+        shadow_in=shadow_in,
+    )
+    mia: dict[str, AttackResult] = {}
+    by_user: dict[str, AttackResult] = {}
+    skipped: dict[str, str] = {}
+    per_sample = pd.DataFrame({"id": table["id"], "member": member, "user_id": table.get("user_id")})
+    eps, delta = privacy.epsilon, privacy.delta
+    for name in options.attacks:
+        missing = missing_requirements(name, inputs)
+        if missing:
+            skipped[name] = "needs " + "; ".join(REQUIREMENTS[m] for m in missing)
+            continue
+        s = run_attack(name, inputs, options.params.get(name))
+        per_sample[f"score_{name}"] = s
+        mia[name] = attack_result(s[member], s[~member], epsilon=eps, delta=delta, n_boot=options.n_boot)
+        users = _user_scores(table, s)
+        if users is not None:
+            by_user[name] = attack_result(*users, epsilon=None, n_boot=options.n_boot)
+    save_per_sample(per_sample, run_dir / "per_sample" / f"{model.name}.parquet")
+    canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
+    units: dict[str, dict[str, AttackResult]] = {}
+    if by_user:
+        units["user"] = by_user
+    ins = np.array([c.exposure_bits for c in canaries if c.inserted])
+    ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
+    if ins.size and ref.size:
+        units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot)}
     info = read_json(score_dir / "model.json")
     try:
         rel = str(model.path.resolve().relative_to(run_dir.resolve()))
@@ -134,9 +226,18 @@ def model_result(score_dir: Path, model: ModelToAudit, attacks: list[str], run_d
         privacy=privacy,
         utility=_utility(table),
         mia=mia,
+        mia_by_unit=units,
+        skipped_attacks=skipped,
         canaries=canaries,
         exposure_by_repetition=exposure_groups(canaries),
     )
+
+
+def save_per_sample(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)
 
 
 def _utility(table: pd.DataFrame) -> Utility:
@@ -160,48 +261,78 @@ def run_audit(
     non_members: list[dict],
     manifests: list[CanaryManifest],
     *,
-    attacks: list[str],
     device: str,
-    token_budget: int = 16384,
+    options: AuditOptions | None = None,
+    references: dict[str, Path] | None = None,
+    shadows: ShadowSet | None = None,
     trust_remote_code: bool = False,
     echo=None,
     log: EventLog | None = None,
     command: str = "leakaudit audit",
-    seed: int = 0,
     extra_data_sha256: dict[str, str] | None = None,
 ) -> Results:
     """Audit one or more models and write ``results.json`` and the reports into ``run_dir``.
 
-    When ``run_dir`` has no ``config.yaml`` yet (a standalone audit), one is written with the
-    audit's inputs, so every run directory records what produced it.
+    ``references`` are scored like the models and used by the reference attacks (a reference that
+    is also an audited model is scored once).  ``shadows`` must have been trained on halves of
+    ``members + non_members`` in that order.  When ``run_dir`` has no ``config.yaml`` yet (a
+    standalone audit), one is written with the audit's inputs.
     """
+    options = options or AuditOptions()
+    for a in options.attacks:
+        get_attack(a)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = log or EventLog(run_dir, echo)
     if isinstance(models, dict):
         models = [ModelToAudit(name, Path(p)) for name, p in models.items()]
+    references = {k: Path(v) for k, v in (references or {}).items()}
+    rows = list(members) + list(non_members)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         cfg = {
-            "command": command, "models": {m.name: str(m.path) for m in models}, "attacks": attacks,
-            "members_sha256": records_hash(members), "non_members_sha256": records_hash(non_members),
-            "canaries": [m.spec.name for m in manifests], "token_budget": token_budget, "seed": seed,
+            "command": command, "models": {m.name: str(m.path) for m in models},
+            "references": {k: str(v) for k, v in references.items()}, "attacks": options.attacks,
+            "params": options.params, "members_sha256": records_hash(members),
+            "non_members_sha256": records_hash(non_members), "canaries": [m.spec.name for m in manifests],
+            "shadows": len(shadows.dirs) if shadows else 0, "seed": options.seed,
         }
         write_text_atomic(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
-    results_by_model = {}
+    needs = _needs(options.attacks)
+    common = dict(device=device, token_budget=options.token_budget, log=log, trust_remote_code=trust_remote_code,
+                  seed=options.seed)
+    score_dirs = {}
     for m in models:
-        sdir = score_model(
-            run_dir, m, members, non_members, manifests, attacks=attacks, device=device,
-            token_budget=token_budget, log=log, trust_remote_code=trust_remote_code,
+        score_dirs[m.name] = score_model(
+            run_dir, m, rows, len(members), manifests, lowercase="lowercase" in needs,
+            n_neighbours=options.n_neighbours if "neighbours" in needs else 0, **common,
         )
-        results_by_model[m.name] = model_result(sdir, m, attacks, run_dir)
+    ref_tables = {}
+    if "reference" in needs:
+        for name, path in references.items():
+            d = score_dirs.get(name) or score_model(
+                run_dir, ModelToAudit(name, path), rows, len(members), [], lowercase=False, n_neighbours=0, **common
+            )
+            ref_tables[name] = load_score_table(d / "mia.parquet")
+    stats = member_in = None
+    if shadows is not None and needs & {"shadows_in", "shadows_out"}:
+        if shadows.membership.shape[1] != len(rows):
+            raise ValueError("the shadow models were trained on a different population")
+        stats = shadow_statistics(run_dir, shadows, rows, device=device, token_budget=options.token_budget,
+                                  log=log)
+        member_in = shadows.membership
+    results_by_model = {
+        m.name: model_result(score_dirs[m.name], m, run_dir, options, references=ref_tables,
+                             shadow_stats=stats, shadow_in=member_in)
+        for m in models
+    }
     results = Results(
         run=RunInfo(
             leakaudit_version=__version__,
             created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             command=command,
             config_sha256=sha256_file(cfg_path),
-            seed=seed,
+            seed=options.seed,
             git_revision=git_revision(),
             device=device_name(device),
             versions=package_versions(),
@@ -213,6 +344,8 @@ def run_audit(
                 "members": records_hash(members), "non_members": records_hash(non_members),
                 **(extra_data_sha256 or {}),
             },
+            reference_models={k: str(v) for k, v in references.items()},
+            shadow_models=len(shadows.dirs) if shadows else 0,
         ),
         canary_specs=spec_summaries(manifests),
         models=results_by_model,
@@ -221,3 +354,6 @@ def run_audit(
     paths = write_reports(results, run_dir)
     log("run_finished", report=str(paths["html"]))
     return results
+
+
+__all__ = ["ATTACKS", "DEFAULT_ATTACKS", "AuditOptions", "ModelToAudit", "run_audit"]

@@ -66,6 +66,7 @@ def demo(
     epsilon: Annotated[float | None, typer.Option(help="Target eps of the DP model.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: best available).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
+    shadows: Annotated[int | None, typer.Option(help="Shadow models for LiRA and RMIA (even, >= 4).")] = None,
 ) -> None:
     """Build everything from nothing: data, canaries, a base model, plain and DP fine-tuning, audit, report."""
     from leakaudit.config import resolve_config
@@ -79,6 +80,8 @@ def demo(
         overrides["device"] = device
     if seed is not None:
         overrides["seed"] = seed
+    if shadows is not None:
+        overrides["shadows"] = shadows
     cfg = resolve_config(preset=preset, config_file=config, canary_files=canaries, overrides=overrides)
     _check_device(cfg.device)
     from leakaudit.pipeline import run_demo
@@ -102,19 +105,21 @@ def _check_device(device: str | None) -> None:
 def _print_summary(results) -> None:
     from rich.table import Table
 
+    def med(v: list[float]) -> str:
+        return f"{sorted(v)[len(v) // 2]:.2f}" if v else "-"
+
     t = Table(title="leakaudit summary")
-    t.add_column("model")
-    t.add_column("eps")
-    t.add_column("exposure >=16x (median bits)")
-    t.add_column("reference (median bits)")
-    for a in next(iter(results.models.values())).mia:
-        t.add_column(f"{a} AUC")
+    for col in ("model", "eps", "exposure, >=16x (bits)", "exposure, reference", "LOSS AUC",
+                "best attack at 1% FPR"):
+        t.add_column(col)
     for name, m in results.models.items():
         hi = [c.exposure_bits for c in m.canaries if c.repetitions >= 16]
         ref = [c.exposure_bits for c in m.canaries if not c.inserted]
-        med = lambda v: f"{sorted(v)[len(v) // 2]:.2f}" if v else "-"  # noqa: E731
         eps = "inf" if m.privacy.epsilon is None else f"{m.privacy.epsilon:.2f}"
-        t.add_row(name, eps, med(hi), med(ref), *[f"{r.auc:.3f}" for r in m.mia.values()])
+        loss = f"{m.mia['loss'].auc:.3f}" if "loss" in m.mia else "-"
+        best = max(m.mia.items(), key=lambda kv: (kv[1].tpr_at_fpr["0.01"], kv[1].auc), default=None)
+        best_s = f"{best[0]}: TPR {best[1].tpr_at_fpr['0.01']:.1%}, AUC {best[1].auc:.3f}" if best else "-"
+        t.add_row(name, eps, med(hi), med(ref), loss, best_s)
     console.print(t)
 
 
@@ -223,6 +228,19 @@ def train(
 
 
 # -- audit -------------------------------------------------------------------------------
+def _parse_params(params: list[str]) -> dict[str, dict]:
+    import yaml
+
+    out: dict[str, dict] = {}
+    for p in params:
+        key, eq, value = p.partition("=")
+        attack, dot, name = key.partition(".")
+        if not eq or not dot or not name:
+            raise LeakauditError(f"--param: expected ATTACK.NAME=VALUE (got '{p}')")
+        out.setdefault(attack, {})[name] = yaml.safe_load(value)
+    return out
+
+
 @app.command()
 def audit(
     model: Annotated[list[str], typer.Option(help="Model directory, or NAME=DIR; repeat to compare models.")],
@@ -230,40 +248,85 @@ def audit(
     non_members: Annotated[Path, typer.Option(help="Held-out records from the same distribution.")],
     out: Annotated[Path, typer.Option("--out", help="Run directory to write.")],
     canaries: Annotated[list[Path] | None, typer.Option("--canaries", help="Canary manifest(s).")] = None,
+    reference: Annotated[
+        list[str] | None, typer.Option(help="Reference model directory or NAME=DIR (reference attacks).")
+    ] = None,
+    shadows: Annotated[int, typer.Option(help="Train this many shadow models (even, >= 4) for LiRA/RMIA.")] = 0,
+    shadow_base: Annotated[Path | None, typer.Option(help="Model the shadows are fine-tuned from.")] = None,
+    shadow_epochs: Annotated[int, typer.Option(min=1)] = 3,
+    shadow_batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    shadow_lr: Annotated[float, typer.Option()] = 1e-3,
+    shadow_store: Annotated[Path | None, typer.Option(help="Reuse shadow models kept here (default RUN/shadows).")]
+    = None,
     text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
-    attacks: Annotated[str, typer.Option(help="Comma-separated attacks.")] = "loss,zlib",
+    attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: all that apply).")] = None,
+    param: Annotated[list[str] | None, typer.Option(help="Attack parameter, e.g. min_k.k=0.1 (repeatable).")] = None,
     device: Annotated[str | None, typer.Option()] = None,
     token_budget: Annotated[int, typer.Option(min=256, help="Padded tokens per scoring batch.")] = 16384,
     trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (unsafe).")] = False,
 ) -> None:
     """Score models on members and non-members, run the attacks and canary exposure, write a report."""
-    from leakaudit.attacks import get_attack
-    from leakaudit.audit import run_audit
+    from leakaudit.attacks import ATTACKS, get_attack
+    from leakaudit.audit import AuditOptions, run_audit
     from leakaudit.data import check_no_overlap, load_corpus
     from leakaudit.models import check_model_dir, default_device
+    from leakaudit.runs import EventLog
+    from leakaudit.train import TrainSettings
+    from leakaudit.train.shadows import train_shadows
 
-    names = [a.strip() for a in attacks.split(",") if a.strip()]
+    names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else list(ATTACKS)
     for a in names:
         get_attack(a)
-    models = {}
-    for spec in model:
-        name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-        name = name or Path(path).name or "model"
-        if name in models:
-            raise LeakauditError(f"--model: two models named '{name}' (use NAME=DIR)")
-        models[name] = check_model_dir(path)
+    params = _parse_params(param or [])
+    for a, ps in params.items():
+        unknown = set(ps) - set(get_attack(a).params)
+        if unknown:
+            raise LeakauditError(f"--param: attack '{a}' has no parameter {sorted(unknown)[0]}")
+
+    def named(specs: list[str], flag: str) -> dict[str, Path]:
+        out_: dict[str, Path] = {}
+        for spec in specs:
+            name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
+            name = name or Path(path).name or "model"
+            if name in out_:
+                raise LeakauditError(f"{flag}: two models named '{name}' (use NAME=DIR)")
+            out_[name] = check_model_dir(path)
+        return out_
+
+    models = named(model, "--model")
+    refs = named(reference or [], "--reference")
+    if shadows and (shadows % 2 or shadows < 4):
+        raise LeakauditError(f"--shadows must be an even number >= 4 (got {shadows})")
+    if shadows and shadow_base is None:
+        raise LeakauditError("--shadows needs --shadow-base (the model the shadows are fine-tuned from)")
+    if shadow_base is not None:
+        check_model_dir(shadow_base)
+    if shadow_lr <= 0:
+        raise LeakauditError(f"--shadow-lr must be > 0 (got {shadow_lr:g})")
     _check_device(device)
 
     def rows(path: Path) -> list[dict]:
         ds = load_corpus(path, text_field=text_field)
-        return [{"id": str(r.get("id", i)), "text": r[text_field]} for i, r in enumerate(ds)]
+        return [
+            {"id": str(r.get("id", i)), "text": r[text_field], "user_id": r.get("user_id")} for i, r in enumerate(ds)
+        ]
 
     mem, non = rows(members), rows(non_members)
     check_no_overlap([r["text"] for r in mem], [r["text"] for r in non])
     manifests = [_load_manifest(p) for p in canaries or []]
+    dev = device or default_device()
+    log = EventLog(out, console.print)
+    shadow_set = None
+    if shadows:
+        recipe = TrainSettings(epochs=shadow_epochs, batch_size=shadow_batch_size, lr=shadow_lr)
+        shadow_set = train_shadows(
+            shadow_store or out / "shadows", shadow_base, [r["text"] for r in mem + non], shadows, recipe,
+            device=dev, log=log, bar=_bar,
+        )
     results = run_audit(
-        out, models, mem, non, manifests, attacks=names, device=device or default_device(),
-        token_budget=token_budget, trust_remote_code=trust_remote_code, echo=console.print, command=_command(),
+        out, models, mem, non, manifests, device=dev, references=refs, shadows=shadow_set,
+        options=AuditOptions(attacks=names, params=params, token_budget=token_budget),
+        trust_remote_code=trust_remote_code, log=log, command=_command(),
     )
     _print_summary(results)
     typer.echo(f"report: {out / 'report.html'}")

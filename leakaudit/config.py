@@ -10,13 +10,17 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leakaudit.canaries.spec import CanarySpec, load_spec
 from leakaudit.errors import LeakauditError
 from leakaudit.train.loop import DPSettings, TrainSettings
 
 REPO_CANARIES = Path(__file__).resolve().parents[1] / "canaries"
+ALL_DEMO_ATTACKS = (
+    "loss", "zlib", "lowercase", "min_k", "min_k_pp", "reference", "reference_ratio", "neighbourhood",
+    "lira_online", "lira_offline", "rmia",
+)
 
 
 class DataConfig(BaseModel):
@@ -52,6 +56,27 @@ class DemoConfig(BaseModel):
     dp_train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=64, lr=5e-4))
     dp: DPSettings = Field(default_factory=lambda: DPSettings(target_epsilon=8.0, max_grad_norm=1.0))
     token_budget: int = Field(default=16384, ge=256, description="Padded tokens per scoring batch.")
+    attacks: list[str] = Field(default_factory=lambda: list(ALL_DEMO_ATTACKS), description="Attacks to run.")
+    attack_params: dict[str, dict] = Field(default_factory=dict, description="Per-attack parameters.")
+    n_neighbours: int = Field(default=8, ge=1, description="Perturbed copies per text (neighbourhood).")
+    shadows: int = Field(default=0, ge=0, description="Shadow models for LiRA / RMIA (even; 0 = none).")
+
+    @field_validator("attacks")
+    @classmethod
+    def _known_attacks(cls, v: list[str]) -> list[str]:
+        from leakaudit.attacks import ATTACKS
+
+        unknown = [a for a in v if a not in ATTACKS]
+        if unknown:
+            raise ValueError(f"unknown attack(s) {unknown} (known: {', '.join(sorted(ATTACKS))})")
+        return v
+
+    @field_validator("shadows")
+    @classmethod
+    def _even(cls, v: int) -> int:
+        if v % 2 or v == 2:
+            raise ValueError(f"the number of shadow models must be 0 or an even number >= 4 (got {v})")
+        return v
 
 
 def _preset(name: str) -> dict:

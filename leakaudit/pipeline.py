@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from leakaudit.audit import ModelToAudit, run_audit
+from leakaudit.audit import AuditOptions, ModelToAudit, run_audit
 from leakaudit.canaries.manifest import CanaryManifest, generate_canaries, insert_canaries
 from leakaudit.config import DemoConfig
 from leakaudit.data.split import check_no_overlap, split_members
@@ -24,8 +24,8 @@ from leakaudit.models.tiny import build_model, train_tokenizer
 from leakaudit.report.schema import Results
 from leakaudit.runs import EventLog, stage
 from leakaudit.train.loop import TrainSettings, save_trained, train_model
+from leakaudit.train.shadows import train_shadows
 
-ATTACKS = ["loss", "zlib"]
 BarFactory = Callable[[str, int], contextlib.AbstractContextManager]
 
 
@@ -118,15 +118,26 @@ def run_demo(
         finetune(cfg.dp_train, cfg.dp, f"fine-tuning with DP-SGD (eps {cfg.dp.target_epsilon:g})"), log,
     )
 
-    # 5. audit --------------------------------------------------------------------------
+    # 5. shadow models (optional) and the audit ---------------------------------------------
+    shadows = None
+    population = members + non_members
+    if cfg.shadows:
+        shadows = train_shadows(
+            run_dir / "shadows", base_dir, [r["text"] for r in population], cfg.shadows, cfg.finetune,
+            device=device, log=log, seed=cfg.seed, bar=bar,
+        )
     models = [
         ModelToAudit("base", base_dir, "pretrained on public data only (never saw the private records)"),
         ModelToAudit("non_dp", nondp_dir, "fine-tuned on the members and canaries without DP"),
         ModelToAudit("dp", dp_dir, f"fine-tuned with DP-SGD, target eps {cfg.dp.target_epsilon:g}"),
     ]
+    options = AuditOptions(
+        attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
+        token_budget=cfg.token_budget, seed=cfg.seed,
+    )
     return run_audit(
-        run_dir, models, members, non_members, manifests, attacks=ATTACKS, device=device,
-        token_budget=cfg.token_budget, log=log, command=command, seed=cfg.seed,
+        run_dir, models, members, non_members, manifests, device=device, options=options,
+        references={"base": base_dir}, shadows=shadows, log=log, command=command,
         extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")},
     )
 

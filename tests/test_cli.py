@@ -143,5 +143,8 @@ def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_
     assert "report.html" in stdout
     results = json.loads((out / "results.json").read_text())
     assert set(results["models"]) == {"tiny"}
-    assert set(results["models"]["tiny"]["mia"]) == {"loss", "zlib"}
+    tiny = results["models"]["tiny"]
+    assert set(tiny["mia"]) == {"loss", "zlib", "lowercase", "min_k", "min_k_pp", "neighbourhood"}
+    assert set(tiny["skipped_attacks"]) == {"reference", "reference_ratio", "lira_online", "lira_offline", "rmia"}
+    assert "reference model" in tiny["skipped_attacks"]["reference"]
     assert (out / "scores" / "tiny" / "mia.parquet").is_file() and (out / "config.yaml").is_file()

@@ -80,3 +80,35 @@ def test_thin_roc_keeps_a_step_function_below_the_curve():
     assert len(thin.fpr) <= 100
     for f, t in zip(thin.fpr, thin.tpr):
         assert t == pytest.approx(tpr_at_fpr(m, n, f))
+
+
+def test_clopper_pearson_known_values():
+    from scipy.stats import binomtest
+
+    from leakaudit.attacks.metrics import clopper_pearson
+
+    for k, n in [(0, 10), (3, 10), (10, 10), (57, 200)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert clopper_pearson(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_bootstrap_interval_covers_the_auc_and_narrows_with_data():
+    from leakaudit.attacks.metrics import bootstrap_auc_ci
+
+    rng = np.random.default_rng(4)
+    small = bootstrap_auc_ci(rng.normal(0.5, 1, 50), rng.normal(0, 1, 50), n_boot=300)
+    m, n = rng.normal(0.5, 1, 2000), rng.normal(0, 1, 2000)
+    big = bootstrap_auc_ci(m, n, n_boot=300)
+    assert big[0] < auc(m, n) < big[1]
+    assert big[1] - big[0] < small[1] - small[0]
+
+
+def test_dp_bound_check_flags_only_real_violations():
+    from leakaudit.attacks.metrics import dp_bound_check
+
+    rng = np.random.default_rng(5)
+    m, n = rng.normal(3, 1, 500), rng.normal(0, 1, 500)  # a strong attack
+    assert dp_bound_check(m, n, epsilon=0.1, delta=1e-5).violated  # cannot come from a 0.1-DP model
+    assert not dp_bound_check(m, n, epsilon=8.0, delta=1e-5).violated
+    same = rng.normal(0, 1, 500), rng.normal(0, 1, 500)  # chance: never a violation
+    assert not dp_bound_check(*same, epsilon=0.01, delta=0.0).violated

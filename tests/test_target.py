@@ -81,3 +81,20 @@ def test_shared_prefix_cache_equals_independent_scoring(request, tokenizer, arch
     for c, v, e, lp in zip(cands, fast, enc, slow_lp):
         sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < len(prefix) + len(c) and b > len(prefix)]
         assert v == pytest.approx(-lp[sel].sum(), abs=1e-4)
+
+
+def test_min_k_plus_plus_statistics_come_from_the_same_pass(gpt2, tokenizer, corpora):
+    texts = [r["text"] for r in corpora[0][:5]]
+    target = Target(gpt2, tokenizer, token_budget=200)
+    stats = target.score_stats(texts)
+    plain = target.score(texts)
+    for t, st, lp in zip(texts, stats, plain):
+        np.testing.assert_allclose(st.lp, lp, atol=1e-6)
+        ids = encode(tokenizer, [t])[0].ids
+        with torch.no_grad():
+            logp = torch.log_softmax(gpt2(input_ids=torch.tensor([ids])).logits[0, :-1].double(), -1)
+        p = logp.exp()
+        mu = (p * logp).sum(-1).numpy()
+        var = (p * logp**2).sum(-1).numpy() - mu**2
+        np.testing.assert_allclose(st.mu, mu, atol=1e-4)
+        np.testing.assert_allclose(st.var, var, atol=1e-3)

@@ -9,9 +9,9 @@ an alpha below 1/N is only met by FPR = 0 and the result says so.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import rankdata
+from scipy.stats import beta, rankdata
 
-from leakaudit.report.schema import FPR_LEVELS, AttackResult, RocCurve
+from leakaudit.report.schema import FPR_LEVELS, AttackResult, DPBoundCheck, RocCurve
 
 
 def _check(members: np.ndarray, non_members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +70,63 @@ def thin_roc(fpr: np.ndarray, tpr: np.ndarray, max_points: int = 300) -> RocCurv
     return RocCurve(fpr=[float(x) for x in grid], tpr=[float(y) for y in best[idx]])
 
 
-def attack_result(members: np.ndarray, non_members: np.ndarray) -> AttackResult:
-    """AUC, TPR at 0.1%, 1% and 10% FPR, the ROC for plotting, and resolution warnings."""
+def bootstrap_auc_ci(
+    members: np.ndarray, non_members: np.ndarray, *, n_boot: int = 1000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of the AUC, resampling members and non-members separately."""
+    m, n = _check(members, non_members)
+    rng = np.random.default_rng(seed)
+    # AUC through ranks of the pooled sample: resampling indices keeps it O(n log n) per draw
+    out = np.empty(n_boot)
+    for b in range(n_boot):
+        out[b] = auc(m[rng.integers(0, m.size, m.size)], n[rng.integers(0, n.size, n.size)])
+    lo, hi = np.quantile(out, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Exact binomial interval for k successes out of n."""
+    a = 1 - level
+    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    return lo, hi
+
+
+def dp_bound_check(
+    members: np.ndarray, non_members: np.ndarray, epsilon: float, delta: float, level: float = 0.95
+) -> DPBoundCheck:
+    """Test TPR <= e^eps FPR + delta at every threshold, allowing for sampling error.
+
+    A violation is declared only when the Clopper-Pearson lower bound on the TPR exceeds the
+    bound computed from the upper bound on the FPR, with the confidence level Bonferroni-corrected
+    over the thresholds tested, so that chance raises a false alarm with probability below
+    ``1 - level``.
+    """
+    m, n = _check(members, non_members)
+    fpr, tpr, _ = roc_curve(m, n)
+    excess = tpr - (np.exp(epsilon) * fpr + delta)
+    violated = False
+    each = 1 - (1 - level) / max(len(fpr), 1)
+    for f, t in zip(fpr, tpr):
+        if t - (np.exp(epsilon) * f + delta) <= 0:
+            continue
+        tp, fp = round(t * m.size), round(f * n.size)
+        if clopper_pearson(tp, m.size, each)[0] > np.exp(epsilon) * clopper_pearson(fp, n.size, each)[1] + delta:
+            violated = True
+            break
+    return DPBoundCheck(epsilon=epsilon, delta=delta, violated=violated, max_excess=float(excess.max()))
+
+
+def attack_result(
+    members: np.ndarray,
+    non_members: np.ndarray,
+    *,
+    epsilon: float | None = None,
+    delta: float | None = None,
+    n_boot: int = 1000,
+) -> AttackResult:
+    """AUC with its bootstrap interval, TPR at 0.1%, 1% and 10% FPR with Clopper-Pearson intervals,
+    balanced accuracy, the ROC for plotting, resolution warnings and, for a DP model, the DP bound check."""
     m, n = _check(members, non_members)
     fpr, tpr, _ = roc_curve(m, n)
     res = 1.0 / n.size
@@ -81,12 +136,25 @@ def attack_result(members: np.ndarray, non_members: np.ndarray) -> AttackResult:
         for a in FPR_LEVELS
         if float(a) < res
     ]
+    tprs = {a: float(tpr[fpr <= float(a) + 1e-12].max()) for a in FPR_LEVELS}
+    dp = None
+    if epsilon is not None:
+        dp = dp_bound_check(m, n, epsilon, delta or 0.0)
+        if dp.violated:
+            warns.append(
+                f"the attack's ROC exceeds the (eps={epsilon:.2f}, delta={delta:g}) DP bound beyond sampling "
+                "error: the DP training or its accounting is broken"
+            )
     return AttackResult(
         auc=auc(m, n),
-        tpr_at_fpr={a: float(tpr[fpr <= float(a) + 1e-12].max()) for a in FPR_LEVELS},
+        auc_ci=bootstrap_auc_ci(m, n, n_boot=n_boot) if n_boot else None,
+        tpr_at_fpr=tprs,
+        tpr_ci={a: clopper_pearson(round(t * m.size), m.size) for a, t in tprs.items()},
+        balanced_accuracy=float((1 + np.max(tpr - fpr)) / 2),
         n_members=int(m.size),
         n_non_members=int(n.size),
         min_resolvable_fpr=res,
+        dp_bound=dp,
         warnings=warns,
         roc=thin_roc(fpr, tpr),
     )

@@ -39,13 +39,29 @@ def split_members(
 ) -> tuple[list[dict], list[dict], MembershipSplit]:
     """Split records at random into members and non-members.
 
-    Records with identical text are kept on the same side, so the split never overlaps.
+    Records of one user (``user_id``) stay on the same side, so membership can be asked of a
+    person as well as of a record; records with identical text are kept together too, so the
+    split never overlaps.
     """
     if not 0.0 < member_fraction < 1.0:
         raise LeakauditError(f"member_fraction must lie strictly between 0 and 1 (got {member_fraction})")
+    # union of "same user" and "same text" into groups, in first-seen order
+    parent: dict[str, str] = {}
+
+    def find(x: str) -> str:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for r in records:
+        t = "text:" + r["text"].strip()
+        find(t)
+        if r.get("user_id"):
+            parent[find("user:" + str(r["user_id"]))] = find(t)
     groups: dict[str, list[dict]] = {}
     for r in records:
-        groups.setdefault(r["text"].strip(), []).append(r)
+        groups.setdefault(find("text:" + r["text"].strip()), []).append(r)
     keys = list(groups)
     random.Random(seed).shuffle(keys)
     n_mem = round(len(keys) * member_fraction)

@@ -25,6 +25,15 @@ def default_device() -> str:
 
 
 @dataclass(frozen=True)
+class TokenStats:
+    """Per-token log-probs of a text, with the mean and variance of log p under p at each position."""
+
+    lp: np.ndarray
+    mu: np.ndarray
+    var: np.ndarray
+
+
+@dataclass(frozen=True)
 class _Row:
     """One model input: a window of a text's token ids; tokens from ``first`` on are scored."""
 
@@ -76,8 +85,14 @@ class Target:
 
     # -- core -------------------------------------------------------------------------
     @torch.no_grad()
-    def _score_rows(self, rows: list[_Row]) -> list[np.ndarray]:
-        """Log-probs of tokens ``first..end`` of each row (the one-token shift applied)."""
+    def _score_rows(self, rows: list[_Row], *, stats: bool = False) -> list[np.ndarray]:
+        """Per-token values of tokens ``first..end`` of each row (the one-token shift applied).
+
+        Each result is ``lp`` of shape [n], or with ``stats`` an array [3, n] of ``lp`` and the
+        mean and variance of log p over the vocabulary under p itself (Min-K%++ needs them).
+        Only real (non-padding) positions are normalised, in chunks, so the float32 copy of the
+        logits never exceeds ``chunk`` rows of the vocabulary.
+        """
         out: list[np.ndarray | None] = [None] * len(rows)
         order = sorted(range(len(rows)), key=lambda k: -len(rows[k].ids))
         k = 0
@@ -95,31 +110,62 @@ class Target:
             ids, mask = ids.to(self.device), mask.to(self.device)
             pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(batch), -1)
             logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
-            logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-            tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu().numpy()
-            for b, r in enumerate(batch):
+            valid = mask[:, 1:].bool()  # position i - 1 predicts token i
+            flat = logits[:, :-1][valid]
+            targets = ids[:, 1:][valid]
+            del logits
+            values = self._normalise(flat, targets, stats).cpu().numpy()  # [1 or 3, N]
+            start = 0
+            for r in batch:
                 L, f = len(rows[r].ids), rows[r].first
-                # token j (j >= 1) is predicted at position j - 1
-                out[r] = tok_lp[b, f - 1 : L - 1].astype(np.float32) if f >= 1 else np.zeros(0, np.float32)
+                seg = values[:, start + f - 1 : start + L - 1].astype(np.float32)
+                out[r] = seg if stats else seg[0]
+                start += L - 1
         return out  # type: ignore[return-value]
 
-    def score_ids(self, ids_list: list[list[int]], n_special: list[int] | None = None) -> list[np.ndarray]:
-        """Per-token log-probs for already-tokenized sequences (leading specials unscored)."""
+    @staticmethod
+    def _normalise(flat: torch.Tensor, targets: torch.Tensor, stats: bool, chunk: int = 4096) -> torch.Tensor:
+        parts = []
+        for i in range(0, flat.shape[0], chunk):
+            logp = torch.log_softmax(flat[i : i + chunk].float(), dim=-1)
+            lp = logp.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
+            if not stats:
+                parts.append(lp[None])
+                continue
+            p = logp.exp()
+            mu = (p * logp).sum(-1)
+            var = ((p * logp) * logp).sum(-1) - mu * mu
+            parts.append(torch.stack([lp, mu, var.clamp_min(0.0)]))
+        if not parts:
+            return torch.zeros((3 if stats else 1, 0))
+        return torch.cat(parts, dim=1)
+
+    def score_ids(
+        self, ids_list: list[list[int]], n_special: list[int] | None = None, *, stats: bool = False
+    ) -> list[np.ndarray]:
+        """Per-token log-probs (or, with ``stats``, [3, n] arrays of lp, mu, var) of tokenized texts."""
         n_special = n_special or [1] * len(ids_list)
         rows: list[_Row] = []
         for i, (ids, ns) in enumerate(zip(ids_list, n_special)):
             rows.extend(_windows(i, ids, ns, self.context))
-        parts = self._score_rows(rows)
+        parts = self._score_rows(rows, stats=stats)
         out: list[list[np.ndarray]] = [[] for _ in ids_list]
         for r, p in zip(rows, parts):
             out[r.text].append(p)
-        return [np.concatenate(p) if p else np.zeros(0, np.float32) for p in out]
+        empty = np.zeros((3, 0) if stats else 0, np.float32)
+        return [np.concatenate(p, axis=-1) if p else empty for p in out]
 
     # -- the interface attacks use ------------------------------------------------------
     def score(self, texts: list[str]) -> list[np.ndarray]:
         """Masked per-token log-probs (natural log) of each text's tokens."""
         enc = encode(self.tokenizer, list(texts))
         return self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
+
+    def score_stats(self, texts: list[str]) -> list[TokenStats]:
+        """Per-token log-probs with the vocabulary mean and variance of log p (same single pass)."""
+        enc = encode(self.tokenizer, list(texts))
+        arrs = self.score_ids([e.ids for e in enc], [e.n_special for e in enc], stats=True)
+        return [TokenStats(lp=a[0], mu=a[1], var=a[2]) for a in arrs]
 
     def secret_nll(self, prefix: str, candidates: list[str]) -> np.ndarray:
         """Summed NLL (nats) of each candidate secret following ``prefix``.

@@ -38,14 +38,32 @@ class RocCurve(_Model):
     tpr: list[float]
 
 
+class DPBoundCheck(_Model):
+    """Whether the attack's ROC respects TPR <= e^eps FPR + delta (it must, under (eps, delta)-DP)."""
+
+    epsilon: float
+    delta: float
+    violated: bool = Field(
+        description="True when, at some threshold, the Clopper-Pearson lower bound on TPR exceeds "
+        "e^eps times the upper bound on FPR plus delta (95% two-sided intervals)."
+    )
+    max_excess: float = Field(description="Largest empirical TPR - (e^eps FPR + delta) over thresholds.")
+
+
 class AttackResult(_Model):
     """Metrics of one membership-inference attack on one model."""
 
     auc: float = Field(description="Area under the ROC (Mann-Whitney, ties count 1/2).")
+    auc_ci: tuple[float, float] | None = Field(default=None, description="95% bootstrap interval of the AUC.")
     tpr_at_fpr: dict[str, float] = Field(description="TPR at FPR <= alpha from the step-function ROC.")
+    tpr_ci: dict[str, tuple[float, float]] = Field(
+        default_factory=dict, description="95% Clopper-Pearson interval of each TPR at its threshold."
+    )
+    balanced_accuracy: float | None = Field(default=None, description="max over thresholds of (TPR + 1 - FPR) / 2.")
     n_members: int
     n_non_members: int
     min_resolvable_fpr: float = Field(description="1 / n_non_members: smaller FPRs rest on zero samples.")
+    dp_bound: DPBoundCheck | None = None
     warnings: list[str] = Field(default_factory=list)
     roc: RocCurve | None = None
 
@@ -96,7 +114,13 @@ class ModelResult(_Model):
     files_sha256: dict[str, str] = Field(default_factory=dict)
     privacy: PrivacyRecord
     utility: Utility = Field(default_factory=Utility)
-    mia: dict[str, AttackResult] = Field(default_factory=dict)
+    mia: dict[str, AttackResult] = Field(default_factory=dict, description="Per-sequence attacks.")
+    mia_by_unit: dict[str, dict[str, AttackResult]] = Field(
+        default_factory=dict,
+        description="Other units of evaluation: 'user' (a person's records aggregated) and 'canary' "
+        "(inserted versus reference canaries, scored by exposure).",
+    )
+    skipped_attacks: dict[str, str] = Field(default_factory=dict, description="Attack -> why it was not run.")
     canaries: list[CanaryResult] = Field(default_factory=list)
     exposure_by_repetition: list[ExposureGroup] = Field(default_factory=list)
 
@@ -115,6 +139,8 @@ class RunInfo(_Model):
     n_canaries_inserted: int
     n_reference_canaries: int
     data_sha256: dict[str, str] = Field(default_factory=dict)
+    reference_models: dict[str, str] = Field(default_factory=dict, description="Reference name -> directory.")
+    shadow_models: int = Field(default=0, description="Shadow models used by LiRA and RMIA.")
 
 
 class Results(_Model):
