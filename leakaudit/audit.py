@@ -92,6 +92,13 @@ def spec_summaries(manifests: list[CanaryManifest]) -> list[CanarySpecSummary]:
     return out
 
 
+def _dtype(device: str):
+    """bf16 weights on a GPU (log-softmax stays float32 in the engine); float32 on the CPU."""
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") else None
+
+
 def _needs(attacks: list[str]) -> set[str]:
     return {r for a in attacks for r in get_attack(a).requires}
 
@@ -123,7 +130,7 @@ def score_model(
     }
 
     def build(tmp: Path) -> None:
-        loaded = load_model(model.path, device=device, trust_remote_code=trust_remote_code)
+        loaded = load_model(model.path, device=device, trust_remote_code=trust_remote_code, dtype=_dtype(device))
         target = Target(loaded.model, loaded.tokenizer, token_budget=token_budget)
         table = build_score_table(
             target, [str(r["id"]) for r in rows], [r["text"] for r in rows],
@@ -147,7 +154,7 @@ def shadow_statistics(
     def build(tmp: Path) -> None:
         stats = []
         for d in shadows.dirs:
-            loaded = load_model(d, device=device)
+            loaded = load_model(d, device=device, dtype=_dtype(device))
             lps = Target(loaded.model, loaded.tokenizer, token_budget=token_budget).score([r["text"] for r in rows])
             stats.append([float(np.mean(lp, dtype=np.float64)) if len(lp) else 0.0 for lp in lps])
         np.save(tmp / "stats.npy", np.array(stats))

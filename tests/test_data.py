@@ -97,6 +97,13 @@ def test_split_is_seeded_recorded_and_disjoint():
     assert split_members(private, member_fraction=0.5, seed=5)[0] != mem
 
 
+def test_split_keeps_each_user_on_one_side():
+    private, _ = make_corpora(120, 1, seed=6)
+    mem, non, _ = split_members(private, member_fraction=0.5, seed=1)
+    assert not {r["user_id"] for r in mem} & {r["user_id"] for r in non}
+    assert 0.35 < len(mem) / len(private) < 0.65
+
+
 def test_overlap_is_refused():
     with pytest.raises(LeakauditError, match="overlap: 1 non-member"):
         check_no_overlap(["a b", "c"], ["x", "a b "])

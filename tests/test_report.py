@@ -7,12 +7,13 @@ import re
 
 import pytest
 
-from leakaudit.report.plots import exposure_plot, roc_plot
+from leakaudit.report.plots import attack_order, exposure_plot, png_size, roc_plot
 from leakaudit.report.render import render_html, render_markdown, write_reports
 from leakaudit.report.schema import (
     AttackResult,
     CanaryResult,
     CanarySpecSummary,
+    DPBoundCheck,
     ExposureGroup,
     ModelResult,
     PrivacyRecord,
@@ -34,6 +35,10 @@ MD_HEADINGS = (
     "## Limitations",
 )
 CAP = 9.965784284662087  # log2(1000)
+EPS, DELTA = 7.9812, 1e-5
+REF_REASON = "needs a reference model trained on similar data without the audited records"
+SHADOW_REASON = "needs shadow models (run with --shadows N)"
+BROKEN = "the DP guarantee is contradicted by the measurements: the DP training or its accounting is broken"
 
 
 def _run(**kw) -> RunInfo:
@@ -51,6 +56,8 @@ def _run(**kw) -> RunInfo:
         n_canaries_inserted=6,
         n_reference_canaries=3,
         data_sha256={"members.jsonl": "b" * 64, "non_members.jsonl": "c" * 64},
+        reference_models={"base": "models/base"},
+        shadow_models=4,
     )
     base.update(kw)
     return RunInfo(**base)
@@ -92,22 +99,38 @@ def _groups(exposures: dict[int, list[float]]) -> list[ExposureGroup]:
     return groups
 
 
-def _attack(auc: float, with_roc: bool = True, warnings: list[str] | None = None) -> AttackResult:
+def _attack(
+    auc: float,
+    with_roc: bool = True,
+    warnings: list[str] | None = None,
+    *,
+    dp: DPBoundCheck | None = None,
+    n: int = 200,
+) -> AttackResult:
     roc = None
     if with_roc:
         fpr = [0.0, 0.005, 0.01, 0.1, 0.5, 1.0]
         tpr = [min(1.0, f + (auc - 0.5) * 0.8) if f > 0 else 0.0 for f in fpr]
         tpr[-1] = 1.0
         roc = RocCurve(fpr=fpr, tpr=tpr)
+    tprs = {"0.001": 0.0, "0.01": 0.02 + (auc - 0.5) / 10, "0.1": 0.1 + (auc - 0.5) / 2}
     return AttackResult(
         auc=auc,
-        tpr_at_fpr={"0.001": 0.0, "0.01": 0.02 + (auc - 0.5) / 10, "0.1": 0.1 + (auc - 0.5) / 2},
-        n_members=200,
-        n_non_members=200,
-        min_resolvable_fpr=1 / 200,
-        warnings=warnings if warnings is not None else ["FPR 0.001 is below 1/200 non-members"],
+        auc_ci=(auc - 0.05, auc + 0.05),
+        tpr_at_fpr=tprs,
+        tpr_ci={k: (max(0.0, t - 0.02), min(1.0, t + 0.03)) for k, t in tprs.items()},
+        balanced_accuracy=0.5 + (auc - 0.5) * 0.7,
+        n_members=n,
+        n_non_members=n,
+        min_resolvable_fpr=1 / n,
+        dp_bound=dp,
+        warnings=warnings if warnings is not None else [f"FPR 0.001 is below 1/{n} non-members"],
         roc=roc,
     )
+
+
+def _dp(violated: bool = False, excess: float = -1e-5) -> DPBoundCheck:
+    return DPBoundCheck(epsilon=EPS, delta=DELTA, violated=violated, max_excess=excess)
 
 
 def make_results() -> Results:
@@ -120,8 +143,8 @@ def make_results() -> Results:
         "base": PrivacyRecord(),
         "non_dp": PrivacyRecord(steps=1200, epochs=3.0, dataset_size=200),
         "dp": PrivacyRecord(
-            epsilon=7.9812,
-            delta=1e-5,
+            epsilon=EPS,
+            delta=DELTA,
             noise_multiplier=0.71,
             sample_rate=0.0625,
             steps=1200,
@@ -131,16 +154,29 @@ def make_results() -> Results:
             dataset_size=200,
         ),
     }
-    aucs = {"base": (0.5, 0.51), "non_dp": (0.83, 0.79), "dp": (0.55, 0.54)}
+    aucs = {
+        "base": {"loss": 0.5, "zlib": 0.51},
+        "non_dp": {"loss": 0.83, "zlib": 0.79, "reference": 0.86, "rmia": 0.9},
+        "dp": {"loss": 0.55, "zlib": 0.54, "reference": 0.53, "rmia": 0.56},
+    }
+    skipped = {"base": {"reference": REF_REASON, "rmia": SHADOW_REASON}, "non_dp": {}, "dp": {}}
     models = {}
     for name in MODELS:
+        dp = _dp() if name == "dp" else None
         models[name] = ModelResult(
             description="pretrained, never saw the private data" if name == "base" else f"{name} fine-tune",
             path=None if name == "base" else f"models/{name}",
             files_sha256={} if name == "base" else {"model.safetensors": "e" * 64, "config.json": "f" * 64},
             privacy=privacy[name],
             utility=Utility(member_loss=2.1, non_member_loss=2.4, non_member_perplexity=11.02),
-            mia={"loss": _attack(aucs[name][0]), "zlib": _attack(aucs[name][1])},
+            mia={attack: _attack(auc, dp=dp) for attack, auc in aucs[name].items()},
+            mia_by_unit={
+                "user": {
+                    attack: _attack(auc + 0.02, with_roc=False, warnings=[], n=50) for attack, auc in aucs[name].items()
+                },
+                "canary": {"exposure": _attack(0.97 if name == "non_dp" else 0.52, warnings=[], dp=dp, n=9)},
+            },
+            skipped_attacks=skipped[name],
             canaries=_canaries(exposures[name]),
             exposure_by_repetition=_groups(exposures[name]),
         )
@@ -208,13 +244,17 @@ def test_html_sections_models_and_images(html):
     for name in MODELS:
         assert f'<th scope="col">{name}</th>' in html
     uris = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', html)
-    assert len(uris) == 3  # exposure + one ROC per attack
+    assert len(uris) == 2  # exposure + one grid of ROC small multiples
     for uri in uris:
         assert base64.b64decode(uri).startswith(b"\x89PNG")
     exposure = html[html.index('<section id="exposure">') : html.index('<section id="mia">')]
     mia = html[html.index('<section id="mia">') : html.index('<section id="utility">')]
     assert "data:image/png;base64" in exposure
-    assert mia.count("data:image/png;base64") == 2
+    assert mia.count("data:image/png;base64") == 1
+    # The grid's real pixel size is given to the browser.
+    uri = re.search(r'src="(data:image/png;base64,[^"]+)"', mia).group(1)
+    width, height = png_size(uri)
+    assert f'width="{width}" height="{height}"' in mia and width > height
 
 
 def test_html_is_self_contained(html):
@@ -287,3 +327,158 @@ def test_renders_with_no_models_attacks_or_privacy():
 def test_roc_plot_unknown_attack(results):
     assert roc_plot(results, "no-such-attack") is None
     assert roc_plot(results, "zlib").startswith("data:image/png;base64,")
+
+
+# --------------------------------------------------------------------------- new fields
+
+
+def _with_dp_violation(res: Results, attacks: tuple[str, ...] = ("rmia", "zlib")) -> Results:
+    dp = res.models["dp"]
+    mia = {
+        a: r.model_copy(update={"dp_bound": _dp(violated=True, excess=0.21 if a == "rmia" else 0.12)})
+        if a in attacks
+        else r
+        for a, r in dp.mia.items()
+    }
+    models = dict(res.models)
+    models["dp"] = dp.model_copy(update={"mia": mia})
+    return res.model_copy(update={"models": models})
+
+
+def test_markdown_summary_is_a_list_naming_the_strongest_attack(markdown):
+    summary = markdown[markdown.index("## Summary") : markdown.index("## What was audited")]
+    bullets = [line for line in summary.splitlines() if line.startswith("- **")]
+    assert [b.split("**")[1] for b in bullets] == list(MODELS)
+    assert "strongest attack by TPR at 1% FPR: rmia, 6.0% (AUC 0.900)" in bullets[1]
+    assert "strongest attack by TPR at 1% FPR: zlib, 2.1% (AUC 0.510)" in bullets[0]
+    assert "no attack exceeds the DP bound" in bullets[2]
+    assert "WARNING" not in summary
+
+
+def test_markdown_audited_shows_reference_and_shadow_models(markdown):
+    assert "| reference model: base | `models/base` |" in markdown
+    assert "| shadow models (LiRA, RMIA) | 4 |" in markdown
+    bare = render_markdown(Results(run=_run(reference_models={}, shadow_models=0), models=make_results().models))
+    assert "| reference models | none |" in bare and "| shadow models (LiRA, RMIA) | none |" in bare
+
+
+def test_markdown_one_membership_table_per_model(markdown):
+    mia = markdown[markdown.index("## Membership inference") : markdown.index("## Utility")]
+    for name in MODELS:
+        assert f"### {name}\n" in mia
+    header = "| attack | AUC [95% CI] | TPR@0.1% | TPR@1% [95% CI] | TPR@10% | balanced acc. |"
+    assert mia.count(header) == 3
+    assert mia.count(header + " DP bound |") == 1  # only the DP model has the DP bound column
+    # AUC with its bootstrap interval, TPR@1% with its Clopper-Pearson interval and the best marked, balanced acc.
+    assert "| rmia | 0.900 [0.85, 0.95] | 0%† | 6.0% [4.0%, 9.0%] ★ | 30.0% | 78.0% |" in mia
+    assert "| loss | 0.830 [0.78, 0.88] | 0%† | 5.3% [3.3%, 8.3%] | 26.5% | 73.1% |" in mia
+    assert "| rmia | 0.560 [0.51, 0.61] | 0%† | 2.6% [0.60%, 5.6%] ★ | 13.0% | 54.2% | ok |" in mia
+    # Skipped attacks, with their reasons, under the model's table.
+    base = mia[mia.index("### base") : mia.index("### non_dp")]
+    assert f"- reference: {REF_REASON}" in base and f"- rmia: {SHADOW_REASON}" in base
+
+
+def test_markdown_cross_model_comparison(markdown):
+    mia = markdown[markdown.index("### Comparison across models") : markdown.index("### Units of evaluation")]
+    assert "| attack | base | non_dp | dp |" in mia
+    assert "| loss | 0.500 / 2.0% | 0.830 / 5.3% | 0.550 / 2.5% |" in mia
+    assert "| rmia | skipped | 0.900 / 6.0% ★ | 0.560 / 2.6% ★ |" in mia
+    # Attacks keep their usual order although the first model skipped some of them.
+    rows = [line.split(" | ")[0][2:] for line in mia.splitlines() if line.startswith("| ") and "/" in line]
+    assert rows == ["loss", "zlib", "reference", "rmia"]
+
+
+def test_markdown_units_of_evaluation(markdown):
+    units = markdown[markdown.index("### Units of evaluation") : markdown.index("## Utility")]
+    assert "#### Per user" in units and "#### Per canary" in units
+    assert "50 member users / 50 non-member users for every model" in units
+    assert "9 inserted canaries / 9 reference canaries for every model" in units
+    assert "| rmia | skipped | 0.920 / 6.2%† ★ | 0.580 / 2.8%† ★ |" in units
+    assert "| exposure | 0.520 / 2.2%† ★ | 0.970 / 6.7%† ★ | 0.520 / 2.2%† ★ |" in units
+
+
+def test_dp_bound_respected(markdown, html):
+    text = "dp: no attack exceeds the DP bound TPR ≤ e^ε·FPR + δ (ε = 7.98, δ = 1.0e-05) beyond sampling error"
+    assert text in markdown and text in html
+    assert "| DP bound check (TPR ≤ e^ε·FPR + δ) | n/a (no DP) | n/a (no DP) | holds (4 attacks) |" in markdown
+    assert BROKEN not in markdown and BROKEN not in html
+    assert 'class="alert"' not in html
+
+
+def test_dp_bound_violated_gives_a_loud_warning():
+    res = _with_dp_violation(make_results())
+    md = render_markdown(res)
+    html = render_html(res)
+    for out in (md, html):
+        assert BROKEN in out
+        assert "no attack exceeds the DP bound TPR" not in out
+        assert "On dp, zlib and rmia exceed the DP bound TPR ≤ e^ε·FPR + δ" in out
+    # In the summary (before everything else) and under the DP model's table.
+    summary = md[md.index("## Summary") : md.index("## What was audited")]
+    assert f"> **⚠ WARNING, dp: {BROKEN}.**" in summary
+    assert "⚠ DP bound VIOLATED by zlib and rmia" in summary
+    dp_part = md[md.index("### dp") : md.index("### Comparison across models")]
+    assert f"> **⚠ WARNING, dp: {BROKEN}.**" in dp_part
+    assert "| zlib | 0.540 [0.49, 0.59] | 0%† | 2.4% [0.40%, 5.4%] | 12.0% | 52.8% | ⚠ VIOLATED |" in dp_part
+    assert "⚠ VIOLATED by 2 of 4 attacks" in md
+    summary_html = html[html.index('<section id="summary">') : html.index('<section id="audited">')]
+    mia_html = html[html.index('<section id="mia">') : html.index('<section id="utility">')]
+    assert '<div class="alert" role="alert">' in summary_html and '<div class="alert" role="alert">' in mia_html
+    assert '<td class="num violated">⚠ VIOLATED</td>' in mia_html
+
+
+def test_canary_unit_dp_violation_is_explained_by_group_privacy():
+    res = make_results()
+    dp = res.models["dp"]
+    canary = {"exposure": dp.mia_by_unit["canary"]["exposure"].model_copy(update={"dp_bound": _dp(True, 0.4)})}
+    models = dict(res.models)
+    models["dp"] = dp.model_copy(update={"mia_by_unit": {**dp.mia_by_unit, "canary": canary}})
+    md = render_markdown(res.model_copy(update={"models": models}))
+    # Canaries inserted k times are only protected at k·eps: a note, not the loud warning.
+    assert BROKEN not in md
+    assert "dp: exposure exceeds the record-level DP bound" in md
+    assert "a canary inserted k times is protected only at group privacy (roughly k·ε)" in md
+
+
+def test_limitations_mention_group_privacy(markdown, html):
+    sentence = "A canary inserted k times is protected by DP only at group privacy (roughly k·eps)"
+    assert sentence in markdown
+    assert sentence in html[html.index('<section id="limitations">') :]
+
+
+def test_html_new_content(html):
+    mia = html[html.index('<section id="mia">') : html.index('<section id="utility">')]
+    assert mia.count('<th scope="col">AUC [95% CI]</th>') == 3
+    assert '<td class="num best">6.0% [4.0%, 9.0%] ★</td>' in mia
+    assert "<h3>Comparison across models</h3>" in mia and "<h3>Units of evaluation</h3>" in mia
+    assert "<h4>Per user</h4>" in mia and "<h4>Per canary</h4>" in mia
+    assert f"<li>reference: {REF_REASON}</li>" in mia
+    summary = html[html.index('<section id="summary">') : html.index('<section id="audited">')]
+    assert summary.count("<li><strong>") == 3
+    assert "shadow models (LiRA, RMIA)" in html and "<code>models/base</code>" in html
+
+
+def test_attack_order_merges_models(results):
+    assert attack_order(results) == ["loss", "zlib", "reference", "rmia"]
+    assert attack_order(results, "canary") == ["exposure"]
+    assert attack_order(results, models=["base"]) == ["loss", "zlib"]
+    assert attack_order(results, "no-such-unit") == []
+
+
+def test_roc_grid(results):
+    grid = roc_plot(results)
+    assert grid.startswith("data:image/png;base64,")
+    assert base64.b64decode(grid.split(",", 1)[1]).startswith(b"\x89PNG")
+    # Deterministic: byte-identical for the same input, also after a JSON round trip.
+    again = Results.model_validate_json(results.model_dump_json())
+    assert roc_plot(again) == grid
+    width, height = png_size(grid)
+    assert width > height > 0  # 4 attacks: one row of 4 panels
+    # One model's grid, a unit's grid, a one-panel plot and a larger grid with several rows.
+    assert roc_plot(results, models=["non_dp"]) not in (None, grid)
+    assert roc_plot(results, unit="canary").startswith("data:image/png;base64,")
+    assert roc_plot(results, unit="user") is None  # user-level results carry no ROC here
+    assert png_size(roc_plot(results, "rmia")) == (600, 400)
+    w2, h2 = png_size(roc_plot(results, columns=2))
+    assert w2 < width and h2 > height
+    assert roc_plot(_with_dp_violation(results)) != grid  # the violated panel is titled in red

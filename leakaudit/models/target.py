@@ -123,6 +123,27 @@ class Target:
                 start += L - 1
         return out  # type: ignore[return-value]
 
+    def _score_rows_distributed(self, rows: list[_Row], stats: bool) -> list[np.ndarray]:
+        """Data parallel across processes when torch.distributed is initialised (torchrun/accelerate).
+
+        Rank r scores rows r, r + W, r + 2W, ... (after sorting by length, so every rank gets a
+        similar mix); results are gathered on every rank and put back in order.
+        """
+        dist = torch.distributed
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return self._score_rows(rows, stats=stats)
+        world, rank = dist.get_world_size(), dist.get_rank()
+        order = sorted(range(len(rows)), key=lambda k: -len(rows[k].ids))
+        mine = order[rank::world]
+        local = self._score_rows([rows[k] for k in mine], stats=stats)
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, list(zip(mine, local)))
+        out: list[np.ndarray | None] = [None] * len(rows)
+        for part in gathered:
+            for k, arr in part:
+                out[k] = arr
+        return out  # type: ignore[return-value]
+
     @staticmethod
     def _normalise(flat: torch.Tensor, targets: torch.Tensor, stats: bool, chunk: int = 4096) -> torch.Tensor:
         parts = []
@@ -148,7 +169,7 @@ class Target:
         rows: list[_Row] = []
         for i, (ids, ns) in enumerate(zip(ids_list, n_special)):
             rows.extend(_windows(i, ids, ns, self.context))
-        parts = self._score_rows(rows, stats=stats)
+        parts = self._score_rows_distributed(rows, stats)
         out: list[list[np.ndarray]] = [[] for _ in ids_list]
         for r, p in zip(rows, parts):
             out[r.text].append(p)

@@ -12,9 +12,10 @@ import base64
 import io
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from typing import Any
 
-from leakaudit.report.schema import CanaryResult, ExposureGroup, ModelResult, Results
+from leakaudit.report.schema import AttackResult, CanaryResult, ExposureGroup, ModelResult, Results
 
 FIGSIZE = (6.0, 4.0)
 DPI = 100
@@ -183,50 +184,175 @@ def exposure_plot(results: Results) -> str | None:
 
 # --------------------------------------------------------------------------- ROC
 
+ROC_COLUMNS = 4
+"""Panels per row of the ROC small multiples."""
+ROC_PANEL = (2.7, 2.35)
+"""Width and height (inches) of one ROC panel in the grid."""
+ROC_TOP = 1.6
+"""Upper limit of the (log) TPR axis."""
 
-def roc_plot(results: Results, attack: str, floor: float = ROC_FLOOR) -> str | None:
-    """ROC curves of one attack on log-log axes, one per model; None when no model has a curve."""
+
+def unit_attacks(model: ModelResult, unit: str | None = None) -> dict[str, AttackResult]:
+    """The model's attacks for one unit of evaluation: per sequence (``None``) or ``model.mia_by_unit[unit]``."""
+    return dict(model.mia) if unit is None else dict(model.mia_by_unit.get(unit, {}))
+
+
+def attack_order(results: Results, unit: str | None = None, models: Sequence[str] | None = None) -> list[str]:
+    """All attacks of the given models (default: all), merged so that each model's own order is kept.
+
+    An attack first seen in a later model is placed right after its predecessor in that model, so a
+    model that skipped some attacks does not push the others out of their usual order.
+    """
+    order: list[str] = []
+    for name in models if models is not None else list(results.models):
+        model = results.models.get(name)
+        if model is None:
+            continue
+        prev: str | None = None
+        for attack in unit_attacks(model, unit):
+            if attack not in order:
+                order.insert(order.index(prev) + 1 if prev is not None else 0, attack)
+            prev = attack
+    return order
+
+
+def png_size(uri: str) -> tuple[int, int]:
+    """(width, height) in pixels of a PNG data URI, read from its IHDR chunk."""
+    raw = base64.b64decode(uri.split(",", 1)[1][:44])
+    return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+
+
+def _curves(
+    results: Results, attack: str, names: Sequence[str], unit: str | None
+) -> list[tuple[str, AttackResult, list[tuple[float, float]]]]:
     curves = []
-    for name, model in results.models.items():
-        res = model.mia.get(attack)
+    for name in names:
+        res = unit_attacks(results.models[name], unit).get(attack)
         if res is None or res.roc is None:
             continue
         pts = [(f, t) for f, t in zip(res.roc.fpr, res.roc.tpr, strict=False) if _finite(f) and _finite(t)]
         if pts:
             curves.append((name, res, pts))
-    if not curves:
+    return curves
+
+
+def _draw_roc_panel(ax, results: Results, curves, floor: float, *, auc_labels: bool) -> bool:
+    """One log-log ROC panel: a curve per model, chance, the DP bound of DP models, unresolvable FPRs.
+
+    Returns whether some curve violates its DP bound.
+    """
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    violated = False
+    for name, res, pts in curves:
+        color = model_color(results, name)
+        xs = [min(max(f, floor), 1.0) for f, _ in pts]
+        ys = [min(max(t, floor), 1.0) for _, t in pts]
+        label = name
+        if auc_labels:
+            label += f" (AUC {res.auc:.3f})" if _finite(res.auc) else " (AUC n/a)"
+        ax.plot(xs, ys, lw=1.5, color=color, label=label, zorder=3)
+        dp = res.dp_bound
+        if dp is not None and _finite(dp.epsilon) and _finite(dp.delta):
+            violated = violated or dp.violated
+            # e^eps FPR + delta, sampled evenly in log FPR: a straight line on log-log axes until delta matters.
+            bx = [floor * (1.0 / floor) ** (k / 64) for k in range(65)]
+            by = [min(max(math.exp(dp.epsilon) * x + dp.delta, floor), 1.0) for x in bx]
+            ax.plot(
+                bx,
+                by,
+                color=color,
+                ls=":",
+                lw=1.2,
+                zorder=2,
+                label=f"{name}: DP bound e^ε·FPR+δ (ε={dp.epsilon:.2f})",
+            )
+    ax.plot([floor, 1.0], [floor, 1.0], color="black", ls="--", lw=0.8, label="chance", zorder=1)
+    unresolved = max((r.min_resolvable_fpr for _, r, _ in curves if _finite(r.min_resolvable_fpr)), default=0.0)
+    if unresolved > floor:
+        n = max(r.n_non_members for _, r, _ in curves)
+        ax.axvspan(floor, min(unresolved, 1.0), color="grey", alpha=0.12, lw=0, label=f"FPR < 1/{n} (not resolvable)")
+    ax.set_xlim(floor, 1.0)
+    ax.set_ylim(floor, ROC_TOP)  # a little headroom, so that a curve at TPR = 1 is not hidden by the frame
+    ax.grid(True, which="major", alpha=0.3)
+    return violated
+
+
+def roc_plot(
+    results: Results,
+    attack: str | None = None,
+    floor: float = ROC_FLOOR,
+    *,
+    models: Sequence[str] | None = None,
+    unit: str | None = None,
+    columns: int = ROC_COLUMNS,
+) -> str | None:
+    """ROC curves on log-log axes, one curve per model; None when there is no curve to draw.
+
+    With ``attack`` given, one plot of that attack.  With ``attack=None``, a grid of small multiples
+    (``columns`` panels per row): one panel per attack, in :func:`attack_order`, all on the same axes
+    and with the same model colors as the other figures, so attacks and models can be compared at a
+    glance.  ``models`` restricts the curves to some models (e.g. one model's grid); ``unit`` picks a
+    unit of evaluation from ``mia_by_unit`` ("user", "canary") instead of the per-sequence attacks.
+    For a DP model the bound TPR <= e^eps FPR + delta is drawn dotted in the model's color.
+    """
+    names = [n for n in (models if models is not None else list(results.models)) if n in results.models]
+    attacks = [attack] if attack is not None else attack_order(results, unit, names)
+    panels = [(a, c) for a in attacks if (c := _curves(results, a, names, unit))]
+    if not panels:
         return None
 
     with _style():
-        fig = _new_figure()
-        ax = fig.add_subplot(1, 1, 1)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        for name, res, pts in curves:
-            xs = [min(max(f, floor), 1.0) for f, _ in pts]
-            ys = [min(max(t, floor), 1.0) for _, t in pts]
-            auc = f"AUC {res.auc:.3f}" if _finite(res.auc) else "AUC n/a"
-            ax.plot(xs, ys, lw=1.5, color=model_color(results, name), label=f"{name} ({auc})")
-        ax.plot([floor, 1.0], [floor, 1.0], color="black", ls="--", lw=0.8, label="chance")
-        unresolved = max(
-            (r.min_resolvable_fpr for _, r, _ in curves if _finite(r.min_resolvable_fpr)), default=0.0
+        if attack is not None:
+            fig = _new_figure()
+            ax = fig.add_subplot(1, 1, 1)
+            _draw_roc_panel(ax, results, panels[0][1], floor, auc_labels=True)
+            ax.set_xlabel("false positive rate")
+            ax.set_ylabel("true positive rate")
+            what = attack if unit is None else f"{attack}, per {unit}"
+            ax.set_title(f"ROC, attack: {what} (log-log)", fontsize=10)
+            ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
+            fig.tight_layout()
+            return _to_data_uri(fig)
+
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        n = len(panels)
+        cols = max(1, min(columns, n))
+        rows = math.ceil(n / cols)
+        legend: dict[str, Any] = {}
+        fig = Figure(figsize=(ROC_PANEL[0] * cols + 0.4, ROC_PANEL[1] * rows + 0.9), dpi=DPI)
+        FigureCanvasAgg(fig)
+        for i, (name, curves) in enumerate(panels):
+            r, c = divmod(i, cols)
+            ax = fig.add_subplot(rows, cols, i + 1)
+            violated = _draw_roc_panel(ax, results, curves, floor, auc_labels=False)
+            title = f"{name}: DP bound violated" if violated else name
+            ax.set_title(title, fontsize=9, color="#b00020" if violated else "black")
+            ax.tick_params(labelsize=7)
+            if c == 0:
+                ax.set_ylabel("TPR", fontsize=8)
+            else:
+                ax.tick_params(labelleft=False)
+            if i + cols >= n:  # nothing below this panel
+                ax.set_xlabel("FPR", fontsize=8)
+            else:
+                ax.tick_params(labelbottom=False)
+            for handle, label in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(label, handle)
+        # Models first, in the report's order, then chance, DP bounds and the unresolvable band.
+        keys = sorted(legend, key=lambda k: (0 if k in results.models else 1, list(legend).index(k)))
+        ncol = min(len(keys), 2 * cols)
+        fig.legend(
+            [legend[k] for k in keys],
+            keys,
+            loc="upper center",
+            ncol=ncol,
+            fontsize=8,
+            frameon=False,
         )
-        if unresolved > floor:
-            n = max(r.n_non_members for _, r, _ in curves)
-            ax.axvspan(
-                floor,
-                min(unresolved, 1.0),
-                color="grey",
-                alpha=0.12,
-                lw=0,
-                label=f"FPR < 1/{n} (not resolvable)",
-            )
-        ax.set_xlim(floor, 1.0)
-        ax.set_ylim(floor, 1.0)
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title(f"ROC, attack: {attack} (log-log)", fontsize=10)
-        ax.grid(True, which="major", alpha=0.3)
-        ax.legend(fontsize=8, loc="lower right", framealpha=0.9)
-        fig.tight_layout()
+        legend_in = 0.22 * math.ceil(len(keys) / ncol) + 0.1
+        height = fig.get_size_inches()[1]
+        fig.tight_layout(rect=(0.0, 0.0, 1.0, 1.0 - legend_in / height), h_pad=1.0, w_pad=0.6)
         return _to_data_uri(fig)

@@ -16,13 +16,40 @@ from typing import Any
 import jinja2
 
 from leakaudit.io import write_text_atomic
-from leakaudit.report.plots import exposure_plot, groups_from_canaries, model_groups, roc_plot
-from leakaudit.report.schema import FPR_LEVELS, CanaryResult, ModelResult, Results
+from leakaudit.report.plots import (
+    attack_order,
+    exposure_plot,
+    groups_from_canaries,
+    model_groups,
+    png_size,
+    roc_plot,
+    unit_attacks,
+)
+from leakaudit.report.schema import FPR_LEVELS, AttackResult, CanaryResult, ModelResult, Results
 
 DASH = "—"
 HIGH_REPETITIONS = 16
 """The summary compares canaries inserted at least this many times with reference canaries."""
 SHORT_HASH = 12
+KEY_LEVEL = "0.01"
+"""The FPR level used to rank attacks (TPR at 1% FPR): the best is starred and named in the summary."""
+BEST = "★"
+UNRESOLVED = "†"
+DP_BOUND = "TPR ≤ e^ε·FPR + δ"
+DP_BROKEN = "the DP guarantee is contradicted by the measurements: the DP training or its accounting is broken"
+UNIT_TITLES = {"user": "Per user", "canary": "Per canary"}
+UNIT_NAMES = {"user": "a person", "canary": "a canary"}
+UNIT_TEXT = {
+    "user": "A person's records are aggregated into one score per person; a member is a person whose records "
+    "were in the training data. This is the membership question that matters for a person.",
+    "canary": "Inserted canaries against reference canaries that were never inserted, with the exposure as "
+    "the attack score.",
+}
+UNIT_NOUNS = {"user": ("member", "non-member", "users"), "canary": ("inserted", "reference", "canaries")}
+GROUP_PRIVACY = {
+    "user": "a person with k records is protected only at group privacy (roughly k·ε)",
+    "canary": "a canary inserted k times is protected only at group privacy (roughly k·ε)",
+}
 
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -58,6 +85,8 @@ def _bits(x: float | None) -> str:
 def _pct(x: float | None) -> str:
     if not _ok(x):
         return _f(x, "")
+    if x == 0:
+        return "0%"
     return f"{x * 100:.1f}%" if x >= 0.01 else f"{x * 100:.2f}%"
 
 
@@ -82,12 +111,21 @@ def _space(size: int, bits: float) -> str:
 
 def _summary(results: Results) -> dict[str, Any]:
     lines = []
+    alerts = []
     for name, model in results.models.items():
         parts = [f"ε = {_epsilon(model.privacy.epsilon)}"]
         parts.append(_exposure_sentence(model, results))
+        strongest = _strongest(model)
+        if strongest:
+            parts.append(strongest)
         auc = _best_auc(model)
         if auc:
             parts.append(auc)
+        dp = _dp_check(name, model)
+        if dp is not None:
+            parts.append(dp["short"])
+            if dp["status"] == "violated":
+                alerts.append(dp)
         lines.append({"name": name, "description": model.description, "text": "; ".join(parts) + "."})
     caps = sorted({s.null_samples for s in results.canary_specs})
     if len(caps) == 1:
@@ -99,14 +137,48 @@ def _summary(results: Results) -> dict[str, Any]:
         "the secret is ranked by the model's likelihood among randomly drawn candidate secrets of the same "
         f"format (the null samples). 0 bits is no better than chance; the maximum, {cap_text}, means the "
         "secret was the most likely candidate. AUC is the area under the ROC curve of a membership-inference "
-        "attack that tries to tell training records from held-out ones: 0.5 is chance, 1.0 is perfect."
+        "attack that tries to tell training records from held-out ones: 0.5 is chance, 1.0 is perfect. "
+        "TPR at 1% FPR is the share of training records the attack finds while wrongly flagging 1% of "
+        "held-out ones; it measures what matters most, confident leakage of some records."
     )
     n = len(results.models)
     intro = (
         f"This report audits {n} model{'s' if n != 1 else ''} ({', '.join(results.models)}) "
         f"from the run created {results.run.created}."
     )
-    return {"intro": intro, "models": lines, "explain": explain}
+    return {"intro": intro, "models": lines, "explain": explain, "alerts": alerts}
+
+
+def _tpr_key(r: AttackResult) -> float | None:
+    value = r.tpr_at_fpr.get(KEY_LEVEL)
+    return value if _ok(value) else None
+
+
+def _best_attacks(attacks: dict[str, AttackResult]) -> set[str]:
+    """Attacks with the highest TPR at 1% FPR (all of them on a tie); none when that TPR is 0."""
+    values = {k: v for k, r in attacks.items() if (v := _tpr_key(r)) is not None}
+    if not values or max(values.values()) <= 0:
+        return set()
+    top = max(values.values())
+    return {k for k, v in values.items() if v >= top - 1e-12}
+
+
+def _strongest(model: ModelResult) -> str | None:
+    """The attack with the highest TPR at 1% FPR (ties broken by AUC), with its AUC."""
+    attacks = {k: r for k, r in model.mia.items() if _tpr_key(r) is not None}
+    if not attacks:
+        return None
+
+    def key(k: str) -> tuple[float, float]:
+        r = attacks[k]
+        return (_tpr_key(r) or 0.0, r.auc if _ok(r.auc) else -1.0)
+
+    name = max(attacks, key=key)  # the first of equals, in the results' order
+    r = attacks[name]
+    if (_tpr_key(r) or 0.0) <= 0:
+        return "no attack reaches a nonzero TPR at 1% FPR"
+    mark = UNRESOLVED if float(KEY_LEVEL) < r.min_resolvable_fpr else ""
+    return f"strongest attack by TPR at 1% FPR: {name}, {_pct(_tpr_key(r))}{mark} (AUC {_f(r.auc, '.3f')})"
 
 
 def _median(values: list[float]) -> float | None:
@@ -185,6 +257,11 @@ def _audited(results: Results) -> dict[str, Any]:
         ),
     ]
     rows += [(f"data: {k}", _short(v), True) for k, v in run.data_sha256.items()]
+    if run.reference_models:
+        rows += [(f"reference model: {k}", v, True) for k, v in run.reference_models.items()]
+    else:
+        rows.append(("reference models", "none", False))
+    rows.append(("shadow models (LiRA, RMIA)", str(run.shadow_models) if run.shadow_models else "none", False))
     run_rows = [{"label": label, "value": value, "code": code} for label, value, code in rows]
 
     files: list[str] = []
@@ -221,6 +298,7 @@ def _privacy(results: Results) -> list[dict[str, Any]]:
         ("accountant", [p.accountant or DASH for p in ps]),
         ("epochs", [_f(p.epochs, ".3g") for p in ps]),
         ("training records", [_int(p.dataset_size) for p in ps]),
+        (f"DP bound check ({DP_BOUND})", [_dp_cell(name, m) for name, m in results.models.items()]),
     ]
     return [{"label": label, "cells": cells} for label, cells in rows]
 
@@ -282,57 +360,268 @@ def _exposure(results: Results) -> dict[str, Any]:
     return {"tables": tables, "any_rows": any_rows}
 
 
-def _mia(results: Results) -> dict[str, Any]:
-    attacks: list[str] = []
-    for model in results.models.values():
-        attacks += [a for a in model.mia if a not in attacks]
-    levels = [_level_label(level) for level in FPR_LEVELS]
-    rows = []
+def _join(names: list[str], word: str = "and") -> str:
+    if len(names) <= 2:
+        return f" {word} ".join(names)
+    return ", ".join(names[:-1]) + f" {word} " + names[-1]
+
+
+def _dp_params(check: Any) -> str:
+    return f"ε = {_f(check.epsilon, '.2f')}, δ = {_f(check.delta, '.1e')}"
+
+
+def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
+    """The DP bound verdict of a model's per-sequence attacks; None for a model trained without DP."""
+    checks = {a: r.dp_bound for a, r in model.mia.items() if r.dp_bound is not None}
+    if not checks:
+        if model.privacy.epsilon is None:
+            return None
+        return {
+            "status": "unchecked",
+            "headline": "",
+            "text": f"{name}: the DP bound {DP_BOUND} was not checked (no attack result carries a DP bound check).",
+            "short": "DP bound not checked",
+            "cell": "not checked",
+        }
+    params = _dp_params(next(iter(checks.values())))
+    excess = {a: c.max_excess for a, c in checks.items() if _ok(c.max_excess)}
+    worst = max(excess, key=lambda a: excess[a]) if excess else None
+    violators = [a for a, c in checks.items() if c.violated]
+    if violators:
+        verb = "exceeds" if len(violators) == 1 else "exceed"
+        largest = f" (largest excess {excess[worst]:.3f}, {worst})" if worst is not None else ""
+        return {
+            "status": "violated",
+            "headline": f"WARNING, {name}: {DP_BROKEN}.",
+            "text": f"On {name}, {_join(violators)} {verb} the DP bound {DP_BOUND} ({params}) "
+            f"beyond sampling error{largest}. Do not rely on this model's privacy guarantee.",
+            "short": f"⚠ DP bound VIOLATED by {_join(violators)}: the DP guarantee does not hold (see the warning)",
+            "cell": f"⚠ VIOLATED by {len(violators)} of {len(checks)} attacks",
+            "attacks": violators,
+        }
+    if worst is not None and excess[worst] > 0:
+        tail = f"the largest empirical excess, {excess[worst]:.3f} ({worst}), is within sampling error"
+    else:
+        tail = "every empirical ROC stays below the bound"
+    n = len(checks)
+    return {
+        "status": "ok",
+        "headline": "",
+        "text": f"{name}: no attack exceeds the DP bound {DP_BOUND} ({params}) beyond sampling error "
+        f"({n} attack{'s' if n != 1 else ''} checked; {tail}).",
+        "short": f"no attack exceeds the DP bound {DP_BOUND} ({n} checked)",
+        "cell": f"holds ({n} attack{'s' if n != 1 else ''})",
+        "attacks": [],
+    }
+
+
+def _dp_cell(name: str, model: ModelResult) -> str:
+    dp = _dp_check(name, model)
+    return "n/a (no DP)" if dp is None else dp["cell"]
+
+
+def _tpr(r: AttackResult, level: str, *, ci: bool = False, best: bool = False) -> tuple[str, bool]:
+    """A TPR cell: value, † when the level is below the resolution, [CI] when asked, ★ when best."""
+    value = _pct(r.tpr_at_fpr.get(level))
     unresolved = False
-    warnings: dict[str, list[str]] = {}
-    for attack in attacks:
+    if value != DASH and float(level) < r.min_resolvable_fpr:
+        value += UNRESOLVED
+        unresolved = True
+    interval = r.tpr_ci.get(level)
+    if ci and interval is not None:
+        value += f" [{_pct(interval[0])}, {_pct(interval[1])}]"
+    if best:
+        value += f" {BEST}"
+    return value, unresolved
+
+
+def _auc(r: AttackResult, *, ci: bool = True) -> str:
+    text = _f(r.auc, ".3f")
+    if ci and r.auc_ci is not None:
+        text += f" [{_f(r.auc_ci[0], '.2f')}, {_f(r.auc_ci[1], '.2f')}]"
+    return text
+
+
+def _units(results: Results) -> list[str]:
+    units: list[str] = [u for u in UNIT_TITLES if any(m.mia_by_unit.get(u) for m in results.models.values())]
+    for model in results.models.values():
+        units += [u for u, attacks in model.mia_by_unit.items() if attacks and u not in units]
+    return units
+
+
+def _compact_rows(results: Results, unit: str | None, state: dict[str, bool]) -> list[dict[str, Any]]:
+    """Rows = attacks, columns = models, cells "AUC / TPR@1%" (★ best TPR@1% of the model)."""
+    best = {name: _best_attacks(unit_attacks(m, unit)) for name, m in results.models.items()}
+    rows = []
+    for attack in attack_order(results, unit):
         cells = []
         for name, model in results.models.items():
-            r = model.mia.get(attack)
+            r = unit_attacks(model, unit).get(attack)
             if r is None:
-                cells.append([DASH] * (1 + len(FPR_LEVELS)))
+                cells.append("skipped" if attack in model.skipped_attacks else DASH)
                 continue
-            row = [_f(r.auc, ".3f")]
-            for level in FPR_LEVELS:
-                value = _pct(r.tpr_at_fpr.get(level))
-                if float(level) < r.min_resolvable_fpr and value != DASH:
-                    value += "†"
-                    unresolved = True
-                row.append(value)
-            cells.append(row)
-            for w in r.warnings:
-                warnings.setdefault(w, []).append(f"{name} / {attack}")
+            tpr, unresolved = _tpr(r, KEY_LEVEL, best=attack in best[name])
+            state["unresolved"] |= unresolved
+            cells.append(f"{_f(r.auc, '.3f')} / {tpr}")
         rows.append({"attack": attack, "cells": cells})
-    sizes = {
-        name: sorted({(r.n_members, r.n_non_members) for r in m.mia.values()})
-        for name, m in results.models.items()
-        if m.mia
-    }
-    fmt_sizes = {
-        name: "; ".join(f"{a:,} members / {b:,} non-members" for a, b in v) for name, v in sizes.items()
-    }
-    if len(set(fmt_sizes.values())) == 1 and len(fmt_sizes) > 1:
-        counts = [f"{next(iter(fmt_sizes.values()))} for every model"]
+    return rows
+
+
+def _sizes(results: Results, unit: str | None) -> dict[str, list[tuple[int, int]]]:
+    out = {}
+    for name, model in results.models.items():
+        attacks = unit_attacks(model, unit)
+        if attacks:
+            out[name] = sorted({(r.n_members, r.n_non_members) for r in attacks.values()})
+    return out
+
+
+def _counts(results: Results, unit: str | None) -> str:
+    """ "113 members / 127 non-members for every model", "60 member users / 60 non-member users ..."."""
+    if unit is None:
+        yes, no = "members", "non-members"
     else:
-        counts = [f"{name}: {text}" for name, text in fmt_sizes.items()]
-    n_pairs = sum(len(m.mia) for m in results.models.values())
-    notes = [
-        {"text": w, "where": "all models and attacks" if len(where) == n_pairs > 1 else ", ".join(where)}
-        for w, where in warnings.items()
+        member, non_member, noun = UNIT_NOUNS.get(unit, ("member", "non-member", f"{unit}s"))
+        yes, no = f"{member} {noun}", f"{non_member} {noun}"
+    fmt = {
+        name: "; ".join(f"{a:,} {yes} / {b:,} {no}" for a, b in sizes) for name, sizes in _sizes(results, unit).items()
+    }
+    if len(set(fmt.values())) == 1 and len(fmt) > 1:
+        return f"{next(iter(fmt.values()))} for every model"
+    return "; ".join(f"{name}: {text}" for name, text in fmt.items())
+
+
+def _ci_width(results: Results, unit: str | None) -> str | None:
+    halves = [
+        (r.auc_ci[1] - r.auc_ci[0]) / 2
+        for m in results.models.values()
+        for r in unit_attacks(m, unit).values()
+        if r.auc_ci is not None and _ok(r.auc_ci[0]) and _ok(r.auc_ci[1])
     ]
+    if not halves:
+        return None
+    return f"95% AUC intervals are about ±{statistics.median(halves):.2f} wide"
+
+
+def _where(results: Results, triples: list[tuple[str | None, str, str]], units: list[str | None]) -> str:
+    """Compact "where" of a warning: whole units, whole models, else model / attacks."""
+    parts = []
+    for unit in units:
+        sel = [(m, a) for u, m, a in triples if u == unit]
+        if not sel:
+            continue
+        everything = {(n, a) for n, m in results.models.items() for a in unit_attacks(m, unit)}
+        prefix = "" if unit is None else f"per {unit}, "
+        if set(sel) == everything and len(everything) > 1:
+            parts.append(prefix + "all models and attacks")
+            continue
+        by_model = []
+        for name, model in results.models.items():
+            attacks = [a for m, a in sel if m == name]
+            if not attacks:
+                continue
+            if set(attacks) == set(unit_attacks(model, unit)) and len(attacks) > 1:
+                by_model.append(f"{name} (all attacks)")
+            else:
+                by_model.append(f"{name} / {', '.join(attacks)}")
+        parts.append(prefix + "; ".join(by_model))
+    return "; ".join(parts)
+
+
+def _mia(results: Results) -> dict[str, Any]:
+    levels = [_level_label(level) for level in FPR_LEVELS]
+    key_label = _level_label(KEY_LEVEL)
+    state = {"unresolved": False}
+    models = []
+    for name, model in results.models.items():
+        best = _best_attacks(model.mia)
+        dp = _dp_check(name, model)
+        dp_column = any(r.dp_bound is not None for r in model.mia.values())
+        rows = []
+        for attack in attack_order(results, None, [name]):
+            r = model.mia[attack]
+            tprs = []
+            for level in FPR_LEVELS:
+                cell, unresolved = _tpr(r, level, ci=level == KEY_LEVEL, best=level == KEY_LEVEL and attack in best)
+                state["unresolved"] |= unresolved
+                tprs.append(cell)
+            row = {"attack": attack, "cells": [_auc(r), *tprs, _pct(r.balanced_accuracy)]}
+            if dp_column:
+                b = r.dp_bound
+                row["cells"].append(DASH if b is None else ("⚠ VIOLATED" if b.violated else "ok"))
+            rows.append(row)
+        models.append(
+            {
+                "name": name,
+                "description": model.description,
+                "rows": rows,
+                "dp_column": dp_column,
+                "dp": dp,
+                "skipped": [{"attack": a, "reason": why} for a, why in model.skipped_attacks.items()],
+            }
+        )
+    header = ["AUC [95% CI]", *(f"{lab} [95% CI]" if lab == key_label else lab for lab in levels), "balanced acc."]
+
+    units = []
+    for unit in _units(results):
+        notes = []
+        for name, model in results.models.items():
+            checks = {a: r.dp_bound for a, r in model.mia_by_unit.get(unit, {}).items() if r.dp_bound is not None}
+            violators = [a for a, c in checks.items() if c.violated]
+            if violators:
+                why = GROUP_PRIVACY.get(unit, "a unit made of several records is protected only at group privacy")
+                verb = "exceeds" if len(violators) == 1 else "exceed"
+                notes.append(
+                    f"{name}: {_join(violators)} {verb} the record-level DP bound {DP_BOUND} "
+                    f"({_dp_params(checks[violators[0]])}) beyond sampling error; {why}, so this alone does not "
+                    "contradict the DP guarantee, but it does show that such units leak."
+                )
+            elif checks:
+                notes.append(f"{name}: no attack exceeds the record-level DP bound {DP_BOUND} at this unit.")
+        facts = [f"Evaluated on {_counts(results, unit)}"]
+        width = _ci_width(results, unit)
+        if width:
+            facts.append(width)
+        units.append(
+            {
+                "unit": unit,
+                "title": UNIT_TITLES.get(unit, f"Per {unit}"),
+                "text": UNIT_TEXT.get(unit, ""),
+                "facts": "; ".join(facts) + ".",
+                "rows": _compact_rows(results, unit, state),
+                "notes": notes,
+            }
+        )
+
+    unit_names = [UNIT_NAMES.get(u["unit"], f"a {u['unit']}") for u in units]
+    units_intro = (
+        f"The tables above score single records. Here the unit is {_join(unit_names, 'or')}; "
+        f"cells are AUC / {key_label} (★ the model's best)."
+        if units
+        else ""
+    )
+    compare = _compact_rows(results, None, state)
+    warnings: dict[str, list[tuple[str | None, str, str]]] = {}
+    for name, model in results.models.items():
+        for unit in [None, *_units(results)]:
+            for attack, r in unit_attacks(model, unit).items():
+                for w in r.warnings:
+                    warnings.setdefault(w, []).append((unit, name, attack))
+    all_units: list[str | None] = [None, *_units(results)]
+    notes = [{"text": w, "where": _where(results, where, all_units)} for w, where in warnings.items()]
+    counts = _counts(results, None)
     return {
-        "attacks": attacks,
-        "levels": levels,
-        "rows": rows,
-        "unresolved": unresolved,
+        "any": any(m.mia for m in results.models.values()),
+        "header": header,
+        "key_label": key_label,
+        "models_mia": models,
+        "compare": compare,
+        "units": units,
+        "units_intro": units_intro,
+        "unresolved": state["unresolved"],
         "warnings": notes,
-        "counts": counts,
-        "rocs": [],
+        "counts": [counts] if counts else [],
+        "roc": None,
     }
 
 
@@ -350,9 +639,10 @@ def _view(results: Results, *, plots: bool) -> dict[str, Any]:
     exposure = _exposure(results)
     if plots:
         exposure["plot"] = exposure_plot(results)
-        mia["rocs"] = [
-            {"attack": a, "plot": uri} for a in mia["attacks"] if (uri := roc_plot(results, a)) is not None
-        ]
+        uri = roc_plot(results)
+        if uri is not None:
+            width, height = png_size(uri)
+            mia["roc"] = {"plot": uri, "width": width, "height": height}
     else:
         exposure["plot"] = None
     return {
@@ -368,6 +658,7 @@ def _view(results: Results, *, plots: bool) -> dict[str, Any]:
         "mia": mia,
         "utility": _utility(results),
         "high_repetitions": HIGH_REPETITIONS,
+        "dp_bound": DP_BOUND,
     }
 
 

@@ -1,0 +1,121 @@
+"""Every registered attack: its contract, its docs entry, and known answers on simulated scores."""
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leakaudit.attacks import ATTACKS, AttackInputs, auc, build_score_table, run_attack, tpr_at_fpr
+from leakaudit.attacks.neighbours import neighbours
+from leakaudit.attacks.rmia import tune_a
+from leakaudit.errors import LeakauditError
+from leakaudit.models import Target
+from leakaudit.train.shadows import membership_matrix
+
+DOCS = (Path(__file__).parents[1] / "docs" / "methods.md").read_text()
+
+
+@pytest.fixture(scope="module")
+def tiny_inputs(gpt2, llama, tokenizer, corpora):
+    """Real score tables from the tiny models: gpt2 as target, llama as reference, simulated shadows."""
+    texts = [r["text"] for r in corpora[0][:40]]
+    member = [i % 2 == 0 for i in range(len(texts))]
+    ids = [str(i) for i in range(len(texts))]
+    target = build_score_table(Target(gpt2, tokenizer), ids, texts, member, lowercase=True, n_neighbours=3)
+    ref = build_score_table(Target(llama, tokenizer), ids, texts, member)
+    rng = np.random.default_rng(0)
+    shadow_in = membership_matrix(4, len(texts), seed=1)
+    stats = target["mean_logprob"].to_numpy()[None] + rng.normal(0, 0.05, (4, len(texts))) + 0.1 * shadow_in
+    return AttackInputs(target=target, references={"llama": ref}, shadow_stats=stats, shadow_in=shadow_in)
+
+
+def test_every_attack_has_metadata_and_a_docs_entry():
+    assert len(ATTACKS) >= 11
+    for name, info in ATTACKS.items():
+        assert info.paper and info.threat_model and info.summary and info.direction == "higher = member"
+        assert re.search(rf"^### {re.escape(name)}$", DOCS, re.M), f"docs/methods.md has no entry for {name}"
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_contract_every_attack_runs_on_the_tiny_model(tiny_inputs, name):
+    scores = run_attack(name, tiny_inputs)
+    assert scores.shape == (len(tiny_inputs.target),)
+    assert np.isfinite(scores).all()
+    assert np.array_equal(scores, run_attack(name, tiny_inputs))  # deterministic
+
+
+def test_missing_inputs_and_unknown_parameters_are_refused(tiny_inputs):
+    bare = AttackInputs(target=tiny_inputs.target[["id", "member", "mean_logprob", "zlib_len", "token_logprobs"]])
+    with pytest.raises(LeakauditError, match="reference model"):
+        run_attack("reference", bare)
+    with pytest.raises(LeakauditError, match="shadow models"):
+        run_attack("lira_online", bare)
+    with pytest.raises(LeakauditError, match="unknown parameter"):
+        run_attack("min_k", tiny_inputs, {"kk": 0.1})
+
+
+def test_min_k_uses_the_lowest_tokens_and_at_least_one():
+    t = pd.DataFrame({"token_logprobs": [np.array([-1.0, -5.0, -2.0, -0.5, -3.0]), np.array([-4.0])]})
+    inp = AttackInputs(target=t)
+    np.testing.assert_allclose(run_attack("min_k", inp, {"k": 0.4}), [-4.0, -4.0])
+    np.testing.assert_allclose(run_attack("min_k", inp, {"k": 0.2}), [-5.0, -4.0])
+
+
+def test_min_k_pp_standardises_by_the_vocabulary_statistics():
+    t = pd.DataFrame({
+        "token_logprobs": [np.array([-1.0, -3.0])],
+        "token_mu": [np.array([-2.0, -2.0])],
+        "token_var": [np.array([4.0, 1.0])],
+    })
+    np.testing.assert_allclose(run_attack("min_k_pp", AttackInputs(target=t), {"k": 0.5}), [-1.0])
+
+
+def test_neighbours_are_seeded_and_keep_the_text_shape():
+    texts = ["The customer Anna Berg called about a refund on her account.", "Short note."]
+    a, b = neighbours(texts, n=3, seed=1), neighbours(texts, n=3, seed=1)
+    assert a == b and len(a[0]) == 3
+    for copy in a[0]:
+        assert copy != texts[0] and copy.endswith(".") and abs(len(copy.split()) - len(texts[0].split())) == 0
+
+
+def _simulated(n=2000, n_shadows=16, effect=0.4, seed=0):
+    """Per-example difficulty dominates the loss; training raises the statistic by `effect`."""
+    rng = np.random.default_rng(seed)
+    difficulty = rng.normal(-2.0, 1.0, n)
+    member = rng.random(n) < 0.5
+    shadow_in = membership_matrix(n_shadows, n, seed=seed + 1)
+    noise = 0.05
+    stats = difficulty + effect * shadow_in + rng.normal(0, noise, (n_shadows, n))
+    target = difficulty + effect * member + rng.normal(0, noise, n)
+    table = pd.DataFrame({"mean_logprob": target, "member": member})
+    return AttackInputs(target=table, shadow_stats=stats, shadow_in=shadow_in), member
+
+
+def test_shadow_attacks_beat_loss_when_difficulty_varies():
+    inp, member = _simulated()
+    loss = run_attack("loss", inp)
+    base_tpr = tpr_at_fpr(loss[member], loss[~member], 0.01)
+    for name in ("lira_online", "lira_offline", "rmia"):
+        s = run_attack(name, inp)
+        assert tpr_at_fpr(s[member], s[~member], 0.01) >= max(2 * base_tpr, 0.5), name
+
+
+def test_every_attack_is_at_chance_when_the_model_never_saw_the_data():
+    inp, member = _simulated(effect=0.0, seed=3)
+    inp.shadow_in = membership_matrix(16, len(member), seed=9)
+    for name in ("loss", "lira_online", "lira_offline", "rmia"):
+        s = run_attack(name, inp)
+        assert abs(auc(s[member], s[~member]) - 0.5) < 0.05, name
+
+
+def test_rmia_tunes_a_on_a_paired_shadow_when_a_is_not_given():
+    inp, member = _simulated(n=600, n_shadows=8, seed=4)
+    a = tune_a(inp.shadow_stats, inp.shadow_in)
+    assert a in np.round(np.linspace(0, 1, 11), 2)
+    np.testing.assert_array_equal(run_attack("rmia", inp), run_attack("rmia", inp, {"a": a}))
+    s = run_attack("rmia", inp, {"a": 0.3, "gamma": 1.0})
+    # gamma = 1: the score is the rank of ratio(x) among the population, so the ranking equals the ratio's
+    ratio = np.exp(inp.target["mean_logprob"]) / (0.65 * np.exp(inp.shadow_stats).mean(0, where=~inp.shadow_in) + 0.35)
+    assert auc(s[member], s[~member]) == pytest.approx(auc(ratio[member], ratio[~member]), abs=1e-9)

@@ -1,0 +1,45 @@
+"""Data-parallel scoring over two CPU processes (gloo) gives the single-process result, in order."""
+
+import os
+import socket
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from leakaudit.models import Target
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, model_dir, texts, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        torch.set_num_threads(1)
+        from leakaudit.models import load_model
+
+        loaded = load_model(model_dir)
+        lps = Target(loaded.model, loaded.tokenizer, token_budget=256).score(texts)
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array(lps, dtype=object), allow_pickle=True)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_processes_score_like_one(tiny_model_dir, corpora, tmp_path):
+    from leakaudit.models import load_model
+
+    texts = [r["text"] for r in corpora[0][:25]] + ["a", "short text"]
+    mp.spawn(_worker, args=(2, _free_port(), str(tiny_model_dir), texts, str(tmp_path)), nprocs=2, join=True)
+    loaded = load_model(tiny_model_dir)
+    single = Target(loaded.model, loaded.tokenizer, token_budget=256).score(texts)
+    for rank in (0, 1):
+        got = np.load(tmp_path / f"rank{rank}.npy", allow_pickle=True)
+        assert len(got) == len(single)
+        for a, b in zip(got, single):
+            np.testing.assert_allclose(a, b, atol=1e-5)
