@@ -52,14 +52,14 @@ class DemoConfig(BaseModel):
     canaries: list[CanarySpec] = Field(default_factory=list, description="Canary specs (inlined).")
     model: ModelConfig = Field(default_factory=ModelConfig)
     pretrain: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=2, batch_size=32, lr=2e-3))
-    finetune: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=16, lr=1e-3))
+    finetune: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=3, batch_size=16, lr=1e-3))
     dp_train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=64, lr=5e-4))
     dp: DPSettings = Field(default_factory=lambda: DPSettings(target_epsilon=8.0, max_grad_norm=1.0))
     token_budget: int = Field(default=16384, ge=256, description="Padded tokens per scoring batch.")
     attacks: list[str] = Field(default_factory=lambda: list(ALL_DEMO_ATTACKS), description="Attacks to run.")
     attack_params: dict[str, dict] = Field(default_factory=dict, description="Per-attack parameters.")
     n_neighbours: int = Field(default=8, ge=1, description="Perturbed copies per text (neighbourhood).")
-    shadows: int = Field(default=0, ge=0, description="Shadow models for LiRA / RMIA (even; 0 = none).")
+    shadows: int = Field(default=8, ge=0, description="Shadow models for LiRA / RMIA (even, >= 4; 0 = none).")
 
     @field_validator("attacks")
     @classmethod
@@ -91,6 +91,7 @@ def _preset(name: str) -> dict:
             "dp_train": {"epochs": 3, "batch_size": 64, "lr": 3e-3},
             "dp": {"target_epsilon": 1.0},
             "token_budget": 8192,
+            "shadows": 0,
         }
     if name == "gpu":
         return {
