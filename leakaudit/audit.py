@@ -36,6 +36,7 @@ from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.io import read_json, sha256_file, sha256_text, stable_hash, write_json, write_text_atomic
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target
+from leakaudit.parallel import barrier, is_writer
 from leakaudit.report.render import write_reports
 from leakaudit.report.schema import (
     AttackResult,
@@ -67,7 +68,7 @@ class AuditOptions:
     attacks: list[str] = field(default_factory=lambda: list(DEFAULT_ATTACKS))
     params: dict[str, dict] = field(default_factory=dict)
     n_neighbours: int = 8
-    token_budget: int = 16384
+    token_budget: int | None = None
     n_boot: int = 1000
     seed: int = 0
 
@@ -113,7 +114,7 @@ def score_model(
     lowercase: bool,
     n_neighbours: int,
     device: str,
-    token_budget: int,
+    token_budget: int | None,
     log: EventLog,
     trust_remote_code: bool = False,
     seed: int = 0,
@@ -147,7 +148,7 @@ def score_model(
 
 
 def shadow_statistics(
-    run_dir: Path, shadows: ShadowSet, rows: list[dict], *, device: str, token_budget: int, log: EventLog
+    run_dir: Path, shadows: ShadowSet, rows: list[dict], *, device: str, token_budget: int | None, log: EventLog
 ) -> np.ndarray:
     """Mean token log-prob of every row under every shadow model: [n_shadows, n_rows] (cached)."""
 
@@ -296,7 +297,7 @@ def run_audit(
     references = {k: Path(v) for k, v in (references or {}).items()}
     rows = list(members) + list(non_members)
     cfg_path = run_dir / "config.yaml"
-    if not cfg_path.is_file():
+    if is_writer() and not cfg_path.is_file():
         cfg = {
             "command": command, "models": {m.name: str(m.path) for m in models},
             "references": {k: str(v) for k, v in references.items()}, "attacks": options.attacks,
@@ -328,6 +329,9 @@ def run_audit(
         stats = shadow_statistics(run_dir, shadows, rows, device=device, token_budget=options.token_budget,
                                   log=log)
         member_in = shadows.membership
+    if not is_writer():
+        barrier()  # rank 0 writes the results and reports
+        return None  # type: ignore[return-value]
     results_by_model = {
         m.name: model_result(score_dirs[m.name], m, run_dir, options, references=ref_tables,
                              shadow_stats=stats, shadow_in=member_in)
@@ -360,6 +364,7 @@ def run_audit(
     write_json(run_dir / "results.json", results.model_dump(mode="json"))
     paths = write_reports(results, run_dir)
     log("run_finished", report=str(paths["html"]))
+    barrier()
     return results
 
 

@@ -262,7 +262,9 @@ def audit(
     attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: all that apply).")] = None,
     param: Annotated[list[str] | None, typer.Option(help="Attack parameter, e.g. min_k.k=0.1 (repeatable).")] = None,
     device: Annotated[str | None, typer.Option()] = None,
-    token_budget: Annotated[int, typer.Option(min=256, help="Padded tokens per scoring batch.")] = 16384,
+    token_budget: Annotated[
+        int | None, typer.Option(min=256, help="Padded tokens per scoring batch (default: by device).")
+    ] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (unsafe).")] = False,
 ) -> None:
     """Score models on members and non-members, run the attacks and canary exposure, write a report."""
@@ -270,6 +272,7 @@ def audit(
     from leakaudit.audit import AuditOptions, run_audit
     from leakaudit.data import check_no_overlap, load_corpus
     from leakaudit.models import check_model_dir, default_device
+    from leakaudit.parallel import init_from_env, is_writer
     from leakaudit.runs import EventLog
     from leakaudit.train import TrainSettings
     from leakaudit.train.shadows import train_shadows
@@ -314,7 +317,7 @@ def audit(
     mem, non = rows(members), rows(non_members)
     check_no_overlap([r["text"] for r in mem], [r["text"] for r in non])
     manifests = [_load_manifest(p) for p in canaries or []]
-    dev = device or default_device()
+    dev = init_from_env(device) or default_device()  # under torchrun: join the group, one device each
     log = EventLog(out, console.print)
     shadow_set = None
     if shadows:
@@ -328,6 +331,8 @@ def audit(
         options=AuditOptions(attacks=names, params=params, token_budget=token_budget),
         trust_remote_code=trust_remote_code, log=log, command=_command(),
     )
+    if not is_writer():
+        return
     _print_summary(results)
     typer.echo(f"report: {out / 'report.html'}")
 

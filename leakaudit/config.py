@@ -55,7 +55,9 @@ class DemoConfig(BaseModel):
     finetune: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=3, batch_size=16, lr=1e-3))
     dp_train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=64, lr=5e-4))
     dp: DPSettings = Field(default_factory=lambda: DPSettings(target_epsilon=8.0, max_grad_norm=1.0))
-    token_budget: int = Field(default=16384, ge=256, description="Padded tokens per scoring batch.")
+    token_budget: int | None = Field(
+        default=None, ge=256, description="Padded tokens per scoring batch (null: 4,096 on a CPU, 32,768 on a GPU)."
+    )
     attacks: list[str] = Field(default_factory=lambda: list(ALL_DEMO_ATTACKS), description="Attacks to run.")
     attack_params: dict[str, dict] = Field(default_factory=dict, description="Per-attack parameters.")
     n_neighbours: int = Field(default=8, ge=1, description="Perturbed copies per text (neighbourhood).")
@@ -90,7 +92,6 @@ def _preset(name: str) -> dict:
             "finetune": {"epochs": 8, "batch_size": 16, "lr": 3e-3},
             "dp_train": {"epochs": 3, "batch_size": 64, "lr": 3e-3},
             "dp": {"target_epsilon": 1.0},
-            "token_budget": 8192,
             "shadows": 0,
         }
     if name == "gpu":
@@ -100,7 +101,6 @@ def _preset(name: str) -> dict:
             "pretrain": {"epochs": 2, "batch_size": 64, "lr": 5e-4},
             "finetune": {"epochs": 6, "batch_size": 32, "lr": 2e-4},
             "dp_train": {"epochs": 6, "batch_size": 256, "lr": 1e-3},
-            "token_budget": 65536,
         }
     raise LeakauditError(f"--preset: unknown preset '{name}' (tiny, cpu, gpu)")
 

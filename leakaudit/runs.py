@@ -12,12 +12,14 @@ import datetime as _dt
 import json
 import platform
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
 from leakaudit.io import atomic_dir, read_json, write_json
+from leakaudit.parallel import barrier, is_writer
 
 
 class EventLog:
@@ -28,6 +30,8 @@ class EventLog:
         self.echo = echo
 
     def __call__(self, event: str, message: str = "", **fields) -> None:
+        if not is_writer():
+            return
         row = {"time": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "event": event, **fields}
         if message:
             row["message"] = message
@@ -39,18 +43,28 @@ class EventLog:
 
 
 def stage(run_dir: Path, name: str, key: dict, build: Callable[[Path], None], log: EventLog) -> Path:
-    """Run ``build(tmp_dir)`` unless ``run_dir/name`` already holds the output for ``key``."""
+    """Run ``build(tmp_dir)`` unless ``run_dir/name`` already holds the output for ``key``.
+
+    Under several processes every process builds (the scoring inside is sharded and gathered)
+    but only rank 0 keeps its output; the others build into a throw-away directory.
+    """
     out = Path(run_dir) / name
     marker = out / "stage.json"
     key = json.loads(json.dumps(key, sort_keys=True, default=str))
+    barrier()  # every process decides on the same, complete state
     if marker.is_file() and read_json(marker).get("key") == key:
         log("stage_skipped", f"[cached] {name}", stage=name)
         return out
     log("stage_started", f"{name} ...", stage=name)
     t0 = time.perf_counter()
-    with atomic_dir(out) as tmp:
-        build(tmp)
-        write_json(tmp / "stage.json", {"stage": name, "key": key})
+    if is_writer():
+        with atomic_dir(out) as tmp:
+            build(tmp)
+            write_json(tmp / "stage.json", {"stage": name, "key": key})
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            build(Path(tmp))
+    barrier()
     dt = time.perf_counter() - t0
     log("stage_finished", f"{name} done in {dt:.1f}s", stage=name, seconds=round(dt, 2))
     return out

@@ -43,3 +43,32 @@ def test_two_processes_score_like_one(tiny_model_dir, corpora, tmp_path):
         assert len(got) == len(single)
         for a, b in zip(got, single):
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_audit_under_torchrun_equals_one_process(tiny_model_dir, corpora, tmp_path):
+    """`torchrun --nproc_per_node 2 -m leakaudit audit ...` on the CPU (gloo) writes the same results."""
+    import json
+    import subprocess
+    import sys
+
+    private = corpora[0]
+    mem, non = tmp_path / "mem.jsonl", tmp_path / "non.jsonl"
+    mem.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in private[:30]))
+    non.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in private[30:60]))
+    args = ["audit", "--model", f"tiny={tiny_model_dir}", "--members", str(mem), "--non-members", str(non),
+            "--attacks", "loss,zlib,min_k_pp", "--device", "cpu"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "leakaudit", *args, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=300, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         "-m", "leakaudit", *args, "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    a = json.loads((tmp_path / "one" / "results.json").read_text())["models"]["tiny"]["mia"]
+    b = json.loads((tmp_path / "two" / "results.json").read_text())["models"]["tiny"]["mia"]
+    for attack in ("loss", "zlib", "min_k_pp"):
+        assert abs(a[attack]["auc"] - b[attack]["auc"]) < 1e-9
+    assert two.stdout.count("report:") == 1  # only rank 0 reports
