@@ -31,6 +31,7 @@ from leakaudit.attacks import (
     save_score_table,
 )
 from leakaudit.attacks.exposure import null_secrets
+from leakaudit.attacks.extraction import extract_secret
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.io import read_json, sha256_file, sha256_text, stable_hash, write_json, write_text_atomic
@@ -71,6 +72,8 @@ class AuditOptions:
     token_budget: int | None = None
     n_boot: int = 1000
     seed: int = 0
+    exact_exposure_max: int = 0  # enumerate canary spaces up to this size for exact exposure (0: never)
+    extraction_budget: int = 200  # forward passes per canary for the extraction search (0: no search)
 
 
 def records_hash(records: list[dict]) -> str:
@@ -118,6 +121,8 @@ def score_model(
     log: EventLog,
     trust_remote_code: bool = False,
     seed: int = 0,
+    exact_max: int = 0,
+    extraction_budget: int = 0,
 ) -> Path:
     """The cached scoring stage of one model (members first in ``rows``); returns its directory."""
     key = {
@@ -128,6 +133,9 @@ def score_model(
         "lowercase": lowercase,
         "neighbours": n_neighbours,
         "seed": seed,
+        "exact_max": exact_max,
+        "extraction_budget": extraction_budget,
+        "exposure_version": 2,
     }
 
     def build(tmp: Path) -> None:
@@ -140,7 +148,15 @@ def score_model(
         )
         table["user_id"] = [None if r.get("user_id") is None else str(r["user_id"]) for r in rows]
         save_score_table(table, tmp / "mia.parquet")
-        exposures = [c for m in manifests for c in canary_exposures(target, m)]
+        exposures = []
+        for m in manifests:
+            for c, res in zip(m.canaries, canary_exposures(target, m, exact_max=exact_max)):
+                if extraction_budget:
+                    found = extract_secret(target, c.prefix, m.spec.secret_format, max_expansions=extraction_budget)
+                    # only whether it matched is kept: the found string may be a real secret
+                    res = res.model_copy(update={"extracted": found.secret == c.secret,
+                                                 "extraction_expansions": found.expansions})
+                exposures.append(res)
         write_json(tmp / "canaries.json", [c.model_dump(mode="json") for c in exposures])
         write_json(tmp / "model.json", {"path": str(model.path), "files_sha256": loaded.files_sha256})
 
@@ -308,7 +324,8 @@ def run_audit(
         write_text_atomic(cfg_path, yaml.safe_dump(cfg, sort_keys=False))
     needs = _needs(options.attacks)
     common = dict(device=device, token_budget=options.token_budget, log=log, trust_remote_code=trust_remote_code,
-                  seed=options.seed)
+                  seed=options.seed, exact_max=options.exact_exposure_max,
+                  extraction_budget=options.extraction_budget)
     score_dirs = {}
     for m in models:
         score_dirs[m.name] = score_model(

@@ -266,6 +266,12 @@ def audit(
         int | None, typer.Option(min=256, help="Padded tokens per scoring batch (default: by device).")
     ] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (unsafe).")] = False,
+    extraction_budget: Annotated[
+        int, typer.Option(min=0, help="Forward passes per canary for the extraction search (0: none).")
+    ] = 200,
+    exact_exposure_max: Annotated[
+        int, typer.Option(min=0, help="Enumerate canary spaces up to this size for exact exposure.")
+    ] = 0,
 ) -> None:
     """Score models on members and non-members, run the attacks and canary exposure, write a report."""
     from leakaudit.attacks import ATTACKS, get_attack
@@ -328,7 +334,8 @@ def audit(
         )
     results = run_audit(
         out, models, mem, non, manifests, device=dev, references=refs, shadows=shadow_set,
-        options=AuditOptions(attacks=names, params=params, token_budget=token_budget),
+        options=AuditOptions(attacks=names, params=params, token_budget=token_budget,
+                             extraction_budget=extraction_budget, exact_exposure_max=exact_exposure_max),
         trust_remote_code=trust_remote_code, log=log, command=_command(),
     )
     if not is_writer():

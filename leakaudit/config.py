@@ -61,6 +61,12 @@ class DemoConfig(BaseModel):
     attacks: list[str] = Field(default_factory=lambda: list(ALL_DEMO_ATTACKS), description="Attacks to run.")
     attack_params: dict[str, dict] = Field(default_factory=dict, description="Per-attack parameters.")
     n_neighbours: int = Field(default=8, ge=1, description="Perturbed copies per text (neighbourhood).")
+    exact_exposure_max: int = Field(
+        default=0, ge=0, description="Enumerate canary spaces up to this size for exact exposure (0: never)."
+    )
+    extraction_budget: int = Field(
+        default=200, ge=0, description="Forward passes per canary for the extraction search (0: no search)."
+    )
     shadows: int = Field(default=8, ge=0, description="Shadow models for LiRA / RMIA (even, >= 4; 0 = none).")
 
     @field_validator("attacks")
@@ -93,6 +99,7 @@ def _preset(name: str) -> dict:
             "dp_train": {"epochs": 3, "batch_size": 64, "lr": 3e-3},
             "dp": {"target_epsilon": 1.0},
             "shadows": 0,
+            "extraction_budget": 100,
         }
     if name == "gpu":
         return {

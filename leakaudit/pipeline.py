@@ -133,7 +133,8 @@ def run_demo(
     ]
     options = AuditOptions(
         attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
-        token_budget=cfg.token_budget, seed=cfg.seed,
+        token_budget=cfg.token_budget, seed=cfg.seed, exact_exposure_max=cfg.exact_exposure_max,
+        extraction_budget=cfg.extraction_budget,
     )
     return run_audit(
         run_dir, models, members, non_members, manifests, device=device, options=options,

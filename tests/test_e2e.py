@@ -107,3 +107,16 @@ def test_a_second_run_resumes_from_the_cache(demo_run):
     assert not [e for e in last_run if e["event"] == "stage_started"]
     assert {e["stage"] for e in last_run if e["event"] == "stage_skipped"} >= {"data", "models/dp", "scores/dp"}
     assert again.models == first.models
+
+
+def test_heavily_repeated_canaries_are_extracted_and_reference_canaries_are_not(demo_run):
+    _, results = demo_run
+    for name, m in results.models.items():
+        assert all(c.extracted is not None for c in m.canaries), name
+        assert not any(c.extracted for c in m.canaries if not c.inserted), name  # never inserted: never extracted
+    non_dp = results.models["non_dp"].canaries
+    top = [c.extracted for c in non_dp if c.repetitions == 32]
+    assert sum(top) >= len(top) - 1, top
+    assert sum(c.extracted for c in results.models["dp"].canaries) < sum(c.extracted for c in non_dp)
+    groups = {g.repetitions: g for g in results.models["non_dp"].exposure_by_repetition}
+    assert groups[32].extracted == sum(top) and groups[0].extracted == 0

@@ -49,3 +49,46 @@ def test_exposures_on_an_untrained_model_look_like_chance(gpt2, tokenizer):
     groups = exposure_groups(res)
     assert {g.repetitions for g in groups} == {0, 1, 4, 16, 32}
     assert sum(g.n for g in groups) == len(res)
+
+
+def test_skewnorm_estimate_recovers_a_known_tail_and_flags_a_poor_fit():
+    from scipy.stats import skewnorm
+
+    from leakaudit.attacks.exposure import skewnorm_exposure
+
+    true = skewnorm(4.0, loc=30.0, scale=5.0)
+    null = true.rvs(size=5000, random_state=0)
+    for x in (true.ppf(1e-3), true.ppf(1e-5)):
+        bits, p = skewnorm_exposure(x, null, 10**9)
+        assert bits == pytest.approx(-true.logcdf(x) / math.log(2), abs=1.0)  # the issue asks for 1 bit
+        assert p > 0.05
+    bimodal = np.r_[np.random.default_rng(1).normal(20, 1, 2500), np.random.default_rng(2).normal(40, 1, 2500)]
+    assert skewnorm_exposure(30.0, bimodal, 10**9)[1] < 0.01
+    assert skewnorm_exposure(-1e6, null, 1000)[0] == pytest.approx(math.log2(1000))  # clipped to log2 |R|
+
+
+def test_exact_exposure_equals_brute_force_on_a_small_space(gpt2, tokenizer):
+    from leakaudit.attacks.exposure import exact_exposure
+    from leakaudit.canaries import CanarySpec
+
+    spec = CanarySpec(name="small", template="the PIN of {name} is {secret}.", secret={"format": "digits", "length": 3},
+                      repetitions=[1], canaries_per_repetition=2, reference_canaries=2, null_samples=50, seed=3)
+    m = generate_canaries(spec)
+    target = Target(gpt2, tokenizer)
+    c = m.canaries[0]
+    everything = [f"{i:03d}" for i in range(1000)]
+    from leakaudit.models import encode
+
+    e = encode(tokenizer, [c.prefix + s for s in everything])
+    lps = target.score_ids([x.ids for x in e])
+    start = len(c.prefix)
+    nll = np.array([
+        -lp[[t - 1 for t, (a, b) in enumerate(x.offsets) if t >= 1 and a < start + 3 and b > start]].sum()
+        for x, lp in zip(e, lps)
+    ])
+    own = nll[everything.index(c.secret)]
+    rank = int(np.sum(nll <= own + 1e-9))
+    assert exact_exposure(target, c.prefix, c.secret, m) == pytest.approx(math.log2(1000) - math.log2(rank))
+    res = canary_exposures(target, m, exact_max=1000)
+    assert res[0].exposure_bits_exact == pytest.approx(math.log2(1000) - math.log2(rank))
+    assert all(r.exposure_bits_skewnorm is not None and 0 <= r.skewnorm_ks_pvalue <= 1 for r in res)

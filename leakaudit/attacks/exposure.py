@@ -6,6 +6,11 @@ rank is 1 plus the number of null secrets whose NLL is at most its own; its expo
 the spec's reference canaries (never inserted) plus ``null_samples`` secrets drawn uniformly
 from the randomness space; each canary is ranked against all of them but its own secret, so
 the reference canaries' exposures show what exposure looks like for a secret never trained on.
+
+Two more estimates sit beside it.  The skew-normal estimate fits ``scipy.stats.skewnorm`` to the
+null NLLs and takes ``-log2 CDF(NLL(secret))``, clipped to ``[0, log2 |R|]``: it is not capped
+by the number of null samples; a Kolmogorov-Smirnov test of the fit is reported with it.  When
+the space is small enough, :func:`exact_exposure` enumerates all of it.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import random
 
 import numpy as np
+from scipy.stats import kstest, skewnorm
 
 from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.models.target import Target
@@ -24,6 +30,24 @@ def interpolation_exposure(secret_nll: float, null_nll: np.ndarray) -> tuple[flo
     null = np.asarray(null_nll, dtype=np.float64)
     rank = 1 + int(np.sum(null <= secret_nll))
     return float(np.log2(null.size) - np.log2(rank)), rank
+
+
+def skewnorm_exposure(secret_nll: float, null_nll: np.ndarray, space_size: int) -> tuple[float, float]:
+    """``(exposure_bits, ks_pvalue)`` from a skew-normal fitted to the null NLLs."""
+    null = np.asarray(null_nll, dtype=np.float64)
+    params = skewnorm.fit(null)
+    bits = -float(skewnorm.logcdf(secret_nll, *params)) / np.log(2.0)
+    bits = float(np.clip(bits, 0.0, np.log2(space_size)))
+    return bits, float(kstest(null, skewnorm(*params).cdf).pvalue)
+
+
+def exact_exposure(target: Target, prefix: str, secret: str, manifest: CanaryManifest) -> float:
+    """``log2|R| - log2 rank`` with rank = #{r in R : NLL(r) <= NLL(secret)}, enumerating R."""
+    fmt = manifest.spec.secret_format
+    nll = target.secret_nll(prefix, list(fmt.enumerate()))
+    own = target.secret_nll(prefix, [secret])[0]
+    rank = max(1, int(np.sum(nll <= own + 1e-9)))
+    return float(np.log2(fmt.space_size) - np.log2(rank))
 
 
 def null_secrets(manifest: CanaryManifest, *, seed: int = 0) -> list[str]:
@@ -42,8 +66,15 @@ def null_secrets(manifest: CanaryManifest, *, seed: int = 0) -> list[str]:
     return pool
 
 
-def canary_exposures(target: Target, manifest: CanaryManifest, *, seed: int = 0) -> list[CanaryResult]:
-    """Exposure of every canary (inserted and reference) of one manifest under ``target``."""
+def canary_exposures(
+    target: Target, manifest: CanaryManifest, *, seed: int = 0, exact_max: int = 0
+) -> list[CanaryResult]:
+    """Exposure of every canary (inserted and reference) of one manifest under ``target``.
+
+    ``exact_max``: enumerate the whole space for the exact exposure when it has at most this
+    many secrets (0: never).
+    """
+    space = manifest.spec.secret_format.space_size
     pool = null_secrets(manifest, seed=seed)
     by_prefix: dict[str, list] = {}
     for c in manifest.canaries:
@@ -57,22 +88,30 @@ def canary_exposures(target: Target, manifest: CanaryManifest, *, seed: int = 0)
         for c in group:
             others = pool_nll[np.array([s != c.secret for s in pool])]
             bits, rank = interpolation_exposure(null_nll[c.secret], others)
+            skew, ks = skewnorm_exposure(null_nll[c.secret], others, space)
+            exact = exact_exposure(target, prefix, c.secret, manifest) if 0 < space <= exact_max else None
             out[c.id] = CanaryResult(
                 id=c.id, spec=manifest.spec.name, repetitions=c.repetitions, inserted=c.inserted,
-                exposure_bits=bits, rank=rank, sha256=c.sha256,
+                exposure_bits=bits, rank=rank, sha256=c.sha256, exposure_bits_skewnorm=skew,
+                skewnorm_ks_pvalue=ks, exposure_bits_exact=exact,
             )
     return [out[c.id] for c in manifest.canaries]
 
 
 def exposure_groups(results: list[CanaryResult]) -> list[ExposureGroup]:
     """Median, mean and max exposure per spec and repetition count (0 = reference canaries)."""
-    groups: dict[tuple[str, int], list[float]] = {}
+    groups: dict[tuple[str, int], list[CanaryResult]] = {}
     for r in results:
-        groups.setdefault((r.spec, r.repetitions), []).append(r.exposure_bits)
-    return [
-        ExposureGroup(
-            spec=k[0], repetitions=k[1], n=len(v), median_exposure_bits=float(np.median(v)),
-            mean_exposure_bits=float(np.mean(v)), max_exposure_bits=float(np.max(v)),
-        )
-        for k, v in sorted(groups.items())
-    ]
+        groups.setdefault((r.spec, r.repetitions), []).append(r)
+    out = []
+    for (spec, reps), rs in sorted(groups.items()):
+        bits = [r.exposure_bits for r in rs]
+        skew = [r.exposure_bits_skewnorm for r in rs if r.exposure_bits_skewnorm is not None]
+        searched = [r.extracted for r in rs if r.extracted is not None]
+        out.append(ExposureGroup(
+            spec=spec, repetitions=reps, n=len(rs), median_exposure_bits=float(np.median(bits)),
+            mean_exposure_bits=float(np.mean(bits)), max_exposure_bits=float(np.max(bits)),
+            median_exposure_bits_skewnorm=float(np.median(skew)) if skew else None,
+            extracted=int(sum(searched)) if searched else None,
+        ))
+    return out

@@ -75,8 +75,25 @@ class CanaryResult(_Model):
     spec: str
     repetitions: int
     inserted: bool
-    exposure_bits: float = Field(description="log2(N) - log2(rank) among N null secrets.")
+    exposure_bits: float = Field(description="log2(N) - log2(rank) among N null secrets (interpolation).")
     rank: int = Field(description="1 + number of null secrets at least as likely as this one.")
+    exposure_bits_skewnorm: float | None = Field(
+        default=None,
+        description="-log2 CDF of the secret's NLL under a skew-normal fitted to the null NLLs, clipped to "
+        "[0, log2 |R|]: not capped by the number of null samples.",
+    )
+    skewnorm_ks_pvalue: float | None = Field(
+        default=None, description="Kolmogorov-Smirnov p-value of that fit (small: the fit is poor)."
+    )
+    exposure_bits_exact: float | None = Field(
+        default=None, description="log2|R| - log2(rank) over the whole randomness space, when it was enumerated."
+    )
+    extracted: bool | None = Field(
+        default=None,
+        description="True when a best-first search over the secret's format returned this secret as the model's "
+        "most likely one within the search budget (None: not searched).",
+    )
+    extraction_expansions: int | None = Field(default=None, description="Forward passes the search used.")
     sha256: str
 
 
@@ -89,6 +106,8 @@ class ExposureGroup(_Model):
     median_exposure_bits: float
     mean_exposure_bits: float
     max_exposure_bits: float
+    median_exposure_bits_skewnorm: float | None = None
+    extracted: int | None = Field(default=None, description="Canaries of this group extracted by the search.")
 
 
 class CanarySpecSummary(_Model):

@@ -1,0 +1,88 @@
+"""Canary extraction: best-first (Dijkstra) search for the most likely secret of a format.
+
+Starting from the canary's prefix, the search expands token by token, restricted to tokens that
+keep the text a valid beginning of ``whitespace + secret`` in the spec's format (the prefix's
+trailing whitespace is left to the search, because byte-level BPE merges it into the secret's
+first token).  Edge cost is ``-log p(token)``; costs only grow, so the first complete secret
+popped from the queue is the model's most likely secret over all token paths (the rank-1
+candidate).  A canary is extracted when that secret is its own, within ``max_expansions``
+forward passes.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from leakaudit.canaries.formats import SecretFormat
+from leakaudit.models.target import Target
+from leakaudit.models.tokenize import encode
+
+
+@dataclass(frozen=True)
+class Extraction:
+    secret: str | None  # the first complete secret found (None: budget exhausted)
+    nll: float | None  # its cost, summed -log p over its tokens
+    expansions: int
+
+
+class _Partial:
+    """Which strings are valid beginnings of ``lead + rendered secret``."""
+
+    def __init__(self, fmt: SecretFormat, lead: str):
+        self.fmt, self.lead = fmt, lead
+        self.length = len(fmt.from_index(0))
+        self.allowed = set(fmt.alphabet)
+
+    def state(self, s: str) -> str | None:
+        """'done', 'open' or None (invalid) for the generated string ``s``."""
+        n = len(self.lead)
+        if s[:n] != self.lead[: len(s)]:
+            return None
+        body = s[n:]
+        if len(body) > self.length:
+            return None
+        for i, ch in enumerate(body):
+            sep_here = self.fmt.group and (i + 1) % (self.fmt.group + 1) == 0
+            if (sep_here and ch != self.fmt.sep) or (not sep_here and ch not in self.allowed):
+                return None
+        return "done" if len(s) >= n and len(body) == self.length else "open"
+
+
+def _candidate_tokens(target: Target, fmt: SecretFormat, lead: str) -> tuple[np.ndarray, list[str]]:
+    chars = set(fmt.alphabet) | set(fmt.sep if fmt.group else "") | set(lead)
+    ids, strings = [], []
+    for tid in range(len(target.tokenizer)):
+        s = target.tokenizer.decode([tid], clean_up_tokenization_spaces=False)
+        if s and set(s) <= chars:
+            ids.append(tid)
+            strings.append(s)
+    return np.array(ids), strings
+
+
+@torch.no_grad()
+def extract_secret(target: Target, prefix: str, fmt: SecretFormat, *, max_expansions: int = 200) -> Extraction:
+    """Dijkstra over token continuations of ``prefix`` that spell a secret of ``fmt``."""
+    context = prefix.rstrip()
+    lead = prefix[len(context):]
+    partial = _Partial(fmt, lead)
+    tok_ids, tok_strs = _candidate_tokens(target, fmt, lead)
+    base = encode(target.tokenizer, [context])[0].ids
+    heap: list[tuple[float, str, tuple[int, ...]]] = [(0.0, "", ())]
+    expansions = 0
+    while heap and expansions < max_expansions:
+        cost, text, path = heapq.heappop(heap)
+        if text and partial.state(text) == "done":
+            return Extraction(text[len(lead):], cost, expansions)
+        expansions += 1
+        ids = torch.tensor([base + list(path)], device=target.device)
+        logits = target.model(input_ids=ids).logits[0, -1].float()
+        logp = torch.log_softmax(logits, -1)[torch.as_tensor(tok_ids, device=target.device)].cpu().numpy()
+        for tid, s, lp in zip(tok_ids, tok_strs, logp):
+            nxt = text + s
+            if partial.state(nxt) is not None:
+                heapq.heappush(heap, (cost - float(lp), nxt, path + (int(tid),)))
+    return Extraction(None, None, expansions)
