@@ -8,7 +8,7 @@ import re
 import pytest
 
 from leakaudit.report.plots import attack_order, exposure_plot, png_size, roc_plot
-from leakaudit.report.render import render_html, render_markdown, write_reports
+from leakaudit.report.render import _extraction_sentence, render_html, render_markdown, write_reports
 from leakaudit.report.schema import (
     AttackResult,
     CanaryResult,
@@ -63,10 +63,17 @@ def _run(**kw) -> RunInfo:
     return RunInfo(**base)
 
 
-def _canaries(exposures: dict[int, list[float]]) -> list[CanaryResult]:
+def _skew(e: float, i: int) -> float:
+    """A made-up skew-normal estimate: above the interpolation one, far above it at the cap."""
+    return 15.5 + i if e >= CAP else round(e * 1.1, 2)
+
+
+def _canaries(exposures: dict[int, list[float]], extracted: dict[int, list[bool]], poor_fit: int = -1):
+    """Canaries with every estimate; ``extracted[rep][i]``: whether the search recovered canary i."""
     out = []
     for rep, values in exposures.items():
         for i, e in enumerate(values):
+            found = extracted[rep][i]
             out.append(
                 CanaryResult(
                     id=f"codes-r{rep}-{i}",
@@ -75,28 +82,62 @@ def _canaries(exposures: dict[int, list[float]]) -> list[CanaryResult]:
                     inserted=rep > 0,
                     exposure_bits=e,
                     rank=max(1, round(1000 / 2**e)),
+                    exposure_bits_skewnorm=_skew(e, i),
+                    skewnorm_ks_pvalue=0.004 if len(out) == poor_fit else 0.42,
+                    extracted=found,
+                    extraction_expansions=12 + i if found else 100,
                     sha256=f"{rep:02d}{i:02d}" + "d" * 60,
                 )
             )
     return out
 
 
-def _groups(exposures: dict[int, list[float]]) -> list[ExposureGroup]:
+def _med(values: list[float]) -> float:
+    s = sorted(values)
+    mid = len(s) // 2
+    return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
+
+
+def _groups(exposures: dict[int, list[float]], extracted: dict[int, list[bool]]) -> list[ExposureGroup]:
     groups = []
     for rep, values in sorted(exposures.items()):
-        s = sorted(values)
-        mid = len(s) // 2
-        med = s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2
         groups.append(
             ExposureGroup(
+                spec="codes",
                 repetitions=rep,
-                n=len(s),
-                median_exposure_bits=med,
-                mean_exposure_bits=sum(s) / len(s),
-                max_exposure_bits=max(s),
+                n=len(values),
+                median_exposure_bits=_med(values),
+                mean_exposure_bits=sum(values) / len(values),
+                max_exposure_bits=max(values),
+                median_exposure_bits_skewnorm=_med([_skew(e, i) for i, e in enumerate(values)]),
+                extracted=sum(extracted[rep]),
             )
         )
     return groups
+
+
+def _without_new_fields(res: Results) -> Results:
+    """The same results as an older run would record them: no skew-normal, exact or extraction data."""
+    blank = {
+        "exposure_bits_skewnorm": None,
+        "skewnorm_ks_pvalue": None,
+        "exposure_bits_exact": None,
+        "extracted": None,
+        "extraction_expansions": None,
+    }
+    models = {
+        name: m.model_copy(
+            update={
+                "canaries": [c.model_copy(update=blank) for c in m.canaries],
+                "exposure_by_repetition": [
+                    g.model_copy(update={"median_exposure_bits_skewnorm": None, "extracted": None})
+                    for g in m.exposure_by_repetition
+                ],
+            }
+        )
+        for name, m in res.models.items()
+    }
+    return res.model_copy(update={"models": models})
 
 
 def _attack(
@@ -139,6 +180,9 @@ def make_results() -> Results:
         "non_dp": {0: [0.6, 0.3, 1.5], 1: [2.5, 3.0], 4: [6.1, 7.4], 16: [CAP, CAP]},
         "dp": {0: [0.5, 0.8, 0.1], 1: [0.6, 0.2], 4: [0.9, 1.4], 16: [1.8, 2.2]},
     }
+    none = {0: [False] * 3, 1: [False] * 2, 4: [False] * 2, 16: [False] * 2}
+    extracted = {"base": none, "non_dp": {**none, 4: [False, True], 16: [True, True]}, "dp": none}
+    poor_fit = {"base": -1, "non_dp": -1, "dp": 0}  # the dp model's first canary has a poor skew-normal fit
     privacy = {
         "base": PrivacyRecord(),
         "non_dp": PrivacyRecord(steps=1200, epochs=3.0, dataset_size=200),
@@ -177,8 +221,8 @@ def make_results() -> Results:
                 "canary": {"exposure": _attack(0.97 if name == "non_dp" else 0.52, warnings=[], dp=dp, n=9)},
             },
             skipped_attacks=skipped[name],
-            canaries=_canaries(exposures[name]),
-            exposure_by_repetition=_groups(exposures[name]),
+            canaries=_canaries(exposures[name], extracted[name], poor_fit[name]),
+            exposure_by_repetition=_groups(exposures[name], extracted[name]),
         )
     spec = CanarySpecSummary(
         name="codes",
@@ -226,7 +270,7 @@ def test_markdown_content(markdown):
     # Shortened hashes only.
     assert "a" * 12 in markdown and "a" * 13 not in markdown
     # A median at the exposure cap is marked as a lower bound.
-    assert "≥9.97 (n=2)" in markdown
+    assert "| 16 | 2 | 0.95 | 1.04 | 0/2 | ≥9.97 | 16.00 | 2/2 | 2.00 | 2.20 | 0/2 |" in markdown
     # Summary: exposure of canaries inserted >= 16 times vs reference, best LOSS/zlib AUC.
     assert "median exposure ≥9.97 bits (at the cap) for canaries inserted at least 16 times (n=2)" in markdown
     assert "vs 0.60 bits for reference canaries (n=3)" in markdown
@@ -482,3 +526,134 @@ def test_roc_grid(results):
     w2, h2 = png_size(roc_plot(results, columns=2))
     assert w2 < width and h2 > height
     assert roc_plot(_with_dp_violation(results)) != grid  # the violated panel is titled in red
+
+
+# --------------------------------------------------------------------------- skew-normal, exact exposure, extraction
+
+
+def _section(text: str, start: str, end: str) -> str:
+    return text[text.index(start) : text.index(end)]
+
+
+def test_exposure_table_shows_every_estimate_per_model(markdown):
+    exposure = _section(markdown, "## Canary exposure", "### Extraction")
+    header = "| repetitions | n |" + "".join(f" {m} interpolation | {m} skew-normal | {m} extracted |" for m in MODELS)
+    assert header in exposure
+    assert "| reference (0) | 3 | 0.40 | 0.44 | 0/3 | 0.60 | 0.66 | 0/3 | 0.50 | 0.55 | 0/3 |" in exposure
+    assert "| 4 | 2 | 0.65 | 0.72 | 0/2 | 6.75 | 7.43 | 1/2 | 1.15 | 1.27 | 0/2 |" in exposure
+    # No canary was enumerated exactly: no "exact" column.
+    assert "exact" not in header and '"exact"' not in exposure
+    # One sentence on the fit, per model.
+    assert (
+        "Skew-normal fit: none of 9 canaries on base, none of 9 on non_dp and 1 of 9 on dp have a "
+        "Kolmogorov-Smirnov p-value below 0.01, a poor fit: trust the interpolation value for those canaries."
+    ) in exposure
+
+
+def test_extraction_subsection(markdown):
+    extraction = _section(markdown, "### Extraction", "## Membership inference")
+    assert "| repetitions | base | non_dp | dp |" in extraction
+    assert "| 16 | 0/2 | 2/2 | 0/2 |" in extraction and "| reference (0) | 0/3 | 0/3 | 0/3 |" in extraction
+    assert (
+        "- **non_dp**: The search recovers the exact secret of both canaries inserted 16 times and 1 of the 2 "
+        "inserted 4 times, but of none of those inserted once; it recovers none of the reference canaries, which "
+        "were never inserted. It used 12 to 100 forward passes per canary (median 100)."
+    ) in extraction
+    assert (
+        "- **dp**: The search recovers the exact secret of none of the 6 inserted canaries; it recovers none of "
+        "the reference canaries, which were never inserted. It used 100 forward passes per canary."
+    ) in extraction
+    # Only whether a secret matched is recorded: no canary id, hash or secret is shown.
+    assert "codes-r" not in markdown and "dddddddddddd" not in markdown
+
+
+def test_summary_mentions_extracted_canaries(markdown):
+    summary = _section(markdown, "## Summary", "## What was audited")
+    bullets = {b.split("**")[1]: b for b in summary.splitlines() if b.startswith("- **")}
+    assert "; extracted 2 of 2 canaries inserted 16 times (3 of 6 inserted canaries in all);" in bullets["non_dp"]
+    assert "; extracted 0 of 2 canaries inserted 16 times;" in bullets["base"]
+    assert "; extracted 0 of 2 canaries inserted 16 times;" in bullets["dp"]
+    assert "A canary is extracted when" in summary
+
+
+def test_html_exposure_and_extraction(html):
+    exposure = _section(html, '<section id="exposure">', '<section id="mia">')
+    for name in MODELS:
+        assert f'<th scope="colgroup" colspan="3">{name}</th>' in exposure
+    assert exposure.count('<th scope="col">skew-normal</th>') == 3
+    assert '<td class="num">≥9.97</td><td class="num">16.00</td><td class="num">2/2</td>' in exposure
+    assert '<h3 id="extraction">Extraction</h3>' in exposure
+    assert "<li><strong>non_dp</strong>: The search recovers the exact secret of both canaries inserted 16" in exposure
+    assert "Skew-normal fit: none of 9 canaries on base" in exposure
+    assert exposure.index("data:image/png") < exposure.index('<h3 id="extraction">')
+
+
+def test_exact_column_only_when_some_canary_has_it(results):
+    non_dp = results.models["non_dp"]
+    canaries = [
+        c.model_copy(update={"exposure_bits_exact": 18.5 + i}) if c.repetitions == 16 else c
+        for i, c in enumerate(non_dp.canaries)
+    ]
+    models = {**results.models, "non_dp": non_dp.model_copy(update={"canaries": canaries})}
+    md = render_markdown(results.model_copy(update={"models": models}))
+    exposure = _section(md, "## Canary exposure", "### Extraction")
+    assert "| base interpolation | base skew-normal | base exact | base extracted |" in exposure
+    # Canaries 7 and 8 of non_dp are the two inserted 16 times: exact 25.5 and 26.5, median 26.0.
+    assert "| 16 | 2 | 0.95 | 1.04 | — | 0/2 | ≥9.97 | 16.00 | 26.00 | 2/2 | 2.00 | 2.20 | — | 0/2 |" in exposure
+    assert '"exact" ranks the secret among every secret of the space' in exposure
+    html = render_html(results.model_copy(update={"models": models}))
+    assert '<th scope="colgroup" colspan="4">non_dp</th>' in html
+
+
+def test_renders_without_the_new_fields(results):
+    old = _without_new_fields(results)
+    md = render_markdown(old)
+    html = render_html(old)
+    exposure = _section(md, "## Canary exposure", "## Membership inference")
+    assert "| repetitions | n | base interpolation | non_dp interpolation | dp interpolation |" in exposure
+    assert "| 16 | 2 | 0.95 | ≥9.97 | 2.00 |" in exposure
+    assert "skew-normal" not in exposure and "Skew-normal fit" not in exposure and "extracted" not in exposure
+    assert "### Extraction\n\nNo extraction search was run." in md
+    assert "No extraction search was run." in html
+    summary = _section(md, "## Summary", "## What was audited")
+    assert "extracted" not in summary
+    for section in SECTIONS:
+        assert f'<section id="{section}">' in html
+
+
+def test_extraction_from_groups_alone(results):
+    """A results file with exposure groups but no per-canary results still reports extraction."""
+    models = {name: m.model_copy(update={"canaries": []}) for name, m in results.models.items()}
+    md = render_markdown(results.model_copy(update={"models": models}))
+    assert "| 16 | 2 | 0.95 | 1.04 | 0/2 | ≥9.97 | 16.00 | 2/2 | 2.00 | 2.20 | 0/2 |" in md
+    assert "Skew-normal fit" not in md  # the KS p-values are per canary
+    assert "| 4 | 0/2 | 1/2 | 0/2 |" in md
+    assert "extracted 2 of 2 canaries inserted 16 times (3 of 6 inserted canaries in all)" in md
+    assert "forward passes" not in md
+
+
+def test_extraction_sentence_is_generated_from_the_counts():
+    assert _extraction_sentence({0: (0, 8), 8: (1, 4), 32: (4, 4)}) == (
+        "The search recovers the exact secret of all 4 canaries inserted 32 times and 1 of the 4 inserted 8 times; "
+        "it recovers none of the reference canaries, which were never inserted."
+    )
+    assert _extraction_sentence({0: (0, 24), 1: (0, 4), 2: (1, 4), 8: (4, 4), 16: (4, 4), 32: (4, 4)}) == (
+        "The search recovers the exact secret of all 12 canaries inserted 8 times or more and 1 of the 4 inserted "
+        "twice, but of none of those inserted once; it recovers none of the reference canaries, which were never "
+        "inserted."
+    )
+    assert _extraction_sentence({1: (1, 1), 4: (1, 1)}) == (
+        "The search recovers the exact secret of both inserted canaries."
+    )
+    sentence = _extraction_sentence({0: (2, 8), 32: (0, 4)})
+    assert sentence.startswith(
+        "The search recovers the exact secret of none of the 4 inserted canaries; it recovers 2 of the 8 reference "
+        "canaries, which were never inserted"
+    )
+
+
+def test_exposure_plot_marks_extracted_canaries(results):
+    plot = exposure_plot(results)
+    assert plot.startswith("data:image/png;base64,")
+    assert exposure_plot(Results.model_validate_json(results.model_dump_json())) == plot
+    assert exposure_plot(_without_new_fields(results)) != plot

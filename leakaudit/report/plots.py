@@ -40,20 +40,33 @@ PALETTE = (
 
 
 def groups_from_canaries(canaries: Iterable[CanaryResult]) -> list[ExposureGroup]:
-    """Exposure summary per repetition count (0 = reference), sorted by repetition count."""
-    by_rep: dict[int, list[float]] = {}
+    """Exposure summary per repetition count (0 = reference), sorted by repetition count.
+
+    Like the groups a run records: the skew-normal median over the canaries that have that estimate
+    and the number of extracted canaries among those searched (None when none has the field).
+    """
+    by_rep: dict[int, list[CanaryResult]] = {}
     for c in canaries:
-        by_rep.setdefault(c.repetitions, []).append(c.exposure_bits)
-    return [
-        ExposureGroup(
-            repetitions=rep,
-            n=len(vals),
-            median_exposure_bits=float(statistics.median(vals)),
-            mean_exposure_bits=float(statistics.fmean(vals)),
-            max_exposure_bits=float(max(vals)),
+        by_rep.setdefault(c.repetitions, []).append(c)
+    groups = []
+    for rep, cs in sorted(by_rep.items()):
+        vals = [c.exposure_bits for c in cs]
+        skew = [c.exposure_bits_skewnorm for c in cs if c.exposure_bits_skewnorm is not None]
+        searched = [c.extracted for c in cs if c.extracted is not None]
+        specs = {c.spec for c in cs}
+        groups.append(
+            ExposureGroup(
+                spec=specs.pop() if len(specs) == 1 else None,
+                repetitions=rep,
+                n=len(vals),
+                median_exposure_bits=float(statistics.median(vals)),
+                mean_exposure_bits=float(statistics.fmean(vals)),
+                max_exposure_bits=float(max(vals)),
+                median_exposure_bits_skewnorm=float(statistics.median(skew)) if skew else None,
+                extracted=sum(bool(x) for x in searched) if searched else None,
+            )
         )
-        for rep, vals in sorted(by_rep.items())
-    ]
+    return groups
 
 
 def model_groups(model: ModelResult) -> list[ExposureGroup]:
@@ -102,13 +115,15 @@ def exposure_plot(results: Results) -> str | None:
     """Median exposure (bits) by repetition count, one line per model; None without canary data.
 
     Reference canaries (repetitions = 0) are drawn as a dashed horizontal line per model and
-    their individual exposures as faint points at a separate "ref" position left of the
-    inserted counts.  The exposure cap of each canary spec is a dotted grey line.
+    their individual exposures as points at a separate "ref" position left of the inserted
+    counts.  Single canaries are filled when the extraction search recovered their secret,
+    hollow when it did not, and faint when they were not searched.  The exposure cap of each
+    canary spec is a dotted grey line.
     """
     series = []
     for name, model in results.models.items():
         groups = [g for g in model_groups(model) if _finite(g.median_exposure_bits)]
-        points = [(c.repetitions, c.exposure_bits) for c in model.canaries if _finite(c.exposure_bits)]
+        points = [(c.repetitions, c.exposure_bits, c.extracted) for c in model.canaries if _finite(c.exposure_bits)]
         if groups or points:
             series.append((name, groups, points))
     if not series:
@@ -116,8 +131,9 @@ def exposure_plot(results: Results) -> str | None:
 
     reps = sorted(
         {g.repetitions for _, groups, _ in series for g in groups if g.repetitions > 0}
-        | {r for _, _, points in series for r, _ in points if r > 0}
+        | {r for _, _, points in series for r, _, _ in points if r > 0}
     )
+    searched = {x for _, _, points in series for _, _, x in points if x is not None}
     ref_x = reps[0] / 2 if reps else 1.0
 
     from matplotlib.lines import Line2D
@@ -133,10 +149,18 @@ def exposure_plot(results: Results) -> str | None:
             color = model_color(results, name)
             # Small multiplicative offset so the scatter of different models does not overlap.
             jitter = 2 ** ((i - (n_series - 1) / 2) * 0.06)
-            if points:
-                xs = [(r if r > 0 else ref_x) * jitter for r, _ in points]
-                ys = [e for _, e in points]
-                ax.scatter(xs, ys, s=12, color=color, alpha=0.25, linewidths=0, zorder=2)
+            for extracted in (None, False, True):
+                sel = [(r, e) for r, e, x in points if x is extracted]
+                if not sel:
+                    continue
+                xs = [(r if r > 0 else ref_x) * jitter for r, _ in sel]
+                ys = [e for _, e in sel]
+                if extracted is None:  # not searched
+                    ax.scatter(xs, ys, s=12, color=color, alpha=0.25, linewidths=0, zorder=2)
+                elif extracted:
+                    ax.scatter(xs, ys, s=22, color=color, alpha=0.85, linewidths=0, zorder=4)
+                else:
+                    ax.scatter(xs, ys, s=22, facecolors="none", edgecolors=color, alpha=0.7, linewidths=0.9, zorder=2)
                 values.extend(ys)
             inserted = [g for g in groups if g.repetitions > 0]
             if inserted:
@@ -153,6 +177,12 @@ def exposure_plot(results: Results) -> str | None:
                     values.append(g.median_exposure_bits)
         if any(g.repetitions == 0 for _, groups, _ in series for g in groups):
             handles.append(Line2D([], [], color="0.35", ls="--", lw=1.0, label="reference (never inserted)"))
+        if True in searched:
+            handles.append(Line2D([], [], color="0.35", marker="o", ms=5, ls="", label="canary extracted"))
+        if False in searched:
+            handles.append(
+                Line2D([], [], color="0.35", marker="o", ms=5, ls="", markerfacecolor="none", label="not extracted")
+            )
 
         caps: dict[float, list[str]] = {}
         for spec in results.canary_specs:
@@ -175,7 +205,10 @@ def exposure_plot(results: Results) -> str | None:
         ax.set_ylim(bottom - 0.02 * (top - bottom + 1), top * 1.1 + 0.5)
         ax.set_xlabel("times inserted into the training data (log2 scale)")
         ax.set_ylabel("exposure (bits)")
-        ax.set_title("Canary exposure by repetition count (median; points: single canaries)", fontsize=10)
+        title = "Canary exposure by repetition count (median; points: single canaries)"
+        if searched:
+            title = "Canary exposure by repetition count (median; filled points: extracted)"
+        ax.set_title(title, fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(handles=handles, fontsize=8, loc="upper left", framealpha=0.9)
         fig.tight_layout()
