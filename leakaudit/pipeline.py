@@ -95,7 +95,7 @@ def run_demo(
             tok, arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, context=m.context, seed=cfg.seed
         ).to(device)
         record = _train(model, tok, public, cfg.pretrain, None, bar, "pretraining base model")
-        save_trained(model.cpu(), tok, tmp, record.model_copy(update={"epsilon": None}))
+        save_trained(model.cpu(), tok, tmp, record)
 
     base_dir = stage(run_dir, "models/base", base_key, build_base, log)
 

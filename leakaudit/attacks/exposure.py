@@ -41,12 +41,21 @@ def skewnorm_exposure(secret_nll: float, null_nll: np.ndarray, space_size: int) 
     return bits, float(kstest(null, skewnorm(*params).cdf).pvalue)
 
 
-def exact_exposure(target: Target, prefix: str, secret: str, manifest: CanaryManifest) -> float:
-    """``log2|R| - log2 rank`` with rank = #{r in R : NLL(r) <= NLL(secret)}, enumerating R."""
+def exact_exposure(
+    target: Target, prefix: str, secret: str, manifest: CanaryManifest, *, chunk: int = 20000
+) -> float:
+    """``log2|R| - log2 rank`` with rank = #{r in R : NLL(r) <= NLL(secret)}, enumerating R.
+
+    The space is scored in chunks, so memory stays bounded (the tokenized texts of a 10^6 space
+    held at once took 19 GB).
+    """
     fmt = manifest.spec.secret_format
-    nll = target.secret_nll(prefix, list(fmt.enumerate()))
     own = target.secret_nll(prefix, [secret])[0]
-    rank = max(1, int(np.sum(nll <= own + 1e-9)))
+    rank = 0
+    for start in range(0, fmt.space_size, chunk):
+        batch = [fmt.from_index(i) for i in range(start, min(start + chunk, fmt.space_size))]
+        rank += int(np.sum(target.secret_nll(prefix, batch) <= own + 1e-4))  # float32 noise counts against
+    rank = max(1, rank)
     return float(np.log2(fmt.space_size) - np.log2(rank))
 
 
