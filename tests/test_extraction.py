@@ -42,3 +42,23 @@ def test_a_planted_canary_is_extracted_and_an_unseen_one_is_not(gpt2, tokenizer,
     assert extract_secret(target, prefix, fmt).secret == secret
     untrained = extract_secret(Target(gpt2, tokenizer), prefix, fmt)  # the model before it saw the canary
     assert untrained.secret != secret
+
+
+def test_beam_search_agrees_with_best_first_when_wide_and_finds_a_planted_canary(gpt2, tokenizer, corpora):
+    from leakaudit.attacks.extraction import beam_search_secret
+
+    target = Target(gpt2, tokenizer)
+    fmt = get_format("digits", 3)
+    prefix = "the PIN of Ann Lee is "
+    best = extract_secret(target, prefix, fmt, max_expansions=5000)
+    wide = beam_search_secret(target, prefix, fmt, width=2000)  # wide enough to be exhaustive here
+    assert wide.secret == best.secret and abs(wide.nll - best.nll) < 1e-3
+    narrow = beam_search_secret(target, prefix, fmt, width=2)
+    assert narrow.secret is not None and narrow.nll >= best.nll - 1e-4  # never better than the optimum
+
+    model = copy.deepcopy(gpt2)
+    secret = "407318"
+    p6 = "Security note for Ann Lee: the account recovery code is "
+    train_model(model, tokenizer, [r["text"] for r in corpora[1][:60]] + [p6 + secret + "."] * 40,
+                TrainSettings(epochs=6, batch_size=16, lr=5e-3))
+    assert beam_search_secret(Target(model, tokenizer), p6, get_format("digits", 6), width=4).secret == secret
