@@ -294,6 +294,7 @@ def run_audit(
     log: EventLog | None = None,
     command: str = "leakaudit audit",
     extra_data_sha256: dict[str, str] | None = None,
+    preflight_warnings: list[str] | None = None,
 ) -> Results:
     """Audit one or more models and write ``results.json`` and the reports into ``run_dir``.
 
@@ -374,6 +375,7 @@ def run_audit(
             },
             reference_models={k: str(v) for k, v in references.items()},
             shadow_models=len(shadows.dirs) if shadows else 0,
+            preflight_warnings=list(preflight_warnings or []),
         ),
         canary_specs=spec_summaries(manifests),
         models=results_by_model,

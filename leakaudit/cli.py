@@ -159,6 +159,35 @@ def canaries_insert(
     typer.echo(f"{out}: {len(rows)} records ({len(rows) - len(ds)} canary copies)")
 
 
+@canaries_app.command("check")
+def canaries_check(
+    manifest: Annotated[Path, typer.Option(help="Manifest from 'leakaudit canaries generate'.")],
+    data: Annotated[Path, typer.Option(help="The training corpus, as the trainer will read it.")],
+    tokenizer: Annotated[Path, typer.Option(help="Model or tokenizer directory used for training.")],
+    max_length: Annotated[int, typer.Option(min=1, help="The trainer's truncation length in tokens.")],
+    text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
+) -> None:
+    """Pre-flight: confirm every inserted canary will be seen by the training loss (exit 1 if not)."""
+    from transformers import AutoTokenizer
+
+    from leakaudit.canaries.preflight import preflight
+    from leakaudit.data import load_texts
+
+    m = _load_manifest(manifest)
+    texts = load_texts(data, text_field=text_field)
+    if not (tokenizer / "tokenizer_config.json").is_file() and not (tokenizer / "tokenizer.json").is_file():
+        raise LeakauditError(f"{tokenizer}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+    warnings = preflight(m, texts, tok, max_length=max_length)
+    for w in warnings:
+        typer.echo(f"warning: {w}")
+    n = len(m.inserted)
+    typer.echo(f"{n - sum(1 for c in m.inserted if any(w.startswith(c.id + ':') for w in warnings))}/{n} "
+               "inserted canaries will be trained on as planned")
+    if warnings:
+        raise typer.Exit(1)
+
+
 def _load_manifest(path: Path):
     from pydantic import ValidationError
 
@@ -385,7 +414,9 @@ def version() -> None:
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        rc = app(standalone_mode=False)  # click returns a typer.Exit's code in this mode
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except LeakauditError as e:
         sys.stderr.write(f"leakaudit: error: {e}\n")
         sys.exit(e.exit_code)

@@ -14,6 +14,7 @@ import yaml
 
 from leakaudit.audit import AuditOptions, ModelToAudit, run_audit
 from leakaudit.canaries.manifest import CanaryManifest, generate_canaries, insert_canaries
+from leakaudit.canaries.preflight import preflight_all
 from leakaudit.config import DemoConfig
 from leakaudit.data.split import check_no_overlap, split_members
 from leakaudit.data.synthetic import make_corpora
@@ -99,6 +100,14 @@ def run_demo(
 
     base_dir = stage(run_dir, "models/base", base_key, build_base, log)
 
+    # canary pre-flight: will the training loss see every inserted canary?
+    base_tok = load_model(base_dir).tokenizer
+    warnings = preflight_all(
+        manifests, train_texts, base_tok, max_length=min(cfg.finetune.max_length, cfg.dp_train.max_length)
+    )
+    for w in warnings:
+        log("preflight_warning", f"warning: {w}", warning=w)
+
     # 4. fine-tuning, plain and DP --------------------------------------------------------
     def finetune(settings: TrainSettings, dp, label: str):
         def build(tmp: Path) -> None:
@@ -139,7 +148,7 @@ def run_demo(
     return run_audit(
         run_dir, models, members, non_members, manifests, device=device, options=options,
         references={"base": base_dir}, shadows=shadows, log=log, command=command,
-        extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")},
+        extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")}, preflight_warnings=warnings,
     )
 
 

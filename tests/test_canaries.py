@@ -71,3 +71,21 @@ def test_insertion_counts_and_manifest_roundtrip(tmp_path):
         assert sum(r["text"] == c.text for r in out) == c.repetitions
     m.save(tmp_path / "m.json")
     assert CanaryManifest.load(tmp_path / "m.json") == m
+
+
+def test_preflight_flags_truncated_missing_and_leaked_canaries(tokenizer):
+    from leakaudit.canaries.preflight import preflight
+
+    m = generate_canaries(load_spec(TINY_SPEC))
+    records = [f"record {i}" for i in range(20)]
+    train = [r["text"] for r in insert_canaries([{"id": str(i), "text": t} for i, t in enumerate(records)], m)]
+    assert preflight(m, train, tokenizer, max_length=256) == []
+    warnings = preflight(m, train, tokenizer, max_length=8)  # every canary's secret is cut off
+    assert len(warnings) == len(m.inserted) and all("truncates at 8 tokens" in w for w in warnings)
+    first = m.inserted[0]
+    dropped = list(train)
+    dropped.remove(first.text)
+    assert any(w.startswith(f"{first.id}: inserted {first.repetitions}") for w in preflight(m, dropped, tokenizer,
+                                                                                        max_length=256))
+    ref = next(c for c in m.canaries if not c.inserted)
+    assert any("reference canary occurs 1" in w for w in preflight(m, train + [ref.text], tokenizer, max_length=256))

@@ -148,3 +148,20 @@ def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_
     assert set(tiny["skipped_attacks"]) == {"reference", "reference_ratio", "lira_online", "lira_offline", "rmia"}
     assert "reference model" in tiny["skipped_attacks"]["reference"]
     assert (out / "scores" / "tiny" / "mia.parquet").is_file() and (out / "config.yaml").is_file()
+
+
+def test_canaries_generate_insert_and_check(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    from tests.conftest import TINY_SPEC
+
+    manifest, train = tmp_path / "m.json", tmp_path / "train.jsonl"
+    assert run(monkeypatch, capsys, "canaries", "generate", TINY_SPEC, "--out", manifest)[0] == 0
+    assert run(monkeypatch, capsys, "canaries", "insert", "--manifest", manifest, "--data", corpus[0],
+               "--out", train)[0] == 0
+    code, out, _ = run(monkeypatch, capsys, "canaries", "check", "--manifest", manifest, "--data", train,
+                       "--tokenizer", tiny_model_dir, "--max-length", 256)
+    assert code == 0 and "12/12 inserted canaries" in out
+    code, out, _ = run(monkeypatch, capsys, "canaries", "check", "--manifest", manifest, "--data", train,
+                       "--tokenizer", tiny_model_dir, "--max-length", 8)
+    assert code == 1 and "truncates at 8 tokens" in out and "0/12" in out
+    secrets = [c["secret"] for c in json.loads(manifest.read_text())["canaries"]]
+    assert not any(s in out for s in secrets)  # warnings name canaries by id, never by secret

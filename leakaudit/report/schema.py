@@ -160,6 +160,9 @@ class RunInfo(_Model):
     data_sha256: dict[str, str] = Field(default_factory=dict)
     reference_models: dict[str, str] = Field(default_factory=dict, description="Reference name -> directory.")
     shadow_models: int = Field(default=0, description="Shadow models used by LiRA and RMIA.")
+    preflight_warnings: list[str] = Field(
+        default_factory=list, description="Canaries the training may not see (truncated, missing, leaked)."
+    )
 
 
 class Results(_Model):
