@@ -34,7 +34,7 @@ from leakaudit.attacks.exposure import null_secrets
 from leakaudit.attacks.extraction import extract_secret
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import CanaryManifest
-from leakaudit.io import read_json, sha256_file, sha256_text, stable_hash, write_json, write_text_atomic
+from leakaudit.io import read_json, sha256_file, stable_hash, texts_hash, write_json, write_parquet, write_text_atomic
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target
 from leakaudit.parallel import barrier, is_writer
@@ -77,7 +77,7 @@ class AuditOptions:
 
 
 def records_hash(records: list[dict]) -> str:
-    return sha256_text("\n".join(sha256_text(r["text"]) for r in records))
+    return texts_hash(r["text"] for r in records)
 
 
 def spec_summaries(manifests: list[CanaryManifest]) -> list[CanarySpecSummary]:
@@ -229,7 +229,7 @@ def model_result(
         users = _user_scores(table, s)
         if users is not None:
             by_user[name] = attack_result(*users, epsilon=None, n_boot=options.n_boot)
-    save_per_sample(per_sample, run_dir / "per_sample" / f"{model.name}.parquet")
+    write_parquet(per_sample, run_dir / "per_sample" / f"{model.name}.parquet")
     canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     units: dict[str, dict[str, AttackResult]] = {}
     if by_user:
@@ -255,13 +255,6 @@ def model_result(
         canaries=canaries,
         exposure_by_repetition=exposure_groups(canaries),
     )
-
-
-def save_per_sample(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)
 
 
 def _utility(table: pd.DataFrame) -> Utility:

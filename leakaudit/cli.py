@@ -168,16 +168,13 @@ def canaries_check(
     text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
 ) -> None:
     """Pre-flight: confirm every inserted canary will be seen by the training loss (exit 1 if not)."""
-    from transformers import AutoTokenizer
-
     from leakaudit.canaries.preflight import preflight
     from leakaudit.data import load_texts
+    from leakaudit.models.loading import load_tokenizer
 
     m = _load_manifest(manifest)
     texts = load_texts(data, text_field=text_field)
-    if not (tokenizer / "tokenizer_config.json").is_file() and not (tokenizer / "tokenizer.json").is_file():
-        raise LeakauditError(f"{tokenizer}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
-    tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+    tok = load_tokenizer(tokenizer)
     warnings = preflight(m, texts, tok, max_length=max_length)
     for w in warnings:
         typer.echo(f"warning: {w}")

@@ -56,6 +56,20 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def texts_hash(texts: Iterable[str]) -> str:
+    """Order-sensitive hash of a list of texts (identifies a corpus or a population)."""
+    return sha256_text("\n".join(sha256_text(t) for t in texts))
+
+
+def write_parquet(df, path: str | Path) -> None:
+    """Write a pandas DataFrame as Parquet, atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
 def read_json(path: str | Path) -> Any:
     with open(path, encoding="utf-8") as f:
         return json.load(f)

@@ -19,7 +19,7 @@ from leakaudit.config import DemoConfig
 from leakaudit.data.split import check_no_overlap, split_members
 from leakaudit.data.synthetic import make_corpora
 from leakaudit.io import read_jsonl, sha256_file, stable_hash, write_json, write_jsonl, write_text_atomic
-from leakaudit.models.loading import load_model
+from leakaudit.models.loading import load_model, load_tokenizer
 from leakaudit.models.target import default_device
 from leakaudit.models.tiny import build_model, train_tokenizer
 from leakaudit.report.schema import Results
@@ -101,7 +101,7 @@ def run_demo(
     base_dir = stage(run_dir, "models/base", base_key, build_base, log)
 
     # canary pre-flight: will the training loss see every inserted canary?
-    base_tok = load_model(base_dir).tokenizer
+    base_tok = load_tokenizer(base_dir)
     warnings = preflight_all(
         manifests, train_texts, base_tok, max_length=min(cfg.finetune.max_length, cfg.dp_train.max_length)
     )

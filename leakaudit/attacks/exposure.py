@@ -85,12 +85,13 @@ def canary_exposures(
     """
     space = manifest.spec.secret_format.space_size
     pool = null_secrets(manifest, seed=seed)
+    in_pool = set(pool)
     by_prefix: dict[str, list] = {}
     for c in manifest.canaries:
         by_prefix.setdefault(c.prefix, []).append(c)
     out: dict[str, CanaryResult] = {}
     for prefix, group in by_prefix.items():
-        own = [c.secret for c in group if c.secret not in set(pool)]
+        own = [c.secret for c in group if c.secret not in in_pool]
         nll = target.secret_nll(prefix, pool + own)
         null_nll = dict(zip(pool + own, nll))
         pool_nll = nll[: len(pool)]

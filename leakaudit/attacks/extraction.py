@@ -52,6 +52,14 @@ class _Partial:
         return "done" if len(s) >= n and len(body) == self.length else "open"
 
 
+def _setup(target: Target, prefix: str, fmt: SecretFormat):
+    """The search's context ids, the whitespace it must produce, the format check and the allowed tokens."""
+    context = prefix.rstrip()
+    lead = prefix[len(context):]
+    tok_ids, tok_strs = _candidate_tokens(target, fmt, lead)
+    return encode(target.tokenizer, [context])[0].ids, lead, _Partial(fmt, lead), tok_ids, tok_strs
+
+
 def _candidate_tokens(target: Target, fmt: SecretFormat, lead: str) -> tuple[np.ndarray, list[str]]:
     chars = set(fmt.alphabet) | set(fmt.sep if fmt.group else "") | set(lead)
     ids, strings = [], []
@@ -66,11 +74,7 @@ def _candidate_tokens(target: Target, fmt: SecretFormat, lead: str) -> tuple[np.
 @torch.no_grad()
 def extract_secret(target: Target, prefix: str, fmt: SecretFormat, *, max_expansions: int = 200) -> Extraction:
     """Dijkstra over token continuations of ``prefix`` that spell a secret of ``fmt``."""
-    context = prefix.rstrip()
-    lead = prefix[len(context):]
-    partial = _Partial(fmt, lead)
-    tok_ids, tok_strs = _candidate_tokens(target, fmt, lead)
-    base = encode(target.tokenizer, [context])[0].ids
+    base, lead, partial, tok_ids, tok_strs = _setup(target, prefix, fmt)
     heap: list[tuple[float, str, tuple[int, ...]]] = [(0.0, "", ())]
     expansions = 0
     while heap and expansions < max_expansions:
@@ -96,11 +100,7 @@ def beam_search_secret(target: Target, prefix: str, fmt: SecretFormat, *, width:
     Cheaper than best-first on flat distributions (a fixed ``steps x 1`` batched passes) but not
     guaranteed to find the most likely secret.
     """
-    context = prefix.rstrip()
-    lead = prefix[len(context):]
-    partial = _Partial(fmt, lead)
-    tok_ids, tok_strs = _candidate_tokens(target, fmt, lead)
-    base = encode(target.tokenizer, [context])[0].ids
+    base, lead, partial, tok_ids, tok_strs = _setup(target, prefix, fmt)
     beams: list[tuple[float, str, tuple[int, ...]]] = [(0.0, "", ())]
     done: list[tuple[float, str]] = []
     passes = 0

@@ -56,6 +56,10 @@ def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, alpha: float) -> fl
 def advantage(members: np.ndarray, non_members: np.ndarray) -> float:
     """max over thresholds of TPR - FPR (balanced accuracy = (1 + advantage) / 2)."""
     fpr, tpr, _ = roc_curve(members, non_members)
+    return _advantage(fpr, tpr)
+
+
+def _advantage(fpr: np.ndarray, tpr: np.ndarray) -> float:
     return float(np.max(tpr - fpr))
 
 
@@ -150,7 +154,7 @@ def attack_result(
         auc_ci=bootstrap_auc_ci(m, n, n_boot=n_boot) if n_boot else None,
         tpr_at_fpr=tprs,
         tpr_ci={a: clopper_pearson(round(t * m.size), m.size) for a, t in tprs.items()},
-        balanced_accuracy=float((1 + np.max(tpr - fpr)) / 2),
+        balanced_accuracy=(1 + _advantage(fpr, tpr)) / 2,
         n_members=int(m.size),
         n_non_members=int(n.size),
         min_resolvable_fpr=res,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from leakaudit.attacks.neighbours import neighbours as make_neighbours
+from leakaudit.io import write_parquet
 from leakaudit.models.target import Target
 
 ARRAY_COLUMNS = ("token_logprobs", "token_mu", "token_var")
@@ -65,11 +66,7 @@ def build_score_table(
 
 
 def save_score_table(table: pd.DataFrame, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    table.to_parquet(tmp, index=False)
-    tmp.replace(path)
+    write_parquet(table, path)
 
 
 def load_score_table(path: str | Path) -> pd.DataFrame:

@@ -43,6 +43,20 @@ def check_model_dir(path: str | Path) -> Path:
     return p
 
 
+def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A local tokenizer (no weights loaded), with a pad token guaranteed."""
+    p = Path(path)
+    if not (p / "tokenizer.json").is_file() and not (p / "tokenizer_config.json").is_file():
+        raise LeakauditError(f"{p}: no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    try:
+        tok = AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise LeakauditError(f"{p}: cannot load tokenizer: {str(e).splitlines()[0]}") from None
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
 @dataclass
 class LoadedModel:
     model: PreTrainedModel
@@ -61,15 +75,13 @@ def load_model(
     """
     p = check_model_dir(path)
     hashes = hash_model_dir(p)
+    tokenizer = load_tokenizer(p, trust_remote_code=trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
         )
     except (OSError, ValueError) as e:
         raise LeakauditError(f"{p}: cannot load model: {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.eval()
     if device:
         model.to(device)

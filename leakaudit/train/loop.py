@@ -11,7 +11,6 @@ position embedding.
 
 from __future__ import annotations
 
-import math
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +184,3 @@ def save_trained(
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     write_json(out / "privacy.json", record.model_dump(mode="json"))
-
-
-def perplexity(loss: float) -> float:
-    return float(math.exp(min(loss, 50.0)))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from leakaudit.io import read_json, sha256_text, stable_hash, write_json
+from leakaudit.io import read_json, stable_hash, texts_hash, write_json
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.runs import EventLog, stage
 from leakaudit.train.loop import TrainSettings, save_trained, train_model
@@ -51,7 +51,7 @@ def train_shadows(
     bar: Callable | None = None,
 ) -> ShadowSet:
     """Train (or reuse from ``store``) ``n_shadows`` shadow models on halves of ``population``."""
-    pop_hash = sha256_text("\n".join(sha256_text(t) for t in population))
+    pop_hash = texts_hash(population)
     key = stable_hash({
         "base": hash_model_dir(base_dir), "population": pop_hash, "recipe": settings.model_dump(mode="json"),
         "n": n_shadows, "seed": seed,
