@@ -31,9 +31,10 @@ from leakaudit.attacks import (
     save_score_table,
 )
 from leakaudit.attacks.exposure import null_secrets
-from leakaudit.attacks.extraction import extract_secret
+from leakaudit.attacks.extraction import beam_search_secret, extract_secret
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import CanaryManifest
+from leakaudit.extraction import ExtractionOptions, extraction_stage, read_extraction, sample_stage
 from leakaudit.io import read_json, sha256_file, stable_hash, texts_hash, write_json, write_parquet, write_text_atomic
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target
@@ -74,6 +75,8 @@ class AuditOptions:
     seed: int = 0
     exact_exposure_max: int = 0  # enumerate canary spaces up to this size for exact exposure (0: never)
     extraction_budget: int = 200  # forward passes per canary for the extraction search (0: no search)
+    beam_width: int = 16  # beam search over each canary's format beside best-first (0: none)
+    extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
 
 
 def records_hash(records: list[dict]) -> str:
@@ -123,6 +126,7 @@ def score_model(
     seed: int = 0,
     exact_max: int = 0,
     extraction_budget: int = 0,
+    beam_width: int = 0,
 ) -> Path:
     """The cached scoring stage of one model (members first in ``rows``); returns its directory."""
     key = {
@@ -135,6 +139,7 @@ def score_model(
         "seed": seed,
         "exact_max": exact_max,
         "extraction_budget": extraction_budget,
+        "beam_width": beam_width,
         "exposure_version": 2,
     }
 
@@ -156,6 +161,9 @@ def score_model(
                     # only whether it matched is kept: the found string may be a real secret
                     res = res.model_copy(update={"extracted": found.secret == c.secret,
                                                  "extraction_expansions": found.expansions})
+                if beam_width:
+                    beam = beam_search_secret(target, c.prefix, m.spec.secret_format, width=beam_width)
+                    res = res.model_copy(update={"extracted_beam": beam.secret == c.secret})
                 exposures.append(res)
         write_json(tmp / "canaries.json", [c.model_dump(mode="json") for c in exposures])
         write_json(tmp / "model.json", {"path": str(model.path), "files_sha256": loaded.files_sha256})
@@ -201,6 +209,7 @@ def model_result(
     references: dict[str, pd.DataFrame],
     shadow_stats: np.ndarray | None = None,
     shadow_in: np.ndarray | None = None,
+    extraction_dir: Path | None = None,
 ) -> ModelResult:
     """Run the attacks on one model's tables and assemble its typed results."""
     table = load_score_table(score_dir / "mia.parquet")
@@ -238,6 +247,9 @@ def model_result(
     ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
     if ins.size and ref.size:
         units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot)}
+    memorization, untargeted = read_extraction(extraction_dir) if extraction_dir else ([], None)
+    for f in sorted(extraction_dir.glob("*.parquet")) if extraction_dir else []:
+        write_parquet(pd.read_parquet(f), run_dir / "per_sample" / f"{model.name}-{f.name}")
     info = read_json(score_dir / "model.json")
     try:
         rel = str(model.path.resolve().relative_to(run_dir.resolve()))
@@ -254,6 +266,8 @@ def model_result(
         skipped_attacks=skipped,
         canaries=canaries,
         exposure_by_repetition=exposure_groups(canaries),
+        memorization=memorization,
+        untargeted_extraction=untargeted,
     )
 
 
@@ -269,6 +283,39 @@ def _utility(table: pd.DataFrame) -> Utility:
         member_loss=mem, non_member_loss=non,
         non_member_perplexity=float(np.exp(min(non, 50.0))) if non is not None else None,
     )
+
+
+def _extraction(
+    run_dir: Path, models: list[ModelToAudit], references: dict[str, Path], rows: list[dict], n_members: int,
+    options: AuditOptions, common: dict, *, train_texts: list[str] | None, public_texts: list[str] | None,
+) -> dict[str, Path]:
+    """Run the generation stages of every audited model (see :mod:`leakaudit.extraction`)."""
+    ext = options.extraction
+    if not ext.enabled:
+        return {}
+    train_texts = list(train_texts) if train_texts is not None else [r["text"] for r in rows[:n_members]]
+    public_texts = list(public_texts or [])
+    kw = dict(device=common["device"], dtype=_dtype(common["device"]), token_budget=common["token_budget"],
+              trust_remote_code=common["trust_remote_code"], log=common["log"])
+    paths = {m.name: m.path for m in models}
+    sample_dirs: dict[str, Path] = {}
+
+    def samples(name: str, path: Path) -> Path | None:
+        if ext.samples <= 0:
+            return None
+        if name not in sample_dirs:
+            sample_dirs[name] = sample_stage(run_dir, name, path, ext, public_texts, **kw)
+        return sample_dirs[name]
+
+    out = {}
+    for m in models:
+        ref = next(((k, v) for k, v in references.items() if k != m.name and v != paths.get(m.name)), None)
+        out[m.name] = extraction_stage(
+            run_dir, m.name, m.path, ext, records=rows, n_members=n_members, train_texts=train_texts,
+            public_texts=public_texts, samples_dir=samples(m.name, m.path),
+            reference=ref[1] if ref else None, **kw,
+        )
+    return out
 
 
 def run_audit(
@@ -288,6 +335,8 @@ def run_audit(
     command: str = "leakaudit audit",
     extra_data_sha256: dict[str, str] | None = None,
     preflight_warnings: list[str] | None = None,
+    train_texts: list[str] | None = None,
+    public_texts: list[str] | None = None,
 ) -> Results:
     """Audit one or more models and write ``results.json`` and the reports into ``run_dir``.
 
@@ -295,6 +344,11 @@ def run_audit(
     is also an audited model is scored once).  ``shadows`` must have been trained on halves of
     ``members + non_members`` in that order.  When ``run_dir`` has no ``config.yaml`` yet (a
     standalone audit), one is written with the audit's inputs.
+
+    The generation stages (``options.extraction``) verify what a model reproduces against
+    ``train_texts`` (default: the members' texts; pass what the model was actually trained on,
+    canaries included) and leave out text that also occurs in ``public_texts``, the data a base
+    model saw; public texts also supply sampling prompts.
     """
     options = options or AuditOptions()
     for a in options.attacks:
@@ -319,7 +373,7 @@ def run_audit(
     needs = _needs(options.attacks)
     common = dict(device=device, token_budget=options.token_budget, log=log, trust_remote_code=trust_remote_code,
                   seed=options.seed, exact_max=options.exact_exposure_max,
-                  extraction_budget=options.extraction_budget)
+                  extraction_budget=options.extraction_budget, beam_width=options.beam_width)
     score_dirs = {}
     for m in models:
         score_dirs[m.name] = score_model(
@@ -340,12 +394,14 @@ def run_audit(
         stats = shadow_statistics(run_dir, shadows, rows, device=device, token_budget=options.token_budget,
                                   log=log)
         member_in = shadows.membership
+    extraction_dirs = _extraction(run_dir, models, references, rows, len(members), options, common,
+                                  train_texts=train_texts, public_texts=public_texts)
     if not is_writer():
         barrier()  # rank 0 writes the results and reports
         return None  # type: ignore[return-value]
     results_by_model = {
         m.name: model_result(score_dirs[m.name], m, run_dir, options, references=ref_tables,
-                             shadow_stats=stats, shadow_in=member_in)
+                             shadow_stats=stats, shadow_in=member_in, extraction_dir=extraction_dirs.get(m.name))
         for m in models
     }
     results = Results(

@@ -298,11 +298,30 @@ def audit(
     exact_exposure_max: Annotated[
         int, typer.Option(min=0, help="Enumerate canary spaces up to this size for exact exposure.")
     ] = 0,
+    beam_width: Annotated[int, typer.Option(min=0, help="Beam search over each canary's format (0: none).")] = 16,
+    memorization: Annotated[
+        list[str] | None,
+        typer.Option(help="Discoverable memorization K:N (prompt K tokens, decode N); repeatable; 'none' to skip."),
+    ] = None,
+    memorization_max_records: Annotated[int, typer.Option(min=1, help="Records per side tested.")] = 500,
+    samples: Annotated[
+        int, typer.Option(min=0, help="Untargeted extraction: samples drawn from each model (0: none).")
+    ] = 0,
+    sample_tokens: Annotated[int, typer.Option(min=1, help="New tokens per sample.")] = 64,
+    verify_ngram: Annotated[int, typer.Option(min=2, help="Tokens a sample must share with a training record.")]
+    = 16,
+    public: Annotated[
+        Path | None, typer.Option(help="Public corpus: sampling prompts, and text not counted as extracted.")
+    ] = None,
+    train_data: Annotated[
+        Path | None, typer.Option(help="What the model was trained on, if more than --members (canaries included).")
+    ] = None,
 ) -> None:
     """Score models on members and non-members, run the attacks and canary exposure, write a report."""
     from leakaudit.attacks import ATTACKS, get_attack
     from leakaudit.audit import AuditOptions, run_audit
     from leakaudit.data import check_no_overlap, load_corpus
+    from leakaudit.extraction import ExtractionOptions
     from leakaudit.models import check_model_dir, default_device
     from leakaudit.parallel import init_from_env, is_writer
     from leakaudit.runs import EventLog
@@ -339,11 +358,13 @@ def audit(
     if shadow_lr <= 0:
         raise LeakauditError(f"--shadow-lr must be > 0 (got {shadow_lr:g})")
     _check_device(device)
+    mem_settings = _parse_memorization(memorization)
 
     def rows(path: Path) -> list[dict]:
         ds = load_corpus(path, text_field=text_field)
         return [
-            {"id": str(r.get("id", i)), "text": r[text_field], "user_id": r.get("user_id")} for i, r in enumerate(ds)
+            {"id": str(r.get("id", i)), "text": r[text_field], "user_id": r.get("user_id"), "pii": r.get("pii")}
+            for i, r in enumerate(ds)
         ]
 
     mem, non = rows(members), rows(non_members)
@@ -360,14 +381,37 @@ def audit(
         )
     results = run_audit(
         out, models, mem, non, manifests, device=dev, references=refs, shadows=shadow_set,
-        options=AuditOptions(attacks=names, params=params, token_budget=token_budget,
-                             extraction_budget=extraction_budget, exact_exposure_max=exact_exposure_max),
+        options=AuditOptions(
+            attacks=names, params=params, token_budget=token_budget, extraction_budget=extraction_budget,
+            exact_exposure_max=exact_exposure_max, beam_width=beam_width,
+            extraction=ExtractionOptions(
+                memorization=mem_settings, memorization_max_records=memorization_max_records, samples=samples,
+                sample_tokens=sample_tokens, verify_ngram=verify_ngram,
+            ),
+        ),
         trust_remote_code=trust_remote_code, log=log, command=_command(),
+        train_texts=[r["text"] for r in rows(train_data)] if train_data else None,
+        public_texts=[r["text"] for r in rows(public)] if public else None,
     )
     if not is_writer():
         return
     _print_summary(results)
     typer.echo(f"report: {out / 'report.html'}")
+
+
+def _parse_memorization(specs: list[str] | None) -> list[tuple[int, int]]:
+    """``K:N`` settings of --memorization (default 32:32 and 50:50; 'none' for none)."""
+    if not specs:
+        return [(32, 32), (50, 50)]
+    if [s.strip().lower() for s in specs] == ["none"]:
+        return []
+    out = []
+    for spec in specs:
+        k, sep, n = spec.partition(":")
+        if not sep or not k.strip().isdigit() or not n.strip().isdigit() or int(k) < 1 or int(n) < 1:
+            raise LeakauditError(f"--memorization: expected K:N with positive integers, e.g. 32:32 (got '{spec}')")
+        out.append((int(k), int(n)))
+    return out
 
 
 # -- report ------------------------------------------------------------------------------

@@ -68,6 +68,18 @@ class DemoConfig(BaseModel):
         default=200, ge=0, description="Forward passes per canary for the extraction search (0: no search)."
     )
     shadows: int = Field(default=8, ge=0, description="Shadow models for LiRA / RMIA (even, >= 4; 0 = none).")
+    beam_width: int = Field(default=16, ge=0, description="Beam search over each canary's format (0: none).")
+    memorization: list[tuple[int, int]] = Field(
+        default_factory=lambda: [(32, 32), (16, 16)],
+        description="Discoverable memorization (k prompt tokens, n decoded).  The demo's records are 49-98 "
+        "tokens long, too short for the usual 50/50.",
+    )
+    memorization_max_records: int = Field(default=500, ge=1, description="Records per side tested.")
+    extraction_samples: int = Field(
+        default=1000, ge=0, description="Untargeted samples drawn from each model (0: no untargeted extraction)."
+    )
+    sample_tokens: int = Field(default=64, ge=4, description="New tokens per untargeted sample.")
+    verify_ngram: int = Field(default=16, ge=2, description="Tokens shared with a training record to count.")
 
     @field_validator("attacks")
     @classmethod
@@ -100,6 +112,10 @@ def _preset(name: str) -> dict:
             "dp": {"target_epsilon": 1.0},
             "shadows": 0,
             "extraction_budget": 100,
+            "memorization": [[16, 16]],
+            "extraction_samples": 150,
+            "sample_tokens": 32,
+            "verify_ngram": 12,
         }
     if name == "gpu":
         return {
@@ -108,6 +124,7 @@ def _preset(name: str) -> dict:
             "pretrain": {"epochs": 2, "batch_size": 64, "lr": 5e-4},
             "finetune": {"epochs": 6, "batch_size": 32, "lr": 2e-4},
             "dp_train": {"epochs": 6, "batch_size": 256, "lr": 1e-3},
+            "extraction_samples": 20000,
         }
     raise LeakauditError(f"--preset: unknown preset '{name}' (tiny, cpu, gpu)")
 

@@ -18,6 +18,7 @@ from leakaudit.canaries.preflight import preflight_all
 from leakaudit.config import DemoConfig
 from leakaudit.data.split import check_no_overlap, split_members
 from leakaudit.data.synthetic import make_corpora
+from leakaudit.extraction import ExtractionOptions
 from leakaudit.io import read_jsonl, sha256_file, stable_hash, write_json, write_jsonl, write_text_atomic
 from leakaudit.models.loading import load_model, load_tokenizer
 from leakaudit.models.target import default_device
@@ -143,12 +144,18 @@ def run_demo(
     options = AuditOptions(
         attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
         token_budget=cfg.token_budget, seed=cfg.seed, exact_exposure_max=cfg.exact_exposure_max,
-        extraction_budget=cfg.extraction_budget,
+        extraction_budget=cfg.extraction_budget, beam_width=cfg.beam_width,
+        extraction=ExtractionOptions(
+            memorization=[tuple(x) for x in cfg.memorization], memorization_max_records=cfg.memorization_max_records,
+            samples=cfg.extraction_samples, sample_tokens=cfg.sample_tokens, verify_ngram=cfg.verify_ngram,
+            seed=cfg.seed,
+        ),
     )
     return run_audit(
         run_dir, models, members, non_members, manifests, device=device, options=options,
         references={"base": base_dir}, shadows=shadows, log=log, command=command,
         extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")}, preflight_warnings=warnings,
+        train_texts=train_texts, public_texts=[r["text"] for r in read_jsonl(data_dir / "public.jsonl")],
     )
 
 

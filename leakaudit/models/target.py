@@ -10,13 +10,13 @@ the context), each token exactly once.
 from __future__ import annotations
 
 import copy
-import inspect
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from leakaudit.models.generate import cache_argument, returned_cache
 from leakaudit.models.tokenize import encode
 
 
@@ -82,9 +82,7 @@ class Target:
         )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
-        # transformers 5.x renamed the forward's `past_key_values` argument to `cache`
-        params = inspect.signature(model.forward).parameters
-        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        self._cache_arg = cache_argument(model)
 
     # -- core -------------------------------------------------------------------------
     @torch.no_grad()
@@ -231,7 +229,7 @@ class Target:
         head = torch.tensor([ids_list[0][:shared]], device=self.device)
         pos = torch.arange(shared, device=self.device).unsqueeze(0)
         first = self.model(input_ids=head, position_ids=pos, use_cache=True)
-        cache = first.get("cache", first.get("past_key_values"))
+        cache = returned_cache(first)
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return None
         head_lp = torch.log_softmax(first.logits[0].float(), dim=-1)  # predicts tokens 1..shared

@@ -94,6 +94,10 @@ class CanaryResult(_Model):
         "most likely one within the search budget (None: not searched).",
     )
     extraction_expansions: int | None = Field(default=None, description="Forward passes the search used.")
+    extracted_beam: bool | None = Field(
+        default=None,
+        description="True when a beam search over the secret's format ranked this secret first (None: not run).",
+    )
     sha256: str
 
 
@@ -108,6 +112,129 @@ class ExposureGroup(_Model):
     max_exposure_bits: float
     median_exposure_bits_skewnorm: float | None = None
     extracted: int | None = Field(default=None, description="Canaries of this group extracted by the search.")
+
+
+class MemorizationStats(_Model):
+    """Discoverable memorization on one side (members or non-members)."""
+
+    n_records: int = Field(description="Records long enough for the prompt and the continuation.")
+    exact_matches: int = 0
+    exact_match_rate: float | None = Field(default=None, description="Greedy continuation equals all n tokens.")
+    exact_match_ci: tuple[float, float] | None = Field(default=None, description="95% Clopper-Pearson interval.")
+    token_match_mean: float | None = Field(default=None, description="Mean fraction of positions that match.")
+    approx_match_rate: float | None = Field(default=None, description="Fraction with BLEU-4 above 0.75.")
+    bleu_mean: float | None = None
+    edit_similarity_mean: float | None = Field(default=None, description="1 - token edit distance / n, averaged.")
+
+
+class MemorizationResult(_Model):
+    """Discoverable memorization: prompt with k training tokens, greedy-decode n, compare."""
+
+    k: int
+    n: int
+    skipped_short: int = Field(default=0, description="Records shorter than k + n tokens (not tested).")
+    members: MemorizationStats
+    non_members: MemorizationStats = Field(description="The baseline: records the model never saw.")
+
+
+class UntargetedExtraction(_Model):
+    """Untargeted extraction: sample, rank, dedupe, verify against the training set (no text kept)."""
+
+    n_samples: int
+    sample_tokens: int = Field(description="New tokens per sample.")
+    strategies: dict[str, int] = Field(description="Samples per strategy (top_k, temperature_decay, public_prompt).")
+    n_unique: int = Field(description="Samples left after removing near duplicates (trigram overlap > 1/2).")
+    verify_ngram: int = Field(description="Token n-gram length used to verify a sample against the training set.")
+    n_memorized: int = Field(description="Unique samples reproducing training text absent from the public corpus.")
+    n_training_records_reproduced: int = Field(description="Distinct training records those samples came from.")
+    n_in_public: int = Field(default=0, description="Unique samples matching the public corpus (not counted).")
+    n_non_member_matches: int = Field(
+        default=0, description="Baseline: unique samples matching held-out records only (chance and template)."
+    )
+    precision_at_k: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Ranking metric -> {k: fraction of the top k that is memorized}."
+    )
+    baseline_precision_at_k: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="The same with held-out records in place of the training set."
+    )
+
+
+class PIIExtractionCounts(_Model):
+    """Counts of distinct normalised values (of one type, or summed over types) and the rates from them."""
+
+    n_generated_pii: int = Field(description="Distinct values detected in the audited model's generations.")
+    n_mentions: int = Field(description="Detections in the audited model's generations, repeats included.")
+    n_baseline_pii: int = Field(description="Distinct values detected in the baseline model's generations.")
+    n_filtered: int = Field(description="Values the audited model generated that the baseline also generated.")
+    n_filtered_true: int = Field(
+        description="Training values the audited model generated that the baseline also generated: "
+        "leaks without the baseline filter, removed by it."
+    )
+    n_baseline_true: int = Field(description="Training values the baseline generated (it never saw them).")
+    n_leaked: int = Field(description="Generated values the baseline did not generate.")
+    n_true: int = Field(description="Leaked values that are training PII.")
+    n_training: int = Field(description="Distinct training PII values.")
+    precision: float | None = Field(description="n_true / n_leaked; null when nothing leaked.")
+    recall: float | None = Field(description="n_true / n_training; null without training PII.")
+    precision_unfiltered: float | None = Field(
+        description="(n_true + n_filtered_true) / n_generated_pii: precision without the baseline filter."
+    )
+    recall_unfiltered: float | None = Field(
+        description="(n_true + n_filtered_true) / n_training: recall without the baseline filter."
+    )
+
+
+class PIIExtraction(_Model):
+    """PII extraction (Lukas et al. 2023) by type and overall; counts and rates only, no PII values."""
+
+    types: list[str]
+    n_generated: int = Field(description="Texts generated by the audited model.")
+    n_baseline_generated: int = Field(description="Texts generated by the baseline model.")
+    overall: PIIExtractionCounts = Field(description="Counts summed over types (a value is a (type, value) pair).")
+    by_type: dict[str, PIIExtractionCounts]
+    notes: list[str] = Field(default_factory=list)
+
+
+class PIIReconstruction(_Model):
+    """Ranking of the true PII value among candidates by sentence likelihood; counts and rates only."""
+
+    pii_type: str
+    n_queries: int = Field(description="(record, value) pairs attacked: each value of the type in each record.")
+    n_candidates: int = Field(description="Candidates per query, the true value included.")
+    top1_accuracy: float = Field(description="Fraction of queries whose true value ranks first (ties split).")
+    mrr: float = Field(description="Mean reciprocal rank of the true value (ties split).")
+    mean_rank: float = Field(description="Mean rank of the true value, 1 = best (ties split).")
+    chance_top1: float = Field(description="1 / n_candidates: top-1 accuracy of a random ranking.")
+    chance_mrr: float = Field(description="H(n) / n: mean reciprocal rank of a random ranking.")
+    chance_mean_rank: float = Field(description="(n + 1) / 2: mean rank of a random ranking.")
+    tie_rate: float = Field(description="Fraction of queries where another candidate tied with the true value.")
+
+
+class EmpiricalPrivacy(_Model):
+    """An empirical lower bound on a model's epsilon, as written to ``results.json``.
+
+    ``r``, ``v``, ``k_plus`` and ``k_minus`` describe a one-run audit; for the threshold form
+    ``r`` is the number of scored examples, ``v`` the correctly classified ones at the chosen
+    threshold, and ``k_plus`` / ``k_minus`` are null.
+    """
+
+    method: str = Field(description="'one_run' (Steinke et al. 2023) or 'threshold' (Jagielski et al. 2020).")
+    eps_lower_bound: float = Field(description="eps such that (eps', delta)-DP is rejected for every eps' < eps.")
+    alpha: float = Field(description="Total error probability of the bound, Bonferroni correction included.")
+    delta: float = Field(description="The delta the bound is stated at; compare with the accountant at this delta.")
+    r: int | None = Field(default=None, description="Guesses made (one run) or examples scored (threshold).")
+    v: int | None = Field(default=None, description="Correct guesses among them.")
+    m: int | None = Field(default=None, description="Canaries (one run) or members + non-members (threshold).")
+    k_plus: int | None = Field(default=None, description="'in' guesses: the top-scored canaries.")
+    k_minus: int | None = Field(default=None, description="'out' guesses: the bottom-scored canaries.")
+    best_possible: float | None = Field(
+        default=None, description="The largest bound this design could certify, with every guess correct."
+    )
+    accountant_epsilon: float | None = Field(default=None, description="The accountant's eps (null without DP).")
+    exceeds_accountant: bool = Field(
+        default=False, description="True when eps_lower_bound > accountant_epsilon: the DP guarantee failed."
+    )
+    note: str = ""
 
 
 class CanarySpecSummary(_Model):
@@ -142,6 +269,21 @@ class ModelResult(_Model):
     skipped_attacks: dict[str, str] = Field(default_factory=dict, description="Attack -> why it was not run.")
     canaries: list[CanaryResult] = Field(default_factory=list)
     exposure_by_repetition: list[ExposureGroup] = Field(default_factory=list)
+    memorization: list[MemorizationResult] = Field(
+        default_factory=list, description="Discoverable memorization for each (k, n) setting."
+    )
+    untargeted_extraction: UntargetedExtraction | None = None
+    pii_extraction: PIIExtraction | None = Field(
+        default=None, description="PII in the model's samples that is training PII and not produced by the baseline."
+    )
+    pii_reconstruction: dict[str, PIIReconstruction] = Field(
+        default_factory=dict,
+        description="'members' / 'non_members' -> ranking of a record's true PII among candidates "
+        "(the non-member figure is the baseline).",
+    )
+    empirical_privacy: list[EmpiricalPrivacy] = Field(
+        default_factory=list, description="Empirical lower bounds on eps from this audit, beside the accountant's."
+    )
 
 
 class RunInfo(_Model):

@@ -1,23 +1,45 @@
-"""Fine-tuning a causal LM, plainly or with DP-SGD through Opacus.
+"""Fine-tuning a causal LM, plainly or with DP-SGD through Opacus, fully or with LoRA.
 
 Both paths share the data pipeline and the loss: each sequence's loss is the mean NLL of
 its own tokens (padding ignored), and a batch's loss is the mean over sequences.  With
 Opacus that makes each example's gradient depend on that example alone, so the clip norm
 bounds the sensitivity (Hugging Face's ``outputs.loss`` averages tokens across the whole
-batch and would not).  ``position_ids`` are passed with shape [B, T]: GPT-2 otherwise
-builds them as [1, T] and Opacus computes a per-sample gradient of batch 1 for the
-position embedding.
+batch and would not).
+
+Per-architecture details (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX and OPT are tested):
+
+- ``position_ids`` are passed with shape [B, T]: GPT-2 otherwise builds them as [1, T] and
+  Opacus computes a per-sample gradient of batch 1 for the position embedding.  Rotary
+  models (Llama, Qwen2, Mistral, GPT-NeoX) accept them too; their rotary tables are
+  parameter-free buffers and take no gradient.  OPT derives its positions from the
+  attention mask ([B, T] already) and gets none.
+- OPT's learned position table is called as ``embed_positions(mask, past_length,
+  position_ids=...)``: Opacus cannot record that call (an ``int`` argument) and has no
+  per-sample rule for OPT's subclass of ``nn.Embedding``.  During DP training the table is
+  swapped for :class:`_OPTPositions`, a plain ``nn.Embedding`` over explicit position ids
+  that shares the same weight, and swapped back afterwards.
+- Norm layers without an Opacus rule of their own (``LlamaRMSNorm``, ``Qwen2RMSNorm``,
+  ``MistralRMSNorm``; Opacus only has one for ``torch.nn.RMSNorm``) and GPT-2's ``Conv1D``
+  are trained, not frozen: in "hooks" mode Opacus computes their per-sample gradients with
+  its functorch fallback (``vmap`` of the layer's own gradient, exact, per layer).
+- With LoRA (peft), only the adapter matrices are trainable, clipped and noised; every
+  base weight is frozen.  Adapters are attached after the model is on its device (see
+  METHODS.md: moving a peft model afterwards has been reported to corrupt it) and are
+  merged into the base weights at the end, so the result is a plain Hugging Face model.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -27,27 +49,91 @@ from leakaudit.report.schema import PrivacyRecord
 
 ProgressFn = Callable[[int, int, float], None]
 
+# LoRA targets per ``config.model_type``: every attention and MLP projection of a block (never the
+# embeddings or the output head).  Other architectures get peft's "all-linear".
+LORA_TARGETS: dict[str, list[str]] = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+    "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
+}
+
+
+class LoraSettings(BaseModel):
+    """Low-rank adapters (peft LoRA): only the adapters train; they are merged into the base after training."""
+
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(default=8, ge=1, description="Adapter rank.")
+    alpha: float = Field(default=16.0, gt=0, description="Scaling numerator: the update is (alpha / r) B A.")
+    dropout: float = Field(default=0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[str] | None = Field(
+        default=None,
+        description="Names of the modules to adapt; None: all attention and MLP projections of the "
+        "architecture (LORA_TARGETS), or peft's 'all-linear' for an architecture not listed there.",
+    )
+
 
 class TrainSettings(BaseModel):
     """Optimisation settings shared by plain and DP training."""
 
     model_config = ConfigDict(extra="forbid")
-    epochs: int = Field(default=3, ge=1, description="Passes over the training set.")
+    epochs: int = Field(default=3, ge=1, description="Passes over the training set (ignored when steps is set).")
+    steps: int | None = Field(
+        default=None, ge=1, description="Optimizer steps to take; overrides epochs (for matched comparisons)."
+    )
     batch_size: int = Field(default=32, ge=1, description="(Expected) examples per optimizer step.")
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.0, ge=0)
     max_length: int = Field(default=256, ge=8, description="Longer sequences are truncated for training.")
     seed: int = 0
+    lora: LoraSettings | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
 
 
 class DPSettings(BaseModel):
-    """DP-SGD settings.  delta defaults to min(1e-5, 1 / (10 N))."""
+    """DP-SGD settings: give exactly one of ``target_epsilon`` and ``noise_multiplier``.
+
+    delta defaults to min(1e-5, 1 / (10 N)).  With ``target_epsilon`` the noise multiplier is
+    calibrated so that the accountant reaches it after all the run's steps; with
+    ``noise_multiplier`` the epsilon reached is whatever the accountant reports.
+    """
 
     model_config = ConfigDict(extra="forbid")
-    target_epsilon: float = Field(gt=0, description="Epsilon to reach after all epochs.")
+    target_epsilon: float | None = Field(default=None, gt=0, description="Epsilon to reach after all steps.")
+    noise_multiplier: float | None = Field(default=None, gt=0, description="Noise std / clip norm, fixed.")
     delta: float | None = Field(default=None, gt=0, lt=1, description="Target delta; below 1/N.")
-    max_grad_norm: float = Field(default=1.0, gt=0, description="Per-sample gradient clip norm.")
+    max_grad_norm: float = Field(
+        default=1.0, gt=0, description="Per-sample clip norm (the total over all layers; the initial one if adaptive)."
+    )
     accountant: Literal["prv", "rdp"] = "prv"
+    clipping: Literal["flat", "per_layer", "adaptive"] = Field(
+        default="flat",
+        description="flat: one norm over all trainable weights; per_layer: each weight tensor clipped to "
+        "max_grad_norm / sqrt(#tensors) (same total sensitivity); adaptive: the clip norm tracks a quantile "
+        "of the per-sample norms (Andrew et al. 2021), the private quantile estimate paid for out of the noise.",
+    )
+    grad_sample_mode: Literal["hooks", "ghost", "functorch"] = Field(
+        default="hooks",
+        description="hooks: Opacus's per-layer rules (functorch for layers without one); functorch: functorch for "
+        "every layer; ghost: ghost clipping (per-sample norms without per-sample gradients, two backward "
+        "passes; flat clipping only).",
+    )
+    target_unclipped_quantile: float = Field(default=0.5, gt=0, lt=1, description="Adaptive clipping's quantile.")
+    clipbound_learning_rate: float = Field(default=0.2, gt=0, description="Adaptive clipping's geometric step.")
+    unclipped_num_std: float | None = Field(
+        default=None, gt=0,
+        description="Adaptive clipping: noise std of the unclipped count; must exceed noise_multiplier / 2. "
+        "None: max(expected batch / 20, noise_multiplier).",
+    )
+
+    @model_validator(mode="after")
+    def _one_noise_source(self) -> DPSettings:
+        if (self.target_epsilon is None) == (self.noise_multiplier is None):
+            raise ValueError("give exactly one of target_epsilon and noise_multiplier")
+        if self.grad_sample_mode == "ghost" and self.clipping != "flat":
+            raise ValueError("ghost clipping supports flat clipping only")
+        return self
 
 
 class _Tokens(Dataset):
@@ -70,16 +156,259 @@ def default_delta(n: int) -> float:
     return min(1e-5, 1.0 / (10 * n))
 
 
+def _base_model(model: nn.Module) -> nn.Module:
+    """The Hugging Face model inside Opacus's and peft's wrappers."""
+    seen = 0
+    while seen < 8:
+        seen += 1
+        if hasattr(model, "_module") and isinstance(model._module, nn.Module):  # Opacus GradSampleModule
+            model = model._module
+        elif hasattr(model, "get_base_model"):  # peft PeftModel
+            model = model.get_base_model()
+        else:
+            break
+    return model
+
+
+def _model_type(model: nn.Module) -> str | None:
+    cfg = getattr(_base_model(model), "config", None)
+    return getattr(cfg, "model_type", None)
+
+
 def sequence_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean token NLL of each sequence (shape [B]); padding contributes nothing."""
+    """Mean token NLL of each sequence (shape [B]); padding contributes nothing.
+
+    Sequences are right-padded.  ``position_ids`` of shape [B, T] are passed (see the module
+    docstring), except to OPT, which derives them from the attention mask itself.
+    """
     width = int(mask.sum(1).max())
+    # Contiguous copies, not column slices: Opacus's ghost-clipping norm for nn.Embedding flattens its
+    # index input with ``.view(-1, 1)``, which fails on a [B, :width] slice of a wider tensor ("view size
+    # is not compatible with input tensor's size and stride").  The same holds for position_ids, built
+    # with ``repeat`` rather than ``expand`` (stride 0).
     ids, mask = ids[:, :width], mask[:, :width]
-    pos = torch.arange(width, device=ids.device).unsqueeze(0).repeat(ids.shape[0], 1)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+    kwargs: dict = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
+    if _model_type(model) != "opt":
+        kwargs["position_ids"] = torch.arange(width, device=ids.device).unsqueeze(0).repeat(ids.shape[0], 1)
+    logits = model(**kwargs).logits
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     tok = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     tmask = mask[:, 1:].float()
     return -(tok * tmask).sum(1) / tmask.sum(1).clamp_min(1.0)
+
+
+# --------------------------------------------------------------------------------------------- LoRA
+
+
+def apply_lora(model: PreTrainedModel, lora: LoraSettings):
+    """Wrap ``model`` (already on its device) in peft LoRA adapters; only the adapters are trainable.
+
+    The wrapper modifies ``model`` in place (its linear layers become LoRA layers) until
+    :func:`merge_lora` is called.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    mtype = _model_type(model)
+    targets = lora.target_modules or LORA_TARGETS.get(mtype or "", "all-linear")
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
+        fan_in_fan_out=mtype == "gpt2",  # GPT-2's Conv1D stores its weight transposed
+    )
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated ``is_gradient_checkpointing``
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        peft_model = get_peft_model(model, cfg)
+    peft_model._leakaudit_requires_grad = flags  # restored by merge_lora
+    return peft_model
+
+
+def merge_lora(peft_model) -> PreTrainedModel:
+    """Merge the adapters into the base weights and return the plain base model (the same object)."""
+    flags = getattr(peft_model, "_leakaudit_requires_grad", None)
+    base = peft_model.merge_and_unload()
+    for n, p in base.named_parameters():
+        p.requires_grad_(flags.get(n, True) if flags else True)
+    return base
+
+
+def _is_peft(model: nn.Module) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+# ----------------------------------------------------------------------------------- Opacus helpers
+
+
+class _OPTPositions(nn.Module):
+    """OPT's learned position table as a plain ``nn.Embedding`` (same weight) over explicit position ids.
+
+    OPT calls its table as ``embed_positions(attention_mask, past_length, position_ids=...)``.
+    Opacus's forward hook records the positional inputs and calls ``.detach()`` on each,
+    which fails on the ``int``; and OPT's table is a subclass of ``nn.Embedding`` with no
+    per-sample rule, so Opacus would fall back to functorch, which replays the layer on its
+    first positional input only.  Here the table is a child ``nn.Embedding`` called on the
+    offset position ids, for which Opacus has exact per-sample and ghost-norm rules.
+    """
+
+    def __init__(self, original: nn.Embedding):
+        super().__init__()
+        self.offset = int(getattr(original, "offset", 2))
+        self.table = nn.Embedding(original.num_embeddings, original.embedding_dim, device="meta")
+        self.table.weight = original.weight
+
+    def forward(self, attention_mask: torch.Tensor, cache_length: int = 0, position_ids: torch.Tensor | None = None):
+        if position_ids is None:
+            position_ids = (torch.cumsum(attention_mask, dim=1) * attention_mask - 1).long()[:, cache_length:]
+        return self.table(position_ids + self.offset)
+
+
+class _Unflatten(nn.Module):
+    """Gives the wrapped module its input as [B, T, D] where OPT's decoder layer flattened it to [B * T, D].
+
+    OPT's decoder layer reshapes its hidden states to [B * T, D] before ``final_layer_norm``,
+    ``fc1`` and ``fc2``; Opacus would then take each token for an example (a per-sample
+    gradient of batch B * T).  ``shape`` holds the layer's current (B, T), set by a forward
+    pre-hook on the decoder layer.
+    """
+
+    def __init__(self, inner: nn.Module, shape: dict):
+        super().__init__()
+        self.inner = inner
+        self._shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t = self._shape.get("bt", (None, None))
+        if b is not None and x.dim() == 2 and x.shape[0] == b * t:
+            return self.inner(x.reshape(b, t, x.shape[-1])).reshape(b * t, -1)
+        return self.inner(x)
+
+
+def _record_bt(shape: dict):
+    def hook(_module, args, kwargs):
+        h = args[0] if args else kwargs.get("hidden_states")
+        shape["bt"] = tuple(h.shape[:2])
+
+    return hook
+
+
+@contextmanager
+def _dp_compatible(model: nn.Module) -> Iterator[None]:
+    """Swap modules Opacus cannot handle for equivalents sharing the same parameters; swap back on exit.
+
+    Only OPT needs it: its position table (:class:`_OPTPositions`) and its decoder layers'
+    flattened MLP (:class:`_Unflatten`).
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    handles = []
+    try:
+        from transformers.models.opt.modeling_opt import OPTDecoderLayer, OPTLearnedPositionalEmbedding
+    except ImportError:  # pragma: no cover
+        OPTDecoderLayer = OPTLearnedPositionalEmbedding = ()  # noqa: N806
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, OPTLearnedPositionalEmbedding) and child.weight.requires_grad:
+                setattr(parent, name, _OPTPositions(child))
+                swapped.append((parent, name, child))
+        if isinstance(parent, OPTDecoderLayer):
+            shape: dict = {}
+            handles.append(parent.register_forward_pre_hook(_record_bt(shape), with_kwargs=True))
+            for name in ("final_layer_norm", "fc1", "fc2"):
+                child = getattr(parent, name)
+                setattr(parent, name, _Unflatten(child, shape))
+                swapped.append((parent, name, child))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for parent, name, child in reversed(swapped):
+            setattr(parent, name, child)
+
+
+class _PerSequence:
+    """The criterion handed to Opacus's ghost clipping: its input is already one loss per sequence."""
+
+    def __init__(self):
+        self.reduction = "mean"
+
+    def __call__(self, losses: torch.Tensor) -> torch.Tensor:
+        if self.reduction == "none":
+            return losses
+        return losses.sum() if self.reduction == "sum" else losses.mean()
+
+
+def _adaptive_optimizer_class():
+    from opacus.optimizers import AdaClipDPOptimizer
+    from opacus.optimizers.optimizer import _mark_as_processed
+
+    class _AdaClip(AdaClipDPOptimizer):
+        """Opacus's adaptive clipping with two fixes applied to the optimizer it returns.
+
+        - The unclipped fraction is the noisy unclipped count over the *expected* batch size,
+          as in Andrew et al. (2021); Opacus divides by the actual batch size, which is private
+          (Poisson sampling) and not covered by the accountant, and is 0 for an empty batch.
+        - An empty Poisson batch gives a noise-only update instead of failing.
+        """
+
+        def clip_and_accumulate(self):
+            if len(self.grad_samples[0]) > 0:
+                return super().clip_and_accumulate()
+            for p in self.params:
+                grad = torch.zeros_like(p)
+                p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+                _mark_as_processed(p.grad_sample)
+            self.unclipped_num = torch.zeros((), device=self.params[0].device) + self.unclipped_num
+
+        def update_max_grad_norm(self):
+            unclipped_frac = self.unclipped_num / (self.expected_batch_size * self.accumulated_iterations)
+            self.max_grad_norm *= torch.exp(
+                -self.clipbound_learning_rate * (unclipped_frac - self.target_unclipped_quantile)
+            )
+            self.max_grad_norm = float(min(max(self.max_grad_norm, self.min_clipbound), self.max_clipbound))
+
+    return _AdaClip
+
+
+def _clean_opacus_attributes(model: nn.Module) -> None:
+    """Remove what Opacus leaves behind on parameters and modules after its hooks are gone."""
+    for p in model.parameters():
+        for attr in ("grad_sample", "_forward_counter", "_current_grad_sample", "_norm_sample", "summed_grad"):
+            if hasattr(p, attr):
+                delattr(p, attr)
+    for m in model.modules():
+        for attr in ("activations", "max_batch_len", "ft_compute_sample_grad"):
+            if attr in m.__dict__:
+                delattr(m, attr)
+
+
+def _noise_only_step(optimizer, params: list[nn.Parameter], ghost: bool) -> None:
+    """An empty Poisson batch: the update is noise alone, and the step counts towards epsilon.
+
+    Skipping the update instead would publish whether the batch was empty, which the
+    accountant's analysis does not cover.
+    """
+    for p in params:
+        if ghost:
+            p.grad = torch.zeros_like(p)
+        else:
+            p.grad_sample = p.new_zeros((0, *p.shape))
+    optimizer.step()
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+def _steps_per_epoch(n: int, batch_size: int) -> int:
+    return math.ceil(n / min(batch_size, n))
 
 
 def train_model(
@@ -94,8 +423,18 @@ def train_model(
     """Train ``model`` in place on ``texts`` and return its privacy record.
 
     Without ``dp`` the data is shuffled into fixed batches; with ``dp`` Opacus draws
-    Poisson-sampled batches, clips each example's gradient and adds Gaussian noise calibrated
-    so that ``dp.target_epsilon`` is reached after ``settings.epochs`` epochs.
+    Poisson-sampled batches (rate q = 1 / ceil(N / batch_size), so the expected batch is at
+    most ``batch_size``), clips each example's gradient and adds Gaussian noise, calibrated
+    so that ``dp.target_epsilon`` is reached after the run's steps (``settings.steps``, or
+    ``settings.epochs`` passes of 1 / q steps) or set by ``dp.noise_multiplier``.
+
+    With ``settings.lora`` the model (which must already be on its device) gets LoRA
+    adapters; only they train, and they are merged into the base weights before returning.
+    A model that is already a peft ``PeftModel`` is trained as it is (its trainable
+    parameters only) and left unmerged: call :func:`merge_lora` before saving.
+
+    On return the model is a plain module again (Opacus's hooks and attributes removed) in
+    eval mode, ready for ``generate`` and :func:`save_trained`.
     """
     if not texts:
         raise ValueError("no training texts")
@@ -104,69 +443,130 @@ def train_model(
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = [e.ids for e in encode(tokenizer, texts, add_eos=True)]
     data = _Tokens(ids, settings.max_length, int(pad))
+    n = len(data)
+    own_lora = settings.lora is not None and not _is_peft(model)
+    net: nn.Module = apply_lora(model, settings.lora) if own_lora else model
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
     gen = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(data, batch_size=min(settings.batch_size, len(data)), shuffle=True, generator=gen)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    model.train()
-    train_module: torch.nn.Module = model
-    engine = None
-    delta = None
-    if dp is not None:
-        from opacus import PrivacyEngine
-
-        delta = dp.delta if dp.delta is not None else default_delta(len(data))
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-            warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")
-            engine = PrivacyEngine(accountant=dp.accountant, secure_mode=False)
-            train_module, optimizer, loader = engine.make_private_with_epsilon(
-                module=model,
-                optimizer=optimizer,
-                data_loader=loader,
-                target_epsilon=dp.target_epsilon,
-                target_delta=delta,
-                epochs=settings.epochs,
-                max_grad_norm=dp.max_grad_norm,
-                poisson_sampling=True,
-                noise_generator=torch.Generator(device=device).manual_seed(settings.seed + 1),
+    loader = DataLoader(data, batch_size=min(settings.batch_size, n), shuffle=True, generator=gen)
+    per_epoch = len(loader)
+    total = settings.steps if settings.steps is not None else settings.epochs * per_epoch
+    optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    net.train()
+    try:
+        if dp is None:
+            _run(net, loader, optimizer, total, device, progress)
+            record = PrivacyRecord(
+                steps=total, epochs=total / per_epoch, dataset_size=n, sample_rate=min(settings.batch_size, n) / n,
             )
-    total = settings.epochs * len(loader)
+        else:
+            with _dp_compatible(net):
+                record = _train_dp(net, loader, optimizer, params, total, device, settings, dp, progress)
+    finally:
+        net.eval()
+        if own_lora:
+            merge_lora(net)
+    model.eval()
+    return record
+
+
+def _run(net, loader, optimizer, total, device, progress, *, criterion=None, on_empty=None) -> None:
     step = 0
-    for _ in range(settings.epochs):
+    while step < total:
         for x, m in loader:
+            if step >= total:
+                break
             step += 1
+            optimizer.zero_grad(set_to_none=True)
             if x.shape[0] == 0:
-                # An empty Poisson batch: no model update, but the step still counts towards eps.
-                engine.accountant.step(noise_multiplier=optimizer.noise_multiplier, sample_rate=_q(loader))
+                on_empty()
                 continue
             x, m = x.to(device), m.to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = sequence_losses(train_module, x, m).mean()
+            losses = sequence_losses(net, x, m)
+            loss = criterion(losses) if criterion is not None else losses.mean()
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+                # Opacus's functorch path opens autocast with the dtype of integer inputs (embeddings) and warns
+                warnings.filterwarnings("ignore", message=".*autocast, but the target dtype is not supported.*")
                 loss.backward()
             optimizer.step()
             if progress:
                 progress(step, total, loss.item())
-    if engine is not None:
-        optimizer.zero_grad(set_to_none=True)
-        train_module.to_standard_module()  # removes Opacus's hooks and per-sample gradient attributes
-    model.eval()
-    if engine is None:
-        return PrivacyRecord(
-            steps=step, epochs=float(settings.epochs), dataset_size=len(data),
-            sample_rate=min(settings.batch_size, len(data)) / len(data),
+    optimizer.zero_grad(set_to_none=True)
+
+
+def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progress) -> PrivacyRecord:
+    from opacus import PrivacyEngine
+    from opacus.accountants.utils import get_noise_multiplier
+
+    n = len(loader.dataset)
+    delta = dp.delta if dp.delta is not None else default_delta(n)
+    q = 1.0 / len(loader)  # Opacus's Poisson rate for this loader
+    ghost = dp.grad_sample_mode == "ghost"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")
+        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+        sigma = dp.noise_multiplier
+        if sigma is None:
+            sigma = get_noise_multiplier(
+                target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=q, steps=total,
+                accountant=dp.accountant,
+            )
+        extra: dict = {}
+        max_grad_norm: float | list[float] = dp.max_grad_norm
+        if dp.clipping == "per_layer":
+            max_grad_norm = [dp.max_grad_norm / math.sqrt(len(params))] * len(params)
+        elif dp.clipping == "adaptive":
+            expected = max(1, int(n * q))
+            extra = dict(
+                target_unclipped_quantile=dp.target_unclipped_quantile,
+                clipbound_learning_rate=dp.clipbound_learning_rate,
+                max_clipbound=1e3 * dp.max_grad_norm,
+                min_clipbound=1e-3 * dp.max_grad_norm,
+                unclipped_num_std=dp.unclipped_num_std or max(expected / 20, sigma),
+            )
+        if ghost:
+            extra["criterion"] = _PerSequence()
+        engine = PrivacyEngine(accountant=dp.accountant, secure_mode=False)
+        out = engine.make_private(
+            module=net,
+            optimizer=optimizer,
+            data_loader=loader,
+            noise_multiplier=sigma,
+            max_grad_norm=max_grad_norm,
+            poisson_sampling=True,
+            clipping=dp.clipping,
+            grad_sample_mode=dp.grad_sample_mode,
+            noise_generator=torch.Generator(device=device).manual_seed(settings.seed + 1),
+            **extra,
         )
+    if ghost:
+        gsm, dp_optimizer, criterion, dp_loader = out
+    else:
+        (gsm, dp_optimizer, dp_loader), criterion = out, None
+    if dp.clipping == "adaptive":
+        dp_optimizer.__class__ = _adaptive_optimizer_class()  # see _AdaClip: same state, two methods replaced
+    try:
+        _run(
+            gsm, dp_loader, dp_optimizer, total, device, progress, criterion=criterion,
+            on_empty=lambda: _noise_only_step(dp_optimizer, params, ghost),
+        )
+    finally:
+        gsm.to_standard_module()  # removes Opacus's hooks and per-sample gradient attributes
+        _clean_opacus_attributes(net)
     return PrivacyRecord(
         epsilon=float(engine.get_epsilon(delta)),
         delta=delta,
-        noise_multiplier=float(optimizer.noise_multiplier),
-        sample_rate=_q(loader),
-        steps=step,
+        noise_multiplier=float(dp_optimizer.noise_multiplier),
+        sample_rate=_q(dp_loader),
+        steps=total,
         max_grad_norm=dp.max_grad_norm,
         accountant=dp.accountant,
-        epochs=float(settings.epochs),
-        dataset_size=len(data),
+        epochs=total * _q(dp_loader),
+        dataset_size=n,
     )
 
 
@@ -176,10 +576,43 @@ def _q(loader: DataLoader) -> float:
     return float(q) if q is not None else 1.0 / len(loader)
 
 
+def matched_settings(
+    source: PrivacyRecord | TrainSettings, n_examples: int, *, base: TrainSettings | None = None
+) -> TrainSettings:
+    """Settings for a plain run matched to a DP run: the same optimizer steps and (expected) batch size.
+
+    ``source`` is the DP run's privacy record, or the ``TrainSettings`` it was (or will be)
+    trained with; ``n_examples`` is its training set size.  The DP run's batches are
+    Poisson-sampled with rate q, so the plain run uses batches of round(q N) and the same
+    number of steps.  Other fields (lr, LoRA, max_length, seed, ...) come from ``base``, or
+    from ``source`` when it is a ``TrainSettings``.
+    """
+    if n_examples < 1:
+        raise ValueError("n_examples must be positive")
+    if isinstance(source, TrainSettings):
+        per_epoch = _steps_per_epoch(n_examples, source.batch_size)
+        steps = source.steps if source.steps is not None else source.epochs * per_epoch
+        q = 1.0 / per_epoch
+        base = base or source
+    else:
+        if source.steps is None or source.sample_rate is None:
+            raise ValueError("the privacy record lacks steps or sample_rate")
+        steps, q = source.steps, source.sample_rate
+        base = base or TrainSettings()
+    batch = max(1, min(n_examples, round(q * n_examples)))
+    return base.model_copy(update={"steps": int(steps), "batch_size": batch})
+
+
 def save_trained(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, out_dir: str | Path, record: PrivacyRecord
 ) -> None:
-    """Save a model in Hugging Face format (safetensors) with ``privacy.json`` beside it."""
+    """Save a model in Hugging Face format (safetensors) with ``privacy.json`` beside it.
+
+    A peft model still carrying LoRA adapters is merged first, so the directory always
+    holds a plain model that ``leakaudit.models.loading.load_model`` can read.
+    """
+    if _is_peft(model):
+        model = merge_lora(model)
     out = Path(out_dir)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)

@@ -1,0 +1,271 @@
+"""Untargeted training-data extraction (Carlini et al. 2021, "Extracting Training Data from Large
+Language Models"), verified against the training set.
+
+1. Sample many sequences from the model with three strategies: top-k from an empty (BOS) prompt;
+   a temperature that decays from high to 1 over the first tokens; top-k from short prompts
+   taken from a public corpus.
+2. Rank the samples by membership signals: perplexity, zlib ratio, lowercase ratio, reference
+   ratio (when a reference model is given) and the best sliding window.
+3. Remove near duplicates (token-trigram overlap above one half with an earlier sample).
+4. Verify: a sample is *memorized* when one of its token n-grams (with at least one generated
+   token) occurs in the training data and not in the public corpus, found through a hashed
+   n-gram index.  The same check against held-out records that the model never saw is the
+   baseline: matches there come from the template and chance, not from memorization.
+5. Report precision@k for each ranking, and how many distinct training records were reproduced.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from leakaudit.models.generate import Sampling, generate
+from leakaudit.models.target import Target
+from leakaudit.models.tokenize import bos_id, encode
+from leakaudit.report.schema import UntargetedExtraction
+
+_MULT = np.uint64(0x9E3779B97F4A7C15)
+
+
+class NgramIndex:
+    """Hashes of every token n-gram of a corpus, sorted for binary search (8 bytes per n-gram).
+
+    ``lookup`` answers which document each n-gram of a query first occurs in (-1: nowhere).
+    64-bit polynomial hashes make a false match vanishingly unlikely (about 2^-64 per pair).
+    """
+
+    def __init__(self, docs: Sequence[Sequence[int]], n: int):
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        self.n = n
+        hashes, owners = [], []
+        for d, ids in enumerate(docs):
+            h = self.hashes(ids)
+            hashes.append(h)
+            owners.append(np.full(h.size, d, dtype=np.int64))
+        h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
+        o = np.concatenate(owners) if owners else np.zeros(0, np.int64)
+        order = np.argsort(h, kind="stable")
+        self._h, self._doc = h[order], o[order]
+
+    def hashes(self, ids: Sequence[int]) -> np.ndarray:
+        a = np.asarray(ids, dtype=np.uint64) + np.uint64(1)
+        if a.size < self.n:
+            return np.zeros(0, np.uint64)
+        windows = np.lib.stride_tricks.sliding_window_view(a, self.n)
+        h = np.zeros(windows.shape[0], dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for j in range(self.n):
+                h = h * _MULT + windows[:, j]
+        return h
+
+    def __len__(self) -> int:
+        return int(self._h.size)
+
+    def lookup(self, ids: Sequence[int]) -> np.ndarray:
+        """For each n-gram of ``ids``: the index of a document containing it, or -1."""
+        q = self.hashes(ids)
+        if q.size == 0 or self._h.size == 0:
+            return np.full(q.size, -1, dtype=np.int64)
+        pos = np.searchsorted(self._h, q).clip(max=self._h.size - 1)
+        return np.where(self._h[pos] == q, self._doc[pos], -1)
+
+
+def dedupe(samples: Sequence[Sequence[int]], threshold: float = 0.5) -> np.ndarray:
+    """Indices of the samples kept: a sample is dropped when more than ``threshold`` of its
+    token trigrams occur in a single earlier kept sample."""
+    owners: dict[tuple[int, ...], list[int]] = {}
+    kept = []
+    for i, s in enumerate(samples):
+        grams = {tuple(s[j : j + 3]) for j in range(len(s) - 2)}
+        if not grams:
+            continue
+        shared: dict[int, int] = {}
+        for g in grams:
+            for k in owners.get(g, ()):
+                shared[k] = shared.get(k, 0) + 1
+        if shared and max(shared.values()) > threshold * len(grams):
+            continue
+        kept.append(i)
+        for g in grams:
+            owners.setdefault(g, []).append(i)
+    return np.array(kept, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Samples:
+    """Generated samples: the prompt and new token ids of each, and the strategy that made it."""
+
+    prompts: list[list[int]]
+    new: list[list[int]]
+    strategy: list[str]
+
+    def texts(self, tokenizer) -> list[str]:
+        return [tokenizer.decode(p + n, skip_special_tokens=True) for p, n in zip(self.prompts, self.new)]
+
+
+def _start_ids(tokenizer) -> list[int]:
+    start = bos_id(tokenizer)
+    if start is None:
+        start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if start is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to start an empty prompt")
+    return [int(start)]
+
+
+def sample_texts(
+    target: Target,
+    n_samples: int,
+    *,
+    length: int = 64,
+    public_texts: Sequence[str] = (),
+    prompt_tokens: tuple[int, int] = (5, 10),
+    top_k: int = 40,
+    start_temperature: float = 10.0,
+    decay_steps: int = 20,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> Samples:
+    """Draw ``n_samples`` samples of ``length`` new tokens, split evenly over the strategies
+    (public-prompt sampling only when ``public_texts`` is given)."""
+    tok = target.tokenizer
+    start = _start_ids(tok)
+    strategies = ["top_k", "temperature_decay"] + (["public_prompt"] if public_texts else [])
+    counts = [n_samples // len(strategies) + (i < n_samples % len(strategies)) for i in range(len(strategies))]
+    rng = np.random.default_rng(seed)
+    prompts, new, labels = [], [], []
+    for s_i, (name, count) in enumerate(zip(strategies, counts)):
+        if count == 0:
+            continue
+        if name == "public_prompt":
+            enc = encode(tok, list(public_texts))
+            picks = rng.integers(0, len(enc), size=count)
+            lens = rng.integers(prompt_tokens[0], prompt_tokens[1] + 1, size=count)
+            ps = [enc[i].ids[: enc[i].n_special + int(m)] for i, m in zip(picks, lens)]
+            ps = [p if len(p) > 0 else start for p in ps]
+        else:
+            ps = [start] * count
+        sampling = (
+            Sampling(max_new_tokens=length, top_k=None, start_temperature=start_temperature,
+                     decay_steps=min(decay_steps, length))
+            if name == "temperature_decay" else Sampling(max_new_tokens=length, top_k=top_k)
+        )
+        out = generate(target.model, ps, sampling, pad_id=target.pad_id, batch_size=batch_size, seed=seed * 7 + s_i)
+        prompts.extend(list(p) for p in ps)
+        new.extend(out.tolist())
+        labels.extend([name] * count)
+    return Samples(prompts, new, labels)
+
+
+def _window_best(lp: np.ndarray, window: int) -> float:
+    if lp.size == 0:
+        return float("-inf")
+    if lp.size <= window:
+        return float(lp.mean())
+    c = np.concatenate([[0.0], np.cumsum(lp, dtype=np.float64)])
+    return float(((c[window:] - c[:-window]) / window).max())
+
+
+def ranking_scores(
+    target: Target, texts: list[str], *, reference: Target | None = None, window: int = 16
+) -> pd.DataFrame:
+    """Membership signals of each sample (higher = more likely memorized), one column each."""
+    lps = target.score(texts)
+    mean = np.array([lp.mean() if lp.size else -np.inf for lp in lps], dtype=np.float64)
+    zl = np.array([len(zlib.compress(t.encode("utf-8"))) for t in texts], dtype=np.float64)
+    lower = target.score([t.lower() for t in texts])
+    lower_mean = np.array([lp.mean() if lp.size else -np.inf for lp in lower], dtype=np.float64)
+    df = pd.DataFrame({
+        "perplexity": mean,
+        "zlib": mean / np.maximum(zl, 1.0),
+        "lowercase": -lower_mean / np.maximum(-mean, 1e-6),
+        "window": [_window_best(lp, window) for lp in lps],
+    })
+    if reference is not None:
+        ref = np.array([lp.mean() if lp.size else -np.inf for lp in reference.score(texts)], dtype=np.float64)
+        df["reference_ratio"] = -ref / np.maximum(-mean, 1e-6)
+    return df
+
+
+def verify(samples: Samples, train: NgramIndex, *, public: NgramIndex | None = None,
+           non_members: NgramIndex | None = None) -> pd.DataFrame:
+    """Per sample: whether it reproduces training text not in the public corpus ('memorized'),
+    which training document it matched, and the same check against held-out records (baseline)."""
+    n = train.n
+    rows = []
+    for p, g in zip(samples.prompts, samples.new):
+        seq = list(p[-(n - 1):]) + list(g) if n > 1 else list(g)  # every n-gram holds a generated token
+        hits = train.lookup(seq)
+        pub = public.lookup(seq) >= 0 if public is not None else np.zeros(hits.size, bool)
+        private = (hits >= 0) & ~pub
+        held = non_members.lookup(seq) >= 0 if non_members is not None else np.zeros(hits.size, bool)
+        rows.append({
+            "memorized": bool(private.any()),
+            "train_doc": int(hits[private][0]) if private.any() else -1,
+            "in_public": bool(pub.any()),
+            "non_member_match": bool((held & (hits < 0) & ~pub).any()),
+        })
+    return pd.DataFrame(rows, columns=["memorized", "train_doc", "in_public", "non_member_match"])
+
+
+def precision_at(flags: np.ndarray, scores: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """Fraction of flagged items among the top k by score (ties broken by position), for each k."""
+    order = np.argsort(-scores, kind="stable")
+    out = {}
+    for k in ks:
+        k = min(int(k), flags.size)
+        if k > 0:
+            out[str(k)] = float(flags[order[:k]].mean())
+    return out
+
+
+def untargeted_extraction(
+    target: Target,
+    samples: Samples,
+    train_texts: Sequence[str],
+    *,
+    public_texts: Sequence[str] = (),
+    non_member_texts: Sequence[str] = (),
+    reference: Target | None = None,
+    ngram: int = 16,
+    ks: Sequence[int] = (10, 50, 100),
+    window: int = 16,
+) -> tuple[UntargetedExtraction, pd.DataFrame]:
+    """Rank, dedupe and verify the samples; returns the summary (no text) and a per-sample table."""
+    tok = target.tokenizer
+
+    def index(texts):
+        return NgramIndex([e.ids[e.n_special:] for e in encode(tok, list(texts))], ngram) if texts else None
+
+    train = index(train_texts)
+    if train is None:
+        raise ValueError("untargeted extraction needs the training texts to verify against")
+    table = verify(samples, train, public=index(public_texts), non_members=index(non_member_texts))
+    table.insert(0, "strategy", samples.strategy)
+    keep = dedupe([p + g for p, g in zip(samples.prompts, samples.new)])
+    table["unique"] = False
+    table.loc[keep, "unique"] = True
+    texts = samples.texts(tok)
+    scores = ranking_scores(target, texts, reference=reference, window=window)
+    table = pd.concat([table, scores.add_prefix("score_")], axis=1)
+    uniq = table[table["unique"]]
+    mem = uniq["memorized"].to_numpy(bool)
+    base = uniq["non_member_match"].to_numpy(bool)
+    summary = UntargetedExtraction(
+        n_samples=len(table),
+        sample_tokens=int(max((len(g) for g in samples.new), default=0)),
+        strategies={k: int(v) for k, v in table["strategy"].value_counts().sort_index().items()},
+        n_unique=len(uniq),
+        verify_ngram=ngram,
+        n_memorized=int(mem.sum()),
+        n_training_records_reproduced=int(uniq.loc[uniq["memorized"], "train_doc"].nunique()),
+        n_in_public=int(uniq["in_public"].sum()),
+        n_non_member_matches=int(base.sum()),
+        precision_at_k={m: precision_at(mem, uniq[f"score_{m}"].to_numpy(), ks) for m in scores.columns},
+        baseline_precision_at_k={m: precision_at(base, uniq[f"score_{m}"].to_numpy(), ks) for m in scores.columns},
+    )
+    return summary, table

@@ -1,0 +1,133 @@
+"""The generation stages of an audit: samples, discoverable memorization, untargeted extraction.
+
+Two cached stages per model, beside the scoring stage of :mod:`leakaudit.audit`:
+
+* ``samples/<model>/``: the untargeted samples (token ids and strategy), drawn once per model
+  and reused: the reference model's samples are the baseline of PII extraction.
+* ``extraction/<model>/``: discoverable memorization for each (k, n), untargeted extraction
+  ranked, deduplicated and verified against the training texts, PII extraction.  Summaries
+  (``*.json``, no text) go into ``results.json``; per-record and per-sample tables
+  (``*.parquet``, ids and numbers only) are copied to ``per_sample/``.
+
+Generated text stays inside the stage directories: it may hold training data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from leakaudit.attacks.memorization import discoverable_memorization
+from leakaudit.attacks.untargeted import Samples, sample_texts, untargeted_extraction
+from leakaudit.io import read_json, texts_hash, write_json, write_parquet
+from leakaudit.models.loading import hash_model_dir, load_model
+from leakaudit.models.target import Target
+from leakaudit.report.schema import MemorizationResult, UntargetedExtraction
+from leakaudit.runs import EventLog, stage
+
+
+@dataclass
+class ExtractionOptions:
+    """What the generation stages run (all off when ``memorization`` is empty and ``samples`` is 0)."""
+
+    memorization: list[tuple[int, int]] = field(default_factory=lambda: [(32, 32), (50, 50)])
+    memorization_max_records: int | None = 500  # per side, a seeded sample
+    samples: int = 0  # untargeted samples per model (0: no untargeted or PII extraction)
+    sample_tokens: int = 64
+    verify_ngram: int = 16  # tokens shared with a training record that count as reproduction
+    batch_size: int = 64
+    seed: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.memorization) or self.samples > 0
+
+
+def _target(path: Path, *, device: str, dtype, token_budget: int | None, trust_remote_code: bool) -> Target:
+    loaded = load_model(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    return Target(loaded.model, loaded.tokenizer, token_budget=token_budget)
+
+
+def sample_stage(
+    run_dir: Path, name: str, path: Path, options: ExtractionOptions, public_texts: Sequence[str], *,
+    device: str, dtype, token_budget: int | None, trust_remote_code: bool, log: EventLog,
+) -> Path:
+    """Draw (or reuse) the model's untargeted samples: ``samples/<name>/samples.json``."""
+    key = {"model": hash_model_dir(path), "n": options.samples, "tokens": options.sample_tokens,
+           "public": texts_hash(public_texts), "seed": options.seed, "batch": options.batch_size}
+
+    def build(tmp: Path) -> None:
+        target = _target(path, device=device, dtype=dtype, token_budget=token_budget,
+                         trust_remote_code=trust_remote_code)
+        s = sample_texts(target, options.samples, length=options.sample_tokens, public_texts=public_texts,
+                         batch_size=options.batch_size, seed=options.seed)
+        write_json(tmp / "samples.json", {"prompts": s.prompts, "new": s.new, "strategy": s.strategy})
+
+    return stage(run_dir, f"samples/{name}", key, build, log)
+
+
+def load_samples(stage_dir: Path) -> Samples:
+    d = read_json(stage_dir / "samples.json")
+    return Samples(d["prompts"], d["new"], d["strategy"])
+
+
+def extraction_stage(
+    run_dir: Path,
+    name: str,
+    path: Path,
+    options: ExtractionOptions,
+    *,
+    records: Sequence[dict],
+    n_members: int,
+    train_texts: Sequence[str],
+    public_texts: Sequence[str],
+    samples_dir: Path | None,
+    reference: Path | None,
+    device: str,
+    dtype,
+    token_budget: int | None,
+    trust_remote_code: bool,
+    log: EventLog,
+) -> Path:
+    """Memorization and untargeted extraction of one model (members first in ``records``)."""
+    key = {
+        "model": hash_model_dir(path), "records": texts_hash(r["text"] for r in records), "n_members": n_members,
+        "train": texts_hash(train_texts), "public": texts_hash(public_texts),
+        "samples": read_json(samples_dir / "stage.json")["key"] if samples_dir else None,
+        "reference": hash_model_dir(reference) if reference else None,
+        "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
+        "ngram": options.verify_ngram, "seed": options.seed,
+    }
+
+    def build(tmp: Path) -> None:
+        kw = dict(device=device, dtype=dtype, token_budget=token_budget, trust_remote_code=trust_remote_code)
+        target = _target(path, **kw)
+        ids = [str(r["id"]) for r in records]
+        texts = [r["text"] for r in records]
+        member = [i < n_members for i in range(len(records))]
+        mem = []
+        for k, n in options.memorization:
+            result, table = discoverable_memorization(
+                target, ids, texts, member, k=k, n=n, batch_size=options.batch_size,
+                max_records=options.memorization_max_records, seed=options.seed,
+            )
+            mem.append(result.model_dump(mode="json"))
+            write_parquet(table, tmp / f"memorization-k{k}-n{n}.parquet")
+        write_json(tmp / "memorization.json", mem)
+        if samples_dir is not None:
+            ref = _target(reference, **kw) if reference is not None else None
+            summary, table = untargeted_extraction(
+                target, load_samples(samples_dir), train_texts, public_texts=public_texts,
+                non_member_texts=texts[n_members:], reference=ref, ngram=options.verify_ngram,
+            )
+            write_json(tmp / "untargeted.json", summary.model_dump(mode="json"))
+            write_parquet(table, tmp / "untargeted.parquet")
+
+    return stage(run_dir, f"extraction/{name}", key, build, log)
+
+
+def read_extraction(stage_dir: Path) -> tuple[list[MemorizationResult], UntargetedExtraction | None]:
+    mem = [MemorizationResult.model_validate(x) for x in read_json(stage_dir / "memorization.json")]
+    unt = stage_dir / "untargeted.json"
+    return mem, UntargetedExtraction.model_validate(read_json(unt)) if unt.is_file() else None

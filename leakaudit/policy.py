@@ -1,0 +1,363 @@
+"""A release gate: check a run's ``results.json`` against a YAML release policy.
+
+A policy sets limits, each optional; a model passes when it is within every limit that was
+measured.  A limit whose metric is absent from the results is reported as "not measured" and
+fails the gate only with ``fail_on_missing: true``.  Verdicts name models, attacks and canary
+ids, never a secret: ``results.json`` holds none, and nothing here reads the canary files.
+
+The checks (see :class:`Policy` for the exact definitions):
+
+==============================  ==============================================================
+``max_exposure_bits``           max over inserted canaries of ``exposure_bits``
+``max_tpr_at_1pct_fpr``         max over per-sequence attacks (``mia``) of ``tpr_at_fpr["0.01"]``
+``allow_extracted_canaries``    ``false``: no canary may be ``extracted`` (search or beam)
+``max_pii_extraction_rate``     ``pii_extraction.recall`` (or ``pii_extraction.overall.recall``)
+``max_epsilon``                 the accountant's ``privacy.epsilon`` (null, no DP: fails)
+``min_audit_power``             fewest non-members any per-sequence attack rests on
+``require_dp_guarantee_holds``  empirical eps bound <= accountant eps, and no DP bound violated
+==============================  ==============================================================
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from leakaudit.errors import LeakauditError
+from leakaudit.report.schema import Results
+
+__all__ = ["Check", "Policy", "Verdict", "evaluate_policy", "gate", "load_policy"]
+
+TPR_KEY = "0.01"  # the key of TPR at 1% FPR in AttackResult.tpr_at_fpr (schema.FPR_LEVELS)
+
+
+class Policy(BaseModel):
+    """Release limits.  Every limit is optional: leave it out (or null) to not check it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(default="", description="Free text shown nowhere but the file.")
+    max_exposure_bits: float | None = Field(
+        default=None, ge=0, description="Largest exposure_bits allowed on any inserted canary."
+    )
+    max_tpr_at_1pct_fpr: float | None = Field(
+        default=None, ge=0, le=1, description="Largest TPR at 1% FPR allowed for any per-sequence attack."
+    )
+    allow_extracted_canaries: bool | None = Field(
+        default=None, description="false: fail when any canary was extracted (its secret recovered by search)."
+    )
+    max_pii_extraction_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Largest fraction of training PII values recovered (pii_extraction.recall).",
+    )
+    max_epsilon: float | None = Field(
+        default=None, gt=0, description="Largest accountant epsilon allowed; a model trained without DP fails."
+    )
+    min_audit_power: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fewest non-members each per-sequence attack must be evaluated on: the smallest resolvable "
+        "FPR, 1 / n_non_members, must be <= 1 / min_audit_power (100 resolves FPR to 1%).",
+    )
+    require_dp_guarantee_holds: bool = Field(
+        default=False,
+        description="Fail when the empirical eps lower bound exceeds the accountant's eps, or an attack's ROC "
+        "violates the DP bound TPR <= e^eps FPR + delta beyond sampling error.",
+    )
+    fail_on_missing: bool = Field(default=False, description="Fail when a limit's metric was not measured.")
+
+
+Status = Literal["pass", "fail", "not measured"]
+
+
+@dataclass
+class Check:
+    """One limit applied to one model."""
+
+    name: str
+    status: Status
+    message: str
+
+
+@dataclass
+class Verdict:
+    """The gate's decision on one model; ``reasons`` holds the failed and unmeasured checks."""
+
+    model: str
+    passed: bool
+    reasons: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+def _describe(err: ValidationError, where: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "(top level)"
+        msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"].removeprefix("Value error, ")
+        parts.append(f"field '{loc}': {msg}")
+    return f"{where}: " + "; ".join(parts)
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy file; any problem is a one-line :class:`LeakauditError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise LeakauditError(f"{p}: policy file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LeakauditError(f"{p}: cannot read the policy file: {e}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LeakauditError(f"{p}: a policy must be a YAML mapping of limits")
+    try:
+        return Policy.model_validate(raw)
+    except ValidationError as e:
+        raise LeakauditError(_describe(e, str(p))) from None
+
+
+def _load_results(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / "results.json"
+    if not path.is_file():
+        raise LeakauditError(f"{path}: results file not found (is {run_dir} a finished run directory?)")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LeakauditError(f"{path}: not valid JSON: {e}") from None
+    except OSError as e:
+        raise LeakauditError(f"{path}: cannot read the results file: {e}") from None
+    if not isinstance(data, dict):
+        raise LeakauditError(f"{path}: results must be a JSON object")
+    try:
+        Results.model_validate(data)
+    except ValidationError as e:
+        x = e.errors()[0]
+        loc = ".".join(str(s) for s in x["loc"])
+        raise LeakauditError(f"{path}: field '{loc}': {x['msg']}") from None
+    return data
+
+
+# -- the checks ------------------------------------------------------------------------------------
+def _fmt(x: float) -> str:
+    return str(float(x))
+
+
+def _reps(n: int) -> str:
+    return f"{n} repetition" if n == 1 else f"{n} repetitions"
+
+
+def _check_exposure(name: str, m: dict, limit: float, caps: dict[str, float]) -> Check:
+    inserted = [c for c in m.get("canaries") or [] if c.get("inserted")]
+    if not inserted:
+        msg = f"{name}: canary exposure not measured (no inserted canaries)"
+        return Check("max_exposure_bits", "not measured", msg)
+    # the most exposed canary; among equals the one inserted least often (the most telling leak)
+    worst = max(inserted, key=lambda c: (c["exposure_bits"], -c["repetitions"]))
+    bits = float(worst["exposure_bits"])
+    where = f"canary {worst['id']}, {_reps(worst['repetitions'])}"
+    if bits > limit:
+        return Check(
+            "max_exposure_bits", "fail", f"{name}: canary exposure {bits:.2f} bits > {_fmt(limit)} allowed ({where})"
+        )
+    # a canary ranked first among the null samples sits at the cap log2(null_samples): its true exposure
+    # may be anything above, so a cap at or below the limit cannot show a violation
+    saturated = sorted(
+        {c.get("spec", "") for c in inserted if c.get("rank") == 1 and caps.get(c.get("spec", ""), limit + 1) <= limit}
+    )
+    if saturated:
+        return Check(
+            "max_exposure_bits",
+            "not measured",
+            f"{name}: canary exposure saturates at {min(caps[s] for s in saturated):.2f} bits (spec "
+            f"{', '.join(saturated)}), not above the {_fmt(limit)}-bit limit: add null samples to measure it",
+        )
+    return Check("max_exposure_bits", "pass", f"{name}: canary exposure {bits:.2f} bits <= {_fmt(limit)} ({where})")
+
+
+def _check_tpr(name: str, m: dict, limit: float) -> Check:
+    tprs = {a: r["tpr_at_fpr"][TPR_KEY] for a, r in (m.get("mia") or {}).items() if TPR_KEY in r.get("tpr_at_fpr", {})}
+    if not tprs:
+        return Check("max_tpr_at_1pct_fpr", "not measured", f"{name}: TPR at 1% FPR not measured (no attack results)")
+    attack = max(tprs, key=tprs.get)
+    tpr = float(tprs[attack])
+    res = float(m["mia"][attack].get("min_resolvable_fpr", 0.0))
+    note = f"; FPR resolution {res:.2%}, so this is the TPR at FPR 0" if res > float(TPR_KEY) else ""
+    if tpr > limit:
+        return Check(
+            "max_tpr_at_1pct_fpr",
+            "fail",
+            f"{name}: membership inference TPR at 1% FPR {tpr:.1%} > {limit:.1%} allowed (attack {attack}{note})",
+        )
+    return Check(
+        "max_tpr_at_1pct_fpr", "pass", f"{name}: TPR at 1% FPR {tpr:.1%} <= {limit:.1%} (attack {attack}{note})"
+    )
+
+
+def _check_extracted(name: str, m: dict) -> Check:
+    canaries = m.get("canaries") or []
+    searched = [c for c in canaries if c.get("extracted") is not None or c.get("extracted_beam") is not None]
+    if not searched:
+        return Check("allow_extracted_canaries", "not measured", f"{name}: canary extraction not measured")
+    hit = [c for c in searched if c.get("extracted") or c.get("extracted_beam")]
+    if hit:
+        ids = ", ".join(
+            f"{c['id']} ({_reps(c['repetitions'])})" if c.get("inserted") else f"{c['id']} (reference canary)"
+            for c in hit[:5]
+        )
+        more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+        return Check(
+            "allow_extracted_canaries",
+            "fail",
+            f"{name}: {len(hit)} of {len(searched)} searched canaries extracted, none allowed: {ids}{more}",
+        )
+    return Check("allow_extracted_canaries", "pass", f"{name}: none of {len(searched)} searched canaries extracted")
+
+
+def _check_pii(name: str, m: dict, limit: float) -> Check:
+    # the share of distinct training PII values the model's samples gave away (schema.PIIExtraction)
+    recall = ((m.get("pii_extraction") or {}).get("overall") or {}).get("recall")
+    if recall is None:
+        return Check("max_pii_extraction_rate", "not measured", f"{name}: PII extraction rate not measured")
+    if recall > limit:
+        return Check(
+            "max_pii_extraction_rate",
+            "fail",
+            f"{name}: PII extraction rate {recall:.1%} > {limit:.1%} allowed",
+        )
+    return Check("max_pii_extraction_rate", "pass", f"{name}: PII extraction rate {recall:.1%} <= {limit:.1%}")
+
+
+def _check_epsilon(name: str, m: dict, limit: float) -> Check:
+    eps = (m.get("privacy") or {}).get("epsilon")
+    if eps is None:
+        return Check(
+            "max_epsilon", "fail", f"{name}: trained without differential privacy, eps <= {_fmt(limit)} required"
+        )
+    if eps > limit:
+        return Check("max_epsilon", "fail", f"{name}: DP epsilon {eps:.2f} > {_fmt(limit)} allowed")
+    return Check("max_epsilon", "pass", f"{name}: DP epsilon {eps:.2f} <= {_fmt(limit)}")
+
+
+def _check_power(name: str, m: dict, minimum: int) -> Check:
+    attacks = {a: int(r["n_non_members"]) for a, r in (m.get("mia") or {}).items()}
+    if not attacks:
+        return Check("min_audit_power", "not measured", f"{name}: audit power not measured (no attack results)")
+    attack = min(attacks, key=attacks.get)
+    n = attacks[attack]
+    if n < minimum:
+        return Check(
+            "min_audit_power",
+            "fail",
+            f"{name}: attack {attack} rests on {n} non-members (FPR resolution {1 / n:.2%}), fewer than the "
+            f"{minimum} required (resolution {1 / minimum:.2%}): the audit is too small to show low-FPR leakage",
+        )
+    return Check("min_audit_power", "pass", f"{name}: every attack rests on >= {n} non-members (>= {minimum})")
+
+
+def _check_dp_holds(name: str, m: dict) -> Check:
+    acc = (m.get("privacy") or {}).get("epsilon")
+    bounds = m.get("empirical_privacy") or []
+    violated = [a for a, r in (m.get("mia") or {}).items() if (r.get("dp_bound") or {}).get("violated")]
+    checked_roc = [a for a, r in (m.get("mia") or {}).items() if r.get("dp_bound")]
+    problems = []
+    for emp in bounds:
+        bound = emp.get("eps_lower_bound")
+        ref = emp.get("accountant_epsilon", acc)
+        ref = acc if ref is None else ref
+        if emp.get("exceeds_accountant") or (bound is not None and ref is not None and bound > ref):
+            problems.append(
+                f"empirical eps lower bound {bound:.2f} ({emp.get('method', 'audit')}, confidence "
+                f"{1 - emp.get('alpha', 0.05):.0%}) > accountant eps {ref:.2f}"
+            )
+    if violated:
+        problems.append(f"ROC of attack {', '.join(violated)} exceeds the DP bound TPR <= e^eps FPR + delta")
+    if problems:
+        return Check(
+            "require_dp_guarantee_holds",
+            "fail",
+            f"{name}: DP guarantee failed: {'; '.join(problems)}; the DP training or its accounting is broken",
+        )
+    if acc is None:
+        return Check("require_dp_guarantee_holds", "pass", f"{name}: no DP guarantee claimed, none to check")
+    if not bounds and not checked_roc:
+        return Check(
+            "require_dp_guarantee_holds", "not measured", f"{name}: DP guarantee not audited (no empirical bound)"
+        )
+    return Check("require_dp_guarantee_holds", "pass", f"{name}: DP guarantee eps = {acc:.2f} consistent with audit")
+
+
+def _results_dict(results: Results | dict) -> dict[str, Any]:
+    if isinstance(results, Results):
+        return results.model_dump(mode="json")
+    if isinstance(results, BaseModel):
+        return results.model_dump(mode="json")
+    if not isinstance(results, dict) or not isinstance(results.get("models"), dict):
+        raise LeakauditError("results: not a results object (no 'models' mapping)")
+    return results
+
+
+def evaluate_policy(results: Results | dict, policy: Policy, *, model: str | None = None) -> list[Verdict]:
+    """Apply ``policy`` to every model of ``results`` (or just ``model``): one :class:`Verdict` each."""
+    data = _results_dict(results)
+    models: dict[str, dict] = data["models"]
+    if model is not None:
+        if model not in models:
+            raise LeakauditError(f"--model: no model '{model}' in the results (have: {', '.join(models) or 'none'})")
+        models = {model: models[model]}
+    if not models:
+        raise LeakauditError("results: no models to check")
+    caps = {s["name"]: float(s["exposure_cap_bits"]) for s in data.get("canary_specs") or []}
+    verdicts = []
+    for name, m in models.items():
+        checks: list[Check] = []
+        if policy.max_exposure_bits is not None:
+            checks.append(_check_exposure(name, m, policy.max_exposure_bits, caps))
+        if policy.max_tpr_at_1pct_fpr is not None:
+            checks.append(_check_tpr(name, m, policy.max_tpr_at_1pct_fpr))
+        if policy.allow_extracted_canaries is False:
+            checks.append(_check_extracted(name, m))
+        if policy.max_pii_extraction_rate is not None:
+            checks.append(_check_pii(name, m, policy.max_pii_extraction_rate))
+        if policy.max_epsilon is not None:
+            checks.append(_check_epsilon(name, m, policy.max_epsilon))
+        if policy.min_audit_power is not None:
+            checks.append(_check_power(name, m, policy.min_audit_power))
+        if policy.require_dp_guarantee_holds:
+            checks.append(_check_dp_holds(name, m))
+        failed = [c for c in checks if c.status == "fail"]
+        missing = [c for c in checks if c.status == "not measured"]
+        passed = not failed and not (policy.fail_on_missing and missing)
+        reasons = [c.message for c in failed] + [
+            c.message + (" (fail_on_missing)" if policy.fail_on_missing else "") for c in missing
+        ]
+        verdicts.append(Verdict(model=name, passed=passed, reasons=reasons, checks=checks))
+    return verdicts
+
+
+def gate(run_dir: str | Path, policy_file: str | Path, *, model: str | None = None) -> tuple[int, list[str]]:
+    """Check ``run_dir/results.json`` against ``policy_file``.
+
+    Returns ``(0, lines)`` when every model passes and ``(1, lines)`` otherwise; a missing or
+    invalid results or policy file raises :class:`LeakauditError` (exit code 2 in the CLI).
+    """
+    policy = load_policy(policy_file)
+    data = _load_results(Path(run_dir))
+    verdicts = evaluate_policy(data, policy, model=model)
+    lines: list[str] = []
+    for v in verdicts:
+        lines.append(f"{'PASS' if v.passed else 'FAIL'} {v.model}")
+        lines.extend(f"  - {r}" for r in v.reasons)
+    ok = all(v.passed for v in verdicts)
+    lines.append(f"gate: {'passed' if ok else 'failed'} ({sum(v.passed for v in verdicts)}/{len(verdicts)} models)")
+    return (0 if ok else 1), lines

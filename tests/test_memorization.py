@@ -1,0 +1,113 @@
+"""Discoverable memorization and untargeted extraction on a model that memorised a few records."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from leakaudit.attacks.memorization import bleu4, discoverable_memorization, edit_similarity
+from leakaudit.attacks.untargeted import NgramIndex, Samples, dedupe, precision_at, sample_texts, untargeted_extraction
+from leakaudit.models import build_model
+from leakaudit.models.target import Target
+from leakaudit.models.tokenize import encode
+
+
+@pytest.fixture(scope="module")
+def memorised(corpora, tokenizer):
+    """A tiny GPT-2 trained until it recites 8 private records (members); 8 others are held out."""
+    private, _ = corpora
+    members, non_members = private[:8], private[8:16]
+    torch.manual_seed(0)
+    model = build_model(tokenizer, arch="gpt2", n_layer=2, n_embd=64, n_head=2, context=256)
+    enc = encode(tokenizer, [r["text"] for r in members])
+    width = max(len(e.ids) for e in enc)
+    ids = torch.full((len(enc), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+    labels = ids.masked_fill(mask == 0, -100)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    model.train()
+    for _ in range(150):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    return Target(model, tokenizer), members, non_members
+
+
+def test_bleu_and_edit_similarity_known_values():
+    assert bleu4([1, 2, 3, 4, 5], [1, 2, 3, 4, 5]) == pytest.approx(1.0)
+    assert bleu4([9, 9, 9], [1, 2, 3]) == 0.0
+    assert 0 < bleu4([1, 2, 3, 4, 9], [1, 2, 3, 4, 5]) < 1
+    # brevity penalty: a correct but short candidate scores below 1
+    assert bleu4([1, 2, 3, 4], [1, 2, 3, 4, 5, 6, 7, 8]) < 0.5
+    assert edit_similarity([1, 2, 3, 4], [1, 2, 3, 4]) == 1.0
+    assert edit_similarity([1, 2, 3, 4], [1, 9, 3, 4]) == pytest.approx(0.75)
+    assert edit_similarity([1, 2, 3, 4], [2, 3, 4]) == pytest.approx(0.75)  # one deletion
+    assert edit_similarity([], []) == 1.0
+
+
+def test_discoverable_memorization_finds_members_not_non_members(memorised):
+    target, members, non_members = memorised
+    rows = members + non_members
+    result, table = discoverable_memorization(
+        target, [r["id"] for r in rows], [r["text"] for r in rows], [True] * 8 + [False] * 8, k=8, n=16
+    )
+    assert result.members.n_records == 8 and result.non_members.n_records == 8
+    assert result.members.exact_match_rate >= 0.75
+    # a held-out record can still be completed from the shared template (hence the baseline)
+    assert result.non_members.exact_match_rate <= 0.25
+    assert result.members.token_match_mean > result.non_members.token_match_mean + 0.3
+    lo, hi = result.members.exact_match_ci
+    assert lo <= result.members.exact_match_rate <= hi
+    assert set(table.columns) == {"id", "member", "exact", "token_match", "bleu", "edit_similarity"}
+    # too-short records are skipped and counted
+    result, _ = discoverable_memorization(target, ["a"], ["Hi."], [True], k=8, n=16)
+    assert result.skipped_short == 1 and result.members.n_records == 0
+
+
+def test_ngram_index_lookup_and_dedupe():
+    idx = NgramIndex([[1, 2, 3, 4, 5], [7, 8, 9]], 3)
+    assert len(idx) == 4
+    np.testing.assert_array_equal(idx.lookup([0, 2, 3, 4, 7, 8, 9]), [-1, 0, -1, -1, 1])
+    assert idx.lookup([1, 2]).size == 0
+    kept = dedupe([[1, 2, 3, 4, 5], [1, 2, 3, 4, 6], [9, 8, 7, 6]])
+    np.testing.assert_array_equal(kept, [0, 2])  # the second shares 2 of its 3 trigrams with the first
+    assert precision_at(np.array([1, 0, 1, 0], bool), np.array([4.0, 3.0, 2.0, 1.0]), [1, 2, 10]) == {
+        "1": 1.0, "2": 0.5, "4": 0.5
+    }
+
+
+def test_untargeted_extraction_verifies_memorised_samples(memorised, corpora):
+    target, members, non_members = memorised
+    _, public = corpora
+    samples = sample_texts(target, 48, length=24, public_texts=[r["text"] for r in public[:50]], seed=0)
+    assert sorted(set(samples.strategy)) == ["public_prompt", "temperature_decay", "top_k"]
+    again = sample_texts(target, 48, length=24, public_texts=[r["text"] for r in public[:50]], seed=0)
+    assert again.new == samples.new
+    summary, table = untargeted_extraction(
+        target, samples, [r["text"] for r in members], public_texts=[r["text"] for r in public],
+        non_member_texts=[r["text"] for r in non_members], reference=None, ngram=12, ks=(5, 10),
+    )
+    assert summary.n_samples == 48 and 0 < summary.n_unique <= 48
+    assert summary.n_memorized >= 1 and summary.n_training_records_reproduced >= 1
+    assert summary.n_non_member_matches == 0
+    assert summary.precision_at_k["perplexity"]["5"] > summary.baseline_precision_at_k["perplexity"]["5"]
+    assert {"perplexity", "zlib", "lowercase", "window"} <= set(summary.precision_at_k)
+    assert "text" not in table.columns
+    dumped = summary.model_dump_json()
+    assert not any(r["text"][:20] in dumped for r in members)
+
+
+def test_verification_ignores_ngrams_inside_the_prompt(memorised):
+    target, members, _ = memorised
+    ids = encode(target.tokenizer, [members[0]["text"]])[0].ids
+    # a prompt copied from a training record followed by unrelated tokens is not an extraction
+    junk = [target.pad_id] * 12
+    samples = Samples(prompts=[ids[:30]], new=[junk], strategy=["public_prompt"])
+    summary, _ = untargeted_extraction(target, samples, [members[0]["text"]], ngram=8)
+    assert summary.n_memorized == 0

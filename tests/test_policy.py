@@ -1,0 +1,336 @@
+"""The release gate: policy files, verdicts and exit codes."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from leakaudit.errors import LeakauditError
+from leakaudit.policy import Policy, evaluate_policy, gate, load_policy
+from leakaudit.report.schema import (
+    AttackResult,
+    CanaryResult,
+    CanarySpecSummary,
+    DPBoundCheck,
+    ModelResult,
+    PrivacyRecord,
+    Results,
+    RunInfo,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_POLICY = REPO / "experiments" / "policy.yaml"
+SHA = "ab" * 32
+
+
+def _attack(tpr1: float, *, n_non: int = 500, dp: DPBoundCheck | None = None) -> AttackResult:
+    return AttackResult(
+        auc=0.5 + tpr1 / 2,
+        tpr_at_fpr={"0.001": tpr1 / 2, "0.01": tpr1, "0.1": min(1.0, tpr1 * 2)},
+        n_members=500,
+        n_non_members=n_non,
+        min_resolvable_fpr=1 / n_non,
+        dp_bound=dp,
+    )
+
+
+def _canary(i: int, bits: float, reps: int, *, extracted: bool | None = False, rank: int = 5) -> CanaryResult:
+    return CanaryResult(
+        id=f"rc-{i:04d}",
+        spec="codes",
+        repetitions=reps,
+        inserted=reps > 0,
+        exposure_bits=bits,
+        rank=rank,
+        extracted=extracted,
+        sha256=SHA,
+    )
+
+
+def make_results(*, n_non: int = 500, null_samples: int = 2048) -> Results:
+    cap = math.log2(null_samples)
+    non_dp = ModelResult(
+        privacy=PrivacyRecord(),
+        mia={"loss": _attack(0.30, n_non=n_non), "lira": _attack(0.97, n_non=n_non)},
+        canaries=[
+            _canary(1, 5.5, 1),
+            _canary(3, cap, 32, extracted=True, rank=1),
+            _canary(4, cap, 8, extracted=False, rank=1),
+            _canary(9, 9.5, 0),  # a reference canary: not counted for exposure
+        ],
+    )
+    dp_check = DPBoundCheck(epsilon=8.0, delta=1e-5, violated=False, max_excess=0.0)
+    dp = ModelResult(
+        privacy=PrivacyRecord(epsilon=8.0, delta=1e-5, noise_multiplier=0.7),
+        mia={"loss": _attack(0.03, n_non=n_non, dp=dp_check), "lira": _attack(0.02, n_non=n_non, dp=dp_check)},
+        canaries=[_canary(1, 1.6, 1), _canary(3, 1.9, 32), _canary(9, 1.35, 0)],
+    )
+    return Results(
+        run=RunInfo(
+            leakaudit_version="0.1.0",
+            created="2026-01-01T00:00:00Z",
+            command="leakaudit demo",
+            config_sha256=SHA,
+            seed=0,
+            device="cpu",
+            n_members=500,
+            n_non_members=n_non,
+            n_canaries_inserted=3,
+            n_reference_canaries=1,
+        ),
+        canary_specs=[
+            CanarySpecSummary(
+                name="codes",
+                format="{d}{d}{d}{d}-{d}{d}{d}{d}",
+                length=8,
+                space_size=10**8,
+                max_exposure_bits=26.575,
+                null_samples=null_samples,
+                exposure_method="interpolation",
+                exposure_cap_bits=cap,
+            )
+        ],
+        models={"non_dp": non_dp, "dp": dp},
+    )
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+FULL = """
+max_exposure_bits: 8.0
+max_tpr_at_1pct_fpr: 0.10
+allow_extracted_canaries: false
+max_epsilon: 10
+min_audit_power: 100
+require_dp_guarantee_holds: true
+"""
+
+
+# -- verdicts -------------------------------------------------------------------------------------------
+def test_non_dp_fails_with_reasons_dp_passes(tmp_path):
+    policy = load_policy(write(tmp_path / "p.yaml", FULL))
+    verdicts = {v.model: v for v in evaluate_policy(make_results(), policy)}
+    bad, good = verdicts["non_dp"], verdicts["dp"]
+    assert not bad.passed and good.passed and good.reasons == []
+    assert bad.reasons == [
+        # among equally exposed canaries the one inserted least often is named
+        "non_dp: canary exposure 11.00 bits > 8.0 allowed (canary rc-0004, 8 repetitions)",
+        "non_dp: membership inference TPR at 1% FPR 97.0% > 10.0% allowed (attack lira)",
+        "non_dp: 1 of 4 searched canaries extracted, none allowed: rc-0003 (32 repetitions)",
+        "non_dp: trained without differential privacy, eps <= 10.0 required",
+    ]
+    assert {c.name: c.status for c in good.checks} == {
+        "max_exposure_bits": "pass",
+        "max_tpr_at_1pct_fpr": "pass",
+        "allow_extracted_canaries": "pass",
+        "max_epsilon": "pass",
+        "min_audit_power": "pass",
+        "require_dp_guarantee_holds": "pass",
+    }
+    for line in bad.reasons + good.reasons:  # ids only: no hash, no secret
+        assert SHA not in line and "\n" not in line
+
+
+def test_example_reason_format(tmp_path):
+    res = make_results(null_samples=2024)
+    res.models["non_dp"].canaries = [_canary(3, 10.98, 32, rank=1)]
+    v = evaluate_policy(res, Policy(max_exposure_bits=8.0), model="non_dp")
+    assert v[0].reasons == ["non_dp: canary exposure 10.98 bits > 8.0 allowed (canary rc-0003, 32 repetitions)"]
+
+
+def test_dict_and_model_give_the_same_verdicts():
+    policy = Policy(max_exposure_bits=8.0, max_tpr_at_1pct_fpr=0.1)
+    res = make_results()
+    assert evaluate_policy(res, policy) == evaluate_policy(res.model_dump(mode="json"), policy)
+
+
+def test_only_one_model(tmp_path):
+    policy = Policy(max_epsilon=10)
+    v = evaluate_policy(make_results(), policy, model="dp")
+    assert [x.model for x in v] == ["dp"] and v[0].passed
+    with pytest.raises(LeakauditError, match="no model 'nope'"):
+        evaluate_policy(make_results(), policy, model="nope")
+
+
+def test_empty_policy_passes_everything():
+    assert all(v.passed and not v.checks for v in evaluate_policy(make_results(), Policy()))
+
+
+def test_missing_metrics_are_reported_and_fail_only_when_asked():
+    res = make_results().model_dump(mode="json")
+    lax = Policy(max_pii_extraction_rate=0.01)
+    v = {x.model: x for x in evaluate_policy(res, lax)}
+    assert v["dp"].passed and v["dp"].reasons == ["dp: PII extraction rate not measured"]
+    strict = Policy(max_pii_extraction_rate=0.01, fail_on_missing=True)
+    v = {x.model: x for x in evaluate_policy(res, strict)}
+    assert not v["dp"].passed and v["dp"].reasons == ["dp: PII extraction rate not measured (fail_on_missing)"]
+    # no canaries, no attacks: every such limit is not measured
+    res["models"]["dp"]["canaries"] = []
+    res["models"]["dp"]["mia"] = {}
+    v = evaluate_policy(
+        res,
+        Policy(max_exposure_bits=8, max_tpr_at_1pct_fpr=0.1, min_audit_power=100, allow_extracted_canaries=False),
+        model="dp",
+    )[0]
+    assert v.passed and {c.status for c in v.checks} == {"not measured"} and len(v.reasons) == 4
+
+
+def test_pii_extraction_rate_when_present():
+    res = make_results().model_dump(mode="json")
+    res["models"]["non_dp"]["pii_extraction"] = {"overall": {"recall": 0.2, "n_training": 50}, "by_type": {}}
+    res["models"]["dp"]["pii_extraction"] = {"overall": {"recall": 0.0, "n_training": 50}, "by_type": {}}
+    v = {x.model: x for x in evaluate_policy(res, Policy(max_pii_extraction_rate=0.01))}
+    assert v["non_dp"].reasons == ["non_dp: PII extraction rate 20.0% > 1.0% allowed"]
+    assert v["dp"].passed and v["dp"].checks[0].status == "pass"
+
+
+def test_dp_guarantee_broken_by_empirical_bound_or_roc():
+    policy = Policy(require_dp_guarantee_holds=True)
+    res = make_results().model_dump(mode="json")
+    res["models"]["dp"]["empirical_privacy"] = [{
+        "method": "one_run",
+        "eps_lower_bound": 9.1,
+        "alpha": 0.05,
+        "delta": 1e-5,
+        "accountant_epsilon": 8.0,
+        "exceeds_accountant": True,
+        "note": "",
+    }]
+    v = evaluate_policy(res, policy, model="dp")[0]
+    assert not v.passed
+    assert "empirical eps lower bound 9.10" in v.reasons[0] and "accountant eps 8.00" in v.reasons[0]
+    res = make_results()
+    res.models["dp"].mia["loss"].dp_bound = DPBoundCheck(epsilon=8.0, delta=1e-5, violated=True, max_excess=0.2)
+    v = evaluate_policy(res, policy, model="dp")[0]
+    assert not v.passed and "attack loss" in v.reasons[0]
+    # a sound bound below eps passes; a model without DP claims nothing and passes this check
+    res = make_results().model_dump(mode="json")
+    res["models"]["dp"]["empirical_privacy"] = [{
+        "method": "one_run",
+        "eps_lower_bound": 1.2,
+        "alpha": 0.05,
+        "delta": 1e-5,
+        "accountant_epsilon": 8.0,
+    }]
+    assert all(x.passed for x in evaluate_policy(res, policy))
+
+
+def test_audit_power():
+    v = {x.model: x for x in evaluate_policy(make_results(n_non=50), Policy(min_audit_power=100))}
+    assert not v["dp"].passed
+    assert v["dp"].reasons[0].startswith("dp: attack loss rests on 50 non-members (FPR resolution 2.00%)")
+
+
+def test_saturated_exposure_is_not_measured():
+    # 64 null samples: exposure cannot show more than 6 bits, so a limit of 8 cannot be checked on a canary
+    # ranked first
+    res = make_results(null_samples=64)
+    v = evaluate_policy(res, Policy(max_exposure_bits=8.0), model="non_dp")[0]
+    assert v.passed and v.checks[0].status == "not measured" and "saturates at 6.00 bits" in v.reasons[0]
+    v = evaluate_policy(res, Policy(max_exposure_bits=8.0, fail_on_missing=True), model="non_dp")[0]
+    assert not v.passed
+    assert evaluate_policy(res, Policy(max_exposure_bits=5.0), model="non_dp")[0].checks[0].status == "fail"
+
+
+def test_default_policy_file():
+    policy = load_policy(DEFAULT_POLICY)
+    assert policy.allow_extracted_canaries is False and policy.max_epsilon == 10
+    v = {x.model: x for x in evaluate_policy(make_results(), policy)}
+    assert not v["non_dp"].passed
+    assert v["dp"].passed
+
+
+# -- policy files ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "text, field",
+    [
+        ("max_exposure_bit: 8\n", "max_exposure_bit"),
+        ("max_tpr_at_1pct_fpr: high\n", "max_tpr_at_1pct_fpr"),
+        ("max_tpr_at_1pct_fpr: 1.5\n", "max_tpr_at_1pct_fpr"),
+        ("max_epsilon: -1\n", "max_epsilon"),
+        ("min_audit_power: 0\n", "min_audit_power"),
+    ],
+)
+def test_invalid_policy_names_file_and_field(tmp_path, text, field):
+    path = write(tmp_path / "bad.yaml", text)
+    with pytest.raises(LeakauditError) as e:
+        load_policy(path)
+    msg = str(e.value)
+    assert str(path) in msg and f"'{field}'" in msg and "\n" not in msg
+
+
+def test_policy_file_problems(tmp_path):
+    with pytest.raises(LeakauditError, match="policy file not found"):
+        load_policy(tmp_path / "none.yaml")
+    with pytest.raises(LeakauditError, match="not valid YAML"):
+        load_policy(write(tmp_path / "a.yaml", "max_epsilon: [1\n"))
+    with pytest.raises(LeakauditError, match="YAML mapping"):
+        load_policy(write(tmp_path / "b.yaml", "- 1\n- 2\n"))
+    assert load_policy(write(tmp_path / "c.yaml", "")) == Policy()
+
+
+# -- gate -------------------------------------------------------------------------------------------
+def _run_dir(tmp_path: Path, res: Results) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(res.model_dump_json(indent=1), encoding="utf-8")
+    return run
+
+
+def test_gate_exit_codes(tmp_path):
+    run = _run_dir(tmp_path, make_results())
+    policy = write(tmp_path / "p.yaml", FULL)
+    code, lines = gate(run, policy)
+    assert code == 1
+    assert lines[0] == "FAIL non_dp" and "PASS dp" in lines and lines[-1] == "gate: failed (1/2 models)"
+    code, lines = gate(run, policy, model="dp")
+    assert code == 0 and lines == ["PASS dp", "gate: passed (1/1 models)"]
+    code, _ = gate(run, DEFAULT_POLICY, model="dp")
+    assert code == 0
+    code, _ = gate(run, DEFAULT_POLICY, model="non_dp")
+    assert code == 1
+
+
+def test_gate_fails_an_empirical_bound_above_the_accountant(tmp_path):
+    data = make_results().model_dump(mode="json")
+    data["models"]["dp"]["empirical_privacy"] = [{
+        "method": "one_run",
+        "eps_lower_bound": 9.5,
+        "alpha": 0.05,
+        "delta": 1e-5,
+        "accountant_epsilon": 8.0,
+        "exceeds_accountant": True,
+    }]
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    code, lines = gate(run, write(tmp_path / "p.yaml", "require_dp_guarantee_holds: true\n"), model="dp")
+    assert code == 1 and "DP guarantee failed" in lines[1]
+
+
+def test_gate_input_errors(tmp_path):
+    policy = write(tmp_path / "p.yaml", FULL)
+    with pytest.raises(LeakauditError, match="results file not found"):
+        gate(tmp_path, policy)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "results.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(LeakauditError, match="not valid JSON"):
+        gate(run, policy)
+    data = make_results().model_dump(mode="json")
+    del data["run"]
+    (run / "results.json").write_text(json.dumps(data), encoding="utf-8")
+    with pytest.raises(LeakauditError, match="field 'run'"):
+        gate(run, policy)
+    (run / "results.json").write_text(make_results().model_dump_json(), encoding="utf-8")
+    with pytest.raises(LeakauditError, match="policy file not found"):
+        gate(run, tmp_path / "missing.yaml")
+    with pytest.raises(LeakauditError, match="no model 'x'"):
+        gate(run, policy, model="x")
+    assert LeakauditError.exit_code == 2
