@@ -39,11 +39,13 @@ from leakaudit.io import read_json, sha256_file, stable_hash, texts_hash, write_
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target
 from leakaudit.parallel import barrier, is_writer
+from leakaudit.privacy import compare_with_accountant, one_run_audit
 from leakaudit.report.render import write_reports
 from leakaudit.report.schema import (
     AttackResult,
     CanaryResult,
     CanarySpecSummary,
+    EmpiricalPrivacy,
     ModelResult,
     PrivacyRecord,
     Results,
@@ -85,7 +87,7 @@ def records_hash(records: list[dict]) -> str:
 
 def spec_summaries(manifests: list[CanaryManifest]) -> list[CanarySpecSummary]:
     out = []
-    for m in manifests:
+    for m in (m for m in manifests if m.spec.design == "fixed"):
         fmt = m.spec.secret_format
         n_null = len(null_secrets(m))
         out.append(
@@ -140,7 +142,7 @@ def score_model(
         "exact_max": exact_max,
         "extraction_budget": extraction_budget,
         "beam_width": beam_width,
-        "exposure_version": 2,
+        "exposure_version": 3,
     }
 
     def build(tmp: Path) -> None:
@@ -153,8 +155,13 @@ def score_model(
         )
         table["user_id"] = [None if r.get("user_id") is None else str(r["user_id"]) for r in rows]
         save_score_table(table, tmp / "mia.parquet")
-        exposures = []
-        for m in manifests:
+        exposures, audit_nll = [], []
+        for m in (m for m in manifests if m.spec.design == "one_run"):
+            nll = target.secrets_nll([c.prefix for c in m.canaries], [c.secret for c in m.canaries])
+            audit_nll += [{"id": c.id, "spec": m.spec.name, "included": c.inserted, "nll": float(x)}
+                          for c, x in zip(m.canaries, nll)]
+        write_json(tmp / "audit_canaries.json", audit_nll)
+        for m in (m for m in manifests if m.spec.design == "fixed"):
             for c, res in zip(m.canaries, canary_exposures(target, m, exact_max=exact_max)):
                 if extraction_budget:
                     found = extract_secret(target, c.prefix, m.spec.secret_format, max_expansions=extraction_budget)
@@ -210,6 +217,7 @@ def model_result(
     shadow_stats: np.ndarray | None = None,
     shadow_in: np.ndarray | None = None,
     extraction_dir: Path | None = None,
+    reference_dirs: dict[str, Path] | None = None,
 ) -> ModelResult:
     """Run the attacks on one model's tables and assemble its typed results."""
     table = load_score_table(score_dir / "mia.parquet")
@@ -247,7 +255,8 @@ def model_result(
     ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
     if ins.size and ref.size:
         units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot)}
-    memorization, untargeted = read_extraction(extraction_dir) if extraction_dir else ([], None)
+    found = read_extraction(extraction_dir)
+    empirical = _one_run_bounds(score_dir, reference_dirs or {}, privacy, seed=options.seed)
     for f in sorted(extraction_dir.glob("*.parquet")) if extraction_dir else []:
         write_parquet(pd.read_parquet(f), run_dir / "per_sample" / f"{model.name}-{f.name}")
     info = read_json(score_dir / "model.json")
@@ -266,9 +275,46 @@ def model_result(
         skipped_attacks=skipped,
         canaries=canaries,
         exposure_by_repetition=exposure_groups(canaries),
-        memorization=memorization,
-        untargeted_extraction=untargeted,
+        memorization=found.memorization,
+        untargeted_extraction=found.untargeted,
+        pii_extraction=found.pii_extraction,
+        pii_reconstruction=found.pii_reconstruction,
+        empirical_privacy=empirical,
     )
+
+
+def _one_run_bounds(
+    score_dir: Path, reference_dirs: dict[str, Path], privacy: PrivacyRecord, *, seed: int
+) -> list[EmpiricalPrivacy]:
+    """The one-run audit (Steinke et al. 2023) of each one-run canary spec.
+
+    A canary's score is how much likelier the model finds its secret than a reference model
+    does (the reference's NLL minus the model's), or minus the model's NLL without a reference;
+    the top-scored canaries are guessed 'in', the bottom ones 'out'.  The bound is stated at the
+    model's DP delta (1e-5 for a model without DP) and set beside the accountant's eps.
+    """
+    f = score_dir / "audit_canaries.json"
+    rows = read_json(f) if f.is_file() else []
+    if not rows:
+        return []
+    ref_nll: dict[str, float] = {}
+    for d in reference_dirs.values():
+        g = d / "audit_canaries.json"
+        if g.is_file():
+            ref_nll = {r["id"]: r["nll"] for r in read_json(g)}
+            break
+    delta = privacy.delta if privacy.delta is not None else 1e-5
+    out = []
+    for spec in sorted({r["spec"] for r in rows}):
+        mine = [r for r in rows if r["spec"] == spec]
+        use_ref = all(r["id"] in ref_nll for r in mine)
+        scores = np.array([(ref_nll[r["id"]] if use_ref else 0.0) - r["nll"] for r in mine])
+        included = np.array([r["included"] for r in mine], dtype=bool)
+        audit = one_run_audit(scores, included, delta=delta, seed=seed)
+        rec = compare_with_accountant(audit.to_empirical(), privacy.epsilon)
+        score = "reference NLL minus model NLL of the secret" if use_ref else "minus the model's NLL of the secret"
+        out.append(rec.model_copy(update={"note": f"canary spec '{spec}'; score: {score}; {rec.note}"}))
+    return out
 
 
 def _utility(table: pd.DataFrame) -> Utility:
@@ -313,7 +359,7 @@ def _extraction(
         out[m.name] = extraction_stage(
             run_dir, m.name, m.path, ext, records=rows, n_members=n_members, train_texts=train_texts,
             public_texts=public_texts, samples_dir=samples(m.name, m.path),
-            reference=ref[1] if ref else None, **kw,
+            reference=ref[1] if ref else None, baseline_samples_dir=samples(*ref) if ref else None, **kw,
         )
     return out
 
@@ -380,13 +426,15 @@ def run_audit(
             run_dir, m, rows, len(members), manifests, lowercase="lowercase" in needs,
             n_neighbours=options.n_neighbours if "neighbours" in needs else 0, **common,
         )
-    ref_tables = {}
-    if "reference" in needs:
+    ref_tables, ref_dirs = {}, {}
+    if "reference" in needs or any(m.spec.design == "one_run" for m in manifests):
         for name, path in references.items():
             d = score_dirs.get(name) or score_model(
-                run_dir, ModelToAudit(name, path), rows, len(members), [], lowercase=False, n_neighbours=0, **common
+                run_dir, ModelToAudit(name, path), rows, len(members),
+                [m for m in manifests if m.spec.design == "one_run"], lowercase=False, n_neighbours=0, **common
             )
             ref_tables[name] = load_score_table(d / "mia.parquet")
+            ref_dirs[name] = d
     stats = member_in = None
     if shadows is not None and needs & {"shadows_in", "shadows_out"}:
         if shadows.membership.shape[1] != len(rows):
@@ -401,7 +449,8 @@ def run_audit(
         return None  # type: ignore[return-value]
     results_by_model = {
         m.name: model_result(score_dirs[m.name], m, run_dir, options, references=ref_tables,
-                             shadow_stats=stats, shadow_in=member_in, extraction_dir=extraction_dirs.get(m.name))
+                             shadow_stats=stats, shadow_in=member_in, extraction_dir=extraction_dirs.get(m.name),
+                             reference_dirs={k: v for k, v in ref_dirs.items() if k != m.name})
         for m in models
     }
     results = Results(

@@ -414,6 +414,22 @@ def _parse_memorization(specs: list[str] | None) -> list[tuple[int, int]]:
     return out
 
 
+# -- gate --------------------------------------------------------------------------------
+@app.command()
+def gate(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.json.")],
+    policy: Annotated[Path, typer.Option(help="Release policy (YAML), e.g. experiments/policy.yaml.")],
+    model: Annotated[str | None, typer.Option(help="Check only this model of the run.")] = None,
+) -> None:
+    """Check a finished run against a release policy: exit 0 on pass, 1 on fail, 2 on error."""
+    from leakaudit.policy import gate as run_gate
+
+    code, lines = run_gate(run_dir, policy, model=model)
+    for line in lines:
+        typer.echo(line)
+    raise typer.Exit(code)
+
+
 # -- report ------------------------------------------------------------------------------
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.json.")]) -> None:

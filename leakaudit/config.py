@@ -17,6 +17,12 @@ from leakaudit.errors import LeakauditError
 from leakaudit.train.loop import DPSettings, TrainSettings
 
 REPO_CANARIES = Path(__file__).resolve().parents[1] / "canaries"
+# canary specs of a demo run when none are given: exposure by repetition, and the one-run audit
+DEFAULT_SPECS = {
+    "cpu": ("recovery_codes.yaml", "one_run_audit.yaml"),
+    "gpu": ("recovery_codes.yaml", "one_run_audit.yaml"),
+    "tiny": ("recovery_codes.yaml", "one_run_audit_small.yaml"),
+}
 ALL_DEMO_ATTACKS = (
     "loss", "zlib", "lowercase", "min_k", "min_k_pp", "reference", "reference_ratio", "neighbourhood",
     "lira_online", "lira_offline", "rmia",
@@ -167,10 +173,10 @@ def resolve_config(
     raw = _merge(raw, overrides or {})
     specs = [load_spec(f) for f in canary_files or []]
     if not specs and not raw.get("canaries"):
-        default = REPO_CANARIES / "recovery_codes.yaml"
-        if not default.is_file():
-            raise LeakauditError(f"{default}: default canary spec not found; pass one with --canaries")
-        specs = [load_spec(default)]
+        for default in DEFAULT_SPECS.get(preset, DEFAULT_SPECS["cpu"]):
+            if not (REPO_CANARIES / default).is_file():
+                raise LeakauditError(f"{REPO_CANARIES / default}: default canary spec not found; use --canaries")
+            specs.append(load_spec(REPO_CANARIES / default))
     if specs:
         raw["canaries"] = [s.model_dump(mode="json") for s in specs]
     try:

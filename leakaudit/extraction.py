@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from leakaudit.attacks.memorization import discoverable_memorization
+from leakaudit.attacks.pii import pii_extraction, pii_reconstruction
 from leakaudit.attacks.untargeted import Samples, sample_texts, untargeted_extraction
 from leakaudit.io import read_json, texts_hash, write_json, write_parquet
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target
-from leakaudit.report.schema import MemorizationResult, UntargetedExtraction
+from leakaudit.report.schema import MemorizationResult, PIIExtraction, PIIReconstruction, UntargetedExtraction
 from leakaudit.runs import EventLog, stage
 
 
@@ -36,6 +37,8 @@ class ExtractionOptions:
     samples: int = 0  # untargeted samples per model (0: no untargeted or PII extraction)
     sample_tokens: int = 64
     verify_ngram: int = 16  # tokens shared with a training record that count as reproduction
+    pii_reconstruction_records: int = 200  # records per side for PII reconstruction (0: none)
+    pii_candidates: int = 32  # candidates per reconstruction query, the true value included
     batch_size: int = 64
     seed: int = 0
 
@@ -84,6 +87,7 @@ def extraction_stage(
     public_texts: Sequence[str],
     samples_dir: Path | None,
     reference: Path | None,
+    baseline_samples_dir: Path | None = None,
     device: str,
     dtype,
     token_budget: int | None,
@@ -96,6 +100,8 @@ def extraction_stage(
         "train": texts_hash(train_texts), "public": texts_hash(public_texts),
         "samples": read_json(samples_dir / "stage.json")["key"] if samples_dir else None,
         "reference": hash_model_dir(reference) if reference else None,
+        "baseline_samples": read_json(baseline_samples_dir / "stage.json")["key"] if baseline_samples_dir else None,
+        "pii": [options.pii_reconstruction_records, options.pii_candidates],
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
         "ngram": options.verify_ngram, "seed": options.seed,
     }
@@ -123,11 +129,66 @@ def extraction_stage(
             )
             write_json(tmp / "untargeted.json", summary.model_dump(mode="json"))
             write_parquet(table, tmp / "untargeted.parquet")
+        _pii(tmp, target, records, n_members, options, samples_dir, baseline_samples_dir)
 
     return stage(run_dir, f"extraction/{name}", key, build, log)
 
 
-def read_extraction(stage_dir: Path) -> tuple[list[MemorizationResult], UntargetedExtraction | None]:
-    mem = [MemorizationResult.model_validate(x) for x in read_json(stage_dir / "memorization.json")]
-    unt = stage_dir / "untargeted.json"
-    return mem, UntargetedExtraction.model_validate(read_json(unt)) if unt.is_file() else None
+def _generated_texts(samples_dir: Path, tokenizer) -> list[str]:
+    """The generated part of each sample (a public prompt is not the model's output)."""
+    return [tokenizer.decode(g, skip_special_tokens=True) for g in load_samples(samples_dir).new]
+
+
+def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, options: ExtractionOptions,
+         samples_dir: Path | None, baseline_samples_dir: Path | None) -> None:
+    """PII extraction from the samples and PII reconstruction, when the records carry PII annotations."""
+    members = [r for r in records[:n_members] if r.get("pii")]
+    if not members:
+        return
+    if samples_dir is not None:
+        baseline = _generated_texts(baseline_samples_dir, target.tokenizer) if baseline_samples_dir else []
+        result = pii_extraction(_generated_texts(samples_dir, target.tokenizer), baseline, members)
+        if baseline_samples_dir is None:
+            result.notes.append("no baseline model: PII the model would produce without training is not filtered")
+        write_json(tmp / "pii_extraction.json", result.model_dump(mode="json"))
+    if options.pii_reconstruction_records <= 0:
+        return
+    annotated = [r for r in records if r.get("pii")]
+    names = sorted({r["text"][p["start"]:p["end"]] for r in annotated for p in r["pii"] if p["type"] == "name"})
+    if len(names) < options.pii_candidates:
+        return  # too few names to draw candidates from
+    out = {}
+    for side, rows in (("members", members), ("non_members", [r for r in records[n_members:] if r.get("pii")])):
+        if rows:
+            out[side] = pii_reconstruction(
+                target, rows, pii_type="name", n_candidates=options.pii_candidates, seed=options.seed,
+                max_records=options.pii_reconstruction_records, candidate_pool=names,
+            ).model_dump(mode="json")
+    write_json(tmp / "pii_reconstruction.json", out)
+
+
+@dataclass
+class ExtractionReadout:
+    """What the generation stages of one model found (the summaries only)."""
+
+    memorization: list[MemorizationResult]
+    untargeted: UntargetedExtraction | None
+    pii_extraction: PIIExtraction | None
+    pii_reconstruction: dict[str, PIIReconstruction]
+
+
+def read_extraction(stage_dir: Path | None) -> ExtractionReadout:
+    if stage_dir is None:
+        return ExtractionReadout([], None, None, {})
+
+    def optional(name: str):
+        f = stage_dir / name
+        return read_json(f) if f.is_file() else None
+
+    unt, pii, rec = optional("untargeted.json"), optional("pii_extraction.json"), optional("pii_reconstruction.json")
+    return ExtractionReadout(
+        memorization=[MemorizationResult.model_validate(x) for x in read_json(stage_dir / "memorization.json")],
+        untargeted=UntargetedExtraction.model_validate(unt) if unt else None,
+        pii_extraction=PIIExtraction.model_validate(pii) if pii else None,
+        pii_reconstruction={k: PIIReconstruction.model_validate(v) for k, v in (rec or {}).items()},
+    )

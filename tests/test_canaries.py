@@ -1,6 +1,7 @@
 """Canary specs, secret formats, generation, insertion and the manifest."""
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -24,7 +25,6 @@ def test_formats_space_and_enumeration():
 
 
 def test_every_shipped_spec_loads():
-    from pathlib import Path
 
     specs = sorted((Path(__file__).parents[1] / "canaries").glob("*.yaml"))
     assert specs
@@ -89,3 +89,19 @@ def test_preflight_flags_truncated_missing_and_leaked_canaries(tokenizer):
                                                                                         max_length=256))
     ref = next(c for c in m.canaries if not c.inserted)
     assert any("reference canary occurs 1" in w for w in preflight(m, train + [ref.text], tokenizer, max_length=256))
+
+
+def test_one_run_design_flips_a_fair_coin_per_canary():
+    from scipy.stats import binomtest
+
+    spec = load_spec(Path(__file__).parents[1] / "canaries" / "one_run_audit.yaml")
+    m = generate_canaries(spec)
+    assert m == generate_canaries(spec) and len(m.canaries) == 1000
+    assert all(c.randomized for c in m.canaries)
+    assert {c.repetitions for c in m.canaries} == {0, 1}
+    k = len(m.inserted)
+    assert binomtest(k, 1000, 0.5).pvalue > 0.001  # a fair coin, not a fixed half
+    # the coin is its own stream: another seed changes who is in, and the secrets stay distinct
+    other = generate_canaries(spec.model_copy(update={"seed": 3}))
+    assert [c.inserted for c in other.canaries] != [c.inserted for c in m.canaries]
+    assert len({c.secret for c in m.canaries}) == 1000

@@ -14,13 +14,15 @@ from leakaudit.report.render import render_html, render_markdown
 from leakaudit.report.schema import Results
 from tests.conftest import TINY_SPEC
 
+ONE_RUN_SPEC = TINY_SPEC.parents[2] / "canaries" / "one_run_audit_small.yaml"
+
 SHARED = ["results.json", "report.md", "report.html"]
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo")
-    cfg = resolve_config(preset="tiny", canary_files=[TINY_SPEC], overrides={"shadows": 4})
+    cfg = resolve_config(preset="tiny", canary_files=[TINY_SPEC, ONE_RUN_SPEC], overrides={"shadows": 4})
     results = run_demo(cfg, run_dir)
     return run_dir, results
 
@@ -80,12 +82,15 @@ def test_membership_attacks_find_members_only_where_the_model_trained_on_them(de
 
 def test_no_secret_canary_or_pii_in_shared_artifacts(demo_run):
     run_dir, _ = demo_run
-    manifest = CanaryManifest.load(next((run_dir / "canaries").glob("manifest-*.json")))
+    manifests = sorted((run_dir / "canaries").glob("manifest-*.json"))
+    canaries = [c for f in manifests for c in CanaryManifest.load(f).canaries]
+    assert len(canaries) > 200
     members = read_jsonl(run_dir / "data" / "members.jsonl")
     pii = {r["text"][s["start"] : s["end"]] for r in members for s in r["pii"]}
-    for name in SHARED:
+    shared = SHARED + [p.name for p in run_dir.glob("model_card-*.md")]
+    for name in shared:
         text = (run_dir / name).read_text()
-        for c in manifest.canaries:
+        for c in canaries:
             assert c.prefix not in text
             assert not re.search(rf"(?<![0-9A-Za-z+/]){re.escape(c.secret)}(?![0-9A-Za-z+/])", text), (name, c.id)
         leaked = [v for v in pii if v in text]
@@ -101,7 +106,7 @@ def test_report_rebuilt_from_results_json_alone_is_identical(demo_run):
 
 def test_a_second_run_resumes_from_the_cache(demo_run):
     run_dir, first = demo_run
-    cfg = resolve_config(preset="tiny", canary_files=[TINY_SPEC], overrides={"shadows": 4})
+    cfg = resolve_config(preset="tiny", canary_files=[TINY_SPEC, ONE_RUN_SPEC], overrides={"shadows": 4})
     again = run_demo(cfg, run_dir)
     events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
     last_run = events[max(i for i, e in enumerate(events) if e["event"] == "run_started") :]
@@ -121,3 +126,31 @@ def test_heavily_repeated_canaries_are_extracted_and_reference_canaries_are_not(
     assert sum(c.extracted for c in results.models["dp"].canaries) < sum(c.extracted for c in non_dp)
     groups = {g.repetitions: g for g in results.models["non_dp"].exposure_by_repetition}
     assert groups[32].extracted == sum(top) and groups[0].extracted == 0
+
+
+def test_extraction_memorization_and_pii_are_measured_with_baselines(demo_run):
+    _, results = demo_run
+    non_dp, base, dp = (results.models[k] for k in ("non_dp", "base", "dp"))
+    for m in (non_dp, base, dp):
+        assert [(x.k, x.n) for x in m.memorization] == [(16, 16)]
+        assert m.untargeted_extraction is not None and m.untargeted_extraction.n_samples == 150
+        assert m.pii_extraction is not None and m.pii_extraction.overall.n_training > 0
+    # the base model never saw the private records: nothing it generates is verified as training text
+    assert base.untargeted_extraction.n_memorized == 0
+    assert non_dp.untargeted_extraction.n_memorized > dp.untargeted_extraction.n_memorized
+    mem = non_dp.memorization[0]
+    assert mem.members.token_match_mean > mem.non_members.token_match_mean
+    # PII reconstruction: the non-DP model picks a member's true name far above chance, not a non-member's
+    rec = non_dp.pii_reconstruction
+    assert rec["members"].top1_accuracy > 5 * rec["members"].chance_top1
+    assert rec["non_members"].top1_accuracy < rec["members"].top1_accuracy / 2
+
+
+def test_one_run_audit_bounds_eps_and_never_exceeds_the_accountant(demo_run):
+    _, results = demo_run
+    bound = {k: m.empirical_privacy[0] for k, m in results.models.items()}
+    assert all(b.method == "one_run" and b.m == 200 for b in bound.values())
+    assert bound["non_dp"].eps_lower_bound > 0.5  # memorised canaries seen three times
+    assert bound["dp"].eps_lower_bound <= results.models["dp"].privacy.epsilon
+    assert not bound["dp"].exceeds_accountant
+    assert bound["base"].eps_lower_bound == 0.0  # never saw a canary

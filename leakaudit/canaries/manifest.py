@@ -20,6 +20,9 @@ class Canary(BaseModel):
     secret: str = Field(description="The secret drawn from the randomness space.  Never shown in reports.")
     suffix: str = Field(description="Text after the secret.")
     repetitions: int = Field(description="Times inserted into the training data (0 for reference canaries).")
+    randomized: bool = Field(
+        default=False, description="Part of a one-run audit: inserted or not by a fair coin, independently."
+    )
     inserted: bool
     sha256: str = Field(description="SHA-256 of the canary's full text.")
 
@@ -60,7 +63,8 @@ def generate_canaries(spec: CanarySpec) -> CanaryManifest:
     canaries never share a prefix unless the template has no fields.
     """
     fmt = spec.secret_format
-    n_total = len(spec.repetitions) * spec.canaries_per_repetition + spec.reference_canaries
+    one_run = spec.design == "one_run"
+    n_total = len(spec.repetitions) * spec.canaries_per_repetition + (0 if one_run else spec.reference_canaries)
     if n_total > fmt.space_size:
         raise ValueError(f"spec '{spec.name}' asks for {n_total} distinct secrets from a space of {fmt.space_size}")
     rng = random.Random(spec.seed)
@@ -70,7 +74,12 @@ def generate_canaries(spec: CanarySpec) -> CanaryManifest:
     secrets: set[str] = set()
     prefixes: set[str] = set()
     plan = [r for r in spec.repetitions for _ in range(spec.canaries_per_repetition)]
-    plan += [0] * spec.reference_canaries
+    if one_run:
+        # each canary in with probability 1/2, independently (its own stream: the secrets do not shift)
+        coin = random.Random(f"{spec.seed}-inclusion")
+        plan = [r if coin.random() < 0.5 else 0 for r in plan]
+    else:
+        plan += [0] * spec.reference_canaries
     canaries = []
     for i, reps in enumerate(plan):
         secret = fmt.sample(rng)
@@ -92,6 +101,7 @@ def generate_canaries(spec: CanarySpec) -> CanaryManifest:
                 suffix=suffix,
                 repetitions=reps,
                 inserted=reps > 0,
+                randomized=one_run,
                 sha256=sha256_text(prefix + secret + suffix),
             )
         )

@@ -40,6 +40,9 @@ class CanarySpec(BaseModel):
         repetitions: [1, 2, 4, 8, 16, 32]
         canaries_per_repetition: 4
         reference_canaries: 24
+
+    A one-run audit spec sets ``design: one_run`` and, for example, ``repetitions: [1]`` and
+    ``canaries_per_repetition: 1000``; ``reference_canaries`` is then unused.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -54,6 +57,13 @@ class CanarySpec(BaseModel):
         default=1000, ge=10, description="Random secrets scored as the null population for exposure."
     )
     seed: int = Field(default=0, description="Seed for secrets and per-canary fields.")
+    design: Literal["fixed", "one_run"] = Field(
+        default="fixed",
+        description="'fixed': canaries_per_repetition canaries inserted at each count plus reference canaries "
+        "(exposure by repetition).  'one_run': canaries_per_repetition canaries per count, each inserted "
+        "independently with probability 1/2 (the others are the references): the design of the one-run "
+        "privacy audit (Steinke et al. 2023), which turns their scores into an empirical lower bound on eps.",
+    )
 
     @field_validator("repetitions")
     @classmethod

@@ -59,6 +59,16 @@ def _windows(i: int, ids: list[int], n_special: int, context: int) -> list[_Row]
     return rows
 
 
+def _span_nll(enc: list, lps: list[np.ndarray], spans: list[tuple[int, int]]) -> np.ndarray:
+    """Minus the summed log-prob of the tokens covering any character of each text's span."""
+    out = np.empty(len(spans), dtype=np.float64)
+    for j, (e, lp, (start, end)) in enumerate(zip(enc, lps, spans)):
+        # lp[t] scores token t + 1 (the leading BOS is never scored)
+        sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < end and b > start]
+        out[j] = -float(np.sum(lp[sel], dtype=np.float64))
+    return out
+
+
 class Target:
     """A model and tokenizer behind the small interface attacks use.
 
@@ -196,19 +206,17 @@ class Target:
         the prefix's trailing space merges into the secret's first token).  The tokens all
         candidates share are run once and their key/value cache reused for every candidate.
         """
-        texts = [prefix + c for c in candidates]
-        enc = encode(self.tokenizer, texts)
+        enc = encode(self.tokenizer, [prefix + c for c in candidates])
         lps = self._shared_prefix_scores([e.ids for e in enc])
         if lps is None:
             lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
-        start = len(prefix)
-        out = np.empty(len(candidates), dtype=np.float64)
-        for j, (e, lp, c) in enumerate(zip(enc, lps, candidates)):
-            end = start + len(c)
-            # lp[t] scores token t + 1 (the leading BOS is never scored)
-            sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < end and b > start]
-            out[j] = -float(np.sum(lp[sel], dtype=np.float64))
-        return out
+        return _span_nll(enc, lps, [(len(prefix), len(prefix) + len(c)) for c in candidates])
+
+    def secrets_nll(self, prefixes: list[str], secrets: list[str]) -> np.ndarray:
+        """Summed NLL of ``secrets[i]`` after ``prefixes[i]`` for many canaries at once (batched)."""
+        enc = encode(self.tokenizer, [p + c for p, c in zip(prefixes, secrets)])
+        lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
+        return _span_nll(enc, lps, [(len(p), len(p) + len(c)) for p, c in zip(prefixes, secrets)])
 
     @torch.no_grad()
     def _shared_prefix_scores(self, ids_list: list[list[int]]) -> list[np.ndarray] | None:
