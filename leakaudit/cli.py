@@ -75,7 +75,7 @@ def demo(
     if epsilon is not None:
         if epsilon <= 0:
             raise LeakauditError(f"--epsilon must be > 0 (got {epsilon:g})")
-        overrides["dp"] = {"target_epsilon": epsilon}
+        overrides["dp"] = {"target_epsilon": epsilon, "noise_multiplier": None}
     if device is not None:
         overrides["device"] = device
     if seed is not None:

@@ -7,13 +7,13 @@ config (canary specs inlined) is written to the run directory as ``config.yaml``
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leakaudit.canaries.spec import CanarySpec, load_spec
 from leakaudit.errors import LeakauditError
+from leakaudit.models.tiny import Arch
 from leakaudit.train.loop import DPSettings, TrainSettings
 
 REPO_CANARIES = Path(__file__).resolve().parents[1] / "canaries"
@@ -39,7 +39,7 @@ class DataConfig(BaseModel):
 
 class ModelConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    arch: Literal["gpt2", "llama"] = "gpt2"
+    arch: Arch = "gpt2"
     vocab_size: int = Field(default=2048, ge=300)
     n_layer: int = Field(default=4, ge=1)
     n_embd: int = Field(default=128, ge=8)

@@ -125,7 +125,7 @@ def run_demo(
     )
     dp_dir = stage(
         run_dir, "models/dp", {**tune_key, "train": cfg_json["dp_train"], "dp": cfg_json["dp"]},
-        finetune(cfg.dp_train, cfg.dp, f"fine-tuning with DP-SGD (eps {cfg.dp.target_epsilon:g})"), log,
+        finetune(cfg.dp_train, cfg.dp, f"fine-tuning with DP-SGD ({_dp_label(cfg.dp)})"), log,
     )
 
     # 5. shadow models (optional) and the audit ---------------------------------------------
@@ -139,7 +139,7 @@ def run_demo(
     models = [
         ModelToAudit("base", base_dir, "pretrained on public data only (never saw the private records)"),
         ModelToAudit("non_dp", nondp_dir, "fine-tuned on the members and canaries without DP"),
-        ModelToAudit("dp", dp_dir, f"fine-tuned with DP-SGD, target eps {cfg.dp.target_epsilon:g}"),
+        ModelToAudit("dp", dp_dir, f"fine-tuned with DP-SGD, {_dp_label(cfg.dp)}"),
     ]
     options = AuditOptions(
         attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
@@ -159,8 +159,14 @@ def run_demo(
     )
 
 
+def _dp_label(dp) -> str:
+    if dp.target_epsilon is not None:
+        return f"target eps {dp.target_epsilon:g}"
+    return f"noise multiplier {dp.noise_multiplier:g}"
+
+
 def _train(model, tok, texts, settings, dp, bar: BarFactory, label: str):
-    n_steps = settings.epochs * max(1, -(-len(texts) // settings.batch_size))
+    n_steps = settings.steps or settings.epochs * max(1, -(-len(texts) // settings.batch_size))
     with bar(label, n_steps) as update:
         return train_model(model, tok, texts, settings, dp=dp, progress=update)
 

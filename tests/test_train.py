@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
-from leakaudit.models import Target, load_model
+from leakaudit.models import Target, build_model, load_model
 from leakaudit.models.tokenize import encode
 from leakaudit.train import DPSettings, TrainSettings, save_trained, sequence_losses, train_model
+from leakaudit.train.loop import LoraSettings, matched_settings
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waiting costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def test_sequence_losses_ignore_padding(gpt2, tokenizer, corpora):
@@ -56,17 +66,52 @@ def test_dp_training_reaches_its_epsilon_and_the_model_generates(request, tokeni
     assert out.shape[1] == x.shape[1] + 5
 
 
-def test_rdp_epsilon_matches_dp_accounting(gpt2, tokenizer, corpora):
-    """The reported eps recomputed with Google's dp-accounting (an independent RDP accountant)."""
-    dp_accounting = pytest.importorskip("dp_accounting")
+def test_dp_settings_take_exactly_one_of_epsilon_and_noise():
+    with pytest.raises(ValueError, match="exactly one"):
+        DPSettings()
+    with pytest.raises(ValueError, match="exactly one"):
+        DPSettings(target_epsilon=1.0, noise_multiplier=1.0)
+    with pytest.raises(ValueError, match="flat"):
+        DPSettings(noise_multiplier=1.0, grad_sample_mode="ghost", clipping="per_layer")
+    assert DPSettings(noise_multiplier=0.7).grad_sample_mode == "hooks"
+
+
+def test_steps_override_epochs(gpt2, tokenizer, corpora):
     model = copy.deepcopy(gpt2)
-    texts = [r["text"] for r in corpora[0]]
-    dp = DPSettings(target_epsilon=3.0, accountant="rdp", delta=1e-5)
-    rec = train_model(model, tokenizer, texts, TrainSettings(epochs=2, batch_size=12, lr=1e-3), dp=dp)
-    event = dp_accounting.SelfComposedDpEvent(
-        dp_accounting.PoissonSampledDpEvent(rec.sample_rate, dp_accounting.GaussianDpEvent(rec.noise_multiplier)),
-        rec.steps,
+    texts = [r["text"] for r in corpora[0][:10]]
+    calls = []
+    rec = train_model(
+        model, tokenizer, texts, TrainSettings(epochs=5, steps=7, batch_size=4, max_length=32),
+        progress=lambda s, t, loss: calls.append((s, t)),
     )
-    acc = dp_accounting.rdp.RdpAccountant()
-    acc.compose(event)
-    assert rec.epsilon == pytest.approx(acc.get_epsilon(rec.delta), rel=0.01)
+    assert rec.steps == 7 and calls[-1] == (7, 7) and rec.epochs == pytest.approx(7 / 3)
+
+
+def test_matched_plain_run_takes_the_dp_runs_steps_and_batch(tokenizer, corpora):
+    texts = [r["text"] for r in corpora[0][:30]]
+    dp_settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, max_length=32)
+    model = build_model(tokenizer, arch="llama", n_layer=1, n_embd=16, n_head=2, context=64)
+    rec = train_model(model, tokenizer, texts, dp_settings, dp=DPSettings(noise_multiplier=1.0))
+    assert rec.sample_rate == pytest.approx(1 / 4) and rec.steps == 8
+    plain = matched_settings(rec, len(texts), base=dp_settings)
+    assert plain.steps == 8 and plain.batch_size == 8 and plain.lr == dp_settings.lr  # round(30 / 4)
+    assert matched_settings(dp_settings, len(texts)) == plain
+    plain_rec = train_model(copy.deepcopy(model), tokenizer, texts, plain)
+    assert plain_rec.steps == rec.steps and plain_rec.epsilon is None
+    # Poisson rate 1 / ceil(N / b): 30 records in batches of 7 give q = 1/5, an expected batch of 6
+    assert matched_settings(TrainSettings(epochs=1, batch_size=7), 30).model_dump(include={"steps", "batch_size"}) == {
+        "steps": 5, "batch_size": 6,
+    }
+
+
+def test_plain_lora_training_merges_into_a_plain_model(llama, tokenizer, corpora, tmp_path):
+    model = copy.deepcopy(llama)
+    texts = [r["text"] for r in corpora[0][:8]]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    settings = TrainSettings(epochs=1, batch_size=4, max_length=32, lr=1e-2, lora=LoraSettings(r=2))
+    rec = train_model(model, tokenizer, texts, settings)
+    assert rec.steps == 2 and set(model.state_dict()) == set(before)
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all("proj" in k for k in changed)
+    save_trained(model, tokenizer, tmp_path, rec)
+    assert load_model(tmp_path).model.state_dict().keys() == before.keys()

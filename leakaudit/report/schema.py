@@ -29,6 +29,9 @@ class PrivacyRecord(_Model):
     accountant: str | None = Field(default=None, description="Privacy accountant (prv, rdp, ...).")
     epochs: float | None = Field(default=None, description="Passes over the training set.")
     dataset_size: int | None = Field(default=None, description="Records in the training set.")
+    clipping: str | None = Field(default=None, description="flat, per_layer or adaptive clipping.")
+    grad_sample_mode: str | None = Field(default=None, description="Opacus per-sample gradients: hooks, ghost, ...")
+    lora_rank: int | None = Field(default=None, description="LoRA rank when only adapters were trained (merged).")
 
 
 class RocCurve(_Model):

@@ -2,11 +2,18 @@
 
 from leakaudit.train.loop import (
     DPSettings,
+    LoraSettings,
     TrainSettings,
+    apply_lora,
     default_delta,
+    matched_settings,
+    merge_lora,
     save_trained,
     sequence_losses,
     train_model,
 )
 
-__all__ = ["DPSettings", "TrainSettings", "default_delta", "save_trained", "sequence_losses", "train_model"]
+__all__ = [
+    "DPSettings", "LoraSettings", "TrainSettings", "apply_lora", "default_delta", "matched_settings", "merge_lora",
+    "save_trained", "sequence_losses", "train_model",
+]

@@ -15,17 +15,29 @@ Per-architecture details (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX and OPT are tes
   attention mask ([B, T] already) and gets none.
 - OPT's learned position table is called as ``embed_positions(mask, past_length,
   position_ids=...)``: Opacus cannot record that call (an ``int`` argument) and has no
-  per-sample rule for OPT's subclass of ``nn.Embedding``.  During DP training the table is
-  swapped for :class:`_OPTPositions`, a plain ``nn.Embedding`` over explicit position ids
-  that shares the same weight, and swapped back afterwards.
+  per-sample rule for OPT's subclass of ``nn.Embedding``.  OPT's decoder layers also
+  flatten the hidden states to [B * T, D] before ``final_layer_norm``, ``fc1`` and ``fc2``,
+  so Opacus would take every token for an example.  During DP training both are wrapped
+  (:class:`_OPTPositions`, :class:`_Unflatten`, sharing the same weights) and unwrapped
+  afterwards.
 - Norm layers without an Opacus rule of their own (``LlamaRMSNorm``, ``Qwen2RMSNorm``,
   ``MistralRMSNorm``; Opacus only has one for ``torch.nn.RMSNorm``) and GPT-2's ``Conv1D``
-  are trained, not frozen: in "hooks" mode Opacus computes their per-sample gradients with
-  its functorch fallback (``vmap`` of the layer's own gradient, exact, per layer).
+  are trained, not frozen: Opacus computes their per-sample gradients with its functorch
+  fallback (``vmap`` of the layer's own gradient: exact, per layer).  In "ghost" mode those
+  layers get the same explicit per-sample gradients (Opacus's "fast gradient clipping");
+  ``nn.Linear`` and ``nn.Embedding`` get ghost norms.  Nothing is frozen in full fine-tuning.
+- Ghost clipping's ``nn.Embedding`` norm flattens the token ids with ``.view``, which fails
+  on a column slice of a padded batch ("view size is not compatible with input tensor's
+  size and stride"): :func:`sequence_losses` passes contiguous ids, mask and positions.
 - With LoRA (peft), only the adapter matrices are trainable, clipped and noised; every
-  base weight is frozen.  Adapters are attached after the model is on its device (see
-  METHODS.md: moving a peft model afterwards has been reported to corrupt it) and are
-  merged into the base weights at the end, so the result is a plain Hugging Face model.
+  base weight (embeddings, norms, biases and output head included) is frozen.  Adapters
+  are attached after the model is on its device (see METHODS.md: moving a peft model
+  afterwards has been reported to corrupt it) and merged into the base weights at the
+  end, so the result is a plain Hugging Face model.
+
+An empty Poisson batch gives a noise-only update (and counts towards epsilon).  Tested:
+the six architectures, full and LoRA, in "hooks" mode with per-sample gradients checked
+against each example's own gradient, and ghost norms against their norms.
 """
 
 from __future__ import annotations
@@ -186,7 +198,7 @@ def sequence_losses(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tenso
     # index input with ``.view(-1, 1)``, which fails on a [B, :width] slice of a wider tensor ("view size
     # is not compatible with input tensor's size and stride").  The same holds for position_ids, built
     # with ``repeat`` rather than ``expand`` (stride 0).
-    ids, mask = ids[:, :width], mask[:, :width]
+    ids, mask = ids[:, :width].contiguous(), mask[:, :width].contiguous()
     kwargs: dict = {"input_ids": ids, "attention_mask": mask, "use_cache": False}
     if _model_type(model) != "opt":
         kwargs["position_ids"] = torch.arange(width, device=ids.device).unsqueeze(0).repeat(ids.shape[0], 1)
@@ -567,6 +579,9 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
         accountant=dp.accountant,
         epochs=total * _q(dp_loader),
         dataset_size=n,
+        clipping=dp.clipping,
+        grad_sample_mode=dp.grad_sample_mode,
+        lora_rank=settings.lora.r if settings.lora is not None else None,
     )
 
 

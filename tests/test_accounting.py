@@ -1,0 +1,97 @@
+"""Epsilons cross-checked against Google's independent ``dp_accounting`` package.
+
+Opacus's RDP accountant against dp_accounting's RDP accountant (same bound: within 1%),
+and Opacus's PRV accountant against dp_accounting's PLD accountant (two numerical
+approximations of the same tight privacy curve: within 3%).  Checked for the reference
+point of METHODS.md section 6 and for the privacy records that training actually writes.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from opacus.accountants import PRVAccountant, RDPAccountant
+
+from leakaudit.models import build_model
+from leakaudit.train.loop import DPSettings, TrainSettings, train_model
+
+dp_accounting = pytest.importorskip("dp_accounting")
+
+
+def _event(sigma: float, q: float, steps: int):
+    return dp_accounting.SelfComposedDpEvent(
+        dp_accounting.PoissonSampledDpEvent(q, dp_accounting.GaussianDpEvent(sigma)), steps
+    )
+
+
+def dpa_rdp(sigma: float, q: float, steps: int, delta: float) -> float:
+    acc = dp_accounting.rdp.RdpAccountant()
+    acc.compose(_event(sigma, q, steps))
+    return acc.get_epsilon(delta)
+
+
+def dpa_pld(sigma: float, q: float, steps: int, delta: float) -> float:
+    acc = dp_accounting.pld.PLDAccountant()
+    acc.compose(_event(sigma, q, steps))
+    return acc.get_epsilon(delta)
+
+
+def opacus_eps(kind: str, sigma: float, q: float, steps: int, delta: float) -> float:
+    acc = RDPAccountant() if kind == "rdp" else PRVAccountant()
+    acc.history = [(sigma, q, steps)]
+    return acc.get_epsilon(delta)
+
+
+REF = dict(sigma=1.0, q=0.01, steps=1000, delta=1e-5)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waiting costs a lot."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_reference_point_rdp():
+    ours, theirs = opacus_eps("rdp", **REF), dpa_rdp(**REF)
+    assert ours == pytest.approx(theirs, rel=0.01)
+    assert ours == pytest.approx(2.1014, abs=2e-3)  # METHODS.md section 6
+
+
+def test_reference_point_prv_against_pld():
+    ours, theirs = opacus_eps("prv", **REF), dpa_pld(**REF)
+    assert ours == pytest.approx(theirs, rel=0.03)
+    assert ours == pytest.approx(1.8384, abs=5e-3)
+    assert theirs == pytest.approx(1.8282, abs=5e-3)
+
+
+@pytest.fixture(scope="module")
+def texts(corpora):
+    return [r["text"][:80] for r in corpora[0][:40]]
+
+
+def _dp_record(tokenizer, texts, dp: DPSettings):
+    model = build_model(tokenizer, arch="llama", n_layer=1, n_embd=16, n_head=2, context=64)
+    return train_model(model, tokenizer, texts, TrainSettings(epochs=2, batch_size=5, max_length=32), dp=dp)
+
+
+@pytest.mark.parametrize("accountant", ["rdp", "prv"])
+def test_recorded_epsilon_recomputed_independently(accountant, tokenizer, texts):
+    rec = _dp_record(tokenizer, texts, DPSettings(target_epsilon=3.0, accountant=accountant))
+    assert rec.accountant == accountant and rec.steps == 16 and rec.sample_rate == pytest.approx(1 / 8)
+    assert rec.delta == pytest.approx(min(1e-5, 1 / (10 * len(texts))))
+    assert rec.epsilon == pytest.approx(3.0, rel=0.02) and rec.epsilon <= 3.0 + 1e-6
+    args = (rec.noise_multiplier, rec.sample_rate, rec.steps, rec.delta)
+    assert rec.epsilon == pytest.approx(opacus_eps(accountant, *args), rel=1e-6)
+    if accountant == "rdp":
+        assert rec.epsilon == pytest.approx(dpa_rdp(*args), rel=0.01)
+    else:
+        assert rec.epsilon == pytest.approx(dpa_pld(*args), rel=0.03)
+
+
+def test_noise_multiplier_path_reports_the_accountants_epsilon(tokenizer, texts):
+    rec = _dp_record(tokenizer, texts, DPSettings(noise_multiplier=1.3, delta=1e-6, accountant="prv"))
+    assert rec.noise_multiplier == 1.3 and rec.delta == 1e-6 and rec.steps == 16
+    assert rec.epsilon == pytest.approx(dpa_pld(1.3, rec.sample_rate, rec.steps, 1e-6), rel=0.03)
