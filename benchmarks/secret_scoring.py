@@ -2,9 +2,12 @@
 one-candidate-per-pass loop, in the same run on the same model.
 
     python benchmarks/secret_scoring.py [--candidates 2000] [--size tiny|small|gpt2-small] [--device cpu]
+                                        [--exact-space 1000000]
 
 Prints one JSON object: candidates/s of each method, the ratios, and the largest difference in
-summed NLL between methods (they must agree).
+summed NLL between methods (they must agree).  With ``--exact-space N`` it also times the exact
+exposure of one canary over all N secrets (chunked, shared prefix) against the naive loop's time
+for N candidates, projected from its measured rate on ``--loop-candidates`` of them.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from leakaudit.attacks.exposure import exact_rank  # noqa: E402
+from leakaudit.canaries.formats import get_format  # noqa: E402
 from leakaudit.data import make_corpora  # noqa: E402
 from leakaudit.models import Target, build_model, encode, train_tokenizer  # noqa: E402
+from leakaudit.models.target import span_nll  # noqa: E402
 
 SIZES = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
@@ -45,11 +51,7 @@ def one_per_pass(target: Target, prefix: str, cands: list[str]) -> np.ndarray:
 
 
 def _sum_secret(enc, lps, prefix, cands):
-    s = len(prefix)
-    return np.array([
-        -float(np.sum(lp[[t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < s + len(c) and b > s]]))
-        for e, lp, c in zip(enc, lps, cands)
-    ])
+    return span_nll(enc, lps, [(len(prefix), len(prefix) + len(c)) for c in cands])
 
 
 def timed(fn, *args):
@@ -66,6 +68,8 @@ def main() -> None:
     ap.add_argument("--loop-candidates", type=int, default=200, help="the slow loop runs on a subset")
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--exact-space", type=int, default=0, choices=[0, 10**4, 10**5, 10**6],
+                    help="also time the exact exposure of one canary over a whole digits space of this size")
     args = ap.parse_args()
     sz = SIZES[args.size]
     _, public = make_corpora(1, 2000, seed=0)
@@ -94,6 +98,14 @@ def main() -> None:
         "speedup_vs_one_per_pass": (t_loop / len(sub)) / (t_fast / args.candidates),
         "max_abs_diff_nll": float(max(np.abs(fast - batched).max(), np.abs(fast[: len(sub)] - loop).max())),
     }
+    if args.exact_space:
+        fmt = get_format("digits", len(str(args.exact_space)) - 1)
+        rank, t_exact = timed(exact_rank, target, prefix, cands[0][: fmt.length], fmt)
+        naive = fmt.space_size * (t_loop / len(sub))  # the loop's measured rate, over the whole space
+        res.update({
+            "exact_space": fmt.space_size, "exact_seconds": t_exact, "exact_rank": rank,
+            "naive_loop_seconds_projected": naive, "exact_speedup_vs_naive_loop": naive / t_exact,
+        })
     print(json.dumps(res, indent=2))
 
 

@@ -20,6 +20,7 @@ import random
 import numpy as np
 from scipy.stats import kstest, skewnorm
 
+from leakaudit.canaries.formats import SecretFormat
 from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.models.target import Target
 from leakaudit.report.schema import CanaryResult, ExposureGroup
@@ -50,13 +51,17 @@ def exact_exposure(
     held at once took 19 GB).
     """
     fmt = manifest.spec.secret_format
+    return float(np.log2(fmt.space_size) - np.log2(exact_rank(target, prefix, secret, fmt, chunk=chunk)))
+
+
+def exact_rank(target: Target, prefix: str, secret: str, fmt: SecretFormat, *, chunk: int = 20000) -> int:
+    """Number of secrets of the format at least as likely as ``secret`` after ``prefix`` (>= 1)."""
     own = target.secret_nll(prefix, [secret])[0]
     rank = 0
     for start in range(0, fmt.space_size, chunk):
         batch = [fmt.from_index(i) for i in range(start, min(start + chunk, fmt.space_size))]
         rank += int(np.sum(target.secret_nll(prefix, batch) <= own + 1e-4))  # float32 noise counts against
-    rank = max(1, rank)
-    return float(np.log2(fmt.space_size) - np.log2(rank))
+    return max(1, rank)
 
 
 def null_secrets(manifest: CanaryManifest, *, seed: int = 0) -> list[str]:

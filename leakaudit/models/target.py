@@ -59,7 +59,7 @@ def _windows(i: int, ids: list[int], n_special: int, context: int) -> list[_Row]
     return rows
 
 
-def _span_nll(enc: list, lps: list[np.ndarray], spans: list[tuple[int, int]]) -> np.ndarray:
+def span_nll(enc: list, lps: list[np.ndarray], spans: list[tuple[int, int]]) -> np.ndarray:
     """Minus the summed log-prob of the tokens covering any character of each text's span."""
     out = np.empty(len(spans), dtype=np.float64)
     for j, (e, lp, (start, end)) in enumerate(zip(enc, lps, spans)):
@@ -210,13 +210,13 @@ class Target:
         lps = self._shared_prefix_scores([e.ids for e in enc])
         if lps is None:
             lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
-        return _span_nll(enc, lps, [(len(prefix), len(prefix) + len(c)) for c in candidates])
+        return span_nll(enc, lps, [(len(prefix), len(prefix) + len(c)) for c in candidates])
 
     def secrets_nll(self, prefixes: list[str], secrets: list[str]) -> np.ndarray:
         """Summed NLL of ``secrets[i]`` after ``prefixes[i]`` for many canaries at once (batched)."""
         enc = encode(self.tokenizer, [p + c for p, c in zip(prefixes, secrets)])
         lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
-        return _span_nll(enc, lps, [(len(p), len(p) + len(c)) for p, c in zip(prefixes, secrets)])
+        return span_nll(enc, lps, [(len(p), len(p) + len(c)) for p, c in zip(prefixes, secrets)])
 
     @torch.no_grad()
     def _shared_prefix_scores(self, ids_list: list[list[int]]) -> list[np.ndarray] | None:
