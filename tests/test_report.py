@@ -3,28 +3,56 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
+from pathlib import Path
 
 import pytest
 
 from leakaudit.report.plots import attack_order, exposure_plot, png_size, roc_plot
-from leakaudit.report.render import _extraction_sentence, render_html, render_markdown, write_reports
+from leakaudit.report.render import (
+    _extraction_sentence,
+    binomial_greater,
+    fisher_greater,
+    render_html,
+    render_markdown,
+    results_schema_text,
+    wilson,
+    write_reports,
+)
 from leakaudit.report.schema import (
     AttackResult,
     CanaryResult,
     CanarySpecSummary,
     DPBoundCheck,
+    EmpiricalPrivacy,
     ExposureGroup,
+    MemorizationResult,
+    MemorizationStats,
     ModelResult,
+    PIIExtraction,
+    PIIExtractionCounts,
+    PIIReconstruction,
     PrivacyRecord,
     Results,
     RocCurve,
     RunInfo,
+    UntargetedExtraction,
     Utility,
 )
 
 MODELS = ("base", "non_dp", "dp")
 SECTIONS = ("summary", "audited", "privacy", "exposure", "mia", "utility", "limitations")
+NEW_SECTIONS = (
+    "findings",
+    "memorization",
+    "untargeted",
+    "pii",
+    "reconstruction",
+    "empirical",
+    "comparison",
+    "compliance",
+)
 MD_HEADINGS = (
     "## Summary",
     "## What was audited",
@@ -116,14 +144,25 @@ def _groups(exposures: dict[int, list[float]], extracted: dict[int, list[bool]])
     return groups
 
 
+NEW_RESULT_FIELDS = {
+    "memorization": [],
+    "untargeted_extraction": None,
+    "pii_extraction": None,
+    "pii_reconstruction": {},
+    "empirical_privacy": [],
+}
+
+
 def _without_new_fields(res: Results) -> Results:
-    """The same results as an older run would record them: no skew-normal, exact or extraction data."""
+    """The same results as an older run would record them: no skew-normal, exact or extraction data, no
+    memorization, untargeted or PII extraction, PII reconstruction or empirical privacy."""
     blank = {
         "exposure_bits_skewnorm": None,
         "skewnorm_ks_pvalue": None,
         "exposure_bits_exact": None,
         "extracted": None,
         "extraction_expansions": None,
+        "extracted_beam": None,
     }
     models = {
         name: m.model_copy(
@@ -133,10 +172,149 @@ def _without_new_fields(res: Results) -> Results:
                     g.model_copy(update={"median_exposure_bits_skewnorm": None, "extracted": None})
                     for g in m.exposure_by_repetition
                 ],
+                **NEW_RESULT_FIELDS,
             }
         )
         for name, m in res.models.items()
     }
+    return res.model_copy(update={"models": models})
+
+
+def _stats(n: int, exact: int, approx: int, token: float) -> MemorizationStats:
+    lo, hi = (0.0, 3.7 / n) if exact == 0 else (max(0.0, exact / n - 0.03), exact / n + 0.04)
+    return MemorizationStats(
+        n_records=n,
+        exact_matches=exact,
+        exact_match_rate=exact / n,
+        exact_match_ci=(lo, hi),
+        token_match_mean=token,
+        approx_match_rate=approx / n,
+        bleu_mean=token + 0.05,
+        edit_similarity_mean=token + 0.01,
+    )
+
+
+def _memorization(name: str) -> list[MemorizationResult]:
+    exact = {"base": 0, "non_dp": 12, "dp": 1}[name]
+    out = [
+        MemorizationResult(
+            k=32,
+            n=32,
+            skipped_short=3,
+            members=_stats(200, exact, exact + 4 if exact else 0, 0.1 + exact / 100),
+            non_members=_stats(200, 0, 0, 0.1),
+        )
+    ]
+    if name == "non_dp":  # a second setting on one model only: the others show dashes there
+        out.append(MemorizationResult(k=64, n=32, members=_stats(190, 20, 25, 0.4), non_members=_stats(190, 0, 0, 0.1)))
+    return out
+
+
+def _untargeted(name: str) -> UntargetedExtraction | None:
+    if name == "base":
+        return None  # not run on the base model: its column shows dashes
+    leaky = name == "non_dp"
+    return UntargetedExtraction(
+        n_samples=1000,
+        sample_tokens=64,
+        strategies={"top_k": 400, "temperature_decay": 300, "public_prompt": 300},
+        n_unique=800 if leaky else 950,
+        verify_ngram=12,
+        n_memorized=40 if leaky else 1,
+        n_training_records_reproduced=25 if leaky else 1,
+        n_in_public=10,
+        n_non_member_matches=2 if leaky else 1,
+        precision_at_k={"perplexity": {"10": 0.9 if leaky else 0.0, "100": 0.3 if leaky else 0.01}},
+        baseline_precision_at_k={"perplexity": {"10": 0.0, "100": 0.01}},
+    )
+
+
+def _pii_counts(n_true: int, n_training: int, filtered_true: int = 1) -> PIIExtractionCounts:
+    leaked = n_true + 3
+    return PIIExtractionCounts(
+        n_generated_pii=leaked + 2,
+        n_mentions=leaked + 9,
+        n_baseline_pii=4,
+        n_filtered=2,
+        n_filtered_true=filtered_true,
+        n_baseline_true=filtered_true,
+        n_leaked=leaked,
+        n_true=n_true,
+        n_training=n_training,
+        precision=n_true / leaked,
+        recall=n_true / n_training,
+        precision_unfiltered=(n_true + filtered_true) / (leaked + 2),
+        recall_unfiltered=(n_true + filtered_true) / n_training,
+    )
+
+
+def _pii(name: str) -> PIIExtraction:
+    emails, phones = {"base": (0, 0), "non_dp": (5, 2), "dp": (0, 0)}[name]
+    return PIIExtraction(
+        types=["email", "phone"],
+        n_generated=1000,
+        n_baseline_generated=1000,
+        overall=_pii_counts(emails + phones, 50, 2),
+        by_type={"email": _pii_counts(emails, 30), "phone": _pii_counts(phones, 20)},
+        notes=["names are detected from the training annotations only: their precision is 1 by construction"],
+    )
+
+
+def _reconstruction(top1: float, n: int) -> PIIReconstruction:
+    return PIIReconstruction(
+        pii_type="name",
+        n_queries=n,
+        n_candidates=20,
+        top1_accuracy=top1,
+        mrr=top1 + 0.1,
+        mean_rank=10.5 * (1 - top1) + 1,
+        chance_top1=0.05,
+        chance_mrr=0.17988698570308248,
+        chance_mean_rank=10.5,
+        tie_rate=0.0,
+    )
+
+
+def _empirical(name: str) -> list[EmpiricalPrivacy]:
+    if name == "dp":
+        return [
+            EmpiricalPrivacy(
+                method="one_run",
+                eps_lower_bound=0.8,
+                alpha=0.05,
+                delta=DELTA,
+                r=100,
+                v=70,
+                m=1000,
+                k_plus=50,
+                k_minus=50,
+                best_possible=3.47,
+                accountant_epsilon=EPS,
+                exceeds_accountant=False,
+                note="guesses on the top and bottom 50 canaries",
+            )
+        ]
+    if name == "non_dp":
+        return [EmpiricalPrivacy(method="threshold", eps_lower_bound=2.1, alpha=0.05, delta=DELTA, r=400, v=380, m=400)]
+    return []
+
+
+def _with_failed_dp(res: Results) -> Results:
+    """The DP model's empirical bound exceeds the accountant's eps."""
+    dp = res.models["dp"]
+    bound = dp.empirical_privacy[0].model_copy(update={"eps_lower_bound": 9.1, "exceeds_accountant": True})
+    return res.model_copy(update={"models": {**res.models, "dp": dp.model_copy(update={"empirical_privacy": [bound]})}})
+
+
+def _with_beam(res: Results) -> Results:
+    """Beam-search results too: the beam search ranks first what the best-first search recovered, and one more."""
+    models = {}
+    for name, m in res.models.items():
+        canaries = [
+            c.model_copy(update={"extracted_beam": bool(c.extracted) or (name == "non_dp" and c.id == "codes-r1-0")})
+            for c in m.canaries
+        ]
+        models[name] = m.model_copy(update={"canaries": canaries})
     return res.model_copy(update={"models": models})
 
 
@@ -196,6 +374,8 @@ def make_results() -> Results:
             accountant="prv",
             epochs=3.0,
             dataset_size=200,
+            clipping="per_layer",
+            grad_sample_mode="ghost",
         ),
     }
     aucs = {
@@ -223,6 +403,14 @@ def make_results() -> Results:
             skipped_attacks=skipped[name],
             canaries=_canaries(exposures[name], extracted[name], poor_fit[name]),
             exposure_by_repetition=_groups(exposures[name], extracted[name]),
+            memorization=_memorization(name),
+            untargeted_extraction=_untargeted(name),
+            pii_extraction=_pii(name),
+            pii_reconstruction={
+                "members": _reconstruction({"base": 0.055, "non_dp": 0.5, "dp": 0.06}[name], 200),
+                "non_members": _reconstruction(0.05, 200),
+            },
+            empirical_privacy=_empirical(name),
         )
     spec = CanarySpecSummary(
         name="codes",
@@ -329,10 +517,26 @@ def test_rendering_is_deterministic(results, html, markdown):
 def test_write_reports(results, tmp_path):
     run_dir = tmp_path / "run"
     paths = write_reports(results, run_dir)
-    assert paths == {"markdown": run_dir / "report.md", "html": run_dir / "report.html"}
+    cards = {f"model_card:{name}": run_dir / f"model_card-{name}.md" for name in MODELS}
+    assert paths == {"markdown": run_dir / "report.md", "html": run_dir / "report.html", **cards}
     assert paths["markdown"].read_text(encoding="utf-8") == render_markdown(results)
     assert paths["html"].read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
-    assert sorted(p.name for p in run_dir.iterdir()) == ["report.html", "report.md"]
+    assert sorted(p.name for p in run_dir.iterdir()) == sorted(
+        ["report.html", "report.md", *(f"model_card-{name}.md" for name in MODELS)]
+    )
+
+
+def test_reports_rebuilt_from_results_json_alone_are_identical(results, tmp_path):
+    """What the run writes equals what `leakaudit report` rebuilds from results.json: nothing depends on render time."""
+    first, second = tmp_path / "run", tmp_path / "again"
+    write_reports(results, first)
+    (first / "results.json").write_text(results.model_dump_json(indent=2), encoding="utf-8")
+    rebuilt = Results.model_validate_json((first / "results.json").read_text(encoding="utf-8"))
+    write_reports(rebuilt, second)
+    names = sorted(p.name for p in first.iterdir() if p.name != "results.json")
+    assert names == sorted(p.name for p in second.iterdir())
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
 
 
 def test_renders_without_canaries_or_roc(results):
@@ -535,6 +739,12 @@ def _section(text: str, start: str, end: str) -> str:
     return text[text.index(start) : text.index(end)]
 
 
+def _between(text: str, start: str, end: str) -> str:
+    """From ``start`` to the first ``end`` after it."""
+    i = text.index(start)
+    return text[i : text.index(end, i)]
+
+
 def test_exposure_table_shows_every_estimate_per_model(markdown):
     exposure = _section(markdown, "## Canary exposure", "### Extraction")
     header = "| repetitions | n |" + "".join(f" {m} interpolation | {m} skew-normal | {m} extracted |" for m in MODELS)
@@ -657,3 +867,407 @@ def test_exposure_plot_marks_extracted_canaries(results):
     assert plot.startswith("data:image/png;base64,")
     assert exposure_plot(Results.model_validate_json(results.model_dump_json())) == plot
     assert exposure_plot(_without_new_fields(results)) != plot
+
+
+# --------------------------------------------------------------------------- memorization, extraction, PII, eps
+
+
+FAILED = "FAILED DP GUARANTEE"
+
+
+def test_new_sections_are_in_both_reports(html, markdown):
+    for sid in NEW_SECTIONS:
+        assert f'<section id="{sid}">' in html
+    for heading in (
+        "## Findings",
+        "## Discoverable memorization",
+        "## Untargeted extraction",
+        "## PII extraction",
+        "## PII reconstruction",
+        "## Empirical privacy",
+        "## DP vs non-DP comparison",
+        "## Compliance",
+    ):
+        assert heading in markdown
+    # The issue's order: summary, what was audited, findings, comparison, limitations, compliance.
+    order = ["## Summary", "## What was audited", "## Findings", "## DP vs non-DP comparison", "## Limitations"]
+    positions = [markdown.index(h) for h in [*order, "## Compliance"]]
+    assert positions == sorted(positions)
+    assert html.index('<section id="limitations">') < html.index('<section id="compliance">')
+
+
+def test_verdict_per_model(markdown, html):
+    verdict = _section(markdown, "### Verdict", "### Key figures")
+    paragraphs = {p.split("**")[1]: p for p in verdict.split("\n\n") if p.startswith("**")}
+    assert list(paragraphs) == list(MODELS)
+    assert paragraphs["base"].startswith("**base** (trained without DP): No leakage detected: none of the 6")
+    assert "This is evidence, not proof, that it does not leak (see Limitations)." in paragraphs["base"]
+    non_dp = paragraphs["non_dp"]
+    assert non_dp.startswith("**non_dp** (trained without DP): It leaks its training data.")
+    assert "the strongest attack (rmia) finds 6.0% of them while wrongly flagging 1% of held-out records" in non_dp
+    assert "The secrets of 3 of 6 planted canaries can be extracted from it." in non_dp
+    assert "It completes 6.0% of training records word for word (32 tokens from a 32-token prompt)" in non_dp
+    assert "it writes out text of 25 distinct training records (40 of 800 unique samples)" in non_dp
+    assert "Its samples contain 7 distinct personal-data values of the training records (14.0% of 50)." in non_dp
+    assert "picks the true value among 20 candidates 50.0% of the time (held-out 5.0%, chance 5.0%)" in non_dp
+    dp = paragraphs["dp"]
+    assert dp.startswith("**dp** (trained with DP at ε = 7.98):")
+    # The DP model's membership signal is weak but its AUC interval excludes 0.5; its approximate matches too.
+    assert "It completes 2.5% of training records nearly word for word (BLEU above 0.75)" in dp
+    assert "No leak beyond the baseline in canary extraction, canary exposure, untargeted extraction" in dp
+    summary_html = _section(html, '<section id="summary">', '<section id="audited">')
+    assert summary_html.count('<p class="verdict ') == 3
+    assert '<p class="verdict clean"><strong>base</strong>' in summary_html
+    assert '<p class="verdict leaks"><strong>non_dp</strong>' in summary_html
+
+
+def test_findings_table(markdown, html):
+    findings = _section(markdown, "## Findings", "## Canary exposure")
+    assert "| measurement | what it means | base | non_dp | dp |" in findings
+    rows = {line.split(" | ")[0][2:]: line for line in findings.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {
+        "Membership inference",
+        "Canary extraction",
+        "Canary exposure",
+        "Discoverable memorization",
+        "Untargeted extraction",
+        "PII extraction",
+        "PII reconstruction",
+        "Empirical ε",
+    }
+    mia = rows["Membership inference"]
+    assert "chance is 1%" in mia  # the plain meaning
+    assert "| 6.0% [4.0%, 9.0%] (rmia, AUC 0.900 [0.85, 0.95]); baseline: 1% (chance) ▲ |" in mia
+    assert "| 3/6 inserted canaries; baseline: 0/3 never-inserted canaries ▲ |" in rows["Canary extraction"]
+    assert "| — |" in rows["Untargeted extraction"]  # not run on the base model
+    assert (
+        "| 1 training record (1 of 950 unique samples); baseline: 1 sample matches held-out records only |"
+        in rows["Untargeted extraction"]
+    )
+    assert (
+        "top-1 50.0% [43.1%, 56.9%] (name, 20 candidates); baseline: held-out 5.0%, chance 5.0% ▲"
+        in rows["PII reconstruction"]
+    )
+    assert "ε ≥ 0.80 (one_run, α = 0.05); baseline: accountant ε = 7.98 |" in rows["Empirical ε"]
+    section = _section(html, '<section id="findings">', '<section id="exposure">')
+    assert '<td class="signal">3/6 inserted canaries ▲<br><span class="note">baseline: 0/3 never-inserted' in section
+
+
+def test_memorization_section(markdown, html):
+    mem = _section(markdown, "## Discoverable memorization", "## Untargeted extraction")
+    assert "greedy decoding" in mem and "held-out records (the baseline" in mem
+    assert "### Prompt k = 32 tokens, continuation n = 32 tokens" in mem
+    assert "### Prompt k = 64 tokens, continuation n = 32 tokens" in mem
+    assert (
+        "| non_dp ▲ | 200 vs 200 | 6.0% [3.0%, 10.0%] vs 0% [0%, 1.9%] | 22.0% vs 10.0% | 8.0% vs 0% | "
+        "0.270 vs 0.150 | 3 |"
+    ) in mem
+    assert "| base | 200 vs 200 | 0% [0%, 1.9%] vs 0% [0%, 1.9%] | 10.0% vs 10.0% | 0% vs 0% |" in mem
+    assert "| dp | — | — | — | — | — | — |" in mem  # no k = 64 setting on the DP model
+    assert "approximate match (BLEU > 0.75)" in mem and "skipped (too short)" in mem
+    assert "<h2>Discoverable memorization</h2>" in html
+
+
+def test_untargeted_section(markdown):
+    u = _section(markdown, "## Untargeted extraction", "## PII extraction")
+    assert "| distinct training records reproduced | — | 25 | 1 |" in u
+    assert "| baseline: match held-out records only | — | 2 | 1 |" in u
+    assert "| unique after removing near duplicates | — | 800 | 950 |" in u
+    assert "| reproduce training text (not in the public corpus) | — | 40 | 1 |" in u
+    assert "| samples generated | — | 1,000 × 64 tokens | 1,000 × 64 tokens |" in u
+    assert "| perplexity, top 10 | — | 90.0% vs 0% | 0% vs 0% |" in u
+    assert "| perplexity, top 100 | — | 30.0% vs 1.0% | 1.0% vs 1.0% |" in u
+    assert "No sample text is kept." in u
+
+
+def test_pii_extraction_section(markdown):
+    pii = _section(markdown, "## PII extraction", "## PII reconstruction")
+    assert "| recall (leaked / distinct training PII) | 0% (0/50) | 14.0% (7/50) | 0% (0/50) |" in pii
+    assert "| precision | 0% | 70.0% | 0% |" in pii
+    assert "| without the baseline filter: recall / precision | 4.0% / 40.0% | 18.0% / 75.0% | 4.0% / 40.0% |" in pii
+    assert "| training PII removed by the baseline filter | 2 | 2 | 2 |" in pii
+    assert (
+        "| type | base recall | base precision | non_dp recall | non_dp precision | dp recall | dp precision |" in pii
+    )
+    assert "| email | 0% (0/30); unfiltered 3.3% | 0%; unfiltered 20.0% | 16.7% (5/30); unfiltered 20.0% |" in pii
+    assert pii.count("| email |") == 1 and pii.count("| phone |") == 1
+    assert "- non_dp: names are detected from the training annotations only" in pii
+
+
+def test_pii_reconstruction_section(markdown):
+    rec = _section(markdown, "## PII reconstruction", "## Empirical privacy")
+    assert (
+        "| non_dp: training records | name | 200 | 20 | 50.0% [43.1%, 56.9%] | 5.0% | 0.600 (0.180) | "
+        "6.2 (chance 10.5) | 0% |"
+    ) in rec
+    assert "| non_dp: held-out (baseline) | name | 200 | 20 | 5.0% [2.7%, 9.0%] | 5.0% |" in rec
+
+
+def test_empirical_privacy_section(markdown, html):
+    emp = _section(markdown, "## Empirical privacy", "## Utility")
+    assert (
+        "| dp | one_run | ≥ 0.80 | 0.05, δ = 1.0e-05 | 7.98 | 3.47 | 70/100 (m = 1,000) | "
+        "consistent with the accountant |"
+    ) in emp
+    assert "| non_dp | threshold | ≥ 2.10 | 0.05, δ = 1.0e-05 | none (non-private) | — | 380/400 (m = 400) |" in emp
+    assert "- dp, one_run: guesses on the top and bottom 50 canaries" in emp
+    assert "lower bound" in emp and "Best possible" in emp
+    assert FAILED not in markdown and FAILED not in html and "failed-dp" not in html.split("</style>")[1]
+
+
+def test_failed_dp_guarantee_is_loud_everywhere():
+    from leakaudit.report.modelcard import model_card
+
+    res = _with_failed_dp(make_results())
+    md, html = render_markdown(res), render_html(res)
+    summary = _section(md, "## Summary", "## What was audited")
+    assert f"> **⚠ {FAILED}, dp:** an empirical lower bound on ε exceeds the accountant's ε" in summary
+    assert f"**dp** (trained with DP at ε = 7.98): {FAILED}: the measurements prove ε ≥ 9.10, above the ε = 7.98" in (
+        summary
+    )
+    emp = _section(md, "## Empirical privacy", "## Utility")
+    assert f"> **⚠ {FAILED}, dp:** the one_run audit proves ε ≥ 9.10" in emp
+    assert f"| **⚠ {FAILED}** |" in emp
+    comparison = _section(md, "## DP vs non-DP comparison", "## Limitations")
+    assert f"| ⚠ ≥ 9.10: {FAILED} |" in comparison
+    assert f"⚠ {FAILED}: Empirical ε ε ≥ 9.10" in _section(md, "## Compliance", "### EDPB")
+    # HTML: a red banner in the summary and in the section, the row and the comparison cell in red.
+    summary_html = _section(html, '<section id="summary">', '<section id="audited">')
+    assert f'<div class="failed-dp" role="alert"><strong>⚠ {FAILED}, dp:</strong>' in summary_html
+    assert '<p class="verdict failed"><strong>dp</strong>' in summary_html
+    emp_html = _section(html, '<section id="empirical">', '<section id="utility">')
+    assert '<div class="failed-dp" role="alert">' in emp_html and '<tr class="failed">' in emp_html
+    assert f'<td class="num failed">⚠ ≥ 9.10: {FAILED}</td>' in _between(html, '<section id="comparison">', "</table>")
+    assert f"{FAILED}" in model_card(res, "dp") and "dp_guarantee_failed: true" in model_card(res, "dp")
+
+
+def test_comparison_table(markdown):
+    comparison = _section(markdown, "## DP vs non-DP comparison", "## Limitations")
+    assert (
+        "| model | ε (δ) | best TPR@1% FPR | max canary exposure | canaries extracted | memorization (exact) | "
+        "PII recall | empirical ε |"
+    ) in comparison
+    assert "| base | none (non-private) | 2.1% (zlib) | 1.20 bits | 0/6 | 0% vs 0% held-out | 0% | — |" in comparison
+    assert (
+        "| non_dp | none (non-private) | 6.0% (rmia) | ≥9.97 bits | 3/6 | 6.0% vs 0% held-out | 14.0% | ≥ 2.10 |"
+        in comparison
+    )
+    assert "| dp | 7.98 (δ = 1.0e-05) | 2.6% (rmia) | 2.20 bits | 0/6 | 0.50% vs 0% held-out | 0% | ≥ 0.80 |" in (
+        comparison
+    )
+    assert "Trained with DP: dp; without: base and non_dp." in comparison
+
+
+def test_extraction_table_with_beam_search():
+    res = _with_beam(make_results())
+    md, html = render_markdown(res), render_html(res)
+    extraction = _section(md, "### Extraction", "## Membership inference")
+    header = "| repetitions |" + "".join(f" {m} best-first | {m} beam |" for m in MODELS)
+    assert header in extraction
+    # One more canary inserted once is ranked first by the beam search on non_dp.
+    assert "| 1 | 0/2 | 0/2 | 0/2 | 1/2 | 0/2 | 0/2 |" in extraction
+    assert "| 16 | 0/2 | 0/2 | 2/2 | 2/2 | 0/2 | 0/2 |" in extraction
+    assert "A beam search over the same format ranks the secret first for 4 of 6 inserted canaries and 0 of 3" in (
+        extraction
+    )
+    # Either search counts as extracted in the findings and the comparison.
+    assert "| 4/6 inserted canaries; baseline: 0/3 never-inserted canaries ▲ |" in md
+    assert "| ≥9.97 bits | 4/6 |" in md
+    exposure = _section(html, '<h3 id="extraction">', '<section id="mia">')
+    assert exposure.count('<th scope="colgroup" colspan="2">') == 3
+    assert "codes-r1-0" not in md and "codes-r1-0" not in html  # canary ids are not shown
+
+
+def test_new_sections_render_without_the_new_fields(results):
+    old = _without_new_fields(results)
+    md, html = render_markdown(old), render_html(old)
+    for heading in ("## Discoverable memorization", "## Untargeted extraction", "## PII extraction", "## PII recon"):
+        assert "Not measured in this run." in _between(md, heading, "\n## E" if "recon" in heading else "\n## P")
+    assert md.count("Not measured in this run.") == 4
+    assert "No empirical bound on ε was computed in this run." in md and "No empirical bound" in html
+    assert html.count("<p>Not measured in this run.</p>") == 4
+    comparison = _section(md, "## DP vs non-DP comparison", "## Limitations")
+    assert "| base | none (non-private) | 2.1% (zlib) | 1.20 bits | — | — | — | — |" in comparison
+    findings = _section(md, "## Findings", "## Canary exposure")
+    assert "Discoverable memorization" not in findings and "Empirical ε" not in findings
+    # Older results that lack the new keys altogether validate and render the same.
+    data = old.model_dump(mode="json")
+    for m in data["models"].values():
+        for key in NEW_RESULT_FIELDS:
+            del m[key]
+        for c in m["canaries"]:
+            del c["extracted_beam"]
+    assert render_markdown(Results.model_validate(data)) == md
+
+
+def test_renders_a_bare_model():
+    bare = Results(run=_run(), models={"only": ModelResult(privacy=PrivacyRecord())})
+    md, html = render_markdown(bare), render_html(bare)
+    assert "No leakage measurement was recorded for this model." in md
+    assert "No leakage measurement was recorded in this run." in md
+    assert "| only | none (non-private) | — | — | — | — | — | — |" in md
+    for sid in (*SECTIONS, *NEW_SECTIONS):
+        assert f'<section id="{sid}">' in html
+
+
+def test_limitations(markdown, html):
+    lim = _section(markdown, "## Limitations", "## Compliance")
+    assert "The attacks bound leakage from below" in lim
+    assert "A finite audit cannot certify that a model does not leak" in lim
+    assert "with 1/200 = 0.50%, a TPR at a smaller FPR rests on zero false positives" in lim
+    assert "Canaries measure worst-case memorisation of the inserted random secrets only" in lim
+    assert "An empirical ε is a lower bound" in lim and "PII detection misses some values" in lim
+    assert "<li>The attacks bound leakage from below" in _between(html, '<section id="limitations">', "</section>")
+
+
+def test_compliance_section(markdown, html):
+    comp = markdown[markdown.index("## Compliance") :]
+    assert "> Not legal advice: this section makes no legal determination." in comp
+    for title in (
+        "### GDPR Art. 35: data-protection impact assessment (DPIA)",
+        "### EDPB Opinion 28/2024: can the model be considered anonymous?",
+        "### HIPAA de-identification: expert determination (45 CFR 164.514(b)(1))",
+        "### EU AI Act Art. 10: data and data governance (high-risk systems)",
+    ):
+        assert title in comp
+    assert "very small" in comp and "insignificant" in comp and "membership and attribute inference" in comp
+    edpb = _section(comp, "### EDPB", "### HIPAA")
+    assert "- **non_dp** (leakage measured): Above its baseline: membership inference (6.0% [4.0%, 9.0%]);" in edpb
+    assert "- **base** (no leakage measured): At its baseline (no leak found by these attacks): membership " in edpb
+    gdpr = _section(comp, "### GDPR", "### EDPB")
+    assert "- **dp** (leakage measured): Safeguard: DP-SGD at ε = 7.98, δ = 1.0e-05 (prv accountant)." in gdpr
+    assert "- Audit record: configuration: sha256 aaaaaaaaaaaa, seed 7; data: members.jsonl bbbbbbbbbbbb" in gdpr
+    section = html[html.index('<section id="compliance">') :]
+    assert '<p class="legal">Not legal advice: this section makes no legal determination.' in section
+    assert section.count("<h3 id=") == 4
+
+
+def test_table_of_contents_and_print_stylesheet(html):
+    nav = _section(html, '<nav class="toc"', "</nav>")
+    for sid in (*SECTIONS, *NEW_SECTIONS):
+        assert f'<a href="#{sid}">' in nav
+    css = _section(html, "@media print", "</style>")
+    assert "break-before: page" in css and "break-inside: avoid" in css
+    assert "thead { display: table-header-group; }" in css
+    for sid in ("#audited", "#findings", "#comparison", "#limitations", "#compliance"):
+        assert sid in css
+
+
+def test_statistics_helpers_match_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for a, n1, b, n2 in [(12, 200, 0, 200), (5, 200, 0, 200), (1, 24, 0, 24), (3, 10, 4, 12), (0, 5, 0, 5)]:
+        expected = stats.fisher_exact([[a, n1 - a], [b, n2 - b]], alternative="greater").pvalue
+        assert fisher_greater(a, n1, b, n2) == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    for k, n, q in [(7, 113, 1 / 32), (0, 10, 0.1), (10, 10, 0.5), (50, 200, 0.05)]:
+        assert binomial_greater(k, n, q) == pytest.approx(stats.binom.sf(k - 1, n, q), rel=1e-9, abs=1e-12)
+    lo, hi = wilson(0.5, 200)
+    assert lo == pytest.approx(0.4314, abs=1e-4) and hi == pytest.approx(0.5686, abs=1e-4)
+    assert wilson(0.0, 127)[0] == 0.0 and wilson(0.3, 0) == (0.0, 1.0)
+
+
+def test_no_secret_or_canary_detail_in_any_artifact(results, tmp_path):
+    """Reports and model cards show counts and hashes only: no canary id, canary hash or free text of a sample."""
+    paths = write_reports(_with_beam(results), tmp_path)
+    for path in paths.values():
+        text = path.read_text(encoding="utf-8")
+        for m in results.models.values():
+            for c in m.canaries:
+                assert c.id not in text and c.sha256[:12] not in text, (path.name, c.id)
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+SCHEMA_FILE = Path(__file__).resolve().parents[1] / "docs" / "results.schema.json"
+REGENERATE = "regenerate it with: python -m leakaudit.report.render --write-schema"
+
+
+def test_schema_file_is_in_sync_with_the_models():
+    assert SCHEMA_FILE.is_file(), f"{SCHEMA_FILE} is missing; {REGENERATE}"
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == results_schema_text(), (
+        f"docs/results.schema.json differs from Results.model_json_schema(); {REGENERATE}"
+    )
+    assert json.loads(SCHEMA_FILE.read_text(encoding="utf-8")) == Results.model_json_schema()
+
+
+@pytest.mark.parametrize("variant", ["full", "with_beam", "failed_dp", "old"])
+def test_fixture_validates_against_the_schema(variant):
+    res = {
+        "full": make_results,
+        "with_beam": lambda: _with_beam(make_results()),
+        "failed_dp": lambda: _with_failed_dp(make_results()),
+        "old": lambda: _without_new_fields(make_results()),
+    }[variant]()
+    data = json.loads(res.model_dump_json())
+    try:
+        import jsonschema
+    except ImportError:  # not a dependency: pydantic validates the same models the schema is generated from
+        assert Results.model_validate(data) == res
+        return
+    schema = json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+    jsonschema.validate(data, schema)
+    bad = json.loads(json.dumps(data))
+    bad["models"]["dp"]["privacy"]["secret"] = "x"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, schema)
+
+
+def test_write_schema(tmp_path):
+    from leakaudit.report.render import main, write_schema
+
+    assert write_schema(tmp_path / "s.json").read_text(encoding="utf-8") == results_schema_text()
+    assert main(["--write-schema", str(tmp_path / "t.json")]) == 0
+    assert (tmp_path / "t.json").read_text(encoding="utf-8") == results_schema_text()
+
+
+def test_findings_without_intervals_are_shown_untested():
+    """Older attack results without intervals: the numbers are shown, no leak or no-leak claim is made from them."""
+    res = make_results()
+    models = {
+        n: m.model_copy(
+            update={"mia_by_unit": {}, "mia": {k: r.model_copy(update={"auc_ci": None}) for k, r in m.mia.items()}}
+        )
+        for n, m in res.models.items()
+    }
+    md = render_markdown(res.model_copy(update={"models": models}))
+    verdict = _section(md, "### Verdict", "### Key figures")
+    assert (
+        "Shown without a test against its baseline (no interval recorded): the strongest membership attack (zlib)"
+        in (verdict)
+    )
+    assert "the largest exposure of a planted secret is 1.20 bits (max 1.10 bits never inserted)" in verdict
+    assert "An attacker can tell" not in verdict and "membership inference does no better" not in verdict
+    edpb = _section(md, "### EDPB", "### HIPAA")
+    assert "Measured without a test against its baseline: membership inference (2.1% [0.10%, 5.1%])" in edpb
+
+
+def test_summary_counts_beam_extractions():
+    md = render_markdown(_with_beam(make_results()))
+    summary = _section(md, "### Key figures", "## What was audited")
+    assert "4 of 6 inserted canaries extracted by either search (with beam)" in summary
+    assert "either search" not in _section(render_markdown(make_results()), "### Key figures", "## What was audited")
+
+
+def test_privacy_table_shows_the_dp_training_settings(markdown):
+    privacy = _section(markdown, "## Privacy", "## Findings")
+    assert "| clipping | — | — | per_layer |" in privacy
+    assert "| per-sample gradients (Opacus) | — | — | ghost |" in privacy
+    assert "LoRA rank" not in privacy  # no model recorded one
+    old = render_markdown(
+        _without_new_fields(make_results()).model_copy(
+            update={
+                "models": {
+                    n: m.model_copy(update={"privacy": PrivacyRecord()}) for n, m in make_results().models.items()
+                }
+            }
+        )
+    )
+    assert "| clipping |" not in old
+
+
+def test_preflight_warnings_are_listed_and_capped():
+    warnings = [f"codes-r{i}: inserted 4 time(s) but found 3 time(s) in the training data" for i in range(8)]
+    md = render_markdown(make_results().model_copy(update={"run": _run(preflight_warnings=warnings)}))
+    audited = _section(md, "## What was audited", "## Privacy")
+    assert audited.count("| pre-flight warning |") == 6
+    assert "| pre-flight warning | codes-r0: inserted 4 time(s) but found 3 time(s) in the training data |" in audited
+    assert "| pre-flight warning | … and 3 more (all in results.json) |" in audited

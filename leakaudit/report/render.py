@@ -3,19 +3,31 @@
 All numbers are formatted here, into a plain "view" dict that both Jinja templates lay out,
 so the two reports always agree.  Output depends only on the results (the date shown is
 ``results.run.created``), so rendering the same results twice gives identical files.
+
+Each model's measurements are condensed into :class:`Finding` objects (value, interval,
+baseline, whether it exceeds the baseline beyond sampling error, a plain sentence); the
+summary verdict, the findings table, the DP comparison, the Compliance section
+(:mod:`leakaudit.report.compliance`) and the model cards (:mod:`leakaudit.report.modelcard`)
+are built from them.  ``python -m leakaudit.report.render --write-schema`` regenerates
+``docs/results.schema.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import re
 import statistics
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 from leakaudit.io import write_text_atomic
+from leakaudit.report.compliance import compliance
 from leakaudit.report.plots import (
     attack_order,
     exposure_plot,
@@ -25,12 +37,22 @@ from leakaudit.report.plots import (
     roc_plot,
     unit_attacks,
 )
-from leakaudit.report.schema import FPR_LEVELS, AttackResult, CanaryResult, ModelResult, Results
+from leakaudit.report.schema import (
+    FPR_LEVELS,
+    AttackResult,
+    CanaryResult,
+    EmpiricalPrivacy,
+    MemorizationResult,
+    ModelResult,
+    Results,
+)
 
 DASH = "—"
 HIGH_REPETITIONS = 16
 """The summary compares canaries inserted at least this many times with reference canaries."""
 SHORT_HASH = 12
+MAX_PREFLIGHT = 5
+"""Pre-flight warnings listed under What was audited (the rest are counted)."""
 KEY_LEVEL = "0.01"
 """The FPR level used to rank attacks (TPR at 1% FPR): the best is starred and named in the summary."""
 BEST = "★"
@@ -113,15 +135,19 @@ def _space(size: int, bits: float) -> str:
 # --------------------------------------------------------------------------- sections
 
 
-def _summary(results: Results) -> dict[str, Any]:
+def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, Any]:
     lines = []
     alerts = []
     for name, model in results.models.items():
         parts = [f"ε = {_epsilon(model.privacy.epsilon)}"]
         parts.append(_exposure_sentence(model, results))
-        extraction = _extraction_short(_extraction_counts(model))
+        counts = _extraction_counts(model)
+        extraction = _extraction_short(counts)
         if extraction:
             parts.append(extraction)
+        either = canary_extraction_counts(model) if _beam_counts(model) else None
+        if either is not None and either[0][0] != sum(k for r, (k, _) in counts.items() if r > 0):
+            parts.append(f"{either[0][0]} of {either[0][1]} inserted canaries extracted by either search (with beam)")
         strongest = _strongest(model)
         if strongest:
             parts.append(strongest)
@@ -134,6 +160,15 @@ def _summary(results: Results) -> dict[str, Any]:
             if dp["status"] == "violated":
                 alerts.append(dp)
         lines.append({"name": name, "description": model.description, "text": "; ".join(parts) + "."})
+        if any(e.exceeds_accountant for e in model.empirical_privacy):
+            alerts.append(
+                {
+                    "status": "failed",
+                    "headline": f"{FAILED_DP}, {name}:",
+                    "text": "an empirical lower bound on ε exceeds the accountant's ε: the DP training or its "
+                    "accounting is broken (see Empirical privacy). Do not rely on this model's privacy guarantee.",
+                }
+            )
     caps = sorted({s.null_samples for s in results.canary_specs})
     if len(caps) == 1:
         cap_text = f"log2({caps[0]:,}) = {math.log2(caps[0]):.2f} bits"
@@ -158,7 +193,8 @@ def _summary(results: Results) -> dict[str, Any]:
         f"This report audits {n} model{'s' if n != 1 else ''} ({', '.join(results.models)}) "
         f"from the run created {results.run.created}."
     )
-    return {"intro": intro, "models": lines, "explain": explain, "alerts": alerts}
+    verdicts = [_verdict(name, m, findings[name]) for name, m in results.models.items()]
+    return {"intro": intro, "models": lines, "explain": explain, "alerts": alerts, "verdicts": verdicts}
 
 
 def _tpr_key(r: AttackResult) -> float | None:
@@ -274,6 +310,11 @@ def _audited(results: Results) -> dict[str, Any]:
     else:
         rows.append(("reference models", "none", False))
     rows.append(("shadow models (LiRA, RMIA)", str(run.shadow_models) if run.shadow_models else "none", False))
+    shown = run.preflight_warnings[:MAX_PREFLIGHT]
+    rows += [("pre-flight warning", w, False) for w in shown]
+    if len(run.preflight_warnings) > len(shown):
+        more = len(run.preflight_warnings) - len(shown)
+        rows.append(("pre-flight warning", f"… and {more} more (all in results.json)", False))
     run_rows = [{"label": label, "value": value, "code": code} for label, value, code in rows]
 
     files: list[str] = []
@@ -295,7 +336,11 @@ def _audited(results: Results) -> dict[str, Any]:
                 "code": True,
             }
         )
-    return {"run": run_rows, "models": model_rows}
+    note = (
+        f"Hashes are SHA-256, shortened to their first {SHORT_HASH} hex digits; results.json holds them in full. "
+        "Paths of models are relative to the run directory."
+    )
+    return {"run": run_rows, "models": model_rows, "note": note}
 
 
 def _privacy(results: Results) -> list[dict[str, Any]]:
@@ -310,8 +355,14 @@ def _privacy(results: Results) -> list[dict[str, Any]]:
         ("accountant", [p.accountant or DASH for p in ps]),
         ("epochs", [_f(p.epochs, ".3g") for p in ps]),
         ("training records", [_int(p.dataset_size) for p in ps]),
-        (f"DP bound check ({DP_BOUND})", [_dp_cell(name, m) for name, m in results.models.items()]),
     ]
+    optional = [
+        ("clipping", [p.clipping or DASH for p in ps]),
+        ("per-sample gradients (Opacus)", [p.grad_sample_mode or DASH for p in ps]),
+        ("LoRA rank (adapters only)", [_int(p.lora_rank) for p in ps]),
+    ]
+    rows += [(label, cells) for label, cells in optional if any(c != DASH for c in cells)]
+    rows.append((f"DP bound check ({DP_BOUND})", [_dp_cell(name, m) for name, m in results.models.items()]))
     return [{"label": label, "cells": cells} for label, cells in rows]
 
 
@@ -537,21 +588,45 @@ def _extraction_sentence(counts: dict[int, tuple[int, int]]) -> str:
     return text + "."
 
 
+def _beam_counts(model: ModelResult) -> dict[int, tuple[int, int]]:
+    """Repetition count -> (ranked first by the beam search, beam-searched); empty when no beam search ran."""
+    out: dict[int, tuple[int, int]] = {}
+    for c in model.canaries:
+        if c.extracted_beam is not None:
+            k, n = out.get(c.repetitions, (0, 0))
+            out[c.repetitions] = (k + int(c.extracted_beam), n + 1)
+    return dict(sorted(out.items()))
+
+
+def _beam_sentence(counts: dict[int, tuple[int, int]]) -> str:
+    inserted = [kn for r, kn in counts.items() if r > 0]
+    k, n = sum(x for x, _ in inserted), sum(x for _, x in inserted)
+    text = f" A beam search over the same format ranks the secret first for {k} of {n} inserted canaries"
+    ref = counts.get(0)
+    if ref:
+        text += f" and {ref[0]} of {ref[1]} reference canaries"
+    return text + "."
+
+
 def _extraction(results: Results) -> dict[str, Any]:
     counts = {name: _extraction_counts(m) for name, m in results.models.items()}
-    reps = sorted({r for c in counts.values() for r in c})
+    beams = {name: _beam_counts(m) for name, m in results.models.items()}
+    beam = any(beams.values())
+    reps = sorted({r for c in [*counts.values(), *beams.values()] for r in c})
+    measures = ["best-first", "beam"] if beam else []
     rows = []
     for rep in reps:
         cells = []
         for name in results.models:
-            kn = counts[name].get(rep)
-            cells.append(DASH if kn is None else f"{kn[0]}/{kn[1]}")
+            for source in (counts, beams) if beam else (counts,):
+                kn = source[name].get(rep)
+                cells.append(DASH if kn is None else f"{kn[0]}/{kn[1]}")
         rows.append({"label": "reference (0)" if rep == 0 else str(rep), "cells": cells})
     lines = []
     for name, model in results.models.items():
-        if not counts[name]:
+        if not counts[name] and not beams[name]:
             continue
-        text = _extraction_sentence(counts[name])
+        text = _extraction_sentence(counts[name]) if counts[name] else "The best-first search was not run."
         passes = [c.extraction_expansions for c in model.canaries if c.extraction_expansions is not None]
         if passes and min(passes) == max(passes):
             text += f" It used {max(passes):,} forward passes per canary."
@@ -560,12 +635,16 @@ def _extraction(results: Results) -> dict[str, Any]:
                 f" It used {min(passes):,} to {max(passes):,} forward passes per canary "
                 f"(median {statistics.median(passes):,.0f})."
             )
+        if beams[name]:
+            text += _beam_sentence(beams[name])
         lines.append({"name": name, "text": text})
     return {
         "any": bool(rows),
         "rows": rows,
+        "measures": measures,
+        "header": [f"{name} {m}" for name in results.models for m in measures] or list(results.models),
         "models": lines,
-        "not_searched": [name for name in results.models if not counts[name]] if rows else [],
+        "not_searched": [n for n in results.models if not counts[n] and not beams[n]] if rows else [],
     }
 
 
@@ -834,6 +913,899 @@ def _mia(results: Results) -> dict[str, Any]:
     }
 
 
+# --------------------------------------------------------------------------- findings
+#
+# One Finding per kind of measurement and model: the headline number with its interval, the
+# baseline it is compared with, whether it exceeds that baseline beyond sampling error (the
+# "signal") and a plain sentence for the verdict.  The summary, the findings table, the DP
+# comparison, the compliance section and the model card are all built from these.
+
+SIGNIFICANCE = 0.05
+"""One-sided p-value below which a measurement counts as exceeding its baseline."""
+SIGNAL = "▲"
+FAILED_DP = "FAILED DP GUARANTEE"
+
+FINDINGS: dict[str, tuple[str, str]] = {
+    "mia": (
+        "Membership inference",
+        "Can an attacker tell whether a given record was in the training data? The share of training records the "
+        "strongest attack finds while wrongly flagging 1% of held-out records (TPR at 1% FPR); chance is 1%.",
+    ),
+    "canary_extraction": (
+        "Canary extraction",
+        "Can the secret of a planted test record (a canary) be pulled out of the model? Inserted canaries whose "
+        "exact secret a search guided by the model recovers, against canaries that were never inserted.",
+    ),
+    "canary_exposure": (
+        "Canary exposure",
+        "How much more likely the model finds a planted secret than random ones, in bits (each bit halves an "
+        "attacker's guessing effort): the largest over inserted canaries, against never-inserted ones.",
+    ),
+    "memorization": (
+        "Discoverable memorization",
+        "Does the model finish a training record word for word when given its beginning? The share of records "
+        "whose continuation it reproduces exactly, against held-out records it never saw.",
+    ),
+    "untargeted": (
+        "Untargeted extraction",
+        "Does the model, sampled freely, write out training text? Distinct training records found in its "
+        "samples, against samples that match held-out records only (chance and templates).",
+    ),
+    "pii_extraction": (
+        "PII extraction",
+        "Does free sampling produce personal data (names, emails, numbers, ...) of the training records? The share "
+        "of distinct training values recovered that a model which never saw the data does not produce (recall).",
+    ),
+    "pii_reconstruction": (
+        "PII reconstruction",
+        "Given a training record with a personal value masked, does the model pick the true value among candidates? "
+        "Top-1 accuracy, against held-out records and random choice.",
+    ),
+    "empirical": (
+        "Empirical ε",
+        "The privacy loss ε the measurements prove at least (a lower bound with its error probability α), beside "
+        "the ε the DP training claims; a bound above the claim means the DP guarantee failed.",
+    ),
+}
+
+
+@dataclass
+class Finding:
+    """One headline measurement of one model (all text already formatted)."""
+
+    key: str
+    value: str
+    baseline: str
+    signal: bool | None
+    """True: beyond its baseline and sampling error; False: not; None: the data cannot tell."""
+    sentence: str
+    """A plain clause for the verdict."""
+    detail: str = ""
+    failed: bool = False
+    """Only for the empirical ε: the bound exceeds the accountant's ε."""
+
+    @property
+    def label(self) -> str:
+        return FINDINGS[self.key][0]
+
+    @property
+    def cell(self) -> str:
+        text = self.value
+        if self.detail:
+            text += f" ({self.detail})"
+        text += f"; baseline: {self.baseline}"
+        if self.failed:
+            text = f"⚠ {FAILED_DP}: {text}"
+        elif self.signal:
+            text += f" {SIGNAL}"
+        return text
+
+
+def _log_comb(n: int, k: int) -> float:
+    return math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)
+
+
+def fisher_greater(a: int, n1: int, b: int, n2: int) -> float:
+    """One-sided Fisher exact p-value that the rate ``a / n1`` exceeds ``b / n2`` (1.0 when undefined)."""
+    if n1 <= 0 or n2 <= 0:
+        return 1.0
+    a, b = min(max(a, 0), n1), min(max(b, 0), n2)
+    total, hits = n1 + n2, a + b
+    top = min(hits, n1)
+    base = _log_comb(total, n1)
+    p = sum(math.exp(_log_comb(hits, x) + _log_comb(total - hits, n1 - x) - base) for x in range(a, top + 1))
+    return min(1.0, p)
+
+
+def binomial_greater(k: int, n: int, p: float) -> float:
+    """One-sided binomial p-value P[Binomial(n, p) >= k]."""
+    if n <= 0 or k <= 0:
+        return 1.0
+    if p <= 0:
+        return 0.0
+    if p >= 1:
+        return 1.0
+    lp, lq = math.log(p), math.log1p(-p)
+    return min(1.0, sum(math.exp(_log_comb(n, i) + i * lp + (n - i) * lq) for i in range(min(k, n), n + 1)))
+
+
+def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion measured on n trials."""
+    if n <= 0:
+        return (0.0, 1.0)
+    denom = 1 + z * z / n
+    centre = (rate + z * z / (2 * n)) / denom
+    half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def _ci(interval: tuple[float, float] | None) -> str:
+    if interval is None:
+        return ""
+    return f" [{_pct(interval[0])}, {_pct(interval[1])}]"
+
+
+def _count(rate: float | None, n: int) -> int:
+    return round((rate or 0.0) * n) if _ok(rate) else 0
+
+
+def best_attack(model: ModelResult) -> tuple[str, AttackResult] | None:
+    """The per-sequence attack with the highest TPR at 1% FPR (ties: the higher AUC, then the first)."""
+    attacks = {k: r for k, r in model.mia.items() if _tpr_key(r) is not None}
+    if not attacks:
+        return None
+    name = max(attacks, key=lambda k: (_tpr_key(attacks[k]) or 0.0, attacks[k].auc if _ok(attacks[k].auc) else -1))
+    return name, attacks[name]
+
+
+def _mia_finding(model: ModelResult) -> Finding | None:
+    best = best_attack(model)
+    if best is None:
+        return None
+    name, r = best
+    tpr, _ = _tpr(r, KEY_LEVEL, ci=True)
+    with_ci = [x for x in model.mia.values() if x.auc_ci is not None and _ok(x.auc_ci[0])]
+    signal = any(x.auc_ci[0] > 0.5 for x in with_ci) if with_ci else None
+    auc = _auc(r)
+    if signal:
+        sentence = (
+            f"an attacker can tell its training records from others: the strongest attack ({name}) finds "
+            f"{_pct(_tpr_key(r))} of them while wrongly flagging 1% of held-out records (chance: 1%)"
+        )
+    elif signal is False:
+        sentence = "membership inference does no better than chance (every attack's AUC interval includes 0.5)"
+    else:
+        sentence = f"the strongest membership attack ({name}) finds {_pct(_tpr_key(r))} of training records at 1% FPR"
+    return Finding("mia", tpr, "1% (chance)", signal, sentence, detail=f"{name}, AUC {auc}")
+
+
+def canary_extraction_counts(model: ModelResult) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((extracted, searched) inserted, (extracted, searched) reference), by either search; None: none run."""
+    searched = [c for c in model.canaries if c.extracted is not None or c.extracted_beam is not None]
+    if searched:
+        hit = [bool(c.extracted) or bool(c.extracted_beam) for c in searched]
+        ins = [h for c, h in zip(searched, hit) if c.repetitions > 0]
+        ref = [h for c, h in zip(searched, hit) if c.repetitions == 0]
+        return (sum(ins), len(ins)), (sum(ref), len(ref))
+    counts = _extraction_counts(model)
+    if not counts:
+        return None
+    ins_k = sum(k for r, (k, _) in counts.items() if r > 0)
+    ins_n = sum(n for r, (_, n) in counts.items() if r > 0)
+    return (ins_k, ins_n), counts.get(0, (0, 0))
+
+
+def _canary_extraction_finding(model: ModelResult) -> Finding | None:
+    counts = canary_extraction_counts(model)
+    if counts is None:
+        return None
+    (k, n), (k0, n0) = counts
+    signal = k > 0 and (k0 == 0 or fisher_greater(k, n, k0, n0) < SIGNIFICANCE)
+    baseline = f"{k0}/{n0} never-inserted canaries" if n0 else "no reference canaries"
+    if signal:
+        sentence = f"the secrets of {k} of {n} planted canaries can be extracted from it"
+    else:
+        sentence = (
+            f"none of {n} planted canaries' secrets could be extracted"
+            if not k
+            else (f"{k} of {n} planted canaries' secrets were extracted, no more often than never-inserted ones")
+        )
+    return Finding("canary_extraction", f"{k}/{n} inserted canaries", baseline, signal, sentence)
+
+
+def max_exposure(model: ModelResult, results: Results) -> tuple[float, bool] | None:
+    """(largest interpolation exposure of an inserted canary, whether it is at its spec's cap); None: none."""
+    caps = {s.name: s.exposure_cap_bits for s in results.canary_specs}
+    inserted = [c for c in model.canaries if c.repetitions > 0 and _ok(c.exposure_bits)]
+    if inserted:
+        top = max(inserted, key=lambda c: c.exposure_bits)
+        cap = caps.get(top.spec)
+        return top.exposure_bits, cap is not None and top.exposure_bits >= cap - 1e-9
+    groups = [g for g in model_groups(model) if g.repetitions > 0 and _ok(g.max_exposure_bits)]
+    if not groups:
+        return None
+    top_value = max(g.max_exposure_bits for g in groups)
+    cap = min(caps.values()) if len(caps) == 1 else None
+    return top_value, cap is not None and top_value >= cap - 1e-9
+
+
+def _exposure_value(pair: tuple[float, bool] | None) -> str:
+    if pair is None:
+        return DASH
+    value, at_cap = pair
+    return f"{'≥' if at_cap else ''}{_bits(value)} bits"
+
+
+def _canary_exposure_finding(model: ModelResult, results: Results) -> Finding | None:
+    top = max_exposure(model, results)
+    if top is None:
+        return None
+    refs = [c.exposure_bits for c in model.canaries if c.repetitions == 0 and _ok(c.exposure_bits)]
+    if not refs:
+        refs = [g.max_exposure_bits for g in model_groups(model) if g.repetitions == 0]
+    baseline = f"max {_bits(max(refs))} bits never inserted" if refs else "no reference canaries"
+    unit = model.mia_by_unit.get("canary", {}).get("exposure")
+    signal = None
+    detail = ""
+    if unit is not None and unit.auc_ci is not None and _ok(unit.auc_ci[0]):
+        signal = unit.auc_ci[0] > 0.5
+        detail = f"inserted vs never-inserted AUC {_auc(unit)}"
+    value = "max " + _exposure_value(top)
+    if signal:
+        sentence = f"it makes planted secrets stand out: up to {_exposure_value(top)} of exposure"
+    elif signal is False:
+        sentence = f"planted secrets do not stand out from never-inserted ones (max exposure {_exposure_value(top)})"
+    else:
+        sentence = f"the largest exposure of a planted secret is {_exposure_value(top)} ({baseline})"
+    return Finding("canary_exposure", value, baseline, signal, sentence, detail=detail)
+
+
+def memorization_p_values(m: MemorizationResult) -> tuple[float, float]:
+    """One-sided Fisher p-values that members match more often than non-members: (exact, approximate)."""
+    mem, non = m.members, m.non_members
+    exact = fisher_greater(mem.exact_matches, mem.n_records, non.exact_matches, non.n_records)
+    approx = 1.0
+    if _ok(mem.approx_match_rate) and _ok(non.approx_match_rate):
+        approx = fisher_greater(
+            _count(mem.approx_match_rate, mem.n_records),
+            mem.n_records,
+            _count(non.approx_match_rate, non.n_records),
+            non.n_records,
+        )
+    return exact, approx
+
+
+def _memorization_finding(model: ModelResult) -> Finding | None:
+    if not model.memorization:
+        return None
+    m = model.memorization[0]
+    mem, non = m.members, m.non_members
+    exact_p, approx_p = memorization_p_values(m)
+    signal = None if not mem.n_records or not non.n_records else min(exact_p, approx_p) < SIGNIFICANCE
+    value = f"{_pct(mem.exact_match_rate)}{_ci(mem.exact_match_ci)} exact"
+    baseline = f"{_pct(non.exact_match_rate)} of held-out records"
+    if _ok(mem.approx_match_rate):
+        value += f", {_pct(mem.approx_match_rate)} approximate"
+        baseline += f" ({_pct(non.approx_match_rate)} approximate)"
+    if exact_p < SIGNIFICANCE:
+        sentence = (
+            f"it completes {_pct(mem.exact_match_rate)} of training records word for word ({m.n} tokens from a "
+            f"{m.k}-token prompt) against {_pct(non.exact_match_rate)} of held-out ones"
+        )
+    elif approx_p < SIGNIFICANCE:
+        sentence = (
+            f"it completes {_pct(mem.approx_match_rate)} of training records nearly word for word (BLEU above 0.75) "
+            f"against {_pct(non.approx_match_rate)} of held-out ones"
+        )
+    else:
+        sentence = "it does not complete training records word for word more often than held-out ones"
+    return Finding("memorization", value, baseline, signal, sentence, detail=f"k={m.k}, n={m.n}")
+
+
+def _plural(n: int, noun: str, plural: str | None = None) -> str:
+    return f"{n:,} {noun if n == 1 else (plural or noun + 's')}"
+
+
+def _untargeted_finding(model: ModelResult) -> Finding | None:
+    u = model.untargeted_extraction
+    if u is None:
+        return None
+    signal = u.n_training_records_reproduced > 0 and u.n_memorized > u.n_non_member_matches
+    value = _plural(u.n_training_records_reproduced, "training record")
+    detail = f"{u.n_memorized:,} of {_plural(u.n_unique, 'unique sample')}"
+    baseline = f"{_plural(u.n_non_member_matches, 'sample')} {'matches' if u.n_non_member_matches == 1 else 'match'} "
+    baseline += "held-out records only"
+    if signal:
+        records = _plural(u.n_training_records_reproduced, "distinct training record")
+        sentence = f"sampled freely, it writes out text of {records} ({detail})"
+    else:
+        sentence = f"free sampling ({_plural(u.n_samples, 'sample')}) did not reproduce training text beyond chance"
+    return Finding("untargeted", value, baseline, signal, sentence, detail=detail)
+
+
+def _pii_extraction_finding(model: ModelResult) -> Finding | None:
+    p = model.pii_extraction
+    if p is None:
+        return None
+    o = p.overall
+    value = f"recall {_pct(o.recall)} ({o.n_true:,}/{o.n_training:,})"
+    detail = f"precision {_pct(o.precision)}"
+    if p.n_baseline_generated:
+        baseline = (
+            f"the baseline model also produces {o.n_baseline_true:,} training values; {o.n_filtered_true:,} removed"
+        )
+    else:
+        baseline = "no baseline model (nothing filtered)"
+    signal = o.n_true > 0
+    if signal:
+        sentence = (
+            f"its samples contain {o.n_true:,} distinct personal-data values of the training records "
+            f"({_pct(o.recall)} of {o.n_training:,})"
+        )
+    else:
+        sentence = "its samples contain no personal data of the training records beyond what a baseline model produces"
+    return Finding("pii_extraction", value, baseline, signal, sentence, detail=detail)
+
+
+def _pii_reconstruction_finding(model: ModelResult) -> Finding | None:
+    mem = model.pii_reconstruction.get("members")
+    if mem is None:
+        return None
+    non = model.pii_reconstruction.get("non_members")
+    k = _count(mem.top1_accuracy, mem.n_queries)
+    if non is not None:
+        p = fisher_greater(k, mem.n_queries, _count(non.top1_accuracy, non.n_queries), non.n_queries)
+        baseline = f"held-out {_pct(non.top1_accuracy)}, chance {_pct(mem.chance_top1)}"
+    else:
+        p = binomial_greater(k, mem.n_queries, mem.chance_top1)
+        baseline = f"chance {_pct(mem.chance_top1)}"
+    signal = p < SIGNIFICANCE if mem.n_queries else None
+    value = f"top-1 {_pct(mem.top1_accuracy)}{_ci(wilson(mem.top1_accuracy, mem.n_queries))}"
+    detail = f"{mem.pii_type}, {mem.n_candidates:,} candidates"
+    if signal:
+        sentence = (
+            f"with a training record's {mem.pii_type} masked, it picks the true value among {mem.n_candidates:,} "
+            f"candidates {_pct(mem.top1_accuracy)} of the time ({baseline})"
+        )
+    else:
+        sentence = f"it does not pick a training record's masked {mem.pii_type} more often than for held-out records"
+    return Finding("pii_reconstruction", value, baseline, signal, sentence, detail=detail)
+
+
+def empirical_best(model: ModelResult) -> EmpiricalPrivacy | None:
+    """The bound that matters most: a failed one first, else the largest lower bound."""
+    if not model.empirical_privacy:
+        return None
+    return max(model.empirical_privacy, key=lambda e: (e.exceeds_accountant, e.eps_lower_bound))
+
+
+def _empirical_finding(model: ModelResult) -> Finding | None:
+    e = empirical_best(model)
+    if e is None:
+        return None
+    accountant = e.accountant_epsilon if e.accountant_epsilon is not None else model.privacy.epsilon
+    value = f"ε ≥ {_f(e.eps_lower_bound, '.2f')}"
+    detail = f"{e.method}, α = {_f(e.alpha, '.2g')}"
+    baseline = f"accountant ε = {_f(accountant, '.2f')}" if accountant is not None else "no DP claim"
+    if e.exceeds_accountant:
+        sentence = (
+            f"{FAILED_DP}: the measurements prove ε ≥ {_f(e.eps_lower_bound, '.2f')}, above the ε = "
+            f"{_f(accountant, '.2f')} its DP training claims"
+        )
+        return Finding("empirical", value, baseline, True, sentence, detail=detail, failed=True)
+    if _ok(e.eps_lower_bound) and e.eps_lower_bound > 0:
+        sentence = f"the measurements prove a privacy loss of at least ε = {_f(e.eps_lower_bound, '.2f')}"
+        if accountant is not None:
+            sentence += f", within the ε = {_f(accountant, '.2f')} its DP training claims"
+        return Finding("empirical", value, baseline, True if accountant is None else False, sentence, detail=detail)
+    sentence = "the empirical privacy audit proves no privacy loss"
+    return Finding("empirical", value, baseline, False, sentence, detail=detail)
+
+
+def model_findings(model: ModelResult, results: Results) -> list[Finding]:
+    """The model's findings in :data:`FINDINGS` order (those not measured are left out)."""
+    found = [
+        _mia_finding(model),
+        _canary_extraction_finding(model),
+        _canary_exposure_finding(model, results),
+        _memorization_finding(model),
+        _untargeted_finding(model),
+        _pii_extraction_finding(model),
+        _pii_reconstruction_finding(model),
+        _empirical_finding(model),
+    ]
+    return [f for f in found if f is not None]
+
+
+def _lower(label: str) -> str:
+    """ "Membership inference" -> "membership inference"; "PII extraction" stays."""
+    return label if label[1:2].isupper() else label[:1].lower() + label[1:]
+
+
+def _sentence(clause: str) -> str:
+    return clause[:1].upper() + clause[1:] + "."
+
+
+def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str, Any]:
+    """A short plain-language paragraph: what leaked, what did not, and a failed DP guarantee first."""
+    failed = [f for f in findings if f.failed]
+    leaks = [f for f in findings if f.signal and not f.failed]
+    quiet = [_lower(f.label) for f in findings if f.signal is False]
+    parts = []
+    if failed:
+        parts.append(_sentence(failed[0].sentence))
+    if leaks:
+        parts.append("It also leaks its training data." if failed else "It leaks its training data.")
+        parts += [_sentence(f.sentence) for f in leaks]
+        if quiet:
+            parts.append(f"No leak beyond the baseline in {_join(quiet)}.")
+    elif quiet and not failed:
+        n = len(quiet)
+        parts.append(
+            f"No leakage detected: none of the {n} measurement{'s' if n != 1 else ''} ({_join(quiet)}) exceeds "
+            "its baseline beyond sampling error. This is evidence, not proof, that it does not leak (see Limitations)."
+        )
+    unclear = [f.sentence for f in findings if f.signal is None]
+    if unclear:
+        parts.append("Shown without a test against its baseline (no interval recorded): " + "; ".join(unclear) + ".")
+    if not findings:
+        parts.append("No leakage measurement was recorded for this model.")
+    eps = model.privacy.epsilon
+    privacy = f"trained with DP at ε = {_f(eps, '.2f')}" if eps is not None else "trained without DP"
+    status = "failed" if failed else ("leaks" if leaks else ("clean" if quiet else "unknown"))
+    return {"name": name, "privacy": privacy, "text": " ".join(parts), "status": status}
+
+
+def headline(results: Results, name: str) -> dict[str, Any]:
+    """The model's headline numbers, unformatted (the DP comparison and the model card use them)."""
+    model = results.models[name]
+    best = best_attack(model)
+    extraction = canary_extraction_counts(model)
+    top = max_exposure(model, results)
+    mem = model.memorization[0] if model.memorization else None
+    emp = empirical_best(model)
+    pii = model.pii_extraction.overall if model.pii_extraction is not None else None
+    return {
+        "epsilon": model.privacy.epsilon,
+        "delta": model.privacy.delta,
+        "accountant": model.privacy.accountant,
+        "best_attack": best[0] if best else None,
+        "best_tpr_at_1pct_fpr": _tpr_key(best[1]) if best else None,
+        "best_attack_auc": best[1].auc if best and _ok(best[1].auc) else None,
+        "max_canary_exposure_bits": top[0] if top else None,
+        "max_canary_exposure_at_cap": top[1] if top else None,
+        "canaries_extracted": extraction[0][0] if extraction else None,
+        "canaries_searched": extraction[0][1] if extraction else None,
+        "memorization_k": mem.k if mem else None,
+        "memorization_n": mem.n if mem else None,
+        "memorization_exact_match_rate": mem.members.exact_match_rate if mem else None,
+        "memorization_exact_match_rate_non_members": mem.non_members.exact_match_rate if mem else None,
+        "pii_recall": pii.recall if pii else None,
+        "pii_precision": pii.precision if pii else None,
+        "empirical_epsilon_lower_bound": emp.eps_lower_bound if emp else None,
+        "empirical_method": emp.method if emp else None,
+        "empirical_alpha": emp.alpha if emp else None,
+        "dp_guarantee_failed": any(e.exceeds_accountant for e in model.empirical_privacy),
+    }
+
+
+def _findings_table(results: Results, findings: dict[str, list[Finding]]) -> dict[str, Any]:
+    """Rows = kinds of finding (with their plain meaning), columns = models."""
+    rows = []
+    for key, (label, meaning) in FINDINGS.items():
+        by_model = {name: next((f for f in fs if f.key == key), None) for name, fs in findings.items()}
+        if not any(by_model.values()):
+            continue
+        cells = []
+        for f in by_model.values():
+            if f is None:
+                cells.append({"text": DASH, "value": DASH, "detail": "", "baseline": "", "status": ""})
+                continue
+            status = "failed" if f.failed else ("signal" if f.signal else "")
+            value = f"⚠ {FAILED_DP}: {f.value}" if f.failed else f.value + (f" {SIGNAL}" if f.signal else "")
+            cells.append({"text": f.cell, "value": value, "detail": f.detail, "baseline": f.baseline, "status": status})
+        rows.append({"label": label, "meaning": meaning, "cells": cells})
+    return {"rows": rows, "signal": SIGNAL}
+
+
+def _comparison(results: Results) -> dict[str, Any]:
+    """DP vs non-DP: one row per model with the headline numbers."""
+    header = [
+        "model",
+        "ε (δ)",
+        "best TPR@1% FPR",
+        "max canary exposure",
+        "canaries extracted",
+        "memorization (exact)",
+        "PII recall",
+        "empirical ε",
+    ]
+    rows = []
+    for name, model in results.models.items():
+        h = headline(results, name)
+        eps = _epsilon(h["epsilon"])
+        if h["epsilon"] is not None and h["delta"] is not None:
+            eps += f" (δ = {_f(h['delta'], '.1e')})"
+        best = DASH
+        if h["best_attack"] is not None:
+            best = f"{_pct(h['best_tpr_at_1pct_fpr'])} ({h['best_attack']})"
+        top = max_exposure(model, results)
+        extracted = DASH if h["canaries_extracted"] is None else f"{h['canaries_extracted']}/{h['canaries_searched']}"
+        mem = DASH
+        if h["memorization_k"] is not None:
+            mem = (
+                f"{_pct(h['memorization_exact_match_rate'])} vs {_pct(h['memorization_exact_match_rate_non_members'])}"
+                " held-out"
+            )
+        emp = DASH
+        failed = h["dp_guarantee_failed"]
+        if h["empirical_epsilon_lower_bound"] is not None:
+            emp = f"≥ {_f(h['empirical_epsilon_lower_bound'], '.2f')}"
+            if failed:
+                emp = f"⚠ {emp}: {FAILED_DP}"
+        cells = [eps, best, _exposure_value(top), extracted, mem, _pct(h["pii_recall"]), emp]
+        rows.append({"name": name, "description": model.description, "cells": cells, "failed": failed})
+    dp = [n for n, m in results.models.items() if m.privacy.epsilon is not None]
+    non = [n for n, m in results.models.items() if m.privacy.epsilon is None]
+    text = (
+        "One row per model: how much each leaks by every measure, side by side. A lower ε is a stronger DP "
+        "guarantee; every other column is leakage, where lower is better."
+    )
+    if dp and non:
+        text += f" Trained with DP: {_join(dp)}; without: {_join(non)}."
+    return {"header": header, "rows": rows, "text": text}
+
+
+def _memorization(results: Results) -> dict[str, Any]:
+    settings = sorted({(m.k, m.n) for model in results.models.values() for m in model.memorization})
+    header = [
+        "model",
+        "records tested",
+        "exact match [95% CI]",
+        "mean token match",
+        "approximate match (BLEU > 0.75)",
+        "mean BLEU",
+        "skipped (too short)",
+    ]
+    tables = []
+    for k, n in settings:
+        rows = []
+        for name, model in results.models.items():
+            m = next((x for x in model.memorization if (x.k, x.n) == (k, n)), None)
+            if m is None:
+                rows.append({"name": name, "cells": [DASH] * (len(header) - 1), "signal": False})
+                continue
+            a, b = m.members, m.non_members
+            p = min(memorization_p_values(m))
+            cells = [
+                f"{a.n_records:,} vs {b.n_records:,}",
+                f"{_pct(a.exact_match_rate)}{_ci(a.exact_match_ci)} vs "
+                f"{_pct(b.exact_match_rate)}{_ci(b.exact_match_ci)}",
+                f"{_pct(a.token_match_mean)} vs {_pct(b.token_match_mean)}",
+                f"{_pct(a.approx_match_rate)} vs {_pct(b.approx_match_rate)}",
+                f"{_f(a.bleu_mean, '.3f')} vs {_f(b.bleu_mean, '.3f')}",
+                f"{m.skipped_short:,}",
+            ]
+            rows.append({"name": name, "cells": cells, "signal": p < SIGNIFICANCE})
+        tables.append({"title": f"Prompt k = {k} tokens, continuation n = {n} tokens", "rows": rows})
+    return {
+        "any": bool(settings),
+        "header": header,
+        "tables": tables,
+        "plain": (
+            "how often the model, given the start of one of its training records, writes out the rest word "
+            "for word, compared with records it never saw."
+        ),
+        "meaning": "The model is given the first k tokens of a record and asked to continue it (greedy decoding): "
+        "a record is memorized when the next n tokens come out exactly. Each cell is training records vs held-out "
+        "records (the baseline: what can be guessed from the language alone). Approximate match counts "
+        "continuations with a BLEU-4 score above 0.75 (near-verbatim).",
+        "signal_text": f"{SIGNAL}: more exact or approximate matches on training records than on held-out ones "
+        f"(one-sided Fisher exact test, p < {SIGNIFICANCE:g}).",
+    }
+
+
+def _untargeted(results: Results) -> dict[str, Any]:
+    models = {n: m.untargeted_extraction for n, m in results.models.items()}
+    present = [u for u in models.values() if u is not None]
+    if not present:
+        return {"any": False}
+
+    def cell(fn) -> list[str]:
+        return [DASH if u is None else fn(u) for u in models.values()]
+
+    rows = [
+        ("samples generated", cell(lambda u: f"{u.n_samples:,} × {u.sample_tokens} tokens")),
+        ("by strategy", cell(lambda u: ", ".join(f"{k} {v:,}" for k, v in u.strategies.items()) or DASH)),
+        ("unique after removing near duplicates", cell(lambda u: f"{u.n_unique:,}")),
+        ("reproduce training text (not in the public corpus)", cell(lambda u: f"{u.n_memorized:,}")),
+        ("distinct training records reproduced", cell(lambda u: f"{u.n_training_records_reproduced:,}")),
+        ("baseline: match held-out records only", cell(lambda u: f"{u.n_non_member_matches:,}")),
+        ("match the public corpus (not counted)", cell(lambda u: f"{u.n_in_public:,}")),
+        ("verified on token n-grams of length", cell(lambda u: str(u.verify_ngram))),
+    ]
+    metrics: list[tuple[str, str]] = []
+    for u in present:
+        for metric, by_k in u.precision_at_k.items():
+            for k in sorted(by_k, key=lambda x: int(x) if x.isdigit() else 0):
+                if (metric, k) not in metrics:
+                    metrics.append((metric, k))
+    precision = []
+    for metric, k in metrics:
+        cells = []
+        for u in models.values():
+            value = None if u is None else u.precision_at_k.get(metric, {}).get(k)
+            base = None if u is None else u.baseline_precision_at_k.get(metric, {}).get(k)
+            cells.append(DASH if value is None else f"{_pct(value)} vs {_pct(base)}")
+        precision.append({"label": f"{metric}, top {k}", "cells": cells})
+    return {
+        "any": True,
+        "rows": [{"label": label, "cells": cells} for label, cells in rows],
+        "precision": precision,
+        "plain": (
+            "whether text the model writes on its own copies passages of its training records, compared with "
+            "records it never saw."
+        ),
+        "meaning": "The model is sampled freely (from an empty prompt, with decaying temperature and from public "
+        "prompts), near-duplicate samples are removed and each sample is checked against the training set: a "
+        "sample that shares a long token sequence with a training record, and not with the public corpus, "
+        "reproduces training text. The baseline is the same check against held-out records, which the model never "
+        "saw: matches there come from chance and common templates. No sample text is kept.",
+        "precision_text": "Precision at k: of the k samples a ranking metric finds most suspicious, the share that "
+        "reproduces training text, vs the same share against held-out records (the baseline).",
+    }
+
+
+PII_COUNT_ROWS = (
+    ("distinct PII values in the model's samples", "n_generated_pii"),
+    ("detections, repeats included", "n_mentions"),
+    ("distinct values in the baseline model's samples", "n_baseline_pii"),
+    ("left after removing the baseline's values", "n_leaked"),
+    ("of those, training PII (leaked)", "n_true"),
+    ("distinct training PII values", "n_training"),
+    ("training PII removed by the baseline filter", "n_filtered_true"),
+    ("training PII the baseline model produced", "n_baseline_true"),
+)
+
+
+def _pii_extraction(results: Results) -> dict[str, Any]:
+    models = {n: m.pii_extraction for n, m in results.models.items()}
+    present = [p for p in models.values() if p is not None]
+    if not present:
+        return {"any": False}
+    rows = [
+        {
+            "label": "texts generated (model / baseline model)",
+            "cells": [
+                DASH if p is None else f"{p.n_generated:,} / {p.n_baseline_generated:,}" for p in models.values()
+            ],
+        },
+        {
+            "label": "recall (leaked / distinct training PII)",
+            "cells": [
+                DASH if p is None else f"{_pct(p.overall.recall)} ({p.overall.n_true:,}/{p.overall.n_training:,})"
+                for p in models.values()
+            ],
+        },
+        {"label": "precision", "cells": [DASH if p is None else _pct(p.overall.precision) for p in models.values()]},
+        {
+            "label": "without the baseline filter: recall / precision",
+            "cells": [
+                DASH if p is None else f"{_pct(p.overall.recall_unfiltered)} / {_pct(p.overall.precision_unfiltered)}"
+                for p in models.values()
+            ],
+        },
+    ]
+    for label, field in PII_COUNT_ROWS:
+        rows.append(
+            {
+                "label": label,
+                "cells": [DASH if p is None else f"{getattr(p.overall, field):,}" for p in models.values()],
+            }
+        )
+    types: list[str] = []
+    for p in present:
+        for t in [*p.types, *p.by_type]:
+            if t not in types:
+                types.append(t)
+    by_type = []
+    for t in types:
+        cells = []
+        for p in models.values():
+            c = None if p is None else p.by_type.get(t)
+            if c is None:
+                cells += [DASH, DASH]
+                continue
+            cells.append(f"{_pct(c.recall)} ({c.n_true:,}/{c.n_training:,}); unfiltered {_pct(c.recall_unfiltered)}")
+            cells.append(f"{_pct(c.precision)}; unfiltered {_pct(c.precision_unfiltered)}")
+        by_type.append({"label": t, "cells": cells})
+    notes = [{"name": n, "text": note} for n, p in models.items() if p is not None for note in p.notes]
+    return {
+        "any": True,
+        "rows": rows,
+        "by_type": by_type,
+        "measures": ["recall", "precision"],
+        "type_header": [f"{name} {m}" for name in results.models for m in ("recall", "precision")],
+        "notes": notes,
+        "plain": (
+            "whether personal details (names, emails, phone or account numbers) of the people in the "
+            "training data show up in what the model writes, beyond what a model that never saw them writes "
+            "too."
+        ),
+        "meaning": "Personal data (PII) is detected in the model's free samples. A value counts as leaked when it is "
+        "a value of the training records and a baseline model, which never saw them, does not produce it too. "
+        "Recall is the share of the distinct training values recovered; precision the share of the model's "
+        "remaining values that are real training values. The unfiltered figures skip the baseline filter: the "
+        "difference is what the filter removes (common values any model would produce). Only counts are shown.",
+    }
+
+
+def _pii_reconstruction(results: Results) -> dict[str, Any]:
+    present = {n: m.pii_reconstruction for n, m in results.models.items() if m.pii_reconstruction}
+    if not present:
+        return {"any": False}
+    header = [
+        "model",
+        "PII type",
+        "queries",
+        "candidates",
+        "top-1 accuracy [95% CI]",
+        "chance top-1",
+        "mean reciprocal rank (chance)",
+        "mean rank (chance)",
+        "ties",
+    ]
+    rows = []
+    for name, by_side in present.items():
+        sides = ["members", "non_members", *[s for s in by_side if s not in ("members", "non_members")]]
+        for side in sides:
+            r = by_side.get(side)
+            if r is None:
+                continue
+            label = {"members": "training records", "non_members": "held-out (baseline)"}.get(side, side)
+            cells = [
+                r.pii_type,
+                f"{r.n_queries:,}",
+                f"{r.n_candidates:,}",
+                f"{_pct(r.top1_accuracy)}{_ci(wilson(r.top1_accuracy, r.n_queries))}",
+                _pct(r.chance_top1),
+                f"{_f(r.mrr, '.3f')} ({_f(r.chance_mrr, '.3f')})",
+                f"{_f(r.mean_rank, '.1f')} (chance {_f(r.chance_mean_rank, '.1f')})",
+                _pct(r.tie_rate),
+            ]
+            rows.append({"name": f"{name}: {label}", "cells": cells})
+    return {
+        "any": True,
+        "header": header,
+        "rows": rows,
+        "plain": (
+            "whether the model fills in a person's hidden detail in a training record better than in a "
+            "record it never saw, or than a random guess."
+        ),
+        "meaning": "A record's personal value is masked and the model ranks the true value among candidates of the "
+        "same type by the likelihood of the whole sentence. Picking the true value far more often on training "
+        "records than on held-out ones (the baseline) means the model has memorised who is in which record; "
+        "chance is one in the number of candidates. Intervals are 95% Wilson intervals.",
+    }
+
+
+def _empirical(results: Results) -> dict[str, Any]:
+    rows = []
+    alerts = []
+    for name, model in results.models.items():
+        for e in model.empirical_privacy:
+            accountant = e.accountant_epsilon if e.accountant_epsilon is not None else model.privacy.epsilon
+            if e.exceeds_accountant:
+                verdict = f"⚠ {FAILED_DP}"
+                alerts.append(
+                    {
+                        "headline": f"{FAILED_DP}, {name}",
+                        "text": f"the {e.method} audit proves ε ≥ {_f(e.eps_lower_bound, '.2f')} (error probability "
+                        f"α = {_f(e.alpha, '.2g')}, δ = {_f(e.delta, '.1e')}), above the accountant's ε = "
+                        f"{_f(accountant, '.2f')}: the DP training or its accounting is broken. Do not rely on this "
+                        "model's privacy guarantee.",
+                    }
+                )
+            elif accountant is None:
+                verdict = "no DP claim to check"
+            else:
+                verdict = "consistent with the accountant"
+            guesses = DASH
+            if e.r is not None:
+                guesses = f"{e.v if e.v is not None else DASH}/{e.r:,}"
+                if e.m is not None:
+                    guesses += f" (m = {e.m:,})"
+            rows.append(
+                {
+                    "name": name,
+                    "cells": [
+                        e.method,
+                        f"≥ {_f(e.eps_lower_bound, '.2f')}",
+                        f"{_f(e.alpha, '.2g')}, δ = {_f(e.delta, '.1e')}",
+                        _epsilon(accountant),
+                        _f(e.best_possible, ".2f"),
+                        guesses,
+                        verdict,
+                    ],
+                    "failed": e.exceeds_accountant,
+                    "note": e.note,
+                }
+            )
+    return {
+        "any": bool(rows),
+        "header": [
+            "model",
+            "method",
+            "ε lower bound",
+            "α (error probability)",
+            "accountant ε",
+            "best possible",
+            "correct / guesses",
+            "verdict",
+        ],
+        "rows": rows,
+        "alerts": alerts,
+        "plain": (
+            "the least privacy loss the measurements prove, next to what the DP training promises; a proof "
+            "above the promise means the promise is broken."
+        ),
+        "meaning": "From the audit's guesses about which records or canaries were trained on, a statistical test "
+        "proves the model's privacy loss ε is at least the bound shown, wrong with probability at most α. It is a "
+        "lower bound: the true ε may be higher. A bound above the ε claimed by the DP accountant means the DP "
+        "guarantee failed. “Best possible” is the largest bound this audit design could prove even with every "
+        "guess correct: a bound far below the claimed ε can mean the audit was too small, not that the model is "
+        "more private.",
+    }
+
+
+def _limitations(results: Results) -> list[str]:
+    """What a negative (and a positive) result does and does not show, with this run's numbers."""
+    models = list(results.models.values())
+    n_non = sorted({r.n_non_members for m in models for r in m.mia.values()}) or [results.run.n_non_members]
+    resolution = ", ".join(f"1/{n:,} = {_pct(1 / n)}" for n in n_non if n > 0) or DASH
+    items = [
+        "The attacks bound leakage from below: each shows what one attacker, with this audit's data, queries and "
+        "compute, gets out of the model. A stronger attack, more samples or a different prompt may get more.",
+        "A negative result (low exposure, AUC near 0.5, nothing extracted) does not prove the absence of leakage; it "
+        "only shows that these attacks did not find it. A finite audit cannot certify that a model does not leak: "
+        "only a proven guarantee, such as correctly implemented differential privacy, bounds leakage from above, "
+        "and only for what it covers (one record at the stated ε and δ).",
+        f"The false-positive-rate resolution is limited by the number of held-out records: with {resolution}, a TPR "
+        "at a smaller FPR rests on zero false positives and is coarse, and the TPR at 0.1% FPR may not be "
+        "resolvable at all. Intervals are 95%; several attacks are run and the strongest is reported, so a single "
+        "weak signal can be luck and deserves a repeat with more records.",
+        "Canaries measure worst-case memorisation of the inserted random secrets only: how readily the model "
+        "memorises a unique random string seen k times. They say nothing directly about natural records, which are "
+        "less unique. Exposure is estimated by ranking each secret among a sampled set of null secrets and "
+        "interpolating, so it is an estimate and is capped at log2(null samples): a canary at the cap may leak "
+        "more than shown. The skew-normal estimate is not capped, but it extrapolates a fitted distribution into "
+        "its tail: where the fit is poor (a Kolmogorov-Smirnov p-value below 0.01) it can be far off.",
+        "An extracted canary shows that the model gives up that secret; a canary the search did not recover within "
+        "its budget may still be memorized.",
+        "A canary inserted k times is protected by DP only at group privacy (roughly k·eps), so repeated records can "
+        "leak from a DP model; likewise a person with several records.",
+    ]
+    if any(m.memorization or m.untargeted_extraction for m in models):
+        items.append(
+            "Discoverable memorization tests greedy continuations from one prompt length; other prompts or "
+            "decoding may reproduce more. Untargeted extraction finds only what a finite number of samples happens "
+            "to produce and what the verifier's n-gram match recognises."
+        )
+    if any(m.pii_extraction or m.pii_reconstruction for m in models):
+        items.append(
+            "PII detection misses some values and flags some non-personal strings. The baseline filter removes "
+            "values a model that never saw the data also produces, so leaks of common values are not counted: the "
+            "unfiltered figures give the upper end. PII reconstruction ranks a fixed candidate set; an attacker "
+            "with a better candidate list may do better."
+        )
+    if any(m.empirical_privacy for m in models):
+        items.append(
+            "An empirical ε is a lower bound, wrong with probability at most α. It cannot exceed what the audit's "
+            "design allows (“best possible”), so a small bound from a small audit says little about the true ε."
+        )
+    return items
+
+
 def _utility(results: Results) -> list[dict[str, Any]]:
     us = [m.utility for m in results.models.values()]
     return [
@@ -843,7 +1815,19 @@ def _utility(results: Results) -> list[dict[str, Any]]:
     ]
 
 
+def _record(results: Results) -> dict[str, str]:
+    run = results.run
+    data = ", ".join(f"{k} {_short(v)}" for k, v in run.data_sha256.items())
+    return {
+        "configuration": f"sha256 {_short(run.config_sha256)}, seed {run.seed}",
+        "data": data,
+        "code": f"leakaudit {run.leakaudit_version}"
+        + (f", git {_short(run.git_revision)}" if run.git_revision else ""),
+    }
+
+
 def _view(results: Results, *, plots: bool) -> dict[str, Any]:
+    findings = {name: model_findings(m, results) for name, m in results.models.items()}
     mia = _mia(results)
     exposure = _exposure(results)
     if plots:
@@ -860,14 +1844,24 @@ def _view(results: Results, *, plots: bool) -> dict[str, Any]:
         "version": results.run.leakaudit_version,
         "schema_version": results.schema_version,
         "models": list(results.models),
-        "summary": _summary(results),
+        "summary": _summary(results, findings),
         "audited": _audited(results),
         "privacy": _privacy(results),
+        "findings": _findings_table(results, findings),
         "exposure": exposure,
         "mia": mia,
+        "memorization": _memorization(results),
+        "untargeted": _untargeted(results),
+        "pii": _pii_extraction(results),
+        "reconstruction": _pii_reconstruction(results),
+        "empirical": _empirical(results),
         "utility": _utility(results),
+        "comparison": _comparison(results),
+        "limitations": _limitations(results),
+        "compliance": compliance(dict(results.models), findings, _record(results)),
         "high_repetitions": HIGH_REPETITIONS,
         "dp_bound": DP_BOUND,
+        "failed_dp": FAILED_DP,
     }
 
 
@@ -916,13 +1910,62 @@ def render_html(results: Results) -> str:
     return _env(html=True).get_template("report.html.j2").render(v=_view(results, plots=True))
 
 
-def write_reports(results: Results, run_dir: Path) -> dict[str, Path]:
-    """Write ``report.md`` and ``report.html`` atomically into ``run_dir``.
+def model_card_path(run_dir: Path, model_name: str) -> Path:
+    """Where :func:`write_reports` puts a model's card: ``model_card-<model>.md`` (odd characters as ``_``)."""
+    return Path(run_dir) / f"model_card-{re.sub(r'[^A-Za-z0-9._-]', '_', model_name)}.md"
 
-    Returns ``{"markdown": path, "html": path}``.
+
+def write_reports(results: Results, run_dir: Path) -> dict[str, Path]:
+    """Write ``report.md``, ``report.html`` and a ``model_card-<model>.md`` per model atomically into ``run_dir``.
+
+    Returns ``{"markdown": path, "html": path, "model_card:<model>": path, ...}``.
     """
+    from leakaudit.report.modelcard import model_card
+
     run_dir = Path(run_dir)
     paths = {"markdown": run_dir / REPORT_MD, "html": run_dir / REPORT_HTML}
     write_text_atomic(paths["markdown"], render_markdown(results))
     write_text_atomic(paths["html"], render_html(results))
+    for name in results.models:
+        path = model_card_path(run_dir, name)
+        write_text_atomic(path, model_card(results, name))
+        paths[f"model_card:{name}"] = path
     return paths
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs" / "results.schema.json"
+"""``docs/results.schema.json`` in a source checkout."""
+
+
+def results_schema_text() -> str:
+    """The JSON Schema of :class:`Results` as written to ``docs/results.schema.json``."""
+    return json.dumps(Results.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_schema(path: Path = SCHEMA_PATH) -> Path:
+    """Write the JSON Schema of ``results.json`` (regenerate after changing ``schema.py``)."""
+    write_text_atomic(Path(path), results_schema_text())
+    return Path(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m leakaudit.report.render")
+    parser.add_argument(
+        "--write-schema",
+        nargs="?",
+        const=str(SCHEMA_PATH),
+        metavar="PATH",
+        help=f"write the JSON Schema of results.json (default: {SCHEMA_PATH})",
+    )
+    args = parser.parse_args(argv)
+    if args.write_schema is None:
+        parser.print_help()
+        return 2
+    print(write_schema(Path(args.write_schema)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

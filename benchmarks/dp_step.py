@@ -1,0 +1,120 @@
+"""DP-SGD step cost: time per optimizer step and peak memory of Opacus (hooks, ghost) against plain
+training at the same batch, same model, same data, each mode in a fresh process.
+
+    python benchmarks/dp_step.py [--arch gpt2|llama] [--size tiny|small|gpt2-small] [--batch 32]
+                                 [--tokens 256] [--steps 10] [--modes non_dp,hooks,ghost] [--lora]
+
+Time per step is (T(2 + steps) - T(2)) / steps, so set-up (Opacus wrapping, the first pass) is
+not counted.  Peak memory is torch.cuda.max_memory_allocated on a GPU and the process's peak
+resident set on a CPU.  Prints one JSON object with every mode and the ratios against non_dp.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+SIZES = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
+    "small": dict(n_layer=4, n_embd=128, n_head=4, vocab=2048),
+    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=8192, resize=50257),
+}
+
+
+def _one(args) -> dict:
+    """Run one mode in this process and return its figures."""
+    import torch
+
+    from leakaudit.data import make_corpora
+    from leakaudit.models import build_model, train_tokenizer
+    from leakaudit.train.loop import DPSettings, LoraSettings, TrainSettings, train_model
+
+    sz = SIZES[args.size]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    private, public = make_corpora(400, 1000, seed=0)
+    tok = train_tokenizer([r["text"] for r in public], vocab_size=sz["vocab"])
+    model = build_model(tok, arch=args.arch, n_layer=sz["n_layer"], n_embd=sz["n_embd"], n_head=sz["n_head"],
+                        context=max(args.tokens, 64))
+    if sz.get("resize"):
+        model.resize_token_embeddings(sz["resize"])  # a GPT-2-sized vocabulary: the output layer's real cost
+    model = model.to(device)
+    # texts of about `tokens` tokens: records joined until long enough, truncated by max_length
+    texts, buf = [], ""
+    for r in private:
+        buf += r["text"] + " "
+        if len(buf) > args.tokens * 5:
+            texts.append(buf)
+            buf = ""
+    dp = None
+    if args.mode != "non_dp":
+        dp = DPSettings(noise_multiplier=1.0, grad_sample_mode=args.mode, max_grad_norm=1.0)
+    lora = LoraSettings(r=8) if args.lora else None
+
+    def run(steps: int) -> float:
+        s = TrainSettings(steps=steps, batch_size=args.batch, lr=1e-4, max_length=args.tokens, lora=lora)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        train_model(model, tok, texts, s, dp=dp)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    run(2)  # warm-up: kernels, allocator
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    t_short = run(2)
+    t_long = run(2 + args.steps)
+    peak = (torch.cuda.max_memory_allocated() if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    return {
+        "mode": args.mode, "seconds_per_step": (t_long - t_short) / args.steps, "peak_bytes": int(peak),
+        "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
+        "parameters": sum(p.numel() for p in model.parameters()), "n_texts": len(texts),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--arch", choices=["gpt2", "llama"], default="gpt2")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--modes", default="non_dp,hooks,ghost")
+    ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode in this process
+    args = ap.parse_args()
+    if args.mode:
+        print(json.dumps(_one(args)))
+        return
+    out = {"arch": args.arch, "size": args.size, "batch": args.batch, "tokens": args.tokens, "lora": args.lora,
+           "machine": f"{platform.machine()} {platform.processor()}".strip(), "modes": {}}
+    for mode in args.modes.split(","):
+        cmd = [sys.executable, __file__, "--mode", mode, "--arch", args.arch, "--size", args.size,
+               "--batch", str(args.batch), "--tokens", str(args.tokens), "--steps", str(args.steps)]
+        if args.lora:
+            cmd.append("--lora")
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            out["modes"][mode] = {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
+            continue
+        out["modes"][mode] = json.loads(done.stdout.strip().splitlines()[-1])
+    base = out["modes"].get("non_dp", {})
+    for mode, r in out["modes"].items():
+        if mode != "non_dp" and "seconds_per_step" in r and "seconds_per_step" in base:
+            r["time_vs_non_dp"] = r["seconds_per_step"] / base["seconds_per_step"]
+            r["memory_vs_non_dp"] = r["peak_bytes"] / base["peak_bytes"]
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()
