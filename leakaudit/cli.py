@@ -430,6 +430,37 @@ def gate(
     raise typer.Exit(code)
 
 
+# -- experiment --------------------------------------------------------------------------
+@app.command()
+def experiment(
+    file: Annotated[Path, typer.Argument(help="Experiment file (YAML), e.g. experiments/dp_vs_nondp.yaml.")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output directory (default runs/experiments/NAME); "
+                                             "resumed if it exists.")] = None,
+    executor: Annotated[str, typer.Option(help="local (cells in turn, in this process) or submitit.")] = "local",
+    jobs: Annotated[int, typer.Option(help="Cells running at once (submitit).")] = 1,
+    cluster: Annotated[str | None, typer.Option(help="submitit: slurm or local (default: Slurm when available).")]
+    = None,
+) -> None:
+    """Run a grid of train-and-audit cells (eps x seed x full/LoRA) and write one comparison report."""
+    from leakaudit.experiment import ExperimentFailed, load_experiment, make_executor, run_experiment
+
+    exp = load_experiment(file)
+    if cluster is not None and cluster not in ("slurm", "local"):
+        raise LeakauditError(f"--cluster: expected slurm or local (got '{cluster}')")
+    _check_device(exp.base.device)
+    out = out or Path("runs") / "experiments" / exp.config.name
+    ex = make_executor(executor, exp, out, jobs=jobs, cluster=cluster)
+    try:
+        run = run_experiment(exp, out, executor=ex, echo=console.print)
+    except ExperimentFailed as e:
+        for label, err in e.failed.items():
+            console.print(f"failed: {label}: {err}")
+        typer.echo(f"comparison (finished cells only): {e.paths['html']}")
+        raise typer.Exit(1) from None
+    typer.echo(f"{len(run.ran)} cell(s) run, {len(run.skipped)} already finished, {run.seconds:.0f}s")
+    typer.echo(f"comparison: {run.paths['html']}")
+
+
 # -- report ------------------------------------------------------------------------------
 @app.command()
 def report(run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.json.")]) -> None:

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from leakaudit.report.plots import attack_order, exposure_plot, png_size, roc_plot
+from leakaudit.report.canaries import _extraction_sentence
+from leakaudit.report.mia import attack_order
+from leakaudit.report.plots import exposure_plot, png_size, roc_plot
 from leakaudit.report.render import (
-    _extraction_sentence,
     binomial_greater,
     fisher_greater,
     render_html,

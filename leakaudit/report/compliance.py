@@ -1,14 +1,17 @@
 """The report's Compliance section: which findings answer which reviewer's question.
 
 The frameworks are described by what their reviewers look for, and each model's evidence is
-assembled from the report's findings (see :func:`leakaudit.report.render.model_findings`).  The
+assembled from the report's findings (see :func:`leakaudit.report.findings.model_findings`).  The
 section states facts measured by this audit; it draws no legal conclusion and says so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
+
+from leakaudit.report.findings import FAILED_DP, Finding
+from leakaudit.report.formatting import _dp_settings, _lower
 
 NOT_LEGAL_ADVICE = (
     "Not legal advice: this section makes no legal determination. It maps this audit's measurements to "
@@ -17,17 +20,6 @@ NOT_LEGAL_ADVICE = (
     "its purpose, who can query the model and how, and what other information is reasonably available to them. "
     "Ask qualified legal and privacy counsel."
 )
-
-
-class _Finding(Protocol):
-    key: str
-    value: str
-    baseline: str
-    signal: bool | None
-    failed: bool
-
-    @property
-    def label(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -125,12 +117,8 @@ FRAMEWORKS: tuple[Framework, ...] = (
 )
 
 
-def _lower(label: str) -> str:
-    return label if label[1:2].isupper() else label[:1].lower() + label[1:]
-
-
 def _model_evidence(
-    findings: list[_Finding], keys: tuple[str, ...]
+    findings: list[Finding], keys: tuple[str, ...]
 ) -> tuple[list[str], list[str], list[str], list[str]]:
     """(failed DP guarantees, findings above their baseline, at it, not tested), as "label (value)" text."""
     failed, above, at, untested = [], [], [], []
@@ -151,7 +139,7 @@ def _model_evidence(
 
 def compliance(
     models: dict[str, Any],
-    findings: dict[str, list[_Finding]],
+    findings: dict[str, list[Finding]],
     record: dict[str, str],
 ) -> dict[str, Any]:
     """The Compliance section's view: a disclaimer and, per framework, what it asks and each model's evidence.
@@ -166,16 +154,12 @@ def compliance(
             failed, above, at, untested = _model_evidence(findings.get(name, []), fw.keys)
             lines = []
             if fw.record:
-                eps = model.privacy.epsilon
-                if eps is None:
+                if model.privacy.epsilon is None:
                     lines.append("Safeguard: trained without differential privacy.")
                 else:
-                    delta = model.privacy.delta
-                    delta_text = f", δ = {delta:.1e}" if delta is not None else ""
-                    accountant = f" ({model.privacy.accountant} accountant)" if model.privacy.accountant else ""
-                    lines.append(f"Safeguard: DP-SGD at ε = {eps:.2f}{delta_text}{accountant}.")
+                    lines.append(f"Safeguard: DP-SGD at {_dp_settings(model.privacy)}.")
             if failed:
-                lines.append("⚠ FAILED DP GUARANTEE: " + "; ".join(failed) + ".")
+                lines.append(f"⚠ {FAILED_DP}: " + "; ".join(failed) + ".")
             if above:
                 lines.append("Above its baseline: " + "; ".join(above) + ".")
             if at:

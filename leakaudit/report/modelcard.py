@@ -11,7 +11,8 @@ from typing import Any
 
 import yaml
 
-from leakaudit.report.render import _md_escape, _verdict, headline, model_findings
+from leakaudit.report.findings import FAILED_DP, _verdict, headline, model_findings
+from leakaudit.report.formatting import SHORT_HASH, _dp_settings, _md_escape
 from leakaudit.report.schema import Results
 
 CARD_KEY = "privacy_audit"
@@ -78,16 +79,10 @@ def model_card(results: Results, model_name: str) -> str:
     front = yaml.safe_dump(card_metadata(results, model_name), sort_keys=False, allow_unicode=True, width=1000)
     findings = model_findings(model, results)
     verdict = _verdict(model_name, model, findings)
-    p = model.privacy
-    if p.epsilon is None:
+    if model.privacy.epsilon is None:
         dp = "Trained without differential privacy."
     else:
-        dp = f"Trained with differential privacy (DP-SGD): ε = {p.epsilon:.2f}"
-        if p.delta is not None:
-            dp += f", δ = {p.delta:.1e}"
-        if p.accountant:
-            dp += f" ({p.accountant} accountant)"
-        dp += "."
+        dp = f"Trained with differential privacy (DP-SGD): {_dp_settings(model.privacy)}."
     lines = [
         "---",
         front.rstrip("\n"),
@@ -103,15 +98,13 @@ def model_card(results: Results, model_name: str) -> str:
     if findings:
         lines += ["| measurement | result | baseline |", "|---|---|---|"]
         for f in findings:
-            value = f.value + (f" ({f.detail})" if f.detail else "")
-            if f.failed:
-                value = f"⚠ FAILED DP GUARANTEE: {value}"
+            value = f"⚠ {FAILED_DP}: {f.measured}" if f.failed else f.measured
             lines.append(f"| {_md_escape(f.label)} | {_md_escape(value)} | {_md_escape(f.baseline)} |")
         lines.append("")
     run = results.run
     lines += [
         f"Audited with leakaudit {run.leakaudit_version} (run created {run.created}, configuration sha256 "
-        f"`{run.config_sha256[:12]}`, {run.n_members:,} training and {run.n_non_members:,} held-out records). "
+        f"`{run.config_sha256[:SHORT_HASH]}`, {run.n_members:,} training and {run.n_non_members:,} held-out records). "
         "The attacks bound leakage from below: a result at its baseline does not prove that the model does not "
         "leak. The full report (report.html in the run directory) gives every measurement with its interval and "
         "its limitations. This is evidence for a privacy review, not legal advice.",

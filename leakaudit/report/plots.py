@@ -11,11 +11,13 @@ from __future__ import annotations
 import base64
 import io
 import math
-import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from leakaudit.report.schema import AttackResult, CanaryResult, ExposureGroup, ModelResult, Results
+from leakaudit.report.canaries import model_groups
+from leakaudit.report.formatting import _ok
+from leakaudit.report.mia import attack_order, unit_attacks
+from leakaudit.report.schema import AttackResult, Results
 
 FIGSIZE = (6.0, 4.0)
 DPI = 100
@@ -36,53 +38,12 @@ PALETTE = (
 )
 
 
-# --------------------------------------------------------------------------- helpers shared with render
-
-
-def groups_from_canaries(canaries: Iterable[CanaryResult]) -> list[ExposureGroup]:
-    """Exposure summary per repetition count (0 = reference), sorted by repetition count.
-
-    Like the groups a run records: the skew-normal median over the canaries that have that estimate
-    and the number of extracted canaries among those searched (None when none has the field).
-    """
-    by_rep: dict[int, list[CanaryResult]] = {}
-    for c in canaries:
-        by_rep.setdefault(c.repetitions, []).append(c)
-    groups = []
-    for rep, cs in sorted(by_rep.items()):
-        vals = [c.exposure_bits for c in cs]
-        skew = [c.exposure_bits_skewnorm for c in cs if c.exposure_bits_skewnorm is not None]
-        searched = [c.extracted for c in cs if c.extracted is not None]
-        specs = {c.spec for c in cs}
-        groups.append(
-            ExposureGroup(
-                spec=specs.pop() if len(specs) == 1 else None,
-                repetitions=rep,
-                n=len(vals),
-                median_exposure_bits=float(statistics.median(vals)),
-                mean_exposure_bits=float(statistics.fmean(vals)),
-                max_exposure_bits=float(max(vals)),
-                median_exposure_bits_skewnorm=float(statistics.median(skew)) if skew else None,
-                extracted=sum(bool(x) for x in searched) if searched else None,
-            )
-        )
-    return groups
-
-
-def model_groups(model: ModelResult) -> list[ExposureGroup]:
-    """The model's exposure groups: as recorded, else computed from its per-canary results."""
-    if model.exposure_by_repetition:
-        return sorted(model.exposure_by_repetition, key=lambda g: g.repetitions)
-    return groups_from_canaries(model.canaries)
+# --------------------------------------------------------------------------- helpers
 
 
 def model_color(results: Results, name: str) -> str:
     """A fixed color per model (by its position in ``results.models``), shared by every figure."""
     return PALETTE[list(results.models).index(name) % len(PALETTE)]
-
-
-def _finite(x: float) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def _new_figure():
@@ -122,8 +83,8 @@ def exposure_plot(results: Results) -> str | None:
     """
     series = []
     for name, model in results.models.items():
-        groups = [g for g in model_groups(model) if _finite(g.median_exposure_bits)]
-        points = [(c.repetitions, c.exposure_bits, c.extracted) for c in model.canaries if _finite(c.exposure_bits)]
+        groups = [g for g in model_groups(model) if _ok(g.median_exposure_bits)]
+        points = [(c.repetitions, c.exposure_bits, c.extracted) for c in model.canaries if _ok(c.exposure_bits)]
         if groups or points:
             series.append((name, groups, points))
     if not series:
@@ -186,7 +147,7 @@ def exposure_plot(results: Results) -> str | None:
 
         caps: dict[float, list[str]] = {}
         for spec in results.canary_specs:
-            if _finite(spec.exposure_cap_bits):
+            if _ok(spec.exposure_cap_bits):
                 caps.setdefault(round(spec.exposure_cap_bits, 6), []).append(spec.name)
         for cap, names in caps.items():
             label = f"exposure cap ({cap:.2f} bits)"
@@ -225,30 +186,6 @@ ROC_TOP = 1.6
 """Upper limit of the (log) TPR axis."""
 
 
-def unit_attacks(model: ModelResult, unit: str | None = None) -> dict[str, AttackResult]:
-    """The model's attacks for one unit of evaluation: per sequence (``None``) or ``model.mia_by_unit[unit]``."""
-    return dict(model.mia) if unit is None else dict(model.mia_by_unit.get(unit, {}))
-
-
-def attack_order(results: Results, unit: str | None = None, models: Sequence[str] | None = None) -> list[str]:
-    """All attacks of the given models (default: all), merged so that each model's own order is kept.
-
-    An attack first seen in a later model is placed right after its predecessor in that model, so a
-    model that skipped some attacks does not push the others out of their usual order.
-    """
-    order: list[str] = []
-    for name in models if models is not None else list(results.models):
-        model = results.models.get(name)
-        if model is None:
-            continue
-        prev: str | None = None
-        for attack in unit_attacks(model, unit):
-            if attack not in order:
-                order.insert(order.index(prev) + 1 if prev is not None else 0, attack)
-            prev = attack
-    return order
-
-
 def png_size(uri: str) -> tuple[int, int]:
     """(width, height) in pixels of a PNG data URI, read from its IHDR chunk."""
     raw = base64.b64decode(uri.split(",", 1)[1][:44])
@@ -263,7 +200,7 @@ def _curves(
         res = unit_attacks(results.models[name], unit).get(attack)
         if res is None or res.roc is None:
             continue
-        pts = [(f, t) for f, t in zip(res.roc.fpr, res.roc.tpr, strict=False) if _finite(f) and _finite(t)]
+        pts = [(f, t) for f, t in zip(res.roc.fpr, res.roc.tpr, strict=False) if _ok(f) and _ok(t)]
         if pts:
             curves.append((name, res, pts))
     return curves
@@ -283,10 +220,10 @@ def _draw_roc_panel(ax, results: Results, curves, floor: float, *, auc_labels: b
         ys = [min(max(t, floor), 1.0) for _, t in pts]
         label = name
         if auc_labels:
-            label += f" (AUC {res.auc:.3f})" if _finite(res.auc) else " (AUC n/a)"
+            label += f" (AUC {res.auc:.3f})" if _ok(res.auc) else " (AUC n/a)"
         ax.plot(xs, ys, lw=1.5, color=color, label=label, zorder=3)
         dp = res.dp_bound
-        if dp is not None and _finite(dp.epsilon) and _finite(dp.delta):
+        if dp is not None and _ok(dp.epsilon) and _ok(dp.delta):
             violated = violated or dp.violated
             # e^eps FPR + delta, sampled evenly in log FPR: a straight line on log-log axes until delta matters.
             bx = [floor * (1.0 / floor) ** (k / 64) for k in range(65)]
@@ -301,7 +238,7 @@ def _draw_roc_panel(ax, results: Results, curves, floor: float, *, auc_labels: b
                 label=f"{name}: DP bound e^ε·FPR+δ (ε={dp.epsilon:.2f})",
             )
     ax.plot([floor, 1.0], [floor, 1.0], color="black", ls="--", lw=0.8, label="chance", zorder=1)
-    unresolved = max((r.min_resolvable_fpr for _, r, _ in curves if _finite(r.min_resolvable_fpr)), default=0.0)
+    unresolved = max((r.min_resolvable_fpr for _, r, _ in curves if _ok(r.min_resolvable_fpr)), default=0.0)
     if unresolved > floor:
         n = max(r.n_non_members for _, r, _ in curves)
         ax.axvspan(floor, min(unresolved, 1.0), color="grey", alpha=0.12, lw=0, label=f"FPR < 1/{n} (not resolvable)")

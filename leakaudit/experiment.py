@@ -1,0 +1,1181 @@
+"""Grids of train-and-audit runs (DP versus non-DP) and the comparison report across them.
+
+An experiment file (YAML) names a base demo configuration and a grid over target epsilon
+(``inf`` = no DP), seed and fine-tuning mode (full or LoRA).  For every seed the data, the
+canaries and the base model are built once (``seeds/seed-<s>/``); every cell of the grid then
+fine-tunes its own model from that base and audits it in its own run directory
+(``cells/<mode>-eps<eps>-seed<s>/``, a normal leakaudit run with ``results.json`` and reports),
+with the base model as the reference.  A finished cell writes ``cell.json``; running the same
+experiment again skips finished cells and resumes an interrupted one stage by stage.
+
+With ``matched_steps`` (the default) a non-DP cell takes exactly the optimizer steps and the
+(expected) batch size of the DP cells of its mode, and their learning rate
+(:func:`~leakaudit.train.loop.matched_settings`): only clipping and noise differ, so a
+difference in leakage is the effect of DP and not of a shorter or longer training run.
+
+The comparison (``comparison.json``, ``.csv``, ``.md``, ``.html``) holds metrics only: no
+text, secret or PII from the data.  Cells run in this process (:class:`LocalExecutor`) or as
+submitit jobs (:class:`SubmititExecutor`: Slurm when available, or local subprocesses).
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import html
+import io
+import math
+import platform
+import shutil
+import statistics
+import time
+import traceback
+import warnings
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from leakaudit.config import REPO_CANARIES, DemoConfig, resolve_config
+from leakaudit.errors import LeakauditError
+from leakaudit.io import read_json, read_jsonl, stable_hash, write_json, write_jsonl, write_text_atomic
+from leakaudit.train.loop import LoraSettings, TrainSettings
+
+Mode = Literal["full", "lora"]
+COMPARISON_FILES = ("comparison.json", "comparison.csv", "comparison.md", "comparison.html")
+EXPERIMENT_VERSION = 1
+"""Bump to invalidate every finished cell (the cell key includes it)."""
+
+# ------------------------------------------------------------------------------------- config
+
+
+class GridConfig(BaseModel):
+    """The grid: every combination of epsilon, seed and mode is one cell."""
+
+    model_config = ConfigDict(extra="forbid")
+    epsilon: list[float] = Field(description="Target epsilons of DP-SGD; inf (or .inf) is a run without DP.")
+    seed: list[int] = Field(default_factory=lambda: [0], description="Seeds: data split, canaries, base, training.")
+    mode: list[Mode] = Field(default_factory=lambda: ["full"], description="full fine-tuning and/or lora.")
+
+    @field_validator("epsilon", mode="before")
+    @classmethod
+    def _parse_inf(cls, v: Any) -> Any:
+        if not isinstance(v, list):
+            return v
+        out = []
+        for x in v:
+            if isinstance(x, str) and x.strip().lower() in ("inf", "+inf", ".inf", "infinity", "none", "no_dp"):
+                out.append(math.inf)
+            else:
+                out.append(x)
+        return out
+
+    @field_validator("epsilon")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("give at least one epsilon")
+        if any(not (x > 0) for x in v):
+            raise ValueError(f"every epsilon must be > 0 or inf (got {[_eps_label(x) for x in v]})")
+        if len(set(v)) != len(v):
+            raise ValueError("epsilons must be distinct")
+        return v
+
+    @field_validator("seed")
+    @classmethod
+    def _seeds(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("give at least one seed")
+        if any(s < 0 for s in v) or len(set(v)) != len(v):
+            raise ValueError("seeds must be distinct non-negative integers")
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _modes(cls, v: list[str]) -> list[str]:
+        if not v or len(set(v)) != len(v):
+            raise ValueError("give full and/or lora, each at most once")
+        return v
+
+
+class SubmititConfig(BaseModel):
+    """Settings of the submitit executor (``--executor submitit``)."""
+
+    model_config = ConfigDict(extra="forbid")
+    cluster: Literal["slurm", "local"] | None = Field(
+        default=None, description="null: Slurm when available, else local subprocesses."
+    )
+    timeout_min: int = Field(default=120, ge=1, description="Time limit of one job (a seed or a cell), minutes.")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More AutoExecutor.update_parameters arguments, e.g. slurm_partition, gpus_per_node, mem_gb.",
+    )
+
+
+class ExperimentConfig(BaseModel):
+    """An experiment file.  ``base`` is a demo configuration: a preset and overrides of its fields."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Default output: runs/experiments/NAME.")
+    description: str = ""
+    base: dict[str, Any] = Field(
+        default_factory=dict,
+        description="preset (tiny, cpu, gpu) and DemoConfig overrides (data, model, dp_train, dp, attacks, ...); "
+        "canaries: a list of canary spec files, relative to the experiment file.",
+    )
+    grid: GridConfig
+    matched_steps: bool = Field(
+        default=True,
+        description="Non-DP cells train with the steps, expected batch and learning rate of the DP cells "
+        "(matched_settings); false: the base config's finetune settings.",
+    )
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapters of the lora cells.")
+    lora_lr: float | None = Field(default=None, gt=0, description="Learning rate of the lora cells (null: same).")
+    pii_reconstruction_records: int = Field(
+        default=200, ge=0, description="Records per side for PII reconstruction (0: none)."
+    )
+    pii_candidates: int = Field(default=32, ge=2, description="Candidates per PII reconstruction query.")
+    exposure_min_repetitions: int = Field(
+        default=16, ge=1, description="Exposure is summarised over canaries inserted at least this many times."
+    )
+    submitit: SubmititConfig = Field(default_factory=SubmititConfig)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A validated experiment: its config, the resolved base demo config and the file it came from."""
+
+    config: ExperimentConfig
+    base: DemoConfig
+    source: str
+
+    def cells(self) -> list[CellSpec]:
+        g = self.config.grid
+        return [CellSpec(mode, eps, seed) for seed in g.seed for mode in g.mode for eps in g.epsilon]
+
+
+@dataclass(frozen=True)
+class CellSpec:
+    mode: str
+    epsilon: float
+    seed: int
+
+    @property
+    def dp(self) -> bool:
+        return math.isfinite(self.epsilon)
+
+    @property
+    def id(self) -> str:
+        return f"{self.mode}-eps{_eps_label(self.epsilon)}-seed{self.seed}"
+
+
+def _eps_label(eps: float) -> str:
+    return "inf" if not math.isfinite(eps) else f"{eps:g}"
+
+
+def _describe(err: ValidationError, where: str, prefix: str = "") -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(x) for x in (prefix, *e["loc"]) if x != "")
+    return f"{where}: field '{loc}': {e['msg'].removeprefix('Value error, ')}"
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read and validate an experiment file; any problem is one LeakauditError naming the file and field."""
+    p = Path(path)
+    if not p.is_file():
+        raise LeakauditError(f"{p}: experiment file not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise LeakauditError(f"{p}: an experiment file must be a YAML mapping")
+    return experiment_from_dict(raw, where=str(p), root=p.parent)
+
+
+def experiment_from_dict(raw: dict, *, where: str = "experiment", root: Path | None = None) -> Experiment:
+    """Validate an experiment given as a dict (canary spec paths relative to ``root``)."""
+    try:
+        cfg = ExperimentConfig.model_validate(raw)
+    except ValidationError as e:
+        raise LeakauditError(_describe(e, where)) from None
+    base = dict(cfg.base)
+    preset = base.pop("preset", "tiny")
+    if not isinstance(preset, str):
+        raise LeakauditError(f"{where}: field 'base.preset': expected tiny, cpu or gpu")
+    dp = base.get("dp") if isinstance(base.get("dp"), dict) else None
+    if dp is not None:
+        if dp.get("noise_multiplier") is not None or dp.get("target_epsilon") is not None:
+            key = "noise_multiplier" if dp.get("noise_multiplier") is not None else "target_epsilon"
+            raise LeakauditError(f"{where}: field 'base.dp.{key}': the grid sets each cell's epsilon; remove it")
+        base["dp"] = {**dp, "target_epsilon": 1.0, "noise_multiplier": None}  # a placeholder: cells set their own
+    if "canaries" in base:
+        specs = base.pop("canaries")
+        if not isinstance(specs, list) or not specs or not all(isinstance(s, str | dict) for s in specs):
+            raise LeakauditError(f"{where}: field 'base.canaries': expected a list of canary spec files or specs")
+        base["canaries"] = [_load_spec(s, root, where, i) for i, s in enumerate(specs)]
+    try:
+        demo = resolve_config(preset=preset, overrides=base)
+    except LeakauditError as e:
+        msg = str(e)
+        if msg.startswith("config: field '"):
+            msg = f"{where}: field 'base." + msg.removeprefix("config: field '")
+        elif msg.startswith("--preset: "):
+            msg = f"{where}: field 'base.preset': " + msg.removeprefix("--preset: ")
+        elif not msg.startswith(where):
+            msg = f"{where}: base: {msg}"
+        raise LeakauditError(msg) from None
+    return Experiment(cfg, demo, where)
+
+
+def _load_spec(spec: str | dict, root: Path | None, where: str, i: int) -> dict:
+    """A canary spec of ``base.canaries``: inline (a mapping) or a file relative to the experiment file."""
+    from leakaudit.canaries.spec import CanarySpec, load_spec
+
+    if isinstance(spec, dict):
+        try:
+            return CanarySpec.model_validate(spec).model_dump(mode="json")
+        except ValidationError as e:
+            raise LeakauditError(_describe(e, where, f"base.canaries.{i}")) from None
+    cands = [Path(spec)] if Path(spec).is_absolute() else [
+        *([root / spec] if root is not None else []), Path(spec), REPO_CANARIES.parent / spec, REPO_CANARIES / spec,
+    ]
+    for c in cands:
+        if c.is_file():
+            return load_spec(c).model_dump(mode="json")
+    raise LeakauditError(f"{where}: field 'base.canaries.{i}': canary spec '{spec}' not found")
+
+
+# ------------------------------------------------------------------------------ per seed
+
+
+def seed_config(exp: Experiment, seed: int) -> DemoConfig:
+    """The base config of one seed: its own data split, canary draws, base model and training seed."""
+    b = exp.base
+    canaries = [c.model_copy(update={"seed": c.seed + seed}) for c in b.canaries]
+    return b.model_copy(update={
+        "seed": seed, "data": b.data.model_copy(update={"seed": b.data.seed + seed}), "canaries": canaries,
+    })
+
+
+def _seed_key(cfg: DemoConfig) -> dict:
+    j = cfg.model_dump(mode="json")
+    return {k: j[k] for k in ("data", "canaries", "model", "pretrain", "seed", "shadows", "finetune")} | {
+        "max_length": _max_length(cfg)
+    }
+
+
+def _max_length(cfg: DemoConfig) -> int:
+    return min(cfg.finetune.max_length, cfg.dp_train.max_length)
+
+
+def _device(cfg: DemoConfig) -> str:
+    from leakaudit.models.target import default_device
+
+    return cfg.device or default_device()
+
+
+def _audit_options(cfg: DemoConfig, exp: ExperimentConfig):
+    from leakaudit.audit import AuditOptions
+    from leakaudit.extraction import ExtractionOptions
+
+    return AuditOptions(
+        attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
+        token_budget=cfg.token_budget, seed=cfg.seed, exact_exposure_max=cfg.exact_exposure_max,
+        extraction_budget=cfg.extraction_budget, beam_width=cfg.beam_width,
+        extraction=ExtractionOptions(
+            memorization=[tuple(x) for x in cfg.memorization], memorization_max_records=cfg.memorization_max_records,
+            samples=cfg.extraction_samples, sample_tokens=cfg.sample_tokens, verify_ngram=cfg.verify_ngram,
+            pii_reconstruction_records=exp.pii_reconstruction_records, pii_candidates=exp.pii_candidates,
+            seed=cfg.seed,
+        ),
+    )
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    experiment: Experiment
+    out: str
+    seed: int
+
+
+def seed_dir(out: Path, seed: int) -> Path:
+    return Path(out) / "seeds" / f"seed-{seed}"
+
+
+def seed_done(exp: Experiment, out: Path, seed: int) -> bool:
+    marker = seed_dir(out, seed) / "seed.json"
+    return marker.is_file() and read_json(marker).get("key") == stable_hash(_seed_key(seed_config(exp, seed)))
+
+
+def prepare_seed(task: SeedTask) -> dict:
+    """Data, canaries, base model (and shadow models, when asked for) of one seed; cached stage by stage."""
+    from leakaudit.canaries.manifest import CanaryManifest, generate_canaries, insert_canaries
+    from leakaudit.canaries.preflight import preflight_all
+    from leakaudit.data.split import check_no_overlap, split_members
+    from leakaudit.data.synthetic import make_corpora
+    from leakaudit.models.loading import load_tokenizer
+    from leakaudit.models.tiny import build_model, train_tokenizer
+    from leakaudit.runs import EventLog, stage
+    from leakaudit.train.loop import save_trained, train_model
+
+    cfg = seed_config(task.experiment, task.seed)
+    sdir = seed_dir(Path(task.out), task.seed)
+    sdir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(sdir)
+    device = _device(cfg)
+    j = cfg.model_dump(mode="json")
+    t0 = time.perf_counter()
+
+    data_key = {"data": j["data"]}
+
+    def build_data(tmp: Path) -> None:
+        private, public = make_corpora(cfg.data.n_private, cfg.data.n_public, seed=cfg.data.seed)
+        members, non_members, split = split_members(private, member_fraction=cfg.data.member_fraction,
+                                                    seed=cfg.data.seed)
+        check_no_overlap([r["text"] for r in members], [r["text"] for r in non_members])
+        write_jsonl(tmp / "public.jsonl", public)
+        write_jsonl(tmp / "members.jsonl", members)
+        write_jsonl(tmp / "non_members.jsonl", non_members)
+        write_json(tmp / "split.json", split.model_dump(mode="json"))
+
+    data_dir = stage(sdir, "data", data_key, build_data, log)
+    can_key = {**data_key, "canaries": j["canaries"], "seed": cfg.seed}
+
+    def build_canaries(tmp: Path) -> None:
+        rows = read_jsonl(data_dir / "members.jsonl")
+        for i, spec in enumerate(cfg.canaries):
+            manifest = generate_canaries(spec)
+            manifest.save(tmp / f"manifest-{spec.name}.json")
+            rows = insert_canaries(rows, manifest, seed=cfg.seed + i)
+        write_jsonl(tmp / "train.jsonl", rows)
+
+    can_dir = stage(sdir, "canaries", can_key, build_canaries, log)
+    base_key = {**data_key, "model": j["model"], "pretrain": j["pretrain"], "seed": cfg.seed}
+
+    def build_base(tmp: Path) -> None:
+        public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
+        tok = train_tokenizer(public, vocab_size=cfg.model.vocab_size)
+        m = cfg.model
+        model = build_model(tok, arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head,
+                            context=m.context, seed=cfg.seed).to(device)
+        record = train_model(model, tok, public, cfg.pretrain)
+        save_trained(model.cpu(), tok, tmp, record)
+
+    base_dir = stage(sdir, "models/base", base_key, build_base, log)
+    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
+    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
+    warnings = preflight_all(manifests, train_texts, load_tokenizer(base_dir), max_length=_max_length(cfg))
+    for w in warnings:
+        log("preflight_warning", w, warning=w)
+    if cfg.shadows:
+        _shadows(cfg, sdir, base_dir, data_dir, device, log)
+    scores = _prime_reference(cfg, task.experiment.config, sdir, base_dir, data_dir, manifests, device, log)
+    info = {"key": stable_hash(_seed_key(cfg)), "seed": task.seed, "n_train": len(train_texts),
+            "base_perplexity": _held_out_perplexity(scores / "mia.parquet"), "preflight_warnings": warnings,
+            "seconds": round(time.perf_counter() - t0, 2)}
+    write_json(sdir / "seed.json", info)
+    return info
+
+
+def _shadows(cfg: DemoConfig, sdir: Path, base_dir: Path, data_dir: Path, device: str, log):
+    from leakaudit.train.shadows import train_shadows
+
+    population = read_jsonl(data_dir / "members.jsonl") + read_jsonl(data_dir / "non_members.jsonl")
+    return train_shadows(sdir / "shadows", base_dir, [r["text"] for r in population], cfg.shadows, cfg.finetune,
+                         device=device, log=log, seed=cfg.seed)
+
+
+def _dtype(device: str):
+    import torch
+
+    return torch.bfloat16 if device.startswith("cuda") else None  # as the audit scores and samples
+
+
+def _prime_reference(
+    cfg: DemoConfig, exp: ExperimentConfig, sdir: Path, base_dir: Path, data_dir: Path, manifests, device: str, log
+):
+    """Score the base model and draw its samples once per seed; cells copy these stages (see _copy_reference).
+
+    The stages carry the same keys as the ones run_audit builds for its reference, so a cell skips
+    them; were the keys ever to differ, the cell would rebuild them (slower, never wrong).
+    """
+    from leakaudit.audit import ModelToAudit, score_model
+    from leakaudit.extraction import sample_stage
+
+    opts = _audit_options(cfg, exp)
+    rows = read_jsonl(data_dir / "members.jsonl") + read_jsonl(data_dir / "non_members.jsonl")
+    n_members = len(read_jsonl(data_dir / "members.jsonl"))
+    scores = score_model(
+        sdir, ModelToAudit("base", base_dir), rows, n_members, [m for m in manifests if m.spec.design == "one_run"],
+        lowercase=False, n_neighbours=0, device=device, token_budget=opts.token_budget, log=log,
+        trust_remote_code=False, seed=opts.seed, exact_max=opts.exact_exposure_max,
+        extraction_budget=opts.extraction_budget, beam_width=opts.beam_width,
+    )
+    if opts.extraction.samples > 0:
+        public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
+        sample_stage(sdir, "base", base_dir, opts.extraction, public, device=device, dtype=_dtype(device),
+                     token_budget=opts.token_budget, trust_remote_code=False, log=log)
+    return scores
+
+
+def _held_out_perplexity(table_path: Path) -> float | None:
+    """exp(mean token NLL) of the non-members in a score table: the base model's utility, for comparison."""
+    import numpy as np
+
+    from leakaudit.attacks import load_score_table
+
+    t = load_score_table(table_path)
+    t = t[~t["member"].to_numpy(bool)]
+    n = int(t["n_tokens"].sum())
+    if n == 0:
+        return None
+    nll = -float(np.sum([np.sum(x, dtype=np.float64) for x in t["token_logprobs"]])) / n
+    return float(np.exp(min(nll, 50.0)))
+
+
+def _copy_reference(sdir: Path, cdir: Path) -> None:
+    for sub in ("scores/base", "samples/base"):
+        src, dst = sdir / sub, cdir / sub
+        if (src / "stage.json").is_file() and not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst)
+
+
+# ------------------------------------------------------------------------------ per cell
+
+
+@dataclass(frozen=True)
+class CellTask:
+    experiment: Experiment
+    out: str
+    cell: CellSpec
+
+
+def cell_dir(out: Path, cell: CellSpec) -> Path:
+    return Path(out) / "cells" / cell.id
+
+
+def cell_settings(exp: Experiment, cell: CellSpec, n_train: int):
+    """The (TrainSettings, DPSettings | None) of a cell."""
+    from leakaudit.train.loop import matched_settings
+
+    cfg = exp.base
+    lora = exp.config.lora if cell.mode == "lora" else None
+    update: dict[str, Any] = {"seed": cell.seed, "lora": lora}
+    if lora is not None and exp.config.lora_lr is not None:
+        update["lr"] = exp.config.lora_lr
+    dp_train: TrainSettings = cfg.dp_train.model_copy(update=update)
+    if cell.dp:
+        return dp_train, cfg.dp.model_copy(update={"target_epsilon": cell.epsilon, "noise_multiplier": None})
+    if exp.config.matched_steps:
+        # the DP cells' privacy record would give the same: steps and q = 1 / ceil(N / batch) depend on the
+        # settings and N only, so every DP cell of this mode takes these steps, whatever its epsilon
+        return matched_settings(dp_train, n_train), None
+    return cfg.finetune.model_copy(update=update), None
+
+
+def _cell_key(exp: Experiment, cell: CellSpec, n_train: int) -> str:
+    settings, dp = cell_settings(exp, cell, n_train)
+    cfg = seed_config(exp, cell.seed)
+    audit = cfg.model_dump(mode="json", exclude={"data", "canaries", "model", "pretrain", "finetune", "dp_train",
+                                                 "dp", "device", "preset"})
+    return stable_hash({
+        "version": EXPERIMENT_VERSION, "seed": _seed_key(cfg), "cell": cell.id,
+        "train": settings.model_dump(mode="json"), "dp": dp.model_dump(mode="json") if dp else None,
+        "audit": audit, "pii": [exp.config.pii_reconstruction_records, exp.config.pii_candidates],
+        "exposure_min_repetitions": exp.config.exposure_min_repetitions,
+    })
+
+
+def cell_done(exp: Experiment, out: Path, cell: CellSpec) -> bool:
+    marker = cell_dir(out, cell) / "cell.json"
+    sinfo = seed_dir(out, cell.seed) / "seed.json"
+    if not (marker.is_file() and sinfo.is_file()):
+        return False
+    return read_json(marker).get("key") == _cell_key(exp, cell, read_json(sinfo)["n_train"])
+
+
+def run_cell(task: CellTask) -> dict:
+    """Fine-tune and audit one cell (resuming its cached stages); writes and returns ``cell.json``."""
+    from leakaudit.audit import ModelToAudit, run_audit
+    from leakaudit.canaries.manifest import CanaryManifest
+    from leakaudit.io import sha256_file
+    from leakaudit.models.loading import load_model
+    from leakaudit.report.schema import Results
+    from leakaudit.runs import EventLog, device_name, stage
+    from leakaudit.train.loop import save_trained, train_model
+
+    exp, cell, out = task.experiment, task.cell, Path(task.out)
+    cfg = seed_config(exp, cell.seed)
+    sdir, cdir = seed_dir(out, cell.seed), cell_dir(out, cell)
+    sinfo = read_json(sdir / "seed.json")
+    cdir.mkdir(parents=True, exist_ok=True)
+    log = EventLog(cdir)
+    device = _device(cfg)
+    data_dir, can_dir, base_dir = sdir / "data", sdir / "canaries", sdir / "models" / "base"
+    members, non_members = read_jsonl(data_dir / "members.jsonl"), read_jsonl(data_dir / "non_members.jsonl")
+    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
+    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
+    settings, dp = cell_settings(exp, cell, len(train_texts))
+    key = _cell_key(exp, cell, len(train_texts))
+
+    def build(tmp: Path) -> None:
+        t = time.perf_counter()
+        loaded = load_model(base_dir, device=device)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")  # Opacus's accountant, at the end
+            record = train_model(loaded.model, loaded.tokenizer, train_texts, settings, dp=dp)
+        save_trained(loaded.model.cpu(), loaded.tokenizer, tmp, record)
+        write_json(tmp / "timing.json", {"train_seconds": round(time.perf_counter() - t, 2)})
+
+    model_key = {"base": read_json(base_dir / "stage.json")["key"],
+                 "train_sha256": sha256_file(can_dir / "train.jsonl"),
+                 "train": settings.model_dump(mode="json"), "dp": dp.model_dump(mode="json") if dp else None}
+    model_dir = stage(cdir, "model", model_key, build, log)
+    t0 = time.perf_counter()
+    shadows = _shadows(cfg, sdir, base_dir, data_dir, device, log) if cfg.shadows else None
+    _copy_reference(sdir, cdir)
+    what = f"DP-SGD, target eps {cell.epsilon:g}" if cell.dp else "no DP"
+    results: Results = run_audit(
+        cdir, [ModelToAudit(cell.id, model_dir, f"{cell.mode} fine-tuning, {what}, seed {cell.seed}")],
+        members, non_members, manifests, device=device, options=_audit_options(cfg, exp.config),
+        references={"base": base_dir}, shadows=shadows, log=log, command=f"leakaudit experiment ({exp.config.name})",
+        extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")},
+        preflight_warnings=sinfo.get("preflight_warnings", []), train_texts=train_texts,
+        public_texts=[r["text"] for r in read_jsonl(data_dir / "public.jsonl")],
+    )
+    row = cell_metrics(results.models[cell.id], exp.config.exposure_min_repetitions)
+    row.update({
+        "cell": cell.id, "mode": cell.mode, "seed": cell.seed, "dp": cell.dp,
+        "target_epsilon": cell.epsilon if cell.dp else None, "epsilon_label": _eps_label(cell.epsilon),
+        "lr": settings.lr, "lora_rank": settings.lora.r if settings.lora else None,
+        "train_seconds": read_json(model_dir / "timing.json")["train_seconds"],
+        "audit_seconds": round(time.perf_counter() - t0, 2),
+        "device": device_name(device), "run_dir": str(cdir.relative_to(out)),
+    })
+    write_json(cdir / "cell.json", {"key": key, "metrics": row})
+    return row
+
+
+def cell_metrics(model, min_reps: int = 16) -> dict:
+    """The comparison's figures for one audited model (metrics only: no text, secret or PII)."""
+    p = model.privacy
+    inserted = [c for c in model.canaries if c.inserted]
+    hi = [c.exposure_bits for c in inserted if c.repetitions >= min_reps]
+    ref = [c.exposure_bits for c in model.canaries if not c.inserted]
+    searched = [c for c in inserted if c.extracted is not None or c.extracted_beam is not None]
+    best = max(model.mia.items(), key=lambda kv: (kv[1].tpr_at_fpr.get("0.01", 0.0), kv[1].auc), default=None)
+    mem = model.memorization[0] if model.memorization else None
+    one_run = [e for e in model.empirical_privacy if e.method == "one_run"]
+    bound = max(one_run, key=lambda e: e.eps_lower_bound) if one_run else None
+    ux, pii = model.untargeted_extraction, model.pii_extraction
+    return {
+        "epsilon": p.epsilon, "delta": p.delta, "noise_multiplier": p.noise_multiplier, "steps": p.steps,
+        "sample_rate": p.sample_rate, "dataset_size": p.dataset_size,
+        "expected_batch": round(p.sample_rate * p.dataset_size, 2) if p.sample_rate and p.dataset_size else None,
+        "perplexity": model.utility.non_member_perplexity,
+        "member_loss": model.utility.member_loss, "non_member_loss": model.utility.non_member_loss,
+        "exposure_max": max(hi) if hi else None,
+        "exposure_median": statistics.median(hi) if hi else None,
+        "exposure_reference_median": statistics.median(ref) if ref else None,
+        "n_exposure_canaries": len(hi),
+        "best_tpr_at_1pct_fpr": best[1].tpr_at_fpr.get("0.01") if best else None,
+        "best_attack": best[0] if best else None,
+        "loss_auc": model.mia["loss"].auc if "loss" in model.mia else None,
+        "loss_tpr_at_1pct_fpr": model.mia["loss"].tpr_at_fpr.get("0.01") if "loss" in model.mia else None,
+        "canaries_extracted": sum(bool(c.extracted) or bool(c.extracted_beam) for c in searched) if searched else None,
+        "canaries_searched": len(searched),
+        "memorization_k_n": f"{mem.k}:{mem.n}" if mem else None,
+        "memorization_exact_rate": mem.members.exact_match_rate if mem else None,
+        "memorization_exact_rate_non_members": mem.non_members.exact_match_rate if mem else None,
+        "untargeted_memorized": ux.n_memorized if ux else None,
+        "untargeted_samples": ux.n_samples if ux else None,
+        "pii_recall": pii.overall.recall if pii else None,
+        "one_run_eps_lower_bound": bound.eps_lower_bound if bound else None,
+        "one_run_best_possible": bound.best_possible if bound else None,
+    }
+
+
+# ------------------------------------------------------------------------------ executors
+
+
+@dataclass
+class Outcome:
+    label: str
+    result: Any = None
+    error: str | None = None
+
+
+class Executor(ABC):
+    """Runs a list of tasks (a module-level function applied to picklable arguments)."""
+
+    name = "executor"
+
+    @abstractmethod
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any], labels: Sequence[str],
+            log: Callable[..., None]) -> list[Outcome]:
+        """Run ``fn(task)`` for each task; an exception becomes the outcome's error, other tasks go on."""
+
+
+class LocalExecutor(Executor):
+    """Each task in turn, in this process."""
+
+    name = "local"
+
+    def map(self, fn, tasks, labels, log) -> list[Outcome]:
+        out = []
+        for task, label in zip(tasks, labels):
+            log("task_started", f"{label} ...", task=label)
+            t0 = time.perf_counter()
+            try:
+                res = fn(task)
+            except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
+                log("task_failed", f"{label} failed: {type(e).__name__}: {e}", task=label,
+                    traceback=traceback.format_exc())
+                out.append(Outcome(label, error=f"{type(e).__name__}: {e}"))
+                continue
+            log("task_finished", f"{label} done in {time.perf_counter() - t0:.1f}s", task=label)
+            out.append(Outcome(label, res))
+        return out
+
+
+def _in_job(fn: Callable[[Any], Any], task: Any, threads: int | None) -> Any:
+    """What a submitit job runs: quiet Hugging Face, the CPU thread share, then the task."""
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return fn(task)
+
+
+class SubmititExecutor(Executor):
+    """Tasks as submitit jobs: Slurm when available (or ``cluster="slurm"``), else local subprocesses.
+
+    At most ``jobs`` run at once.  Local jobs share the machine's cores between them.
+    """
+
+    name = "submitit"
+
+    def __init__(self, folder: str | Path, *, cluster: str | None = None, jobs: int = 1, timeout_min: int = 120,
+                 parameters: dict[str, Any] | None = None, poll_s: float = 1.0):
+        try:
+            import submitit
+        except ImportError:
+            raise LeakauditError(
+                "--executor submitit needs the submitit package: pip install 'leakaudit[cluster]'"
+            ) from None
+        self._submitit = submitit
+        self.folder = Path(folder)
+        self.jobs = max(1, jobs)
+        self.poll_s = poll_s
+        self.executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
+        self.cluster = self.executor.cluster
+        params = {"timeout_min": timeout_min, "name": "leakaudit"}
+        if self.cluster == "slurm":
+            params["slurm_array_parallelism"] = self.jobs
+        params.update(parameters or {})
+        try:
+            self.executor.update_parameters(**params)
+        except (TypeError, ValueError) as e:
+            raise LeakauditError(f"submitit.parameters: {e}") from None
+        self.threads = None
+        if self.cluster == "local":
+            import os
+
+            self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
+
+    def map(self, fn, tasks, labels, log) -> list[Outcome]:
+        pending = list(zip(range(len(tasks)), tasks, labels))
+        running: list[tuple[int, str, Any, float]] = []
+        results: dict[int, Outcome] = {}
+        while pending or running:
+            while pending and len(running) < self.jobs:
+                i, task, label = pending.pop(0)
+                job = self.executor.submit(_in_job, fn, task, self.threads)
+                log("task_submitted", f"{label}: submitit job {job.job_id} ({self.cluster})", task=label,
+                    job_id=str(job.job_id))
+                running.append((i, label, job, time.perf_counter()))
+            still = []
+            for i, label, job, t0 in running:
+                if not job.done():
+                    still.append((i, label, job, t0))
+                    continue
+                try:
+                    results[i] = Outcome(label, job.result())
+                    log("task_finished", f"{label} done in {time.perf_counter() - t0:.1f}s", task=label)
+                except Exception as e:  # noqa: BLE001 - submitit raises FailedJobError and others
+                    msg = str(e).strip().splitlines()
+                    err = msg[-1] if msg else type(e).__name__
+                    log("task_failed", f"{label} failed (job {job.job_id}): {err}", task=label, error=str(e))
+                    results[i] = Outcome(label, error=err)
+            running = still
+            if running:
+                time.sleep(self.poll_s)
+        return [results[i] for i in range(len(tasks))]
+
+
+def make_executor(kind: str, exp: Experiment, out: Path, *, jobs: int = 1, cluster: str | None = None) -> Executor:
+    if jobs < 1:
+        raise LeakauditError(f"--jobs must be >= 1 (got {jobs})")
+    if kind == "local":
+        if jobs != 1:
+            raise LeakauditError("--jobs: the local executor runs one cell at a time; use --executor submitit")
+        return LocalExecutor()
+    if kind == "submitit":
+        s = exp.config.submitit
+        return SubmititExecutor(out / "submitit", cluster=cluster or s.cluster, jobs=jobs, timeout_min=s.timeout_min,
+                                parameters=s.parameters)
+    raise LeakauditError(f"--executor: expected local or submitit (got '{kind}')")
+
+
+# ------------------------------------------------------------------------------ the grid
+
+
+class ExperimentFailed(RuntimeError):
+    def __init__(self, failed: dict[str, str], paths: dict[str, Path]):
+        self.failed, self.paths = failed, paths
+        super().__init__(f"{len(failed)} task(s) failed: " + "; ".join(f"{k}: {v}" for k, v in failed.items()))
+
+
+@dataclass
+class ExperimentRun:
+    out: Path
+    cells: list[dict]
+    ran: list[str]
+    skipped: list[str]
+    paths: dict[str, Path]
+    seconds: float
+
+
+def run_experiment(
+    exp: Experiment, out: str | Path, *, executor: Executor | None = None, echo: Callable[[str], None] | None = None,
+) -> ExperimentRun:
+    """Run (or resume) every cell of the grid into ``out`` and write the comparison.
+
+    Raises :class:`ExperimentFailed` (after writing the comparison of the finished cells) when a
+    seed or a cell failed; running again retries only what is unfinished.
+    """
+    from leakaudit.runs import EventLog
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    executor = executor or LocalExecutor()
+    log = EventLog(out, echo)
+    t0 = time.perf_counter()
+    write_text_atomic(out / "experiment.yaml", yaml.safe_dump(_resolved(exp), sort_keys=False))
+    cells = exp.cells()
+    log("experiment_started", f"experiment {exp.config.name}: {len(cells)} cells, {len(exp.config.grid.seed)} "
+        f"seed(s), executor {executor.name}, output {out}", cells=len(cells))
+    failed: dict[str, str] = {}
+    todo_seeds = [s for s in exp.config.grid.seed if not seed_done(exp, out, s)]
+    for s in sorted(set(exp.config.grid.seed) - set(todo_seeds)):
+        log("seed_skipped", f"[cached] seed {s}: data, canaries, base model", seed=s)
+    if todo_seeds:
+        outcomes = executor.map(prepare_seed, [SeedTask(exp, str(out), s) for s in todo_seeds],
+                                [f"seed {s}: data, canaries, base model" for s in todo_seeds], log)
+        failed.update({o.label: o.error for o in outcomes if o.error})
+    ready = {s for s in exp.config.grid.seed if seed_done(exp, out, s)}
+    done = [c for c in cells if c.seed in ready and cell_done(exp, out, c)]
+    todo = [c for c in cells if c.seed in ready and c not in done]
+    for c in done:
+        log("cell_skipped", f"[cached] cell {c.id}", cell=c.id)
+    if todo:
+        outcomes = executor.map(run_cell, [CellTask(exp, str(out), c) for c in todo], [f"cell {c.id}" for c in todo],
+                                log)
+        failed.update({o.label: o.error for o in outcomes if o.error})
+    rows = [read_json(cell_dir(out, c) / "cell.json")["metrics"] for c in cells if cell_done(exp, out, c)]
+    paths = write_comparison(exp, out, rows)
+    dt = time.perf_counter() - t0
+    log("experiment_finished", f"comparison: {paths['html']} ({len(rows)}/{len(cells)} cells, {dt:.1f}s)",
+        seconds=round(dt, 2), failed=sorted(failed))
+    if failed:
+        raise ExperimentFailed(failed, paths)
+    return ExperimentRun(out, rows, [c.id for c in todo], [c.id for c in done], paths, dt)
+
+
+def _resolved(exp: Experiment) -> dict:
+    return {"experiment": exp.config.model_dump(mode="json"), "resolved_base": exp.base.model_dump(mode="json")}
+
+
+# ------------------------------------------------------------------------------ comparison
+
+METRICS = (
+    ("epsilon", "accountant ε", "{:.2f}"),
+    ("perplexity", "held-out perplexity", "{:.2f}"),
+    ("best_tpr_at_1pct_fpr", "best TPR @ 1% FPR", "{:.1%}"),
+    ("loss_auc", "LOSS AUC", "{:.3f}"),
+    ("exposure_median", "median exposure (bits)", "{:.2f}"),
+    ("exposure_max", "max exposure (bits)", "{:.2f}"),
+    ("canaries_extracted", "canaries extracted", "{:g}"),
+    ("memorization_exact_rate", "memorization exact rate", "{:.1%}"),
+    ("untargeted_memorized", "untargeted memorized", "{:g}"),
+    ("pii_recall", "PII recall", "{:.1%}"),
+    ("one_run_eps_lower_bound", "one-run ε lower bound", "{:.2f}"),
+)
+CSV_COLUMNS = (
+    "cell", "mode", "seed", "dp", "target_epsilon", "epsilon_label", "epsilon", "delta", "noise_multiplier", "steps",
+    "sample_rate", "expected_batch", "dataset_size", "lr", "lora_rank", "perplexity", "member_loss",
+    "non_member_loss", "best_tpr_at_1pct_fpr", "best_attack", "loss_auc", "loss_tpr_at_1pct_fpr", "exposure_median",
+    "exposure_max", "exposure_reference_median", "n_exposure_canaries", "canaries_extracted", "canaries_searched",
+    "memorization_k_n", "memorization_exact_rate", "memorization_exact_rate_non_members", "untargeted_memorized",
+    "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "train_seconds",
+    "audit_seconds", "device", "run_dir",
+)
+
+
+def _eps_order(label: str) -> float:
+    return math.inf if label == "inf" else float(label)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean, standard deviation (over seeds), min, max and n of each metric per (mode, epsilon)."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["mode"], r["epsilon_label"]), []).append(r)
+    out = []
+    for (mode, label), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], -_eps_order(kv[0][1]))):
+        g: dict[str, Any] = {"mode": mode, "epsilon_label": label, "n_seeds": len(rs),
+                             "seeds": sorted(r["seed"] for r in rs)}
+        for key, _, _ in METRICS:
+            vals = [float(r[key]) for r in rs if r.get(key) is not None and math.isfinite(float(r[key]))]
+            g[key] = {
+                "mean": statistics.fmean(vals) if vals else None,
+                "std": statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None),
+                "min": min(vals) if vals else None, "max": max(vals) if vals else None, "n": len(vals),
+            }
+        out.append(g)
+    return out
+
+
+def matched_check(rows: list[dict]) -> list[dict]:
+    """Per (mode, seed): do the non-DP cells take the DP cells' steps and expected batch?"""
+    out = []
+    keys = sorted({(r["mode"], r["seed"]) for r in rows})
+    for mode, seed in keys:
+        rs = [r for r in rows if r["mode"] == mode and r["seed"] == seed]
+        dp = [r for r in rs if r["dp"]]
+        plain = [r for r in rs if not r["dp"]]
+        if not dp or not plain:
+            continue
+        ok = all(p["steps"] == d["steps"] and abs((p["expected_batch"] or 0) - (d["expected_batch"] or 0)) <= 1
+                 for p in plain for d in dp)
+        out.append({"mode": mode, "seed": seed, "matched": ok, "dp_steps": dp[0]["steps"],
+                    "dp_expected_batch": dp[0]["expected_batch"], "non_dp_steps": plain[0]["steps"],
+                    "non_dp_batch": plain[0]["expected_batch"]})
+    return out
+
+
+def _machine(rows: list[dict]) -> dict:
+    from leakaudit.runs import package_versions
+
+    versions = package_versions()
+    for pkg in ("peft", "matplotlib", "submitit"):
+        try:
+            from importlib import metadata
+
+            versions[pkg] = metadata.version(pkg)
+        except Exception:  # noqa: BLE001
+            pass
+    return {
+        "devices": sorted({r["device"] for r in rows if r.get("device")}),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def write_comparison(exp: Experiment, out: Path, rows: list[dict]) -> dict[str, Path]:
+    """Write comparison.json, .csv, .md and .html (and figures/*.png) into ``out``."""
+    out = Path(out)
+    rows = sorted(rows, key=lambda r: (r["mode"], -_eps_order(r["epsilon_label"]), r["seed"]))
+    summary = summarize(rows)
+    check = matched_check(rows)
+    base_ppl = {}
+    for seed in exp.config.grid.seed:
+        f = seed_dir(out, seed) / "seed.json"
+        if f.is_file() and read_json(f).get("base_perplexity") is not None:
+            base_ppl[str(seed)] = read_json(f)["base_perplexity"]
+    expected = [c.id for c in exp.cells()]
+    doc = {
+        "experiment": exp.config.name,
+        "description": exp.config.description,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "grid": {"epsilon": [_eps_label(e) for e in exp.config.grid.epsilon], "seed": exp.config.grid.seed,
+                 "mode": exp.config.grid.mode},
+        "matched_steps": exp.config.matched_steps,
+        "matched_check": check,
+        "base_model_perplexity": base_ppl,
+        "exposure_min_repetitions": exp.config.exposure_min_repetitions,
+        "n_cells": len(expected),
+        "missing_cells": [c for c in expected if c not in {r["cell"] for r in rows}],
+        "machine": _machine(rows),
+        "cells": rows,
+        "summary": summary,
+        "config": _resolved(exp),
+    }
+    paths = {k: out / f"comparison.{k}" for k in ("json", "csv", "md", "html")}
+    write_json(paths["json"], _json_safe(doc))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(CSV_COLUMNS), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r.get(k) for k in CSV_COLUMNS})
+    write_text_atomic(paths["csv"], buf.getvalue())
+    figures = comparison_figures(rows, exp.config.grid.epsilon, reps=exp.config.exposure_min_repetitions,
+                                 base_perplexity=list(base_ppl.values()))
+    fig_dir = out / "figures"
+    fig_files = {}
+    for name, png in figures.items():
+        fig_dir.mkdir(parents=True, exist_ok=True)
+        (fig_dir / f"{name}.png").write_bytes(png)
+        fig_files[name] = f"figures/{name}.png"
+    write_text_atomic(paths["md"], _markdown(doc, fig_files))
+    write_text_atomic(paths["html"], _html(doc, figures))
+    return {"json": paths["json"], "csv": paths["csv"], "markdown": paths["md"], "html": paths["html"]}
+
+
+def _json_safe(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+FIGURES = {
+    "leakage_tpr": ("best_tpr_at_1pct_fpr", "Membership inference: best TPR at 1% FPR", "TPR at 1% FPR", 0.01),
+    "leakage_exposure": ("exposure_median", "Canary exposure (inserted ≥{reps}×, median)", "exposure (bits)", None),
+    "utility_perplexity": ("perplexity", "Utility: held-out perplexity (lower is better)", "perplexity", None),
+    "empirical_epsilon": ("one_run_eps_lower_bound", "One-run audit: empirical ε lower bound", "ε lower bound", None),
+}
+MODE_STYLE = {"full": ("#1f77b4", "o"), "lora": ("#d62728", "s")}
+
+
+def comparison_figures(
+    rows: list[dict], epsilons: Sequence[float], *, reps: int = 16, base_perplexity: Sequence[float] = ()
+) -> dict[str, bytes]:
+    """PNG figures: each metric against epsilon (evenly spaced, ∞ = no DP at the right), one line per mode.
+
+    A line joins the means over seeds; the bars span mean ± one standard deviation and the faint
+    points are the single seeds.  Baselines are grey: chance (1% TPR), the median exposure of the
+    reference canaries (never inserted), the base model's perplexity, the accountant's epsilon.
+    """
+    if not rows:
+        return {}
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.style import context
+
+    labels = [_eps_label(e) for e in sorted(epsilons)]
+    xpos = {lab: i + (0.5 if lab == "inf" and i else 0.0) for i, lab in enumerate(labels)}  # a gap before ∞
+    modes = sorted({r["mode"] for r in rows})
+    figs = {}
+    for name, (key, title, ylabel, chance) in FIGURES.items():
+        if not any(r.get(key) is not None for r in rows):
+            continue
+        with context("default"):
+            fig = Figure(figsize=(6.0, 4.0), dpi=100)
+            FigureCanvasAgg(fig)
+            ax = fig.add_subplot(1, 1, 1)
+            for j, mode in enumerate(modes):
+                color, marker = MODE_STYLE.get(mode, ("#2ca02c", "^"))
+                off = (j - (len(modes) - 1) / 2) * 0.08
+                xs, means, stds = [], [], []
+                for lab in labels:
+                    vals = [float(r[key]) for r in rows if r["mode"] == mode and r["epsilon_label"] == lab
+                            and r.get(key) is not None and math.isfinite(float(r[key]))]
+                    if not vals:
+                        continue
+                    x = xpos[lab] + off
+                    ax.scatter([x] * len(vals), vals, color=color, alpha=0.3, s=14, linewidths=0)
+                    xs.append(x)
+                    means.append(statistics.fmean(vals))
+                    stds.append(statistics.stdev(vals) if len(vals) > 1 else 0.0)
+                if xs:
+                    ax.errorbar(xs, means, yerr=stds, color=color, marker=marker, capsize=3, label=mode)
+            if key == "one_run_eps_lower_bound":
+                fin = [e for e in sorted(epsilons) if math.isfinite(e)]
+                if fin:
+                    ax.plot([xpos[_eps_label(e)] for e in fin], fin, color="grey", ls=":", label="accountant ε")
+            if chance is not None:
+                ax.axhline(chance, color="grey", ls="--", lw=1, label="chance")
+            ref = [float(r["exposure_reference_median"]) for r in rows
+                   if r.get("exposure_reference_median") is not None]
+            if key == "exposure_median" and ref:
+                ax.axhline(statistics.fmean(ref), color="grey", ls="--", lw=1, label="reference canaries")
+            if key == "perplexity" and base_perplexity:
+                ax.axhline(statistics.fmean(base_perplexity), color="grey", ls="--", lw=1, label="base model")
+            ax.set_xticks([xpos[lab] for lab in labels], ["∞\n(no DP)" if lab == "inf" else lab for lab in labels])
+            ax.set_xlim(-0.5, max(xpos.values()) + 0.5)
+            ax.set_xlabel("target ε (DP-SGD)")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title.format(reps=reps), fontsize=11)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="best", framealpha=0.8)
+            fig.tight_layout()
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+            figs[name] = buf.getvalue()
+    return figs
+
+
+def _fmt(v: Any, fmt: str) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "—"
+    return fmt.format(v)
+
+
+def _summary_cell(g: dict, key: str, fmt: str) -> str:
+    s = g[key]
+    if s["mean"] is None:
+        return "—"
+    text = _fmt(s["mean"], fmt)
+    if s["n"] > 1:
+        text += " ± " + _fmt(s["std"], fmt)
+    return text
+
+
+def _tables(doc: dict) -> tuple[list[str], list[list[str]], list[str], list[list[str]]]:
+    head = ["mode", "target ε", "seeds", *[label for _, label, _ in METRICS]]
+    body = [[g["mode"], g["epsilon_label"], str(g["n_seeds"]), *[_summary_cell(g, k, f) for k, _, f in METRICS]]
+            for g in doc["summary"]]
+    chead = ["cell", "steps", "expected batch", "noise σ", *[label for _, label, _ in METRICS], "best attack",
+             "train s", "audit s"]
+    cbody = [[r["cell"], _fmt(r["steps"], "{:g}"), _fmt(r["expected_batch"], "{:g}"),
+              _fmt(r["noise_multiplier"], "{:.3f}"), *[_fmt(r.get(k), f) for k, _, f in METRICS],
+              r.get("best_attack") or "—", _fmt(r.get("train_seconds"), "{:.0f}"),
+              _fmt(r.get("audit_seconds"), "{:.0f}")]
+             for r in doc["cells"]]
+    return head, body, chead, cbody
+
+
+def _md_table(head: list[str], body: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(c.replace("|", "\\|") for c in row) + " |" for row in body]
+    return "\n".join(lines)
+
+
+def _notes(doc: dict) -> list[str]:
+    notes = []
+    if doc["matched_steps"]:
+        bad = [c for c in doc["matched_check"] if not c["matched"]]
+        notes.append(
+            "Matched steps: every non-DP cell took the optimizer steps, expected batch size and learning rate of "
+            "the DP cells of its mode; only clipping and noise differ."
+            + (" MISMATCH in " + ", ".join(f"{c['mode']} seed {c['seed']}" for c in bad) + "." if bad else "")
+        )
+    else:
+        notes.append("Steps not matched: non-DP cells used the base config's finetune settings, so part of any "
+                     "difference may come from the number of steps and the batch size, not from DP.")
+    notes.append(f"Exposure: over canaries inserted at least {doc['exposure_min_repetitions']} times. Best TPR: "
+                 "the largest TPR at 1% FPR over the attacks run. Spread: ± one standard deviation over seeds.")
+    if doc["base_model_perplexity"]:
+        vals = list(doc["base_model_perplexity"].values())
+        notes.append(f"Base model (pretrained on public data, before fine-tuning): held-out perplexity "
+                     f"{statistics.fmean(vals):.2f}.")
+    if doc["missing_cells"]:
+        notes.append(f"Missing cells (not finished): {', '.join(doc['missing_cells'])}.")
+    return notes
+
+
+def _machine_lines(doc: dict) -> list[str]:
+    m = doc["machine"]
+    v = ", ".join(f"{k} {val}" for k, val in m["versions"].items())
+    return [f"Device: {', '.join(m['devices']) or '—'}", f"Platform: {m['platform']}", f"Versions: {v}"]
+
+
+FIGURE_TEXT = {
+    "leakage_tpr": "Leakage to membership inference: the best attack's TPR at 1% FPR (chance: 1%).",
+    "leakage_exposure": "Leakage of repeated canaries: median exposure in bits (higher: the model ranks the true "
+    "secret above more random ones).",
+    "utility_perplexity": "Utility: perplexity on held-out records (lower is better).",
+    "empirical_epsilon": "Empirical ε lower bound from the one-run canary audit beside the accountant's ε "
+    "(the bound must stay below it).",
+}
+
+
+def _markdown(doc: dict, figures: dict[str, str]) -> str:
+    head, body, chead, cbody = _tables(doc)
+    g = doc["grid"]
+    lines = [
+        f"# Experiment {doc['experiment']}: DP versus non-DP", "",
+        *([doc["description"], ""] if doc["description"] else []),
+        f"Grid: ε {', '.join(g['epsilon'])} × "
+        f"seeds {', '.join(map(str, g['seed']))} × modes {', '.join(g['mode'])} "
+        f"({len(doc['cells'])}/{doc['n_cells']} cells finished). Created {doc['created']}.", "",
+        *[f"- {line}" for line in _machine_lines(doc)], "",
+        "## Summary (mean ± sd over seeds)", "", _md_table(head, body), "",
+        *[f"- {n}" for n in _notes(doc)], "",
+        "## Figures", "",
+    ]
+    for name, path in figures.items():
+        lines += [FIGURE_TEXT[name], "", f"![{name}]({path})", ""]
+    lines += ["## Cells", "", _md_table(chead, cbody), "",
+              "Each cell's own audit report lies in `cells/<cell>/report.html`.", ""]
+    return "\n".join(lines)
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.85em}
+th,td{border:1px solid #ccc;padding:0.3em 0.5em;text-align:right}th{background:#f4f4f4}
+td:first-child,th:first-child{text-align:left}
+figure{display:inline-block;margin:0.5em;vertical-align:top;max-width:600px}
+figcaption{font-size:0.85em;color:#444}.meta{color:#555;font-size:0.9em}
+"""
+
+
+def _html_table(head: list[str], body: list[list[str]]) -> str:
+    h = "".join(f"<th>{html.escape(c)}</th>" for c in head)
+    rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in body)
+    return f"<table><thead><tr>{h}</tr></thead><tbody>{rows}</tbody></table>"
+
+
+def _html(doc: dict, figures: dict[str, bytes]) -> str:
+    import base64
+
+    head, body, chead, cbody = _tables(doc)
+    g = doc["grid"]
+    figs = "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+        f"<figcaption>{html.escape(FIGURE_TEXT[name])}</figcaption></figure>"
+        for name, png in figures.items()
+    )
+    title = f"Experiment {doc['experiment']}: DP versus non-DP"
+    grid = (f"Grid: ε {', '.join(g['epsilon'])} × seeds "
+            f"{', '.join(map(str, g['seed']))} × modes {', '.join(g['mode'])} ({len(doc['cells'])}/{doc['n_cells']} "
+            f"cells finished). Created {doc['created']}.")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(doc['description'])}</p>" if doc["description"] else "",
+        f"<p>{html.escape(grid)}</p>",
+        "<ul class='meta'>" + "".join(f"<li>{html.escape(x)}</li>" for x in _machine_lines(doc)) + "</ul>",
+        "<h2>Summary (mean ± sd over seeds)</h2>", _html_table(head, body),
+        "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in _notes(doc)) + "</ul>",
+        "<h2>Figures</h2>", figs or "<p>No finished cells.</p>",
+        "<h2>Cells</h2>", _html_table(chead, cbody),
+        "<p class='meta'>Each cell's own audit report lies in cells/&lt;cell&gt;/report.html.</p>",
+        "</body></html>",
+    ]
+    return "\n".join(p for p in parts if p) + "\n"
+
+
+__all__ = [
+    "CellSpec", "Executor", "Experiment", "ExperimentConfig", "ExperimentFailed", "LocalExecutor",
+    "SubmititExecutor", "cell_metrics", "load_experiment", "make_executor", "run_experiment", "write_comparison",
+]

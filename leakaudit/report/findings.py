@@ -1,0 +1,502 @@
+"""Findings and verdicts: what each model's measurements show against their baselines.
+
+One :class:`Finding` per kind of measurement and model: the headline number with its interval,
+the baseline it is compared with, whether it exceeds that baseline beyond sampling error (the
+"signal") and a plain sentence for the verdict.  The summary verdicts, the findings table, the
+DP comparison table, the Compliance section (:mod:`leakaudit.report.compliance`) and the model
+cards (:mod:`leakaudit.report.modelcard`) are all built from these.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from leakaudit.report.canaries import _extraction_counts, model_groups
+from leakaudit.report.formatting import (
+    DASH,
+    _bits,
+    _ci,
+    _epsilon,
+    _f,
+    _join,
+    _lower,
+    _ok,
+    _pct,
+    _plural,
+    _sentence,
+)
+from leakaudit.report.mia import KEY_LEVEL, _auc, _tpr, _tpr_key, best_attack
+from leakaudit.report.schema import EmpiricalPrivacy, MemorizationResult, ModelResult, Results
+from leakaudit.report.stats import binomial_greater, fisher_greater, wilson
+
+SIGNIFICANCE = 0.05
+"""One-sided p-value below which a measurement counts as exceeding its baseline."""
+SIGNAL = "▲"
+FAILED_DP = "FAILED DP GUARANTEE"
+
+FINDINGS: dict[str, tuple[str, str]] = {
+    "mia": (
+        "Membership inference",
+        "Can an attacker tell whether a given record was in the training data? The share of training records the "
+        "strongest attack finds while wrongly flagging 1% of held-out records (TPR at 1% FPR); chance is 1%.",
+    ),
+    "canary_extraction": (
+        "Canary extraction",
+        "Can the secret of a planted test record (a canary) be pulled out of the model? Inserted canaries whose "
+        "exact secret a search guided by the model recovers, against canaries that were never inserted.",
+    ),
+    "canary_exposure": (
+        "Canary exposure",
+        "How much more likely the model finds a planted secret than random ones, in bits (each bit halves an "
+        "attacker's guessing effort): the largest over inserted canaries, against never-inserted ones.",
+    ),
+    "memorization": (
+        "Discoverable memorization",
+        "Does the model finish a training record word for word when given its beginning? The share of records "
+        "whose continuation it reproduces exactly, against held-out records it never saw.",
+    ),
+    "untargeted": (
+        "Untargeted extraction",
+        "Does the model, sampled freely, write out training text? Distinct training records found in its "
+        "samples, against samples that match held-out records only (chance and templates).",
+    ),
+    "pii_extraction": (
+        "PII extraction",
+        "Does free sampling produce personal data (names, emails, numbers, ...) of the training records? The share "
+        "of distinct training values recovered that a model which never saw the data does not produce (recall).",
+    ),
+    "pii_reconstruction": (
+        "PII reconstruction",
+        "Given a training record with a personal value masked, does the model pick the true value among candidates? "
+        "Top-1 accuracy, against held-out records and random choice.",
+    ),
+    "empirical": (
+        "Empirical ε",
+        "The privacy loss ε the measurements prove at least (a lower bound with its error probability α), beside "
+        "the ε the DP training claims; a bound above the claim means the DP guarantee failed.",
+    ),
+}
+
+
+@dataclass
+class Finding:
+    """One headline measurement of one model (all text already formatted)."""
+
+    key: str
+    value: str
+    baseline: str
+    signal: bool | None
+    """True: beyond its baseline and sampling error; False: not; None: the data cannot tell."""
+    sentence: str
+    """A plain clause for the verdict."""
+    detail: str = ""
+    failed: bool = False
+    """Only for the empirical ε: the bound exceeds the accountant's ε."""
+
+    @property
+    def label(self) -> str:
+        return FINDINGS[self.key][0]
+
+    @property
+    def measured(self) -> str:
+        """The value with its detail: "12.5% (loss, AUC 0.61 [0.55, 0.67])"."""
+        return f"{self.value} ({self.detail})" if self.detail else self.value
+
+    @property
+    def cell(self) -> str:
+        text = f"{self.measured}; baseline: {self.baseline}"
+        if self.failed:
+            text = f"⚠ {FAILED_DP}: {text}"
+        elif self.signal:
+            text += f" {SIGNAL}"
+        return text
+
+
+def _count(rate: float | None, n: int) -> int:
+    return round((rate or 0.0) * n) if _ok(rate) else 0
+
+
+def _mia_finding(model: ModelResult) -> Finding | None:
+    best = best_attack(model)
+    if best is None:
+        return None
+    name, r = best
+    tpr, _ = _tpr(r, KEY_LEVEL, ci=True)
+    with_ci = [x for x in model.mia.values() if x.auc_ci is not None and _ok(x.auc_ci[0])]
+    signal = any(x.auc_ci[0] > 0.5 for x in with_ci) if with_ci else None
+    auc = _auc(r)
+    if signal:
+        sentence = (
+            f"an attacker can tell its training records from others: the strongest attack ({name}) finds "
+            f"{_pct(_tpr_key(r))} of them while wrongly flagging 1% of held-out records (chance: 1%)"
+        )
+    elif signal is False:
+        sentence = "membership inference does no better than chance (every attack's AUC interval includes 0.5)"
+    else:
+        sentence = f"the strongest membership attack ({name}) finds {_pct(_tpr_key(r))} of training records at 1% FPR"
+    return Finding("mia", tpr, "1% (chance)", signal, sentence, detail=f"{name}, AUC {auc}")
+
+
+def canary_extraction_counts(model: ModelResult) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """((extracted, searched) inserted, (extracted, searched) reference), by either search; None: none run."""
+    searched = [c for c in model.canaries if c.extracted is not None or c.extracted_beam is not None]
+    if searched:
+        hit = [bool(c.extracted) or bool(c.extracted_beam) for c in searched]
+        ins = [h for c, h in zip(searched, hit) if c.repetitions > 0]
+        ref = [h for c, h in zip(searched, hit) if c.repetitions == 0]
+        return (sum(ins), len(ins)), (sum(ref), len(ref))
+    counts = _extraction_counts(model)
+    if not counts:
+        return None
+    ins_k = sum(k for r, (k, _) in counts.items() if r > 0)
+    ins_n = sum(n for r, (_, n) in counts.items() if r > 0)
+    return (ins_k, ins_n), counts.get(0, (0, 0))
+
+
+def _canary_extraction_finding(model: ModelResult) -> Finding | None:
+    counts = canary_extraction_counts(model)
+    if counts is None:
+        return None
+    (k, n), (k0, n0) = counts
+    signal = k > 0 and (k0 == 0 or fisher_greater(k, n, k0, n0) < SIGNIFICANCE)
+    baseline = f"{k0}/{n0} never-inserted canaries" if n0 else "no reference canaries"
+    if signal:
+        sentence = f"the secrets of {k} of {n} planted canaries can be extracted from it"
+    else:
+        sentence = (
+            f"none of {n} planted canaries' secrets could be extracted"
+            if not k
+            else (f"{k} of {n} planted canaries' secrets were extracted, no more often than never-inserted ones")
+        )
+    return Finding("canary_extraction", f"{k}/{n} inserted canaries", baseline, signal, sentence)
+
+
+def max_exposure(model: ModelResult, results: Results) -> tuple[float, bool] | None:
+    """(largest interpolation exposure of an inserted canary, whether it is at its spec's cap); None: none."""
+    caps = {s.name: s.exposure_cap_bits for s in results.canary_specs}
+    inserted = [c for c in model.canaries if c.repetitions > 0 and _ok(c.exposure_bits)]
+    if inserted:
+        top = max(inserted, key=lambda c: c.exposure_bits)
+        cap = caps.get(top.spec)
+        return top.exposure_bits, cap is not None and top.exposure_bits >= cap - 1e-9
+    groups = [g for g in model_groups(model) if g.repetitions > 0 and _ok(g.max_exposure_bits)]
+    if not groups:
+        return None
+    top_value = max(g.max_exposure_bits for g in groups)
+    cap = min(caps.values()) if len(caps) == 1 else None
+    return top_value, cap is not None and top_value >= cap - 1e-9
+
+
+def _exposure_value(pair: tuple[float, bool] | None) -> str:
+    if pair is None:
+        return DASH
+    value, at_cap = pair
+    return f"{'≥' if at_cap else ''}{_bits(value)} bits"
+
+
+def _canary_exposure_finding(model: ModelResult, results: Results) -> Finding | None:
+    top = max_exposure(model, results)
+    if top is None:
+        return None
+    refs = [c.exposure_bits for c in model.canaries if c.repetitions == 0 and _ok(c.exposure_bits)]
+    if not refs:
+        refs = [g.max_exposure_bits for g in model_groups(model) if g.repetitions == 0]
+    baseline = f"max {_bits(max(refs))} bits never inserted" if refs else "no reference canaries"
+    unit = model.mia_by_unit.get("canary", {}).get("exposure")
+    signal = None
+    detail = ""
+    if unit is not None and unit.auc_ci is not None and _ok(unit.auc_ci[0]):
+        signal = unit.auc_ci[0] > 0.5
+        detail = f"inserted vs never-inserted AUC {_auc(unit)}"
+    value = "max " + _exposure_value(top)
+    if signal:
+        sentence = f"it makes planted secrets stand out: up to {_exposure_value(top)} of exposure"
+    elif signal is False:
+        sentence = f"planted secrets do not stand out from never-inserted ones (max exposure {_exposure_value(top)})"
+    else:
+        sentence = f"the largest exposure of a planted secret is {_exposure_value(top)} ({baseline})"
+    return Finding("canary_exposure", value, baseline, signal, sentence, detail=detail)
+
+
+def memorization_p_values(m: MemorizationResult) -> tuple[float, float]:
+    """One-sided Fisher p-values that members match more often than non-members: (exact, approximate)."""
+    mem, non = m.members, m.non_members
+    exact = fisher_greater(mem.exact_matches, mem.n_records, non.exact_matches, non.n_records)
+    approx = 1.0
+    if _ok(mem.approx_match_rate) and _ok(non.approx_match_rate):
+        approx = fisher_greater(
+            _count(mem.approx_match_rate, mem.n_records),
+            mem.n_records,
+            _count(non.approx_match_rate, non.n_records),
+            non.n_records,
+        )
+    return exact, approx
+
+
+def _memorization_finding(model: ModelResult) -> Finding | None:
+    if not model.memorization:
+        return None
+    m = model.memorization[0]
+    mem, non = m.members, m.non_members
+    exact_p, approx_p = memorization_p_values(m)
+    signal = None if not mem.n_records or not non.n_records else min(exact_p, approx_p) < SIGNIFICANCE
+    value = f"{_pct(mem.exact_match_rate)}{_ci(mem.exact_match_ci)} exact"
+    baseline = f"{_pct(non.exact_match_rate)} of held-out records"
+    if _ok(mem.approx_match_rate):
+        value += f", {_pct(mem.approx_match_rate)} approximate"
+        baseline += f" ({_pct(non.approx_match_rate)} approximate)"
+    if exact_p < SIGNIFICANCE:
+        sentence = (
+            f"it completes {_pct(mem.exact_match_rate)} of training records word for word ({m.n} tokens from a "
+            f"{m.k}-token prompt) against {_pct(non.exact_match_rate)} of held-out ones"
+        )
+    elif approx_p < SIGNIFICANCE:
+        sentence = (
+            f"it completes {_pct(mem.approx_match_rate)} of training records nearly word for word (BLEU above 0.75) "
+            f"against {_pct(non.approx_match_rate)} of held-out ones"
+        )
+    else:
+        sentence = "it does not complete training records word for word more often than held-out ones"
+    return Finding("memorization", value, baseline, signal, sentence, detail=f"k={m.k}, n={m.n}")
+
+
+def _untargeted_finding(model: ModelResult) -> Finding | None:
+    u = model.untargeted_extraction
+    if u is None:
+        return None
+    signal = u.n_training_records_reproduced > 0 and u.n_memorized > u.n_non_member_matches
+    value = _plural(u.n_training_records_reproduced, "training record")
+    detail = f"{u.n_memorized:,} of {_plural(u.n_unique, 'unique sample')}"
+    baseline = f"{_plural(u.n_non_member_matches, 'sample')} {'matches' if u.n_non_member_matches == 1 else 'match'} "
+    baseline += "held-out records only"
+    if signal:
+        records = _plural(u.n_training_records_reproduced, "distinct training record")
+        sentence = f"sampled freely, it writes out text of {records} ({detail})"
+    else:
+        sentence = f"free sampling ({_plural(u.n_samples, 'sample')}) did not reproduce training text beyond chance"
+    return Finding("untargeted", value, baseline, signal, sentence, detail=detail)
+
+
+def _pii_extraction_finding(model: ModelResult) -> Finding | None:
+    p = model.pii_extraction
+    if p is None:
+        return None
+    o = p.overall
+    value = f"recall {_pct(o.recall)} ({o.n_true:,}/{o.n_training:,})"
+    detail = f"precision {_pct(o.precision)}"
+    if p.n_baseline_generated:
+        baseline = (
+            f"the baseline model also produces {o.n_baseline_true:,} training values; {o.n_filtered_true:,} removed"
+        )
+    else:
+        baseline = "no baseline model (nothing filtered)"
+    signal = o.n_true > 0
+    if signal:
+        sentence = (
+            f"its samples contain {o.n_true:,} distinct personal-data values of the training records "
+            f"({_pct(o.recall)} of {o.n_training:,})"
+        )
+    else:
+        sentence = "its samples contain no personal data of the training records beyond what a baseline model produces"
+    return Finding("pii_extraction", value, baseline, signal, sentence, detail=detail)
+
+
+def _pii_reconstruction_finding(model: ModelResult) -> Finding | None:
+    mem = model.pii_reconstruction.get("members")
+    if mem is None:
+        return None
+    non = model.pii_reconstruction.get("non_members")
+    k = _count(mem.top1_accuracy, mem.n_queries)
+    if non is not None:
+        p = fisher_greater(k, mem.n_queries, _count(non.top1_accuracy, non.n_queries), non.n_queries)
+        baseline = f"held-out {_pct(non.top1_accuracy)}, chance {_pct(mem.chance_top1)}"
+    else:
+        p = binomial_greater(k, mem.n_queries, mem.chance_top1)
+        baseline = f"chance {_pct(mem.chance_top1)}"
+    signal = p < SIGNIFICANCE if mem.n_queries else None
+    value = f"top-1 {_pct(mem.top1_accuracy)}{_ci(wilson(mem.top1_accuracy, mem.n_queries))}"
+    detail = f"{mem.pii_type}, {mem.n_candidates:,} candidates"
+    if signal:
+        sentence = (
+            f"with a training record's {mem.pii_type} masked, it picks the true value among {mem.n_candidates:,} "
+            f"candidates {_pct(mem.top1_accuracy)} of the time ({baseline})"
+        )
+    else:
+        sentence = f"it does not pick a training record's masked {mem.pii_type} more often than for held-out records"
+    return Finding("pii_reconstruction", value, baseline, signal, sentence, detail=detail)
+
+
+def empirical_best(model: ModelResult) -> EmpiricalPrivacy | None:
+    """The bound that matters most: a failed one first, else the largest lower bound."""
+    if not model.empirical_privacy:
+        return None
+    return max(model.empirical_privacy, key=lambda e: (e.exceeds_accountant, e.eps_lower_bound))
+
+
+def _empirical_finding(model: ModelResult) -> Finding | None:
+    e = empirical_best(model)
+    if e is None:
+        return None
+    accountant = e.accountant_epsilon if e.accountant_epsilon is not None else model.privacy.epsilon
+    value = f"ε ≥ {_f(e.eps_lower_bound, '.2f')}"
+    detail = f"{e.method}, α = {_f(e.alpha, '.2g')}"
+    baseline = f"accountant ε = {_f(accountant, '.2f')}" if accountant is not None else "no DP claim"
+    if e.exceeds_accountant:
+        sentence = (
+            f"{FAILED_DP}: the measurements prove ε ≥ {_f(e.eps_lower_bound, '.2f')}, above the ε = "
+            f"{_f(accountant, '.2f')} its DP training claims"
+        )
+        return Finding("empirical", value, baseline, True, sentence, detail=detail, failed=True)
+    if _ok(e.eps_lower_bound) and e.eps_lower_bound > 0:
+        sentence = f"the measurements prove a privacy loss of at least ε = {_f(e.eps_lower_bound, '.2f')}"
+        if accountant is not None:
+            sentence += f", within the ε = {_f(accountant, '.2f')} its DP training claims"
+        return Finding("empirical", value, baseline, True if accountant is None else False, sentence, detail=detail)
+    sentence = "the empirical privacy audit proves no privacy loss"
+    return Finding("empirical", value, baseline, False, sentence, detail=detail)
+
+
+def model_findings(model: ModelResult, results: Results) -> list[Finding]:
+    """The model's findings in :data:`FINDINGS` order (those not measured are left out)."""
+    found = [
+        _mia_finding(model),
+        _canary_extraction_finding(model),
+        _canary_exposure_finding(model, results),
+        _memorization_finding(model),
+        _untargeted_finding(model),
+        _pii_extraction_finding(model),
+        _pii_reconstruction_finding(model),
+        _empirical_finding(model),
+    ]
+    return [f for f in found if f is not None]
+
+
+def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str, Any]:
+    """A short plain-language paragraph: what leaked, what did not, and a failed DP guarantee first."""
+    failed = [f for f in findings if f.failed]
+    leaks = [f for f in findings if f.signal and not f.failed]
+    quiet = [_lower(f.label) for f in findings if f.signal is False]
+    parts = []
+    if failed:
+        parts.append(_sentence(failed[0].sentence))
+    if leaks:
+        parts.append("It also leaks its training data." if failed else "It leaks its training data.")
+        parts += [_sentence(f.sentence) for f in leaks]
+        if quiet:
+            parts.append(f"No leak beyond the baseline in {_join(quiet)}.")
+    elif quiet and not failed:
+        n = len(quiet)
+        parts.append(
+            f"No leakage detected: none of the {n} measurement{'s' if n != 1 else ''} ({_join(quiet)}) exceeds "
+            "its baseline beyond sampling error. This is evidence, not proof, that it does not leak (see Limitations)."
+        )
+    unclear = [f.sentence for f in findings if f.signal is None]
+    if unclear:
+        parts.append("Shown without a test against its baseline (no interval recorded): " + "; ".join(unclear) + ".")
+    if not findings:
+        parts.append("No leakage measurement was recorded for this model.")
+    eps = model.privacy.epsilon
+    privacy = f"trained with DP at ε = {_f(eps, '.2f')}" if eps is not None else "trained without DP"
+    status = "failed" if failed else ("leaks" if leaks else ("clean" if quiet else "unknown"))
+    return {"name": name, "privacy": privacy, "text": " ".join(parts), "status": status}
+
+
+def headline(results: Results, name: str) -> dict[str, Any]:
+    """The model's headline numbers, unformatted (the DP comparison and the model card use them)."""
+    model = results.models[name]
+    best = best_attack(model)
+    extraction = canary_extraction_counts(model)
+    top = max_exposure(model, results)
+    mem = model.memorization[0] if model.memorization else None
+    emp = empirical_best(model)
+    pii = model.pii_extraction.overall if model.pii_extraction is not None else None
+    return {
+        "epsilon": model.privacy.epsilon,
+        "delta": model.privacy.delta,
+        "accountant": model.privacy.accountant,
+        "best_attack": best[0] if best else None,
+        "best_tpr_at_1pct_fpr": _tpr_key(best[1]) if best else None,
+        "best_attack_auc": best[1].auc if best and _ok(best[1].auc) else None,
+        "max_canary_exposure_bits": top[0] if top else None,
+        "max_canary_exposure_at_cap": top[1] if top else None,
+        "canaries_extracted": extraction[0][0] if extraction else None,
+        "canaries_searched": extraction[0][1] if extraction else None,
+        "memorization_k": mem.k if mem else None,
+        "memorization_n": mem.n if mem else None,
+        "memorization_exact_match_rate": mem.members.exact_match_rate if mem else None,
+        "memorization_exact_match_rate_non_members": mem.non_members.exact_match_rate if mem else None,
+        "pii_recall": pii.recall if pii else None,
+        "pii_precision": pii.precision if pii else None,
+        "empirical_epsilon_lower_bound": emp.eps_lower_bound if emp else None,
+        "empirical_method": emp.method if emp else None,
+        "empirical_alpha": emp.alpha if emp else None,
+        "dp_guarantee_failed": any(e.exceeds_accountant for e in model.empirical_privacy),
+    }
+
+
+def _findings_table(results: Results, findings: dict[str, list[Finding]]) -> dict[str, Any]:
+    """Rows = kinds of finding (with their plain meaning), columns = models."""
+    rows = []
+    for key, (label, meaning) in FINDINGS.items():
+        by_model = {name: next((f for f in fs if f.key == key), None) for name, fs in findings.items()}
+        if not any(by_model.values()):
+            continue
+        cells = []
+        for f in by_model.values():
+            if f is None:
+                cells.append({"text": DASH, "value": DASH, "detail": "", "baseline": "", "status": ""})
+                continue
+            status = "failed" if f.failed else ("signal" if f.signal else "")
+            value = f"⚠ {FAILED_DP}: {f.value}" if f.failed else f.value + (f" {SIGNAL}" if f.signal else "")
+            cells.append({"text": f.cell, "value": value, "detail": f.detail, "baseline": f.baseline, "status": status})
+        rows.append({"label": label, "meaning": meaning, "cells": cells})
+    return {"rows": rows, "signal": SIGNAL}
+
+
+def _comparison(results: Results) -> dict[str, Any]:
+    """DP vs non-DP: one row per model with the headline numbers."""
+    header = [
+        "model",
+        "ε (δ)",
+        "best TPR@1% FPR",
+        "max canary exposure",
+        "canaries extracted",
+        "memorization (exact)",
+        "PII recall",
+        "empirical ε",
+    ]
+    rows = []
+    for name, model in results.models.items():
+        h = headline(results, name)
+        eps = _epsilon(h["epsilon"])
+        if h["epsilon"] is not None and h["delta"] is not None:
+            eps += f" (δ = {_f(h['delta'], '.1e')})"
+        best = DASH
+        if h["best_attack"] is not None:
+            best = f"{_pct(h['best_tpr_at_1pct_fpr'])} ({h['best_attack']})"
+        top = max_exposure(model, results)
+        extracted = DASH if h["canaries_extracted"] is None else f"{h['canaries_extracted']}/{h['canaries_searched']}"
+        mem = DASH
+        if h["memorization_k"] is not None:
+            mem = (
+                f"{_pct(h['memorization_exact_match_rate'])} vs {_pct(h['memorization_exact_match_rate_non_members'])}"
+                " held-out"
+            )
+        emp = DASH
+        failed = h["dp_guarantee_failed"]
+        if h["empirical_epsilon_lower_bound"] is not None:
+            emp = f"≥ {_f(h['empirical_epsilon_lower_bound'], '.2f')}"
+            if failed:
+                emp = f"⚠ {emp}: {FAILED_DP}"
+        cells = [eps, best, _exposure_value(top), extracted, mem, _pct(h["pii_recall"]), emp]
+        rows.append({"name": name, "description": model.description, "cells": cells, "failed": failed})
+    dp = [n for n, m in results.models.items() if m.privacy.epsilon is not None]
+    non = [n for n, m in results.models.items() if m.privacy.epsilon is None]
+    text = (
+        "One row per model: how much each leaks by every measure, side by side. A lower ε is a stronger DP "
+        "guarantee; every other column is leakage, where lower is better."
+    )
+    if dp and non:
+        text += f" Trained with DP: {_join(dp)}; without: {_join(non)}."
+    return {"header": header, "rows": rows, "text": text}

@@ -1,0 +1,265 @@
+"""Experiments: config validation, a tiny 2-cell grid end to end, resuming, and the submitit executor."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import sys
+
+import pytest
+import yaml
+
+from leakaudit.canaries import CanaryManifest
+from leakaudit.errors import LeakauditError
+from leakaudit.experiment import (
+    SubmititExecutor,
+    experiment_from_dict,
+    load_experiment,
+    make_executor,
+    run_experiment,
+)
+from leakaudit.io import read_jsonl
+
+CELLS = ["full-epsinf-seed0", "full-eps1-seed0"]
+TINY = {
+    "name": "tiny_grid",
+    "base": {
+        "preset": "tiny",
+        "device": "cpu",
+        "data": {"n_private": 120, "n_public": 300},
+        "model": {"vocab_size": 400, "n_layer": 1, "n_embd": 32, "n_head": 2},
+        "pretrain": {"epochs": 1, "batch_size": 32, "lr": 3e-3},
+        "dp_train": {"epochs": 8, "batch_size": 32, "lr": 3e-3},
+        "canaries": [
+            {"name": "codes", "template": "Security note for {name}: the account recovery code is {secret}.",
+             "secret": {"format": "digits", "length": 6}, "repetitions": [1, 16], "canaries_per_repetition": 2,
+             "reference_canaries": 4, "null_samples": 100, "seed": 5},
+            {"name": "one-run", "design": "one_run", "template": "Verification number for {name}: {secret}.",
+             "secret": {"format": "digits", "length": 8}, "repetitions": [1], "canaries_per_repetition": 40,
+             "seed": 2},
+        ],
+        "attacks": ["loss", "zlib", "reference"],
+        "shadows": 0,
+        "extraction_budget": 20,
+        "beam_width": 0,
+        "memorization": [],
+        "extraction_samples": 0,
+    },
+    "grid": {"epsilon": ["inf", 1], "seed": [0], "mode": ["full"]},
+    "pii_reconstruction_records": 0,
+}
+
+
+def _write(tmp_path, obj, name="exp.yaml"):
+    p = tmp_path / name
+    p.write_text(obj if isinstance(obj, str) else yaml.safe_dump(obj, sort_keys=False))
+    return p
+
+
+def _with(**changes):
+    d = json.loads(json.dumps(TINY))
+    for dotted, value in changes.items():
+        *parents, last = dotted.split("__")
+        node = d
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = value
+    return d
+
+
+# ------------------------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize(
+    "changes, needles",
+    [
+        ({"grid__epsilon": [-1, "inf"]}, ["field 'grid.epsilon'", "> 0 or inf"]),
+        ({"grid__epsilon": []}, ["field 'grid.epsilon'"]),
+        ({"grid__mode": ["full", "qlora"]}, ["field 'grid.mode.1'"]),
+        ({"grid__seed": [0, 0]}, ["field 'grid.seed'", "distinct"]),
+        ({"colour": "blue"}, ["field 'colour'"]),
+        ({"name": "has space"}, ["field 'name'"]),
+        ({"base__data__n_private": 2}, ["field 'base.data.n_private'"]),
+        ({"base__attacks": ["loss", "nope"]}, ["field 'base.attacks'", "nope"]),
+        ({"base__preset": "huge"}, ["field 'base.preset'", "huge"]),
+        ({"base__canaries": [{"name": "x", "template": "no secret here", "secret": {"format": "digits",
+                                                                                   "length": 4},
+                              "repetitions": [1]}]}, ["field 'base.canaries.0"]),
+        ({"base__canaries": ["missing.yaml"]}, ["field 'base.canaries.0'", "missing.yaml"]),
+        ({"lora_lr": 0}, ["field 'lora_lr'"]),
+    ],
+)
+def test_config_errors_name_the_file_and_field(tmp_path, changes, needles):
+    path = _write(tmp_path, _with(**changes))
+    with pytest.raises(LeakauditError) as e:
+        load_experiment(path)
+    msg = str(e.value)
+    assert msg.startswith(str(path)) and "\n" not in msg, msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(LeakauditError, match="experiment file not found"):
+        load_experiment(tmp_path / "nope.yaml")
+    with pytest.raises(LeakauditError, match="not valid YAML"):
+        load_experiment(_write(tmp_path, "grid: [unclosed"))
+    with pytest.raises(LeakauditError, match="must be a YAML mapping"):
+        load_experiment(_write(tmp_path, "- a list"))
+
+
+def test_grid_expands_with_inf_as_no_dp(tmp_path):
+    exp = load_experiment(_write(tmp_path, _with(grid__epsilon=[math.inf, 8, 1], grid__seed=[0, 1],
+                                                  grid__mode=["full", "lora"])))
+    assert len(exp.cells()) == 12
+    assert exp.config.grid.epsilon[0] == math.inf
+    ids = [c.id for c in exp.cells()]
+    assert ids[:3] == ["full-epsinf-seed0", "full-eps8-seed0", "full-eps1-seed0"] and "lora-eps1-seed1" in ids
+    assert not exp.cells()[0].dp and exp.cells()[1].dp
+
+
+def test_shipped_experiments_validate():
+    from tests.conftest import TESTS
+
+    for name in ("dp_vs_nondp.yaml", "dp_vs_nondp_gpu.yaml"):
+        exp = load_experiment(TESTS.parent / "experiments" / name)
+        assert len(exp.cells()) == 16 and exp.config.matched_steps
+        assert {s.design for s in exp.base.canaries} == {"fixed", "one_run"}
+
+
+def test_executor_errors(tmp_path, monkeypatch):
+    exp = experiment_from_dict(TINY)
+    with pytest.raises(LeakauditError, match="--jobs"):
+        make_executor("local", exp, tmp_path, jobs=2)
+    with pytest.raises(LeakauditError, match="--executor"):
+        make_executor("dask", exp, tmp_path)
+    monkeypatch.setitem(sys.modules, "submitit", None)  # as if not installed
+    with pytest.raises(LeakauditError, match=r"pip install 'leakaudit\[cluster\]'"):
+        make_executor("submitit", exp, tmp_path)
+
+
+def test_cli_bad_experiment_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    from leakaudit.cli import main
+
+    path = _write(tmp_path, _with(grid__epsilon=[0]))
+    monkeypatch.setattr(sys, "argv", ["leakaudit", "experiment", str(path), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1 and err[0].startswith("leakaudit: error: ") and "grid.epsilon" in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------- a tiny grid
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("experiment")
+    path = _write(root, TINY)
+    exp = load_experiment(path)
+    run = run_experiment(exp, root / "out")
+    return exp, path, root / "out", run
+
+
+def test_grid_runs_end_to_end_into_the_comparison(grid):
+    exp, _, out, run = grid
+    assert sorted(run.ran) == sorted(CELLS) and run.skipped == []
+    for f in ("comparison.json", "comparison.csv", "comparison.md", "comparison.html", "experiment.yaml",
+              "seeds/seed-0/seed.json", "seeds/seed-0/models/base/model.safetensors"):
+        assert (out / f).is_file(), f
+    for c in CELLS:  # each cell is a normal audited run
+        for f in ("cell.json", "results.json", "report.html", "model/privacy.json"):
+            assert (out / "cells" / c / f).is_file(), (c, f)
+    doc = json.loads((out / "comparison.json").read_text())
+    cells = {r["cell"]: r for r in doc["cells"]}
+    assert set(cells) == set(CELLS) and doc["missing_cells"] == []
+    for r in cells.values():
+        for k in ("epsilon", "perplexity", "exposure_max", "exposure_median", "best_tpr_at_1pct_fpr", "loss_auc",
+                  "canaries_extracted", "memorization_exact_rate", "untargeted_memorized", "pii_recall",
+                  "one_run_eps_lower_bound", "steps", "expected_batch"):
+            assert k in r, k
+        assert r["perplexity"] > 1 and 0 <= r["loss_auc"] <= 1 and 0 <= r["best_tpr_at_1pct_fpr"] <= 1
+        assert r["n_exposure_canaries"] == 2 and r["canaries_searched"] == 4
+    plain, dp = cells["full-epsinf-seed0"], cells["full-eps1-seed0"]
+    assert plain["epsilon"] is None and dp["epsilon"] == pytest.approx(1.0, rel=0.02)
+    # matched steps: the non-DP cell takes the DP cell's steps and (expected) batch
+    assert plain["steps"] == dp["steps"] and abs(plain["expected_batch"] - dp["expected_batch"]) <= 1
+    assert doc["matched_check"] == [{"mode": "full", "seed": 0, "matched": True, "dp_steps": dp["steps"],
+                                     "dp_expected_batch": dp["expected_batch"], "non_dp_steps": plain["steps"],
+                                     "non_dp_batch": plain["expected_batch"]}]
+    # a real effect even at this size: the 16x canaries are exposed without DP, much less with eps 1
+    assert plain["exposure_median"] > dp["exposure_median"] + 1.0, (plain, dp)
+    assert dp["one_run_eps_lower_bound"] <= dp["epsilon"]
+    assert [(g["mode"], g["epsilon_label"], g["n_seeds"]) for g in doc["summary"]] == [("full", "inf", 1),
+                                                                                       ("full", "1", 1)]
+    assert doc["machine"]["devices"] and "torch" in doc["machine"]["versions"] and doc["machine"]["platform"]
+    rows = list(csv.DictReader((out / "comparison.csv").open()))
+    assert [r["cell"] for r in rows] == CELLS and float(rows[1]["epsilon"]) == pytest.approx(dp["epsilon"])
+
+
+def test_reports_are_self_contained_and_hold_no_secrets(grid):
+    _, _, out, _ = grid
+    html = (out / "comparison.html").read_text()
+    assert html.count("data:image/png;base64,") == 4  # TPR, exposure, perplexity, empirical eps
+    assert "http://" not in html and "https://" not in html and "<script" not in html
+    md = (out / "comparison.md").read_text()
+    assert "| full | inf | 1 |" in md and "| full | 1 | 1 |" in md and "figures/leakage_tpr.png" in md
+    assert (out / "figures" / "utility_perplexity.png").is_file()
+    shared = html + "".join((out / f).read_text() for f in ("comparison.json", "comparison.csv", "comparison.md"))
+    sdir = out / "seeds" / "seed-0"
+    secrets = [c.secret for m in sdir.glob("canaries/manifest-*.json") for c in CanaryManifest.load(m).canaries]
+    assert len(secrets) == 48
+    assert not [s for s in secrets if s in shared]
+    texts = [r["text"] for r in read_jsonl(sdir / "data" / "members.jsonl")][:20]
+    assert not [t for t in texts if t[:40] in shared]
+
+
+def test_rerun_skips_finished_cells_and_resumes_an_unfinished_one(grid, tmp_path):
+    exp, _, out, first = grid
+    resumed = tmp_path / "out"
+    shutil.copytree(out, resumed)
+    again = run_experiment(exp, resumed)
+    assert again.ran == [] and sorted(again.skipped) == sorted(CELLS)
+    assert again.cells == first.cells
+    # a cell interrupted after training: only its audit is redone, its model stage is reused
+    (resumed / "cells" / CELLS[1] / "cell.json").unlink()
+    shutil.rmtree(resumed / "cells" / CELLS[1] / "scores")
+    third = run_experiment(exp, resumed)
+    assert third.ran == [CELLS[1]] and third.skipped == [CELLS[0]]
+    events = [json.loads(x) for x in (resumed / "cells" / CELLS[1] / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "stage_skipped" and e["stage"] == "model" for e in events)
+    # deterministic: the same metrics as the first run
+    for a, b in zip(first.cells, third.cells):
+        assert a["exposure_median"] == pytest.approx(b["exposure_median"]) and a["steps"] == b["steps"]
+
+
+def test_cli_experiment_on_a_finished_grid(grid, monkeypatch, capsys):
+    from leakaudit.cli import main
+
+    _, path, out, _ = grid
+    monkeypatch.setattr(sys, "argv", ["leakaudit", "experiment", str(path), "--out", str(out)])
+    with pytest.raises(SystemExit) as e:
+        main()
+        raise SystemExit(0)
+    cap = capsys.readouterr()
+    assert e.value.code == 0, cap.err
+    assert "0 cell(s) run, 2 already finished" in cap.out and "comparison.html" in cap.out
+
+
+def test_submitit_executor_in_local_mode(grid, tmp_path):
+    pytest.importorskip("submitit")
+    exp, _, out, first = grid
+    target = tmp_path / "out"
+    shutil.copytree(out, target, ignore=shutil.ignore_patterns(CELLS[0]))  # the non-DP cell is redone in a job
+    executor = SubmititExecutor(target / "submitit", cluster="local", jobs=1, timeout_min=10, poll_s=0.5)
+    assert executor.cluster == "local"
+    run = run_experiment(exp, target, executor=executor)
+    assert run.ran == [CELLS[0]] and run.skipped == [CELLS[1]]
+    assert list((target / "submitit").iterdir())  # the job's folder (logs, pickles)
+    got = {r["cell"]: r for r in run.cells}[CELLS[0]]
+    want = {r["cell"]: r for r in first.cells}[CELLS[0]]
+    assert got["steps"] == want["steps"] and got["perplexity"] == pytest.approx(want["perplexity"], rel=0.05)
+    assert json.loads((target / "comparison.json").read_text())["missing_cells"] == []
