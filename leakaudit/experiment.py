@@ -42,7 +42,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leakaudit.config import REPO_CANARIES, DemoConfig, resolve_config
 from leakaudit.errors import LeakauditError
-from leakaudit.io import read_json, read_jsonl, stable_hash, write_json, write_jsonl, write_text_atomic
+from leakaudit.io import (
+    read_json,
+    read_jsonl,
+    read_yaml_mapping,
+    stable_hash,
+    write_json,
+    write_jsonl,
+    write_text_atomic,
+)
 from leakaudit.train.loop import LoraSettings, TrainSettings
 
 Mode = Literal["full", "lora"]
@@ -186,14 +194,7 @@ def _describe(err: ValidationError, where: str, prefix: str = "") -> str:
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file; any problem is one LeakauditError naming the file and field."""
     p = Path(path)
-    if not p.is_file():
-        raise LeakauditError(f"{p}: experiment file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise LeakauditError(f"{p}: an experiment file must be a YAML mapping")
+    raw = read_yaml_mapping(p, "experiment file")
     return experiment_from_dict(raw, where=str(p), root=p.parent)
 
 

@@ -105,3 +105,29 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     if path.exists():
         shutil.rmtree(path)
     os.replace(tmp, path)
+
+
+def read_yaml_mapping(path: str | Path, what: str, *, empty_ok: bool = False) -> dict:
+    """Read a YAML file that must hold a mapping; every problem is one LeakauditError naming the file.
+
+    ``what`` names the file's role in the messages ("policy file", "canary spec", ...); with
+    ``empty_ok`` an empty file reads as ``{}``.
+    """
+    import yaml
+
+    from leakaudit.errors import LeakauditError
+
+    p = Path(path)
+    if not p.is_file():
+        raise LeakauditError(f"{p}: {what} not found")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise LeakauditError(f"{p}: cannot read the {what}: {e}") from None
+    if raw is None and empty_ok:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LeakauditError(f"{p}: a {what} must be a YAML mapping")
+    return raw

@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from leakaudit.errors import LeakauditError
+from leakaudit.io import read_yaml_mapping
 from leakaudit.report.schema import Results
 
 __all__ = ["Check", "Policy", "Verdict", "evaluate_policy", "gate", "load_policy"]
@@ -109,18 +109,7 @@ def _describe(err: ValidationError, where: str) -> str:
 def load_policy(path: str | Path) -> Policy:
     """Read and validate a policy file; any problem is a one-line :class:`LeakauditError`."""
     p = Path(path)
-    if not p.is_file():
-        raise LeakauditError(f"{p}: policy file not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise LeakauditError(f"{p}: cannot read the policy file: {e}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise LeakauditError(f"{p}: a policy must be a YAML mapping of limits")
+    raw = read_yaml_mapping(p, "policy file", empty_ok=True)
     try:
         return Policy.model_validate(raw)
     except ValidationError as e:

@@ -6,11 +6,11 @@ import string
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from leakaudit.canaries.formats import FORMATS, SecretFormat, get_format
 from leakaudit.errors import LeakauditError
+from leakaudit.io import read_yaml_mapping
 
 FIELDS = ("name", "first_name", "city", "company")
 """Per-canary fields a template may use besides ``{secret}``, filled by Faker."""
@@ -101,14 +101,7 @@ def _describe(err: ValidationError) -> str:
 def load_spec(path: str | Path) -> CanarySpec:
     """Read and validate a canary spec; errors name the file and the field."""
     p = Path(path)
-    if not p.is_file():
-        raise LeakauditError(f"{p}: canary spec not found")
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise LeakauditError(f"{p}: a canary spec must be a YAML mapping")
+    raw = read_yaml_mapping(p, "canary spec")
     try:
         return CanarySpec.model_validate(raw)
     except ValidationError as e:
