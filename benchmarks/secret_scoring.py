@@ -32,7 +32,7 @@ from leakaudit.models.target import span_nll  # noqa: E402
 SIZES = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
     "small": dict(n_layer=4, n_embd=128, n_head=4, vocab=2048),
-    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=8192),
+    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=8192, resize=50257),
 }
 
 
@@ -70,12 +70,16 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--exact-space", type=int, default=0, choices=[0, 10**4, 10**5, 10**6],
                     help="also time the exact exposure of one canary over a whole digits space of this size")
+    ap.add_argument("--bf16", action="store_true", help="run the model in bfloat16 on a GPU")
     args = ap.parse_args()
     sz = SIZES[args.size]
     _, public = make_corpora(1, 2000, seed=0)
     tok = train_tokenizer([r["text"] for r in public], vocab_size=sz["vocab"])
     model = build_model(tok, n_layer=sz["n_layer"], n_embd=sz["n_embd"], n_head=sz["n_head"], context=256)
-    model = model.to(args.device).eval()
+    if sz.get("resize"):
+        model.resize_token_embeddings(sz["resize"])  # a GPT-2-sized vocabulary: the output layer's real cost
+    cuda = args.device.startswith("cuda")
+    model = model.to(args.device, torch.bfloat16 if cuda and args.bf16 else torch.float32).eval()
     target = Target(model, tok, token_budget=16384)
     prefix = "Security note for Jordan Avery Whitfield: the account recovery code is "
     cands = [f"{i:06d}" for i in np.random.default_rng(0).choice(10**6, args.candidates, replace=False)]
@@ -88,7 +92,7 @@ def main() -> None:
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
         "torch_threads": torch.get_num_threads(),
-        "size": args.size,
+        "size": args.size, "dtype": str(next(model.parameters()).dtype),
         "parameters": sum(p.numel() for p in model.parameters()),
         "candidates": args.candidates,
         "shared_prefix_cands_per_s": args.candidates / t_fast,

@@ -98,3 +98,28 @@ def test_min_k_plus_plus_statistics_come_from_the_same_pass(gpt2, tokenizer, cor
         var = (p * logp**2).sum(-1).numpy() - mu**2
         np.testing.assert_allclose(st.mu, mu, atol=1e-4)
         np.testing.assert_allclose(st.var, var, atol=1e-3)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_many_candidates_take_the_vectorised_path_and_agree(request, tokenizer, arch):
+    from leakaudit.models.tokenize import encode_continuations
+
+    model = request.getfixturevalue(arch)
+    target = Target(model, tokenizer, token_budget=512)
+    prefix = "Security note for Ann Lee: the account recovery code is "
+    rng = np.random.default_rng(0)
+    cands = [f"{i:06d}" for i in rng.choice(10**6, 300, replace=False)] + ["12", "9999999999", "abc", " 42", "x y"]
+    split = encode_continuations(tokenizer, prefix, cands)
+    assert split is not None and split.cut < len(prefix)
+    for c, tail in zip(cands[:20], split.tails):
+        assert split.head.ids + tail == encode(tokenizer, [prefix + c])[0].ids
+    fast = target.secret_nll(prefix, cands)
+    assert target._continuation_nll(prefix, cands) is not None
+    slow = target.secret_nll(prefix, cands[:200]).tolist() + target.secret_nll(prefix, cands[200:]).tolist()
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+
+
+def test_continuations_refuse_a_prefix_without_word_boundaries(tokenizer):
+    from leakaudit.models.tokenize import encode_continuations
+
+    assert encode_continuations(tokenizer, "code:", ["1", "2"]) is None

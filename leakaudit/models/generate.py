@@ -9,15 +9,30 @@ high temperature first, then at 1).  A fixed seed gives the same samples twice: 
 draws from its own generator seeded by ``(seed, batch index)``, so results do not depend on
 what else ran before.
 
-This is the portable path (CPU, any architecture with a cache).  Batches are formed from
-prompts of similar length so little compute goes to padding; results come back in prompt
-order.
+Two paths, one interface:
+
+* ``static`` (the default on a GPU): a preallocated key/value cache (the library's
+  ``StaticCache``) and a 4-D attention mask kept in fixed buffers, so one decoding step has the
+  same shapes every time; on CUDA that step is captured once as a CUDA graph and replayed, which
+  removes the per-step launch and framework overhead that dominates small-model decoding.
+  Sampling runs on the device (Gumbel-max over the top-k logits), never copying the logits to
+  the host.
+* ``portable`` (the default on a CPU, and the fallback): the library's growing cache, one
+  ordinary forward per step.  When the static path cannot run for a model (an architecture
+  whose cache or attention it cannot drive) the engine warns once, naming the reason, and
+  falls back to this path.
+
+Batches are formed from prompts of similar length so little compute goes to padding; results
+come back in prompt order.  Under ``torch.distributed`` (torchrun, accelerate) the prompts are
+split across processes and gathered back in order on every rank.
 """
 
 from __future__ import annotations
 
 import inspect
+import warnings
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -78,9 +93,11 @@ def returned_cache(output):
 
 
 def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
-    """Next token per row from float32 logits [B, V]."""
+    """Next token per row from float32 logits [B, V] (on a CUDA device: :func:`_choose_on_device`)."""
     if s.greedy:
         return logits.argmax(-1)
+    if logits.is_cuda:
+        return _choose_on_device(logits, s, step, gen)
     logits = logits / s.temperature_at(step)
     if s.top_k is not None and s.top_k < logits.shape[-1]:
         kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
@@ -96,20 +113,53 @@ def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) 
     return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
 
 
-@torch.no_grad()
-def _generate_batch(
-    model: PreTrainedModel, prompts: list[list[int]], s: Sampling, pad_id: int, gen: torch.Generator, cache_arg: str
-) -> np.ndarray:
-    device = next(model.parameters()).device
+def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
+    """Sample where the logits are, with the Gumbel-max trick: argmax(logit / T + G), G ~ Gumbel(0, 1).
+
+    That argmax is an exact draw from softmax(logit / T).  With top-k only the k largest logits
+    take part (``topk`` returns them sorted, so top-p is a cumulative sum over them); without
+    top-k the whole vocabulary does.  ``gen`` must live on the logits' device.
+    """
+    logits = logits / s.temperature_at(step)
+    if s.top_k is not None and s.top_k < logits.shape[-1]:
+        vals, idx = torch.topk(logits, s.top_k, dim=-1)
+    else:
+        vals, idx = torch.sort(logits, dim=-1, descending=True) if s.top_p is not None else (logits, None)
+    if s.top_p is not None and s.top_p < 1:
+        probs = torch.softmax(vals, dim=-1)
+        vals = vals.masked_fill((probs.cumsum(-1) - probs) >= s.top_p, float("-inf"))
+    u = torch.rand(vals.shape, generator=gen, device=vals.device, dtype=torch.float32)
+    gumbel = -torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
+    choice = (vals + gumbel).argmax(-1, keepdim=True)
+    return (idx.gather(-1, choice) if idx is not None else choice).squeeze(-1)
+
+
+def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     B, width = len(prompts), max(len(p) for p in prompts)
     ids = torch.full((B, width), pad_id, dtype=torch.long)
     mask = torch.zeros((B, width), dtype=torch.long)
     for b, p in enumerate(prompts):
         ids[b, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[b, width - len(p):] = 1
+    return ids, mask
+
+
+def _stop_check(s: Sampling, step: int, done: torch.Tensor) -> bool:
+    """Whether every row has stopped (checked every 8 steps: each check waits for the device)."""
+    return s.stop_token is not None and step % 8 == 7 and bool(done.all())
+
+
+@torch.no_grad()
+def _generate_batch(
+    model: PreTrainedModel, prompts: list[list[int]], s: Sampling, pad_id: int, gen: torch.Generator, cache_arg: str
+) -> np.ndarray:
+    """The portable path: the library's growing cache and one ordinary forward per step."""
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(prompts, pad_id)
+    B = len(prompts)
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
     cache = returned_cache(out)
     logits = out.logits[:, -1].float()
     next_pos = pos[:, -1:] + 1
@@ -121,7 +171,7 @@ def _generate_batch(
         new[:, step] = tok
         if s.stop_token is not None:
             done |= tok == s.stop_token
-        if step + 1 == s.max_new_tokens or bool(done.all()):
+        if step + 1 == s.max_new_tokens or _stop_check(s, step, done):
             break
         mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
         out = model(
@@ -133,6 +183,177 @@ def _generate_batch(
     return new.cpu().numpy()
 
 
+class StaticPathUnavailable(RuntimeError):
+    """The static-cache path cannot drive this model; the message says why."""
+
+
+class _StaticDecoder:
+    """Fixed-shape decoding for batches of ``batch`` prompts of up to ``max_prompt`` tokens.
+
+    The key/value cache (``StaticCache``), the input ids, positions and the additive 4-D
+    attention mask live in buffers allocated once, so every decoding step has the same shapes
+    and addresses; on CUDA the step is captured as a graph after two eager steps and replayed
+    for every later step and every later batch.  The mask is built here (the library returns a
+    ready 4-D mask as it is), so no mask code runs inside the captured step.
+    """
+
+    def __init__(self, model: PreTrainedModel, batch: int, max_prompt: int, max_new: int, cache_arg: str,
+                 use_graph: bool):
+        from transformers import StaticCache
+
+        self.model, self.cache_arg = model, cache_arg
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.B, self.W = batch, max_prompt
+        self.L = -(-(max_prompt + max_new) // 64) * 64  # a multiple of 64: aligned attention-mask rows
+        try:
+            self.cache = StaticCache(config=model.config, max_cache_len=self.L)
+        except Exception as e:  # noqa: BLE001 - any failure means: this model cannot use the path
+            raise StaticPathUnavailable(f"StaticCache cannot be built for {type(model).__name__}: {e}") from e
+        if any(getattr(layer, "is_sliding", False) for layer in getattr(self.cache, "layers", [])):
+            raise StaticPathUnavailable(f"{type(model).__name__} uses sliding-window attention layers")
+        self.neg = torch.finfo(self.dtype).min
+        self.ids = torch.full((batch, 1), 0, dtype=torch.long, device=self.device)
+        self.pos = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
+        self.mask = torch.full((batch, 1, 1, self.L), self.neg, dtype=self.dtype, device=self.device)
+        self.use_graph = use_graph and self.device.type == "cuda"
+        self.graph = None
+        self.logits: torch.Tensor | None = None
+
+    def _step_forward(self) -> torch.Tensor:
+        out = self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.pos, use_cache=True,
+                         **{self.cache_arg: self.cache})
+        return out.logits[:, -1]
+
+    def _reset(self) -> None:
+        for layer in getattr(self.cache, "layers", []):
+            if getattr(layer, "is_initialized", False):
+                layer.keys.zero_()
+                layer.values.zero_()
+                layer.cumulative_length.zero_()
+
+    def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
+        """Run the left-padded prompts (width ``W``, right-aligned) and return the last logits."""
+        ids, keep = _left_pad(prompts, pad_id)
+        if ids.shape[1] < self.W:  # right-align every batch at column W so decoding slots line up
+            extra = self.W - ids.shape[1]
+            ids = torch.cat([torch.full((self.B, extra), pad_id, dtype=torch.long), ids], 1)
+            keep = torch.cat([torch.zeros((self.B, extra), dtype=torch.long), keep], 1)
+        ids, keep = ids.to(self.device), keep.to(self.device).bool()
+        self._reset()
+        W, L = self.W, self.L
+        causal = torch.ones((W, L), dtype=torch.bool, device=self.device).tril()
+        allowed = causal[None] & torch.cat([keep, torch.zeros((self.B, L - W), dtype=torch.bool,
+                                                              device=self.device)], 1)[:, None, :]
+        allowed |= torch.eye(W, L, dtype=torch.bool, device=self.device)[None]  # padding rows see themselves
+        mask = torch.zeros((self.B, 1, W, L), dtype=self.dtype, device=self.device)
+        mask.masked_fill_(~allowed[:, None], self.neg)
+        pos = (keep.long().cumsum(-1) - 1).clamp_min(0)
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
+                         **{self.cache_arg: self.cache})
+        # decoding steps attend to the real prompt tokens and, one by one, to the new tokens
+        self.mask.fill_(self.neg)
+        self.mask[:, 0, 0, :W].masked_fill_(keep, 0.0)
+        self.pos.copy_(pos[:, -1:])
+        return out.logits[:, -1]
+
+    def step(self, tok: torch.Tensor, step: int) -> torch.Tensor:
+        """Feed the tokens chosen at ``step`` (written to cache slot W + step); return the next logits."""
+        self.ids.copy_(tok[:, None])
+        self.pos.add_(1)
+        self.mask[:, 0, 0, self.W + step] = 0.0
+        if not self.use_graph:
+            return self._step_forward()
+        if self.graph is None:
+            if step < 2:  # eager warm-up steps (lazy initialisation, library kernels) on a side stream
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    logits = self._step_forward()
+                torch.cuda.current_stream().wait_stream(side)
+                return logits
+            graph = torch.cuda.CUDAGraph()
+            try:
+                with torch.cuda.graph(graph):
+                    self.logits = self._step_forward()
+            except Exception as e:  # noqa: BLE001 - capture refused: keep the static cache, run eagerly
+                torch.cuda.synchronize()
+                self.use_graph = False
+                _warn_once(f"the decoding step of {type(self.model).__name__} could not be captured as a CUDA "
+                           f"graph ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                           "decoding eagerly with the static cache", path="eager static path")
+                return self._step_forward()
+            self.graph = graph
+        self.graph.replay()
+        return self.logits  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def _generate_static(dec: _StaticDecoder, prompts: list[list[int]], s: Sampling, pad_id: int,
+                     gen: torch.Generator) -> np.ndarray:
+    n_real = len(prompts)
+    prompts = prompts + [prompts[-1]] * (dec.B - n_real)  # a short last batch keeps the captured shape
+    logits = dec.prefill(prompts, pad_id).float()
+    new = torch.full((dec.B, s.max_new_tokens), pad_id, dtype=torch.long, device=dec.device)
+    done = torch.zeros(dec.B, dtype=torch.bool, device=dec.device)
+    for step in range(s.max_new_tokens):
+        tok = _choose(logits, s, step, gen)
+        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
+        new[:, step] = tok
+        if s.stop_token is not None:
+            done |= tok == s.stop_token
+        if step + 1 == s.max_new_tokens or _stop_check(s, step, done):
+            break
+        logits = dec.step(tok, step).float()
+    return new[:n_real].cpu().numpy()
+
+
+Engine = Literal["auto", "static", "portable"]
+_warned: set[str] = set()
+
+
+def _warn_once(reason: str, path: str = "portable path") -> None:
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"generation falls back to the {path}: {reason}", RuntimeWarning, stacklevel=3)
+
+
+def _local_generate(model, prompts, sampling, pad_id, batch_size, seed, engine, cuda_graph, report) -> np.ndarray:
+    device = next(model.parameters()).device
+    cache_arg = cache_argument(model)
+    out = np.full((len(prompts), sampling.max_new_tokens), pad_id, dtype=np.int64)
+    if not prompts:
+        return out
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    use_static = engine == "static" or (engine == "auto" and device.type == "cuda")
+    dec = None
+    if use_static:
+        try:
+            dec = _StaticDecoder(model, min(batch_size, len(prompts)), max(len(p) for p in prompts),
+                                 sampling.max_new_tokens, cache_arg, use_graph=cuda_graph)
+        except StaticPathUnavailable as e:
+            _warn_once(str(e))
+    for n, batch in enumerate(batches):
+        gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + n)
+        rows = [prompts[i] for i in batch]
+        if dec is not None:
+            try:
+                out[batch] = _generate_static(dec, rows, sampling, pad_id, gen)
+                report["path"] = "static, CUDA graph" if dec.graph is not None else "static"
+                continue
+            except Exception as e:  # noqa: BLE001 - the model's forward rejected the static inputs
+                if n > 0 or engine == "static":
+                    raise
+                _warn_once(f"{type(model).__name__} could not decode with a static cache ({type(e).__name__}: "
+                           f"{str(e).splitlines()[0] if str(e) else ''})")
+                dec = None
+                gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + n)
+        out[batch] = _generate_batch(model, rows, sampling, pad_id, gen, cache_arg)
+        report["path"] = "portable"
+    return out
+
+
 def generate(
     model: PreTrainedModel,
     prompts: list[list[int]],
@@ -141,22 +362,44 @@ def generate(
     pad_id: int,
     batch_size: int = 64,
     seed: int = 0,
+    engine: Engine = "auto",
+    cuda_graph: bool = True,
+    report: dict | None = None,
 ) -> np.ndarray:
     """Decode ``sampling.max_new_tokens`` tokens after each prompt (token ids, BOS included).
 
     Returns an int array [len(prompts), max_new_tokens] of the new tokens, in prompt order;
     positions after a stop token hold ``pad_id``.  Every prompt needs at least one token.
+
+    ``engine``: ``auto`` takes the static path on a GPU and the portable path on a CPU;
+    ``static`` asks for the static path anywhere (on a CPU it runs without a graph); ``portable``
+    forces the library's growing cache.  ``cuda_graph=False`` keeps the static path eager.
+    A fixed seed gives the same tokens twice on the same device and engine (the CPU and GPU
+    draw their random numbers differently).  ``report``, when given, receives ``path``: the path
+    that decoded the last batch ("static, CUDA graph", "static" or "portable").  Under
+    ``torch.distributed`` each rank decodes every W-th prompt (by length) and all ranks return
+    the full result in prompt order.
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (a BOS for an empty prompt)")
+    if engine not in ("auto", "static", "portable"):
+        raise ValueError(f"engine must be auto, static or portable, not {engine!r}")
     model = model.eval()
-    cache_arg = cache_argument(model)
-    out = np.full((len(prompts), sampling.max_new_tokens), pad_id, dtype=np.int64)
+    report = report if report is not None else {}
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return _local_generate(model, prompts, sampling, pad_id, batch_size, seed, engine, cuda_graph, report)
+    world, rank = dist.get_world_size(), dist.get_rank()
     order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))
-    for n, start in enumerate(range(0, len(order), batch_size)):
-        batch = order[start : start + batch_size]
-        gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + n)
-        out[batch] = _generate_batch(model, [prompts[i] for i in batch], sampling, pad_id, gen, cache_arg)
+    mine = order[rank::world]
+    local = _local_generate(model, [prompts[i] for i in mine], sampling, pad_id, batch_size, seed * world + rank,
+                            engine, cuda_graph, report)
+    gathered: list = [None] * world
+    dist.all_gather_object(gathered, (mine, local))
+    out = np.full((len(prompts), sampling.max_new_tokens), pad_id, dtype=np.int64)
+    for idx, rows in gathered:
+        if idx:
+            out[idx] = rows
     return out
 
 

@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.models.generate import cache_argument, returned_cache
-from leakaudit.models.tokenize import encode
+from leakaudit.models.tokenize import encode, encode_continuations
 
 
 def default_device() -> str:
@@ -206,6 +206,10 @@ class Target:
         the prefix's trailing space merges into the secret's first token).  The tokens all
         candidates share are run once and their key/value cache reused for every candidate.
         """
+        if len(candidates) >= 256:  # many candidates: tokenize only what follows the prefix's last words
+            fast = self._continuation_nll(prefix, candidates)
+            if fast is not None:
+                return fast
         enc = encode(self.tokenizer, [prefix + c for c in candidates])
         lps = self._shared_prefix_scores([e.ids for e in enc])
         if lps is None:
@@ -217,6 +221,59 @@ class Target:
         enc = encode(self.tokenizer, [p + c for p, c in zip(prefixes, secrets)])
         lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
         return span_nll(enc, lps, [(len(p), len(p) + len(c)) for p, c in zip(prefixes, secrets)])
+
+    def _run_head(self, head_ids: list[int]):
+        """One pass over shared tokens: their logits (float32 log-probs) and the key/value cache."""
+        head = torch.tensor([head_ids], device=self.device)
+        pos = torch.arange(len(head_ids), device=self.device).unsqueeze(0)
+        first = self.model(input_ids=head, position_ids=pos, use_cache=True)
+        cache = returned_cache(first)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return None, None
+        return torch.log_softmax(first.logits[0].float(), dim=-1), cache
+
+    @torch.no_grad()
+    def _continuation_nll(self, prefix: str, candidates: list[str]) -> np.ndarray | None:
+        """:meth:`secret_nll` for many candidates, vectorised (None: use the general path).
+
+        The prefix's head is tokenized and run once; the tails (the prefix's last words and a
+        candidate) are grouped by token count, so each group is one int matrix scored in
+        batches against copies of the head's cache, and the tokens covering the candidate are
+        summed without a per-candidate Python loop.
+        """
+        split = encode_continuations(self.tokenizer, prefix, candidates)
+        if split is None or len(split.head.ids) + max(map(len, split.tails)) > self.context:
+            return None
+        head_lp, cache = self._run_head(split.head.ids)
+        if cache is None:
+            return None
+        last = head_lp[-1]
+        rest = np.asarray(split.rest_ids, dtype=np.int64)
+        H = len(split.head.ids)
+        out = np.empty(len(candidates), dtype=np.float64)
+        by_len: dict[int, list[int]] = {}
+        for i, t in enumerate(split.tails):
+            by_len.setdefault(len(t), []).append(i)
+        for L, idx in by_len.items():
+            mat = np.asarray([split.tails[i] for i in idx], dtype=np.int64).reshape(len(idx), L)
+            m = min(L, len(rest))
+            shared = np.cumprod(mat[:, :m] == rest[None, :m], axis=1).sum(1) if m else np.zeros(len(idx), np.int64)
+            covers = np.arange(L)[None, :] >= shared[:, None]  # tokens that cover part of the candidate
+            lp = np.empty((len(idx), L), dtype=np.float32)
+            n = max(1, min(4096, self.token_budget // max(L + H // 4, 1)))
+            for a in range(0, len(idx), n):
+                ids = torch.from_numpy(mat[a : a + n]).to(self.device)
+                past = copy.deepcopy(cache)
+                past.batch_repeat_interleave(ids.shape[0])
+                mask = torch.ones((ids.shape[0], H + L), dtype=torch.long, device=self.device)
+                tpos = torch.arange(H, H + L, device=self.device).unsqueeze(0).expand(ids.shape[0], -1)
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True,
+                                    **{self._cache_arg: past}).logits[:, :-1]
+                step = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+                lp[a : a + n] = torch.cat([last[ids[:, :1]], step], dim=1).cpu().numpy()
+                del past, logits, step
+            out[idx] = -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
+        return out
 
     @torch.no_grad()
     def _shared_prefix_scores(self, ids_list: list[list[int]]) -> list[np.ndarray] | None:
@@ -235,12 +292,9 @@ class Target:
         if shared < 2:
             return None
         head = torch.tensor([ids_list[0][:shared]], device=self.device)
-        pos = torch.arange(shared, device=self.device).unsqueeze(0)
-        first = self.model(input_ids=head, position_ids=pos, use_cache=True)
-        cache = returned_cache(first)
-        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+        head_lp, cache = self._run_head(ids_list[0][:shared])  # head_lp predicts tokens 1..shared
+        if cache is None:
             return None
-        head_lp = torch.log_softmax(first.logits[0].float(), dim=-1)  # predicts tokens 1..shared
         head_tok = head_lp[:-1].gather(-1, head[0, 1:, None]).squeeze(-1).cpu().numpy()
         last = head_lp[-1]
         tails = [x[shared:] for x in ids_list]

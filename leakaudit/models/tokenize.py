@@ -65,3 +65,84 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, add_eos: boo
             offs.append((offs[-1][1], offs[-1][1]) if offs else (0, 0))
         out.append(Encoded(ids=ids, offsets=offs, n_special=n_special))
     return out
+
+
+@dataclass(frozen=True)
+class Continuations:
+    """``prefix + c`` for many ``c``, tokenized as ``head`` (shared, BOS included) then one tail each.
+
+    ``tails[i]`` holds the token ids of ``prefix[cut:] + c_i``, so that ``head.ids + tails[i]``
+    equals ``encode(prefix + c_i).ids``.  The leading tail tokens a tail shares with ``rest_ids``
+    (the tokens of ``prefix[cut:]`` alone) lie wholly before ``c_i``; every later one covers part
+    of it.
+    """
+
+    head: Encoded
+    tails: list[list[int]]
+    rest_ids: list[int]
+    cut: int
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_continuations(
+    tokenizer: PreTrainedTokenizerBase, prefix: str, continuations: list[str], *, check: int = 16, seed: int = 0
+) -> Continuations | None:
+    """Tokenize many continuations of one prefix without re-tokenizing the prefix each time.
+
+    The prefix is cut at a word boundary near its end (``"... code is| 123456"``, else before
+    the last or second-last word); only the rest and each continuation are tokenized, by the
+    fast tokenizer's batch encoder and without offsets (building them costs more than the
+    tokenizing).  The tokens of ``rest + c`` that lie wholly before ``c`` are the ones it shares
+    with the tokenization of ``rest`` alone.  Both facts (the split reproduces the full
+    tokenization; the shared tokens are exactly those before ``c``) are checked with offsets on
+    ``check`` continuations (the first, the last, random ones); the next cut is tried when they
+    fail, and None is returned when no cut holds or the tokenizer has no fast backend, so callers
+    fall back to :func:`encode`.
+    """
+    import random
+    import re
+
+    words = list(re.finditer(r"\S+", prefix))
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if len(words) < 3 or backend is None or not continuations:
+        return None
+    cuts = [words[-1].end()] if words[-1].end() < len(prefix) else []
+    for w in (words[-1], words[-2]):
+        cut = w.start()
+        while cut > 0 and prefix[cut - 1].isspace():
+            cut -= 1
+        cuts.append(cut)
+    rng = random.Random(seed)
+    probe = sorted({0, len(continuations) - 1, *(rng.randrange(len(continuations)) for _ in range(max(0, check - 2)))})
+    full = encode(tokenizer, [prefix + continuations[i] for i in probe])
+    for cut in cuts:
+        head = encode(tokenizer, [prefix[:cut]])[0]
+        rest = prefix[cut:]
+        rest_ids = backend.encode(rest, add_special_tokens=False).ids
+        if _split_holds(backend, head, rest, rest_ids, len(prefix), [continuations[i] for i in probe], full):
+            batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
+            tails = [e.ids for e in batch([rest + c for c in continuations], add_special_tokens=False)]
+            return Continuations(head=head, tails=tails, rest_ids=list(rest_ids), cut=cut)
+    return None
+
+
+def _split_holds(backend, head: Encoded, rest: str, rest_ids: list[int], start: int, probes: list[str],
+                 full: list[Encoded]) -> bool:
+    """The split reproduces each probe's full tokenization, and its shared tokens end by ``start``."""
+    for c, f in zip(probes, full):
+        ids = backend.encode(rest + c, add_special_tokens=False).ids
+        if f.ids != head.ids + list(ids):
+            return False
+        ends = [b for _, b in f.offsets[len(head.ids):]]
+        n_before = _common_prefix(ids, rest_ids)
+        if any(b > start for b in ends[:n_before]) or any(b <= start for b in ends[n_before:]):
+            return False
+    return True

@@ -1,0 +1,144 @@
+"""Decoding throughput: leakaudit's engine against the library's ``generate``, in the same run on the
+same model, prompts and sampling settings (top-k 40, every sequence decoding the full length).
+
+    python benchmarks/generation.py [--archs gpt2,llama] [--size small|gpt2-small] [--batches 1,64,512]
+                                    [--new-tokens 256] [--device cuda] [--untargeted-samples 100000]
+
+For each architecture and batch size it prints new tokens/s of both and their ratio, the engine's
+one-off set-up time (first call: static cache allocation and, on a GPU, the CUDA-graph capture),
+which path the engine took, and peak GPU memory.  ``--untargeted-samples N`` also times the
+untargeted extraction attack's sampling stage (three strategies, ``--new-tokens`` tokens each) on
+the first architecture.  Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from functools import partial
+
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from leakaudit.data import make_corpora  # noqa: E402
+from leakaudit.models import Target, build_model, encode, train_tokenizer  # noqa: E402
+from leakaudit.models.generate import Sampling, generate  # noqa: E402
+
+SIZES = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
+    "small": dict(n_layer=4, n_embd=128, n_head=4, vocab=2048),
+    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=8192, resize=50257),
+}
+
+
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def library_generate(model, prompts, pad, n):
+    width = max(map(len, prompts))
+    dev = next(model.parameters()).device
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=dev)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=dev)
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, top_k=40, max_new_tokens=n,
+                             min_new_tokens=n, pad_token_id=pad, eos_token_id=None)
+    return out[:, width:]
+
+
+def timed(fn):
+    sync()
+    t0 = time.perf_counter()
+    out = fn()
+    sync()
+    return out, time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--archs", default="gpt2,llama")
+    ap.add_argument("--size", choices=sorted(SIZES), default="small")
+    ap.add_argument("--batches", default="1,64,512")
+    ap.add_argument("--new-tokens", type=int, default=256)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--untargeted-samples", type=int, default=0)
+    ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")
+    args = ap.parse_args()
+    sz = SIZES[args.size]
+    cuda = args.device.startswith("cuda")
+    _, public = make_corpora(1, 2000, seed=0)
+    tok = train_tokenizer([r["text"] for r in public], vocab_size=sz["vocab"])
+    pad = tok.pad_token_id
+    rng = np.random.default_rng(0)
+    enc = encode(tok, [r["text"] for r in public])
+    res: dict = {
+        "machine": f"{platform.machine()} {platform.processor()}".strip(),
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "torch": torch.__version__, "size": args.size, "new_tokens": args.new_tokens, "runs": [],
+    }
+
+    def dump() -> None:
+        text = json.dumps(res, indent=2)
+        if args.out:
+            with open(args.out, "w") as f:
+                f.write(text)
+
+    first_model = None
+    for arch in args.archs.split(","):
+        model = build_model(tok, arch=arch, n_layer=sz["n_layer"], n_embd=sz["n_embd"], n_head=sz["n_head"],
+                            context=1024)
+        if sz.get("resize"):
+            model.resize_token_embeddings(sz["resize"])  # a GPT-2-sized vocabulary: the output layer's real cost
+        model = model.to(args.device, torch.bfloat16 if cuda else torch.float32).eval()
+        first_model = first_model or model
+        params = sum(p.numel() for p in model.parameters())
+        for b in [int(x) for x in args.batches.split(",")]:
+            picks = rng.integers(0, len(enc), size=b)
+            prompts = [enc[i].ids[: int(rng.integers(8, 33))] for i in picks]
+            s = Sampling(max_new_tokens=args.new_tokens, top_k=40)
+            report: dict = {}
+            engine = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
+            _, setup = timed(partial(engine, report=report))
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            a, t_engine = timed(engine)
+            again = engine()
+            peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+            library_generate(model, prompts[:1], pad, 4)  # warm-up
+            _, t_lib = timed(partial(library_generate, model, prompts, pad, args.new_tokens))
+            n_tok = b * args.new_tokens
+            run = {
+                "arch": arch, "parameters": params, "batch": b, "path": report.get("path"),
+                "engine_tokens_per_s": n_tok / t_engine, "library_tokens_per_s": n_tok / t_lib,
+                "engine_vs_library": t_lib / t_engine, "engine_first_call_s": setup, "engine_s": t_engine,
+                "library_s": t_lib, "same_samples_with_same_seed": bool((a == again).all()),
+                "engine_peak_mb": peak,
+            }
+            res["runs"].append(run)
+            print(json.dumps(run), flush=True)
+            dump()
+        if arch != args.archs.split(",")[0]:
+            del model
+    if args.untargeted_samples and first_model is not None:
+        from leakaudit.attacks.untargeted import sample_texts
+
+        target = Target(first_model, tok)
+        sample_texts(target, 16, length=8, public_texts=[r["text"] for r in public[:200]], batch_size=512)
+        samples, t = timed(partial(sample_texts, target, args.untargeted_samples, length=args.new_tokens,
+                                   public_texts=[r["text"] for r in public], batch_size=512))
+        res["untargeted_sampling"] = {
+            "arch": args.archs.split(",")[0], "samples": len(samples.new), "tokens_each": args.new_tokens,
+            "seconds": t, "tokens_per_s": len(samples.new) * args.new_tokens / t,
+        }
+        dump()
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
