@@ -27,6 +27,7 @@ from leakaudit.data import make_corpora  # noqa: E402
 from leakaudit.models import Target, build_model, encode, train_tokenizer  # noqa: E402
 
 SIZES = {
+    "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
     "small": dict(n_layer=4, n_embd=128, n_head=4, vocab=2048),
     "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=50257),
 }

@@ -288,6 +288,29 @@ class _StaticDecoder:
         return self.logits  # type: ignore[return-value]
 
 
+_last_decoder: list[tuple[tuple, _StaticDecoder]] = []  # the most recent one, kept for the next call
+
+
+def _decoder(model, batch: int, max_prompt: int, max_new: int, cache_arg: str, use_graph: bool) -> _StaticDecoder:
+    """A decoder for these shapes, reusing the last one (its cache and captured graph) when they match.
+
+    Only one is kept: its cache holds batch x layers x (prompt + new tokens) keys and values.
+    """
+    width = -(-(max_prompt + max_new) // 64) * 64
+    key = (id(model), batch, width - max_new, max_new, use_graph, next(model.parameters()).dtype)
+    if _last_decoder and _last_decoder[0][0] == key and _last_decoder[0][1].model is model:
+        return _last_decoder[0][1]
+    _last_decoder.clear()  # free the old cache before allocating the new one
+    dec = _StaticDecoder(model, batch, width - max_new, max_new, cache_arg, use_graph)
+    _last_decoder.append((key, dec))
+    return dec
+
+
+def release_decoder() -> None:
+    """Free the kept static cache and CUDA graph (they are otherwise reused by the next call)."""
+    _last_decoder.clear()
+
+
 @torch.no_grad()
 def _generate_static(dec: _StaticDecoder, prompts: list[list[int]], s: Sampling, pad_id: int,
                      gen: torch.Generator) -> np.ndarray:
@@ -330,8 +353,8 @@ def _local_generate(model, prompts, sampling, pad_id, batch_size, seed, engine, 
     dec = None
     if use_static:
         try:
-            dec = _StaticDecoder(model, min(batch_size, len(prompts)), max(len(p) for p in prompts),
-                                 sampling.max_new_tokens, cache_arg, use_graph=cuda_graph)
+            dec = _decoder(model, min(batch_size, len(prompts)), max(len(p) for p in prompts),
+                           sampling.max_new_tokens, cache_arg, cuda_graph)
         except StaticPathUnavailable as e:
             _warn_once(str(e))
     for n, batch in enumerate(batches):

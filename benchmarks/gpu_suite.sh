@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Every GPU measurement of docs/benchmarks.md in one command, for a short device lease.
+#
+#   OUT=runs/gpu bash benchmarks/gpu_suite.sh [SECONDS]
+#
+# A dry run of the same steps on a CPU, small:
+#   SIZE=tiny NEW=16 BATCHES=1,8 TEXTS=16 SPACE=10000 SAMPLES=300 bash benchmarks/gpu_suite.sh 600
+#
+# Steps run in order of importance, each under its own time limit and all under SECONDS (default
+# 540) in total; a step that fails or runs out of time is logged and the next one starts.  Each
+# writes one JSON file under $OUT; log.txt holds every step's output and exit status.  Packages the
+# machine lacks (opacus, datasets, faker, pydantic) must be importable first (see
+# ../shared/gpu/wheels.sh: PYTHONPATH=/tmp/site:$PWD).
+set -u
+OUT=${OUT:-runs/gpu}
+TOTAL=${1:-540}
+SIZE=${SIZE:-gpt2-small} NEW=${NEW:-256} BATCHES=${BATCHES:-1,64,512} TEXTS=${TEXTS:-1024}
+SPACE=${SPACE:-1000000} SAMPLES=${SAMPLES:-100000}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=true
+log="$OUT/log.txt"
+start=$(date +%s)
+
+step() {  # step NAME LIMIT OUTFILE CMD...
+  local name=$1 limit=$2 outfile=$3
+  shift 3
+  local left=$((TOTAL - ($(date +%s) - start)))
+  if [ "$left" -lt 20 ]; then
+    echo "== $name skipped: ${left}s left" >>"$log"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s, at $(( $(date +%s) - start ))s)" >>"$log"
+  local t0
+  t0=$(date +%s)
+  if [ "$outfile" = "-" ]; then
+    timeout "$limit" "$@" >>"$log" 2>&1
+  else
+    timeout "$limit" "$@" >"$outfile" 2>>"$log"
+  fi
+  echo "== $name rc=$? in $(( $(date +%s) - t0 ))s" >>"$log"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+} >>"$log" 2>&1
+
+# known-answer checks first: the captured decoding step against the library's greedy decoding
+step gpu-tests 75 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py
+# issue 7: engine vs library generate, GPT-2-small and Llama-style, batch 1/64/512, 256 new tokens
+step generation 150 - python3 benchmarks/generation.py --size "$SIZE" --batches "$BATCHES" --new-tokens "$NEW" \
+  --out "$OUT/generation.json"
+# issue 3: scoring engine vs one-per-pass and plain batched fp32, 512-token texts
+step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size "$SIZE" --texts "$TEXTS" \
+  --max-tokens 512
+# issue 4: exact exposure over 10^6 candidates vs the naive loop
+step exposure 90 "$OUT/exposure.json" python3 benchmarks/secret_scoring.py --size "$SIZE" --bf16 \
+  --candidates 20000 --loop-candidates 200 --exact-space "$SPACE"
+# issue 5: DP step cost, GPT-2-small-sized, hooks and ghost against non-DP
+step dp-gpt2 120 "$OUT/dp_gpt2.json" python3 benchmarks/dp_step.py --arch gpt2 --size "$SIZE" --batch 16 \
+  --tokens 256 --steps 5
+# issue 7: the untargeted attack's sampling stage, 100,000 samples of 256 tokens
+step untargeted 130 - python3 benchmarks/generation.py --size "$SIZE" --archs gpt2 --batches 512 \
+  --new-tokens "$NEW" --untargeted-samples "$SAMPLES" --out "$OUT/untargeted.json"
+# issue 5: the same DP comparison on a Llama-style model
+step dp-llama 100 "$OUT/dp_llama.json" python3 benchmarks/dp_step.py --arch llama --size "$SIZE" --batch 16 \
+  --tokens 256 --steps 5
+echo "== done in $(( $(date +%s) - start ))s" >>"$log"
