@@ -52,6 +52,34 @@ def library_generate(model, prompts, pad, n):
     return out[:, width:]
 
 
+def step_profile(model, s: Sampling, reps: int = 50) -> dict:
+    """GPU milliseconds of one decoding step's parts, from the decoder the last call left captured."""
+    from leakaudit.models import generate as engine
+
+    dec = engine._last_decoder[0][1]
+    if dec.graph is None:
+        return {}
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    logits = dec.logits.float()
+    parts = {
+        "graph_replay": lambda: dec.graph.replay(),
+        "to_float32": lambda: dec.logits.float(),
+        "sample_top_k": lambda: engine._choose_on_device(logits, s, 30, gen),
+        "sample_full_vocab": lambda: engine._choose_on_device(logits, Sampling(max_new_tokens=1, top_k=None), 30, gen),
+    }
+    out = {}
+    for name, fn in parts.items():
+        fn()
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        for _ in range(reps):
+            fn()
+        b.record()
+        torch.cuda.synchronize()
+        out[name] = a.elapsed_time(b) / reps
+    return out
+
+
 def timed(fn):
     sync()
     t0 = time.perf_counter()
@@ -68,6 +96,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--untargeted-samples", type=int, default=0)
+    ap.add_argument("--step-profile", action="store_true", help="GPU time of a decoding step's parts (largest batch)")
     ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")
     args = ap.parse_args()
     sz = SIZES[args.size]
@@ -120,6 +149,8 @@ def main() -> None:
                 "library_s": t_lib, "same_samples_with_same_seed": bool((a == again).all()),
                 "engine_peak_mb": peak,
             }
+            if args.step_profile and cuda and b == max(int(x) for x in args.batches.split(",")):
+                run["step_profile_ms"] = step_profile(model, s)
             res["runs"].append(run)
             print(json.dumps(run), flush=True)
             dump()

@@ -15,7 +15,8 @@ set -u
 OUT=${OUT:-runs/gpu}
 TOTAL=${1:-540}
 SIZE=${SIZE:-gpt2-small} NEW=${NEW:-256} BATCHES=${BATCHES:-1,64,512} TEXTS=${TEXTS:-1024}
-SPACE=${SPACE:-1000000} SAMPLES=${SAMPLES:-100000}
+SPACE=${SPACE:-1000000} SAMPLES=${SAMPLES:-100000} ARCHS=${ARCHS:-gpt2,llama}
+STEPS=${STEPS:-}  # a comma-separated subset of the step names below (default: all)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=true
 log="$OUT/log.txt"
@@ -24,6 +25,9 @@ start=$(date +%s)
 step() {  # step NAME LIMIT OUTFILE CMD...
   local name=$1 limit=$2 outfile=$3
   shift 3
+  if [ -n "$STEPS" ] && [[ ",$STEPS," != *",$name,"* ]]; then
+    return
+  fi
   local left=$((TOTAL - ($(date +%s) - start)))
   if [ "$left" -lt 20 ]; then
     echo "== $name skipped: ${left}s left" >>"$log"
@@ -49,7 +53,7 @@ step() {  # step NAME LIMIT OUTFILE CMD...
 step gpu-tests 75 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py
 # issue 7: engine vs library generate, GPT-2-small and Llama-style, batch 1/64/512, 256 new tokens
 step generation 150 - python3 benchmarks/generation.py --size "$SIZE" --batches "$BATCHES" --new-tokens "$NEW" \
-  --out "$OUT/generation.json"
+  --archs "$ARCHS" --step-profile --out "$OUT/generation.json"
 # issue 3: scoring engine vs one-per-pass and plain batched fp32, 512-token texts
 step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size "$SIZE" --texts "$TEXTS" \
   --max-tokens 512

@@ -106,6 +106,12 @@ def main() -> None:
         fmt = get_format("digits", len(str(args.exact_space)) - 1)
         rank, t_exact = timed(exact_rank, target, prefix, cands[0][: fmt.length], fmt)
         naive = fmt.space_size * (t_loop / len(sub))  # the loop's measured rate, over the whole space
+        from leakaudit.models.tokenize import encode_continuations
+
+        t0 = time.perf_counter()  # the host's share: making and tokenizing every candidate, no model
+        for a in range(0, fmt.space_size, 20000):
+            encode_continuations(tok, prefix, [fmt.from_index(i) for i in range(a, min(a + 20000, fmt.space_size))])
+        res["exact_host_tokenize_seconds"] = time.perf_counter() - t0
         res.update({
             "exact_space": fmt.space_size, "exact_seconds": t_exact, "exact_rank": rank,
             "naive_loop_seconds_projected": naive, "exact_speedup_vs_naive_loop": naive / t_exact,

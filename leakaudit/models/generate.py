@@ -116,22 +116,23 @@ def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) 
 def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
     """Sample where the logits are, with the Gumbel-max trick: argmax(logit / T + G), G ~ Gumbel(0, 1).
 
-    That argmax is an exact draw from softmax(logit / T).  With top-k only the k largest logits
-    take part (``topk`` returns them sorted, so top-p is a cumulative sum over them); without
-    top-k the whole vocabulary does.  ``gen`` must live on the logits' device.
+    That argmax is an exact draw from softmax(logit / T) over the tokens left after top-k and
+    top-p, which are cut by value (every token tied with the k-th stays, as on the CPU path).
+    The noise is drawn for every vocabulary entry and indexed by token id, never by rank, so a
+    seed gives the same tokens even where a GPU's top-k or sort orders tied logits differently
+    from one run to the next.  ``gen`` must live on the logits' device.
     """
     logits = logits / s.temperature_at(step)
     if s.top_k is not None and s.top_k < logits.shape[-1]:
-        vals, idx = torch.topk(logits, s.top_k, dim=-1)
-    else:
-        vals, idx = torch.sort(logits, dim=-1, descending=True) if s.top_p is not None else (logits, None)
+        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
     if s.top_p is not None and s.top_p < 1:
+        vals = torch.sort(logits, dim=-1, descending=True).values
         probs = torch.softmax(vals, dim=-1)
-        vals = vals.masked_fill((probs.cumsum(-1) - probs) >= s.top_p, float("-inf"))
-    u = torch.rand(vals.shape, generator=gen, device=vals.device, dtype=torch.float32)
-    gumbel = -torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))
-    choice = (vals + gumbel).argmax(-1, keepdim=True)
-    return (idx.gather(-1, choice) if idx is not None else choice).squeeze(-1)
+        n_keep = ((probs.cumsum(-1) - probs) < s.top_p).sum(-1, keepdim=True)  # >= 1: the top token stays
+        logits = logits.masked_fill(logits < vals.gather(-1, n_keep - 1), float("-inf"))
+    u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=torch.float32)
+    return (logits - torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))).argmax(-1)
 
 
 def _left_pad(prompts: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

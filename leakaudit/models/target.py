@@ -260,7 +260,10 @@ class Target:
             shared = np.cumprod(mat[:, :m] == rest[None, :m], axis=1).sum(1) if m else np.zeros(len(idx), np.int64)
             covers = np.arange(L)[None, :] >= shared[:, None]  # tokens that cover part of the candidate
             lp = np.empty((len(idx), L), dtype=np.float32)
-            n = max(1, min(4096, self.token_budget // max(L + H // 4, 1)))
+            # rows per pass: bounded by the float32 logits they make (about 1 GiB on a CPU, 4 GiB on a GPU)
+            vocab = int(self.model.get_output_embeddings().weight.shape[0])
+            cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // (max(L - 1, 1) * vocab)
+            n = max(1, min(cap, 16384, 4 * self.token_budget // max(L + H // 4, 1)))
             for a in range(0, len(idx), n):
                 ids = torch.from_numpy(mat[a : a + n]).to(self.device)
                 past = copy.deepcopy(cache)
@@ -269,9 +272,10 @@ class Target:
                 tpos = torch.arange(H, H + L, device=self.device).unsqueeze(0).expand(ids.shape[0], -1)
                 logits = self.model(input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True,
                                     **{self._cache_arg: past}).logits[:, :-1]
-                step = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+                flat = logits.float()
+                step = flat.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(flat, dim=-1)
                 lp[a : a + n] = torch.cat([last[ids[:, :1]], step], dim=1).cpu().numpy()
-                del past, logits, step
+                del past, logits, flat, step
             out[idx] = -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
         return out
 
