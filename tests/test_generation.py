@@ -222,3 +222,20 @@ def test_cuda_bf16_sampling_is_reproducible_despite_tied_logits(corpora, tokeniz
     runs = [generate(model, prompts, s, pad_id=tokenizer.pad_token_id, batch_size=32, seed=9) for _ in range(3)]
     np.testing.assert_array_equal(runs[0], runs[1])
     np.testing.assert_array_equal(runs[0], runs[2])
+
+
+@pytest.mark.gpu
+@pytest.mark.xfail(strict=False, reason="seen on an H200 (2026-11-26): a GPT-2-small-sized bf16 model at batch 64 "
+                   "and 512 gave different samples for the same seed in the generation benchmark; cause not yet found")
+def test_cuda_gpt2_small_shapes_reproducible(tokenizer):
+    from leakaudit.models import build_model
+
+    model = build_model(tokenizer, arch="gpt2", n_layer=12, n_embd=768, n_head=12, context=1024)
+    model.resize_token_embeddings(50257)
+    model = model.to("cuda", torch.bfloat16).eval()
+    rng = np.random.default_rng(0)
+    prompts = [rng.integers(1, 400, size=int(rng.integers(8, 33))).tolist() for _ in range(64)]
+    for s in (Sampling(max_new_tokens=128, greedy=True), Sampling(max_new_tokens=128, top_k=40)):
+        runs = [generate(model, prompts, s, pad_id=tokenizer.pad_token_id, batch_size=64, seed=1) for _ in range(3)]
+        np.testing.assert_array_equal(runs[1], runs[2], err_msg=f"greedy={s.greedy}")
+        np.testing.assert_array_equal(runs[0], runs[1], err_msg=f"greedy={s.greedy}")
