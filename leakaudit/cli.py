@@ -463,8 +463,11 @@ def experiment(
 
 # -- report ------------------------------------------------------------------------------
 @app.command()
-def report(run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.json.")]) -> None:
-    """Re-render report.md and report.html from a run directory's results.json (offline)."""
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="Run directory holding results.json.")],
+    pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf (the 'pdf' extra or Chromium).")] = False,
+) -> None:
+    """Re-render report.md and report.html (and with --pdf report.pdf) from a run's results.json (offline)."""
     from pydantic import ValidationError
 
     from leakaudit.io import read_json
@@ -480,6 +483,10 @@ def report(run_dir: Annotated[Path, typer.Argument(help="Run directory holding r
         raise LeakauditError(f"{path}: not a leakaudit results file ({str(e).splitlines()[0]})") from None
     paths = write_reports(results, run_dir)
     typer.echo(f"report: {paths['html']}")
+    if pdf:
+        from leakaudit.report.pdf import write_pdf
+
+        typer.echo(f"pdf: {write_pdf(paths['html'])}")
 
 
 @app.command("attacks")

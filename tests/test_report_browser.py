@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from leakaudit.report.pdf import BROWSERS, find_browser
 from leakaudit.report.render import render_html
 from tests.test_report import _with_failed_dp, make_results
 
-BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome")
 MAIN_SECTIONS = ("summary", "audited", "findings", "limitations", "compliance")
 OTHER_SECTIONS = ("privacy", "exposure", "mia", "memorization", "untargeted", "pii", "reconstruction", "empirical")
 OTHER_SECTIONS += ("utility", "comparison")
@@ -82,14 +81,6 @@ def _playwright(path: Path) -> dict | None:
     return _parse(dom)
 
 
-def _binary() -> str | None:
-    for name in BROWSERS:
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
-
-
 def _chromium(binary: str, path: Path, tmp: Path) -> dict:
     cmd = [
         binary,
@@ -123,7 +114,7 @@ def _layout(html: str, tmp_path: Path) -> dict:
     layout = _playwright(path)
     if layout is not None:
         return layout
-    binary = _binary()
+    binary = find_browser()
     if binary is None:
         pytest.skip(
             "no headless browser: install Playwright with its Chromium (pip install playwright && "
