@@ -115,3 +115,27 @@ def test_plain_lora_training_merges_into_a_plain_model(llama, tokenizer, corpora
     assert changed and all("proj" in k for k in changed)
     save_trained(model, tokenizer, tmp_path, rec)
     assert load_model(tmp_path).model.state_dict().keys() == before.keys()
+
+
+@pytest.mark.parametrize("mode", ["hooks", "ghost"])
+def test_logical_batches_split_into_physical_pieces_give_the_same_model(gpt2, tokenizer, corpora, mode):
+    """BatchMemoryManager: pieces of at most 3 examples, one step per logical batch, the same result.
+
+    The same Poisson draws, the same clipped per-example gradients summed in pieces and the same
+    noise: the weights agree with an unsplit run to float rounding, and the step count is the
+    logical one.
+    """
+    texts = [r["text"] for r in corpora[0][:40]]
+    dp = DPSettings(noise_multiplier=1.0, max_grad_norm=0.5, grad_sample_mode=mode)
+    out = {}
+    for physical in (None, 3):
+        model = copy.deepcopy(gpt2)
+        steps: list[int] = []
+        s = TrainSettings(steps=4, batch_size=12, lr=1e-3, max_length=48, max_physical_batch_size=physical)
+        rec = train_model(model, tokenizer, texts, s, dp=dp, progress=lambda step, *_, seen=steps: seen.append(step))
+        assert rec.steps == 4 and steps == [1, 2, 3, 4]
+        out[physical] = (torch.cat([p.detach().flatten() for p in model.parameters()]), rec.epsilon)
+    assert out[None][1] == pytest.approx(out[3][1])
+    moved = (out[None][0] - torch.cat([p.detach().flatten() for p in gpt2.parameters()])).abs().max()
+    assert moved > 1e-4  # training did change the weights
+    torch.testing.assert_close(out[3][0], out[None][0], atol=1e-5, rtol=1e-4)

@@ -45,7 +45,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
@@ -101,6 +101,12 @@ class TrainSettings(BaseModel):
     max_length: int = Field(default=256, ge=8, description="Longer sequences are truncated for training.")
     seed: int = 0
     lora: LoraSettings | None = Field(default=None, description="Train LoRA adapters instead of all weights.")
+    max_physical_batch_size: int | None = Field(
+        default=None, ge=1,
+        description="DP-SGD only: run each (logical, Poisson-sampled) batch in pieces of at most this many "
+        "examples (Opacus BatchMemoryManager), so a logical batch may be far larger than fits in memory; "
+        "the optimizer steps once per logical batch.",
+    )
 
 
 class DPSettings(BaseModel):
@@ -485,14 +491,20 @@ def train_model(
 
 
 def _run(net, loader, optimizer, total, device, progress, *, criterion=None, on_empty=None) -> None:
+    """``total`` optimizer steps over ``loader`` (again from its start when it runs out).
+
+    With Opacus's BatchMemoryManager the loader yields pieces of logical batches and the DP
+    optimizer skips its step on all but a logical batch's last piece (accumulating the clipped
+    per-example gradients); only real steps are counted.
+    """
     step = 0
     while step < total:
         for x, m in loader:
             if step >= total:
                 break
-            step += 1
             optimizer.zero_grad(set_to_none=True)
             if x.shape[0] == 0:
+                step += 1
                 on_empty()
                 continue
             x, m = x.to(device), m.to(device)
@@ -504,6 +516,9 @@ def _run(net, loader, optimizer, total, device, progress, *, criterion=None, on_
                 warnings.filterwarnings("ignore", message=".*autocast, but the target dtype is not supported.*")
                 loss.backward()
             optimizer.step()
+            if getattr(optimizer, "_is_last_step_skipped", False):
+                continue  # one piece of a logical batch: no step taken yet
+            step += 1
             if progress:
                 progress(step, total, loss.item())
     optimizer.zero_grad(set_to_none=True)
@@ -561,11 +576,20 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
         (gsm, dp_optimizer, dp_loader), criterion = out, None
     if dp.clipping == "adaptive":
         dp_optimizer.__class__ = _adaptive_optimizer_class()  # see _AdaClip: same state, two methods replaced
-    try:
-        _run(
-            gsm, dp_loader, dp_optimizer, total, device, progress, criterion=criterion,
-            on_empty=lambda: _noise_only_step(dp_optimizer, params, ghost),
+    if settings.max_physical_batch_size is not None:
+        from opacus.utils.batch_memory_manager import BatchMemoryManager
+
+        pieces = BatchMemoryManager(
+            data_loader=dp_loader, max_physical_batch_size=settings.max_physical_batch_size, optimizer=dp_optimizer
         )
+    else:
+        pieces = nullcontext(dp_loader)
+    try:
+        with pieces as run_loader:
+            _run(
+                gsm, run_loader, dp_optimizer, total, device, progress, criterion=criterion,
+                on_empty=lambda: _noise_only_step(dp_optimizer, params, ghost),
+            )
     finally:
         gsm.to_standard_module()  # removes Opacus's hooks and per-sample gradient attributes
         _clean_opacus_attributes(net)
