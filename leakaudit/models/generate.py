@@ -150,22 +150,11 @@ def _stop_check(s: Sampling, step: int, done: torch.Tensor) -> bool:
     return s.stop_token is not None and step % 8 == 7 and bool(done.all())
 
 
-@torch.no_grad()
-def _generate_batch(
-    model: PreTrainedModel, prompts: list[list[int]], s: Sampling, pad_id: int, gen: torch.Generator, cache_arg: str
-) -> np.ndarray:
-    """The portable path: the library's growing cache and one ordinary forward per step."""
-    device = next(model.parameters()).device
-    ids, mask = _left_pad(prompts, pad_id)
-    B = len(prompts)
-    ids, mask = ids.to(device), mask.to(device)
-    pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    cache = returned_cache(out)
-    logits = out.logits[:, -1].float()
-    next_pos = pos[:, -1:] + 1
-    new = torch.full((B, s.max_new_tokens), pad_id, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+def _decode(logits: torch.Tensor, next_logits, s: Sampling, pad_id: int, gen: torch.Generator) -> torch.Tensor:
+    """The decoding loop both paths share: choose, record, stop; ``next_logits(tok, step)`` runs the model."""
+    B = logits.shape[0]
+    new = torch.full((B, s.max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
+    done = torch.zeros(B, dtype=torch.bool, device=logits.device)
     for step in range(s.max_new_tokens):
         tok = _choose(logits, s, step, gen)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
@@ -174,14 +163,32 @@ def _generate_batch(
             done |= tok == s.stop_token
         if step + 1 == s.max_new_tokens or _stop_check(s, step, done):
             break
-        mask = torch.cat([mask, torch.ones((B, 1), dtype=mask.dtype, device=device)], dim=1)
-        out = model(
-            input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **{cache_arg: cache}
-        )
-        cache = returned_cache(out)
-        logits = out.logits[:, -1].float()
-        next_pos = next_pos + 1
-    return new.cpu().numpy()
+        logits = next_logits(tok, step).float()
+    return new
+
+
+@torch.no_grad()
+def _generate_batch(
+    model: PreTrainedModel, prompts: list[list[int]], s: Sampling, pad_id: int, gen: torch.Generator, cache_arg: str
+) -> np.ndarray:
+    """The portable path: the library's growing cache and one ordinary forward per step."""
+    device = next(model.parameters()).device
+    ids, mask = _left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+    state = {"mask": mask, "cache": returned_cache(out), "pos": pos[:, -1:] + 1}
+
+    def next_logits(tok: torch.Tensor, step: int) -> torch.Tensor:
+        m = state["mask"]
+        state["mask"] = torch.cat([m, torch.ones((m.shape[0], 1), dtype=m.dtype, device=device)], dim=1)
+        out = model(input_ids=tok[:, None], attention_mask=state["mask"], position_ids=state["pos"], use_cache=True,
+                    **{cache_arg: state["cache"]})
+        state["cache"] = returned_cache(out)
+        state["pos"] = state["pos"] + 1
+        return out.logits[:, -1]
+
+    return _decode(out.logits[:, -1].float(), next_logits, s, pad_id, gen).cpu().numpy()
 
 
 class StaticPathUnavailable(RuntimeError):
@@ -317,18 +324,7 @@ def _generate_static(dec: _StaticDecoder, prompts: list[list[int]], s: Sampling,
                      gen: torch.Generator) -> np.ndarray:
     n_real = len(prompts)
     prompts = prompts + [prompts[-1]] * (dec.B - n_real)  # a short last batch keeps the captured shape
-    logits = dec.prefill(prompts, pad_id).float()
-    new = torch.full((dec.B, s.max_new_tokens), pad_id, dtype=torch.long, device=dec.device)
-    done = torch.zeros(dec.B, dtype=torch.bool, device=dec.device)
-    for step in range(s.max_new_tokens):
-        tok = _choose(logits, s, step, gen)
-        tok = torch.where(done, torch.full_like(tok, pad_id), tok)
-        new[:, step] = tok
-        if s.stop_token is not None:
-            done |= tok == s.stop_token
-        if step + 1 == s.max_new_tokens or _stop_check(s, step, done):
-            break
-        logits = dec.step(tok, step).float()
+    new = _decode(dec.prefill(prompts, pad_id).float(), dec.step, s, pad_id, gen)
     return new[:n_real].cpu().numpy()
 
 
