@@ -48,7 +48,6 @@ from leakaudit.io import (
     read_yaml_mapping,
     stable_hash,
     write_json,
-    write_jsonl,
     write_text_atomic,
 )
 from leakaudit.train.loop import LoraSettings, TrainSettings
@@ -281,19 +280,10 @@ def _device(cfg: DemoConfig) -> str:
 
 
 def _audit_options(cfg: DemoConfig, exp: ExperimentConfig):
-    from leakaudit.audit import AuditOptions
-    from leakaudit.extraction import ExtractionOptions
+    from leakaudit.pipeline import audit_options
 
-    return AuditOptions(
-        attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
-        token_budget=cfg.token_budget, seed=cfg.seed, exact_exposure_max=cfg.exact_exposure_max,
-        extraction_budget=cfg.extraction_budget, beam_width=cfg.beam_width,
-        extraction=ExtractionOptions(
-            memorization=[tuple(x) for x in cfg.memorization], memorization_max_records=cfg.memorization_max_records,
-            samples=cfg.extraction_samples, sample_tokens=cfg.sample_tokens, verify_ngram=cfg.verify_ngram,
-            pii_reconstruction_records=exp.pii_reconstruction_records, pii_candidates=exp.pii_candidates,
-            seed=cfg.seed,
-        ),
+    return audit_options(
+        cfg, pii_reconstruction_records=exp.pii_reconstruction_records, pii_candidates=exp.pii_candidates
     )
 
 
@@ -315,64 +305,19 @@ def seed_done(exp: Experiment, out: Path, seed: int) -> bool:
 
 def prepare_seed(task: SeedTask) -> dict:
     """Data, canaries, base model (and shadow models, when asked for) of one seed; cached stage by stage."""
-    from leakaudit.canaries.manifest import CanaryManifest, generate_canaries, insert_canaries
-    from leakaudit.canaries.preflight import preflight_all
-    from leakaudit.data.split import check_no_overlap, split_members
-    from leakaudit.data.synthetic import make_corpora
-    from leakaudit.models.loading import load_tokenizer
-    from leakaudit.models.tiny import build_model, train_tokenizer
-    from leakaudit.runs import EventLog, stage
-    from leakaudit.train.loop import save_trained, train_model
+    from leakaudit.pipeline import shared_stages
+    from leakaudit.runs import EventLog
 
     cfg = seed_config(task.experiment, task.seed)
     sdir = seed_dir(Path(task.out), task.seed)
     sdir.mkdir(parents=True, exist_ok=True)
     log = EventLog(sdir)
     device = _device(cfg)
-    j = cfg.model_dump(mode="json")
     t0 = time.perf_counter()
 
-    data_key = {"data": j["data"]}
-
-    def build_data(tmp: Path) -> None:
-        private, public = make_corpora(cfg.data.n_private, cfg.data.n_public, seed=cfg.data.seed)
-        members, non_members, split = split_members(private, member_fraction=cfg.data.member_fraction,
-                                                    seed=cfg.data.seed)
-        check_no_overlap([r["text"] for r in members], [r["text"] for r in non_members])
-        write_jsonl(tmp / "public.jsonl", public)
-        write_jsonl(tmp / "members.jsonl", members)
-        write_jsonl(tmp / "non_members.jsonl", non_members)
-        write_json(tmp / "split.json", split.model_dump(mode="json"))
-
-    data_dir = stage(sdir, "data", data_key, build_data, log)
-    can_key = {**data_key, "canaries": j["canaries"], "seed": cfg.seed}
-
-    def build_canaries(tmp: Path) -> None:
-        rows = read_jsonl(data_dir / "members.jsonl")
-        for i, spec in enumerate(cfg.canaries):
-            manifest = generate_canaries(spec)
-            manifest.save(tmp / f"manifest-{spec.name}.json")
-            rows = insert_canaries(rows, manifest, seed=cfg.seed + i)
-        write_jsonl(tmp / "train.jsonl", rows)
-
-    can_dir = stage(sdir, "canaries", can_key, build_canaries, log)
-    base_key = {**data_key, "model": j["model"], "pretrain": j["pretrain"], "seed": cfg.seed}
-
-    def build_base(tmp: Path) -> None:
-        public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
-        tok = train_tokenizer(public, vocab_size=cfg.model.vocab_size)
-        m = cfg.model
-        model = build_model(tok, arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head,
-                            context=m.context, seed=cfg.seed).to(device)
-        record = train_model(model, tok, public, cfg.pretrain)
-        save_trained(model.cpu(), tok, tmp, record)
-
-    base_dir = stage(sdir, "models/base", base_key, build_base, log)
-    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
-    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
-    warnings = preflight_all(manifests, train_texts, load_tokenizer(base_dir), max_length=_max_length(cfg))
-    for w in warnings:
-        log("preflight_warning", w, warning=w)
+    shared = shared_stages(cfg, sdir, log, device)
+    data_dir, base_dir, manifests = shared.data_dir, shared.base_dir, shared.manifests
+    train_texts, warnings = shared.train_texts, shared.preflight_warnings
     if cfg.shadows:
         _shadows(cfg, sdir, base_dir, data_dir, device, log)
     scores = _prime_reference(cfg, task.experiment.config, sdir, base_dir, data_dir, manifests, device, log)

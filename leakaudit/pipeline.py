@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -53,61 +55,12 @@ def run_demo(
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg_json, sort_keys=False))
     log("run_started", f"run directory {run_dir} (device {device})", config_sha256=stable_hash(cfg_json))
 
-    # 1. data ---------------------------------------------------------------------------
-    data_key = {"data": cfg_json["data"]}
-
-    def build_data(tmp: Path) -> None:
-        private, public = make_corpora(cfg.data.n_private, cfg.data.n_public, seed=cfg.data.seed)
-        members, non_members, split = split_members(
-            private, member_fraction=cfg.data.member_fraction, seed=cfg.data.seed
-        )
-        check_no_overlap([r["text"] for r in members], [r["text"] for r in non_members])
-        write_jsonl(tmp / "public.jsonl", public)
-        write_jsonl(tmp / "members.jsonl", members)
-        write_jsonl(tmp / "non_members.jsonl", non_members)
-        write_json(tmp / "split.json", split.model_dump(mode="json"))
-
-    data_dir = stage(run_dir, "data", data_key, build_data, log)
+    shared = shared_stages(cfg, run_dir, log, device, bar)
+    data_dir, can_dir, base_dir = shared.data_dir, shared.canaries_dir, shared.base_dir
+    manifests, train_texts, warnings = shared.manifests, shared.train_texts, shared.preflight_warnings
     members = read_jsonl(data_dir / "members.jsonl")
     non_members = read_jsonl(data_dir / "non_members.jsonl")
-
-    # 2. canaries -----------------------------------------------------------------------
-    can_key = {**data_key, "canaries": cfg_json["canaries"], "seed": cfg.seed}
-
-    def build_canaries(tmp: Path) -> None:
-        train_rows = list(members)
-        for i, spec in enumerate(cfg.canaries):
-            manifest = generate_canaries(spec)
-            manifest.save(tmp / f"manifest-{spec.name}.json")
-            train_rows = insert_canaries(train_rows, manifest, seed=cfg.seed + i)
-        write_jsonl(tmp / "train.jsonl", train_rows)
-
-    can_dir = stage(run_dir, "canaries", can_key, build_canaries, log)
-    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
-    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
-
-    # 3. base model: tokenizer and pretraining on the public corpus ------------------------
-    base_key = {**data_key, "model": cfg_json["model"], "pretrain": cfg_json["pretrain"], "seed": cfg.seed}
-
-    def build_base(tmp: Path) -> None:
-        public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
-        tok = train_tokenizer(public, vocab_size=cfg.model.vocab_size)
-        m = cfg.model
-        model = build_model(
-            tok, arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, context=m.context, seed=cfg.seed
-        ).to(device)
-        record = _train(model, tok, public, cfg.pretrain, None, bar, "pretraining base model")
-        save_trained(model.cpu(), tok, tmp, record)
-
-    base_dir = stage(run_dir, "models/base", base_key, build_base, log)
-
-    # canary pre-flight: will the training loss see every inserted canary?
-    base_tok = load_tokenizer(base_dir)
-    warnings = preflight_all(
-        manifests, train_texts, base_tok, max_length=min(cfg.finetune.max_length, cfg.dp_train.max_length)
-    )
-    for w in warnings:
-        log("preflight_warning", f"warning: {w}", warning=w)
+    base_key, can_key = shared.keys["base"], shared.keys["canaries"]
 
     # 4. fine-tuning, plain and DP --------------------------------------------------------
     def finetune(settings: TrainSettings, dp, label: str):
@@ -141,21 +94,99 @@ def run_demo(
         ModelToAudit("non_dp", nondp_dir, "fine-tuned on the members and canaries without DP"),
         ModelToAudit("dp", dp_dir, f"fine-tuned with DP-SGD, {_dp_label(cfg.dp)}"),
     ]
-    options = AuditOptions(
+    options = audit_options(cfg)
+    return run_audit(
+        run_dir, models, members, non_members, manifests, device=device, options=options,
+        references={"base": base_dir}, shadows=shadows, log=log, command=command,
+        extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")}, preflight_warnings=warnings,
+        train_texts=train_texts, public_texts=[r["text"] for r in read_jsonl(data_dir / "public.jsonl")],
+    )
+
+
+@dataclass(frozen=True)
+class SharedStages:
+    """What every run of one configuration and seed shares: the data, the canaries, the base model.
+
+    Built (or found) by :func:`shared_stages` in ``data/``, ``canaries/`` and ``models/base/`` of a
+    run directory; the demo and each seed of an experiment use the same stages and cache keys.
+    """
+
+    data_dir: Path
+    canaries_dir: Path
+    base_dir: Path
+    manifests: list[CanaryManifest]
+    train_texts: list[str]
+    keys: dict[str, dict]  # the stage keys: "data", "canaries", "base"
+    preflight_warnings: list[str]
+
+
+def shared_stages(
+    cfg: DemoConfig, run_dir: Path, log: EventLog, device: str, bar: BarFactory = _no_bar
+) -> SharedStages:
+    """Stages 1-3 (data, canaries, base model) and the canary pre-flight, each cached in ``run_dir``."""
+    cfg_json = cfg.model_dump(mode="json")
+    data_key = {"data": cfg_json["data"]}
+
+    def build_data(tmp: Path) -> None:
+        private, public = make_corpora(cfg.data.n_private, cfg.data.n_public, seed=cfg.data.seed)
+        members, non_members, split = split_members(
+            private, member_fraction=cfg.data.member_fraction, seed=cfg.data.seed
+        )
+        check_no_overlap([r["text"] for r in members], [r["text"] for r in non_members])
+        write_jsonl(tmp / "public.jsonl", public)
+        write_jsonl(tmp / "members.jsonl", members)
+        write_jsonl(tmp / "non_members.jsonl", non_members)
+        write_json(tmp / "split.json", split.model_dump(mode="json"))
+
+    data_dir = stage(run_dir, "data", data_key, build_data, log)
+    can_key = {**data_key, "canaries": cfg_json["canaries"], "seed": cfg.seed}
+
+    def build_canaries(tmp: Path) -> None:
+        rows = read_jsonl(data_dir / "members.jsonl")
+        for i, spec in enumerate(cfg.canaries):
+            manifest = generate_canaries(spec)
+            manifest.save(tmp / f"manifest-{spec.name}.json")
+            rows = insert_canaries(rows, manifest, seed=cfg.seed + i)
+        write_jsonl(tmp / "train.jsonl", rows)
+
+    can_dir = stage(run_dir, "canaries", can_key, build_canaries, log)
+    base_key = {**data_key, "model": cfg_json["model"], "pretrain": cfg_json["pretrain"], "seed": cfg.seed}
+
+    def build_base(tmp: Path) -> None:
+        public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
+        tok = train_tokenizer(public, vocab_size=cfg.model.vocab_size)
+        m = cfg.model
+        model = build_model(
+            tok, arch=m.arch, n_layer=m.n_layer, n_embd=m.n_embd, n_head=m.n_head, context=m.context, seed=cfg.seed
+        ).to(device)
+        record = _train(model, tok, public, cfg.pretrain, None, bar, "pretraining base model")
+        save_trained(model.cpu(), tok, tmp, record)
+
+    base_dir = stage(run_dir, "models/base", base_key, build_base, log)
+    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
+    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
+    # canary pre-flight: will the training loss see every inserted canary?
+    warnings = preflight_all(
+        manifests, train_texts, load_tokenizer(base_dir), max_length=min(cfg.finetune.max_length,
+                                                                           cfg.dp_train.max_length)
+    )
+    for w in warnings:
+        log("preflight_warning", f"warning: {w}", warning=w)
+    return SharedStages(data_dir, can_dir, base_dir, manifests, train_texts,
+                        {"data": data_key, "canaries": can_key, "base": base_key}, warnings)
+
+
+def audit_options(cfg: DemoConfig, **extraction: Any) -> AuditOptions:
+    """The audit settings of a demo configuration (``extraction`` overrides ExtractionOptions fields)."""
+    return AuditOptions(
         attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
         token_budget=cfg.token_budget, seed=cfg.seed, exact_exposure_max=cfg.exact_exposure_max,
         extraction_budget=cfg.extraction_budget, beam_width=cfg.beam_width,
         extraction=ExtractionOptions(
             memorization=[tuple(x) for x in cfg.memorization], memorization_max_records=cfg.memorization_max_records,
             samples=cfg.extraction_samples, sample_tokens=cfg.sample_tokens, verify_ngram=cfg.verify_ngram,
-            seed=cfg.seed,
+            seed=cfg.seed, **extraction,
         ),
-    )
-    return run_audit(
-        run_dir, models, members, non_members, manifests, device=device, options=options,
-        references={"base": base_dir}, shadows=shadows, log=log, command=command,
-        extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")}, preflight_warnings=warnings,
-        train_texts=train_texts, public_texts=[r["text"] for r in read_jsonl(data_dir / "public.jsonl")],
     )
 
 
