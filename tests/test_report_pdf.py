@@ -41,6 +41,7 @@ def test_report_prints_to_a_multi_page_pdf(printer, tmp_path, monkeypatch):
     assert _pages(data) >= 2  # the report's sections do not fit one page
     assert len(data) > 20_000  # the plots came along
     assert not list(tmp_path.glob(".report-*"))  # no temporary file left behind
+    assert out.stat().st_mode & 0o044 == paths["html"].stat().st_mode & 0o044  # readable like the HTML
 
 
 def test_no_printer_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):

@@ -72,6 +72,9 @@ def write_pdf(html_path: Path, pdf_path: Path | None = None, *, timeout_s: float
                                      f"({(done.stderr.strip().splitlines() or ['no output'])[-1]})")
         if tmp.read_bytes()[:5] != b"%PDF-":
             raise LeakauditError(f"{printer}: printing {html_path} did not produce a PDF")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide a report meant to be shared
         os.replace(tmp, pdf_path)
     finally:
         tmp.unlink(missing_ok=True)
