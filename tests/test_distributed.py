@@ -17,27 +17,41 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank, world, port, model_dir, texts, out_dir):
+def _in_group(rank, task, world, port, model_dir, inputs, out_dir):
+    """Spawned process: join a gloo group of ``world``, load the model, save ``task``'s output for this rank."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
         from leakaudit.models import load_model
 
-        loaded = load_model(model_dir)
-        lps = Target(loaded.model, loaded.tokenizer, token_budget=256).score(texts)
-        np.save(os.path.join(out_dir, f"rank{rank}.npy"), np.array(lps, dtype=object), allow_pickle=True)
+        out = task(load_model(model_dir), inputs)
+        np.save(os.path.join(out_dir, f"rank{rank}.npy"), out, allow_pickle=True)
     finally:
         dist.destroy_process_group()
+
+
+def _score(loaded, texts):
+    return np.array(Target(loaded.model, loaded.tokenizer, token_budget=256).score(texts), dtype=object)
+
+
+def _greedy(loaded, prompts):
+    from leakaudit.models.generate import Sampling, generate
+
+    return generate(loaded.model, prompts, Sampling(max_new_tokens=8, greedy=True),
+                    pad_id=loaded.tokenizer.pad_token_id, batch_size=4)
+
+
+def _spawn(task, model_dir, inputs, out_dir) -> None:
+    mp.spawn(_in_group, args=(task, 2, _free_port(), str(model_dir), inputs, str(out_dir)), nprocs=2, join=True)
 
 
 def test_two_processes_score_like_one(tiny_model_dir, corpora, tmp_path):
     from leakaudit.models import load_model
 
     texts = [r["text"] for r in corpora[0][:25]] + ["a", "short text"]
-    mp.spawn(_worker, args=(2, _free_port(), str(tiny_model_dir), texts, str(tmp_path)), nprocs=2, join=True)
-    loaded = load_model(tiny_model_dir)
-    single = Target(loaded.model, loaded.tokenizer, token_budget=256).score(texts)
+    _spawn(_score, tiny_model_dir, texts, tmp_path)
+    single = _score(load_model(tiny_model_dir), texts)
     for rank in (0, 1):
         got = np.load(tmp_path / f"rank{rank}.npy", allow_pickle=True)
         assert len(got) == len(single)
@@ -45,35 +59,17 @@ def test_two_processes_score_like_one(tiny_model_dir, corpora, tmp_path):
             np.testing.assert_allclose(a, b, atol=1e-5)
 
 
-def _generate_worker(rank, world, port, model_dir, prompts, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
-    try:
-        torch.set_num_threads(1)
-        from leakaudit.models import load_model
-        from leakaudit.models.generate import Sampling, generate
-
-        loaded = load_model(model_dir)
-        out = generate(loaded.model, prompts, Sampling(max_new_tokens=8, greedy=True),
-                       pad_id=loaded.tokenizer.pad_token_id, batch_size=4)
-        np.save(os.path.join(out_dir, f"gen{rank}.npy"), out)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_processes_generate_like_one(tiny_model_dir, corpora, tmp_path):
     """Prompts split across two ranks come back to every rank whole, in prompt order."""
     from leakaudit.models import encode, load_model
-    from leakaudit.models.generate import Sampling, generate
 
     loaded = load_model(tiny_model_dir)
-    prompts = [e.ids for e in encode(loaded.tokenizer, [r["text"][: 5 + 7 * i] for i, r in enumerate(corpora[0][:11])])]
-    mp.spawn(_generate_worker, args=(2, _free_port(), str(tiny_model_dir), prompts, str(tmp_path)), nprocs=2,
-             join=True)
-    single = generate(loaded.model, prompts, Sampling(max_new_tokens=8, greedy=True),
-                      pad_id=loaded.tokenizer.pad_token_id, batch_size=4)
+    texts = [r["text"][: 5 + 7 * i] for i, r in enumerate(corpora[0][:11])]
+    prompts = [e.ids for e in encode(loaded.tokenizer, texts)]
+    _spawn(_greedy, tiny_model_dir, prompts, tmp_path)
+    single = _greedy(loaded, prompts)
     for rank in (0, 1):
-        np.testing.assert_array_equal(np.load(tmp_path / f"gen{rank}.npy"), single)
+        np.testing.assert_array_equal(np.load(tmp_path / f"rank{rank}.npy"), single)
 
 
 def test_audit_under_torchrun_equals_one_process(tiny_model_dir, corpora, tmp_path):
