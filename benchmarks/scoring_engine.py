@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from leakaudit.data import make_corpora  # noqa: E402
 from leakaudit.models import Target, build_model, encode, train_tokenizer  # noqa: E402
+from leakaudit.models.target import resolve_dtype  # noqa: E402
 
 SIZES = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
@@ -79,6 +80,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16, help="batch of the plain batched baseline")
     ap.add_argument("--token-budget", type=int, default=None, help="engine budget (default: by device)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--engine-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
+                    help="the engine's weights (auto: bfloat16 on a GPU, float32 on a CPU); baselines stay float32")
     args = ap.parse_args()
     sz = SIZES[args.size]
     _, public = make_corpora(1, 3000, seed=0)
@@ -116,7 +119,8 @@ def main() -> None:
 
     ref = timed("one_per_pass", lambda: loop_one(model, ids_list, args.device))
     timed("plain_batched", lambda: plain_batched(model, ids_list, args.device, args.batch, tok.pad_token_id))
-    engine_model = model.to(torch.bfloat16) if args.device.startswith("cuda") else model
+    engine_model = model.to(resolve_dtype(args.device, args.engine_dtype))
+    res["engine_dtype"] = str(next(engine_model.parameters()).dtype)
     target = Target(engine_model, tok, token_budget=args.token_budget)
     got = timed("engine", lambda: target.score_ids(ids_list))
     res["engine_vs_one_per_pass"] = res["engine_tokens_per_s"] / res["one_per_pass_tokens_per_s"]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 import yaml
 
 from leakaudit import __version__
@@ -37,7 +38,7 @@ from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.extraction import ExtractionOptions, extraction_stage, read_extraction, sample_stage
 from leakaudit.io import read_json, sha256_file, stable_hash, texts_hash, write_json, write_parquet, write_text_atomic
 from leakaudit.models.loading import hash_model_dir, load_model
-from leakaudit.models.target import Target
+from leakaudit.models.target import Target, dtype_name, resolve_dtype
 from leakaudit.parallel import barrier, is_writer
 from leakaudit.privacy import compare_with_accountant, one_run_audit
 from leakaudit.report.render import write_reports
@@ -79,6 +80,7 @@ class AuditOptions:
     extraction_budget: int = 200  # forward passes per canary for the extraction search (0: no search)
     beam_width: int = 16  # beam search over each canary's format beside best-first (0: none)
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
+    dtype: str = "auto"  # the models' weights while scoring and sampling (see models.target.resolve_dtype)
 
 
 def records_hash(records: list[dict]) -> str:
@@ -99,13 +101,6 @@ def spec_summaries(manifests: list[CanaryManifest]) -> list[CanarySpecSummary]:
             )
         )
     return out
-
-
-def _dtype(device: str):
-    """bf16 weights on a GPU (log-softmax stays float32 in the engine); float32 on the CPU."""
-    import torch
-
-    return torch.bfloat16 if device.startswith("cuda") else None
 
 
 def _needs(attacks: list[str]) -> set[str]:
@@ -129,8 +124,10 @@ def score_model(
     exact_max: int = 0,
     extraction_budget: int = 0,
     beam_width: int = 0,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """The cached scoring stage of one model (members first in ``rows``); returns its directory."""
+    dtype = dtype or resolve_dtype(device)
     key = {
         "model": hash_model_dir(model.path),
         "rows": records_hash(rows),
@@ -143,10 +140,11 @@ def score_model(
         "extraction_budget": extraction_budget,
         "beam_width": beam_width,
         "exposure_version": 3,
+        "dtype": dtype_name(dtype),
     }
 
     def build(tmp: Path) -> None:
-        loaded = load_model(model.path, device=device, trust_remote_code=trust_remote_code, dtype=_dtype(device))
+        loaded = load_model(model.path, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
         target = Target(loaded.model, loaded.tokenizer, token_budget=token_budget)
         table = build_score_table(
             target, [str(r["id"]) for r in rows], [r["text"] for r in rows],
@@ -179,20 +177,22 @@ def score_model(
 
 
 def shadow_statistics(
-    run_dir: Path, shadows: ShadowSet, rows: list[dict], *, device: str, token_budget: int | None, log: EventLog
+    run_dir: Path, shadows: ShadowSet, rows: list[dict], *, device: str, token_budget: int | None, log: EventLog,
+    dtype: torch.dtype | None = None,
 ) -> np.ndarray:
     """Mean token log-prob of every row under every shadow model: [n_shadows, n_rows] (cached)."""
+    dtype = dtype or resolve_dtype(device)
 
     def build(tmp: Path) -> None:
         stats = []
         for d in shadows.dirs:
-            loaded = load_model(d, device=device, dtype=_dtype(device))
+            loaded = load_model(d, device=device, dtype=dtype)
             lps = Target(loaded.model, loaded.tokenizer, token_budget=token_budget).score([r["text"] for r in rows])
             stats.append([float(np.mean(lp, dtype=np.float64)) if len(lp) else 0.0 for lp in lps])
         np.save(tmp / "stats.npy", np.array(stats))
 
-    d = stage(run_dir, f"scores/shadows-{shadows.key}", {"shadows": shadows.key, "rows": records_hash(rows)},
-              build, log)
+    key = {"shadows": shadows.key, "rows": records_hash(rows), "dtype": dtype_name(dtype)}
+    d = stage(run_dir, f"scores/shadows-{shadows.key}", key, build, log)
     return np.load(d / "stats.npy")
 
 
@@ -341,7 +341,7 @@ def _extraction(
         return {}
     train_texts = list(train_texts) if train_texts is not None else [r["text"] for r in rows[:n_members]]
     public_texts = list(public_texts or [])
-    kw = dict(device=common["device"], dtype=_dtype(common["device"]), token_budget=common["token_budget"],
+    kw = dict(device=common["device"], dtype=common["dtype"], token_budget=common["token_budget"],
               trust_remote_code=common["trust_remote_code"], log=common["log"])
     paths = {m.name: m.path for m in models}
     sample_dirs: dict[str, Path] = {}
@@ -419,7 +419,8 @@ def run_audit(
     needs = _needs(options.attacks)
     common = dict(device=device, token_budget=options.token_budget, log=log, trust_remote_code=trust_remote_code,
                   seed=options.seed, exact_max=options.exact_exposure_max,
-                  extraction_budget=options.extraction_budget, beam_width=options.beam_width)
+                  extraction_budget=options.extraction_budget, beam_width=options.beam_width,
+                  dtype=resolve_dtype(device, options.dtype))
     score_dirs = {}
     for m in models:
         score_dirs[m.name] = score_model(
@@ -440,7 +441,7 @@ def run_audit(
         if shadows.membership.shape[1] != len(rows):
             raise ValueError("the shadow models were trained on a different population")
         stats = shadow_statistics(run_dir, shadows, rows, device=device, token_budget=options.token_budget,
-                                  log=log)
+                                  log=log, dtype=common["dtype"])
         member_in = shadows.membership
     extraction_dirs = _extraction(run_dir, models, references, rows, len(members), options, common,
                                   train_texts=train_texts, public_texts=public_texts)

@@ -288,6 +288,10 @@ def audit(
     attacks: Annotated[str | None, typer.Option(help="Comma-separated attacks (default: all that apply).")] = None,
     param: Annotated[list[str] | None, typer.Option(help="Attack parameter, e.g. min_k.k=0.1 (repeatable).")] = None,
     device: Annotated[str | None, typer.Option()] = None,
+    dtype: Annotated[
+        str, typer.Option(help="Weights while auditing: auto (bfloat16 on a GPU, float32 on a CPU), float32 or "
+                          "bfloat16 (about 2x faster on CPUs with native bf16, ~0.03 nats/token less exact).")
+    ] = "auto",
     token_budget: Annotated[
         int | None, typer.Option(min=256, help="Padded tokens per scoring batch (default: by device).")
     ] = None,
@@ -331,6 +335,10 @@ def audit(
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else list(ATTACKS)
     for a in names:
         get_attack(a)
+    from leakaudit.models.target import DTYPES
+
+    if dtype not in DTYPES:
+        raise LeakauditError(f"--dtype: must be one of {', '.join(DTYPES)}, not '{dtype}'")
     params = _parse_params(param or [])
     for a, ps in params.items():
         unknown = set(ps) - set(get_attack(a).params)
@@ -383,7 +391,7 @@ def audit(
         out, models, mem, non, manifests, device=dev, references=refs, shadows=shadow_set,
         options=AuditOptions(
             attacks=names, params=params, token_budget=token_budget, extraction_budget=extraction_budget,
-            exact_exposure_max=exact_exposure_max, beam_width=beam_width,
+            exact_exposure_max=exact_exposure_max, beam_width=beam_width, dtype=dtype,
             extraction=ExtractionOptions(
                 memorization=mem_settings, memorization_max_records=memorization_max_records, samples=samples,
                 sample_tokens=sample_tokens, verify_ngram=verify_ngram,

@@ -7,6 +7,7 @@ config (canary specs inlined) is written to the run directory as ``config.yaml``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -54,6 +55,10 @@ class DemoConfig(BaseModel):
     preset: str = "cpu"
     seed: int = 0
     device: str | None = Field(default=None, description="cpu, cuda, or null for the best available.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto",
+        description="Weights while auditing (scoring and sampling): auto is bfloat16 on a GPU, float32 on a CPU.",
+    )
     data: DataConfig = Field(default_factory=DataConfig)
     canaries: list[CanarySpec] = Field(default_factory=list, description="Canary specs (inlined).")
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -336,12 +336,6 @@ def _shadows(cfg: DemoConfig, sdir: Path, base_dir: Path, data_dir: Path, device
                          device=device, log=log, seed=cfg.seed)
 
 
-def _dtype(device: str):
-    import torch
-
-    return torch.bfloat16 if device.startswith("cuda") else None  # as the audit scores and samples
-
-
 def _prime_reference(
     cfg: DemoConfig, exp: ExperimentConfig, sdir: Path, base_dir: Path, data_dir: Path, manifests, device: str, log
 ):
@@ -352,6 +346,7 @@ def _prime_reference(
     """
     from leakaudit.audit import ModelToAudit, score_model
     from leakaudit.extraction import sample_stage
+    from leakaudit.models.target import resolve_dtype
 
     opts = _audit_options(cfg, exp)
     rows = read_jsonl(data_dir / "members.jsonl") + read_jsonl(data_dir / "non_members.jsonl")
@@ -360,12 +355,13 @@ def _prime_reference(
         sdir, ModelToAudit("base", base_dir), rows, n_members, [m for m in manifests if m.spec.design == "one_run"],
         lowercase=False, n_neighbours=0, device=device, token_budget=opts.token_budget, log=log,
         trust_remote_code=False, seed=opts.seed, exact_max=opts.exact_exposure_max,
-        extraction_budget=opts.extraction_budget, beam_width=opts.beam_width,
+        extraction_budget=opts.extraction_budget, beam_width=opts.beam_width, dtype=resolve_dtype(device, opts.dtype),
     )
     if opts.extraction.samples > 0:
         public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
-        sample_stage(sdir, "base", base_dir, opts.extraction, public, device=device, dtype=_dtype(device),
-                     token_budget=opts.token_budget, trust_remote_code=False, log=log)
+        sample_stage(sdir, "base", base_dir, opts.extraction, public, device=device,
+                     dtype=resolve_dtype(device, opts.dtype), token_budget=opts.token_budget,
+                     trust_remote_code=False, log=log)
     return scores
 
 

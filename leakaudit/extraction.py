@@ -58,7 +58,8 @@ def sample_stage(
 ) -> Path:
     """Draw (or reuse) the model's untargeted samples: ``samples/<name>/samples.json``."""
     key = {"model": hash_model_dir(path), "n": options.samples, "tokens": options.sample_tokens,
-           "public": texts_hash(public_texts), "seed": options.seed, "batch": options.batch_size}
+           "public": texts_hash(public_texts), "seed": options.seed, "batch": options.batch_size,
+           "dtype": str(dtype)}
 
     def build(tmp: Path) -> None:
         target = _target(path, device=device, dtype=dtype, token_budget=token_budget,
@@ -103,7 +104,7 @@ def extraction_stage(
         "baseline_samples": read_json(baseline_samples_dir / "stage.json")["key"] if baseline_samples_dir else None,
         "pii": [options.pii_reconstruction_records, options.pii_candidates],
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
-        "ngram": options.verify_ngram, "seed": options.seed,
+        "ngram": options.verify_ngram, "seed": options.seed, "dtype": str(dtype),
     }
 
     def build(tmp: Path) -> None:

@@ -4,6 +4,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from leakaudit.cli import main
@@ -165,3 +166,24 @@ def test_canaries_generate_insert_and_check(monkeypatch, capsys, tmp_path, tiny_
     assert code == 1 and "truncates at 8 tokens" in out and "0/12" in out
     secrets = [c["secret"] for c in json.loads(manifest.read_text())["canaries"]]
     assert not any(s in out for s in secrets)  # warnings name canaries by id, never by secret
+
+
+def test_audit_in_bfloat16_scores_close_to_float32(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    """--dtype bfloat16 on a CPU: its own cached scores, within bf16 rounding of float32; a bad value is refused."""
+    import pandas as pd  # noqa: PLC0415
+
+    args = ["audit", "--model", f"tiny={tiny_model_dir}", "--members", corpus[0], "--non-members", corpus[1],
+            "--attacks", "loss,zlib"]
+    code, _, err = run(monkeypatch, capsys, *args, "--out", tmp_path / "bad", "--dtype", "half")
+    _assert_clean_error(code, err, "--dtype", "half")
+    tables = {}
+    for dtype in ("auto", "bfloat16"):
+        out = tmp_path / dtype
+        code, _, _ = run(monkeypatch, capsys, *args, "--out", out, "--dtype", dtype)
+        assert code == 0
+        tables[dtype] = pd.read_parquet(out / "scores" / "tiny" / "mia.parquet")
+        key = json.loads((out / "scores" / "tiny" / "stage.json").read_text())["key"]["dtype"]
+        assert key == {"auto": "float32", "bfloat16": "bfloat16"}[dtype]
+    a = np.array([np.mean(x) for x in tables["auto"]["token_logprobs"]])
+    b = np.array([np.mean(x) for x in tables["bfloat16"]["token_logprobs"]])
+    assert np.abs(a - b).max() < 0.1 and (a != b).any()  # bf16 rounding: close, not identical

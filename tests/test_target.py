@@ -123,3 +123,12 @@ def test_continuations_refuse_a_prefix_without_word_boundaries(tokenizer):
     from leakaudit.models.tokenize import encode_continuations
 
     assert encode_continuations(tokenizer, "code:", ["1", "2"]) is None
+
+
+def test_resolve_dtype():
+    from leakaudit.models.target import resolve_dtype
+
+    assert resolve_dtype("cuda") == torch.bfloat16 and resolve_dtype("cpu") == torch.float32
+    assert resolve_dtype("cuda", "float32") == torch.float32 and resolve_dtype("cpu", "bfloat16") == torch.bfloat16
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        resolve_dtype("cpu", "fp16")
