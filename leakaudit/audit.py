@@ -269,7 +269,7 @@ def model_result(
         path=rel,
         files_sha256=info["files_sha256"],
         privacy=privacy,
-        utility=_utility(table),
+        utility=table_utility(table),
         mia=mia,
         mia_by_unit=units,
         skipped_attacks=skipped,
@@ -317,7 +317,8 @@ def _one_run_bounds(
     return out
 
 
-def _utility(table: pd.DataFrame) -> Utility:
+def table_utility(table: pd.DataFrame) -> Utility:
+    """Member and non-member token loss, and non-member perplexity, from a model's score table."""
     def token_loss(rows: pd.DataFrame) -> float | None:
         n = int(rows["n_tokens"].sum())
         if n == 0:

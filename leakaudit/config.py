@@ -9,11 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leakaudit.canaries.spec import CanarySpec, load_spec
-from leakaudit.errors import LeakauditError
+from leakaudit.errors import LeakauditError, describe_validation_error
+from leakaudit.io import read_yaml_mapping
 from leakaudit.models.tiny import Arch
 from leakaudit.train.loop import DPSettings, TrainSettings
 
@@ -147,12 +147,6 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _describe(err: ValidationError, where: str) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"])
-    return f"{where}: field '{loc}': {e['msg'].removeprefix('Value error, ')}"
-
-
 def resolve_config(
     *,
     preset: str = "cpu",
@@ -165,15 +159,7 @@ def resolve_config(
     where = "config"
     if config_file is not None:
         p = Path(config_file)
-        if not p.is_file():
-            raise LeakauditError(f"{p}: config file not found")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as e:
-            raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
-        if not isinstance(loaded, dict):
-            raise LeakauditError(f"{p}: a config must be a YAML mapping")
-        raw = _merge(raw, loaded)
+        raw = _merge(raw, read_yaml_mapping(p, "config file", empty_ok=True))
         where = str(p)
     raw = _merge(raw, overrides or {})
     specs = [load_spec(f) for f in canary_files or []]
@@ -187,4 +173,4 @@ def resolve_config(
     try:
         return DemoConfig.model_validate(raw)
     except ValidationError as e:
-        raise LeakauditError(_describe(e, where)) from None
+        raise LeakauditError(describe_validation_error(e, where)) from None

@@ -41,7 +41,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leakaudit.config import REPO_CANARIES, DemoConfig, resolve_config
-from leakaudit.errors import LeakauditError
+from leakaudit.errors import LeakauditError, describe_validation_error
 from leakaudit.io import (
     read_json,
     read_jsonl,
@@ -184,12 +184,6 @@ def _eps_label(eps: float) -> str:
     return "inf" if not math.isfinite(eps) else f"{eps:g}"
 
 
-def _describe(err: ValidationError, where: str, prefix: str = "") -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in (prefix, *e["loc"]) if x != "")
-    return f"{where}: field '{loc}': {e['msg'].removeprefix('Value error, ')}"
-
-
 def load_experiment(path: str | Path) -> Experiment:
     """Read and validate an experiment file; any problem is one LeakauditError naming the file and field."""
     p = Path(path)
@@ -202,7 +196,7 @@ def experiment_from_dict(raw: dict, *, where: str = "experiment", root: Path | N
     try:
         cfg = ExperimentConfig.model_validate(raw)
     except ValidationError as e:
-        raise LeakauditError(_describe(e, where)) from None
+        raise LeakauditError(describe_validation_error(e, where)) from None
     base = dict(cfg.base)
     preset = base.pop("preset", "tiny")
     if not isinstance(preset, str):
@@ -240,7 +234,7 @@ def _load_spec(spec: str | dict, root: Path | None, where: str, i: int) -> dict:
         try:
             return CanarySpec.model_validate(spec).model_dump(mode="json")
         except ValidationError as e:
-            raise LeakauditError(_describe(e, where, f"base.canaries.{i}")) from None
+            raise LeakauditError(describe_validation_error(e, where, f"base.canaries.{i}")) from None
     cands = [Path(spec)] if Path(spec).is_absolute() else [
         *([root / spec] if root is not None else []), Path(spec), REPO_CANARIES.parent / spec, REPO_CANARIES / spec,
     ]
@@ -305,6 +299,8 @@ def seed_done(exp: Experiment, out: Path, seed: int) -> bool:
 
 def prepare_seed(task: SeedTask) -> dict:
     """Data, canaries, base model (and shadow models, when asked for) of one seed; cached stage by stage."""
+    from leakaudit.attacks import load_score_table
+    from leakaudit.audit import table_utility
     from leakaudit.pipeline import shared_stages
     from leakaudit.runs import EventLog
 
@@ -316,29 +312,27 @@ def prepare_seed(task: SeedTask) -> dict:
     t0 = time.perf_counter()
 
     shared = shared_stages(cfg, sdir, log, device)
-    data_dir, base_dir, manifests = shared.data_dir, shared.base_dir, shared.manifests
-    train_texts, warnings = shared.train_texts, shared.preflight_warnings
     if cfg.shadows:
-        _shadows(cfg, sdir, base_dir, data_dir, device, log)
-    scores = _prime_reference(cfg, task.experiment.config, sdir, base_dir, data_dir, manifests, device, log)
-    info = {"key": stable_hash(_seed_key(cfg)), "seed": task.seed, "n_train": len(train_texts),
-            "base_perplexity": _held_out_perplexity(scores / "mia.parquet"), "preflight_warnings": warnings,
+        _shadows(cfg, sdir, shared, device, log)
+    scores = _prime_reference(cfg, task.experiment.config, sdir, shared, device, log)
+    base = table_utility(load_score_table(scores / "mia.parquet"))
+    info = {"key": stable_hash(_seed_key(cfg)), "seed": task.seed, "n_train": len(shared.train_texts),
+            "base_perplexity": base.non_member_perplexity, "preflight_warnings": shared.preflight_warnings,
             "seconds": round(time.perf_counter() - t0, 2)}
     write_json(sdir / "seed.json", info)
     return info
 
 
-def _shadows(cfg: DemoConfig, sdir: Path, base_dir: Path, data_dir: Path, device: str, log):
+def _shadows(cfg: DemoConfig, sdir: Path, shared, device: str, log):
+    """The seed's shadow models (trained once, then found in the seed's cache by every cell)."""
     from leakaudit.train.shadows import train_shadows
 
-    population = read_jsonl(data_dir / "members.jsonl") + read_jsonl(data_dir / "non_members.jsonl")
-    return train_shadows(sdir / "shadows", base_dir, [r["text"] for r in population], cfg.shadows, cfg.finetune,
-                         device=device, log=log, seed=cfg.seed)
+    population = shared.members + shared.non_members
+    return train_shadows(sdir / "shadows", shared.base_dir, [r["text"] for r in population], cfg.shadows,
+                         cfg.finetune, device=device, log=log, seed=cfg.seed)
 
 
-def _prime_reference(
-    cfg: DemoConfig, exp: ExperimentConfig, sdir: Path, base_dir: Path, data_dir: Path, manifests, device: str, log
-):
+def _prime_reference(cfg: DemoConfig, exp: ExperimentConfig, sdir: Path, shared, device: str, log):
     """Score the base model and draw its samples once per seed; cells copy these stages (see _copy_reference).
 
     The stages carry the same keys as the ones run_audit builds for its reference, so a cell skips
@@ -349,35 +343,19 @@ def _prime_reference(
     from leakaudit.models.target import resolve_dtype
 
     opts = _audit_options(cfg, exp)
-    rows = read_jsonl(data_dir / "members.jsonl") + read_jsonl(data_dir / "non_members.jsonl")
-    n_members = len(read_jsonl(data_dir / "members.jsonl"))
+    dtype = resolve_dtype(device, opts.dtype)
     scores = score_model(
-        sdir, ModelToAudit("base", base_dir), rows, n_members, [m for m in manifests if m.spec.design == "one_run"],
-        lowercase=False, n_neighbours=0, device=device, token_budget=opts.token_budget, log=log,
-        trust_remote_code=False, seed=opts.seed, exact_max=opts.exact_exposure_max,
-        extraction_budget=opts.extraction_budget, beam_width=opts.beam_width, dtype=resolve_dtype(device, opts.dtype),
+        sdir, ModelToAudit("base", shared.base_dir), shared.members + shared.non_members, len(shared.members),
+        [m for m in shared.manifests if m.spec.design == "one_run"], lowercase=False, n_neighbours=0,
+        device=device, token_budget=opts.token_budget, log=log, trust_remote_code=False, seed=opts.seed,
+        exact_max=opts.exact_exposure_max, extraction_budget=opts.extraction_budget, beam_width=opts.beam_width,
+        dtype=dtype,
     )
     if opts.extraction.samples > 0:
-        public = [r["text"] for r in read_jsonl(data_dir / "public.jsonl")]
-        sample_stage(sdir, "base", base_dir, opts.extraction, public, device=device,
-                     dtype=resolve_dtype(device, opts.dtype), token_budget=opts.token_budget,
-                     trust_remote_code=False, log=log)
+        public = [r["text"] for r in read_jsonl(shared.data_dir / "public.jsonl")]
+        sample_stage(sdir, "base", shared.base_dir, opts.extraction, public, device=device, dtype=dtype,
+                     token_budget=opts.token_budget, trust_remote_code=False, log=log)
     return scores
-
-
-def _held_out_perplexity(table_path: Path) -> float | None:
-    """exp(mean token NLL) of the non-members in a score table: the base model's utility, for comparison."""
-    import numpy as np
-
-    from leakaudit.attacks import load_score_table
-
-    t = load_score_table(table_path)
-    t = t[~t["member"].to_numpy(bool)]
-    n = int(t["n_tokens"].sum())
-    if n == 0:
-        return None
-    nll = -float(np.sum([np.sum(x, dtype=np.float64) for x in t["token_logprobs"]])) / n
-    return float(np.exp(min(nll, 50.0)))
 
 
 def _copy_reference(sdir: Path, cdir: Path) -> None:
@@ -445,9 +423,9 @@ def cell_done(exp: Experiment, out: Path, cell: CellSpec) -> bool:
 def run_cell(task: CellTask) -> dict:
     """Fine-tune and audit one cell (resuming its cached stages); writes and returns ``cell.json``."""
     from leakaudit.audit import ModelToAudit, run_audit
-    from leakaudit.canaries.manifest import CanaryManifest
     from leakaudit.io import sha256_file
     from leakaudit.models.loading import load_model
+    from leakaudit.pipeline import read_shared
     from leakaudit.report.schema import Results
     from leakaudit.runs import EventLog, device_name, stage
     from leakaudit.train.loop import save_trained, train_model
@@ -459,10 +437,9 @@ def run_cell(task: CellTask) -> dict:
     cdir.mkdir(parents=True, exist_ok=True)
     log = EventLog(cdir)
     device = _device(cfg)
-    data_dir, can_dir, base_dir = sdir / "data", sdir / "canaries", sdir / "models" / "base"
-    members, non_members = read_jsonl(data_dir / "members.jsonl"), read_jsonl(data_dir / "non_members.jsonl")
-    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
-    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
+    shared = read_shared(cfg, sdir)
+    data_dir, can_dir, base_dir = shared.data_dir, shared.canaries_dir, shared.base_dir
+    members, non_members, train_texts = shared.members, shared.non_members, shared.train_texts
     settings, dp = cell_settings(exp, cell, len(train_texts))
     key = _cell_key(exp, cell, len(train_texts))
 
@@ -480,12 +457,12 @@ def run_cell(task: CellTask) -> dict:
                  "train": settings.model_dump(mode="json"), "dp": dp.model_dump(mode="json") if dp else None}
     model_dir = stage(cdir, "model", model_key, build, log)
     t0 = time.perf_counter()
-    shadows = _shadows(cfg, sdir, base_dir, data_dir, device, log) if cfg.shadows else None
+    shadows = _shadows(cfg, sdir, shared, device, log) if cfg.shadows else None
     _copy_reference(sdir, cdir)
     what = f"DP-SGD, target eps {cell.epsilon:g}" if cell.dp else "no DP"
     results: Results = run_audit(
         cdir, [ModelToAudit(cell.id, model_dir, f"{cell.mode} fine-tuning, {what}, seed {cell.seed}")],
-        members, non_members, manifests, device=device, options=_audit_options(cfg, exp.config),
+        members, non_members, shared.manifests, device=device, options=_audit_options(cfg, exp.config),
         references={"base": base_dir}, shadows=shadows, log=log, command=f"leakaudit experiment ({exp.config.name})",
         extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")},
         preflight_warnings=sinfo.get("preflight_warnings", []), train_texts=train_texts,

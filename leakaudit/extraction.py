@@ -23,7 +23,7 @@ from leakaudit.attacks.pii import pii_extraction, pii_reconstruction
 from leakaudit.attacks.untargeted import Samples, sample_texts, untargeted_extraction
 from leakaudit.io import read_json, texts_hash, write_json, write_parquet
 from leakaudit.models.loading import hash_model_dir, load_model
-from leakaudit.models.target import Target
+from leakaudit.models.target import Target, dtype_name
 from leakaudit.report.schema import MemorizationResult, PIIExtraction, PIIReconstruction, UntargetedExtraction
 from leakaudit.runs import EventLog, stage
 
@@ -59,7 +59,7 @@ def sample_stage(
     """Draw (or reuse) the model's untargeted samples: ``samples/<name>/samples.json``."""
     key = {"model": hash_model_dir(path), "n": options.samples, "tokens": options.sample_tokens,
            "public": texts_hash(public_texts), "seed": options.seed, "batch": options.batch_size,
-           "dtype": str(dtype)}
+           "dtype": dtype_name(dtype)}
 
     def build(tmp: Path) -> None:
         target = _target(path, device=device, dtype=dtype, token_budget=token_budget,
@@ -104,7 +104,7 @@ def extraction_stage(
         "baseline_samples": read_json(baseline_samples_dir / "stage.json")["key"] if baseline_samples_dir else None,
         "pii": [options.pii_reconstruction_records, options.pii_candidates],
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
-        "ngram": options.verify_ngram, "seed": options.seed, "dtype": str(dtype),
+        "ngram": options.verify_ngram, "seed": options.seed, "dtype": dtype_name(dtype),
     }
 
     def build(tmp: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,7 @@ def run_demo(
     shared = shared_stages(cfg, run_dir, log, device, bar)
     data_dir, can_dir, base_dir = shared.data_dir, shared.canaries_dir, shared.base_dir
     manifests, train_texts, warnings = shared.manifests, shared.train_texts, shared.preflight_warnings
-    members = read_jsonl(data_dir / "members.jsonl")
-    non_members = read_jsonl(data_dir / "non_members.jsonl")
+    members, non_members = shared.members, shared.non_members
     base_key, can_key = shared.keys["base"], shared.keys["canaries"]
 
     # 4. fine-tuning, plain and DP --------------------------------------------------------
@@ -108,16 +107,31 @@ class SharedStages:
     """What every run of one configuration and seed shares: the data, the canaries, the base model.
 
     Built (or found) by :func:`shared_stages` in ``data/``, ``canaries/`` and ``models/base/`` of a
-    run directory; the demo and each seed of an experiment use the same stages and cache keys.
+    run directory, or read back by :func:`read_shared`; the demo and each seed of an experiment
+    use the same stages and cache keys.
     """
 
     data_dir: Path
     canaries_dir: Path
     base_dir: Path
+    members: list[dict]
+    non_members: list[dict]
     manifests: list[CanaryManifest]
-    train_texts: list[str]
-    keys: dict[str, dict]  # the stage keys: "data", "canaries", "base"
-    preflight_warnings: list[str]
+    train_texts: list[str]  # the members with the canaries inserted
+    keys: dict[str, dict] = field(default_factory=dict)  # the stage keys "data", "canaries", "base" (when built)
+    preflight_warnings: list[str] = field(default_factory=list)
+
+
+def read_shared(cfg: DemoConfig, run_dir: Path, **extra: Any) -> SharedStages:
+    """The shared stages of ``run_dir`` as they are on disk (built earlier by :func:`shared_stages`)."""
+    run_dir = Path(run_dir)
+    data_dir, can_dir = run_dir / "data", run_dir / "canaries"
+    return SharedStages(
+        data_dir, can_dir, run_dir / "models" / "base",
+        members=read_jsonl(data_dir / "members.jsonl"), non_members=read_jsonl(data_dir / "non_members.jsonl"),
+        manifests=[CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries],
+        train_texts=[r["text"] for r in read_jsonl(can_dir / "train.jsonl")], **extra,
+    )
 
 
 def shared_stages(
@@ -149,7 +163,7 @@ def shared_stages(
             rows = insert_canaries(rows, manifest, seed=cfg.seed + i)
         write_jsonl(tmp / "train.jsonl", rows)
 
-    can_dir = stage(run_dir, "canaries", can_key, build_canaries, log)
+    stage(run_dir, "canaries", can_key, build_canaries, log)
     base_key = {**data_key, "model": cfg_json["model"], "pretrain": cfg_json["pretrain"], "seed": cfg.seed}
 
     def build_base(tmp: Path) -> None:
@@ -163,17 +177,15 @@ def shared_stages(
         save_trained(model.cpu(), tok, tmp, record)
 
     base_dir = stage(run_dir, "models/base", base_key, build_base, log)
-    manifests = [CanaryManifest.load(can_dir / f"manifest-{s.name}.json") for s in cfg.canaries]
-    train_texts = [r["text"] for r in read_jsonl(can_dir / "train.jsonl")]
+    shared = read_shared(cfg, run_dir, keys={"data": data_key, "canaries": can_key, "base": base_key})
     # canary pre-flight: will the training loss see every inserted canary?
     warnings = preflight_all(
-        manifests, train_texts, load_tokenizer(base_dir), max_length=min(cfg.finetune.max_length,
-                                                                           cfg.dp_train.max_length)
+        shared.manifests, shared.train_texts, load_tokenizer(base_dir),
+        max_length=min(cfg.finetune.max_length, cfg.dp_train.max_length),
     )
     for w in warnings:
         log("preflight_warning", f"warning: {w}", warning=w)
-    return SharedStages(data_dir, can_dir, base_dir, manifests, train_texts,
-                        {"data": data_key, "canaries": can_key, "base": base_key}, warnings)
+    return replace(shared, preflight_warnings=warnings)
 
 
 def audit_options(cfg: DemoConfig, **extraction: Any) -> AuditOptions:

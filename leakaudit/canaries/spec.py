@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from leakaudit.canaries.formats import FORMATS, SecretFormat, get_format
-from leakaudit.errors import LeakauditError
+from leakaudit.errors import LeakauditError, describe_validation_error
 from leakaudit.io import read_yaml_mapping
 
 FIELDS = ("name", "first_name", "city", "company")
@@ -91,13 +91,6 @@ class CanarySpec(BaseModel):
         return [f for _, f, _, _ in string.Formatter().parse(self.template) if f and f != "secret"]
 
 
-def _describe(err: ValidationError) -> str:
-    e = err.errors()[0]
-    loc = ".".join(str(x) for x in e["loc"]) or "spec"
-    msg = e["msg"].removeprefix("Value error, ")
-    return f"field '{loc}': {msg}"
-
-
 def load_spec(path: str | Path) -> CanarySpec:
     """Read and validate a canary spec; errors name the file and the field."""
     p = Path(path)
@@ -105,4 +98,4 @@ def load_spec(path: str | Path) -> CanarySpec:
     try:
         return CanarySpec.model_validate(raw)
     except ValidationError as e:
-        raise LeakauditError(f"{p}: {_describe(e)}") from None
+        raise LeakauditError(describe_validation_error(e, str(p), top="spec")) from None

@@ -92,35 +92,11 @@ def returned_cache(output):
     return output.get("cache", output.get("past_key_values"))
 
 
-def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
-    """Next token per row from float32 logits [B, V] (on a CUDA device: :func:`_choose_on_device`)."""
-    if s.greedy:
-        return logits.argmax(-1)
-    if logits.is_cuda:
-        return _choose_on_device(logits, s, step, gen)
-    logits = logits / s.temperature_at(step)
-    if s.top_k is not None and s.top_k < logits.shape[-1]:
-        kth = torch.topk(logits, s.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if s.top_p is not None and s.top_p < 1:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        # drop a token when the mass before it already reaches p (the top token always stays)
-        drop_sorted = (probs.cumsum(-1) - probs) >= s.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    return torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(logits.device)
+def _filtered(logits: torch.Tensor, s: Sampling, step: int) -> torch.Tensor:
+    """logit / T with the tokens outside top-k and top-p set to -inf, cut by value.
 
-
-def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
-    """Sample where the logits are, with the Gumbel-max trick: argmax(logit / T + G), G ~ Gumbel(0, 1).
-
-    That argmax is an exact draw from softmax(logit / T) over the tokens left after top-k and
-    top-p, which are cut by value (every token tied with the k-th stays, as on the CPU path).
-    The noise is drawn for every vocabulary entry and indexed by token id, never by rank, so a
-    seed gives the same tokens even where a GPU's top-k or sort orders tied logits differently
-    from one run to the next.  ``gen`` must live on the logits' device.
+    Every token tied with the k-th (or with the last one top-p keeps) stays, so the result does
+    not depend on the order in which a sort or top-k returns tied logits.
     """
     logits = logits / s.temperature_at(step)
     if s.top_k is not None and s.top_k < logits.shape[-1]:
@@ -131,6 +107,32 @@ def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.G
         probs = torch.softmax(vals, dim=-1)
         n_keep = ((probs.cumsum(-1) - probs) < s.top_p).sum(-1, keepdim=True)  # >= 1: the top token stays
         logits = logits.masked_fill(logits < vals.gather(-1, n_keep - 1), float("-inf"))
+    return logits
+
+
+def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
+    """Next token per row from float32 logits [B, V].
+
+    On a CPU: ``torch.multinomial`` with the host generator.  On a GPU the draw stays on the
+    device, by the Gumbel-max trick (:func:`_choose_on_device`).
+    """
+    if s.greedy:
+        return logits.argmax(-1)
+    if logits.is_cuda:
+        return _choose_on_device(logits, s, step, gen)
+    probs = torch.softmax(_filtered(logits, s, step), dim=-1)
+    return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
+    """Sample where the logits are, with the Gumbel-max trick: argmax(logit / T + G), G ~ Gumbel(0, 1).
+
+    That argmax is an exact draw from softmax(logit / T) over the tokens :func:`_filtered` keeps.
+    The noise is drawn for every vocabulary entry and indexed by token id, never by rank, so a
+    seed gives the same tokens even where a GPU's top-k or sort orders tied logits differently
+    from one run to the next.  ``gen`` must live on the logits' device.
+    """
+    logits = _filtered(logits, s, step)
     u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=torch.float32)
     return (logits - torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))).argmax(-1)
 
@@ -288,8 +290,8 @@ class _StaticDecoder:
                 torch.cuda.synchronize()
                 self.use_graph = False
                 _warn_once(f"the decoding step of {type(self.model).__name__} could not be captured as a CUDA "
-                           f"graph ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                           "decoding eagerly with the static cache", path="eager static path")
+                           f"graph ({_first_line(e)}); decoding eagerly with the static cache",
+                           path="eager static path")
                 return self._step_forward()
             self.graph = graph
         self.graph.replay()
@@ -332,6 +334,11 @@ Engine = Literal["auto", "static", "portable"]
 _warned: set[str] = set()
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e)
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _warn_once(reason: str, path: str = "portable path") -> None:
     if reason not in _warned:
         _warned.add(reason)
@@ -365,8 +372,8 @@ def _local_generate(model, prompts, sampling, pad_id, batch_size, seed, engine, 
             except Exception as e:  # noqa: BLE001 - the model's forward rejected the static inputs
                 if n > 0 or engine == "static":
                     raise
-                _warn_once(f"{type(model).__name__} could not decode with a static cache ({type(e).__name__}: "
-                           f"{str(e).splitlines()[0] if str(e) else ''})")
+                _warn_once(f"{type(model).__name__} could not decode with a static cache ({_first_line(e)})")
+                release_decoder()  # its cache is of no further use
                 dec = None
                 gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + n)
         out[batch] = _generate_batch(model, rows, sampling, pad_id, gen, cache_arg)

@@ -271,6 +271,8 @@ class Target:
         last = head_lp[-1]
         rest = np.asarray(split.rest_ids, dtype=np.int64)
         H = len(split.head.ids)
+        logit_cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // int(last.shape[-1])  # float32 logits
+
         out = np.empty(len(candidates), dtype=np.float64)
         by_len: dict[int, list[int]] = {}
         for i, t in enumerate(split.tails):
@@ -281,24 +283,32 @@ class Target:
             shared = np.cumprod(mat[:, :m] == rest[None, :m], axis=1).sum(1) if m else np.zeros(len(idx), np.int64)
             covers = np.arange(L)[None, :] >= shared[:, None]  # tokens that cover part of the candidate
             lp = np.empty((len(idx), L), dtype=np.float32)
-            # rows per pass: bounded by the float32 logits they make (about 1 GiB on a CPU, 4 GiB on a GPU)
-            vocab = int(self.model.get_output_embeddings().weight.shape[0])
-            cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // (max(L - 1, 1) * vocab)
-            n = max(1, min(cap, 16384, 4 * self.token_budget // max(L + H // 4, 1)))
+            # rows per pass: their float32 logits stay under about 1 GiB (CPU) or 4 GiB (GPU), and the token budget
+            n = max(1, min(logit_cap // max(L - 1, 1), 16384, 4 * self.token_budget // max(L + H // 4, 1)))
             for a in range(0, len(idx), n):
                 ids = torch.from_numpy(mat[a : a + n]).to(self.device)
-                past = copy.deepcopy(cache)
-                past.batch_repeat_interleave(ids.shape[0])
-                mask = torch.ones((ids.shape[0], H + L), dtype=torch.long, device=self.device)
-                tpos = torch.arange(H, H + L, device=self.device).unsqueeze(0).expand(ids.shape[0], -1)
-                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True,
-                                    **{self._cache_arg: past}).logits[:, :-1]
-                flat = logits.float()
-                step = flat.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(flat, dim=-1)
-                lp[a : a + n] = torch.cat([last[ids[:, :1]], step], dim=1).cpu().numpy()
-                del past, logits, flat, step
+                lp[a : a + n] = self._tail_logprobs(cache, last, H, ids).cpu().numpy()
             out[idx] = -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
         return out
+
+    def _tail_logprobs(self, cache, last: torch.Tensor, start: int, ids: torch.Tensor,
+                       mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Log-probs [n, W] of tail tokens ``ids`` [n, W] that follow a head run once.
+
+        ``cache`` and ``last`` (the head's last-position log-probs) come from :meth:`_run_head`;
+        the head has ``start`` tokens.  Tail token 0 is predicted by the head's last position,
+        token j by tail position j - 1.  ``mask`` [n, start + W] marks right padding (default: none).
+        """
+        n, W = ids.shape
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(n)
+        if mask is None:
+            mask = torch.ones((n, start + W), dtype=torch.long, device=self.device)
+        tpos = torch.arange(start, start + W, device=self.device).unsqueeze(0).expand(n, -1)
+        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True,
+                            **{self._cache_arg: past}).logits[:, :-1].float()
+        step = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+        return torch.cat([last[ids[:, :1]], step], dim=1)
 
     @torch.no_grad()
     def _shared_prefix_scores(self, ids_list: list[list[int]]) -> list[np.ndarray] | None:
@@ -336,18 +346,7 @@ class Target:
             for b, r in enumerate(batch):
                 ids[b, : len(tails[r])] = torch.tensor(tails[r])
                 mask[b, shared + len(tails[r]) :] = 0
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(len(batch))
-            tpos = torch.arange(shared, shared + width, device=self.device).unsqueeze(0).expand(len(batch), -1)
-            logits = self.model(
-                input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True, **{self._cache_arg: past}
-            ).logits
-            lp = torch.log_softmax(logits.float(), dim=-1)
-            # token `shared` is predicted by the head's last position, token shared + j by tail position j - 1
-            t0 = last[ids[:, 0]].cpu().numpy()
-            rest = lp[:, :-1].gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1).cpu().numpy()
+            lp = self._tail_logprobs(cache, last, shared, ids.to(self.device), mask.to(self.device)).cpu().numpy()
             for b, r in enumerate(batch):
-                L = len(tails[r])
-                out[r] = np.concatenate([head_tok, [t0[b]], rest[b, : L - 1]]).astype(np.float32)
+                out[r] = np.concatenate([head_tok, lp[b, : len(tails[r])]]).astype(np.float32)
         return out  # type: ignore[return-value]
