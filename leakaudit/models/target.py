@@ -257,10 +257,14 @@ class Target:
     def _continuation_nll(self, prefix: str, candidates: list[str]) -> np.ndarray | None:
         """:meth:`secret_nll` for many candidates, vectorised (None: use the general path).
 
-        The prefix's head is tokenized and run once; the tails (the prefix's last words and a
-        candidate) are grouped by token count, so each group is one int matrix scored in
-        batches against copies of the head's cache, and the tokens covering the candidate are
-        summed without a per-candidate Python loop.
+        The prefix's head is tokenized and run once.  The tails (the prefix's last words and a
+        candidate) form a token tree: a tail token's log-prob depends only on the tokens before
+        it, so one model row per distinct *parent path* (a tail without its last token) gives
+        the log-probs of every token of every candidate that shares it.  Candidates drawn from
+        a format share most of their paths (10^6 six-digit secrets have a few thousand), so the
+        model runs a few thousand short rows instead of a million, and each candidate's tokens
+        are gathered from its row's logits.  The tokens covering the candidate are summed
+        without a per-candidate Python loop.
         """
         split = encode_continuations(self.tokenizer, prefix, candidates)
         if split is None or len(split.head.ids) + max(map(len, split.tails)) > self.context:
@@ -268,28 +272,63 @@ class Target:
         head_lp, cache = self._run_head(split.head.ids)
         if cache is None:
             return None
-        last = head_lp[-1]
+        H, N = len(split.head.ids), len(candidates)
+        tok, lens = _token_matrix(split.tails)  # [N, T], zero-padded
+        T = tok.shape[1]
+        valid = np.arange(T)[None, :] < lens[:, None]
         rest = np.asarray(split.rest_ids, dtype=np.int64)
-        H = len(split.head.ids)
-        logit_cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // int(last.shape[-1])  # float32 logits
+        m = min(T, len(rest))
+        shared = np.cumprod((tok[:, :m] == rest[None, :m]) & valid[:, :m], axis=1).sum(1) if m else np.zeros(N, int)
+        covers = valid & (np.arange(T)[None, :] >= shared[:, None])  # tokens that cover part of the candidate
 
-        out = np.empty(len(candidates), dtype=np.float64)
-        by_len: dict[int, list[int]] = {}
-        for i, t in enumerate(split.tails):
-            by_len.setdefault(len(t), []).append(i)
-        for L, idx in by_len.items():
-            mat = np.asarray([split.tails[i] for i in idx], dtype=np.int64).reshape(len(idx), L)
-            m = min(L, len(rest))
-            shared = np.cumprod(mat[:, :m] == rest[None, :m], axis=1).sum(1) if m else np.zeros(len(idx), np.int64)
-            covers = np.arange(L)[None, :] >= shared[:, None]  # tokens that cover part of the candidate
-            lp = np.empty((len(idx), L), dtype=np.float32)
-            # rows per pass: their float32 logits stay under about 1 GiB (CPU) or 4 GiB (GPU), and the token budget
-            n = max(1, min(logit_cap // max(L - 1, 1), 16384, 4 * self.token_budget // max(L + H // 4, 1)))
-            for a in range(0, len(idx), n):
-                ids = torch.from_numpy(mat[a : a + n]).to(self.device)
-                lp[a : a + n] = self._tail_logprobs(cache, last, H, ids).cpu().numpy()
-            out[idx] = -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
-        return out
+        lp = np.zeros((N, T), dtype=np.float32)
+        lp[:, 0] = head_lp[-1][torch.from_numpy(tok[:, 0]).to(self.device)].cpu().numpy()  # predicted by the head
+        if T > 1:
+            self._fill_from_parent_paths(cache, H, tok, lens, lp)
+        return -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
+
+    def _fill_from_parent_paths(self, cache, H: int, tok: np.ndarray, lens: np.ndarray, lp: np.ndarray) -> None:
+        """Write ``lp[i, j]`` (j >= 1) for every tail: one model row per distinct parent path.
+
+        A row is the tail's tokens but its last (``-1`` pads it in the key); its logits at
+        position j - 1 predict token j of every tail that shares the row.  Rows are sorted by
+        length, so each pass is one length and its candidates one contiguous range.
+        """
+        N, T = tok.shape
+        parent = np.where(np.arange(T - 1)[None, :] < (lens - 1)[:, None], tok[:, : T - 1], -1)
+        paths, row_of = np.unique(parent, axis=0, return_inverse=True)
+        row_of = row_of.reshape(-1)
+        plen = (paths >= 0).sum(1)
+        by_len = np.argsort(plen, kind="stable")  # rows renumbered by length
+        rank = np.empty_like(by_len)
+        rank[by_len] = np.arange(len(by_len))
+        paths, plen, row_of = paths[by_len], plen[by_len], rank[row_of]
+        order = np.argsort(row_of, kind="stable")  # candidates grouped by row
+        bounds = np.searchsorted(row_of[order], np.arange(len(paths) + 1))
+        V = int(self.model.get_output_embeddings().weight.shape[0])
+        logit_cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // V  # float32 logits per pass
+        r = int(np.searchsorted(plen, 1))  # rows of length 0 (single-token tails) need no pass
+        while r < len(paths):
+            width = int(plen[r])
+            end = int(np.searchsorted(plen, width, side="right"))
+            n = max(1, min(logit_cap // width, 16384, 4 * self.token_budget // max(width + H // 4, 1)))
+            end = min(end, r + n)
+            ids = torch.from_numpy(paths[r:end, :width]).to(self.device)
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(end - r)
+            pos = torch.arange(H, H + width, device=self.device).unsqueeze(0).expand(end - r, -1)
+            mask = torch.ones((end - r, H + width), dtype=torch.long, device=self.device)
+            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                **{self._cache_arg: past}).logits
+            lse = torch.logsumexp(logits.float(), dim=-1)  # [rows, width]
+            cand = order[bounds[r] : bounds[end]]  # their tails have exactly width + 1 tokens
+            row = torch.from_numpy(row_of[cand] - r).to(self.device)[:, None]
+            at = torch.arange(width, device=self.device)[None, :]  # position j - 1 predicts token j
+            nxt = torch.from_numpy(tok[cand, 1 : width + 1]).to(self.device)
+            lp[cand, 1 : width + 1] = (logits[row, at, nxt].float() - lse[row, at]).cpu().numpy()
+            del logits, past
+            r = end
+
 
     def _tail_logprobs(self, cache, last: torch.Tensor, start: int, ids: torch.Tensor,
                        mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -350,3 +389,12 @@ class Target:
             for b, r in enumerate(batch):
                 out[r] = np.concatenate([head_tok, lp[b, : len(tails[r])]]).astype(np.float32)
         return out  # type: ignore[return-value]
+
+
+def _token_matrix(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged token lists as a zero-padded int64 matrix [N, max length] and their lengths."""
+    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    mat = np.zeros((len(rows), int(lens.max(initial=0))), dtype=np.int64)
+    mat[np.arange(mat.shape[1])[None, :] < lens[:, None]] = np.fromiter(
+        (t for r in rows for t in r), dtype=np.int64, count=int(lens.sum()))
+    return mat, lens
