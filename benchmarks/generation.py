@@ -53,27 +53,41 @@ def library_generate(model, prompts, pad, n):
 
 
 def step_profile(model, s: Sampling, reps: int = 50) -> dict:
-    """GPU milliseconds of one decoding step's parts, from the decoder the last call left captured."""
+    """GPU milliseconds of one decoding step's parts, from the decoder the last call left captured.
+
+    ``graph_replay_<n>``: the captured step attending to ``n`` cache slots (the first and the
+    last slice); ``sample_top_k``: the top-k sampler as the engine runs it; ``sample_full_vocab``:
+    the same draw over the whole vocabulary (the path it takes when ties overflow its margin).
+    """
     from leakaudit.models import generate as engine
 
     dec = engine._last_decoder[0][1]
-    if dec.graph is None:
+    if not dec.graphs:
         return {}
     gen = torch.Generator(device="cuda").manual_seed(0)
-    logits = dec.logits.float()
     layers = [layer for layer in dec.cache.layers if getattr(layer, "is_initialized", False)]
 
-    def replay():
-        for layer in layers:  # every replay writes the same cache slot (each one advances the write position)
-            layer.cumulative_length.fill_(dec.W)
-        dec.graph.replay()
+    def replay(graph):
+        def run():
+            for layer in layers:  # every replay writes the same cache slot (each one advances the write position)
+                layer.cumulative_length.fill_(dec.W)
+            graph.replay()
+        return run
 
-    parts = {
-        "graph_replay": replay,
-        "to_float32": lambda: dec.logits.float(),
-        "sample_top_k": lambda: engine._choose_on_device(logits, s, 30, gen),
-        "sample_full_vocab": lambda: engine._choose_on_device(logits, Sampling(max_new_tokens=1, top_k=None), 30, gen),
-    }
+    sizes = sorted(dec.graphs)
+    logits = dec.graphs[sizes[-1]][1]
+    parts = {f"graph_replay_{n}": replay(dec.graphs[n][0]) for n in {sizes[0], sizes[-1]}}
+    margin = engine._TIE_MARGIN
+    parts["sample_top_k"] = lambda: engine._choose_on_device(logits, s, 30, gen)
+
+    def full_vocab():
+        engine._TIE_MARGIN = 0
+        try:
+            engine._choose_on_device(logits, s, 30, gen)
+        finally:
+            engine._TIE_MARGIN = margin
+
+    parts["sample_top_k_whole_vocab"] = full_vocab
     out = {}
     for name, fn in parts.items():
         fn()
@@ -85,6 +99,27 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
         torch.cuda.synchronize()
         out[name] = a.elapsed_time(b) / reps
     return out
+
+
+def engine_variants(model, prompts, s, pad, b) -> list[dict]:
+    """The engine with its two step savings switched off one at a time (same prompts, same run)."""
+    from leakaudit.models import generate as engine
+
+    saved = engine._KV_BUCKET, engine._TIE_MARGIN
+    rows = []
+    try:
+        for bucket, margin in ((0, 0), (saved[0], 0), (0, saved[1]), saved):
+            engine._KV_BUCKET, engine._TIE_MARGIN = bucket, margin
+            engine.release_decoder()
+            run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
+            run()
+            _, t = timed(run)
+            rows.append({"kv_bucket": bucket, "tie_margin": margin, "tokens_per_s": b * s.max_new_tokens / t})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        engine._KV_BUCKET, engine._TIE_MARGIN = saved
+        engine.release_decoder()
+    return rows
 
 
 def timed(fn):
@@ -104,6 +139,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--untargeted-samples", type=int, default=0)
     ap.add_argument("--step-profile", action="store_true", help="GPU time of a decoding step's parts (largest batch)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time the engine without its cache slices and/or its short top-k (largest batch)")
     ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")
     args = ap.parse_args()
     sz = SIZES[args.size]
@@ -140,11 +177,13 @@ def main() -> None:
             s = Sampling(max_new_tokens=args.new_tokens, top_k=40)
             report: dict = {}
             engine = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
-            _, setup = timed(partial(engine, report=report))
+            first, setup = timed(partial(engine, report=report))
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
             a, t_engine = timed(engine)
             again = engine()
+            greedy = [generate(model, prompts, Sampling(max_new_tokens=args.new_tokens, greedy=True), pad_id=pad,
+                               batch_size=b) for _ in range(2)]
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
             library_generate(model, prompts[:1], pad, 4)  # warm-up
             _, t_lib = timed(partial(library_generate, model, prompts, pad, args.new_tokens))
@@ -153,11 +192,16 @@ def main() -> None:
                 "arch": arch, "parameters": params, "batch": b, "path": report.get("path"),
                 "engine_tokens_per_s": n_tok / t_engine, "library_tokens_per_s": n_tok / t_lib,
                 "engine_vs_library": t_lib / t_engine, "engine_first_call_s": setup, "engine_s": t_engine,
-                "library_s": t_lib, "same_samples_with_same_seed": bool((a == again).all()),
+                "library_s": t_lib, "same_samples_with_same_seed": bool((a == again).all() and (first == a).all()),
+                "same_greedy_twice": bool((greedy[0] == greedy[1]).all()),
                 "engine_peak_mb": peak,
             }
-            if args.step_profile and cuda and b == max(int(x) for x in args.batches.split(",")):
+            largest = b == max(int(x) for x in args.batches.split(","))
+            if args.step_profile and cuda and largest:
+                engine()  # leave the sampling decoder captured
                 run["step_profile_ms"] = step_profile(model, s)
+            if args.variants and largest and arch == args.archs.split(",")[0]:
+                run["variants"] = engine_variants(model, prompts, s, pad, b)
             res["runs"].append(run)
             print(json.dumps(run), flush=True)
             dump()

@@ -121,6 +121,25 @@ def test_static_path_greedy_equals_library_generate(arch, corpora, tokenizer):
     np.testing.assert_array_equal(ours, _hf_greedy(model, prompts, pad, 12))
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_static_path_attends_to_growing_cache_slices(arch, corpora, tokenizer, monkeypatch):
+    """Slices of 8 slots: the slice grows five times over 36 steps; greedy still equals the library."""
+    from leakaudit.models import build_model
+    from leakaudit.models import generate as engine
+
+    monkeypatch.setattr(engine, "_KV_BUCKET", 8)
+    engine.release_decoder()
+    model = build_model(tokenizer, arch=arch, n_layer=2, n_embd=32, n_head=2, context=256).eval()
+    prompts = _prompts(corpora, tokenizer)
+    pad = tokenizer.pad_token_id
+    ours = generate(model, prompts, Sampling(max_new_tokens=36, greedy=True), pad_id=pad, batch_size=4,
+                    engine="static")
+    dec = engine._last_decoder[0][1]
+    assert dec.bucket == 8 and dec.L >= 5 * 8  # the slice did grow step by step
+    np.testing.assert_array_equal(ours, _hf_greedy(model, prompts, pad, 36))
+    engine.release_decoder()
+
+
 def test_static_path_sampling_is_seeded_and_respects_top_k(gpt2, corpora, tokenizer):
     prompts = _prompts(corpora, tokenizer) * 3
     s = Sampling(max_new_tokens=16, top_k=5, temperature=3.0)
@@ -150,6 +169,44 @@ def test_device_sampler_draws_from_the_softmax_of_the_top_k():
     tok = _choose_on_device(logits, Sampling(max_new_tokens=1, top_k=None), 0, gen).numpy()
     full = torch.softmax(logits[0], -1).numpy()
     np.testing.assert_allclose(np.bincount(tok, minlength=6) / len(tok), full, atol=0.015)
+
+
+def test_device_top_k_sampler_reads_only_the_top_candidates_and_keeps_ties(monkeypatch):
+    """A vocabulary larger than k + margin: the short path draws from softmax over the top k (ties kept)."""
+    from leakaudit.models import generate as engine
+
+    g = torch.Generator().manual_seed(1)
+    row = torch.randn(500, generator=g) * 0.5 - 3.0  # well below the planted top
+    row[:6] = torch.tensor([4.0, 3.5, 3.0, 3.0, 3.0, 2.5])  # tokens 2, 3, 4 tie at the 3rd/4th/5th place
+    logits = row.to(torch.bfloat16).repeat(30000, 1)
+    s = Sampling(max_new_tokens=1, top_k=4, temperature=1.5)
+    gen = torch.Generator().manual_seed(0)
+    tok = engine._choose_on_device(logits, s, 0, gen).numpy()
+    kept = row.to(torch.bfloat16).float()[:5]  # the 4th value is tied by the 5th: both stay
+    want = torch.softmax(kept / 1.5, -1).numpy()
+    freq = np.bincount(tok, minlength=500) / len(tok)
+    assert freq[5:].sum() == 0
+    np.testing.assert_allclose(freq[:5], want, atol=0.012)
+    # the same seed gives the same draws; the whole-vocabulary path draws from the same distribution
+    again = engine._choose_on_device(logits, s, 0, torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_array_equal(tok, again)
+    monkeypatch.setattr(engine, "_TIE_MARGIN", 0)
+    full = engine._choose_on_device(logits, s, 0, torch.Generator().manual_seed(0)).numpy()
+    np.testing.assert_allclose(np.bincount(full, minlength=500)[:5] / len(full), want, atol=0.012)
+
+
+def test_device_top_k_sampler_takes_the_whole_vocabulary_when_ties_overflow():
+    """More tokens tied with the k-th than the margin holds: every one of them stays a candidate."""
+    from leakaudit.models import generate as engine
+
+    row = torch.full((400,), -5.0)
+    row[0] = 3.0
+    row[100:160] = 1.0  # 60 tokens tie for places 2..61
+    logits = row.repeat(20000, 1)
+    tok = engine._choose_on_device(logits, Sampling(max_new_tokens=1, top_k=3), 0,
+                                   torch.Generator().manual_seed(0)).numpy()
+    assert set(np.unique(tok)) <= {0, *range(100, 160)}
+    assert len(set(tok.tolist()) & set(range(100, 160))) == 60  # all tied tokens drawn, not just 2 + margin
 
 
 def test_static_path_unavailable_warns_and_falls_back(gpt2, corpora, tokenizer, monkeypatch):

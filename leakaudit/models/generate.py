@@ -111,7 +111,7 @@ def _filtered(logits: torch.Tensor, s: Sampling, step: int) -> torch.Tensor:
 
 
 def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
-    """Next token per row from float32 logits [B, V].
+    """Next token per row from logits [B, V] (any float dtype; float32 where it matters).
 
     On a CPU: ``torch.multinomial`` with the host generator.  On a GPU the draw stays on the
     device, by the Gumbel-max trick (:func:`_choose_on_device`).
@@ -120,19 +120,37 @@ def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) 
         return logits.argmax(-1)
     if logits.is_cuda:
         return _choose_on_device(logits, s, step, gen)
-    probs = torch.softmax(_filtered(logits, s, step), dim=-1)
+    probs = torch.softmax(_filtered(logits.float(), s, step), dim=-1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+
+
+_TIE_MARGIN = 24  # candidates beyond the k-th that the top-k sampler looks at (0: always the whole vocabulary)
 
 
 def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
     """Sample where the logits are, with the Gumbel-max trick: argmax(logit / T + G), G ~ Gumbel(0, 1).
 
     That argmax is an exact draw from softmax(logit / T) over the tokens :func:`_filtered` keeps.
-    The noise is drawn for every vocabulary entry and indexed by token id, never by rank, so a
-    seed gives the same tokens even where a GPU's top-k or sort orders tied logits differently
-    from one run to the next.  ``gen`` must live on the logits' device.
+    With top-k, only the ``k + _TIE_MARGIN`` largest logits are read back from the vocabulary
+    (one top-k, in the logits' own dtype): every token tied with the k-th is among them unless
+    the last of them ties it too, and then (rarely: a model with many equal logits) this step
+    takes the whole vocabulary instead.  The kept tokens get their noise in order of token id,
+    never of rank, so a seed gives the same tokens even where a GPU's top-k orders tied logits
+    differently from one run to the next.  ``gen`` must live on the logits' device.
     """
-    logits = _filtered(logits, s, step)
+    k, V = s.top_k, logits.shape[-1]
+    if k is not None and _TIE_MARGIN > 0 and k + _TIE_MARGIN < V:
+        vals, idx = torch.topk(logits, k + _TIE_MARGIN, dim=-1)
+        vals = vals.float()
+        if not bool((vals[:, -1] == vals[:, k - 1]).any()):  # one small device-to-host read per step
+            kept = _filtered(vals, s, step)  # the same cut by value as over the whole vocabulary
+            by_id = torch.where(torch.isfinite(kept), idx, idx + V).argsort(-1)  # kept ones first, by id
+            kept, idx = kept.gather(-1, by_id), idx.gather(-1, by_id)
+            return idx.gather(-1, _gumbel_argmax(kept, gen)[:, None]).squeeze(-1)
+    return _gumbel_argmax(_filtered(logits.float(), s, step), gen)
+
+
+def _gumbel_argmax(logits: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     u = torch.rand(logits.shape, generator=gen, device=logits.device, dtype=torch.float32)
     return (logits - torch.log(-torch.log(u.clamp_(1e-10, 1.0 - 1e-7)))).argmax(-1)
 
@@ -165,7 +183,7 @@ def _decode(logits: torch.Tensor, next_logits, s: Sampling, pad_id: int, gen: to
             done |= tok == s.stop_token
         if step + 1 == s.max_new_tokens or _stop_check(s, step, done):
             break
-        logits = next_logits(tok, step).float()
+        logits = next_logits(tok, step)
     return new
 
 
@@ -190,11 +208,14 @@ def _generate_batch(
         state["pos"] = state["pos"] + 1
         return out.logits[:, -1]
 
-    return _decode(out.logits[:, -1].float(), next_logits, s, pad_id, gen).cpu().numpy()
+    return _decode(out.logits[:, -1], next_logits, s, pad_id, gen).cpu().numpy()
 
 
 class StaticPathUnavailable(RuntimeError):
     """The static-cache path cannot drive this model; the message says why."""
+
+
+_KV_BUCKET = 64  # decoding steps attend to the cache in slices of this many slots (0: the whole cache)
 
 
 class _StaticDecoder:
@@ -202,9 +223,14 @@ class _StaticDecoder:
 
     The key/value cache (``StaticCache``), the input ids, positions and the additive 4-D
     attention mask live in buffers allocated once, so every decoding step has the same shapes
-    and addresses; on CUDA the step is captured as a graph after two eager steps and replayed
-    for every later step and every later batch.  The mask is built here (the library returns a
-    ready 4-D mask as it is), so no mask code runs inside the captured step.
+    and addresses.  A step attends only to the cache slots filled so far, rounded up to a
+    multiple of ``_KV_BUCKET`` (the cache layers return that slice of their keys and values),
+    so early steps do not read the whole cache.  On CUDA each slice length's step is captured
+    as a graph once and replayed for every later step and batch: it is first run eagerly twice
+    on a side stream (lazy initialisation, library kernels) and those runs are rewound, so every
+    real step, in the first call as in later ones, is a replay of the same graph.  The mask is
+    built here (the library takes a ready 4-D mask as it is), so no mask code runs inside a
+    captured step.
     """
 
     def __init__(self, model: PreTrainedModel, batch: int, max_prompt: int, max_new: int, cache_arg: str,
@@ -220,19 +246,34 @@ class _StaticDecoder:
             self.cache = StaticCache(config=model.config, max_cache_len=self.L)
         except Exception as e:  # noqa: BLE001 - any failure means: this model cannot use the path
             raise StaticPathUnavailable(f"StaticCache cannot be built for {type(model).__name__}: {e}") from e
-        if any(getattr(layer, "is_sliding", False) for layer in getattr(self.cache, "layers", [])):
+        layers = list(getattr(self.cache, "layers", []))
+        if any(getattr(layer, "is_sliding", False) for layer in layers):
             raise StaticPathUnavailable(f"{type(model).__name__} uses sliding-window attention layers")
+        self.visible = self.L  # cache slots the next forward attends to
+        # slices and rewound warm-ups need the write position as a device counter (transformers 5's layers)
+        counted = bool(layers) and all(hasattr(x, "cumulative_length") for x in layers)
+        self.bucket = _KV_BUCKET if counted else 0
+        if self.bucket:
+            for layer in layers:
+                layer.update = self._sliced(layer.update)
         self.neg = torch.finfo(self.dtype).min
         self.ids = torch.full((batch, 1), 0, dtype=torch.long, device=self.device)
         self.pos = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
         self.mask = torch.full((batch, 1, 1, self.L), self.neg, dtype=self.dtype, device=self.device)
-        self.use_graph = use_graph and self.device.type == "cuda"
-        self.graph = None
-        self.logits: torch.Tensor | None = None
+        self.use_graph = use_graph and self.device.type == "cuda" and counted
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+
+    def _sliced(self, update):
+        """A cache layer's ``update`` that returns only the first ``self.visible`` slots."""
+        def sliced_update(key_states, value_states, *args, **kwargs):
+            keys, values = update(key_states, value_states, *args, **kwargs)
+            n = self.visible
+            return (keys, values) if n >= keys.shape[-2] else (keys[:, :, :n], values[:, :, :n])
+        return sliced_update
 
     def _step_forward(self) -> torch.Tensor:
-        out = self.model(input_ids=self.ids, attention_mask=self.mask, position_ids=self.pos, use_cache=True,
-                         **{self.cache_arg: self.cache})
+        out = self.model(input_ids=self.ids, attention_mask=self.mask[..., : self.visible], position_ids=self.pos,
+                         use_cache=True, **{self.cache_arg: self.cache})
         return out.logits[:, -1]
 
     def _reset(self) -> None:
@@ -241,6 +282,11 @@ class _StaticDecoder:
                 layer.keys.zero_()
                 layer.values.zero_()
                 layer.cumulative_length.zero_()
+
+    def _rewind(self) -> None:
+        """Undo a warm-up step's advance of the write position (its slot is written again)."""
+        for layer in self.cache.layers:
+            layer.cumulative_length.sub_(1)
 
     def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
         """Run the left-padded prompts (width ``W``, right-aligned) and return the last logits."""
@@ -259,6 +305,7 @@ class _StaticDecoder:
         mask = torch.zeros((self.B, 1, W, L), dtype=self.dtype, device=self.device)
         mask.masked_fill_(~allowed[:, None], self.neg)
         pos = (keep.long().cumsum(-1) - 1).clamp_min(0)
+        self.visible = L
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1,
                          **{self.cache_arg: self.cache})
         # decoding steps attend to the real prompt tokens and, one by one, to the new tokens
@@ -272,30 +319,37 @@ class _StaticDecoder:
         self.ids.copy_(tok[:, None])
         self.pos.add_(1)
         self.mask[:, 0, 0, self.W + step] = 0.0
+        filled = self.W + step + 1
+        self.visible = min(self.L, -(-filled // self.bucket) * self.bucket) if self.bucket else self.L
         if not self.use_graph:
             return self._step_forward()
-        if self.graph is None:
-            if step < 2:  # eager warm-up steps (lazy initialisation, library kernels) on a side stream
-                side = torch.cuda.Stream()
-                side.wait_stream(torch.cuda.current_stream())
-                with torch.cuda.stream(side):
-                    logits = self._step_forward()
-                torch.cuda.current_stream().wait_stream(side)
-                return logits
-            graph = torch.cuda.CUDAGraph()
-            try:
-                with torch.cuda.graph(graph):
-                    self.logits = self._step_forward()
-            except Exception as e:  # noqa: BLE001 - capture refused: keep the static cache, run eagerly
-                torch.cuda.synchronize()
-                self.use_graph = False
-                _warn_once(f"the decoding step of {type(self.model).__name__} could not be captured as a CUDA "
-                           f"graph ({_first_line(e)}); decoding eagerly with the static cache",
-                           path="eager static path")
-                return self._step_forward()
-            self.graph = graph
-        self.graph.replay()
-        return self.logits  # type: ignore[return-value]
+        if self.visible not in self.graphs and not self._capture():
+            return self._step_forward()
+        graph, logits = self.graphs[self.visible]
+        graph.replay()
+        return logits
+
+    def _capture(self) -> bool:
+        """Capture the step for the current slice length (False: capture refused, decode eagerly from now on)."""
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # warm-up runs, rewound: the real step is the replay below
+            for _ in range(2):
+                self._step_forward()
+                self._rewind()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                logits = self._step_forward()
+        except Exception as e:  # noqa: BLE001 - capture refused: keep the static cache, run eagerly
+            torch.cuda.synchronize()
+            self.use_graph = False
+            _warn_once(f"the decoding step of {type(self.model).__name__} could not be captured as a CUDA "
+                       f"graph ({_first_line(e)}); decoding eagerly with the static cache", path="eager static path")
+            return False
+        self.graphs[self.visible] = (graph, logits)
+        return True
 
 
 _last_decoder: list[tuple[tuple, _StaticDecoder]] = []  # the most recent one, kept for the next call
@@ -307,7 +361,7 @@ def _decoder(model, batch: int, max_prompt: int, max_new: int, cache_arg: str, u
     Only one is kept: its cache holds batch x layers x (prompt + new tokens) keys and values.
     """
     width = -(-(max_prompt + max_new) // 64) * 64
-    key = (id(model), batch, width - max_new, max_new, use_graph, next(model.parameters()).dtype)
+    key = (id(model), batch, width - max_new, max_new, use_graph, next(model.parameters()).dtype, _KV_BUCKET)
     if _last_decoder and _last_decoder[0][0] == key and _last_decoder[0][1].model is model:
         return _last_decoder[0][1]
     _last_decoder.clear()  # free the old cache before allocating the new one
@@ -326,7 +380,7 @@ def _generate_static(dec: _StaticDecoder, prompts: list[list[int]], s: Sampling,
                      gen: torch.Generator) -> np.ndarray:
     n_real = len(prompts)
     prompts = prompts + [prompts[-1]] * (dec.B - n_real)  # a short last batch keeps the captured shape
-    new = _decode(dec.prefill(prompts, pad_id).float(), dec.step, s, pad_id, gen)
+    new = _decode(dec.prefill(prompts, pad_id), dec.step, s, pad_id, gen)
     return new[:n_real].cpu().numpy()
 
 
@@ -367,7 +421,7 @@ def _local_generate(model, prompts, sampling, pad_id, batch_size, seed, engine, 
         if dec is not None:
             try:
                 out[batch] = _generate_static(dec, rows, sampling, pad_id, gen)
-                report["path"] = "static, CUDA graph" if dec.graph is not None else "static"
+                report["path"] = "static, CUDA graph" if dec.graphs else "static"
                 continue
             except Exception as e:  # noqa: BLE001 - the model's forward rejected the static inputs
                 if n > 0 or engine == "static":
