@@ -162,6 +162,7 @@ def main() -> None:
             with open(args.out, "w") as f:
                 f.write(text)
 
+    batch_sizes = [int(x) for x in args.batches.split(",") if x]  # none: only the untargeted stage
     first_model = None
     for arch in args.archs.split(","):
         model = build_model(tok, arch=arch, n_layer=sz["n_layer"], n_embd=sz["n_embd"], n_head=sz["n_head"],
@@ -171,7 +172,7 @@ def main() -> None:
         model = model.to(args.device, torch.bfloat16 if cuda else torch.float32).eval()
         first_model = first_model or model
         params = sum(p.numel() for p in model.parameters())
-        for b in [int(x) for x in args.batches.split(",")]:
+        for b in batch_sizes:
             picks = rng.integers(0, len(enc), size=b)
             prompts = [enc[i].ids[: int(rng.integers(8, 33))] for i in picks]
             s = Sampling(max_new_tokens=args.new_tokens, top_k=40)
@@ -196,7 +197,7 @@ def main() -> None:
                 "same_greedy_twice": bool((greedy[0] == greedy[1]).all()),
                 "engine_peak_mb": peak,
             }
-            largest = b == max(int(x) for x in args.batches.split(","))
+            largest = b == max(batch_sizes)
             if args.step_profile and cuda and largest:
                 engine()  # leave the sampling decoder captured
                 run["step_profile_ms"] = step_profile(model, s)

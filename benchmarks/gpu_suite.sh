@@ -4,7 +4,8 @@
 #   OUT=runs/gpu bash benchmarks/gpu_suite.sh [SECONDS]
 #
 # A dry run of the same steps on a CPU, small:
-#   SIZE=tiny NEW=16 BATCHES=1,8 TEXTS=16 SPACE=10000 SAMPLES=300 bash benchmarks/gpu_suite.sh 600
+#   SIZE=tiny NEW=16 BATCHES=1,8 TEXTS=16 SPACE=10000 SAMPLES=300 REPRO_BATCHES=8,16 REPRO_NEW=16 \
+#     bash benchmarks/gpu_suite.sh 600
 #
 # Steps run in order of importance, each under its own time limit and all under SECONDS (default
 # 540) in total; a step that fails or runs out of time is logged and the next one starts.  Each
@@ -16,6 +17,7 @@ OUT=${OUT:-runs/gpu}
 TOTAL=${1:-540}
 SIZE=${SIZE:-gpt2-small} NEW=${NEW:-256} BATCHES=${BATCHES:-1,64,512} TEXTS=${TEXTS:-1024}
 SPACE=${SPACE:-1000000} SAMPLES=${SAMPLES:-100000} ARCHS=${ARCHS:-gpt2,llama}
+REPRO_BATCHES=${REPRO_BATCHES:-64,512} REPRO_NEW=${REPRO_NEW:-128}
 STEPS=${STEPS:-}  # a comma-separated subset of the step names below (default: all)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=true
@@ -51,20 +53,27 @@ step() {  # step NAME LIMIT OUTFILE CMD...
 
 # known-answer checks first: the captured decoding step against the library's greedy decoding
 step gpu-tests 75 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py
+# issue 7: same seed, same samples? greedy and top-k at GPT-2-small shapes, with kernels switched off in turn
+step repro 100 - python3 benchmarks/generation_repro.py --size "$SIZE" --batches "$REPRO_BATCHES" \
+  --new-tokens "$REPRO_NEW" --out "$OUT/repro.json"
+if grep -q '"identical": false' "$OUT/repro.json" 2>/dev/null; then  # then: does cuBLAS's workspace matter?
+  CUBLAS_WORKSPACE_CONFIG=:4096:8 step repro-cublas 60 - python3 benchmarks/generation_repro.py --size "$SIZE" \
+    --batches "$REPRO_BATCHES" --new-tokens "$REPRO_NEW" --variants default,no-graph --out "$OUT/repro_cublas.json"
+fi
 # issue 7: engine vs library generate, GPT-2-small and Llama-style, batch 1/64/512, 256 new tokens
 step generation 150 - python3 benchmarks/generation.py --size "$SIZE" --batches "$BATCHES" --new-tokens "$NEW" \
-  --archs "$ARCHS" --step-profile --out "$OUT/generation.json"
-# issue 3: scoring engine vs one-per-pass and plain batched fp32, 512-token texts
-step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size "$SIZE" --texts "$TEXTS" \
-  --max-tokens 512
+  --archs "$ARCHS" --step-profile --variants --out "$OUT/generation.json"
 # issue 4: exact exposure over 10^6 candidates vs the naive loop
 step exposure 90 "$OUT/exposure.json" python3 benchmarks/secret_scoring.py --size "$SIZE" --bf16 \
   --candidates 20000 --loop-candidates 200 --exact-space "$SPACE"
+# issue 3: scoring engine vs one-per-pass and plain batched fp32, 512-token texts; where its time goes
+step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size "$SIZE" --texts "$TEXTS" \
+  --max-tokens 512 --profile
 # issue 5: DP step cost, GPT-2-small-sized, hooks and ghost against non-DP
 step dp-gpt2 120 "$OUT/dp_gpt2.json" python3 benchmarks/dp_step.py --arch gpt2 --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5
 # issue 7: the untargeted attack's sampling stage, 100,000 samples of 256 tokens
-step untargeted 130 - python3 benchmarks/generation.py --size "$SIZE" --archs gpt2 --batches 512 \
+step untargeted 220 - python3 benchmarks/generation.py --size "$SIZE" --archs gpt2 --batches "" \
   --new-tokens "$NEW" --untargeted-samples "$SAMPLES" --out "$OUT/untargeted.json"
 # issue 5: the same DP comparison on a Llama-style model
 step dp-llama 100 "$OUT/dp_llama.json" python3 benchmarks/dp_step.py --arch llama --size "$SIZE" --batch 16 \

@@ -72,6 +72,26 @@ def plain_batched(model, ids_list, device, batch, pad):
     return out
 
 
+def profile(fn, device: str, top: int = 15) -> dict:
+    """Wall time of one call, the device time inside it and the ``top`` kernels by their own device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    cuda = device.startswith("cuda")
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with torch_profile(activities=acts) as prof:
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        wall = time.perf_counter() - t0
+    events = prof.key_averages()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    rows = sorted(events, key=lambda e: getattr(e, key, 0), reverse=True)[:top]
+    total = sum(getattr(e, key, 0) for e in events)
+    return {"wall_s": wall, "device_s_total": total / 1e6,
+            "top": [{"name": e.key[:90], "calls": e.count, "self_s": getattr(e, key, 0) / 1e6} for e in rows]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
@@ -82,6 +102,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--engine-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                     help="the engine's weights (auto: bfloat16 on a GPU, float32 on a CPU); baselines stay float32")
+    ap.add_argument("--profile", action="store_true",
+                    help="also profile one engine pass over the texts: the kernels taking most device time")
     args = ap.parse_args()
     sz = SIZES[args.size]
     _, public = make_corpora(1, 3000, seed=0)
@@ -121,11 +143,16 @@ def main() -> None:
     timed("plain_batched", lambda: plain_batched(model, ids_list, args.device, args.batch, tok.pad_token_id))
     engine_model = model.to(resolve_dtype(args.device, args.engine_dtype))
     res["engine_dtype"] = str(next(engine_model.parameters()).dtype)
+    unfused = Target(engine_model, tok, token_budget=args.token_budget, fuse=False)
+    timed("engine_unfused", lambda: unfused.score_ids(ids_list))  # composite GELU kept (the library's own)
     target = Target(engine_model, tok, token_budget=args.token_budget)
     got = timed("engine", lambda: target.score_ids(ids_list))
     res["engine_vs_one_per_pass"] = res["engine_tokens_per_s"] / res["one_per_pass_tokens_per_s"]
     res["engine_vs_plain_batched"] = res["engine_tokens_per_s"] / res["plain_batched_tokens_per_s"]
+    res["engine_vs_engine_unfused"] = res["engine_tokens_per_s"] / res["engine_unfused_tokens_per_s"]
     res["max_abs_diff_logprob"] = float(max(np.abs(a - b).max() for a, b in zip(ref, got)))
+    if args.profile:
+        res["engine_profile"] = profile(lambda: target.score_ids(ids_list), args.device)
     if not args.device.startswith("cuda"):
         res["process_peak_rss_mb"] = peak_mb(args.device)  # the whole run: per-method peaks need a GPU
     print(json.dumps(res, indent=2))

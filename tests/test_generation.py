@@ -234,9 +234,13 @@ def test_static_path_unavailable_warns_and_falls_back(gpt2, corpora, tokenizer, 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
-def test_cuda_graph_path_matches_library_greedy(arch, corpora, tokenizer):
+@pytest.mark.parametrize("bucket", [64, 8])
+def test_cuda_graph_path_matches_library_greedy(arch, bucket, corpora, tokenizer, monkeypatch):
     from leakaudit.models import build_model
+    from leakaudit.models import generate as engine
 
+    monkeypatch.setattr(engine, "_KV_BUCKET", bucket)  # 8: a graph per slice, several slices
+    engine.release_decoder()
     model = build_model(tokenizer, arch=arch, n_layer=2, n_embd=64, n_head=2, context=256).cuda().eval()
     prompts = _prompts(corpora, tokenizer) * 4
     pad = tokenizer.pad_token_id

@@ -132,3 +132,21 @@ def test_resolve_dtype():
     assert resolve_dtype("cuda", "float32") == torch.float32 and resolve_dtype("cpu", "bfloat16") == torch.bfloat16
     with pytest.raises(ValueError, match="dtype must be one of"):
         resolve_dtype("cpu", "fp16")
+
+
+def test_fused_activations_keep_the_function(tokenizer, corpora):
+    import copy
+
+    from leakaudit.models import build_model
+    from leakaudit.models.fused import TanhGELU, fuse_activations
+
+    model = build_model(tokenizer, arch="gpt2", n_layer=2, n_embd=32, n_head=2, context=128).eval()
+    plain = copy.deepcopy(model)
+    assert fuse_activations(model) == 2 and fuse_activations(model) == 0
+    assert sum(isinstance(m, TanhGELU) for m in model.modules()) == 2
+    ids = torch.tensor([encode(tokenizer, [corpora[0][0]["text"]])[0].ids[:64]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, plain(input_ids=ids).logits, atol=1e-5, rtol=1e-5)
+    before = Target(plain, tokenizer, fuse=False).score([corpora[0][1]["text"]])[0]
+    assert not any(isinstance(m, TanhGELU) for m in plain.modules())
+    np.testing.assert_allclose(Target(plain, tokenizer).score([corpora[0][1]["text"]])[0], before, atol=1e-5)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from leakaudit.models.fused import fuse_activations
 from leakaudit.models.generate import cache_argument, returned_cache
 from leakaudit.models.tokenize import encode, encode_continuations
 
@@ -98,11 +99,16 @@ class Target:
         tokenizer: its tokenizer; must have a pad token or an EOS to pad with.
         token_budget: most tokens (padded) per forward pass; None picks one for the device
             (4,096 on a CPU, where larger batches only thrash the cache; 32,768 on a GPU).
+        fuse: swap composite activations for fused kernels computing the same function
+            (:func:`leakaudit.models.fused.fuse_activations`; the model is changed in place).
     """
 
     def __init__(
-        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, token_budget: int | None = None
+        self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, token_budget: int | None = None,
+        fuse: bool = True,
     ):
+        if fuse:
+            fuse_activations(model)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
