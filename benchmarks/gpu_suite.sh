@@ -17,7 +17,8 @@ OUT=${OUT:-runs/gpu}
 TOTAL=${1:-540}
 SIZE=${SIZE:-gpt2-small} NEW=${NEW:-256} BATCHES=${BATCHES:-1,64,512} TEXTS=${TEXTS:-1024}
 SPACE=${SPACE:-1000000} SAMPLES=${SAMPLES:-100000} ARCHS=${ARCHS:-gpt2,llama}
-REPRO_BATCHES=${REPRO_BATCHES:-64,512} REPRO_NEW=${REPRO_NEW:-128}
+REPRO_BATCHES=${REPRO_BATCHES:-64,512} REPRO_NEW=${REPRO_NEW:-128} REPRO_VARIANTS=${REPRO_VARIANTS:-default,no-graph,portable,no-cudnn-sdpa,math-sdpa}
+VARIANTS=${VARIANTS-1}  # empty: skip the engine variants
 STEPS=${STEPS:-}  # a comma-separated subset of the step names below (default: all)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TRANSFORMERS_VERBOSITY=error TOKENIZERS_PARALLELISM=true
@@ -55,14 +56,14 @@ step() {  # step NAME LIMIT OUTFILE CMD...
 step gpu-tests 75 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py
 # issue 7: same seed, same samples? greedy and top-k at GPT-2-small shapes, with kernels switched off in turn
 step repro 100 - python3 benchmarks/generation_repro.py --size "$SIZE" --batches "$REPRO_BATCHES" \
-  --new-tokens "$REPRO_NEW" --out "$OUT/repro.json"
+  --new-tokens "$REPRO_NEW" --variants "$REPRO_VARIANTS" --out "$OUT/repro.json"
 if grep -q '"identical": false' "$OUT/repro.json" 2>/dev/null; then  # then: does cuBLAS's workspace matter?
   CUBLAS_WORKSPACE_CONFIG=:4096:8 step repro-cublas 60 - python3 benchmarks/generation_repro.py --size "$SIZE" \
     --batches "$REPRO_BATCHES" --new-tokens "$REPRO_NEW" --variants default,no-graph --out "$OUT/repro_cublas.json"
 fi
 # issue 7: engine vs library generate, GPT-2-small and Llama-style, batch 1/64/512, 256 new tokens
 step generation 150 - python3 benchmarks/generation.py --size "$SIZE" --batches "$BATCHES" --new-tokens "$NEW" \
-  --archs "$ARCHS" --step-profile --variants --out "$OUT/generation.json"
+  --archs "$ARCHS" --step-profile ${VARIANTS:+--variants} --out "$OUT/generation.json"
 # issue 4: exact exposure over 10^6 candidates vs the naive loop
 step exposure 90 "$OUT/exposure.json" python3 benchmarks/secret_scoring.py --size "$SIZE" --bf16 \
   --candidates 20000 --loop-candidates 200 --exact-space "$SPACE"

@@ -105,3 +105,15 @@ def test_one_run_design_flips_a_fair_coin_per_canary():
     other = generate_canaries(spec.model_copy(update={"seed": 3}))
     assert [c.inserted for c in other.canaries] != [c.inserted for c in m.canaries]
     assert len({c.secret for c in m.canaries}) == 1000
+
+
+@pytest.mark.parametrize("name,length", [("digits", 6), ("hex", 4), ("alnum", 3), ("card", 6), ("card", 8)])
+def test_from_indices_equals_from_index(name, length):
+    from leakaudit.canaries.formats import get_format
+
+    fmt = get_format(name, length)
+    n = fmt.space_size
+    for start, stop in ((0, min(n, 3000)), (n - 50, n), (n // 3, n // 3 + 7), (5, 5)):
+        assert fmt.from_indices(start, stop) == [fmt.from_index(i) for i in range(start, stop)]
+    with pytest.raises(IndexError):
+        fmt.from_indices(0, n + 1)

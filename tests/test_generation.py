@@ -286,9 +286,8 @@ def test_cuda_bf16_sampling_is_reproducible_despite_tied_logits(corpora, tokeniz
 
 
 @pytest.mark.gpu
-@pytest.mark.xfail(strict=False, reason="seen on an H200 (2026-11-26): a GPT-2-small-sized bf16 model at batch 64 "
-                   "and 512 gave different samples for the same seed in the generation benchmark; cause not yet found")
 def test_cuda_gpt2_small_shapes_reproducible(tokenizer):
+    """Once the cache passed about 100 slots cuDNN's attention repeated inexactly on an H200; the engine excludes it."""
     from leakaudit.models import build_model
 
     model = build_model(tokenizer, arch="gpt2", n_layer=12, n_embd=768, n_head=12, context=1024)

@@ -150,3 +150,40 @@ def test_fused_activations_keep_the_function(tokenizer, corpora):
     before = Target(plain, tokenizer, fuse=False).score([corpora[0][1]["text"]])[0]
     assert not any(isinstance(m, TanhGELU) for m in plain.modules())
     np.testing.assert_allclose(Target(plain, tokenizer).score([corpora[0][1]["text"]])[0], before, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_padded_head_gives_the_same_logits_and_follows_weight_changes(arch, tokenizer, corpora, monkeypatch):
+    from leakaudit.models import build_model, fused
+    from leakaudit.models.generate import Sampling, generate
+
+    model = build_model(tokenizer, arch=arch, n_layer=2, n_embd=32, n_head=2, context=128).eval()
+    model.resize_token_embeddings(len(tokenizer) + 5)  # an odd vocabulary, like GPT-2's 50,257
+    head = model.get_output_embeddings()
+    assert head.out_features % 64 != 0
+    ids = torch.tensor([encode(tokenizer, [corpora[0][0]["text"]])[0].ids[:40]])
+    with torch.no_grad():
+        plain = model(input_ids=ids).logits
+        with fused.padded_head(model) as ph:  # on a CPU: only when forced
+            assert ph is None
+        with fused.padded_head(model, force=True) as ph:
+            assert ph is not None and model.get_output_embeddings() is ph
+            torch.testing.assert_close(model(input_ids=ids).logits, plain)
+            head.weight.add_(0.01)  # an in-place update (training) reaches the padded copy
+            moved = model(input_ids=ids).logits
+        assert model.get_output_embeddings() is head
+        torch.testing.assert_close(moved, model(input_ids=ids).logits)
+    # the engines with the padded head forced: scores and greedy decoding unchanged
+    real = fused.padded_head
+    before = Target(model, tokenizer).score([corpora[0][1]["text"]])[0]
+    pad = tokenizer.pad_token_id
+    prompts = [encode(tokenizer, [r["text"]])[0].ids[: 5 + i] for i, r in enumerate(corpora[0][:4])]
+    greedy = Sampling(max_new_tokens=10, greedy=True)
+    ref = generate(model, prompts, greedy, pad_id=pad, engine="static")
+    monkeypatch.setattr(fused, "padded_head", lambda m, **k: real(m, force=True))
+    calls = []
+    forward = fused.PaddedHead.forward
+    monkeypatch.setattr(fused.PaddedHead, "forward", lambda self, x: calls.append(1) or forward(self, x))
+    np.testing.assert_allclose(Target(model, tokenizer).score([corpora[0][1]["text"]])[0], before, atol=1e-5)
+    np.testing.assert_array_equal(generate(model, prompts, greedy, pad_id=pad, engine="static"), ref)
+    assert len(calls) > 10  # both engines went through the padded head

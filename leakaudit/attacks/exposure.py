@@ -59,7 +59,7 @@ def exact_rank(target: Target, prefix: str, secret: str, fmt: SecretFormat, *, c
     own = target.secret_nll(prefix, [secret])[0]
     rank = 0
     for start in range(0, fmt.space_size, chunk):
-        batch = [fmt.from_index(i) for i in range(start, min(start + chunk, fmt.space_size))]
+        batch = fmt.from_indices(start, min(start + chunk, fmt.space_size))
         rank += int(np.sum(target.secret_nll(prefix, batch) <= own + 1e-4))  # float32 noise counts against
     return max(1, rank)
 

@@ -29,6 +29,7 @@ split across processes and gathered back in order on every rank.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import warnings
 from dataclasses import dataclass
@@ -399,7 +400,29 @@ def _warn_once(reason: str, path: str = "portable path") -> None:
         warnings.warn(f"generation falls back to the {path}: {reason}", RuntimeWarning, stacklevel=3)
 
 
+def _attention_kernels():
+    """The attention kernels decoding may use: not cuDNN's.
+
+    On an H200 (torch 2.11) cuDNN's attention gave different logits for the same inputs once the
+    cache grew past about 100 slots, so the same seed gave different samples from the 65th step
+    on; with it switched off the flash, memory-efficient and math kernels repeat bit for bit
+    (benchmarks/generation_repro.py).
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # older torch: no cuDNN attention either
+        return contextlib.nullcontext()
+    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+
+
 def _local_generate(model, prompts, sampling, pad_id, batch_size, seed, engine, cuda_graph, report) -> np.ndarray:
+    from leakaudit.models.fused import padded_head
+
+    with _attention_kernels(), padded_head(model):
+        return _decode_all(model, prompts, sampling, pad_id, batch_size, seed, engine, cuda_graph, report)
+
+
+def _decode_all(model, prompts, sampling, pad_id, batch_size, seed, engine, cuda_graph, report) -> np.ndarray:
     device = next(model.parameters()).device
     cache_arg = cache_argument(model)
     out = np.full((len(prompts), sampling.max_new_tokens), pad_id, dtype=np.int64)

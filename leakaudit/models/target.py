@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from leakaudit.models.fused import fuse_activations
+from leakaudit.models import fused
 from leakaudit.models.generate import cache_argument, returned_cache
 from leakaudit.models.tokenize import encode, encode_continuations
 
@@ -108,7 +108,7 @@ class Target:
         fuse: bool = True,
     ):
         if fuse:
-            fuse_activations(model)
+            fused.fuse_activations(model)
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
@@ -122,6 +122,11 @@ class Target:
         self._cache_arg = cache_argument(model)
 
     # -- core -------------------------------------------------------------------------
+    def _forward(self, **inputs):
+        """One forward pass, the output projection padded where the vocabulary is misaligned on a GPU."""
+        with fused.padded_head(self.model):
+            return self.model(**inputs)
+
     @torch.no_grad()
     def _score_rows(self, rows: list[_Row], *, stats: bool = False) -> list[np.ndarray]:
         """Per-token values of tokens ``first..end`` of each row (the one-token shift applied).
@@ -147,7 +152,7 @@ class Target:
                 mask[b, :L] = 1
             ids, mask = ids.to(self.device), mask.to(self.device)
             pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(batch), -1)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
+            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos).logits
             parts, sizes = [], []
             for b, r in enumerate(batch):
                 L, f = len(rows[r].ids), rows[r].first
@@ -253,7 +258,7 @@ class Target:
         """One pass over shared tokens: their logits (float32 log-probs) and the key/value cache."""
         head = torch.tensor([head_ids], device=self.device)
         pos = torch.arange(len(head_ids), device=self.device).unsqueeze(0)
-        first = self.model(input_ids=head, position_ids=pos, use_cache=True)
+        first = self._forward(input_ids=head, position_ids=pos, use_cache=True)
         cache = returned_cache(first)
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return None, None
@@ -273,13 +278,13 @@ class Target:
         without a per-candidate Python loop.
         """
         split = encode_continuations(self.tokenizer, prefix, candidates)
-        if split is None or len(split.head.ids) + max(map(len, split.tails)) > self.context:
+        if split is None or len(split.head.ids) + int(split.tail_lens.max()) > self.context:
             return None
         head_lp, cache = self._run_head(split.head.ids)
         if cache is None:
             return None
         H, N = len(split.head.ids), len(candidates)
-        tok, lens = _token_matrix(split.tails)  # [N, T], zero-padded
+        tok, lens = split.token_matrix(), split.tail_lens  # [N, T], zero-padded
         T = tok.shape[1]
         valid = np.arange(T)[None, :] < lens[:, None]
         rest = np.asarray(split.rest_ids, dtype=np.int64)
@@ -324,8 +329,8 @@ class Target:
             past.batch_repeat_interleave(end - r)
             pos = torch.arange(H, H + width, device=self.device).unsqueeze(0).expand(end - r, -1)
             mask = torch.ones((end - r, H + width), dtype=torch.long, device=self.device)
-            logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                                **{self._cache_arg: past}).logits
+            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                                   **{self._cache_arg: past}).logits
             lse = torch.logsumexp(logits.float(), dim=-1)  # [rows, width]
             cand = order[bounds[r] : bounds[end]]  # their tails have exactly width + 1 tokens
             row = torch.from_numpy(row_of[cand] - r).to(self.device)[:, None]
@@ -350,8 +355,8 @@ class Target:
         if mask is None:
             mask = torch.ones((n, start + W), dtype=torch.long, device=self.device)
         tpos = torch.arange(start, start + W, device=self.device).unsqueeze(0).expand(n, -1)
-        logits = self.model(input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True,
-                            **{self._cache_arg: past}).logits[:, :-1].float()
+        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True,
+                               **{self._cache_arg: past}).logits[:, :-1].float()
         step = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         return torch.cat([last[ids[:, :1]], step], dim=1)
 
@@ -395,12 +400,3 @@ class Target:
             for b, r in enumerate(batch):
                 out[r] = np.concatenate([head_tok, lp[b, : len(tails[r])]]).astype(np.float32)
         return out  # type: ignore[return-value]
-
-
-def _token_matrix(rows: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged token lists as a zero-padded int64 matrix [N, max length] and their lengths."""
-    lens = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
-    mat = np.zeros((len(rows), int(lens.max(initial=0))), dtype=np.int64)
-    mat[np.arange(mat.shape[1])[None, :] < lens[:, None]] = np.fromiter(
-        (t for r in rows for t in r), dtype=np.int64, count=int(lens.sum()))
-    return mat, lens

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+from tokenizers import Encoding
 from transformers import PreTrainedTokenizerBase
 
 
@@ -78,9 +80,22 @@ class Continuations:
     """
 
     head: Encoded
-    tails: list[list[int]]
+    tail_ids: np.ndarray  # every tail's tokens, concatenated (int64)
+    tail_lens: np.ndarray  # tokens per tail
     rest_ids: list[int]
     cut: int
+
+    @property
+    def tails(self) -> list[list[int]]:
+        """The tails as lists (the arrays are what scoring reads)."""
+        return [t.tolist() for t in np.split(self.tail_ids, np.cumsum(self.tail_lens)[:-1])]
+
+    def token_matrix(self) -> np.ndarray:
+        """The tails as a zero-padded int64 matrix [n, longest tail]."""
+        lens = self.tail_lens
+        mat = np.zeros((len(lens), int(lens.max(initial=0))), dtype=np.int64)
+        mat[np.arange(mat.shape[1])[None, :] < lens[:, None]] = self.tail_ids
+        return mat
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -129,8 +144,11 @@ def encode_continuations(
         rest_ids = backend.encode(rest, add_special_tokens=False).ids
         if _split_holds(backend, head, rest, rest_ids, len(prefix), [continuations[i] for i in probe], full):
             batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
-            tails = [e.ids for e in batch([rest + c for c in continuations], add_special_tokens=False)]
-            return Continuations(head=head, tails=tails, rest_ids=list(rest_ids), cut=cut)
+            encs = batch([rest + c for c in continuations], add_special_tokens=False)
+            # one merged encoding: its ids come back as one list, not one list per continuation
+            flat = np.asarray(Encoding.merge(encs, growing_offsets=False).ids, dtype=np.int64)
+            lens = np.fromiter(map(len, encs), dtype=np.int64, count=len(encs))
+            return Continuations(head=head, tail_ids=flat, tail_lens=lens, rest_ids=list(rest_ids), cut=cut)
     return None
 
 
