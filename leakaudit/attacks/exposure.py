@@ -43,7 +43,7 @@ def skewnorm_exposure(secret_nll: float, null_nll: np.ndarray, space_size: int) 
 
 
 def exact_exposure(
-    target: Target, prefix: str, secret: str, manifest: CanaryManifest, *, chunk: int = 20000
+    target: Target, prefix: str, secret: str, manifest: CanaryManifest, *, chunk: int | None = None
 ) -> float:
     """``log2|R| - log2 rank`` with rank = #{r in R : NLL(r) <= NLL(secret)}, enumerating R.
 
@@ -54,8 +54,14 @@ def exact_exposure(
     return float(np.log2(fmt.space_size) - np.log2(exact_rank(target, prefix, secret, fmt, chunk=chunk)))
 
 
-def exact_rank(target: Target, prefix: str, secret: str, fmt: SecretFormat, *, chunk: int = 20000) -> int:
-    """Number of secrets of the format at least as likely as ``secret`` after ``prefix`` (>= 1)."""
+def exact_rank(target: Target, prefix: str, secret: str, fmt: SecretFormat, *, chunk: int | None = None) -> int:
+    """Number of secrets of the format at least as likely as ``secret`` after ``prefix`` (>= 1).
+
+    ``chunk``: secrets scored per call (default 20,000 on a CPU, where larger chunks gain
+    nothing, and 100,000 on a GPU, where each chunk's fixed cost (prefix pass, tokenizer checks,
+    short launch-bound passes) is worth spreading).
+    """
+    chunk = chunk or (100_000 if target.device.type == "cuda" else 20_000)
     own = target.secret_nll(prefix, [secret])[0]
     rank = 0
     for start in range(0, fmt.space_size, chunk):
