@@ -362,11 +362,15 @@ def _decoder(model, batch: int, max_prompt: int, max_new: int, cache_arg: str, u
     Only one is kept: its cache holds batch x layers x (prompt + new tokens) keys and values.
     """
     width = -(-(max_prompt + max_new) // 64) * 64
-    key = (id(model), batch, width - max_new, max_new, use_graph, next(model.parameters()).dtype, _KV_BUCKET)
+    # the output module (a padded head inside generate) is in the key and kept: graphs read its weight
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    key = (id(model), batch, width - max_new, max_new, use_graph, next(model.parameters()).dtype, _KV_BUCKET,
+           id(head))
     if _last_decoder and _last_decoder[0][0] == key and _last_decoder[0][1].model is model:
         return _last_decoder[0][1]
     _last_decoder.clear()  # free the old cache before allocating the new one
     dec = _StaticDecoder(model, batch, width - max_new, max_new, cache_arg, use_graph)
+    dec.head = head
     _last_decoder.append((key, dec))
     return dec
 
