@@ -42,9 +42,11 @@ def compare(runs: list[np.ndarray]) -> dict:
 
 def kernels_repeat(model, prompts, pad, new) -> dict:
     """Prefill twice and one captured step twice from the same state: bitwise equal logits?"""
+    from leakaudit.models.fused import padded_head
+
     engine.release_decoder()
-    dec = engine._decoder(model, len(prompts), max(map(len, prompts)), new, engine.cache_argument(model), True)
-    with torch.no_grad():
+    with torch.no_grad(), engine._attention_kernels(), padded_head(model):  # as generate runs it
+        dec = engine._decoder(model, len(prompts), max(map(len, prompts)), new, engine.cache_argument(model), True)
         a = dec.prefill(prompts, pad).clone()
         b = dec.prefill(prompts, pad).clone()
         tok = a.argmax(-1)

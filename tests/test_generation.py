@@ -140,6 +140,23 @@ def test_static_path_attends_to_growing_cache_slices(arch, corpora, tokenizer, m
     engine.release_decoder()
 
 
+def test_released_decoder_frees_its_cache_without_the_garbage_collector(gpt2, corpora, tokenizer):
+    import gc
+    import weakref
+
+    from leakaudit.models import generate as engine
+
+    generate(gpt2, _prompts(corpora, tokenizer), Sampling(max_new_tokens=4, greedy=True),
+             pad_id=tokenizer.pad_token_id, engine="static")
+    dec = weakref.ref(engine._last_decoder[0][1])
+    gc.disable()
+    try:
+        engine.release_decoder()
+        assert dec() is None  # no reference cycle keeps the cache (or CUDA graphs) alive
+    finally:
+        gc.enable()
+
+
 def test_static_path_sampling_is_seeded_and_respects_top_k(gpt2, corpora, tokenizer):
     prompts = _prompts(corpora, tokenizer) * 3
     s = Sampling(max_new_tokens=16, top_k=5, temperature=3.0)

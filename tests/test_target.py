@@ -173,6 +173,21 @@ def test_padded_head_gives_the_same_logits_and_follows_weight_changes(arch, toke
             moved = model(input_ids=ids).logits
         assert model.get_output_embeddings() is head
         torch.testing.assert_close(moved, model(input_ids=ids).logits)
+        head.weight.data.mul_(1.5)  # an edit through .data (no version bump) is seen by the next block
+        scaled = model(input_ids=ids).logits
+        with fused.padded_head(model, force=True):
+            torch.testing.assert_close(model(input_ids=ids).logits, scaled)
+        # a head something else wraps (a hook: accelerate's device placement, a user's) is left alone
+        handle = head.register_forward_hook(lambda *a: None)
+        with fused.padded_head(model, force=True) as ph:
+            assert ph is None and model.get_output_embeddings() is head
+        handle.remove()
+    fused.release_padded(model)
+    with torch.inference_mode(), fused.padded_head(model, force=True):  # first use in inference mode...
+        model(input_ids=ids)
+    with torch.no_grad(), fused.padded_head(model, force=True):  # ...then outside it
+        torch.testing.assert_close(model(input_ids=ids).logits, scaled)
+    fused.release_padded(model)
     # the engines with the padded head forced: scores and greedy decoding unchanged
     real = fused.padded_head
     before = Target(model, tokenizer).score([corpora[0][1]["text"]])[0]

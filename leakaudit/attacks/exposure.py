@@ -62,12 +62,15 @@ def exact_rank(target: Target, prefix: str, secret: str, fmt: SecretFormat, *, c
     short launch-bound passes) is worth spreading).
     """
     chunk = chunk or (100_000 if target.device.type == "cuda" else 20_000)
-    own = target.secret_nll(prefix, [secret])[0]
-    rank = 0
+    values, own = [], None
     for start in range(0, fmt.space_size, chunk):
         batch = fmt.from_indices(start, min(start + chunk, fmt.space_size))
-        rank += int(np.sum(target.secret_nll(prefix, batch) <= own + 1e-4))  # float32 noise counts against
-    return max(1, rank)
+        values.append(target.secret_nll(prefix, batch))
+        if own is None and secret in batch:  # the secret's own NLL from the same path as its rivals'
+            own = values[-1][batch.index(secret)]
+    if own is None:  # a secret outside the format's space
+        own = target.secret_nll(prefix, [secret])[0]
+    return max(1, int(np.sum(np.concatenate(values) <= own + 1e-4)))  # float32 noise counts against
 
 
 def null_secrets(manifest: CanaryManifest, *, seed: int = 0) -> list[str]:

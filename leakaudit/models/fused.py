@@ -62,24 +62,34 @@ class PaddedHead(nn.Module):
     def weight(self) -> torch.Tensor:  # what callers reading ``get_output_embeddings().weight`` expect
         return self.head.weight
 
-    def _refresh(self) -> None:
+    def refresh(self, force: bool = False) -> None:
+        """Copy the head's weight (and bias) into the padded buffers when it changed, or always with ``force``.
+
+        ``force``: edits through ``.data`` do not bump a tensor's version, so every
+        :func:`padded_head` block starts with a full copy (one vocabulary x width copy).
+        """
         w, b = self.head.weight, self.head.bias
         if self._w is None or self._w.dtype != w.dtype or self._w.device != w.device:
-            self._w = w.new_zeros((self.width, w.shape[1]))
-            self._b = None if b is None else b.new_zeros(self.width)
+            with torch.inference_mode(False):  # plain tensors, updatable in and out of inference mode
+                self._w = torch.zeros((self.width, w.shape[1]), dtype=w.dtype, device=w.device)
+                self._b = None if b is None else torch.zeros(self.width, dtype=b.dtype, device=b.device)
             self._key = None
         key = (w.data_ptr(), w._version, None if b is None else (b.data_ptr(), b._version))
-        if key != self._key:
+        if force or key != self._key:
             with torch.no_grad():
                 self._w[: self.n].copy_(w)
                 if b is not None:
                     self._b[: self.n].copy_(b)
             self._key = key
 
+    def release(self) -> None:
+        """Free the padded copy (the next use makes it again)."""
+        self._w = self._b = self._key = None
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
             return self.head(x)
-        self._refresh()
+        self.refresh()
         return nn.functional.linear(x, self._w, self._b)[..., : self.n]
 
 
@@ -98,9 +108,8 @@ def padded_head(model: nn.Module, *, force: bool = False):
 
     get, put = getattr(model, "get_output_embeddings", None), getattr(model, "set_output_embeddings", None)
     head = get() if get is not None else None
-    wanted = (isinstance(head, nn.Linear) and head.out_features % 64 != 0
-              and (force or head.weight.device.type == "cuda"))
-    if not wanted or put is None:
+    if put is None or not _plain_linear(head) or head.out_features % 64 == 0 or not (
+            force or head.weight.device.type == "cuda"):
         yield None
         return
     ph = _padded.get(id(model))
@@ -117,6 +126,23 @@ def padded_head(model: nn.Module, *, force: bool = False):
         yield None
         return
     try:
+        ph.refresh(force=True)
         yield ph
     finally:
         put(head)
+
+
+def _plain_linear(head) -> bool:
+    """An ``nn.Linear`` exactly, whose forward nothing else wraps: no hooks (accelerate's device
+    placement, a user's), no instance-level forward, a plain weight of the declared shape."""
+    return (type(head) is nn.Linear and not head._forward_hooks and not head._forward_pre_hooks
+            and not hasattr(head, "_hf_hook") and "forward" not in vars(head)
+            and type(head.weight) in (nn.Parameter, torch.Tensor)
+            and tuple(head.weight.shape) == (head.out_features, head.in_features))
+
+
+def release_padded(model: nn.Module) -> None:
+    """Free the padded copy of ``model``'s output projection, if one was made."""
+    ph = _padded.pop(id(model), None)
+    if ph is not None:
+        ph.release()

@@ -216,6 +216,19 @@ class StaticPathUnavailable(RuntimeError):
     """The static-cache path cannot drive this model; the message says why."""
 
 
+def _sliced(update, visible: list[int]):
+    """A cache layer's ``update`` returning only its first ``visible[0]`` slots.
+
+    ``visible`` is a one-element list the decoder sets before each forward; the wrapper holds
+    that list, not the decoder, so a released decoder and its cache are freed at once.
+    """
+    def sliced_update(key_states, value_states, *args, **kwargs):
+        keys, values = update(key_states, value_states, *args, **kwargs)
+        n = visible[0]
+        return (keys, values) if n >= keys.shape[-2] else (keys[:, :, :n], values[:, :, :n])
+    return sliced_update
+
+
 _KV_BUCKET = 64  # decoding steps attend to the cache in slices of this many slots (0: the whole cache)
 
 
@@ -250,27 +263,30 @@ class _StaticDecoder:
         layers = list(getattr(self.cache, "layers", []))
         if any(getattr(layer, "is_sliding", False) for layer in layers):
             raise StaticPathUnavailable(f"{type(model).__name__} uses sliding-window attention layers")
-        self.visible = self.L  # cache slots the next forward attends to
+        self._visible = [self.L]  # cache slots the next forward attends to (a box: the layers read it)
         # slices and rewound warm-ups need the write position as a device counter (transformers 5's layers)
         counted = bool(layers) and all(hasattr(x, "cumulative_length") for x in layers)
         self.bucket = _KV_BUCKET if counted else 0
         if self.bucket:
             for layer in layers:
-                layer.update = self._sliced(layer.update)
+                layer.update = _sliced(layer.update, self._visible)
         self.neg = torch.finfo(self.dtype).min
         self.ids = torch.full((batch, 1), 0, dtype=torch.long, device=self.device)
         self.pos = torch.zeros((batch, 1), dtype=torch.long, device=self.device)
         self.mask = torch.full((batch, 1, 1, self.L), self.neg, dtype=self.dtype, device=self.device)
         self.use_graph = use_graph and self.device.type == "cuda" and counted
+        # graphs replay one at a time and each one's logits are used before the next replay, so they can
+        # share one pool; without it every slice length would keep its own batch x vocabulary buffers
+        self.pool = torch.cuda.graph_pool_handle() if self.use_graph else None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
 
-    def _sliced(self, update):
-        """A cache layer's ``update`` that returns only the first ``self.visible`` slots."""
-        def sliced_update(key_states, value_states, *args, **kwargs):
-            keys, values = update(key_states, value_states, *args, **kwargs)
-            n = self.visible
-            return (keys, values) if n >= keys.shape[-2] else (keys[:, :, :n], values[:, :, :n])
-        return sliced_update
+    @property
+    def visible(self) -> int:
+        return self._visible[0]
+
+    @visible.setter
+    def visible(self, n: int) -> None:
+        self._visible[0] = n
 
     def _step_forward(self) -> torch.Tensor:
         out = self.model(input_ids=self.ids, attention_mask=self.mask[..., : self.visible], position_ids=self.pos,
@@ -284,10 +300,13 @@ class _StaticDecoder:
                 layer.values.zero_()
                 layer.cumulative_length.zero_()
 
-    def _rewind(self) -> None:
-        """Undo a warm-up step's advance of the write position (its slot is written again)."""
-        for layer in self.cache.layers:
-            layer.cumulative_length.sub_(1)
+    def _positions(self) -> list[torch.Tensor]:
+        return [layer.cumulative_length.clone() for layer in self.cache.layers]
+
+    def _rewind(self, saved: list[torch.Tensor]) -> None:
+        """Put the write positions back to ``saved`` (a warm-up step's slot is written again for real)."""
+        for layer, pos in zip(self.cache.layers, saved):
+            layer.cumulative_length.copy_(pos)
 
     def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
         """Run the left-padded prompts (width ``W``, right-aligned) and return the last logits."""
@@ -335,13 +354,14 @@ class _StaticDecoder:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up runs, rewound: the real step is the replay below
+            saved = self._positions()
             for _ in range(2):
                 self._step_forward()
-                self._rewind()
+                self._rewind(saved)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=self.pool):  # one memory pool for all slice lengths
                 logits = self._step_forward()
         except Exception as e:  # noqa: BLE001 - capture refused: keep the static cache, run eagerly
             torch.cuda.synchronize()
@@ -364,7 +384,8 @@ def _decoder(model, batch: int, max_prompt: int, max_new: int, cache_arg: str, u
     width = -(-(max_prompt + max_new) // 64) * 64
     # the output module (a padded head inside generate) is in the key and kept: graphs read its weight
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    key = (id(model), batch, width - max_new, max_new, use_graph, next(model.parameters()).dtype, _KV_BUCKET,
+    p = next(model.parameters())  # a model moved away and back has new addresses: graphs must be recaptured
+    key = (id(model), batch, width - max_new, max_new, use_graph, p.dtype, p.device, p.data_ptr(), _KV_BUCKET,
            id(head))
     if _last_decoder and _last_decoder[0][0] == key and _last_decoder[0][1].model is model:
         return _last_decoder[0][1]
@@ -416,7 +437,11 @@ def _attention_kernels():
         from torch.nn.attention import SDPBackend, sdpa_kernel
     except ImportError:  # older torch: no cuDNN attention either
         return contextlib.nullcontext()
-    return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+    cuda = torch.backends.cuda
+    allowed = [b for b, on in ((SDPBackend.FLASH_ATTENTION, cuda.flash_sdp_enabled()),
+                               (SDPBackend.EFFICIENT_ATTENTION, cuda.mem_efficient_sdp_enabled()),
+                               (SDPBackend.MATH, cuda.math_sdp_enabled())) if on]  # what the user left on
+    return sdpa_kernel(allowed or [SDPBackend.MATH])
 
 
 def _local_generate(model, prompts, sampling, pad_id, batch_size, seed, engine, cuda_graph, report) -> np.ndarray:
@@ -473,6 +498,7 @@ def generate(
     engine: Engine = "auto",
     cuda_graph: bool = True,
     report: dict | None = None,
+    fuse: bool = True,
 ) -> np.ndarray:
     """Decode ``sampling.max_new_tokens`` tokens after each prompt (token ids, BOS included).
 
@@ -486,7 +512,8 @@ def generate(
     draw their random numbers differently).  ``report``, when given, receives ``path``: the path
     that decoded the last batch ("static, CUDA graph", "static" or "portable").  Under
     ``torch.distributed`` each rank decodes every W-th prompt (by length) and all ranks return
-    the full result in prompt order.
+    the full result in prompt order.  ``fuse=False`` keeps composite activations as they are
+    (see :mod:`leakaudit.models.fused`).
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (a BOS for an empty prompt)")
@@ -494,7 +521,8 @@ def generate(
         raise ValueError(f"engine must be auto, static or portable, not {engine!r}")
     from leakaudit.models.fused import fuse_activations
 
-    fuse_activations(model)  # the same function in fewer kernels
+    if fuse:
+        fuse_activations(model)  # the same function in fewer kernels (the model is changed in place)
     model = model.eval()
     report = report if report is not None else {}
     dist = torch.distributed

@@ -299,10 +299,11 @@ class Target:
         lp = np.zeros((N, T), dtype=np.float32)
         lp[:, 0] = head_lp[-1][torch.from_numpy(tok[:, 0]).to(self.device)].cpu().numpy()  # predicted by the head
         if T > 1:
-            self._fill_from_parent_paths(cache, H, tok, lens, lp)
+            self._fill_from_parent_paths(cache, H, tok, lens, lp, vocab=int(head_lp.shape[-1]))
         return -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
 
-    def _fill_from_parent_paths(self, cache, H: int, tok: np.ndarray, lens: np.ndarray, lp: np.ndarray) -> None:
+    def _fill_from_parent_paths(self, cache, H: int, tok: np.ndarray, lens: np.ndarray, lp: np.ndarray, *,
+                                vocab: int) -> None:
         """Write ``lp[i, j]`` (j >= 1) for every tail: one model row per distinct parent path.
 
         A row is the tail's tokens but its last (``-1`` pads it in the key); its logits at
@@ -320,8 +321,7 @@ class Target:
         paths, plen, row_of = paths[by_len], plen[by_len], rank[row_of]
         order = np.argsort(row_of, kind="stable")  # candidates grouped by row
         bounds = np.searchsorted(row_of[order], np.arange(len(paths) + 1))
-        V = int(self.model.get_output_embeddings().weight.shape[0])
-        logit_cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // V  # float32 logits per pass
+        logit_cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // vocab  # float32 logits per pass
         r = int(np.searchsorted(plen, 1))  # rows of length 0 (single-token tails) need no pass
         while r < len(paths):
             width = int(plen[r])
