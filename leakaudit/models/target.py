@@ -312,8 +312,7 @@ class Target:
         """
         N, T = tok.shape
         parent = np.where(np.arange(T - 1)[None, :] < (lens - 1)[:, None], tok[:, : T - 1], -1)
-        paths, row_of = np.unique(parent, axis=0, return_inverse=True)
-        row_of = row_of.reshape(-1)
+        paths, row_of = _unique_rows(parent)
         plen = (paths >= 0).sum(1)
         by_len = np.argsort(plen, kind="stable")  # rows renumbered by length
         rank = np.empty_like(by_len)
@@ -404,3 +403,21 @@ class Target:
             for b, r in enumerate(batch):
                 out[r] = np.concatenate([head_tok, lp[b, : len(tails[r])]]).astype(np.float32)
         return out  # type: ignore[return-value]
+
+
+def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(rows, axis=0, return_inverse=True)`` for small int rows (values >= -1), faster.
+
+    When a row's values fit in 63 bits together (token ids below 2^b and few columns, as parent
+    paths of short secrets do), each row is packed into one int64 and the 1-D unique is used.
+    """
+    n_cols = rows.shape[1]
+    bits = int(rows.max(initial=0) + 2).bit_length()
+    if n_cols == 0 or n_cols * bits > 63:
+        paths, inverse = np.unique(rows, axis=0, return_inverse=True)
+        return paths, inverse.reshape(-1)
+    key = np.zeros(len(rows), dtype=np.int64)
+    for c in range(n_cols):  # -1 (padding) packs as 0, so it sorts before every token
+        key = (key << bits) | (rows[:, c] + 1)
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    return rows[first], inverse.reshape(-1)
