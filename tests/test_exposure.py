@@ -92,3 +92,22 @@ def test_exact_exposure_equals_brute_force_on_a_small_space(gpt2, tokenizer):
     res = canary_exposures(target, m, exact_max=1000)
     assert res[0].exposure_bits_exact == pytest.approx(math.log2(1000) - math.log2(rank))
     assert all(r.exposure_bits_skewnorm is not None and 0 <= r.skewnorm_ks_pvalue <= 1 for r in res)
+
+
+def test_prepared_chunks_come_back_in_order_with_or_without_overlap():
+    import threading
+
+    from leakaudit.attacks.exposure import _prepared
+
+    seen = []
+
+    def prepare(x):
+        seen.append(threading.current_thread() is threading.main_thread())
+        return x * x
+
+    assert list(_prepared(prepare, [3, 1, 2], overlap=False)) == [9, 1, 4]
+    assert all(seen)
+    seen.clear()
+    assert list(_prepared(prepare, [3, 1, 2, 5], overlap=True)) == [9, 1, 4, 25]
+    assert not any(seen)  # every chunk prepared in the worker thread
+    assert list(_prepared(prepare, [], overlap=True)) == []

@@ -62,15 +62,42 @@ def exact_rank(target: Target, prefix: str, secret: str, fmt: SecretFormat, *, c
     short launch-bound passes) is worth spreading).
     """
     chunk = chunk or (100_000 if target.device.type == "cuda" else 20_000)
-    values, own = [], None
-    for start in range(0, fmt.space_size, chunk):
+    starts = list(range(0, fmt.space_size, chunk))
+
+    def prepare(start: int):
         batch = fmt.from_indices(start, min(start + chunk, fmt.space_size))
-        values.append(target.secret_nll(prefix, batch))
+        return batch, target.tokenize_candidates(prefix, batch)
+
+    values, own = [], None
+    for batch, split in _prepared(prepare, starts, overlap=target.device.type == "cuda"):
+        values.append(target.secret_nll(prefix, batch, split=split))
         if own is None and secret in batch:  # the secret's own NLL from the same path as its rivals'
             own = values[-1][batch.index(secret)]
     if own is None:  # a secret outside the format's space
         own = target.secret_nll(prefix, [secret])[0]
     return max(1, int(np.sum(np.concatenate(values) <= own + 1e-4)))  # float32 noise counts against
+
+
+def _prepared(prepare, items: list, *, overlap: bool):
+    """``prepare(item)`` for each item in order; with ``overlap``, the next one runs in a thread meanwhile.
+
+    On a GPU the next chunk is enumerated and tokenized (the tokenizer releases the GIL) while
+    the model scores this one; on a CPU both would compete for the same cores (slower on 2
+    cores), so there they run one after the other.
+    """
+    if not overlap:
+        for item in items:
+            yield prepare(item)
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        ahead = pool.submit(prepare, items[0]) if items else None
+        for k in range(len(items)):
+            result = ahead.result()
+            if k + 1 < len(items):
+                ahead = pool.submit(prepare, items[k + 1])
+            yield result
 
 
 def null_secrets(manifest: CanaryManifest, *, seed: int = 0) -> list[str]:

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.models import fused
 from leakaudit.models.generate import cache_argument, returned_cache
-from leakaudit.models.tokenize import encode, encode_continuations
+from leakaudit.models.tokenize import Continuations, encode, encode_continuations
 
 
 def default_device() -> str:
@@ -234,16 +234,18 @@ class Target:
         arrs = self.score_ids([e.ids for e in enc], [e.n_special for e in enc], stats=True)
         return [TokenStats(lp=a[0], mu=a[1], var=a[2]) for a in arrs]
 
-    def secret_nll(self, prefix: str, candidates: list[str]) -> np.ndarray:
+    def secret_nll(self, prefix: str, candidates: list[str], *, split: Continuations | None = None) -> np.ndarray:
         """Summed NLL (nats) of each candidate secret following ``prefix``.
 
         Prefix and candidate are tokenized together, as training saw them; the tokens whose
         character spans cover any character of the candidate are summed (with byte-level BPE
         the prefix's trailing space merges into the secret's first token).  The tokens all
         candidates share are run once and their key/value cache reused for every candidate.
+        ``split``: the candidates already tokenized by :meth:`tokenize_candidates` (for example
+        in another thread while the model scores the previous batch).
         """
-        if len(candidates) >= 256:  # many candidates: tokenize only what follows the prefix's last words
-            fast = self._continuation_nll(prefix, candidates)
+        if split is not None or len(candidates) >= 256:  # many: tokenize only what follows the last words
+            fast = self._continuation_nll(prefix, candidates, split)
             if fast is not None:
                 return fast
         enc = encode(self.tokenizer, [prefix + c for c in candidates])
@@ -268,8 +270,13 @@ class Target:
             return None, None
         return torch.log_softmax(first.logits[0].float(), dim=-1), cache
 
+    def tokenize_candidates(self, prefix: str, candidates: list[str]) -> Continuations | None:
+        """The tokenizing half of :meth:`secret_nll` for many candidates (None: it takes the general path)."""
+        return encode_continuations(self.tokenizer, prefix, candidates) if len(candidates) >= 256 else None
+
     @torch.no_grad()
-    def _continuation_nll(self, prefix: str, candidates: list[str]) -> np.ndarray | None:
+    def _continuation_nll(self, prefix: str, candidates: list[str],
+                          split: Continuations | None = None) -> np.ndarray | None:
         """:meth:`secret_nll` for many candidates, vectorised (None: use the general path).
 
         The prefix's head is tokenized and run once.  The tails (the prefix's last words and a
@@ -281,7 +288,7 @@ class Target:
         are gathered from its row's logits.  The tokens covering the candidate are summed
         without a per-candidate Python loop.
         """
-        split = encode_continuations(self.tokenizer, prefix, candidates)
+        split = split or encode_continuations(self.tokenizer, prefix, candidates)
         if split is None or len(split.head.ids) + int(split.tail_lens.max()) > self.context:
             return None
         head_lp, cache = self._run_head(split.head.ids)
