@@ -67,7 +67,9 @@ class DemoConfig(BaseModel):
     dp_train: TrainSettings = Field(default_factory=lambda: TrainSettings(epochs=6, batch_size=64, lr=5e-4))
     dp: DPSettings = Field(default_factory=lambda: DPSettings(target_epsilon=8.0, max_grad_norm=1.0))
     token_budget: int | None = Field(
-        default=None, ge=256, description="Padded tokens per scoring batch (null: 4,096 on a CPU, 32,768 on a GPU)."
+        default=None, ge=256,
+        description="Padded tokens per scoring batch (null: 32,768 on a GPU; on a CPU 4,096, fewer for "
+        "vocabularies over 16,384 tokens).",
     )
     attacks: list[str] = Field(default_factory=lambda: list(ALL_DEMO_ATTACKS), description="Attacks to run.")
     attack_params: dict[str, dict] = Field(default_factory=dict, description="Per-attack parameters.")
