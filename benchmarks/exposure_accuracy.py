@@ -32,10 +32,16 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--models", default="non_dp")
     ap.add_argument("--spec", default="recovery-codes-5")
+    ap.add_argument("--null-samples", type=int, default=0,
+                    help="sampled null secrets for the estimates (default: the spec's own number)")
     args = ap.parse_args()
     manifest = CanaryManifest.load(args.run_dir / "canaries" / f"manifest-{args.spec}.json")
+    if args.null_samples:
+        manifest = manifest.model_copy(update={"spec": manifest.spec.model_copy(
+            update={"null_samples": args.null_samples})})
     space = manifest.spec.secret_format.space_size
-    out: dict = {"run": str(args.run_dir), "spec": args.spec, "space": space, "models": {}}
+    out: dict = {"run": str(args.run_dir), "spec": args.spec, "space": space,
+                 "null_samples": manifest.spec.null_samples, "models": {}}
     for name in args.models.split(","):
         loaded = load_model(args.run_dir / "models" / name)
         target = Target(loaded.model, loaded.tokenizer)
