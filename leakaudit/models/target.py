@@ -334,22 +334,30 @@ class Target:
             end = int(np.searchsorted(plen, width, side="right"))
             n = max(1, min(logit_cap // width, 16384, 4 * self.token_budget // max(width + H // 4, 1)))
             end = min(end, r + n)
-            ids = torch.from_numpy(paths[r:end, :width]).to(self.device)
-            past = copy.deepcopy(cache)
-            past.batch_repeat_interleave(end - r)
-            pos = torch.arange(H, H + width, device=self.device).unsqueeze(0).expand(end - r, -1)
-            mask = torch.ones((end - r, H + width), dtype=torch.long, device=self.device)
-            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
-                                   **{self._cache_arg: past}).logits
+            logits = self._after_head(cache, H, torch.from_numpy(paths[r:end, :width]).to(self.device))
             lse = torch.logsumexp(logits.float(), dim=-1)  # [rows, width]
             cand = order[bounds[r] : bounds[end]]  # their tails have exactly width + 1 tokens
             row = torch.from_numpy(row_of[cand] - r).to(self.device)[:, None]
             at = torch.arange(width, device=self.device)[None, :]  # position j - 1 predicts token j
             nxt = torch.from_numpy(tok[cand, 1 : width + 1]).to(self.device)
             lp[cand, 1 : width + 1] = (logits[row, at, nxt].float() - lse[row, at]).cpu().numpy()
-            del logits, past
+            del logits
             r = end
 
+    def _after_head(self, cache, start: int, ids: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [n, W, V] of rows ``ids`` [n, W] that continue a head of ``start`` tokens run once.
+
+        ``cache`` (from :meth:`_run_head`) is copied and repeated for the n rows; ``mask``
+        [n, start + W] marks right padding (default: none).
+        """
+        n, W = ids.shape
+        past = copy.deepcopy(cache)
+        past.batch_repeat_interleave(n)
+        if mask is None:
+            mask = torch.ones((n, start + W), dtype=torch.long, device=self.device)
+        pos = torch.arange(start, start + W, device=self.device).unsqueeze(0).expand(n, -1)
+        return self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True,
+                             **{self._cache_arg: past}).logits
 
     def _tail_logprobs(self, cache, last: torch.Tensor, start: int, ids: torch.Tensor,
                        mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -359,14 +367,7 @@ class Target:
         the head has ``start`` tokens.  Tail token 0 is predicted by the head's last position,
         token j by tail position j - 1.  ``mask`` [n, start + W] marks right padding (default: none).
         """
-        n, W = ids.shape
-        past = copy.deepcopy(cache)
-        past.batch_repeat_interleave(n)
-        if mask is None:
-            mask = torch.ones((n, start + W), dtype=torch.long, device=self.device)
-        tpos = torch.arange(start, start + W, device=self.device).unsqueeze(0).expand(n, -1)
-        logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=tpos, use_cache=True,
-                               **{self._cache_arg: past}).logits[:, :-1].float()
+        logits = self._after_head(cache, start, ids, mask)[:, :-1].float()
         step = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
         return torch.cat([last[ids[:, :1]], step], dim=1)
 
