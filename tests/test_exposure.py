@@ -67,6 +67,43 @@ def test_skewnorm_estimate_recovers_a_known_tail_and_flags_a_poor_fit():
     assert skewnorm_exposure(-1e6, null, 1000)[0] == pytest.approx(math.log2(1000))  # clipped to log2 |R|
 
 
+def test_skewnorm_estimate_counts_known_inserted_secrets_exactly():
+    from scipy.stats import skewnorm
+
+    from leakaudit.attacks.exposure import skewnorm_exposure
+
+    null = skewnorm(4.0, loc=30.0, scale=5.0).rvs(size=5000, random_state=0)
+    # far below the fitted tail: without known secrets the estimate sits at the ceiling, rank 1
+    assert skewnorm_exposure(0.0, null, 10**5)[0] == pytest.approx(math.log2(10**5))
+    # two inserted secrets ahead of it make it rank 3, whatever the fitted tail says
+    bits, _ = skewnorm_exposure(0.0, null, 10**5, np.array([-2.0, -1.0, 50.0]))
+    assert bits == pytest.approx(math.log2(10**5 / 3), abs=1e-6)
+    # in the bulk the known secrets hardly move the estimate
+    x = skewnorm(4.0, loc=30.0, scale=5.0).ppf(1e-2)
+    assert skewnorm_exposure(x, null, 10**5, np.array([-2.0, -1.0]))[0] == pytest.approx(
+        skewnorm_exposure(x, null, 10**5)[0], abs=0.01)
+
+
+def test_canary_exposures_rank_a_canary_behind_another_inserted_secret():
+    """A stand-in model that memorised every inserted secret, one of them more than the others."""
+    from leakaudit.canaries import CanarySpec
+
+    spec = CanarySpec(name="memo", template="the PIN of {name} is {secret}.", secret={"format": "digits", "length": 5},
+                      repetitions=[4], canaries_per_repetition=2, reference_canaries=2, null_samples=500, seed=5)
+    m = generate_canaries(spec)
+    first, second = m.inserted[0].secret, m.inserted[1].secret
+
+    class Memorised:
+        def secret_nll(self, prefix, secrets):
+            rng = np.random.default_rng(0)
+            out = 25.0 + rng.gamma(4.0, 1.0, size=len(secrets))
+            return np.array([1.0 if s == first else 2.0 if s == second else v for s, v in zip(secrets, out)])
+
+    res = {r.id: r for r in canary_exposures(Memorised(), m)}
+    assert res[m.inserted[0].id].exposure_bits_skewnorm == pytest.approx(math.log2(10**5))
+    assert res[m.inserted[1].id].exposure_bits_skewnorm == pytest.approx(math.log2(10**5 / 2), abs=1e-6)
+
+
 def test_exact_exposure_equals_brute_force_on_a_small_space(gpt2, tokenizer):
     from leakaudit.attacks.exposure import exact_exposure
     from leakaudit.canaries import CanarySpec

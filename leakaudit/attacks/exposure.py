@@ -8,9 +8,13 @@ from the randomness space; each canary is ranked against all of them but its own
 the reference canaries' exposures show what exposure looks like for a secret never trained on.
 
 Two more estimates sit beside it.  The skew-normal estimate fits ``scipy.stats.skewnorm`` to the
-null NLLs and takes ``-log2 CDF(NLL(secret))``, clipped to ``[0, log2 |R|]``: it is not capped
-by the number of null samples; a Kolmogorov-Smirnov test of the fit is reported with it.  When
-the space is small enough, :func:`exact_exposure` enumerates all of it.
+null NLLs and estimates the rank as ``|R| * CDF(NLL(secret))`` (Carlini et al.'s
+``-log2 CDF``), except that the other inserted secrets of the same spec, which lie in the same
+space but are not random draws for this model (it was trained on them), are scored and counted
+exactly instead of through the fitted tail (:func:`skewnorm_exposure`); clipped to
+``[0, log2 |R|]``, it is not capped by the number of null samples; a Kolmogorov-Smirnov test of
+the fit is reported with it.  When the space is small enough, :func:`exact_exposure` enumerates
+all of it.
 """
 
 from __future__ import annotations
@@ -33,11 +37,27 @@ def interpolation_exposure(secret_nll: float, null_nll: np.ndarray) -> tuple[flo
     return float(np.log2(null.size) - np.log2(rank)), rank
 
 
-def skewnorm_exposure(secret_nll: float, null_nll: np.ndarray, space_size: int) -> tuple[float, float]:
-    """``(exposure_bits, ks_pvalue)`` from a skew-normal fitted to the null NLLs."""
+def skewnorm_exposure(
+    secret_nll: float, null_nll: np.ndarray, space_size: int, known_nll: np.ndarray | None = None
+) -> tuple[float, float]:
+    """``(exposure_bits, ks_pvalue)`` from a skew-normal fitted to the null NLLs.
+
+    ``known_nll``: NLLs of secrets of the space that are known not to be random draws for this
+    model (the spec's other inserted secrets) and were therefore kept out of the null sample.
+    The estimated rank is ``1 + #{known <= secret} + (|R| - 1 - #known) * CDF(NLL(secret))``:
+    the secret itself, the known secrets ahead of it, and the fitted share of the rest.  Without
+    known secrets this is Carlini et al.'s ``-log2 CDF`` (up to the secret itself, which keeps
+    the estimate at or below ``log2 |R|``).  A uniform sample of 10^5-10^9 secrets almost never
+    contains an inserted one, so no fitted tail can place them; on the demo's five-digit
+    canaries, ignoring them put a rank-3 canary at rank 1, 1.6 bits high.
+    """
     null = np.asarray(null_nll, dtype=np.float64)
+    known = np.asarray([] if known_nll is None else known_nll, dtype=np.float64)
     params = skewnorm.fit(null)
-    bits = -float(skewnorm.logcdf(secret_nll, *params)) / np.log(2.0)
+    rest = max(space_size - 1 - known.size, 0)
+    log_rank = np.logaddexp(np.log1p(np.sum(known <= secret_nll)),
+                            np.log(rest) + float(skewnorm.logcdf(secret_nll, *params)) if rest else -np.inf)
+    bits = (np.log(space_size) - log_rank) / np.log(2.0)
     bits = float(np.clip(bits, 0.0, np.log2(space_size)))
     return bits, float(kstest(null, skewnorm(*params).cdf).pvalue)
 
@@ -131,15 +151,17 @@ def canary_exposures(
     for c in manifest.canaries:
         by_prefix.setdefault(c.prefix, []).append(c)
     out: dict[str, CanaryResult] = {}
+    inserted = list(dict.fromkeys(c.secret for c in manifest.inserted))
     for prefix, group in by_prefix.items():
-        own = [c.secret for c in group if c.secret not in in_pool]
-        nll = target.secret_nll(prefix, pool + own)
-        null_nll = dict(zip(pool + own, nll))
+        extra = [s for s in dict.fromkeys([c.secret for c in group] + inserted) if s not in in_pool]
+        nll = target.secret_nll(prefix, pool + extra)
+        null_nll = dict(zip(pool + extra, nll))
         pool_nll = nll[: len(pool)]
         for c in group:
             others = pool_nll[np.array([s != c.secret for s in pool])]
             bits, rank = interpolation_exposure(null_nll[c.secret], others)
-            skew, ks = skewnorm_exposure(null_nll[c.secret], others, space)
+            known = np.array([null_nll[s] for s in inserted if s != c.secret])
+            skew, ks = skewnorm_exposure(null_nll[c.secret], others, space, known)
             exact = exact_exposure(target, prefix, c.secret, manifest) if 0 < space <= exact_max else None
             out[c.id] = CanaryResult(
                 id=c.id, spec=manifest.spec.name, repetitions=c.repetitions, inserted=c.inserted,

@@ -82,8 +82,9 @@ class CanaryResult(_Model):
     rank: int = Field(description="1 + number of null secrets at least as likely as this one.")
     exposure_bits_skewnorm: float | None = Field(
         default=None,
-        description="-log2 CDF of the secret's NLL under a skew-normal fitted to the null NLLs, clipped to "
-        "[0, log2 |R|]: not capped by the number of null samples.",
+        description="log2 |R| - log2 of the estimated rank: the secret itself, the spec's other inserted secrets "
+        "at least as likely (scored exactly), and |R| times the CDF of the secret's NLL under a skew-normal "
+        "fitted to the null NLLs for the rest; clipped to [0, log2 |R|], not capped by the number of null samples.",
     )
     skewnorm_ks_pvalue: float | None = Field(
         default=None, description="Kolmogorov-Smirnov p-value of that fit (small: the fit is poor)."
