@@ -131,11 +131,13 @@ class DPSettings(BaseModel):
         "max_grad_norm / sqrt(#tensors) (same total sensitivity); adaptive: the clip norm tracks a quantile "
         "of the per-sample norms (Andrew et al. 2021), the private quantile estimate paid for out of the noise.",
     )
-    grad_sample_mode: Literal["hooks", "ghost", "functorch"] = Field(
+    grad_sample_mode: Literal["hooks", "ghost", "functorch", "bookkeeping"] = Field(
         default="hooks",
         description="hooks: Opacus's per-layer rules (functorch for layers without one); functorch: functorch for "
-        "every layer; ghost: ghost clipping (per-sample norms without per-sample gradients, two backward "
-        "passes; flat clipping only).",
+        "every layer; ghost: Opacus's ghost clipping (per-sample norms without per-sample gradients, two backward "
+        "passes); bookkeeping: leakaudit's one-backward-pass clipping (leakaudit.train.bookkeeping: ghost norms or "
+        "explicit per-sample gradients per layer, whichever is cheaper, tied embeddings supported), with Opacus's "
+        "Poisson sampling and accountant. ghost and bookkeeping: flat clipping only.",
     )
     target_unclipped_quantile: float = Field(default=0.5, gt=0, lt=1, description="Adaptive clipping's quantile.")
     clipbound_learning_rate: float = Field(default=0.2, gt=0, description="Adaptive clipping's geometric step.")
@@ -149,8 +151,8 @@ class DPSettings(BaseModel):
     def _one_noise_source(self) -> DPSettings:
         if (self.target_epsilon is None) == (self.noise_multiplier is None):
             raise ValueError("give exactly one of target_epsilon and noise_multiplier")
-        if self.grad_sample_mode == "ghost" and self.clipping != "flat":
-            raise ValueError("ghost clipping supports flat clipping only")
+        if self.grad_sample_mode in ("ghost", "bookkeeping") and self.clipping != "flat":
+            raise ValueError(f"{self.grad_sample_mode} clipping supports flat clipping only")
         return self
 
 
@@ -542,6 +544,13 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
                 target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=q, steps=total,
                 accountant=dp.accountant,
             )
+    if dp.grad_sample_mode == "bookkeeping":
+        return _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress,
+                                  sigma=sigma, delta=delta, q=q)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")
+        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
         extra: dict = {}
         max_grad_norm: float | list[float] = dp.max_grad_norm
         if dp.clipping == "per_layer":
@@ -602,6 +611,66 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
         max_grad_norm=dp.max_grad_norm,
         accountant=dp.accountant,
         epochs=total * _q(dp_loader),
+        dataset_size=n,
+        clipping=dp.clipping,
+        grad_sample_mode=dp.grad_sample_mode,
+        lora_rank=settings.lora.r if settings.lora is not None else None,
+    )
+
+
+def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress, *, sigma, delta, q):
+    """DP-SGD with :class:`~leakaudit.train.bookkeeping.BookKeeper` clipping; sampling and accounting by Opacus.
+
+    The same algorithm as Opacus's DP optimizer with flat clipping and a mean loss: Poisson
+    batches of rate q (Opacus's DPDataLoader, drawn from torch's global generator as Opacus does
+    when not in secure mode), each example's gradient scaled by ``min(1, C / (norm + 1e-6))``,
+    Gaussian noise of std ``sigma * C`` added to the sum once per logical batch, the result divided
+    by the expected batch size ``int(N q)``; an empty batch gives a noise-only step.  A logical
+    batch runs in pieces of ``max_physical_batch_size`` examples; their clipped sums add up.
+    """
+    from opacus.accountants import create_accountant
+    from opacus.data_loader import DPDataLoader
+
+    from leakaudit.train.bookkeeping import BookKeeper
+
+    n = len(loader.dataset)
+    keeper = BookKeeper(net, params, dp.max_grad_norm)
+    dp_loader = DPDataLoader.from_data_loader(loader)
+    accountant = create_accountant(mechanism=dp.accountant)
+    expected = max(1, int(n * q))
+    noise_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    piece = settings.max_physical_batch_size
+    std = sigma * dp.max_grad_norm
+    step = 0
+    while step < total:
+        for x, m in dp_loader:
+            if step >= total:
+                break
+            losses = []
+            for lo in range(0, x.shape[0], piece or max(1, x.shape[0])):
+                xs, ms = x[lo : lo + (piece or x.shape[0])].to(device), m[lo : lo + (piece or x.shape[0])].to(device)
+                losses.append(keeper.accumulate(lambda xs=xs, ms=ms: sequence_losses(net, xs, ms))[0])
+            summed = keeper.take()
+            optimizer.zero_grad(set_to_none=True)
+            for p in params:
+                noise = torch.normal(0.0, std, size=p.shape, device=p.device, generator=noise_gen)
+                total_grad = summed[id(p)] + noise if id(p) in summed else noise
+                p.grad = (total_grad / expected).to(p.dtype)
+            optimizer.step()
+            accountant.step(noise_multiplier=sigma, sample_rate=q)
+            step += 1
+            if progress and losses:  # as in the Opacus path, an empty batch reports no loss
+                progress(step, total, torch.cat(losses).mean().item())
+    optimizer.zero_grad(set_to_none=True)
+    return PrivacyRecord(
+        epsilon=float(accountant.get_epsilon(delta)),
+        delta=delta,
+        noise_multiplier=float(sigma),
+        sample_rate=q,
+        steps=total,
+        max_grad_norm=dp.max_grad_norm,
+        accountant=dp.accountant,
+        epochs=total * q,
         dataset_size=n,
         clipping=dp.clipping,
         grad_sample_mode=dp.grad_sample_mode,
