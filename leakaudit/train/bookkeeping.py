@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.autograd.graph import get_gradient_edge
 
 try:  # transformers' GPT-2 projection: y = x @ W + b with W stored as [in, out]
     from transformers.pytorch_utils import Conv1D
@@ -56,7 +57,7 @@ class _Site:
     module: nn.Module
     kind: str  # "linear", "conv1d", "embedding" or "other"
     params: list[nn.Parameter]  # its own trainable parameters
-    calls: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)  # (input, output) per call
+    calls: list[tuple] = field(default_factory=list)  # (input, (output's gradient edge, shape, dtype)) per call
     a: torch.Tensor | None = None  # input, [B, T, in] (ids [B, T] for an embedding)
     g: torch.Tensor | None = None  # output gradient, [B, T, out]
     per_example: dict[int, torch.Tensor] = field(default_factory=dict)  # id(param) -> [B, *shape]
@@ -128,7 +129,9 @@ class BookKeeper:
         def hook(site: _Site):
             def record(_m, args, kwargs, out):
                 x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-                site.calls.append((x, out))
+                # the output's place in the graph, not the output: the tensor itself is freed as soon as
+                # nothing else needs it (a layer's output is often not saved for the backward pass)
+                site.calls.append((x, (get_gradient_edge(out), out.shape, out.dtype)))
             return record
 
         handles = [s.module.register_forward_hook(hook(s), with_kwargs=True) for s in self.sites]
@@ -149,23 +152,28 @@ class BookKeeper:
             with self._recording():
                 losses = losses_fn()
             b = losses.shape[0]
-            outputs = [out for s in self.sites for _, out in s.calls]
-            grads = torch.autograd.grad(losses.sum(), outputs, allow_unused=True) if outputs else ()
+            edges = [edge for s in self.sites for _, (edge, _, _) in s.calls]
+            grads = list(torch.autograd.grad(losses.sum(), edges, allow_unused=True)) if edges else []
+            metas = [meta for s in self.sites for _, (_, *meta) in s.calls]
+            del edges
             k = 0
             for s in self.sites:
                 ins, gs = [], []
-                for x, out in s.calls:
-                    g = grads[k]
+                for x, _ in s.calls:
+                    g, (shape, dtype) = grads[k], metas[k]
+                    grads[k] = None
                     k += 1
+                    x = x.detach()  # inputs are activations of the graph: what follows must not extend it
                     ins.append(x.reshape(b, -1) if s.kind == "embedding" else x.reshape(b, -1, x.shape[-1]))
-                    gs.append((torch.zeros_like(out) if g is None else g).reshape(b, -1, out.shape[-1]))
+                    gs.append((x.new_zeros(shape, dtype=dtype) if g is None else g).reshape(b, -1, shape[-1]))
                 if ins:  # a module called several times: its calls' tokens side by side
                     s.a = torch.cat(ins, 1) if len(ins) > 1 else ins[0]
                     s.g = torch.cat(gs, 1) if len(gs) > 1 else gs[0]
                 s.calls = []
-            norms = torch.sqrt(self._squared_norms(b))
-            scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
-            self._add_clipped(scale)
+            with torch.no_grad():
+                norms = torch.sqrt(self._squared_norms(b))
+                scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
+                self._add_clipped(scale)
         finally:
             for s in self.sites:
                 s.calls, s.a, s.g, s.per_example = [], None, None, {}
@@ -244,6 +252,7 @@ class BookKeeper:
                 continue
             for p in s.params:
                 self._add(p, self._site_clipped(s, p, scale))
+            s.a, s.g, s.per_example = None, None, {}  # freed layer by layer
 
     def _site_clipped(self, s: _Site, p: nn.Parameter, scale: torch.Tensor) -> torch.Tensor:
         if id(p) in s.per_example:

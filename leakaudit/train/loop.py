@@ -652,10 +652,12 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
                 losses.append(keeper.accumulate(lambda xs=xs, ms=ms: sequence_losses(net, xs, ms))[0])
             summed = keeper.take()
             optimizer.zero_grad(set_to_none=True)
-            for p in params:
+            for p in params:  # in place: one parameter-sized float32 buffer each, as plain training's .grad
                 noise = torch.normal(0.0, std, size=p.shape, device=p.device, generator=noise_gen)
-                total_grad = summed[id(p)] + noise if id(p) in summed else noise
-                p.grad = (total_grad / expected).to(p.dtype)
+                grad = summed.pop(id(p), None)
+                grad = noise if grad is None else grad.add_(noise)
+                del noise
+                p.grad = grad.div_(expected).to(p.dtype)
             optimizer.step()
             accountant.step(noise_multiplier=sigma, sample_rate=q)
             step += 1
