@@ -2,12 +2,15 @@
 training at the same batch, same model, same data, each mode in a fresh process.
 
     python benchmarks/dp_step.py [--arch gpt2|llama] [--size tiny|small|gpt2-small] [--batch 32]
-                                 [--tokens 256] [--steps 10] [--modes non_dp,hooks,ghost] [--lora]
+                                 [--tokens 256] [--steps 10] [--modes non_dp,hooks,ghost,bookkeeping] [--lora]
 
 Time per step is measured between the ends of step 2 and of the last step of one run (each step's
 loss is read back, which synchronises), so set-up (Opacus wrapping, the first passes) and the
 accountant's final epsilon are not counted.  Peak memory is torch.cuda.max_memory_allocated on a
-GPU and the process's peak resident set on a CPU.  Prints one JSON object with every mode and the ratios against non_dp.
+GPU and the process's peak resident set on a CPU (there, run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that
+freed large blocks leave the resident set at once; glibc otherwise keeps them and the peak depends
+on the order of allocations more than on what is alive; it also slows every mode, so take times
+from a run without it).  Prints one JSON object with every mode and the ratios against non_dp.
 """
 
 from __future__ import annotations
@@ -69,7 +72,13 @@ def _one(args) -> dict:
     run(2)  # warm-up: kernels, allocator
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
+    # DP batches are Poisson-sampled: their sizes vary around --batch, and the largest one sets the peak
+    sizes: list[int] = []
+    hook = model.register_forward_pre_hook(
+        lambda _m, a, kw: sizes.append(int((kw.get("input_ids") if "input_ids" in kw else a[0]).shape[0])),
+        with_kwargs=True)
     ends = run(2 + args.steps)
+    hook.remove()
     peak = (torch.cuda.max_memory_allocated() if device == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return {
@@ -77,6 +86,7 @@ def _one(args) -> dict:
         "mode": args.mode, "seconds_per_step": (ends[-1] - ends[1]) / (len(ends) - 2), "peak_bytes": int(peak),
         "device": torch.cuda.get_device_name() if device == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
         "parameters": sum(p.numel() for p in model.parameters()), "n_texts": len(texts),
+        "largest_batch": max(sizes, default=0), "batches": sizes,
     }
 
 
@@ -87,7 +97,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--modes", default="non_dp,hooks,ghost")
+    ap.add_argument("--modes", default="non_dp,hooks,ghost,bookkeeping")
     ap.add_argument("--lora", action="store_true")
     ap.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode in this process
     args = ap.parse_args()

@@ -70,7 +70,7 @@ step exposure 90 "$OUT/exposure.json" python3 benchmarks/secret_scoring.py --siz
 # issue 3: scoring engine vs one-per-pass and plain batched fp32, 512-token texts; where its time goes
 step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size "$SIZE" --texts "$TEXTS" \
   --max-tokens 512 --profile
-# issue 5: DP step cost, GPT-2-small-sized, hooks and ghost against non-DP
+# issue 5: DP step cost, GPT-2-small-sized, Opacus hooks and ghost and leakaudit's book-keeping against non-DP
 step dp-gpt2 120 "$OUT/dp_gpt2.json" python3 benchmarks/dp_step.py --arch gpt2 --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5
 # issue 7: the untargeted attack's sampling stage, 100,000 samples of 256 tokens
