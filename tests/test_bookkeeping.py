@@ -182,3 +182,11 @@ def test_empty_poisson_batches_give_noise_only_steps_and_count(tokenizer, texts)
     acc = PRVAccountant()
     acc.history = [(1.0, 0.25, 12)]
     assert rec.epsilon == pytest.approx(acc.get_epsilon(rec.delta), rel=1e-6)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cuda_norms_and_clipped_sums_equal_each_examples_own_gradient(arch, tokenizer, batch):
+    ids, mask = batch
+    torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, so the 1e-4 tolerance holds
+    _check(_model(tokenizer, arch).cuda(), ids.cuda(), mask.cuda(), clip=1.0)

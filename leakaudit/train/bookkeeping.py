@@ -121,6 +121,7 @@ class BookKeeper:
                                  "other than its weight")
             self.ties[pid] = (emb, lin)
         self.summed: dict[int, torch.Tensor] = {}
+        self._grams: dict[tuple, torch.Tensor] = {}
 
     # ------------------------------------------------------------------------------------ recording
 
@@ -171,7 +172,9 @@ class BookKeeper:
                     s.g = torch.cat(gs, 1) if len(gs) > 1 else gs[0]
                 s.calls = []
             with torch.no_grad():
+                self._grams = {}
                 norms = torch.sqrt(self._squared_norms(b))
+                self._grams = {}
                 scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
                 self._add_clipped(scale)
         finally:
@@ -216,7 +219,7 @@ class BookKeeper:
                 per = torch.bmm(g.transpose(1, 2), a) if s.kind == "linear" else torch.bmm(a.transpose(1, 2), g)
                 s.per_example[id(p)] = per
                 return per.pow(2).sum((1, 2))
-            return (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+            return (self._gram(s.a) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
         if s.kind == "embedding":
             same = a.unsqueeze(2) == a.unsqueeze(1)
             if s.module.padding_idx is not None:  # the padding row takes no gradient
@@ -225,6 +228,15 @@ class BookKeeper:
             return (torch.bmm(g, g.transpose(1, 2)) * same).sum((1, 2))
         per = self._functional_per_example(s)[id(p)]
         return per.flatten(1).float().pow(2).sum(1)
+
+    def _gram(self, a: torch.Tensor) -> torch.Tensor:
+        """``a a^T`` per example ([B, T, T], float32), once per input tensor: layers reading the same
+        input (Llama's q/k/v and gate/up projections, a LoRA adapter and its base) share it."""
+        key = (a.data_ptr(), tuple(a.shape), tuple(a.stride()), a.dtype)
+        if key not in self._grams:
+            af = a.float()
+            self._grams[key] = torch.bmm(af, af.transpose(1, 2))
+        return self._grams[key]
 
     def _functional_per_example(self, s: _Site) -> dict[int, torch.Tensor]:
         """Per-example gradients of a module's own trainable parameters: vmap of its vector-Jacobian product."""
