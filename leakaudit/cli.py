@@ -214,6 +214,9 @@ def train(
     delta: Annotated[float | None, typer.Option(help="Target delta (default min(1e-5, 1/(10N))).")] = None,
     max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm (with --dp).")] = 1.0,
     accountant: Annotated[str, typer.Option(help="prv or rdp.")] = "prv",
+    grad_sample_mode: Annotated[str, typer.Option(
+        help="Per-example clipping (with --dp): hooks, ghost or functorch (Opacus), or bookkeeping (one "
+        "backward pass; the fastest, flat clipping).")] = "hooks",
     device: Annotated[str | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -235,8 +238,12 @@ def train(
             raise LeakauditError(f"--delta must lie in (0, 1) (got {delta:g})")
         if accountant not in ("prv", "rdp"):
             raise LeakauditError(f"--accountant: expected prv or rdp (got '{accountant}')")
+        modes = ("hooks", "ghost", "functorch", "bookkeeping")
+        if grad_sample_mode not in modes:
+            raise LeakauditError(f"--grad-sample-mode: expected one of {', '.join(modes)} (got '{grad_sample_mode}')")
         dp_settings = DPSettings(
-            target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant
+            target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
+            grad_sample_mode=grad_sample_mode,
         )
     elif epsilon is not None:
         raise LeakauditError("--epsilon needs --dp")

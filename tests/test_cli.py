@@ -110,6 +110,10 @@ def test_negative_epsilon(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus)
                        "--dp", "--epsilon", "-3")
     _assert_clean_error(code, err, "--epsilon")
     assert not out.exists()
+    code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", corpus[0], "--out", out,
+                       "--dp", "--epsilon", "3", "--grad-sample-mode", "fast")
+    _assert_clean_error(code, err, "--grad-sample-mode", "bookkeeping", "fast")
+    assert not out.exists()
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("dp: {target_epsilon: -2}\n")
     code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--config", cfg, "--out", run_dir)
@@ -187,3 +191,15 @@ def test_audit_in_bfloat16_scores_close_to_float32(monkeypatch, capsys, tmp_path
     a = np.array([np.mean(x) for x in tables["auto"]["token_logprobs"]])
     b = np.array([np.mean(x) for x in tables["bfloat16"]["token_logprobs"]])
     assert np.abs(a - b).max() < 0.1 and (a != b).any()  # bf16 rounding: close, not identical
+
+
+def test_train_with_bookkeeping_clipping_records_the_mode(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    import json
+
+    out = tmp_path / "trained"
+    code, stdout, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", corpus[0], "--out", out,
+                            "--dp", "--epsilon", "8", "--grad-sample-mode", "bookkeeping", "--epochs", "1",
+                            "--max-length", "32", "--batch-size", "8")
+    assert code == 0, err
+    record = json.loads((out / "privacy.json").read_text())
+    assert record["grad_sample_mode"] == "bookkeeping" and record["epsilon"] == pytest.approx(8.0, rel=0.05)

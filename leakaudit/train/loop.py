@@ -664,8 +664,12 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
             if progress and losses:  # as in the Opacus path, an empty batch reports no loss
                 progress(step, total, torch.cat(losses).mean().item())
     optimizer.zero_grad(set_to_none=True)
+    import numpy as np
+
+    with np.errstate(divide="ignore"):  # the PRV accountant takes log(0) in its tails, harmlessly
+        epsilon = float(accountant.get_epsilon(delta))
     return PrivacyRecord(
-        epsilon=float(accountant.get_epsilon(delta)),
+        epsilon=epsilon,
         delta=delta,
         noise_multiplier=float(sigma),
         sample_rate=q,
