@@ -190,3 +190,42 @@ def test_cuda_norms_and_clipped_sums_equal_each_examples_own_gradient(arch, toke
     ids, mask = batch
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 products, so the 1e-4 tolerance holds
     _check(_model(tokenizer, arch).cuda(), ids.cuda(), mask.cuda(), clip=1.0)
+
+
+def test_what_the_rules_cannot_handle_is_refused_by_name(tokenizer, batch):
+    ids, mask = batch
+    model = _model(tokenizer, "gpt2").train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    keeper = BookKeeper(model, params, 1.0)
+    # the library's default position ids are [1, T]: not one row per example
+    with pytest.raises(ValueError, match=r"'transformer.wpe'.*first dimension is not the batch"):
+        keeper.accumulate(lambda: _losses_without_positions(model, ids, mask))
+    # peft keeps LoRA-on-embedding weights in parameter containers that no forward call uses
+    net = apply_lora(_model(tokenizer, "gpt2"), LoraSettings(r=2, target_modules=["wte", "c_attn"]))
+    with pytest.raises(ValueError, match="lora_embedding"):
+        BookKeeper(net, [p for p in net.parameters() if p.requires_grad], 1.0)
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        BookKeeper(model, params, 1.0)
+
+
+def _losses_without_positions(model, ids, mask):
+    logits = model(input_ids=ids, attention_mask=mask).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return -(logp * mask[:, 1:]).sum(1)
+
+
+def test_a_subclass_that_changes_forward_gets_the_generic_rule(tokenizer, batch):
+    """A scaled embedding (as some architectures have) is not an nn.Embedding for the rules."""
+
+    class Scaled(torch.nn.Embedding):
+        def forward(self, x):
+            return super().forward(x) * 3.0
+
+    ids, mask = batch
+    model = _model(tokenizer, "llama")
+    old = model.model.embed_tokens
+    scaled = Scaled(old.num_embeddings, old.embedding_dim, padding_idx=old.padding_idx)
+    scaled.weight = old.weight
+    model.model.embed_tokens = scaled
+    _check(model, ids, mask, clip=1.0)

@@ -25,8 +25,12 @@ runs two backward passes, each with its weight gradients.  Here:
 
 The result equals Opacus's flat clipping (same ``C / (norm + 1e-6)`` factor); the tests check the
 norms and the clipped sums against each example's gradient computed alone, on the six tested
-architectures, full and LoRA.  Inputs flattened to ``[B * T, D]`` (OPT's decoder MLP) are read as
-``[B, T, D]``: rows are taken to be example-major, as every supported architecture lays them out.
+architectures, full and LoRA.  What the rules cannot handle is refused with an error naming the
+module, never approximated: inputs whose first dimension is not the batch (OPT's flattened MLP is
+unflattened by the training loop's ``_dp_compatible``), modules with several tensor inputs,
+subclasses that change ``forward``, parameters kept in containers no forward call uses (peft's
+LoRA-on-embedding, IA3, DoRA), modules owning trainable weights that were not called, inputs
+modified in place after the call, gradient checkpointing.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ except ImportError:  # pragma: no cover - transformers is a dependency
 # Per-example gradients of one linear layer are kept (rather than ghost norms used) only while they
 # take at most this many bytes, so a wide output head never materialises B x V x d floats.
 EXPLICIT_BYTES = 256 * 2**20
+# Modules without a specific rule get explicit per-example gradients; refused above this size.
+GENERIC_BYTES = 2**30
 
 
 @dataclass
@@ -63,14 +69,26 @@ class _Site:
     per_example: dict[int, torch.Tensor] = field(default_factory=dict)  # id(param) -> [B, *shape]
 
 
-def _kind(m: nn.Module) -> str:
-    if isinstance(m, nn.Linear):
-        return "linear"
-    if Conv1D and isinstance(m, Conv1D):
-        return "conv1d"
-    if isinstance(m, nn.Embedding):
-        return "embedding"
+_RULES: list[tuple[str, type, set[str]]] = [
+    ("linear", nn.Linear, {"weight", "bias"}),
+    ("embedding", nn.Embedding, {"weight"}),
+] + ([("conv1d", Conv1D, {"weight", "bias"})] if Conv1D else [])
+
+
+def _kind(m: nn.Module, names: list[str]) -> str:
+    """The rule for a module: only for the exact computation the rule assumes.
+
+    A subclass that overrides ``forward`` (a scaled embedding, a layer with extra terms) or that
+    carries parameters besides its weight and bias gets the generic rule ("other").
+    """
+    for kind, cls, allowed in _RULES:
+        if isinstance(m, cls) and type(m).forward is cls.forward and set(names) <= allowed:
+            return kind
     return "other"
+
+
+def _refuse(name: str, m: nn.Module, why: str) -> ValueError:
+    return ValueError(f"book-keeping clipping: module {name!r} ({type(m).__name__}) {why}")
 
 
 class BookKeeper:
@@ -93,16 +111,25 @@ class BookKeeper:
             own = [p for p in m.parameters(recurse=False) if id(p) in trainable]
             if not own:
                 continue
-            site = _Site(name or "(model)", m, _kind(m), own)
+            names = {id(q): n for n, q in m.named_parameters(recurse=False)}
+            site = _Site(name or "(model)", m, _kind(m, [names[id(q)] for q in own]), own)
+            if isinstance(m, (nn.ParameterDict, nn.ParameterList)):
+                raise _refuse(site.name, m, "holds trainable parameters that no forward call of its own uses "
+                              "(peft keeps LoRA-on-embedding, IA3 and DoRA weights this way); its per-example "
+                              "gradients cannot be attributed")
             if site.kind == "other" and any(True for _ in m.children()):
-                raise ValueError(f"book-keeping clipping: module {site.name!r} ({type(m).__name__}) owns trainable "
-                                 "parameters and has sub-modules; no per-example rule applies to it")
+                raise _refuse(site.name, m, "owns trainable parameters and has sub-modules; no per-example "
+                              "rule applies to it")
             if site.kind == "embedding" and (m.max_norm is not None or m.scale_grad_by_freq or m.sparse):
-                raise ValueError(f"book-keeping clipping: embedding {site.name!r} uses max_norm, "
-                                 "scale_grad_by_freq or sparse gradients, which it does not support")
+                raise _refuse(site.name, m, "uses max_norm, scale_grad_by_freq or sparse gradients, which "
+                              "book-keeping clipping does not support")
             self.sites.append(site)
             for p in own:
                 owners.setdefault(id(p), []).append(site)
+        # transformers marks the checkpointed modules (the model's deprecated property is avoided: peft forwards it)
+        if any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules()):
+            raise ValueError("book-keeping clipping does not support gradient checkpointing (recomputed layers "
+                             "would be recorded twice); switch it off or use grad_sample_mode hooks")
         missing = trainable - set(owners)
         if missing:
             raise ValueError(f"book-keeping clipping: {len(missing)} trainable parameter(s) not owned by any module")
@@ -128,11 +155,20 @@ class BookKeeper:
     @contextmanager
     def _recording(self) -> Iterator[None]:
         def hook(site: _Site):
-            def record(_m, args, kwargs, out):
-                x = args[0] if args else next(v for v in kwargs.values() if isinstance(v, torch.Tensor))
-                # the output's place in the graph, not the output: the tensor itself is freed as soon as
-                # nothing else needs it (a layer's output is often not saved for the backward pass)
-                site.calls.append((x, (get_gradient_edge(out), out.shape, out.dtype)))
+            def record(m, args, kwargs, out):
+                tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)]
+                if len(tensors) != 1 or not isinstance(out, torch.Tensor):
+                    raise _refuse(site.name, m, f"was called with {len(tensors)} tensor inputs or returned "
+                                  "something other than one tensor; its per-example rule needs exactly one of each")
+                try:
+                    # the output's place in the graph, not the output: the tensor itself is freed as soon as
+                    # nothing else needs it (a layer's output is often not saved for the backward pass)
+                    edge = get_gradient_edge(out)
+                except RuntimeError as e:
+                    raise _refuse(site.name, m, f"returned an output outside the autograd graph ({e}); "
+                                  "reentrant gradient checkpointing does this") from None
+                x = tensors[0]
+                site.calls.append((x, x._version, (edge, out.shape, out.dtype)))
             return record
 
         handles = [s.module.register_forward_hook(hook(s), with_kwargs=True) for s in self.sites]
@@ -153,17 +189,29 @@ class BookKeeper:
             with self._recording():
                 losses = losses_fn()
             b = losses.shape[0]
-            edges = [edge for s in self.sites for _, (edge, _, _) in s.calls]
+            for s in self.sites:
+                if not s.calls:
+                    raise _refuse(s.name, s.module, "owns trainable parameters but was not called in the forward "
+                                  "pass, so their per-example gradients cannot be attributed")
+                for x, _, (_, shape, _) in s.calls:
+                    if x.shape[0] != b or shape[0] != b:
+                        raise _refuse(s.name, s.module, f"was called on an input of shape {tuple(x.shape)} (output "
+                                      f"{tuple(shape)}) whose first dimension is not the batch ({b}); per-example "
+                                      "gradients need batch-first inputs")
+            edges = [edge for s in self.sites for _, _, (edge, _, _) in s.calls]
             grads = list(torch.autograd.grad(losses.sum(), edges, allow_unused=True)) if edges else []
-            metas = [meta for s in self.sites for _, (_, *meta) in s.calls]
+            metas = [meta for s in self.sites for _, _, (_, *meta) in s.calls]
             del edges
             k = 0
             for s in self.sites:
                 ins, gs = [], []
-                for x, _ in s.calls:
+                for x, version, _ in s.calls:
                     g, (shape, dtype) = grads[k], metas[k]
                     grads[k] = None
                     k += 1
+                    if x._version != version:
+                        raise _refuse(s.name, s.module, "had its input modified in place after the call; the "
+                                      "recorded input is no longer the one its gradient belongs to")
                     x = x.detach()  # inputs are activations of the graph: what follows must not extend it
                     ins.append(x.reshape(b, -1) if s.kind == "embedding" else x.reshape(b, -1, x.shape[-1]))
                     gs.append((x.new_zeros(shape, dtype=dtype) if g is None else g).reshape(b, -1, shape[-1]))
@@ -173,7 +221,7 @@ class BookKeeper:
                 s.calls = []
             with torch.no_grad():
                 self._grams = {}
-                norms = torch.sqrt(self._squared_norms(b))
+                norms = torch.sqrt(self._squared_norms(b).clamp_min(0.0))  # ghost sums can round below 0
                 self._grams = {}
                 scale = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)
                 self._add_clipped(scale)
@@ -243,6 +291,11 @@ class BookKeeper:
         if s.per_example:
             return s.per_example
         from torch.func import functional_call, grad, vmap
+
+        size = s.a.shape[0] * sum(p.numel() for p in s.params) * 4
+        if size > GENERIC_BYTES:
+            raise _refuse(s.name, s.module, f"has no specific per-example rule, and its explicit per-example "
+                          f"gradients would take {size / 2**30:.1f} GiB")
 
         names = {id(p): n for n, p in s.module.named_parameters(recurse=False)}
         keys = [names[id(p)] for p in s.params]
