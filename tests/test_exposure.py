@@ -148,3 +148,50 @@ def test_prepared_chunks_come_back_in_order_with_or_without_overlap():
     assert list(_prepared(prepare, [3, 1, 2, 5], overlap=True)) == [9, 1, 4, 25]
     assert not any(seen)  # every chunk prepared in the worker thread
     assert list(_prepared(prepare, [], overlap=True)) == []
+
+
+def test_secret_index_round_trips_and_prefix_neighbourhoods():
+    from leakaudit.attacks.exposure import neighbourhood
+    from leakaudit.canaries.formats import get_format
+
+    card = get_format("card", 8)
+    for i in (0, 1234, card.space_size - 1):
+        assert card.index(card.from_index(i)) == i
+    fmt = get_format("digits", 6)
+    near = neighbourhood(fmt, ["123456", "123999", "987654"], cap=25_000)
+    # one leading digit would give 2 x 10^5 secrets (over the cap); two give 2 x 10^4
+    assert len(near) == 20_000 - 3 and {s[:2] for s in near} == {"12", "98"} and "123456" not in near
+    assert neighbourhood(fmt, ["123456"], cap=0) == []
+    with pytest.raises(ValueError, match="12a456"):
+        fmt.index("12a456")
+
+
+def test_skewnorm_estimate_counts_secrets_that_begin_like_an_inserted_one():
+    """A stand-in model that learned the inserted secrets' leading digits: exact rank by enumeration."""
+    from leakaudit.canaries import CanarySpec
+
+    spec = CanarySpec(name="near", template="the PIN of {name} is {secret}.", secret={"format": "digits", "length": 5},
+                      repetitions=[4], canaries_per_repetition=4, reference_canaries=2, null_samples=2000, seed=6)
+    m = generate_canaries(spec)
+    inserted = [c.secret for c in m.inserted]
+    heads = {s[:3] for s in inserted}
+    target_canary = m.inserted[0]
+
+    def nll(s: str) -> float:
+        jitter = ((int(s) * 2654435761) % 1000) / 1000.0
+        if s == target_canary.secret:
+            return 12.0
+        if s in inserted:
+            return 5.0
+        return (10.0 if s[:3] in heads else 30.0) + 5.0 * jitter  # neighbours: 10-15, the rest: 30-35
+
+    class Learned:
+        def secret_nll(self, prefix, secrets):
+            return np.array([nll(s) for s in secrets])
+
+    everything = np.array([nll(f"{i:05d}") for i in range(10**5)])
+    exact = math.log2(10**5) - math.log2(int(np.sum(everything <= 12.0)))
+    with_near = {r.id: r for r in canary_exposures(Learned(), m)}[target_canary.id]
+    without = {r.id: r for r in canary_exposures(Learned(), m, neighbourhood_max=0)}[target_canary.id]
+    assert with_near.exposure_bits_skewnorm == pytest.approx(exact, abs=0.2)
+    assert without.exposure_bits_skewnorm > exact + 2  # the fitted tail misses the neighbours ahead

@@ -42,14 +42,15 @@ def skewnorm_exposure(
 ) -> tuple[float, float]:
     """``(exposure_bits, ks_pvalue)`` from a skew-normal fitted to the null NLLs.
 
-    ``known_nll``: NLLs of secrets of the space that are known not to be random draws for this
-    model (the spec's other inserted secrets) and were therefore kept out of the null sample.
-    The estimated rank is ``1 + #{known <= secret} + (|R| - 1 - #known) * CDF(NLL(secret))``:
-    the secret itself, the known secrets ahead of it, and the fitted share of the rest.  Without
-    known secrets this is Carlini et al.'s ``-log2 CDF`` (up to the secret itself, which keeps
-    the estimate at or below ``log2 |R|``).  A uniform sample of 10^5-10^9 secrets almost never
-    contains an inserted one, so no fitted tail can place them; on the demo's five-digit
-    canaries, ignoring them put a rank-3 canary at rank 1, 1.6 bits high.
+    ``known_nll``: NLLs of other secrets of the space scored exactly because they are not like
+    random draws for this model (the spec's other inserted secrets and their neighbourhood, see
+    :func:`canary_exposures`); the null sample must exclude them.  The estimated rank is
+    ``1 + #{known <= secret} + (|R| - 1 - #known) * CDF(NLL(secret))``: the secret itself, the
+    known secrets ahead of it, and the fitted share of the rest.  Without known secrets this is
+    Carlini et al.'s ``-log2 CDF`` (up to the secret itself, which keeps the estimate at or
+    below ``log2 |R|``).  A uniform sample of 10^5-10^9 secrets almost never contains an inserted
+    one, so no fitted tail can place them; on the demo's five-digit canaries, ignoring them put a
+    rank-3 canary at rank 1, 1.6 bits high.
     """
     null = np.asarray(null_nll, dtype=np.float64)
     known = np.asarray([] if known_nll is None else known_nll, dtype=np.float64)
@@ -136,15 +137,42 @@ def null_secrets(manifest: CanaryManifest, *, seed: int = 0) -> list[str]:
     return pool
 
 
+NEIGHBOURHOOD_MAX = 25_000
+
+
+def neighbourhood(fmt: SecretFormat, inserted: list[str], *, cap: int = NEIGHBOURHOOD_MAX) -> list[str]:
+    """Secrets that begin like an inserted secret: its first k symbols, k the smallest giving at most
+    ``min(cap, 5% of the space)`` secrets; the inserted secrets themselves excluded ([] if no k does).
+
+    A model trained on a canary learns more than the whole secret: on the demo's six-digit
+    canaries, 57-62% of the secrets ranked ahead of mid-exposure canaries began with the same
+    three digits as another inserted secret, against 3% of random secrets.  Those secrets form a
+    cluster in the likely tail that a smooth fit to uniform samples cannot see, so the
+    skew-normal estimate scores them exactly.
+    """
+    if not inserted or cap <= 0:
+        return []
+    base, limit = len(fmt.alphabet), min(cap, 0.05 * fmt.space_size)
+    for k in range(1, fmt.length):
+        heads = {fmt.index(s) // base ** (fmt.length - k) for s in inserted}
+        if len(heads) * base ** (fmt.length - k) <= limit:
+            skip = set(inserted)
+            return [s for s in fmt.sharing_prefix(inserted, k) if s not in skip]
+    return []
+
+
 def canary_exposures(
-    target: Target, manifest: CanaryManifest, *, seed: int = 0, exact_max: int = 0
+    target: Target, manifest: CanaryManifest, *, seed: int = 0, exact_max: int = 0,
+    neighbourhood_max: int = NEIGHBOURHOOD_MAX,
 ) -> list[CanaryResult]:
     """Exposure of every canary (inserted and reference) of one manifest under ``target``.
 
     ``exact_max``: enumerate the whole space for the exact exposure when it has at most this
-    many secrets (0: never).
+    many secrets (0: never).  ``neighbourhood_max``: for the skew-normal estimate, the most
+    secrets of the inserted secrets' :func:`neighbourhood` scored exactly per canary (0: none).
     """
-    space = manifest.spec.secret_format.space_size
+    fmt = manifest.spec.secret_format
+    space = fmt.space_size
     pool = null_secrets(manifest, seed=seed)
     in_pool = set(pool)
     by_prefix: dict[str, list] = {}
@@ -152,16 +180,22 @@ def canary_exposures(
         by_prefix.setdefault(c.prefix, []).append(c)
     out: dict[str, CanaryResult] = {}
     inserted = list(dict.fromkeys(c.secret for c in manifest.inserted))
+    near = neighbourhood(fmt, inserted, cap=neighbourhood_max)
+    near_set = set(near)
     for prefix, group in by_prefix.items():
-        extra = [s for s in dict.fromkeys([c.secret for c in group] + inserted) if s not in in_pool]
+        extra = [s for s in dict.fromkeys([c.secret for c in group] + inserted + near) if s not in in_pool]
         nll = target.secret_nll(prefix, pool + extra)
         null_nll = dict(zip(pool + extra, nll))
         pool_nll = nll[: len(pool)]
+        near_nll = np.array([null_nll[s] for s in near])
         for c in group:
             others = pool_nll[np.array([s != c.secret for s in pool])]
             bits, rank = interpolation_exposure(null_nll[c.secret], others)
-            known = np.array([null_nll[s] for s in inserted if s != c.secret])
-            skew, ks = skewnorm_exposure(null_nll[c.secret], others, space, known)
+            # the fit sees the uniform sample outside the neighbourhood; inserted and nearby secrets are counted
+            fit = pool_nll[np.array([s != c.secret and s not in near_set for s in pool])]
+            known = np.concatenate([[null_nll[s] for s in inserted if s != c.secret],
+                                    near_nll[np.array([s != c.secret for s in near], dtype=bool)]])
+            skew, ks = skewnorm_exposure(null_nll[c.secret], fit, space, known)
             exact = exact_exposure(target, prefix, c.secret, manifest) if 0 < space <= exact_max else None
             out[c.id] = CanaryResult(
                 id=c.id, spec=manifest.spec.name, repetitions=c.repetitions, inserted=c.inserted,

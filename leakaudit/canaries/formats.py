@@ -74,6 +74,23 @@ class SecretFormat:
         codes = np.ascontiguousarray(codes)
         return codes.view(f"<U{codes.shape[1]}").ravel().tolist()
 
+    def index(self, secret: str) -> int:
+        """The position of ``secret`` in the space (the inverse of :meth:`from_index`)."""
+        if not self.contains(secret):
+            raise ValueError(f"{secret!r} is not a secret of format {self.name!r}")
+        symbols = secret.replace(self.sep, "") if self.group else secret
+        base, out = len(self.alphabet), 0
+        for c in symbols:
+            out = out * base + self.alphabet.index(c)
+        return out
+
+    def sharing_prefix(self, secrets: list[str], k: int) -> list[str]:
+        """Every secret of the space whose first ``k`` symbols are those of one of ``secrets``."""
+        base = len(self.alphabet)
+        width = base ** (self.length - k)
+        heads = sorted({self.index(s) // width for s in secrets})
+        return [x for h in heads for x in self.from_indices(h * width, (h + 1) * width)]
+
     def enumerate(self) -> Iterator[str]:
         """Every secret of the space in index order (use only for small spaces)."""
         for i in range(self.space_size):
