@@ -28,6 +28,32 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waiting costs a lot.
+
+    Modules of tiny-model tests use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``.
+    """
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def padded_batch(tokenizer, texts: list[str], *, extra: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and mask of ``texts`` (with EOS), ``extra`` columns wider than the longest."""
+    from leakaudit.models.tokenize import encode
+
+    enc = encode(tokenizer, texts, add_eos=True)
+    width = max(len(e.ids) for e in enc) + extra
+    ids = torch.full((len(enc), width), tokenizer.pad_token_id)
+    mask = torch.zeros_like(ids)
+    for i, e in enumerate(enc):
+        ids[i, : len(e.ids)] = torch.tensor(e.ids)
+        mask[i, : len(e.ids)] = 1
+    return ids, mask
+
+
 @pytest.fixture(scope="session")
 def corpora():
     return make_corpora(60, 400, seed=3)

@@ -9,7 +9,6 @@ point of METHODS.md section 6 and for the privacy records that training actually
 from __future__ import annotations
 
 import pytest
-import torch
 from opacus.accountants import PRVAccountant, RDPAccountant
 
 from leakaudit.models import build_model
@@ -45,13 +44,7 @@ def opacus_eps(kind: str, sigma: float, q: float, steps: int, delta: float) -> f
 REF = dict(sigma=1.0, q=0.01, steps=1000, delta=1e-5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waiting costs a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_reference_point_rdp():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
@@ -12,27 +14,14 @@ from leakaudit.models.tokenize import encode
 from leakaudit.train import loop
 from leakaudit.train.bookkeeping import BookKeeper
 from leakaudit.train.loop import LoraSettings, apply_lora, sequence_losses
+from tests.conftest import padded_batch
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def batch(tokenizer, corpora):
-    texts = [r["text"][: 40 + 23 * i] for i, r in enumerate(corpora[0][:4])]
-    enc = encode(tokenizer, texts, add_eos=True)
-    width = max(len(e.ids) for e in enc) + 3  # padded, and wider than the longest
-    ids = torch.full((len(enc), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        mask[i, : len(e.ids)] = 1
-    return ids, mask
+    return padded_batch(tokenizer, [r["text"][: 40 + 23 * i] for i, r in enumerate(corpora[0][:4])], extra=3)
 
 
 def _model(tokenizer, arch, *, lora=False, tied=False):
@@ -153,11 +142,12 @@ def test_bookkeeping_trains_lora_and_tied_models_that_then_generate(arch, lora, 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = TrainSettings(epochs=1, batch_size=8, lr=5e-3, max_length=128, lora=LoraSettings(r=2) if lora else None)
     losses = []
-    rec = train_model(model, tokenizer, texts, settings, dp=DPSettings(target_epsilon=8.0, grad_sample_mode="bookkeeping"),
-                      progress=lambda s, t, loss: losses.append(loss))
-    assert rec.steps == 4 and rec.epsilon == pytest.approx(8.0, rel=0.05) and all(map(torch.isfinite, map(torch.tensor, losses)))
+    dp = DPSettings(target_epsilon=8.0, grad_sample_mode="bookkeeping")
+    rec = train_model(model, tokenizer, texts, settings, dp=dp, progress=lambda s, t, loss: losses.append(loss))
+    assert rec.steps == 4 and rec.epsilon == pytest.approx(8.0, rel=0.05) and all(map(math.isfinite, losses))
     changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
-    assert changed and (lora or len(changed) == len(before) - sum("masked_bias" in k or k.endswith(".attn.bias") for k in before))
+    buffers = sum("masked_bias" in k or k.endswith(".attn.bias") for k in before)
+    assert changed and (lora or len(changed) == len(before) - buffers)
     save_trained(model, tokenizer, tmp_path, rec)
     loaded = load_model(tmp_path)
     x = torch.tensor([encode(loaded.tokenizer, ["Hello, I"])[0].ids])

@@ -25,17 +25,12 @@ from leakaudit.train.loop import (
     sequence_losses,
     train_model,
 )
+from tests.conftest import padded_batch
 
 SETTINGS = TrainSettings(epochs=1, batch_size=8, lr=5e-3, max_length=48)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waiting costs a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +48,7 @@ def _snapshot(model):
 
 
 def _batch(tokenizer, texts):
-    enc = encode(tokenizer, texts, add_eos=True)
-    width = max(len(e.ids) for e in enc) + 5  # wider than needed: sequence_losses slices columns
-    ids = torch.full((len(enc), width), tokenizer.pad_token_id)
-    mask = torch.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, : len(e.ids)] = torch.tensor(e.ids)
-        mask[i, : len(e.ids)] = 1
-    return ids, mask
+    return padded_batch(tokenizer, texts, extra=5)  # wider than needed: sequence_losses slices columns
 
 
 def _check_saved_model_generates(model, tokenizer, record, out_dir):

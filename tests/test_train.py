@@ -11,14 +11,7 @@ from leakaudit.models.tokenize import encode
 from leakaudit.train import DPSettings, TrainSettings, save_trained, sequence_losses, train_model
 from leakaudit.train.loop import LoraSettings, matched_settings
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared CPU OpenMP's spin-waiting costs a lot."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_sequence_losses_ignore_padding(gpt2, tokenizer, corpora):
