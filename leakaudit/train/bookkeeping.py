@@ -17,8 +17,10 @@ runs two backward passes, each with its weight gradients.  Here:
    - ``nn.Embedding``: ``sum_{t,s} [x_t = x_s] (g_t . g_s)`` over token ids ``x``;
    - a weight shared by an embedding and an output projection (tied embeddings): the two norms
      plus twice the cross term ``sum_{t,s} gl_s[x_t] (ge_t . h_s)``;
-   - any other module with trainable weights of its own (LayerNorm, RMSNorm variants): explicit
-     per-example gradients by ``torch.func`` (``vmap`` of the module's vector-Jacobian product);
+   - ``nn.LayerNorm``: explicit per-example gradients, ``sum_t g_t * xhat_t`` and ``sum_t g_t``;
+   - any other module with trainable weights of its own (the RMSNorm variants, subclasses that
+     change ``forward``): explicit per-example gradients by ``torch.func`` (``vmap`` of the
+     module's vector-Jacobian product);
 4. the clipped sum ``sum_i c_i grad_i`` is computed per module directly: ``(c . g)^T a`` for a
    linear layer (one product, the cost of its ordinary weight gradient), an index-add for an
    embedding, a weighted sum of the explicit per-example gradients otherwise.
@@ -72,6 +74,7 @@ class _Site:
 _RULES: list[tuple[str, type, set[str]]] = [
     ("linear", nn.Linear, {"weight", "bias"}),
     ("embedding", nn.Embedding, {"weight"}),
+    ("layernorm", nn.LayerNorm, {"weight", "bias"}),
 ] + ([("conv1d", Conv1D, {"weight", "bias"})] if Conv1D else [])
 
 
@@ -274,8 +277,23 @@ class BookKeeper:
                 keep = a != s.module.padding_idx
                 same = same & keep.unsqueeze(2) & keep.unsqueeze(1)
             return (torch.bmm(g, g.transpose(1, 2)) * same).sum((1, 2))
-        per = self._functional_per_example(s)[id(p)]
+        per = (self._layernorm_per_example(s) if s.kind == "layernorm" else self._functional_per_example(s))[id(p)]
         return per.flatten(1).float().pow(2).sum(1)
+
+    def _layernorm_per_example(self, s: _Site) -> dict[int, torch.Tensor]:
+        """nn.LayerNorm, ``y = xhat * w + b``: per example ``sum_t g_t * xhat_t`` and ``sum_t g_t``."""
+        if s.per_example:
+            return s.per_example
+        m = s.module
+        a = s.a.reshape(s.a.shape[0], -1, *m.normalized_shape).float()
+        g = s.g.reshape(a.shape).float()
+        for p in s.params:
+            if p is m.weight:
+                xhat = torch.nn.functional.layer_norm(a, m.normalized_shape, None, None, m.eps)
+                s.per_example[id(p)] = (g * xhat).sum(1)
+            else:
+                s.per_example[id(p)] = g.sum(1)
+        return s.per_example
 
     def _gram(self, a: torch.Tensor) -> torch.Tensor:
         """``a a^T`` per example ([B, T, T], float32), once per input tensor: layers reading the same
