@@ -225,3 +225,25 @@ def test_a_subclass_that_changes_forward_gets_the_generic_rule(tokenizer, batch)
     scaled.weight = old.weight
     model.model.embed_tokens = scaled
     _check(model, ids, mask, clip=1.0)
+
+
+def test_rms_norm_rule_only_where_the_module_computes_weight_times_rms_normalised_input(tokenizer, batch):
+    """Llama's norm layers get the explicit rule; a "1 + weight" variant keeps the exact generic one."""
+
+    class OnePlus(torch.nn.Module):
+        def __init__(self, d: int):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(d))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x):
+            h = x.float()
+            return ((1.0 + self.weight) * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6))).to(x.dtype)
+
+    ids, mask = batch
+    model = _model(tokenizer, "llama")
+    kinds = {s.name: s.kind for s in BookKeeper(model, list(model.parameters()), 1.0).sites}
+    assert kinds["model.norm"] == "rmsnorm" and kinds["model.layers.0.input_layernorm"] == "rmsnorm"
+    model.model.norm = OnePlus(model.config.hidden_size)
+    assert {s.name: s.kind for s in BookKeeper(model, list(model.parameters()), 1.0).sites}["model.norm"] == "other"
+    _check(model, ids, mask, clip=1.0)

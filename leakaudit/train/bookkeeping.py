@@ -17,7 +17,8 @@ runs two backward passes, each with its weight gradients.  Here:
    - ``nn.Embedding``: ``sum_{t,s} [x_t = x_s] (g_t . g_s)`` over token ids ``x``;
    - a weight shared by an embedding and an output projection (tied embeddings): the two norms
      plus twice the cross term ``sum_{t,s} gl_s[x_t] (ge_t . h_s)``;
-   - ``nn.LayerNorm``: explicit per-example gradients, ``sum_t g_t * xhat_t`` and ``sum_t g_t``;
+   - ``nn.LayerNorm``, and RMSNorm layers of the Llama family (checked on the module itself):
+     explicit per-example gradients, ``sum_t g_t * xhat_t`` (and ``sum_t g_t`` for a bias);
    - any other module with trainable weights of its own (the RMSNorm variants, subclasses that
      change ``forward``): explicit per-example gradients by ``torch.func`` (``vmap`` of the
      module's vector-Jacobian product);
@@ -90,6 +91,37 @@ def _kind(m: nn.Module, names: list[str]) -> str:
     return "other"
 
 
+def _rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """The RMS normalisation of the Llama family's norm layers (in float32, cast back)."""
+    h = x.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _is_rms_norm(m: nn.Module) -> bool:
+    """Whether ``m`` computes ``weight * rms_normalise(x)`` (Llama, Qwen2, Mistral and the like).
+
+    Checked on the module itself, with a random weight (a rule must not hold only at the
+    all-ones initial weight) and a random input: many architectures define their own RMSNorm class,
+    and some scale by ``1 + weight`` or normalise differently; those keep the generic rule.
+    """
+    names = [n for n, _ in m.named_parameters(recurse=False)]
+    eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+    w = getattr(m, "weight", None)
+    if names != ["weight"] or not isinstance(eps, float) or w is None or w.dim() != 1 or any(m.children()):
+        return False
+    from torch.func import functional_call
+
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    x = torch.randn(2, 3, w.shape[0], generator=gen).to(w.device, w.dtype)
+    wt = torch.randn(w.shape[0], generator=gen).to(w.device, w.dtype)
+    try:
+        with torch.no_grad():
+            y = functional_call(m, {"weight": wt}, (x,))
+    except Exception:  # noqa: BLE001 - any module that cannot run this probe keeps the generic rule
+        return False
+    return isinstance(y, torch.Tensor) and y.shape == x.shape and torch.equal(y, wt * _rms_normalise(x, eps))
+
+
 def _refuse(name: str, m: nn.Module, why: str) -> ValueError:
     return ValueError(f"book-keeping clipping: module {name!r} ({type(m).__name__}) {why}")
 
@@ -116,6 +148,8 @@ class BookKeeper:
                 continue
             names = {id(q): n for n, q in m.named_parameters(recurse=False)}
             site = _Site(name or "(model)", m, _kind(m, [names[id(q)] for q in own]), own)
+            if site.kind == "other" and _is_rms_norm(m):
+                site.kind = "rmsnorm"
             if isinstance(m, (nn.ParameterDict, nn.ParameterList)):
                 raise _refuse(site.name, m, "holds trainable parameters that no forward call of its own uses "
                               "(peft keeps LoRA-on-embedding, IA3 and DoRA weights this way); its per-example "
@@ -277,7 +311,13 @@ class BookKeeper:
                 keep = a != s.module.padding_idx
                 same = same & keep.unsqueeze(2) & keep.unsqueeze(1)
             return (torch.bmm(g, g.transpose(1, 2)) * same).sum((1, 2))
-        per = (self._layernorm_per_example(s) if s.kind == "layernorm" else self._functional_per_example(s))[id(p)]
+        if s.kind == "layernorm":
+            per = self._layernorm_per_example(s)[id(p)]
+        elif s.kind == "rmsnorm":  # weight * xhat: per example sum_t g_t * xhat_t
+            eps = getattr(s.module, "variance_epsilon", getattr(s.module, "eps", None))
+            per = s.per_example.setdefault(id(p), (s.g.float() * _rms_normalise(s.a, eps).float()).sum(1))
+        else:
+            per = self._functional_per_example(s)[id(p)]
         return per.flatten(1).float().pow(2).sum(1)
 
     def _layernorm_per_example(self, s: _Site) -> dict[int, torch.Tensor]:
