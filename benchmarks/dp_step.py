@@ -3,6 +3,7 @@ training at the same batch, same model, same data, each mode in a fresh process.
 
     python benchmarks/dp_step.py [--arch gpt2|llama] [--size tiny|small|gpt2-small] [--batch 32]
                                  [--tokens 256] [--steps 10] [--modes non_dp,hooks,ghost,bookkeeping] [--lora]
+                                 [--fixed-batch]
 
 Time per step is measured between the ends of step 2 and of the last step of one run (each step's
 loss is read back, which synchronises), so set-up (Opacus wrapping, the first passes) and the
@@ -33,6 +34,26 @@ SIZES = {
 }
 
 
+def _fixed_batches() -> None:
+    """``--fixed-batch``: the DP modes get the plain run's shuffled fixed batches instead of Poisson ones.
+
+    For measuring cost at the same batch only: the accountant's epsilon then describes sampling that
+    did not happen.  Opacus's own path is given ``poisson_sampling=False``; book-keeping's loader is
+    left as the plain run's.
+    """
+    import opacus
+    from opacus.data_loader import DPDataLoader
+
+    make_private = opacus.PrivacyEngine.make_private
+
+    def fixed(self, *a, **kw):
+        kw["poisson_sampling"] = False
+        return make_private(self, *a, **kw)
+
+    opacus.PrivacyEngine.make_private = fixed
+    DPDataLoader.from_data_loader = classmethod(lambda cls, loader, **kw: loader)
+
+
 def _one(args) -> dict:
     """Run one mode in this process and return its figures."""
     import torch
@@ -41,6 +62,8 @@ def _one(args) -> dict:
     from leakaudit.models import build_model, train_tokenizer
     from leakaudit.train.loop import DPSettings, LoraSettings, TrainSettings, train_model
 
+    if args.fixed_batch:
+        _fixed_batches()
     sz = SIZES[args.size]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     private, public = make_corpora(400, 1000, seed=0)
@@ -99,18 +122,23 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--modes", default="non_dp,hooks,ghost,bookkeeping")
     ap.add_argument("--lora", action="store_true")
+    ap.add_argument("--fixed-batch", action="store_true",
+                    help="DP modes on the plain run's fixed batches (cost at the same batch; epsilon not meaningful)")
     ap.add_argument("--mode", help=argparse.SUPPRESS)  # internal: run one mode in this process
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(_one(args)))
         return
     out = {"arch": args.arch, "size": args.size, "batch": args.batch, "tokens": args.tokens, "lora": args.lora,
+           "fixed_batch": args.fixed_batch,
            "machine": f"{platform.machine()} {platform.processor()}".strip(), "modes": {}}
     for mode in args.modes.split(","):
         cmd = [sys.executable, __file__, "--mode", mode, "--arch", args.arch, "--size", args.size,
                "--batch", str(args.batch), "--tokens", str(args.tokens), "--steps", str(args.steps)]
         if args.lora:
             cmd.append("--lora")
+        if args.fixed_batch:
+            cmd.append("--fixed-batch")
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode:
             out["modes"][mode] = {"error": (done.stderr.strip().splitlines() or ["failed"])[-1]}
