@@ -195,3 +195,17 @@ def test_skewnorm_estimate_counts_secrets_that_begin_like_an_inserted_one():
     without = {r.id: r for r in canary_exposures(Learned(), m, neighbourhood_max=0)}[target_canary.id]
     assert with_near.exposure_bits_skewnorm == pytest.approx(exact, abs=0.2)
     assert without.exposure_bits_skewnorm > exact + 2  # the fitted tail misses the neighbours ahead
+
+
+def test_neighbourhood_on_a_space_beyond_int64_and_secrets_outside_the_format():
+    from leakaudit.attacks.exposure import neighbourhood, skewnorm_exposure
+    from leakaudit.canaries.formats import get_format
+
+    pan = get_format("card", 19)  # card numbers: 10^19 secrets, indices past 2^63
+    near = neighbourhood(pan, ["9999 9999 9999 9999 999", "1234 5678 9012 3456 789"])
+    assert len(near) == 2 * 10**4 - 2 and all(pan.contains(s) for s in near)
+    assert near[-1] == "9999 9999 9999 9999 998"
+    assert neighbourhood(pan, ["not a card"]) == []
+    # the rank formula on a space of 2^80 (a Python int): finite, clipped
+    bits, _ = skewnorm_exposure(1.0, np.random.default_rng(0).normal(30, 3, 500), 2**80)
+    assert 0 < bits <= 80

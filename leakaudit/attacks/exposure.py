@@ -19,6 +19,7 @@ all of it.
 
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -55,11 +56,11 @@ def skewnorm_exposure(
     null = np.asarray(null_nll, dtype=np.float64)
     known = np.asarray([] if known_nll is None else known_nll, dtype=np.float64)
     params = skewnorm.fit(null)
-    rest = max(space_size - 1 - known.size, 0)
+    rest = max(space_size - 1 - known.size, 0)  # math.log: spaces of 2^64 and more are Python ints
     log_rank = np.logaddexp(np.log1p(np.sum(known <= secret_nll)),
-                            np.log(rest) + float(skewnorm.logcdf(secret_nll, *params)) if rest else -np.inf)
-    bits = (np.log(space_size) - log_rank) / np.log(2.0)
-    bits = float(np.clip(bits, 0.0, np.log2(space_size)))
+                            math.log(rest) + float(skewnorm.logcdf(secret_nll, *params)) if rest else -np.inf)
+    bits = (math.log(space_size) - log_rank) / math.log(2.0)
+    bits = float(np.clip(bits, 0.0, math.log2(space_size)))
     return bits, float(kstest(null, skewnorm(*params).cdf).pvalue)
 
 
@@ -150,13 +151,14 @@ def neighbourhood(fmt: SecretFormat, inserted: list[str], *, cap: int = NEIGHBOU
     cluster in the likely tail that a smooth fit to uniform samples cannot see, so the
     skew-normal estimate scores them exactly.
     """
+    inserted = [s for s in inserted if fmt.contains(s)]  # a hand-edited secret outside the format has none
     if not inserted or cap <= 0:
         return []
     base, limit = len(fmt.alphabet), min(cap, 0.05 * fmt.space_size)
     for k in range(1, fmt.length):
         heads = {fmt.index(s) // base ** (fmt.length - k) for s in inserted}
         if len(heads) * base ** (fmt.length - k) <= limit:
-            skip = set(inserted)
+            skip = {fmt.from_index(fmt.index(s)) for s in inserted}  # as rendered (separators included)
             return [s for s in fmt.sharing_prefix(inserted, k) if s not in skip]
     return []
 
@@ -169,7 +171,8 @@ def canary_exposures(
 
     ``exact_max``: enumerate the whole space for the exact exposure when it has at most this
     many secrets (0: never).  ``neighbourhood_max``: for the skew-normal estimate, the most
-    secrets of the inserted secrets' :func:`neighbourhood` scored exactly per canary (0: none).
+    secrets the inserted secrets' :func:`neighbourhood` (over all of them) may hold; each canary
+    scores all of it exactly (0: none).
     """
     fmt = manifest.spec.secret_format
     space = fmt.space_size

@@ -62,7 +62,7 @@ class SecretFormat:
 
         if not 0 <= start <= stop <= self.space_size:
             raise IndexError((start, stop))
-        if self.group and len(self.sep) != 1:
+        if (self.group and len(self.sep) != 1) or stop > 2**63 - 1:  # (int64 holds no larger index)
             return [self.from_index(i) for i in range(start, stop)]
         base, idx = len(self.alphabet), np.arange(start, stop, dtype=np.int64)
         symbols = np.empty((len(idx), self.length), dtype=np.int64)
