@@ -12,7 +12,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing is downloaded at run time
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -238,7 +238,7 @@ def train(
             raise LeakauditError(f"--delta must lie in (0, 1) (got {delta:g})")
         if accountant not in ("prv", "rdp"):
             raise LeakauditError(f"--accountant: expected prv or rdp (got '{accountant}')")
-        modes = ("hooks", "ghost", "functorch", "bookkeeping")
+        modes = get_args(DPSettings.model_fields["grad_sample_mode"].annotation)
         if grad_sample_mode not in modes:
             raise LeakauditError(f"--grad-sample-mode: expected one of {', '.join(modes)} (got '{grad_sample_mode}')")
         dp_settings = DPSettings(

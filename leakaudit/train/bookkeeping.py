@@ -64,7 +64,7 @@ class _Site:
 
     name: str
     module: nn.Module
-    kind: str  # "linear", "conv1d", "embedding" or "other"
+    kind: str  # "linear", "conv1d", "embedding", "layernorm", "rmsnorm" or "other" (the generic rule)
     params: list[nn.Parameter]  # its own trainable parameters
     calls: list[tuple] = field(default_factory=list)  # (input, (output's gradient edge, shape, dtype)) per call
     a: torch.Tensor | None = None  # input, [B, T, in] (ids [B, T] for an embedding)
@@ -88,13 +88,17 @@ def _kind(m: nn.Module, names: list[str]) -> str:
     for kind, cls, allowed in _RULES:
         if isinstance(m, cls) and type(m).forward is cls.forward and set(names) <= allowed:
             return kind
-    return "other"
+    return "rmsnorm" if _is_rms_norm(m) else "other"
 
 
 def _rms_normalise(x: torch.Tensor, eps: float) -> torch.Tensor:
     """The RMS normalisation of the Llama family's norm layers (in float32, cast back)."""
     h = x.float()
     return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def _rms_eps(m: nn.Module):
+    return getattr(m, "variance_epsilon", getattr(m, "eps", None))
 
 
 def _is_rms_norm(m: nn.Module) -> bool:
@@ -105,7 +109,7 @@ def _is_rms_norm(m: nn.Module) -> bool:
     and some scale by ``1 + weight`` or normalise differently; those keep the generic rule.
     """
     names = [n for n, _ in m.named_parameters(recurse=False)]
-    eps = getattr(m, "variance_epsilon", getattr(m, "eps", None))
+    eps = _rms_eps(m)
     w = getattr(m, "weight", None)
     if names != ["weight"] or not isinstance(eps, float) or w is None or w.dim() != 1 or any(m.children()):
         return False
@@ -148,8 +152,6 @@ class BookKeeper:
                 continue
             names = {id(q): n for n, q in m.named_parameters(recurse=False)}
             site = _Site(name or "(model)", m, _kind(m, [names[id(q)] for q in own]), own)
-            if site.kind == "other" and _is_rms_norm(m):
-                site.kind = "rmsnorm"
             if isinstance(m, (nn.ParameterDict, nn.ParameterList)):
                 raise _refuse(site.name, m, "holds trainable parameters that no forward call of its own uses "
                               "(peft keeps LoRA-on-embedding, IA3 and DoRA weights this way); its per-example "
@@ -311,28 +313,27 @@ class BookKeeper:
                 keep = a != s.module.padding_idx
                 same = same & keep.unsqueeze(2) & keep.unsqueeze(1)
             return (torch.bmm(g, g.transpose(1, 2)) * same).sum((1, 2))
-        if s.kind == "layernorm":
-            per = self._layernorm_per_example(s)[id(p)]
-        elif s.kind == "rmsnorm":  # weight * xhat: per example sum_t g_t * xhat_t
-            eps = getattr(s.module, "variance_epsilon", getattr(s.module, "eps", None))
-            per = s.per_example.setdefault(id(p), (s.g.float() * _rms_normalise(s.a, eps).float()).sum(1))
-        else:
-            per = self._functional_per_example(s)[id(p)]
-        return per.flatten(1).float().pow(2).sum(1)
+        return self._per_example(s)[id(p)].flatten(1).float().pow(2).sum(1)
 
-    def _layernorm_per_example(self, s: _Site) -> dict[int, torch.Tensor]:
-        """nn.LayerNorm, ``y = xhat * w + b``: per example ``sum_t g_t * xhat_t`` and ``sum_t g_t``."""
+    def _per_example(self, s: _Site) -> dict[int, torch.Tensor]:
+        """Explicit per-example gradients ([B, *shape]) of a norm layer's or a generic module's parameters.
+
+        Normalisation layers ``y = xhat * w (+ b)``: ``sum_t g_t * xhat_t`` (and ``sum_t g_t``);
+        anything else: :meth:`_functional_per_example`.
+        """
         if s.per_example:
             return s.per_example
         m = s.module
-        a = s.a.reshape(s.a.shape[0], -1, *m.normalized_shape).float()
-        g = s.g.reshape(a.shape).float()
-        for p in s.params:
-            if p is m.weight:
-                xhat = torch.nn.functional.layer_norm(a, m.normalized_shape, None, None, m.eps)
-                s.per_example[id(p)] = (g * xhat).sum(1)
-            else:
-                s.per_example[id(p)] = g.sum(1)
+        if s.kind == "layernorm":
+            a = s.a.reshape(s.a.shape[0], -1, *m.normalized_shape).float()
+            xhat = torch.nn.functional.layer_norm(a, m.normalized_shape, None, None, m.eps)
+        elif s.kind == "rmsnorm":
+            a = s.a
+            xhat = _rms_normalise(a, _rms_eps(m)).float()
+        else:
+            return self._functional_per_example(s)
+        g = s.g.reshape(xhat.shape).float()
+        s.per_example = {id(p): (g * xhat).sum(1) if p is m.weight else g.sum(1) for p in s.params}
         return s.per_example
 
     def _gram(self, a: torch.Tensor) -> torch.Tensor:
@@ -394,7 +395,7 @@ class BookKeeper:
                 gc = gc * (ids != s.module.padding_idx).unsqueeze(1)
             out = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
             return out.index_add_(0, ids, gc)
-        return torch.tensordot(scale, self._functional_per_example(s)[id(p)].float(), dims=1)
+        return torch.tensordot(scale, self._per_example(s)[id(p)].float(), dims=1)
 
     def _add(self, p: nn.Parameter, value: torch.Tensor) -> None:
         have = self.summed.get(id(p))

@@ -49,6 +49,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
@@ -477,7 +478,7 @@ def train_model(
     net.train()
     try:
         if dp is None:
-            _run(net, loader, optimizer, total, device, progress)
+            _run(loader, optimizer, total, _backward_step(net, optimizer, device), progress)
             record = PrivacyRecord(
                 steps=total, epochs=total / per_epoch, dataset_size=n, sample_rate=min(settings.batch_size, n) / n,
             )
@@ -492,38 +493,74 @@ def train_model(
     return record
 
 
-def _run(net, loader, optimizer, total, device, progress, *, criterion=None, on_empty=None) -> None:
+_PIECE = object()  # a step function's answer for one piece of a logical batch: no optimizer step taken yet
+
+
+def _run(loader, optimizer, total: int, train_step, progress) -> None:
     """``total`` optimizer steps over ``loader`` (again from its start when it runs out).
 
-    With Opacus's BatchMemoryManager the loader yields pieces of logical batches and the DP
-    optimizer skips its step on all but a logical batch's last piece (accumulating the clipped
-    per-example gradients); only real steps are counted.
+    ``train_step(x, m)`` handles one batch and returns its mean loss (a tensor), None for an
+    empty Poisson batch (a noise-only step: counted, no loss to report), or ``_PIECE`` when it
+    only processed a piece of a logical batch; only real steps are counted.
     """
     step = 0
     while step < total:
         for x, m in loader:
             if step >= total:
                 break
-            optimizer.zero_grad(set_to_none=True)
-            if x.shape[0] == 0:
-                step += 1
-                on_empty()
+            loss = train_step(x, m)
+            if loss is _PIECE:
                 continue
-            x, m = x.to(device), m.to(device)
-            losses = sequence_losses(net, x, m)
-            loss = criterion(losses) if criterion is not None else losses.mean()
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
-                # Opacus's functorch path opens autocast with the dtype of integer inputs (embeddings) and warns
-                warnings.filterwarnings("ignore", message=".*autocast, but the target dtype is not supported.*")
-                loss.backward()
-            optimizer.step()
-            if getattr(optimizer, "_is_last_step_skipped", False):
-                continue  # one piece of a logical batch: no step taken yet
             step += 1
-            if progress:
+            if progress and loss is not None:
                 progress(step, total, loss.item())
     optimizer.zero_grad(set_to_none=True)
+
+
+def _backward_step(net, optimizer, device, *, criterion=None, on_empty=None):
+    """The step function of plain training and of Opacus: one backward pass, then the optimizer.
+
+    With Opacus's BatchMemoryManager the loader yields pieces of logical batches and the DP
+    optimizer skips its step on all but a logical batch's last piece (accumulating the clipped
+    per-example gradients).
+    """
+    def train_step(x, m):
+        optimizer.zero_grad(set_to_none=True)
+        if x.shape[0] == 0:
+            on_empty()
+            return None
+        x, m = x.to(device), m.to(device)
+        losses = sequence_losses(net, x, m)
+        loss = criterion(losses) if criterion is not None else losses.mean()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+            # Opacus's functorch path opens autocast with the dtype of integer inputs (embeddings) and warns
+            warnings.filterwarnings("ignore", message=".*autocast, but the target dtype is not supported.*")
+            loss.backward()
+        optimizer.step()
+        return _PIECE if getattr(optimizer, "_is_last_step_skipped", False) else loss.detach()
+
+    return train_step
+
+
+@contextmanager
+def _quiet_opacus() -> Iterator[None]:
+    """Opacus's set-up warnings that say nothing to a user here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
+        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")
+        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+        yield
+
+
+def _privacy_record(settings, dp, n: int, *, epsilon: float, delta: float, sigma: float, q: float,
+                    total: int) -> PrivacyRecord:
+    return PrivacyRecord(
+        epsilon=epsilon, delta=delta, noise_multiplier=float(sigma), sample_rate=q, steps=total,
+        max_grad_norm=dp.max_grad_norm, accountant=dp.accountant, epochs=total * q, dataset_size=n,
+        clipping=dp.clipping, grad_sample_mode=dp.grad_sample_mode,
+        lora_rank=settings.lora.r if settings.lora is not None else None,
+    )
 
 
 def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progress) -> PrivacyRecord:
@@ -534,10 +571,7 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
     delta = dp.delta if dp.delta is not None else default_delta(n)
     q = 1.0 / len(loader)  # Opacus's Poisson rate for this loader
     ghost = dp.grad_sample_mode == "ghost"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")
-        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+    with _quiet_opacus():
         sigma = dp.noise_multiplier
         if sigma is None:
             sigma = get_noise_multiplier(
@@ -547,10 +581,7 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
     if dp.grad_sample_mode == "bookkeeping":
         return _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress,
                                   sigma=sigma, delta=delta, q=q)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*[Ss]ecure RNG.*")
-        warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")
-        warnings.filterwarnings("ignore", message=".*[Ff]ull backward hook.*")
+    with _quiet_opacus():
         extra: dict = {}
         max_grad_norm: float | list[float] = dp.max_grad_norm
         if dp.clipping == "per_layer":
@@ -595,27 +626,14 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
         pieces = nullcontext(dp_loader)
     try:
         with pieces as run_loader:
-            _run(
-                gsm, run_loader, dp_optimizer, total, device, progress, criterion=criterion,
-                on_empty=lambda: _noise_only_step(dp_optimizer, params, ghost),
-            )
+            train_step = _backward_step(gsm, dp_optimizer, device, criterion=criterion,
+                                        on_empty=lambda: _noise_only_step(dp_optimizer, params, ghost))
+            _run(run_loader, dp_optimizer, total, train_step, progress)
     finally:
         gsm.to_standard_module()  # removes Opacus's hooks and per-sample gradient attributes
         _clean_opacus_attributes(net)
-    return PrivacyRecord(
-        epsilon=float(engine.get_epsilon(delta)),
-        delta=delta,
-        noise_multiplier=float(dp_optimizer.noise_multiplier),
-        sample_rate=_q(dp_loader),
-        steps=total,
-        max_grad_norm=dp.max_grad_norm,
-        accountant=dp.accountant,
-        epochs=total * _q(dp_loader),
-        dataset_size=n,
-        clipping=dp.clipping,
-        grad_sample_mode=dp.grad_sample_mode,
-        lora_rank=settings.lora.r if settings.lora is not None else None,
-    )
+    return _privacy_record(settings, dp, n, epsilon=float(engine.get_epsilon(delta)), delta=delta,
+                           sigma=dp_optimizer.noise_multiplier, q=_q(dp_loader), total=total)
 
 
 def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress, *, sigma, delta, q):
@@ -635,53 +653,33 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
 
     n = len(loader.dataset)
     keeper = BookKeeper(net, params, dp.max_grad_norm)
-    dp_loader = DPDataLoader.from_data_loader(loader)
     accountant = create_accountant(mechanism=dp.accountant)
     expected = max(1, int(n * q))
     noise_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
-    piece = settings.max_physical_batch_size
     std = sigma * dp.max_grad_norm
-    step = 0
-    while step < total:
-        for x, m in dp_loader:
-            if step >= total:
-                break
-            losses = []
-            for lo in range(0, x.shape[0], piece or max(1, x.shape[0])):
-                xs, ms = x[lo : lo + (piece or x.shape[0])].to(device), m[lo : lo + (piece or x.shape[0])].to(device)
-                losses.append(keeper.accumulate(lambda xs=xs, ms=ms: sequence_losses(net, xs, ms))[0])
-            summed = keeper.take()
-            optimizer.zero_grad(set_to_none=True)
-            for p in params:  # in place: one parameter-sized float32 buffer each, as plain training's .grad
-                noise = torch.normal(0.0, std, size=p.shape, device=p.device, generator=noise_gen)
-                grad = summed.pop(id(p), None)
-                grad = noise if grad is None else grad.add_(noise)
-                del noise
-                p.grad = grad.div_(expected).to(p.dtype)
-            optimizer.step()
-            accountant.step(noise_multiplier=sigma, sample_rate=q)
-            step += 1
-            if progress and losses:  # as in the Opacus path, an empty batch reports no loss
-                progress(step, total, torch.cat(losses).mean().item())
-    optimizer.zero_grad(set_to_none=True)
-    import numpy as np
 
+    def train_step(x, m):
+        size = settings.max_physical_batch_size or max(1, x.shape[0])
+        losses = []
+        for lo in range(0, x.shape[0], size):
+            xs, ms = x[lo : lo + size].to(device), m[lo : lo + size].to(device)
+            losses.append(keeper.accumulate(lambda xs=xs, ms=ms: sequence_losses(net, xs, ms))[0])
+        summed = keeper.take()
+        optimizer.zero_grad(set_to_none=True)
+        for p in params:  # in place: one parameter-sized float32 buffer each, as plain training's .grad
+            noise = torch.normal(0.0, std, size=p.shape, device=p.device, generator=noise_gen)
+            grad = summed.pop(id(p), None)
+            grad = noise if grad is None else grad.add_(noise)
+            del noise
+            p.grad = grad.div_(expected).to(p.dtype)
+        optimizer.step()
+        accountant.step(noise_multiplier=sigma, sample_rate=q)
+        return torch.cat(losses).mean() if losses else None  # an empty batch: a noise-only step
+
+    _run(DPDataLoader.from_data_loader(loader), optimizer, total, train_step, progress)
     with np.errstate(divide="ignore"):  # the PRV accountant takes log(0) in its tails, harmlessly
         epsilon = float(accountant.get_epsilon(delta))
-    return PrivacyRecord(
-        epsilon=epsilon,
-        delta=delta,
-        noise_multiplier=float(sigma),
-        sample_rate=q,
-        steps=total,
-        max_grad_norm=dp.max_grad_norm,
-        accountant=dp.accountant,
-        epochs=total * q,
-        dataset_size=n,
-        clipping=dp.clipping,
-        grad_sample_mode=dp.grad_sample_mode,
-        lora_rank=settings.lora.r if settings.lora is not None else None,
-    )
+    return _privacy_record(settings, dp, n, epsilon=epsilon, delta=delta, sigma=sigma, q=q, total=total)
 
 
 def _q(loader: DataLoader) -> float:
