@@ -53,7 +53,7 @@ step() {  # step NAME LIMIT OUTFILE CMD...
 } >>"$log" 2>&1
 
 # known-answer checks first: the captured decoding step against the library's greedy decoding
-step gpu-tests 75 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py tests/test_target.py tests/test_bookkeeping.py
+step gpu-tests 75 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py tests/test_target.py tests/test_vocab.py tests/test_bookkeeping.py
 # issue 7: same seed, same samples? greedy and top-k at GPT-2-small shapes, with kernels switched off in turn
 step repro 100 - python3 benchmarks/generation_repro.py --size "$SIZE" --batches "$REPRO_BATCHES" \
   --new-tokens "$REPRO_NEW" --variants "$REPRO_VARIANTS" --out "$OUT/repro.json"
@@ -70,6 +70,9 @@ step exposure 90 "$OUT/exposure.json" python3 benchmarks/secret_scoring.py --siz
 # issue 3: scoring engine vs one-per-pass and plain batched fp32, 512-token texts; where its time goes
 step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size "$SIZE" --texts "$TEXTS" \
   --max-tokens 512 --profile
+# issue 3: the same with Min-K%++'s statistics in every pass (what an audit runs)
+step scoring-stats 60 "$OUT/scoring_stats.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
+  --texts 512 --max-tokens 512 --stats
 # issue 5: DP step cost, GPT-2-small-sized, Opacus hooks and ghost and leakaudit's book-keeping against non-DP
 step dp-gpt2 150 "$OUT/dp_gpt2.json" python3 benchmarks/dp_step.py --arch gpt2 --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5 --fixed-batch

@@ -4,8 +4,11 @@
 
 Baselines: (1) one sequence per forward pass; (2) a plain batched forward (fixed batch, padded to
 the longest text, float32 log-softmax over every position).  The engine sorts by length, packs
-batches under a token budget, normalises only real positions in chunks and, on a GPU, runs the
-model in bf16.  Prints one JSON object: tokens/s of each, ratios, peak memory, and the largest
+batches under a token budget, normalises only real positions and, on a GPU, runs the model in bf16
+with its vocabulary reductions compiled (``leakaudit.models.vocab``); the run also times the
+engine with the other form of those reductions (tensor operations on a GPU, compiled on a CPU) and
+with the library's composite GELU.  ``--stats`` adds Min-K%++'s statistics to the engine's passes.
+Prints one JSON object: tokens/s of each, ratios, peak memory, and the largest
 difference in per-token log-prob between the engine and the fp32 loop.
 """
 
@@ -24,7 +27,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from leakaudit.data import make_corpora  # noqa: E402
-from leakaudit.models import Target, build_model, encode, train_tokenizer  # noqa: E402
+from leakaudit.models import Target, build_model, encode, train_tokenizer, vocab  # noqa: E402
 from leakaudit.models.target import resolve_dtype  # noqa: E402
 
 SIZES = {
@@ -102,6 +105,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--engine-dtype", choices=["auto", "float32", "bfloat16"], default="auto",
                     help="the engine's weights (auto: bfloat16 on a GPU, float32 on a CPU); baselines stay float32")
+    ap.add_argument("--stats", action="store_true",
+                    help="engine passes also compute Min-K%%++'s mean and variance of log p (as an audit does)")
     ap.add_argument("--profile", action="store_true",
                     help="also profile one engine pass over the texts: the kernels taking most device time")
     args = ap.parse_args()
@@ -143,16 +148,30 @@ def main() -> None:
     timed("plain_batched", lambda: plain_batched(model, ids_list, args.device, args.batch, tok.pad_token_id))
     engine_model = model.to(resolve_dtype(args.device, args.engine_dtype))
     res["engine_dtype"] = str(next(engine_model.parameters()).dtype)
+    score = (lambda t: t.score_ids(ids_list, stats=True)) if args.stats else (lambda t: t.score_ids(ids_list))
     unfused = Target(engine_model, tok, token_budget=args.token_budget, fuse=False)
-    timed("engine_unfused", lambda: unfused.score_ids(ids_list))  # composite GELU kept (the library's own)
+    timed("engine_unfused", lambda: score(unfused))  # composite GELU kept (the library's own)
+    # the vocabulary reductions in the other form than the device's default (compiled <-> tensor ops)
+    default_compiled = vocab.compile_wanted(torch.device(args.device))
+    os.environ[vocab.ENV] = "0" if default_compiled else "1"
+    other = Target(engine_model, tok, token_budget=args.token_budget)
+    timed("engine_" + ("eager" if default_compiled else "compiled") + "_reductions", lambda: score(other))
+    os.environ.pop(vocab.ENV)
     target = Target(engine_model, tok, token_budget=args.token_budget)
-    got = timed("engine", lambda: target.score_ids(ids_list))
+    res["engine_reductions"] = "compiled" if target._compiled else "eager"
+    got = timed("engine", lambda: score(target))
+    if args.stats:
+        got = [g[0] for g in got]
     res["engine_vs_one_per_pass"] = res["engine_tokens_per_s"] / res["one_per_pass_tokens_per_s"]
     res["engine_vs_plain_batched"] = res["engine_tokens_per_s"] / res["plain_batched_tokens_per_s"]
     res["engine_vs_engine_unfused"] = res["engine_tokens_per_s"] / res["engine_unfused_tokens_per_s"]
+    for form in ("eager", "compiled"):
+        if f"engine_{form}_reductions_tokens_per_s" in res:
+            res[f"engine_vs_engine_{form}_reductions"] = (
+                res["engine_tokens_per_s"] / res[f"engine_{form}_reductions_tokens_per_s"])
     res["max_abs_diff_logprob"] = float(max(np.abs(a - b).max() for a, b in zip(ref, got)))
     if args.profile:
-        res["engine_profile"] = profile(lambda: target.score_ids(ids_list), args.device)
+        res["engine_profile"] = profile(lambda: score(target), args.device)
     if not args.device.startswith("cuda"):
         res["process_peak_rss_mb"] = peak_mb(args.device)  # the whole run: per-method peaks need a GPU
     print(json.dumps(res, indent=2))

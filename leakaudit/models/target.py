@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from leakaudit.models import fused
+from leakaudit.models import fused, vocab
 from leakaudit.models.generate import cache_argument, returned_cache
 from leakaudit.models.tokenize import Continuations, encode, encode_continuations
 
@@ -103,6 +103,10 @@ class Target:
             thrash the cache there, 18% slower at 4,096 on a 2-core CPU).
         fuse: swap composite activations for fused kernels computing the same function
             (:func:`leakaudit.models.fused.fuse_activations`; the model is changed in place).
+
+    The reductions over the vocabulary (log-probs, Min-K%++'s mean and variance, log-sum-exp)
+    are compiled into streaming kernels on CUDA devices (:mod:`leakaudit.models.vocab`;
+    ``LEAKAUDIT_COMPILE`` overrides).
     """
 
     def __init__(
@@ -114,8 +118,8 @@ class Target:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.device = next(model.parameters()).device
-        vocab = int(getattr(model.config, "vocab_size", 0) or 32000)
-        cpu_budget = min(4096, max(512, (1 << 26) // vocab))
+        n_vocab = int(getattr(model.config, "vocab_size", 0) or 32000)
+        cpu_budget = min(4096, max(512, (1 << 26) // n_vocab))
         self.token_budget = token_budget or (32768 if self.device.type == "cuda" else cpu_budget)
         cfg = model.config
         self.context = int(
@@ -124,6 +128,7 @@ class Target:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self._cache_arg = cache_argument(model)
+        self._compiled = vocab.compile_wanted(self.device)  # fused vocabulary reductions
 
     # -- core -------------------------------------------------------------------------
     def _forward(self, **inputs):
@@ -161,7 +166,8 @@ class Target:
             for b, r in enumerate(batch):
                 L, f = len(rows[r].ids), rows[r].first
                 # position j - 1 predicts token j: a view of the row's scored positions, never padding
-                parts.append(self._normalise(logits[b, f - 1 : L - 1], ids[b, f:L], stats))
+                rows_b, next_b = logits[b, f - 1 : L - 1], ids[b, f:L]
+                parts.append(vocab.token_logprobs(rows_b, next_b, stats, compiled=self._compiled))
                 sizes.append(L - f)
             del logits
             values = torch.cat(parts, dim=1).cpu().numpy().astype(np.float32)  # one transfer per batch
@@ -189,23 +195,6 @@ class Target:
             for k, arr in part:
                 out[k] = arr
         return out  # type: ignore[return-value]
-
-    @staticmethod
-    def _normalise(flat: torch.Tensor, targets: torch.Tensor, stats: bool, chunk: int = 4096) -> torch.Tensor:
-        parts = []
-        for i in range(0, flat.shape[0], chunk):
-            logp = torch.log_softmax(flat[i : i + chunk].float(), dim=-1)
-            lp = logp.gather(-1, targets[i : i + chunk, None]).squeeze(-1)
-            if not stats:
-                parts.append(lp[None])
-                continue
-            p = logp.exp()
-            mu = (p * logp).sum(-1)
-            var = ((p * logp) * logp).sum(-1) - mu * mu
-            parts.append(torch.stack([lp, mu, var.clamp_min(0.0)]))
-        if not parts:
-            return torch.zeros((3 if stats else 1, 0))
-        return torch.cat(parts, dim=1)
 
     def score_ids(
         self, ids_list: list[list[int]], n_special: list[int] | None = None, *, stats: bool = False
@@ -306,11 +295,11 @@ class Target:
         lp = np.zeros((N, T), dtype=np.float32)
         lp[:, 0] = head_lp[-1][torch.from_numpy(tok[:, 0]).to(self.device)].cpu().numpy()  # predicted by the head
         if T > 1:
-            self._fill_from_parent_paths(cache, H, tok, lens, lp, vocab=int(head_lp.shape[-1]))
+            self._fill_from_parent_paths(cache, H, tok, lens, lp, n_vocab=int(head_lp.shape[-1]))
         return -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
 
     def _fill_from_parent_paths(self, cache, H: int, tok: np.ndarray, lens: np.ndarray, lp: np.ndarray, *,
-                                vocab: int) -> None:
+                                n_vocab: int) -> None:
         """Write ``lp[i, j]`` (j >= 1) for every tail: one model row per distinct parent path.
 
         A row is the tail's tokens but its last (``-1`` pads it in the key); its logits at
@@ -327,7 +316,7 @@ class Target:
         paths, plen, row_of = paths[by_len], plen[by_len], rank[row_of]
         order = np.argsort(row_of, kind="stable")  # candidates grouped by row
         bounds = np.searchsorted(row_of[order], np.arange(len(paths) + 1))
-        logit_cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // vocab  # float32 logits per pass
+        logit_cap = (1 << 30 if self.device.type == "cuda" else 1 << 28) // n_vocab  # float32 logits per pass
         r = int(np.searchsorted(plen, 1))  # rows of length 0 (single-token tails) need no pass
         while r < len(paths):
             width = int(plen[r])
@@ -335,7 +324,7 @@ class Target:
             n = max(1, min(logit_cap // width, 16384, 4 * self.token_budget // max(width + H // 4, 1)))
             end = min(end, r + n)
             logits = self._after_head(cache, H, torch.from_numpy(paths[r:end, :width]).to(self.device))
-            lse = torch.logsumexp(logits.float(), dim=-1)  # [rows, width]
+            lse = vocab.logsumexp(logits, compiled=self._compiled)  # [rows, width]
             cand = order[bounds[r] : bounds[end]]  # their tails have exactly width + 1 tokens
             row = torch.from_numpy(row_of[cand] - r).to(self.device)[:, None]
             at = torch.arange(width, device=self.device)[None, :]  # position j - 1 predicts token j
@@ -367,9 +356,11 @@ class Target:
         the head has ``start`` tokens.  Tail token 0 is predicted by the head's last position,
         token j by tail position j - 1.  ``mask`` [n, start + W] marks right padding (default: none).
         """
-        logits = self._after_head(cache, start, ids, mask)[:, :-1].float()
-        step = logits.gather(-1, ids[:, 1:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-        return torch.cat([last[ids[:, :1]], step], dim=1)
+        logits = self._after_head(cache, start, ids, mask)  # [n, W, V]; position j - 1 predicts token j
+        n, W = ids.shape
+        nxt = torch.cat([ids[:, 1:], ids[:, :1]], dim=1).reshape(-1)  # the last position's target is unused
+        step = vocab.token_logprobs(logits.reshape(n * W, -1), nxt, False, compiled=self._compiled)
+        return torch.cat([last[ids[:, :1]], step.reshape(n, W)[:, :-1]], dim=1)
 
     @torch.no_grad()
     def _shared_prefix_scores(self, ids_list: list[list[int]]) -> list[np.ndarray] | None:
