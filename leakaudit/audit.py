@@ -32,9 +32,9 @@ from leakaudit.attacks import (
     save_score_table,
 )
 from leakaudit.attacks.exposure import null_secrets
-from leakaudit.attacks.extraction import beam_search_secret, extract_secret
+from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract_secret
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
-from leakaudit.canaries.manifest import CanaryManifest
+from leakaudit.canaries.manifest import Canary, CanaryManifest
 from leakaudit.extraction import ExtractionOptions, extraction_stage, read_extraction, sample_stage
 from leakaudit.io import read_json, sha256_file, stable_hash, texts_hash, write_json, write_parquet, write_text_atomic
 from leakaudit.models.loading import hash_model_dir, load_model
@@ -78,6 +78,7 @@ class AuditOptions:
     seed: int = 0
     exact_exposure_max: int = 0  # enumerate canary spaces up to this size for exact exposure (0: never)
     extraction_budget: int = 200  # forward passes per canary for the extraction search (0: no search)
+    extraction_guesses: int = 10  # the best-first search's guesses per canary, within extraction_budget
     beam_width: int = 16  # beam search over each canary's format beside best-first (0: none)
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     dtype: str = "auto"  # the models' weights while scoring and sampling (see models.target.resolve_dtype)
@@ -103,6 +104,24 @@ def spec_summaries(manifests: list[CanaryManifest]) -> list[CanarySpecSummary]:
     return out
 
 
+def extraction_fields(found: Extraction, canary: Canary, manifest: CanaryManifest, guesses: int) -> dict:
+    """The per-canary record of a best-first search: whether and at which guess it found the canary's
+    secret, and whether its first guess was another inserted canary's secret of the same spec.
+
+    Only booleans and ranks are kept: the guessed strings may be real secrets and never leave here.
+    """
+    others = {c.secret for c in manifest.canaries if c.inserted and c.id != canary.id and c.secret != canary.secret}
+    position = found.guesses.index(canary.secret) + 1 if canary.secret in found.guesses else None
+    return {
+        "extracted": found.secret == canary.secret,
+        "extraction_expansions": found.expansions,
+        "extraction_guesses": guesses,
+        "extraction_guesses_found": len(found.guesses),
+        "extraction_guess": position,
+        "extraction_first_guess_inserted": found.secret is not None and found.secret in others,
+    }
+
+
 def _needs(attacks: list[str]) -> set[str]:
     return {r for a in attacks for r in get_attack(a).requires}
 
@@ -123,6 +142,7 @@ def score_model(
     seed: int = 0,
     exact_max: int = 0,
     extraction_budget: int = 0,
+    extraction_guesses: int = 1,
     beam_width: int = 0,
     dtype: torch.dtype | None = None,
 ) -> Path:
@@ -138,6 +158,7 @@ def score_model(
         "seed": seed,
         "exact_max": exact_max,
         "extraction_budget": extraction_budget,
+        "extraction_guesses": extraction_guesses,
         "beam_width": beam_width,
         "exposure_version": 4,  # 4: skew-normal counts inserted secrets and their neighbourhood exactly
         "dtype": dtype_name(dtype),
@@ -162,10 +183,9 @@ def score_model(
         for m in (m for m in manifests if m.spec.design == "fixed"):
             for c, res in zip(m.canaries, canary_exposures(target, m, exact_max=exact_max)):
                 if extraction_budget:
-                    found = extract_secret(target, c.prefix, m.spec.secret_format, max_expansions=extraction_budget)
-                    # only whether it matched is kept: the found string may be a real secret
-                    res = res.model_copy(update={"extracted": found.secret == c.secret,
-                                                 "extraction_expansions": found.expansions})
+                    found = extract_secret(target, c.prefix, m.spec.secret_format, max_expansions=extraction_budget,
+                                           guesses=extraction_guesses)
+                    res = res.model_copy(update=extraction_fields(found, c, m, extraction_guesses))
                 if beam_width:
                     beam = beam_search_secret(target, c.prefix, m.spec.secret_format, width=beam_width)
                     res = res.model_copy(update={"extracted_beam": beam.secret == c.secret})
@@ -420,7 +440,8 @@ def run_audit(
     needs = _needs(options.attacks)
     common = dict(device=device, token_budget=options.token_budget, log=log, trust_remote_code=trust_remote_code,
                   seed=options.seed, exact_max=options.exact_exposure_max,
-                  extraction_budget=options.extraction_budget, beam_width=options.beam_width,
+                  extraction_budget=options.extraction_budget, extraction_guesses=options.extraction_guesses,
+                  beam_width=options.beam_width,
                   dtype=resolve_dtype(device, options.dtype))
     score_dirs = {}
     for m in models:

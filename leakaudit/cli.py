@@ -306,6 +306,15 @@ def audit(
     extraction_budget: Annotated[
         int, typer.Option(min=0, help="Forward passes per canary for the extraction search (0: none).")
     ] = 200,
+    extraction_guesses: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Guesses per canary of the extraction search: its most likely secrets in order, to report at "
+            "which guess it finds the canary's own. More than 1 keeps searching past the first guess, at most "
+            "--extraction-budget forward passes per canary (1: stop at the first, cheapest).",
+        ),
+    ] = 10,
     exact_exposure_max: Annotated[
         int, typer.Option(min=0, help="Enumerate canary spaces up to this size for exact exposure.")
     ] = 0,
@@ -398,7 +407,8 @@ def audit(
         out, models, mem, non, manifests, device=dev, references=refs, shadows=shadow_set,
         options=AuditOptions(
             attacks=names, params=params, token_budget=token_budget, extraction_budget=extraction_budget,
-            exact_exposure_max=exact_exposure_max, beam_width=beam_width, dtype=dtype,
+            extraction_guesses=extraction_guesses, exact_exposure_max=exact_exposure_max, beam_width=beam_width,
+            dtype=dtype,
             extraction=ExtractionOptions(
                 memorization=mem_settings, memorization_max_records=memorization_max_records, samples=samples,
                 sample_tokens=sample_tokens, verify_ngram=verify_ngram,

@@ -348,7 +348,8 @@ def _prime_reference(cfg: DemoConfig, exp: ExperimentConfig, sdir: Path, shared,
         sdir, ModelToAudit("base", shared.base_dir), shared.members + shared.non_members, len(shared.members),
         [m for m in shared.manifests if m.spec.design == "one_run"], lowercase=False, n_neighbours=0,
         device=device, token_budget=opts.token_budget, log=log, trust_remote_code=False, seed=opts.seed,
-        exact_max=opts.exact_exposure_max, extraction_budget=opts.extraction_budget, beam_width=opts.beam_width,
+        exact_max=opts.exact_exposure_max, extraction_budget=opts.extraction_budget,
+        extraction_guesses=opts.extraction_guesses, beam_width=opts.beam_width,
         dtype=dtype,
     )
     if opts.extraction.samples > 0:

@@ -193,7 +193,8 @@ def audit_options(cfg: DemoConfig, **extraction: Any) -> AuditOptions:
     return AuditOptions(
         attacks=cfg.attacks, params=cfg.attack_params, n_neighbours=cfg.n_neighbours,
         token_budget=cfg.token_budget, seed=cfg.seed, exact_exposure_max=cfg.exact_exposure_max,
-        extraction_budget=cfg.extraction_budget, beam_width=cfg.beam_width, dtype=cfg.dtype,
+        extraction_budget=cfg.extraction_budget, extraction_guesses=cfg.extraction_guesses,
+        beam_width=cfg.beam_width, dtype=cfg.dtype,
         extraction=ExtractionOptions(
             memorization=[tuple(x) for x in cfg.memorization], memorization_max_records=cfg.memorization_max_records,
             samples=cfg.extraction_samples, sample_tokens=cfg.sample_tokens, verify_ngram=cfg.verify_ngram,

@@ -863,6 +863,81 @@ def test_extraction_sentence_is_generated_from_the_counts():
     )
 
 
+GUESSES = {"codes-r4-0": (2, True), "codes-r1-0": (None, True), "codes-r0-1": (3, False)}
+"""non_dp's canaries whose search ranked the own secret below the first guess: (its guess, first guess another's)."""
+
+
+def _with_guesses(res: Results) -> Results:
+    """Guesses recorded for base and non_dp (10 each); dp as an older run recorded it, without them."""
+    models = {}
+    for name, m in res.models.items():
+        canaries = []
+        for c in m.canaries:
+            guess, other = (1, False) if c.extracted else (None, False)
+            if name == "non_dp" and c.id in GUESSES:
+                guess, other = GUESSES[c.id]
+            found = 0 if name == "base" and c.id == "codes-r16-1" else 10  # one search completed no secret
+            update = {"extraction_guesses": 10, "extraction_guesses_found": found, "extraction_guess": guess,
+                      "extraction_first_guess_inserted": other}
+            canaries.append(c if name == "dp" else c.model_copy(update=update))
+        models[name] = m.model_copy(update={"canaries": canaries})
+    return res.model_copy(update={"models": models})
+
+
+def test_extraction_within_guesses_and_another_canary_s_secret_first(results):
+    with_guesses = _with_guesses(results)
+    md = render_markdown(with_guesses)
+    extraction = _section(md, "### Extraction", "## Membership inference")
+    columns = ("best-first", "within 10 guesses", "another's secret first")
+    assert "| repetitions |" + "".join(f" {m} {c} |" for m in MODELS for c in columns) in extraction
+    # non_dp: within 10 guesses 2/2 at 4 times (one at guess 2); dp recorded no guesses: not measured
+    assert "| 4 | 0/2 | 0/2 | 0/2 | 1/2 | 2/2 | 1/2 | 0/2 | — | — |" in extraction
+    assert "| 1 | 0/2 | 0/2 | 0/2 | 0/2 | 0/2 | 1/2 | 0/2 | — | — |" in extraction
+    assert "| reference (0) | 0/3 | 0/3 | 0/3 | 0/3 | 1/3 | 0/3 | 0/3 | — | — |" in extraction
+    assert (
+        "\"within 10 guesses\": the canary's own secret is among the search's 10 most likely secrets, so an "
+        "attacker with that many tries finds it; \"another's secret first\": the first guess was the secret of a "
+        "different inserted canary, itself a leak; a dash: not measured."
+    ) in extraction
+    assert (
+        "It used 12 to 100 forward passes" not in extraction
+        and "Its first guess took 12 to 100 forward passes per canary (median 100). Within 10 guesses it finds the "
+        "secret of 4 of 6 inserted canaries and 1 of 3 reference canaries. For 2 of the 9 searched canaries its "
+        "first guess was the secret of another inserted canary, which the model thus gives away from a different "
+        "prefix." in extraction
+    )
+    assert (
+        "0 of 3 reference canaries. No first guess was the secret of another inserted canary. For 1 of the 9 "
+        "canaries the search completed no secret within its forward-pass budget: a miss there is inconclusive, not "
+        "evidence that the secret is hard to guess.\n"
+    ) in extraction
+    assert "- **dp**: The search recovers the exact secret of none of the 6 inserted canaries; it recovers none of " \
+        "the reference canaries, which were never inserted. It used 100 forward passes per canary.\n" in extraction
+    html = render_html(with_guesses)
+    assert '<th scope="colgroup" colspan="3">non_dp</th>' in _between(html, '<h3 id="extraction">', "</table>")
+    assert (
+        '<tr><th scope="row">4</th><td class="num">0/2</td><td class="num">0/2</td><td class="num">0/2</td>'
+        '<td class="num">1/2</td><td class="num">2/2</td><td class="num">1/2</td><td class="num">0/2</td>'
+        '<td class="num">—</td><td class="num">—</td></tr>'
+    ) in html
+    assert "another&#39;s secret first&#34;: the first guess was the secret of a different inserted canary" in html
+    # Only counts are shown: no canary id, hash or secret, and the strict columns are as before.
+    for text in (md, html):
+        assert "codes-r" not in text and "dddddddddddd" not in text
+    assert "| 16 | 0/2 | 2/2 | 0/2 |" in render_markdown(results)
+    assert "within 10 guesses" not in render_markdown(results) and "another's" not in render_markdown(results)
+
+
+def test_guess_fields_survive_results_json(results):
+    with_guesses = _with_guesses(results)
+    again = Results.model_validate_json(with_guesses.model_dump_json())
+    c = next(c for c in again.models["non_dp"].canaries if c.id == "codes-r4-0")
+    assert (c.extraction_guesses, c.extraction_guess, c.extraction_first_guess_inserted) == (10, 2, True)
+    old = next(c for c in again.models["dp"].canaries if c.id == "codes-r4-0")
+    assert (old.extraction_guesses, old.extraction_guess, old.extraction_first_guess_inserted) == (None, None, None)
+    assert render_markdown(again) == render_markdown(with_guesses)
+
+
 def test_exposure_plot_marks_extracted_canaries(results):
     plot = exposure_plot(results)
     assert plot.startswith("data:image/png;base64,")

@@ -1,12 +1,14 @@
-"""Canary extraction: best-first (Dijkstra) search for the most likely secret of a format.
+"""Canary extraction: best-first (Dijkstra) search for the most likely secrets of a format.
 
 Starting from the canary's prefix, the search expands token by token, restricted to tokens that
 keep the text a valid beginning of ``whitespace + secret`` in the spec's format (the prefix's
 trailing whitespace is left to the search, because byte-level BPE merges it into the secret's
 first token).  Edge cost is ``-log p(token)``; costs only grow, so the first complete secret
 popped from the queue is the model's most likely secret over all token paths (the rank-1
-candidate).  A canary is extracted when that secret is its own, within ``max_expansions``
-forward passes.
+candidate), and the k-th distinct complete secret popped is the rank-k one.  A canary is
+extracted when the first guess is its own secret, within ``max_expansions`` forward passes; the
+later guesses say how many guesses an attacker needs, and whether the model prefers another
+canary's secret.
 """
 
 from __future__ import annotations
@@ -24,9 +26,23 @@ from leakaudit.models.tokenize import encode
 
 @dataclass(frozen=True)
 class Extraction:
+    """What a search found.  ``secret``, ``nll`` and ``expansions`` describe the first guess.
+
+    The guesses are secrets the model finds likely, possibly real ones: keep them in memory, never
+    in a shared report.
+    """
+
     secret: str | None  # the first complete secret found (None: budget exhausted)
     nll: float | None  # its cost, summed -log p over its tokens
-    expansions: int
+    expansions: int  # forward passes spent when the first guess was found (all of them when none was)
+    guesses: tuple[str, ...] = ()  # distinct complete secrets in cost order; guesses[0] == secret
+    guess_nlls: tuple[float, ...] = ()  # their costs, ascending
+    total_expansions: int = 0  # forward passes spent in all
+
+
+def _check_guesses(guesses: int) -> None:
+    if isinstance(guesses, bool) or not isinstance(guesses, int) or guesses < 1:
+        raise ValueError(f"guesses must be a positive integer, got {guesses!r}")
 
 
 class _Partial:
@@ -71,16 +87,45 @@ def _candidate_tokens(target: Target, fmt: SecretFormat, lead: str) -> tuple[np.
     return np.array(ids), strings
 
 
+def _result(found: list[tuple[float, str]], lead: str, first_expansions: int | None, total: int) -> Extraction:
+    if not found:
+        return Extraction(None, None, total, total_expansions=total)
+    secrets = tuple(text[len(lead):] for _, text in found)
+    costs = tuple(float(c) for c, _ in found)
+    return Extraction(secrets[0], costs[0], first_expansions if first_expansions is not None else total,
+                      secrets, costs, total)
+
+
 @torch.no_grad()
-def extract_secret(target: Target, prefix: str, fmt: SecretFormat, *, max_expansions: int = 200) -> Extraction:
-    """Dijkstra over token continuations of ``prefix`` that spell a secret of ``fmt``."""
+def extract_secret(
+    target: Target, prefix: str, fmt: SecretFormat, *, max_expansions: int = 200, guesses: int = 1
+) -> Extraction:
+    """Dijkstra over token continuations of ``prefix`` that spell a secret of ``fmt``.
+
+    Edge costs (``-log p``) are never negative, so complete secrets are popped in order of cost:
+    the k-th distinct complete secret popped is the model's rank-k secret over token paths (a
+    secret's cost is that of its cheapest token path).  The search keeps popping after the first
+    complete secret until it holds ``guesses`` distinct secrets or has spent ``max_expansions``
+    forward passes; a secret reached again by another (non-canonical) token path is counted once,
+    the first time it is popped.  ``guesses=1`` stops at the first complete secret, as an attacker
+    with one guess would.
+    """
+    _check_guesses(guesses)
     base, lead, partial, tok_ids, tok_strs = _setup(target, prefix, fmt)
     heap: list[tuple[float, str, tuple[int, ...]]] = [(0.0, "", ())]
-    expansions = 0
+    found: list[tuple[float, str]] = []
+    seen: set[str] = set()
+    expansions, first = 0, None
     while heap and expansions < max_expansions:
         cost, text, path = heapq.heappop(heap)
         if text and partial.state(text) == "done":
-            return Extraction(text[len(lead):], cost, expansions)
+            if text not in seen:
+                seen.add(text)
+                found.append((cost, text))
+                first = expansions if first is None else first
+                if len(found) >= guesses:
+                    break
+            continue  # a complete secret has no continuation
         expansions += 1
         ids = torch.tensor([base + list(path)], device=target.device)
         logits = target.model(input_ids=ids).logits[0, -1].float()
@@ -89,20 +134,25 @@ def extract_secret(target: Target, prefix: str, fmt: SecretFormat, *, max_expans
             nxt = text + s
             if partial.state(nxt) is not None:
                 heapq.heappush(heap, (cost - float(lp), nxt, path + (int(tid),)))
-    return Extraction(None, None, expansions)
+    return _result(found, lead, first, expansions)
 
 
 @torch.no_grad()
-def beam_search_secret(target: Target, prefix: str, fmt: SecretFormat, *, width: int = 16) -> Extraction:
+def beam_search_secret(
+    target: Target, prefix: str, fmt: SecretFormat, *, width: int = 16, guesses: int = 1
+) -> Extraction:
     """Beam search over the same constrained token space: keep the ``width`` cheapest partial
-    secrets at every step, expand them in one batched pass, return the cheapest complete secret.
+    secrets at every step, expand them in one batched pass, return the cheapest complete secrets
+    (up to ``guesses`` distinct ones, in order of cost; a secret reached by several token paths
+    counts once, at its cheapest).
 
     Cheaper than best-first on flat distributions (a fixed ``steps x 1`` batched passes) but not
-    guaranteed to find the most likely secret.
+    guaranteed to find the most likely secrets.
     """
+    _check_guesses(guesses)
     base, lead, partial, tok_ids, tok_strs = _setup(target, prefix, fmt)
     beams: list[tuple[float, str, tuple[int, ...]]] = [(0.0, "", ())]
-    done: list[tuple[float, str]] = []
+    done: dict[str, float] = {}  # complete secret -> its cheapest cost
     passes = 0
     while beams:
         width_now = max(len(p) for _, _, p in beams)
@@ -125,14 +175,14 @@ def beam_search_secret(target: Target, prefix: str, fmt: SecretFormat, *, width:
                 t = text + s
                 st = partial.state(t)
                 if st == "done":
-                    done.append((cost - float(logp[b, j]), t))
+                    c = cost - float(logp[b, j])
+                    done[t] = min(c, done.get(t, c))
                 elif st == "open":
                     nxt.append((cost - float(logp[b, j]), t, path + (int(tid),)))
         nxt.sort(key=lambda x: x[0])
-        # a partial secret costlier than the best complete one can only get costlier
-        bound = min((c for c, _ in done), default=float("inf"))
+        # a partial secret costlier than the guesses-th cheapest complete one can only get costlier
+        costs = sorted(done.values())
+        bound = costs[guesses - 1] if len(costs) >= guesses else float("inf")
         beams = [x for x in nxt[:width] if x[0] < bound]
-    if not done:
-        return Extraction(None, None, passes)
-    cost, text = min(done)
-    return Extraction(text[len(lead):], cost, passes)
+    ranked = sorted((c, t) for t, c in done.items())[:guesses]
+    return _result(ranked, lead, passes, passes)

@@ -348,33 +348,120 @@ def _beam_sentence(counts: dict[int, tuple[int, int]]) -> str:
     return text + "."
 
 
+def _guess_counts(model: ModelResult) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """Repetition count -> (found within the search's guesses, searched) and -> (first guess another inserted
+    canary's secret, searched), over the canaries that recorded them; empty when none did (older runs)."""
+    within: dict[int, tuple[int, int]] = {}
+    other: dict[int, tuple[int, int]] = {}
+    for c in model.canaries:
+        if c.extracted is None:
+            continue
+        if c.extraction_guesses is not None:
+            k, n = within.get(c.repetitions, (0, 0))
+            within[c.repetitions] = (k + int(c.extraction_guess is not None), n + 1)
+        if c.extraction_first_guess_inserted is not None:
+            k, n = other.get(c.repetitions, (0, 0))
+            other[c.repetitions] = (k + int(c.extraction_first_guess_inserted), n + 1)
+    return dict(sorted(within.items())), dict(sorted(other.items()))
+
+
+def _guesses_setting(models: Iterable[ModelResult]) -> int | None:
+    """The guesses the searches were allowed, when one number for all (None: none recorded, or several)."""
+    gs = {c.extraction_guesses for m in models for c in m.canaries if c.extraction_guesses is not None}
+    return gs.pop() if len(gs) == 1 else None
+
+
+def _no_guess_sentence(model: ModelResult) -> str:
+    """How many searches found no complete secret within their budget (their misses say nothing)."""
+    found = [c.extraction_guesses_found for c in model.canaries if c.extraction_guesses_found is not None]
+    k = sum(f == 0 for f in found)
+    if not k:
+        return ""
+    return (
+        f" For {k} of the {len(found)} canaries the search completed no secret within its forward-pass budget: "
+        "a miss there is inconclusive, not evidence that the secret is hard to guess."
+    )
+
+
+def _guess_sentence(within: dict[int, tuple[int, int]], other: dict[int, tuple[int, int]], g: int | None) -> str:
+    """" Within 10 guesses it finds the secret of 5 of 6 inserted canaries ...; for 1 of them ..."."""
+    text = ""
+    if within:
+        k = sum(kn[0] for r, kn in within.items() if r > 0)
+        n = sum(kn[1] for r, kn in within.items() if r > 0)
+        text = f" Within {g if g is not None else 'its'} guesses it finds the secret of {k} of {n} inserted canaries"
+        if 0 in within:
+            text += f" and {within[0][0]} of {within[0][1]} reference canaries"
+        text += "."
+    if other:
+        j = sum(kn[0] for kn in other.values())
+        n = sum(kn[1] for kn in other.values())
+        if j:
+            text += (
+                f" For {j} of the {n} searched canaries its first guess was the secret of another inserted canary, "
+                "which the model thus gives away from a different prefix."
+            )
+        else:
+            text += " No first guess was the secret of another inserted canary."
+    return text
+
+
 def _extraction(results: Results) -> dict[str, Any]:
     counts = {name: _extraction_counts(m) for name, m in results.models.items()}
     beams = {name: _beam_counts(m) for name, m in results.models.items()}
+    guess = {name: _guess_counts(m) for name, m in results.models.items()}
+    g = _guesses_setting(results.models.values())
     beam = any(beams.values())
+    has_within = any(w for w, _ in guess.values())
+    has_other = any(o for _, o in guess.values())
+    within_label = f"within {g} guesses" if g is not None else "within its guesses"
+    sources: list[tuple[str, dict[str, dict[int, tuple[int, int]]]]] = [("best-first", counts)]
+    if has_within:
+        sources.append((within_label, {name: w for name, (w, _) in guess.items()}))
+    if has_other:
+        sources.append(("another's secret first", {name: o for name, (_, o) in guess.items()}))
+    if beam:
+        sources.append(("beam", beams))
+    measures = [label for label, _ in sources] if len(sources) > 1 else []
     reps = sorted({r for c in [*counts.values(), *beams.values()] for r in c})
-    measures = ["best-first", "beam"] if beam else []
     rows = []
     for rep in reps:
         cells = []
         for name in results.models:
-            for source in (counts, beams) if beam else (counts,):
+            for _, source in sources:
                 kn = source[name].get(rep)
                 cells.append(DASH if kn is None else f"{kn[0]}/{kn[1]}")
         rows.append({"label": "reference (0)" if rep == 0 else str(rep), "cells": cells})
+    notes = []
+    if has_within:
+        most = f"{g} most likely secrets" if g is not None else "most likely secrets (as many as it was allowed)"
+        notes.append(
+            f'"{within_label}": the canary\'s own secret is among the search\'s {most}, so an attacker with that '
+            "many tries finds it"
+        )
+    if has_other:
+        notes.append(
+            '"another\'s secret first": the first guess was the secret of a different inserted canary, itself a leak'
+        )
+    if notes:
+        notes.append("a dash: not measured")
+    note = ("; ".join(notes) + ".") if notes else ""
     lines = []
     for name, model in results.models.items():
         if not counts[name] and not beams[name]:
             continue
         text = _extraction_sentence(counts[name]) if counts[name] else "The best-first search was not run."
         passes = [c.extraction_expansions for c in model.canaries if c.extraction_expansions is not None]
+        # with several guesses the recorded passes are those spent until the first guess
+        used = "Its first guess took" if any((c.extraction_guesses or 1) > 1 for c in model.canaries) else "It used"
         if passes and min(passes) == max(passes):
-            text += f" It used {max(passes):,} forward passes per canary."
+            text += f" {used} {max(passes):,} forward passes per canary."
         elif passes:
             text += (
-                f" It used {min(passes):,} to {max(passes):,} forward passes per canary "
+                f" {used} {min(passes):,} to {max(passes):,} forward passes per canary "
                 f"(median {statistics.median(passes):,.0f})."
             )
+        text += _guess_sentence(*guess[name], _guesses_setting([model])) + _no_guess_sentence(model)
         if beams[name]:
             text += _beam_sentence(beams[name])
         lines.append({"name": name, "text": text})
@@ -382,6 +469,7 @@ def _extraction(results: Results) -> dict[str, Any]:
         "any": bool(rows),
         "rows": rows,
         "measures": measures,
+        "note": note,
         "header": [f"{name} {m}" for name in results.models for m in measures] or list(results.models),
         "models": lines,
         "not_searched": [n for n in results.models if not counts[n] and not beams[n]] if rows else [],

@@ -97,7 +97,30 @@ class CanaryResult(_Model):
         description="True when a best-first search over the secret's format returned this secret as the model's "
         "most likely one within the search budget (None: not searched).",
     )
-    extraction_expansions: int | None = Field(default=None, description="Forward passes the search used.")
+    extraction_expansions: int | None = Field(
+        default=None, description="Forward passes the search used to reach its first guess (all of them when none)."
+    )
+    extraction_guesses: int | None = Field(
+        default=None,
+        description="Guesses the best-first search was allowed: the distinct complete secrets it pops, in order "
+        "of cost, until it has this many or has spent its forward-pass budget (None: not recorded).",
+    )
+    extraction_guesses_found: int | None = Field(
+        default=None,
+        ge=0,
+        description="Guesses the search found within its budget (0: no complete secret; None: not recorded).",
+    )
+    extraction_guess: int | None = Field(
+        default=None,
+        ge=1,
+        description="1-based position of this canary's secret among the search's guesses, i.e. its rank under "
+        "the model over token paths (None: not among the guesses found within the budget, or not searched).",
+    )
+    extraction_first_guess_inserted: bool | None = Field(
+        default=None,
+        description="True when the search's first guess was the secret of another inserted canary of the same "
+        "spec: the model leaks that canary given this one's prefix (None: not recorded).",
+    )
     extracted_beam: bool | None = Field(
         default=None,
         description="True when a beam search over the secret's format ranked this secret first (None: not run).",
