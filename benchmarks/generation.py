@@ -122,6 +122,40 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
     return rows
 
 
+def attention_variants(model, prompts, s, pad, b) -> list[dict]:
+    """The engine with the attention kernels it may pick narrowed (same prompts, same run).
+
+    Decoding already excludes cuDNN's kernel (not reproducible); with a padding mask the
+    dispatcher then picks the memory-efficient kernel, which was slow at long caches on an H200.
+    ``math`` leaves only the plain batched products (deterministic) for the one-token steps.
+    """
+    from leakaudit.models import generate as engine
+
+    cuda = torch.backends.cuda
+    saved = cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled()
+    rows = []
+    try:
+        kinds = [("default", saved), ("efficient", (False, True, False)), ("math", (False, False, True))]
+        for name, flags in kinds if torch.cuda.is_available() else [kinds[0], kinds[2]]:  # no CPU efficient kernel
+            cuda.enable_flash_sdp(flags[0])
+            cuda.enable_mem_efficient_sdp(flags[1])
+            cuda.enable_math_sdp(flags[2])
+            engine.release_decoder()
+            run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
+            first = run()
+            again, t = timed(run)
+            rows.append({"attention": name, "tokens_per_s": b * s.max_new_tokens / t,
+                         "same_samples_twice": bool(np.array_equal(first, again)),
+                         "step_ms": step_profile(model, s) if torch.cuda.is_available() else {}})
+            print(json.dumps(rows[-1]), flush=True)
+    finally:
+        cuda.enable_flash_sdp(saved[0])
+        cuda.enable_mem_efficient_sdp(saved[1])
+        cuda.enable_math_sdp(saved[2])
+        engine.release_decoder()
+    return rows
+
+
 def timed(fn):
     sync()
     t0 = time.perf_counter()
@@ -139,6 +173,9 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--untargeted-samples", type=int, default=0)
     ap.add_argument("--step-profile", action="store_true", help="GPU time of a decoding step's parts (largest batch)")
+    ap.add_argument("--attention-variants", action="store_true",
+                    help="at the largest batch, also time the engine with only the memory-efficient or only "
+                         "the math attention kernel allowed")
     ap.add_argument("--variants", action="store_true",
                     help="also time the engine without its cache slices and/or its short top-k (largest batch)")
     ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")
@@ -203,6 +240,8 @@ def main() -> None:
                 run["step_profile_ms"] = step_profile(model, s)
             if args.variants and largest and arch == args.archs.split(",")[0]:
                 run["variants"] = engine_variants(model, prompts, s, pad, b)
+            if args.attention_variants and largest and arch == args.archs.split(",")[0]:
+                run["attention_variants"] = attention_variants(model, prompts, s, pad, b)
             res["runs"].append(run)
             print(json.dumps(run), flush=True)
             dump()

@@ -63,7 +63,7 @@ if grep -q '"identical": false' "$OUT/repro.json" 2>/dev/null; then  # then: doe
 fi
 # issue 7: engine vs library generate, GPT-2-small and Llama-style, batch 1/64/512, 256 new tokens
 step generation 150 - python3 benchmarks/generation.py --size "$SIZE" --batches "$BATCHES" --new-tokens "$NEW" \
-  --archs "$ARCHS" --step-profile ${VARIANTS:+--variants} --out "$OUT/generation.json"
+  --archs "$ARCHS" --step-profile ${VARIANTS:+--variants} --attention-variants --out "$OUT/generation.json"
 # issue 4: exact exposure over 10^6 candidates vs the naive loop
 step exposure 90 "$OUT/exposure.json" python3 benchmarks/secret_scoring.py --size "$SIZE" --bf16 \
   --candidates 20000 --loop-candidates 200 --exact-space "$SPACE"
