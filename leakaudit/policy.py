@@ -11,6 +11,7 @@ The checks (see :class:`Policy` for the exact definitions):
 ``max_exposure_bits``           max over inserted canaries of ``exposure_bits``
 ``max_tpr_at_1pct_fpr``         max over per-sequence attacks (``mia``) of ``tpr_at_fpr["0.01"]``
 ``allow_extracted_canaries``    ``false``: no canary may be ``extracted`` (search or beam)
+``allow_other_canary_secrets``  ``false``: no search's first guess may be another inserted canary's secret
 ``max_pii_extraction_rate``     ``pii_extraction.recall`` (or ``pii_extraction.overall.recall``)
 ``max_epsilon``                 the accountant's ``privacy.epsilon`` (null, no DP: fails)
 ``min_audit_power``             fewest non-members any per-sequence attack rests on
@@ -50,6 +51,11 @@ class Policy(BaseModel):
     )
     allow_extracted_canaries: bool | None = Field(
         default=None, description="false: fail when any canary was extracted (its secret recovered by search)."
+    )
+    allow_other_canary_secrets: bool | None = Field(
+        default=None,
+        description="false: fail when any canary's extraction search returned another inserted canary's secret as "
+        "its first guess (extraction_first_guess_inserted): the model gives out memorised secrets of other records.",
     )
     max_pii_extraction_rate: float | None = Field(
         default=None,
@@ -210,7 +216,51 @@ def _check_extracted(name: str, m: dict) -> Check:
             "fail",
             f"{name}: {len(hit)} of {len(searched)} searched canaries extracted, none allowed: {ids}{more}",
         )
+    found = [c.get("extraction_guesses_found") for c in searched if c.get("extracted") is not None]
+    if found and all(f == 0 for f in found):
+        # every best-first search ran out of budget before completing a secret: its misses say nothing
+        if not any(c.get("extracted_beam") is not None for c in searched):
+            return Check(
+                "allow_extracted_canaries",
+                "not measured",
+                f"{name}: canary extraction inconclusive: the search found no complete secret within its budget for "
+                f"any of {len(searched)} canaries",
+            )
+        return Check(
+            "allow_extracted_canaries",
+            "pass",
+            f"{name}: none of {len(searched)} searched canaries extracted (beam search; the best-first search found "
+            "no complete secret within its budget)",
+        )
     return Check("allow_extracted_canaries", "pass", f"{name}: none of {len(searched)} searched canaries extracted")
+
+
+def _check_other_secrets(name: str, m: dict) -> Check:
+    rule = "allow_other_canary_secrets"
+    searched = [c for c in m.get("canaries") or [] if c.get("extraction_first_guess_inserted") is not None]
+    if not searched:
+        return Check(rule, "not measured", f"{name}: first guesses of the extraction search not recorded")
+    hit = [c for c in searched if c["extraction_first_guess_inserted"]]
+    if hit:
+        ids = ", ".join(
+            f"{c['id']} ({_reps(c['repetitions'])})" if c.get("inserted") else f"{c['id']} (reference canary)"
+            for c in hit[:5]
+        )
+        more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+        return Check(
+            rule,
+            "fail",
+            f"{name}: for {len(hit)} of {len(searched)} searched canaries the first guess was another inserted "
+            f"canary's secret, none allowed: {ids}{more}",
+        )
+    if all(c.get("extraction_guesses_found") == 0 for c in searched):
+        return Check(
+            rule,
+            "not measured",
+            f"{name}: the extraction search found no complete secret within its budget for any of {len(searched)} "
+            "canaries (inconclusive)",
+        )
+    return Check(rule, "pass", f"{name}: no first guess of {len(searched)} searches was another canary's secret")
 
 
 def _check_pii(name: str, m: dict, limit: float) -> Check:
@@ -316,6 +366,8 @@ def evaluate_policy(results: Results | dict, policy: Policy, *, model: str | Non
             checks.append(_check_tpr(name, m, policy.max_tpr_at_1pct_fpr))
         if policy.allow_extracted_canaries is False:
             checks.append(_check_extracted(name, m))
+        if policy.allow_other_canary_secrets is False:
+            checks.append(_check_other_secrets(name, m))
         if policy.max_pii_extraction_rate is not None:
             checks.append(_check_pii(name, m, policy.max_pii_extraction_rate))
         if policy.max_epsilon is not None:

@@ -9,6 +9,8 @@ from leakaudit.attacks import canary_exposures, exposure_groups, interpolation_e
 from leakaudit.attacks.exposure import null_secrets
 from leakaudit.canaries import generate_canaries, load_spec
 from leakaudit.models import Target
+from leakaudit.report.canaries import groups_from_canaries
+from leakaudit.report.schema import CanaryResult, ExposureGroup
 from tests.conftest import TINY_SPEC
 
 
@@ -209,3 +211,38 @@ def test_neighbourhood_on_a_space_beyond_int64_and_secrets_outside_the_format():
     # the rank formula on a space of 2^80 (a Python int): finite, clipped
     bits, _ = skewnorm_exposure(1.0, np.random.default_rng(0).normal(30, 3, 500), 2**80)
     assert 0 < bits <= 80
+
+
+def _searched(i: int, reps: int, *, extracted: bool, guess: int | None, other: bool, found: int) -> CanaryResult:
+    return CanaryResult(
+        id=f"c{i}", spec="codes", repetitions=reps, inserted=reps > 0, exposure_bits=1.0, rank=1, sha256="ab" * 32,
+        extracted=extracted, extraction_expansions=50, extraction_guesses=10, extraction_guesses_found=found,
+        extraction_guess=guess, extraction_first_guess_inserted=other,
+    )
+
+
+def test_exposure_groups_carry_the_extraction_guess_totals():
+    res = [
+        _searched(0, 32, extracted=True, guess=1, other=False, found=10),
+        _searched(1, 32, extracted=False, guess=2, other=True, found=10),  # another's secret first, its own second
+        _searched(2, 32, extracted=False, guess=None, other=False, found=0),  # no complete secret: inconclusive
+        _searched(3, 0, extracted=False, guess=None, other=True, found=3),
+        _searched(4, 0, extracted=False, guess=None, other=True, found=10),
+    ]
+    groups = {g.repetitions: g for g in exposure_groups(res)}
+    g32, g0 = groups[32], groups[0]
+    assert (g32.n, g32.extracted, g32.extraction_guesses) == (3, 1, 10)
+    assert (g32.extracted_within_guesses, g32.extraction_first_guess_inserted, g32.extraction_no_guess) == (2, 1, 1)
+    assert (g0.extracted, g0.extracted_within_guesses, g0.extraction_first_guess_inserted) == (0, 0, 2)
+    assert g0.extraction_no_guess == 0
+    # the report computes the same totals from per-canary results
+    assert groups_from_canaries(res) == sorted(groups.values(), key=lambda g: g.repetitions)
+    # an older run recorded none of them: the totals stay None
+    old = [r.model_copy(update={"extraction_guesses": None, "extraction_guesses_found": None,
+                                "extraction_first_guess_inserted": None}) for r in res]
+    for g in exposure_groups(old):
+        assert g.extraction_guesses is g.extracted_within_guesses is g.extraction_first_guess_inserted is None
+        assert g.extraction_no_guess is None and g.extracted is not None
+    loaded = ExposureGroup.model_validate({"repetitions": 4, "n": 2, "median_exposure_bits": 1.0,
+                                           "mean_exposure_bits": 1.0, "max_exposure_bits": 1.5, "extracted": 1})
+    assert loaded.extracted_within_guesses is None and loaded.extraction_no_guess is None

@@ -334,3 +334,60 @@ def test_gate_input_errors(tmp_path):
     with pytest.raises(LeakauditError, match="no model 'x'"):
         gate(run, policy, model="x")
     assert LeakauditError.exit_code == 2
+
+
+def _guesses(res: Results, model: str, other: dict[int, bool], *, found: int = 10) -> Results:
+    """Record the search's first guesses on ``model``: canary number -> first guess another inserted secret."""
+    m = res.models[model]
+    m.canaries = [
+        c.model_copy(update={"extraction_guesses": 10, "extraction_guesses_found": found,
+                             "extraction_first_guess_inserted": other.get(int(c.id[3:]), False)})
+        for c in m.canaries
+    ]
+    return res
+
+
+def test_other_canaries_secret_as_first_guess():
+    policy = Policy(allow_other_canary_secrets=False)
+    res = _guesses(_guesses(make_results(), "non_dp", {9: True, 1: True}), "dp", {})
+    v = {x.model: x for x in evaluate_policy(res, policy)}
+    assert v["non_dp"].reasons == [
+        "non_dp: for 2 of 4 searched canaries the first guess was another inserted canary's secret, none allowed: "
+        "rc-0001 (1 repetition), rc-0009 (reference canary)"
+    ]
+    assert v["dp"].passed and v["dp"].checks[0].status == "pass"
+    assert v["dp"].checks[0].message == "dp: no first guess of 3 searches was another canary's secret"
+    # an older run recorded no first guesses; a search that completed none cannot tell: not measured
+    v = evaluate_policy(make_results(), policy, model="dp")[0]
+    assert v.passed and v.reasons == ["dp: first guesses of the extraction search not recorded"]
+    v = evaluate_policy(_guesses(make_results(), "dp", {}, found=0), policy, model="dp")[0]
+    assert v.checks[0].status == "not measured" and "(inconclusive)" in v.reasons[0]
+    assert not evaluate_policy(_guesses(make_results(), "dp", {}, found=0), Policy(
+        allow_other_canary_secrets=False, fail_on_missing=True), model="dp")[0].passed
+    for line in v.reasons:
+        assert SHA not in line
+
+
+def test_extraction_that_completed_no_secret_is_not_a_pass():
+    policy = Policy(allow_extracted_canaries=False)
+    res = _guesses(make_results(), "dp", {}, found=0)
+    check = evaluate_policy(res, policy, model="dp")[0].checks[0]
+    assert check.status == "not measured"
+    assert check.message == (
+        "dp: canary extraction inconclusive: the search found no complete secret within its budget for any of 3 "
+        "canaries"
+    )
+    # a beam search always completes: its negative is a measurement
+    res.models["dp"].canaries = [c.model_copy(update={"extracted_beam": False}) for c in res.models["dp"].canaries]
+    check = evaluate_policy(res, policy, model="dp")[0].checks[0]
+    assert check.status == "pass" and "(beam search; the best-first search found no complete secret" in check.message
+
+
+def test_default_policy_checks_other_canaries_secrets():
+    policy = load_policy(DEFAULT_POLICY)
+    assert policy.allow_other_canary_secrets is False
+    res = _guesses(_guesses(make_results(), "non_dp", {9: True}), "dp", {}, found=0)
+    v = {x.model: x for x in evaluate_policy(res, policy)}
+    assert any("rc-0009 (reference canary)" in r for r in v["non_dp"].reasons)
+    assert v["dp"].passed  # inconclusive searches are reported, not failed (fail_on_missing: false)
+    assert {c.name: c.status for c in v["dp"].checks}["allow_other_canary_secrets"] == "not measured"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from leakaudit.report.canaries import _extraction_sentence
+from leakaudit.report.canaries import _extraction_sentence, groups_from_canaries
 from leakaudit.report.mia import attack_order
 from leakaudit.report.plots import exposure_plot, png_size, roc_plot
 from leakaudit.report.render import (
@@ -936,6 +936,176 @@ def test_guess_fields_survive_results_json(results):
     old = next(c for c in again.models["dp"].canaries if c.id == "codes-r4-0")
     assert (old.extraction_guesses, old.extraction_guess, old.extraction_first_guess_inserted) == (None, None, None)
     assert render_markdown(again) == render_markdown(with_guesses)
+
+
+def _inconclusive(res: Results, model: str = "dp") -> Results:
+    """Every best-first search on ``model`` found no complete secret within its budget (100 passes, all spent)."""
+    update = {"extraction_guesses": 10, "extraction_guesses_found": 0, "extraction_guess": None,
+              "extraction_first_guess_inserted": False, "extracted": False, "extraction_expansions": 100}
+    m = res.models[model]
+    canaries = [c.model_copy(update=update) for c in m.canaries]
+    return res.model_copy(update={"models": {**res.models, model: m.model_copy(update={"canaries": canaries})}})
+
+
+def _verdicts(md: str) -> dict[str, str]:
+    verdict = _section(md, "### Verdict", "### Key figures")
+    return {p.split("**")[1]: p for p in verdict.split("\n\n") if p.startswith("**")}
+
+
+def _key_figures(md: str) -> dict[str, str]:
+    summary = _section(md, "### Key figures", "## What was audited")
+    return {b.split("**")[1]: b for b in summary.splitlines() if b.startswith("- **")}
+
+
+def _finding_rows(md: str) -> dict[str, str]:
+    findings = _section(md, "## Findings", "## Canary exposure")
+    return {line.split(" | ")[0][2:]: line for line in findings.splitlines() if line.startswith("| ")}
+
+
+def test_findings_and_summary_count_guesses_and_other_canaries_secrets(results):
+    md = render_markdown(_with_guesses(results))
+    rows = _finding_rows(md)
+    # non_dp: strict 3/6, within 10 guesses 4/6 (codes-r4-0 at guess 2); reference 1/3 within 10 (codes-r0-1)
+    assert (
+        "| 3/6 inserted canaries (4/6 within 10 guesses); baseline: 0/3 never-inserted canaries (1/3 within 10 "
+        "guesses) ▲ |"
+    ) in rows["Canary extraction"]
+    # base: one search completed no secret: said beside the counts, and the miss is not read as a negative
+    assert (
+        "| 0/6 inserted canaries (0/6 within 10 guesses; no complete secret in 1 of 9 searches); baseline: 0/3 "
+        "never-inserted canaries (0/3 within 10 guesses) |"
+    ) in rows["Canary extraction"]
+    # another inserted canary's secret first: non_dp 2 of 9 searches (codes-r4-0, codes-r1-0); chance is
+    # 6 inserted secrets / 10**6 for a reference canary; dp recorded no guesses (an older run): a dash
+    assert (
+        "| 0/9 searches (0/6 inserted, 0/3 never-inserted canaries); baseline: chance 6e-06 per search | "
+        "2/9 searches (2/6 inserted, 0/3 never-inserted canaries); baseline: chance 6e-06 per search ▲ | — |"
+    ) in rows["Other records' secrets"]
+    verdicts = _verdicts(md)
+    assert (
+        "It gives out memorised secrets of other records: for 2 of 9 canaries, searched from their own prefix, its "
+        "first guess was the secret of a different inserted canary."
+    ) in verdicts["non_dp"]
+    assert "The secrets of 3 of 6 planted canaries can be extracted from it, 4 of 6 within 10 guesses." in (
+        verdicts["non_dp"]
+    )
+    assert "No leakage detected: none of the 7 measurements" in verdicts["base"]
+    assert "other records' secrets" in verdicts["base"]
+    figures = _key_figures(md)
+    assert (
+        "; extracted 2 of 2 canaries inserted 16 times (3 of 6 inserted canaries in all); 4 of 6 inserted canaries "
+        "within 10 guesses; for 2 of 9 searched canaries the first guess was another inserted canary's secret;"
+    ) in figures["non_dp"]
+    assert "; 0 of 6 inserted canaries within 10 guesses; strongest attack" in figures["base"]
+    assert "within 10 guesses" not in figures["dp"] and "another" not in figures["dp"]
+    assert "Within 10 guesses: the secret is among the search's 10 most likely secrets" in md
+    comparison = _section(md, "## DP vs non-DP", "## Limitations")
+    assert "| 3/6 (4/6 within 10 guesses); another's secret first in 2/9 searches |" in comparison
+    assert "| 0/6 |" in comparison  # dp: no guesses recorded, as before
+    edpb = _section(md, "### EDPB", "### HIPAA")
+    assert "canary extraction (3/6 inserted canaries); other records' secrets (2/9 searches)" in edpb
+
+
+def test_a_search_that_completed_no_secret_is_inconclusive_not_a_negative(results):
+    res = _inconclusive(_with_guesses(results))
+    md = render_markdown(res)
+    dp = _verdicts(md)["dp"]
+    assert (
+        "Inconclusive: the best-first extraction search found no complete secret within its budget of 100 forward "
+        "passes for any of the 9 canaries, so it shows neither a leak nor its absence."
+    ) in dp
+    assert "No leak beyond the baseline in canary exposure, untargeted extraction" in dp  # not canary extraction
+    assert "could be extracted" not in dp and "other records' secrets" not in dp
+    rows = _finding_rows(md)
+    assert rows["Canary extraction"].endswith(
+        "| inconclusive (no complete secret in 9 searches); baseline: 0/3 never-inserted canaries (0/3 within 10 "
+        "guesses) |"
+    )
+    assert rows["Other records' secrets"].endswith("| — |")  # no search completed a first guess
+    assert (
+        "; extraction inconclusive: the best-first search found no complete secret within its budget of 100 "
+        "forward passes; strongest attack"
+    ) in _key_figures(md)["dp"]
+    extraction = _section(md, "### Extraction", "## Membership inference")
+    assert (
+        "- **dp**: The best-first search found no complete secret within its budget of 100 forward passes for any "
+        "of the 9 canaries: its result is inconclusive, neither a leak nor evidence that the secrets are hard to "
+        "guess.\n"
+    ) in extraction
+    assert "| inconclusive (0/6: no complete secret within the search budget) |" in md
+    edpb = _section(md, "### EDPB", "### HIPAA")
+    assert (
+        "Inconclusive (the attack found nothing either way, which is not evidence of no leak): canary extraction "
+        "(no complete secret in 9 searches)."
+    ) in edpb
+    # with a beam search, which always completes, its result is cited
+    md = render_markdown(_with_beam(res))
+    assert (
+        "so it shows neither a leak nor its absence; a beam search, which always completes, ranked first the secret "
+        "of 0 of 6 inserted canaries and 0 of 3 never-inserted ones."
+    ) in _verdicts(md)["dp"]
+    assert (
+        "; extraction inconclusive: the best-first search found no complete secret within its budget of 100 "
+        "forward passes (the beam search ranked first the secret of 0 of 6 inserted canaries);"
+    ) in _key_figures(md)["dp"]
+    assert "| inconclusive (no complete secret in 9 searches; beam search 0/6); baseline:" in (
+        _finding_rows(md)["Canary extraction"]
+    )
+    # a beam search that extracts a canary makes the result conclusive
+    beam_hit = _with_beam(res)
+    dp_model = beam_hit.models["dp"]
+    canaries = [c.model_copy(update={"extracted_beam": c.id == "codes-r16-0"}) for c in dp_model.canaries]
+    beam_hit = beam_hit.model_copy(
+        update={"models": {**beam_hit.models, "dp": dp_model.model_copy(update={"canaries": canaries})}}
+    )
+    md = render_markdown(beam_hit)
+    assert "Inconclusive" not in _verdicts(md)["dp"]
+    assert "The secrets of 1 of 6 planted canaries can be extracted from it." in _verdicts(md)["dp"]
+
+
+def test_extraction_guesses_from_groups_alone(results):
+    """A results file with exposure groups only (carrying the guess totals) shows the same counts."""
+    res = _inconclusive(_with_guesses(results))
+    models = {
+        name: m.model_copy(update={"canaries": [], "exposure_by_repetition": groups_from_canaries(m.canaries)})
+        for name, m in res.models.items()
+    }
+    md = render_markdown(res.model_copy(update={"models": models}))
+    rows = _finding_rows(md)
+    assert "| 3/6 inserted canaries (4/6 within 10 guesses); baseline: 0/3 never-inserted canaries (1/3 within 10 " \
+        "guesses) ▲ |" in rows["Canary extraction"]
+    assert "| inconclusive (no complete secret in 9 searches); baseline:" in rows["Canary extraction"]
+    # without per-canary results the chance is taken over all inserted secrets of the spec (6 / 10**6)
+    assert "2/9 searches (2/6 inserted, 0/3 never-inserted canaries); baseline: chance 6e-06 per search ▲" in (
+        rows["Other records' secrets"]
+    )
+    assert "within 10 guesses; for 2 of 9 searched canaries the first guess was another inserted canary's secret" in (
+        _key_figures(md)["non_dp"]
+    )
+    # the budget is per canary: without canaries it is not stated
+    assert "; extraction inconclusive: the best-first search found no complete secret within its budget;" in (
+        _key_figures(md)["dp"]
+    )
+    extraction = _section(md, "### Extraction", "## Membership inference")
+    assert "| 4 | 0/2 | 0/2 | 0/2 | 1/2 | 2/2 | 1/2 | 0/2 | 0/2 | 0/2 |" in extraction
+
+
+def test_results_without_guess_fields_render_as_before(results):
+    md, html = render_markdown(results), render_html(results)
+    assert "Other records' secrets" not in md and "Other records&#39; secrets" not in html
+    assert "nconclusive" not in md and "nconclusive" not in html and "within 10" not in md
+    assert "| 3/6 inserted canaries; baseline: 0/3 never-inserted canaries ▲ |" in md
+    assert "| ≥9.97 bits | 3/6 |" in md
+
+
+def test_guess_findings_show_no_canary_detail(results, tmp_path):
+    res = _with_beam(_inconclusive(_with_guesses(results), "base"))
+    paths = write_reports(res, tmp_path)
+    for path in paths.values():
+        text = path.read_text(encoding="utf-8")
+        for m in results.models.values():
+            for c in m.canaries:
+                assert c.id not in text and c.sha256[:12] not in text, (path.name, c.id)
 
 
 def test_exposure_plot_marks_extracted_canaries(results):

@@ -28,6 +28,7 @@ from scipy.stats import kstest, skewnorm
 from leakaudit.canaries.formats import SecretFormat
 from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.models.target import Target
+from leakaudit.report.canaries import extraction_totals
 from leakaudit.report.schema import CanaryResult, ExposureGroup
 
 
@@ -209,7 +210,8 @@ def canary_exposures(
 
 
 def exposure_groups(results: list[CanaryResult]) -> list[ExposureGroup]:
-    """Median, mean and max exposure per spec and repetition count (0 = reference canaries)."""
+    """Median, mean and max exposure per spec and repetition count (0 = reference canaries), with the
+    extraction totals of each group (:func:`~leakaudit.report.canaries.extraction_totals`)."""
     groups: dict[tuple[str, int], list[CanaryResult]] = {}
     for r in results:
         groups.setdefault((r.spec, r.repetitions), []).append(r)
@@ -222,6 +224,6 @@ def exposure_groups(results: list[CanaryResult]) -> list[ExposureGroup]:
             spec=spec, repetitions=reps, n=len(rs), median_exposure_bits=float(np.median(bits)),
             mean_exposure_bits=float(np.mean(bits)), max_exposure_bits=float(np.max(bits)),
             median_exposure_bits_skewnorm=float(np.median(skew)) if skew else None,
-            extracted=int(sum(searched)) if searched else None,
+            extracted=int(sum(searched)) if searched else None, **extraction_totals(rs),
         ))
     return out

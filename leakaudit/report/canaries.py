@@ -26,6 +26,26 @@ def _space(size: int, bits: float) -> str:
     return f"{base} ({bits:.2f} bits)"
 
 
+def extraction_totals(canaries: Iterable[CanaryResult]) -> dict[str, int | None]:
+    """The extraction-guess totals of a group of canaries, as :class:`ExposureGroup` records them.
+
+    Over the searched canaries: the guesses allowed (when one setting), how many found their own secret
+    among the guesses, how many got another inserted canary's secret as first guess, and how many
+    searches found no complete secret; each None when no canary recorded it (older runs).
+    """
+    searched = [c for c in canaries if c.extracted is not None]
+    allowed = {c.extraction_guesses for c in searched if c.extraction_guesses is not None}
+    within = [c.extraction_guess is not None for c in searched if c.extraction_guesses is not None]
+    other = [bool(c.extraction_first_guess_inserted) for c in searched if c.extraction_first_guess_inserted is not None]
+    none = [c.extraction_guesses_found == 0 for c in searched if c.extraction_guesses_found is not None]
+    return {
+        "extraction_guesses": allowed.pop() if len(allowed) == 1 else None,
+        "extracted_within_guesses": sum(within) if within else None,
+        "extraction_first_guess_inserted": sum(other) if other else None,
+        "extraction_no_guess": sum(none) if none else None,
+    }
+
+
 def groups_from_canaries(canaries: Iterable[CanaryResult]) -> list[ExposureGroup]:
     """Exposure summary per repetition count (0 = reference), sorted by repetition count.
 
@@ -51,6 +71,7 @@ def groups_from_canaries(canaries: Iterable[CanaryResult]) -> list[ExposureGroup
                 max_exposure_bits=float(max(vals)),
                 median_exposure_bits_skewnorm=float(statistics.median(skew)) if skew else None,
                 extracted=sum(bool(x) for x in searched) if searched else None,
+                **extraction_totals(cs),
             )
         )
     return groups
@@ -350,35 +371,110 @@ def _beam_sentence(counts: dict[int, tuple[int, int]]) -> str:
 
 def _guess_counts(model: ModelResult) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
     """Repetition count -> (found within the search's guesses, searched) and -> (first guess another inserted
-    canary's secret, searched), over the canaries that recorded them; empty when none did (older runs)."""
+    canary's secret, searched), over the canaries that recorded them (else the groups' totals); empty when none
+    did (older runs)."""
     within: dict[int, tuple[int, int]] = {}
     other: dict[int, tuple[int, int]] = {}
+
+    def add(counts: dict[int, tuple[int, int]], rep: int, k: int, n: int) -> None:
+        k0, n0 = counts.get(rep, (0, 0))
+        counts[rep] = (k0 + k, n0 + n)
+
     for c in model.canaries:
         if c.extracted is None:
             continue
         if c.extraction_guesses is not None:
-            k, n = within.get(c.repetitions, (0, 0))
-            within[c.repetitions] = (k + int(c.extraction_guess is not None), n + 1)
+            add(within, c.repetitions, int(c.extraction_guess is not None), 1)
         if c.extraction_first_guess_inserted is not None:
-            k, n = other.get(c.repetitions, (0, 0))
-            other[c.repetitions] = (k + int(c.extraction_first_guess_inserted), n + 1)
+            add(other, c.repetitions, int(c.extraction_first_guess_inserted), 1)
+    if not model.canaries:
+        for g in model_groups(model):
+            if g.extracted is None:
+                continue
+            if g.extracted_within_guesses is not None:
+                add(within, g.repetitions, g.extracted_within_guesses, g.n)
+            if g.extraction_first_guess_inserted is not None:
+                add(other, g.repetitions, g.extraction_first_guess_inserted, g.n)
     return dict(sorted(within.items())), dict(sorted(other.items()))
 
 
 def _guesses_setting(models: Iterable[ModelResult]) -> int | None:
     """The guesses the searches were allowed, when one number for all (None: none recorded, or several)."""
-    gs = {c.extraction_guesses for m in models for c in m.canaries if c.extraction_guesses is not None}
+    gs: set[int] = set()
+    for m in models:
+        if m.canaries:
+            gs |= {c.extraction_guesses for c in m.canaries if c.extraction_guesses is not None}
+        else:
+            gs |= {g.extraction_guesses for g in model_groups(m) if g.extraction_guesses is not None}
     return gs.pop() if len(gs) == 1 else None
+
+
+def no_guess_counts(model: ModelResult) -> tuple[int, int] | None:
+    """(searches that found no complete secret within their budget, searches that recorded it); None: none did."""
+    if model.canaries:
+        found = [c.extraction_guesses_found for c in model.canaries
+                 if c.extracted is not None and c.extraction_guesses_found is not None]
+        return (sum(f == 0 for f in found), len(found)) if found else None
+    groups = [g for g in model_groups(model) if g.extracted is not None and g.extraction_no_guess is not None]
+    return (sum(g.extraction_no_guess for g in groups), sum(g.n for g in groups)) if groups else None
+
+
+def extraction_inconclusive(model: ModelResult) -> bool:
+    """Whether every best-first search of the model found no complete secret within its budget: its misses say
+    nothing, neither leak nor its absence."""
+    counts = no_guess_counts(model)
+    return counts is not None and counts[1] > 0 and counts[0] == counts[1]
+
+
+def search_budget(model: ModelResult) -> int | None:
+    """The forward passes a search that found nothing spent (its whole budget), when one number."""
+    spent = {c.extraction_expansions for c in model.canaries
+             if c.extraction_guesses_found == 0 and c.extraction_expansions is not None}
+    return spent.pop() if len(spent) == 1 else None
+
+
+def within_guesses(model: ModelResult) -> tuple[int, int] | None:
+    """(inserted canaries whose own secret was among the search's guesses, searched); None: not recorded."""
+    within, _ = _guess_counts(model)
+    ins = [kn for r, kn in within.items() if r > 0]
+    return (sum(k for k, _ in ins), sum(n for _, n in ins)) if ins else None
+
+
+def other_secret_first(model: ModelResult) -> tuple[int, int] | None:
+    """(searches whose first guess was another inserted canary's secret, searches), inserted and reference
+    canaries together; None: not recorded."""
+    _, other = _guess_counts(model)
+    if not other:
+        return None
+    return sum(k for k, _ in other.values()), sum(n for _, n in other.values())
+
+
+def _inconclusive_sentence(model: ModelResult) -> str:
+    """"The best-first search found no complete secret within its budget of 200 forward passes for any of the 9
+    canaries: ..." (when :func:`extraction_inconclusive`)."""
+    counts = no_guess_counts(model)
+    n = counts[1] if counts else 0
+    budget = search_budget(model)
+    within = f"its budget of {budget:,} forward passes" if budget is not None else "its forward-pass budget"
+    return (
+        f"The best-first search found no complete secret within {within} for any of the {n} canaries: its "
+        "result is inconclusive, neither a leak nor evidence that the secrets are hard to guess."
+    )
 
 
 def _no_guess_sentence(model: ModelResult) -> str:
     """How many searches found no complete secret within their budget (their misses say nothing)."""
-    found = [c.extraction_guesses_found for c in model.canaries if c.extraction_guesses_found is not None]
-    k = sum(f == 0 for f in found)
-    if not k:
+    counts = no_guess_counts(model)
+    if counts is None or not counts[0]:
         return ""
+    k, n = counts
+    if k == n:
+        return (
+            f" For none of the {n} canaries did the search complete a secret within its forward-pass budget: the "
+            "search is inconclusive, not evidence that the secrets are hard to guess."
+        )
     return (
-        f" For {k} of the {len(found)} canaries the search completed no secret within its forward-pass budget: "
+        f" For {k} of the {n} canaries the search completed no secret within its forward-pass budget: "
         "a miss there is inconclusive, not evidence that the secret is hard to guess."
     )
 
@@ -449,6 +545,10 @@ def _extraction(results: Results) -> dict[str, Any]:
     lines = []
     for name, model in results.models.items():
         if not counts[name] and not beams[name]:
+            continue
+        if extraction_inconclusive(model):
+            text = _inconclusive_sentence(model) + (_beam_sentence(beams[name]) if beams[name] else "")
+            lines.append({"name": name, "text": text})
             continue
         text = _extraction_sentence(counts[name]) if counts[name] else "The best-first search was not run."
         passes = [c.extraction_expansions for c in model.canaries if c.extraction_expansions is not None]

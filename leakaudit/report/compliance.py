@@ -52,6 +52,7 @@ FRAMEWORKS: tuple[Framework, ...] = (
             "pii_extraction",
             "pii_reconstruction",
             "canary_extraction",
+            "other_secrets",
             "empirical",
         ),
         how="Risk evidence: how much of the training data an attacker can recover or confirm from the model, each "
@@ -76,6 +77,7 @@ FRAMEWORKS: tuple[Framework, ...] = (
             "untargeted",
             "pii_extraction",
             "canary_extraction",
+            "other_secrets",
             "canary_exposure",
         ),
         how="Membership inference is that attack as the Opinion names it; PII reconstruction is an attribute-inference "
@@ -119,14 +121,17 @@ FRAMEWORKS: tuple[Framework, ...] = (
 
 def _model_evidence(
     findings: list[Finding], keys: tuple[str, ...]
-) -> tuple[list[str], list[str], list[str], list[str]]:
-    """(failed DP guarantees, findings above their baseline, at it, not tested), as "label (value)" text."""
-    failed, above, at, untested = [], [], [], []
+) -> tuple[list[str], list[str], list[str], list[str], list[str]]:
+    """(failed DP guarantees, findings above their baseline, at it, not tested, inconclusive), as "label (value)"
+    text."""
+    failed, above, at, untested, inconclusive = [], [], [], [], []
     for key in keys:
         f = next((x for x in findings if x.key == key), None)
         if f is None:
             continue
-        if f.failed:
+        if f.inconclusive:
+            inconclusive.append(f"{_lower(f.label)} ({f.detail})" if f.detail else _lower(f.label))
+        elif f.failed:
             failed.append(f"{f.label} {f.value}, above the accountant's ε")
         elif f.signal:
             above.append(f"{_lower(f.label)} ({f.value})")
@@ -134,7 +139,7 @@ def _model_evidence(
             at.append(_lower(f.label))
         else:
             untested.append(f"{_lower(f.label)} ({f.value})")
-    return failed, above, at, untested
+    return failed, above, at, untested, inconclusive
 
 
 def compliance(
@@ -151,7 +156,7 @@ def compliance(
     for fw in FRAMEWORKS:
         rows = []
         for name, model in models.items():
-            failed, above, at, untested = _model_evidence(findings.get(name, []), fw.keys)
+            failed, above, at, untested, inconclusive = _model_evidence(findings.get(name, []), fw.keys)
             lines = []
             if fw.record:
                 if model.privacy.epsilon is None:
@@ -166,6 +171,11 @@ def compliance(
                 lines.append("At its baseline (no leak found by these attacks): " + ", ".join(at) + ".")
             if untested:
                 lines.append("Measured without a test against its baseline: " + "; ".join(untested) + ".")
+            if inconclusive:
+                lines.append(
+                    "Inconclusive (the attack found nothing either way, which is not evidence of no leak): "
+                    + "; ".join(inconclusive) + "."
+                )
             if failed:
                 status = "DP guarantee failed"
             elif above:
@@ -174,6 +184,8 @@ def compliance(
                 status = "no leakage measured"
             elif untested:
                 status = "not tested against a baseline"
+            elif inconclusive:
+                status = "inconclusive"
             else:
                 status = "not measured"
                 lines.append("No relevant measurement was recorded.")

@@ -12,7 +12,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from leakaudit.report.canaries import _extraction_counts, model_groups
+from leakaudit.report.canaries import (
+    _beam_counts,
+    _extraction_counts,
+    _guess_counts,
+    _guesses_setting,
+    extraction_inconclusive,
+    model_groups,
+    no_guess_counts,
+    other_secret_first,
+    search_budget,
+    within_guesses,
+)
 from leakaudit.report.formatting import (
     DASH,
     _bits,
@@ -45,6 +56,12 @@ FINDINGS: dict[str, tuple[str, str]] = {
         "Canary extraction",
         "Can the secret of a planted test record (a canary) be pulled out of the model? Inserted canaries whose "
         "exact secret a search guided by the model recovers, against canaries that were never inserted.",
+    ),
+    "other_secrets": (
+        "Other records' secrets",
+        "Asked for one planted record's secret, does the model answer with the secret of a different planted "
+        "record? Extraction searches (for inserted and never-inserted canaries) whose first guess is another "
+        "inserted canary's secret, against chance.",
     ),
     "canary_exposure": (
         "Canary exposure",
@@ -93,6 +110,9 @@ class Finding:
     detail: str = ""
     failed: bool = False
     """Only for the empirical ε: the bound exceeds the accountant's ε."""
+    inconclusive: bool = False
+    """The attack could not tell either way (an extraction search that completed no guess): neither a leak nor
+    its absence; ``signal`` is None."""
 
     @property
     def label(self) -> str:
@@ -154,22 +174,134 @@ def canary_extraction_counts(model: ModelResult) -> tuple[tuple[int, int], tuple
     return (ins_k, ins_n), counts.get(0, (0, 0))
 
 
+def _guesses_label(model: ModelResult) -> str:
+    g = _guesses_setting([model])
+    return f"within {g} guesses" if g is not None else "within its guesses"
+
+
+def _leaks_beyond(k: int, n: int, k0: int, n0: int) -> bool:
+    """Inserted canaries found (k of n) beyond the never-inserted ones (k0 of n0)."""
+    return k > 0 and (k0 == 0 or fisher_greater(k, n, k0, n0) < SIGNIFICANCE)
+
+
+def _inconclusive_extraction(model: ModelResult, baseline: str) -> Finding:
+    """Every best-first search completed no secret within its budget, and no search extracted an inserted one."""
+    budget = search_budget(model)
+    passes = f" of {budget:,} forward passes" if budget is not None else ""
+    searches = no_guess_counts(model)
+    n = searches[1] if searches else 0
+    sentence = (
+        f"the best-first extraction search found no complete secret within its budget{passes} for any of the {n} "
+        "canaries, so it shows neither a leak nor its absence"
+    )
+    detail = f"no complete secret in {n} searches"
+    beams = _beam_counts(model)
+    if beams:
+        kb = sum(k for r, (k, _) in beams.items() if r > 0)
+        nb = sum(n for r, (_, n) in beams.items() if r > 0)
+        sentence += (
+            f"; a beam search, which always completes, ranked first the secret of {kb} of {nb} inserted canaries"
+        )
+        if 0 in beams:
+            sentence += f" and {beams[0][0]} of {beams[0][1]} never-inserted ones"
+        detail += f"; beam search {kb}/{nb}"
+    return Finding("canary_extraction", "inconclusive", baseline, None, sentence, detail=detail, inconclusive=True)
+
+
 def _canary_extraction_finding(model: ModelResult) -> Finding | None:
     counts = canary_extraction_counts(model)
     if counts is None:
         return None
     (k, n), (k0, n0) = counts
-    signal = k > 0 and (k0 == 0 or fisher_greater(k, n, k0, n0) < SIGNIFICANCE)
     baseline = f"{k0}/{n0} never-inserted canaries" if n0 else "no reference canaries"
-    if signal:
+    within = within_guesses(model)
+    within_ref = _guess_counts(model)[0].get(0)
+    label = _guesses_label(model)
+    if within_ref is not None and n0:
+        baseline += f" ({within_ref[0]}/{within_ref[1]} {label})"
+    if not k and extraction_inconclusive(model):
+        return _inconclusive_extraction(model, baseline)
+    strict = _leaks_beyond(k, n, k0, n0)
+    guessed = within is not None and _leaks_beyond(*within, *(within_ref or (0, 0)))
+    detail = f"{within[0]}/{within[1]} {label}" if within is not None else ""
+    if strict:
         sentence = f"the secrets of {k} of {n} planted canaries can be extracted from it"
+        if within is not None and within[0] > k:
+            sentence += f", {within[0]} of {within[1]} {label}"
+    elif guessed:
+        sentence = (
+            f"an attacker allowed {label.removeprefix('within ').replace('its', 'several')} finds the secrets of "
+            f"{within[0]} of {within[1]} "
+            f"planted canaries (its first guess: {k} of {n})"
+        )
     else:
         sentence = (
             f"none of {n} planted canaries' secrets could be extracted"
             if not k
             else (f"{k} of {n} planted canaries' secrets were extracted, no more often than never-inserted ones")
         )
-    return Finding("canary_extraction", f"{k}/{n} inserted canaries", baseline, signal, sentence)
+        if within is not None and within[0] > k:
+            sentence += f" ({within[0]} of {within[1]} {label})"
+    searches = no_guess_counts(model)
+    if searches is not None and searches[0]:
+        # some searches completed no secret: their misses say nothing
+        detail = "; ".join(x for x in (detail, f"no complete secret in {searches[0]} of {searches[1]} searches") if x)
+        if not strict and not guessed:
+            sentence += (
+                f" (for {searches[0]} of the {searches[1]} canaries the search completed no secret within its "
+                "budget: inconclusive there)"
+            )
+    return Finding("canary_extraction", f"{k}/{n} inserted canaries", baseline, strict or guessed, sentence,
+                   detail=detail)
+
+
+def other_secret_chance(model: ModelResult, results: Results) -> float | None:
+    """The largest chance, over the searched canaries, that a guess made without the inserted secrets is one of
+    them: other inserted canaries of its spec / the spec's space size (secrets are drawn uniformly, so this holds
+    for any fixed guess). None: a spec's space size or the counts are unknown."""
+    spaces = {s.name: s.space_size for s in results.canary_specs}
+    inserted: dict[str | None, int] = {}
+    searched: list[tuple[str | None, int]] = []  # (spec, inserted canaries of the spec other than this one)
+    if model.canaries:
+        for c in model.canaries:
+            inserted[c.spec] = inserted.get(c.spec, 0) + int(c.inserted)
+        searched = [(c.spec, inserted[c.spec] - int(c.inserted)) for c in model.canaries
+                    if c.extraction_first_guess_inserted is not None]
+    else:
+        groups = model_groups(model)
+        for g in groups:
+            inserted[g.spec] = inserted.get(g.spec, 0) + (g.n if g.repetitions > 0 else 0)
+        searched = [(g.spec, inserted[g.spec]) for g in groups if g.extraction_first_guess_inserted is not None]
+    if not searched or any(spaces.get(spec or "", 0) <= 0 for spec, _ in searched):
+        return None
+    return max(others / spaces[spec or ""] for spec, others in searched)
+
+
+def _other_secrets_finding(model: ModelResult, results: Results) -> Finding | None:
+    counts = other_secret_first(model)
+    if counts is None or extraction_inconclusive(model):
+        return None  # not recorded, or no search completed a guess (the extraction finding says so)
+    j, n = counts
+    _, other = _guess_counts(model)
+    ins = [kn for r, kn in other.items() if r > 0]
+    detail = f"{sum(k for k, _ in ins)}/{sum(x for _, x in ins)} inserted"
+    if 0 in other:
+        detail += f", {other[0][0]}/{other[0][1]} never-inserted canaries"
+    chance = other_secret_chance(model, results)
+    baseline = f"chance {_f(chance, '.1g')} per search" if chance is not None else "chance (space size not recorded)"
+    signal = None if chance is None else binomial_greater(j, n, chance) < SIGNIFICANCE
+    if j and signal is not False:
+        sentence = (
+            f"it gives out memorised secrets of other records: for {j} of {n} canaries, searched from their own "
+            "prefix, its first guess was the secret of a different inserted canary"
+        )
+    elif j:
+        sentence = (
+            f"{j} of {n} searches' first guesses were another inserted canary's secret, no more often than chance"
+        )
+    else:
+        sentence = f"no search's first guess was the secret of another inserted canary ({n} searches)"
+    return Finding("other_secrets", f"{j}/{n} searches", baseline, signal, sentence, detail=detail)
 
 
 def max_exposure(model: ModelResult, results: Results) -> tuple[float, bool] | None:
@@ -362,6 +494,7 @@ def model_findings(model: ModelResult, results: Results) -> list[Finding]:
     found = [
         _mia_finding(model),
         _canary_extraction_finding(model),
+        _other_secrets_finding(model, results),
         _canary_exposure_finding(model, results),
         _memorization_finding(model),
         _untargeted_finding(model),
@@ -377,6 +510,7 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str
     failed = [f for f in findings if f.failed]
     leaks = [f for f in findings if f.signal and not f.failed]
     quiet = [_lower(f.label) for f in findings if f.signal is False]
+    inconclusive = [f.sentence for f in findings if f.inconclusive]
     parts = []
     if failed:
         parts.append(_sentence(failed[0].sentence))
@@ -391,7 +525,9 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str
             f"No leakage detected: none of the {n} measurement{'s' if n != 1 else ''} ({_join(quiet)}) exceeds "
             "its baseline beyond sampling error. This is evidence, not proof, that it does not leak (see Limitations)."
         )
-    unclear = [f.sentence for f in findings if f.signal is None]
+    if inconclusive:
+        parts.append("Inconclusive: " + "; ".join(inconclusive) + ".")
+    unclear = [f.sentence for f in findings if f.signal is None and not f.inconclusive]
     if unclear:
         parts.append("Shown without a test against its baseline (no interval recorded): " + "; ".join(unclear) + ".")
     if not findings:
@@ -407,6 +543,8 @@ def headline(results: Results, name: str) -> dict[str, Any]:
     model = results.models[name]
     best = best_attack(model)
     extraction = canary_extraction_counts(model)
+    within = within_guesses(model)
+    other = other_secret_first(model)
     top = max_exposure(model, results)
     mem = model.memorization[0] if model.memorization else None
     emp = empirical_best(model)
@@ -422,6 +560,11 @@ def headline(results: Results, name: str) -> dict[str, Any]:
         "max_canary_exposure_at_cap": top[1] if top else None,
         "canaries_extracted": extraction[0][0] if extraction else None,
         "canaries_searched": extraction[0][1] if extraction else None,
+        "extraction_guesses": _guesses_setting([model]),
+        "canaries_extracted_within_guesses": within[0] if within else None,
+        "canary_searches_other_secret_first": other[0] if other else None,
+        "canary_searches_with_first_guess_recorded": other[1] if other else None,
+        "canary_extraction_inconclusive": extraction_inconclusive(model) if extraction else None,
         "memorization_k": mem.k if mem else None,
         "memorization_n": mem.n if mem else None,
         "memorization_exact_match_rate": mem.members.exact_match_rate if mem else None,
@@ -477,6 +620,16 @@ def _comparison(results: Results) -> dict[str, Any]:
             best = f"{_pct(h['best_tpr_at_1pct_fpr'])} ({h['best_attack']})"
         top = max_exposure(model, results)
         extracted = DASH if h["canaries_extracted"] is None else f"{h['canaries_extracted']}/{h['canaries_searched']}"
+        if h["canary_extraction_inconclusive"] and not h["canaries_extracted"]:
+            extracted = f"inconclusive ({extracted}: no complete secret within the search budget)"
+        elif h["canaries_extracted_within_guesses"] is not None:
+            g = h["extraction_guesses"] or "its"
+            extracted += f" ({h['canaries_extracted_within_guesses']}/{h['canaries_searched']} within {g} guesses)"
+        if h["canary_searches_other_secret_first"]:
+            extracted += (
+                f"; another's secret first in {h['canary_searches_other_secret_first']}/"
+                f"{h['canary_searches_with_first_guess_recorded']} searches"
+            )
         mem = DASH
         if h["memorization_k"] is not None:
             mem = (

@@ -139,6 +139,28 @@ class ExposureGroup(_Model):
     max_exposure_bits: float
     median_exposure_bits_skewnorm: float | None = None
     extracted: int | None = Field(default=None, description="Canaries of this group extracted by the search.")
+    extraction_guesses: int | None = Field(
+        default=None,
+        description="Guesses the best-first search was allowed per canary of this group (None: not recorded, or "
+        "not one setting).",
+    )
+    extracted_within_guesses: int | None = Field(
+        default=None,
+        ge=0,
+        description="Canaries of this group whose own secret was among the search's guesses (None: not recorded).",
+    )
+    extraction_first_guess_inserted: int | None = Field(
+        default=None,
+        ge=0,
+        description="Canaries of this group whose search's first guess was the secret of another inserted canary "
+        "(None: not recorded).",
+    )
+    extraction_no_guess: int | None = Field(
+        default=None,
+        ge=0,
+        description="Canaries of this group whose search found no complete secret within its forward-pass budget: "
+        "inconclusive, not a miss (None: not recorded).",
+    )
 
 
 class MemorizationStats(_Model):

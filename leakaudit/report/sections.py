@@ -18,6 +18,11 @@ from leakaudit.report.canaries import (
     _exposure_sentence,
     _extraction_counts,
     _extraction_short,
+    _guesses_setting,
+    extraction_inconclusive,
+    other_secret_first,
+    search_budget,
+    within_guesses,
 )
 from leakaudit.report.compliance import compliance
 from leakaudit.report.findings import (
@@ -48,13 +53,7 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
     for name, model in results.models.items():
         parts = [f"ε = {_epsilon(model.privacy.epsilon)}"]
         parts.append(_exposure_sentence(model, results))
-        counts = _extraction_counts(model)
-        extraction = _extraction_short(counts)
-        if extraction:
-            parts.append(extraction)
-        either = canary_extraction_counts(model) if _beam_counts(model) else None
-        if either is not None and either[0][0] != sum(k for r, (k, _) in counts.items() if r > 0):
-            parts.append(f"{either[0][0]} of {either[0][1]} inserted canaries extracted by either search (with beam)")
+        parts += _extraction_summary(model)
         strongest = _strongest(model)
         if strongest:
             parts.append(strongest)
@@ -95,6 +94,15 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
             " A canary is extracted when a search guided only by the model, given the canary's prefix, returns "
             "the canary's exact secret as the model's most likely secret of that format."
         )
+    if any(within_guesses(m) is not None for m in results.models.values()):
+        g = _guesses_setting(results.models.values())
+        within = f"Within {g} guesses: the secret is among the search's {g}" if g is not None else (
+            "Within its guesses: the secret is among the search's"
+        )
+        explain += (
+            f" {within} most likely secrets, so an attacker with that many tries finds it. A search that completes "
+            "no secret within its forward-pass budget is inconclusive, not a negative."
+        )
     n = len(results.models)
     intro = (
         f"This report audits {n} model{'s' if n != 1 else ''} ({', '.join(results.models)}) "
@@ -102,6 +110,40 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
     )
     verdicts = [_verdict(name, m, findings[name]) for name, m in results.models.items()]
     return {"intro": intro, "models": lines, "explain": explain, "alerts": alerts, "verdicts": verdicts}
+
+
+def _extraction_summary(model: ModelResult) -> list[str]:
+    """The summary's extraction clauses: strict, within the search's guesses, another canary's secret first; or,
+    when no best-first search completed a secret, that the search was inconclusive (with the beam search's
+    result)."""
+    counts = _extraction_counts(model)
+    beams = _beam_counts(model)
+    either = canary_extraction_counts(model) if beams else None
+    if extraction_inconclusive(model) and not (either and either[0][0]):
+        budget = search_budget(model)
+        passes = f" of {budget:,} forward passes" if budget is not None else ""
+        text = f"extraction inconclusive: the best-first search found no complete secret within its budget{passes}"
+        if beams:
+            kb = sum(k for r, (k, _) in beams.items() if r > 0)
+            nb = sum(n for r, (_, n) in beams.items() if r > 0)
+            text += f" (the beam search ranked first the secret of {kb} of {nb} inserted canaries)"
+        return [text]
+    parts = []
+    extraction = _extraction_short(counts)
+    if extraction:
+        parts.append(extraction)
+    within = within_guesses(model)
+    if within is not None and counts:
+        g = _guesses_setting([model])
+        parts.append(f"{within[0]} of {within[1]} inserted canaries within {g if g is not None else 'its'} guesses")
+    other = other_secret_first(model)
+    if other is not None and other[0]:
+        parts.append(
+            f"for {other[0]} of {other[1]} searched canaries the first guess was another inserted canary's secret"
+        )
+    if either is not None and either[0][0] != sum(k for r, (k, _) in counts.items() if r > 0):
+        parts.append(f"{either[0][0]} of {either[0][1]} inserted canaries extracted by either search (with beam)")
+    return parts
 
 
 def _strongest(model: ModelResult) -> str | None:
