@@ -118,7 +118,8 @@ def extraction_fields(found: Extraction, canary: Canary, manifest: CanaryManifes
         "extraction_guesses": guesses,
         "extraction_guesses_found": len(found.guesses),
         "extraction_guess": position,
-        "extraction_first_guess_inserted": found.secret is not None and found.secret in others,
+        # None when the search completed no guess: nothing was measured (not "no")
+        "extraction_first_guess_inserted": None if found.secret is None else found.secret in others,
     }
 
 

@@ -217,7 +217,16 @@ def _check_extracted(name: str, m: dict) -> Check:
             f"{name}: {len(hit)} of {len(searched)} searched canaries extracted, none allowed: {ids}{more}",
         )
     found = [c.get("extraction_guesses_found") for c in searched if c.get("extracted") is not None]
-    if found and all(f == 0 for f in found):
+    empty = sum(f == 0 for f in found)
+    if found and 0 < empty < len(found):  # some best-first searches measured nothing: say how many
+        beam = any(c.get("extracted_beam") is not None for c in searched)
+        return Check(
+            "allow_extracted_canaries",
+            "pass",
+            f"{name}: none of {len(searched)} searched canaries extracted (the best-first search completed no secret "
+            f"within its budget for {empty} of them" + ("; the beam search covers them)" if beam else ")"),
+        )
+    if found and empty == len(found):
         # every best-first search ran out of budget before completing a secret: its misses say nothing
         if not any(c.get("extracted_beam") is not None for c in searched):
             return Check(
@@ -237,9 +246,13 @@ def _check_extracted(name: str, m: dict) -> Check:
 
 def _check_other_secrets(name: str, m: dict) -> Check:
     rule = "allow_other_canary_secrets"
-    searched = [c for c in m.get("canaries") or [] if c.get("extraction_first_guess_inserted") is not None]
+    canaries = m.get("canaries") or []
+    searched = [c for c in canaries if c.get("extraction_first_guess_inserted") is not None]
+    empty = [c for c in canaries if c.get("extraction_guesses_found") == 0]
     if not searched:
-        return Check(rule, "not measured", f"{name}: first guesses of the extraction search not recorded")
+        why = (f"the extraction search completed no guess within its budget for any of {len(empty)} canaries "
+               "(inconclusive)" if empty else "first guesses of the extraction search not recorded")
+        return Check(rule, "not measured", f"{name}: {why}")
     hit = [c for c in searched if c["extraction_first_guess_inserted"]]
     if hit:
         ids = ", ".join(
@@ -260,7 +273,9 @@ def _check_other_secrets(name: str, m: dict) -> Check:
             f"{name}: the extraction search found no complete secret within its budget for any of {len(searched)} "
             "canaries (inconclusive)",
         )
-    return Check(rule, "pass", f"{name}: no first guess of {len(searched)} searches was another canary's secret")
+    unmeasured = f" ({len(empty)} more completed no guess within the budget)" if empty else ""
+    return Check(rule, "pass",
+                 f"{name}: no first guess of {len(searched)} searches was another canary's secret{unmeasured}")
 
 
 def _check_pii(name: str, m: dict, limit: float) -> Check:

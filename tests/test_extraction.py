@@ -144,10 +144,12 @@ def test_guesses_come_in_the_model_s_order_with_their_costs(tokenizer):
     assert found.expansions == 3 and found.total_expansions == 5
     one = extract_secret(target, PIN, fmt, max_expansions=500)
     assert one.guesses == ("42",) and one.expansions == one.total_expansions == 3
-    # the budget ends the search: a guess counts when popped within it (the 4th pass finds " 07", the 5th pops it)
-    assert extract_secret(target, PIN, fmt, max_expansions=4, guesses=3).guesses == ("42",)
+    # the budget ends the search, but a complete secret already at the top of the queue still pops (no pass):
+    # the 4th pass finds " 07", cheaper than the open " 1", so it counts; " 13" would need a 5th pass
+    assert extract_secret(target, PIN, fmt, max_expansions=4, guesses=3).guesses == ("42", "07")
+    assert extract_secret(target, PIN, fmt, max_expansions=3, guesses=3).guesses == ("42",)
     short = extract_secret(target, PIN, fmt, max_expansions=5, guesses=3)
-    assert short.guesses == ("42", "07") and short.total_expansions == 5
+    assert short.guesses == ("42", "07", "13") and short.total_expansions == 5  # " 13" popped free
     assert extract_secret(target, PIN, fmt, max_expansions=2, guesses=3) == Extraction(None, None, 2, (), (), 2)
 
 
@@ -286,10 +288,10 @@ def test_audit_record_gives_the_guess_and_another_canary_s_secret_first(tokenize
     fields = extraction_fields(_search(tokenizer, a, prefers_b, budget=9), a, m, 10)
     assert (fields["extracted"], fields["extraction_guess"], fields["extraction_first_guess_inserted"]) == (
         False, None, True) and fields["extraction_guesses_found"] == 1
-    # nothing found at all
+    # nothing found at all: no first guess, so "another's secret first" is not measured (None), not "no"
     fields = extraction_fields(_search(tokenizer, a, prefers_b, budget=3), a, m, 10)
     assert (fields["extracted"], fields["extraction_guess"], fields["extraction_first_guess_inserted"]) == (
-        False, None, False) and fields["extraction_guesses_found"] == 0
+        False, None, None) and fields["extraction_guesses_found"] == 0
 
 
 def test_audit_record_holds_no_secret(tokenizer):

@@ -391,3 +391,22 @@ def test_default_policy_checks_other_canaries_secrets():
     assert any("rc-0009 (reference canary)" in r for r in v["non_dp"].reasons)
     assert v["dp"].passed  # inconclusive searches are reported, not failed (fail_on_missing: false)
     assert {c.name: c.status for c in v["dp"].checks}["allow_other_canary_secrets"] == "not measured"
+
+
+def test_searches_that_completed_no_guess_are_left_out_of_the_counts():
+    """One search completed a guess, the others none: the passes say on how little they rest."""
+    res = make_results()
+    m = res.models["dp"]
+    m.canaries = [c.model_copy(update={"extraction_guesses": 10, "extraction_guesses_found": 0 if i else 3,
+                                       "extraction_first_guess_inserted": None if i else False})
+                  for i, c in enumerate(m.canaries)]
+    n = len(m.canaries)
+    assert n >= 3
+    policy = Policy(allow_other_canary_secrets=False, allow_extracted_canaries=False)
+    checks = {c.name: c for c in evaluate_policy(res, policy, model="dp")[0].checks}
+    assert checks["allow_other_canary_secrets"].message == (
+        f"dp: no first guess of 1 searches was another canary's secret ({n - 1} more completed no guess within the "
+        "budget)")
+    assert checks["allow_extracted_canaries"].message == (
+        f"dp: none of {n} searched canaries extracted (the best-first search completed no secret within its budget "
+        f"for {n - 1} of them)")

@@ -941,7 +941,7 @@ def test_guess_fields_survive_results_json(results):
 def _inconclusive(res: Results, model: str = "dp") -> Results:
     """Every best-first search on ``model`` found no complete secret within its budget (100 passes, all spent)."""
     update = {"extraction_guesses": 10, "extraction_guesses_found": 0, "extraction_guess": None,
-              "extraction_first_guess_inserted": False, "extracted": False, "extraction_expansions": 100}
+              "extraction_first_guess_inserted": None, "extracted": False, "extraction_expansions": 100}
     m = res.models[model]
     canaries = [c.model_copy(update=update) for c in m.canaries]
     return res.model_copy(update={"models": {**res.models, model: m.model_copy(update={"canaries": canaries})}})
@@ -1038,19 +1038,16 @@ def test_a_search_that_completed_no_secret_is_inconclusive_not_a_negative(result
         "Inconclusive (the attack found nothing either way, which is not evidence of no leak): canary extraction "
         "(no complete secret in 9 searches)."
     ) in edpb
-    # with a beam search, which always completes, its result is cited
+    # with a beam search, which always completes, the extraction was measured (by it), as the release gate reads it
     md = render_markdown(_with_beam(res))
-    assert (
-        "so it shows neither a leak nor its absence; a beam search, which always completes, ranked first the secret "
-        "of 0 of 6 inserted canaries and 0 of 3 never-inserted ones."
-    ) in _verdicts(md)["dp"]
-    assert (
-        "; extraction inconclusive: the best-first search found no complete secret within its budget of 100 "
-        "forward passes (the beam search ranked first the secret of 0 of 6 inserted canaries);"
-    ) in _key_figures(md)["dp"]
-    assert "| inconclusive (no complete secret in 9 searches; beam search 0/6); baseline:" in (
-        _finding_rows(md)["Canary extraction"]
-    )
+    dp = _verdicts(md)["dp"]
+    assert "Inconclusive" not in dp and "extraction inconclusive" not in _key_figures(md)["dp"]
+    assert "No leak beyond the baseline in canary extraction" in dp
+    assert ("| 0/6 inserted canaries (0/6 within 10 guesses; no complete secret in 9 of 9 searches); baseline: 0/3 "
+            "never-inserted canaries (0/3 within 10 guesses) |") in _finding_rows(md)["Canary extraction"]
+    assert "**dp**: The best-first search found no complete secret" not in md
+    assert ("A beam search over the same format ranks the secret first for 0 of 6 inserted canaries and 0 of 3 "
+            "reference canaries.") in _section(md, "### Extraction", "## Membership inference")
     # a beam search that extracts a canary makes the result conclusive
     beam_hit = _with_beam(res)
     dp_model = beam_hit.models["dp"]
@@ -1087,7 +1084,8 @@ def test_extraction_guesses_from_groups_alone(results):
         _key_figures(md)["dp"]
     )
     extraction = _section(md, "### Extraction", "## Membership inference")
-    assert "| 4 | 0/2 | 0/2 | 0/2 | 1/2 | 2/2 | 1/2 | 0/2 | 0/2 | 0/2 |" in extraction
+    # dp: no search completed a first guess, so "another's secret first" was not measured there
+    assert "| 4 | 0/2 | 0/2 | 0/2 | 1/2 | 2/2 | 1/2 | 0/2 | 0/2 | — |" in extraction
 
 
 def test_results_without_guess_fields_render_as_before(results):
@@ -1517,3 +1515,17 @@ def test_preflight_warnings_are_listed_and_capped():
     assert audited.count("| pre-flight warning |") == 6
     assert "| pre-flight warning | codes-r0: inserted 4 time(s) but found 3 time(s) in the training data |" in audited
     assert "| pre-flight warning | … and 3 more (all in results.json) |" in audited
+
+
+def test_one_canary_within_several_guesses_is_not_a_leak_by_itself(results):
+    """With G guesses chance finds a secret G times as often as with one: the never-inserted canaries are the
+    baseline (Fisher's test), not the zero-hits shortcut that holds for a single guess."""
+    from leakaudit.report.findings import model_findings
+
+    res = _with_guesses(results)
+    base = res.models["base"]
+    hit_one = [c.model_copy(update={"extraction_guess": 7 if c.id == "codes-r16-0" else None,
+                                    "extraction_guesses_found": 10}) for c in base.canaries]
+    res = res.model_copy(update={"models": {**res.models, "base": base.model_copy(update={"canaries": hit_one})}})
+    finding = {f.key: f for f in model_findings(res.models["base"], res)}["canary_extraction"]
+    assert finding.signal is False and "(1 of 6 within 10 guesses)" in finding.sentence

@@ -74,6 +74,63 @@ def test_a_failing_compiler_warns_once_and_falls_back(monkeypatch):
         vocab.token_logprobs(x, t, True, compiled=True)
 
 
+def _uncompiled(monkeypatch, fail_on=()):
+    """``vocab``'s compiled reductions run through their chunking and fallback logic with ``torch.compile``
+    replaced by the identity; call numbers in ``fail_on`` raise (an OOM for odd ones, an error for even)."""
+    calls = [0]
+
+    def fake_compile(fn, **kwargs):
+        def run(*args):
+            calls[0] += 1
+            if calls[0] in fail_on:
+                raise torch.OutOfMemoryError("device full") if calls[0] % 2 else RuntimeError("kernel broke")
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(vocab, "_fused", vocab._Compiled(vocab.fused_logprobs, "the test reduction"))
+    monkeypatch.setattr(vocab, "_lse", vocab._Compiled(vocab._logsumexp, "the test log-sum-exp"))
+    monkeypatch.setattr(vocab, "_ROWS", 7)  # 50 rows: eight calls, the last one short
+    return calls
+
+
+def test_rows_split_across_calls_are_put_back_in_order(monkeypatch):
+    calls = _uncompiled(monkeypatch)
+    x, t = _logits(n=50)
+    np.testing.assert_allclose(vocab.token_logprobs(x, t, True, compiled=True).numpy(),
+                               vocab.eager_logprobs(x, t, True).numpy(), atol=2e-4)
+    assert calls[0] == 8
+    cube = x.view(5, 10, -1)
+    np.testing.assert_allclose(vocab.logsumexp(cube, compiled=True).numpy(),
+                               torch.logsumexp(cube, -1).numpy(), atol=1e-5)
+
+
+def test_running_out_of_memory_falls_back_for_that_call_only(monkeypatch):
+    calls = _uncompiled(monkeypatch, fail_on={3})  # the third chunk of the first call
+    x, t = _logits(n=50)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning: compiling stays on
+        first = vocab.token_logprobs(x, t, True, compiled=True)
+    np.testing.assert_array_equal(first.numpy(), vocab.eager_logprobs(x, t, True).numpy())  # all eager, none mixed
+    assert vocab._fused.failed is None
+    before = calls[0]
+    vocab.token_logprobs(x, t, True, compiled=True)
+    assert calls[0] == before + 8  # compiled again
+
+
+def test_a_failure_on_a_later_call_discards_its_partial_results(monkeypatch):
+    calls = _uncompiled(monkeypatch, fail_on={10})  # the second call's second chunk
+    x, t = _logits(n=50)
+    vocab.token_logprobs(x, t, False, compiled=True)
+    with pytest.warns(RuntimeWarning, match="kernel broke"):
+        got = vocab.token_logprobs(x, t, False, compiled=True)
+    assert got.shape == (1, 50)
+    np.testing.assert_array_equal(got.numpy(), vocab.eager_logprobs(x, t, False).numpy())
+    assert vocab._fused.failed and calls[0] == 10
+    vocab.token_logprobs(x, t, False, compiled=True)
+    assert calls[0] == 10  # switched off for good
+
+
 needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("clang++") is None,
                                     reason="torch.compile on a CPU needs a C++ compiler")
 

@@ -106,7 +106,8 @@ def extract_secret(
     the k-th distinct complete secret popped is the model's rank-k secret over token paths (a
     secret's cost is that of its cheapest token path).  The search keeps popping after the first
     complete secret until it holds ``guesses`` distinct secrets or has spent ``max_expansions``
-    forward passes; a secret reached again by another (non-canonical) token path is counted once,
+    forward passes (complete secrets already at the top of the queue then still count: popping them
+    needs no pass); a secret reached again by another (non-canonical) token path is counted once,
     the first time it is popped.  ``guesses=1`` stops at the first complete secret, as an attacker
     with one guess would.
     """
@@ -116,7 +117,9 @@ def extract_secret(
     found: list[tuple[float, str]] = []
     seen: set[str] = set()
     expansions, first = 0, None
-    while heap and expansions < max_expansions:
+    while heap:
+        if expansions >= max_expansions and not (heap[0][1] and partial.state(heap[0][1]) == "done"):
+            break  # budget spent; complete secrets already at the top of the queue still pop (no pass needed)
         cost, text, path = heapq.heappop(heap)
         if text and partial.state(text) == "done":
             if text not in seen:

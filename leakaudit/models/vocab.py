@@ -33,7 +33,7 @@ import torch
 from leakaudit.errors import LeakauditError
 
 ENV = "LEAKAUDIT_COMPILE"
-_ROWS = 16384  # rows per compiled call: bounds anything the compiler materialises
+_ROWS = 4096  # rows per compiled call: bounds anything materialised (as the eager form's chunks do)
 
 
 def compile_wanted(device: torch.device) -> bool:
@@ -93,7 +93,11 @@ def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
 
 class _Compiled:
     """``fn`` compiled on first use, the number of rows left dynamic; ``None`` from :meth:`__call__`
-    when compiling is off or failed (the caller then takes its eager path)."""
+    when compiling is off or failed (the caller then takes its eager path).
+
+    Running out of device memory falls back for that call only; any other failure (no compiler,
+    no Triton, an unsupported operation) switches compiling off for the process, with one warning.
+    """
 
     def __init__(self, fn: Callable, name: str):
         self.fn, self.name = fn, name
@@ -110,6 +114,8 @@ class _Compiled:
                 if isinstance(a, torch.Tensor) and a.dim() >= 1:
                     torch._dynamo.maybe_mark_dynamic(a, 0)
             return self.compiled(*args)
+        except torch.OutOfMemoryError:
+            return None  # this call only: the eager form works in smaller pieces
         except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, but say why
             self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
             warnings.warn(f"{self.name} runs uncompiled: torch.compile failed ({self.failed[:300]})",

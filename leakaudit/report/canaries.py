@@ -393,8 +393,10 @@ def _guess_counts(model: ModelResult) -> tuple[dict[int, tuple[int, int]], dict[
                 continue
             if g.extracted_within_guesses is not None:
                 add(within, g.repetitions, g.extracted_within_guesses, g.n)
-            if g.extraction_first_guess_inserted is not None:
-                add(other, g.repetitions, g.extraction_first_guess_inserted, g.n)
+            if g.extraction_first_guess_inserted is not None:  # over the searches that completed a guess
+                done = g.n - (g.extraction_no_guess or 0)
+                if done > 0:
+                    add(other, g.repetitions, g.extraction_first_guess_inserted, done)
     return dict(sorted(within.items())), dict(sorted(other.items()))
 
 
@@ -420,10 +422,11 @@ def no_guess_counts(model: ModelResult) -> tuple[int, int] | None:
 
 
 def extraction_inconclusive(model: ModelResult) -> bool:
-    """Whether every best-first search of the model found no complete secret within its budget: its misses say
-    nothing, neither leak nor its absence."""
+    """Whether every best-first search of the model found no complete secret within its budget and no beam search
+    ran: its misses say nothing, neither leak nor its absence.  (A beam search always completes a secret, so
+    when it ran the extraction was measured, by it; the release gate reads it the same way.)"""
     counts = no_guess_counts(model)
-    return counts is not None and counts[1] > 0 and counts[0] == counts[1]
+    return counts is not None and counts[1] > 0 and counts[0] == counts[1] and not _beam_counts(model)
 
 
 def search_budget(model: ModelResult) -> int | None:
@@ -551,7 +554,8 @@ def _extraction(results: Results) -> dict[str, Any]:
             lines.append({"name": name, "text": text})
             continue
         text = _extraction_sentence(counts[name]) if counts[name] else "The best-first search was not run."
-        passes = [c.extraction_expansions for c in model.canaries if c.extraction_expansions is not None]
+        passes = [c.extraction_expansions for c in model.canaries  # searches that found nothing: their own sentence
+                  if c.extraction_expansions is not None and c.extraction_guesses_found != 0]
         # with several guesses the recorded passes are those spent until the first guess
         used = "Its first guess took" if any((c.extraction_guesses or 1) > 1 for c in model.canaries) else "It used"
         if passes and min(passes) == max(passes):

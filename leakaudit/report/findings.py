@@ -222,7 +222,10 @@ def _canary_extraction_finding(model: ModelResult) -> Finding | None:
     if not k and extraction_inconclusive(model):
         return _inconclusive_extraction(model, baseline)
     strict = _leaks_beyond(k, n, k0, n0)
-    guessed = within is not None and _leaks_beyond(*within, *(within_ref or (0, 0)))
+    # several guesses: chance finds a secret G times as often as with one, so no zero-baseline shortcut here; the
+    # never-inserted canaries searched the same way are the baseline
+    guessed = (within is not None and within[0] > 0 and within_ref is not None and within_ref[1] > 0
+               and fisher_greater(*within, *within_ref) < SIGNIFICANCE)
     detail = f"{within[0]}/{within[1]} {label}" if within is not None else ""
     if strict:
         sentence = f"the secrets of {k} of {n} planted canaries can be extracted from it"
@@ -247,9 +250,11 @@ def _canary_extraction_finding(model: ModelResult) -> Finding | None:
         # some searches completed no secret: their misses say nothing
         detail = "; ".join(x for x in (detail, f"no complete secret in {searches[0]} of {searches[1]} searches") if x)
         if not strict and not guessed:
+            rest = ("those rest on the beam search, which always completes" if _beam_counts(model)
+                    else "inconclusive there")
             sentence += (
-                f" (for {searches[0]} of the {searches[1]} canaries the search completed no secret within its "
-                "budget: inconclusive there)"
+                f" (for {searches[0]} of the {searches[1]} canaries the best-first search completed no secret within "
+                f"its budget: {rest})"
             )
     return Finding("canary_extraction", f"{k}/{n} inserted canaries", baseline, strict or guessed, sentence,
                    detail=detail)
