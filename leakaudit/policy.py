@@ -199,6 +199,15 @@ def _check_tpr(name: str, m: dict, limit: float) -> Check:
     )
 
 
+def _canary_ids(hit: list[dict], show: int = 5) -> str:
+    """The first ``show`` canaries by id with their repetitions (never a secret), and how many more."""
+    ids = ", ".join(
+        f"{c['id']} ({_reps(c['repetitions'])})" if c.get("inserted") else f"{c['id']} (reference canary)"
+        for c in hit[:show]
+    )
+    return ids + (f" and {len(hit) - show} more" if len(hit) > show else "")
+
+
 def _check_extracted(name: str, m: dict) -> Check:
     canaries = m.get("canaries") or []
     searched = [c for c in canaries if c.get("extracted") is not None or c.get("extracted_beam") is not None]
@@ -206,15 +215,11 @@ def _check_extracted(name: str, m: dict) -> Check:
         return Check("allow_extracted_canaries", "not measured", f"{name}: canary extraction not measured")
     hit = [c for c in searched if c.get("extracted") or c.get("extracted_beam")]
     if hit:
-        ids = ", ".join(
-            f"{c['id']} ({_reps(c['repetitions'])})" if c.get("inserted") else f"{c['id']} (reference canary)"
-            for c in hit[:5]
-        )
-        more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+        ids = _canary_ids(hit)
         return Check(
             "allow_extracted_canaries",
             "fail",
-            f"{name}: {len(hit)} of {len(searched)} searched canaries extracted, none allowed: {ids}{more}",
+            f"{name}: {len(hit)} of {len(searched)} searched canaries extracted, none allowed: {ids}",
         )
     found = [c.get("extraction_guesses_found") for c in searched if c.get("extracted") is not None]
     empty = sum(f == 0 for f in found)
@@ -255,16 +260,12 @@ def _check_other_secrets(name: str, m: dict) -> Check:
         return Check(rule, "not measured", f"{name}: {why}")
     hit = [c for c in searched if c["extraction_first_guess_inserted"]]
     if hit:
-        ids = ", ".join(
-            f"{c['id']} ({_reps(c['repetitions'])})" if c.get("inserted") else f"{c['id']} (reference canary)"
-            for c in hit[:5]
-        )
-        more = f" and {len(hit) - 5} more" if len(hit) > 5 else ""
+        ids = _canary_ids(hit)
         return Check(
             rule,
             "fail",
             f"{name}: for {len(hit)} of {len(searched)} searched canaries the first guess was another inserted "
-            f"canary's secret, none allowed: {ids}{more}",
+            f"canary's secret, none allowed: {ids}",
         )
     if all(c.get("extraction_guesses_found") == 0 for c in searched):
         return Check(
