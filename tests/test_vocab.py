@@ -139,15 +139,17 @@ needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which
 def test_compiled_engine_scores_like_the_plain_one(monkeypatch, gpt2, tokenizer, corpora):
     """The whole engine with compiled reductions (forced on the CPU): scores, Min-K%++ statistics,
     secrets through the shared-prefix and candidate-tree paths, against the plain engine."""
-    texts = [r["text"] for r in corpora[0][:10]]
+    texts = [r["text"] for r in corpora[0][:10]] + [" ".join(r["text"] for r in corpora[0][:12])]  # + windows
     prefix = "Ticket 4 for Ann Lee: the code is "
     cands = [f"{i:03d}" for i in range(300)]  # >= 256: the candidate-tree path
     few = cands[:5]  # the shared-prefix path
     monkeypatch.setenv(vocab.ENV, "0")
     plain = Target(gpt2, tokenizer, token_budget=400)
+    plain.context = 64  # the long text is scored in sliding windows (rows whose first scored token is not 1)
     want = (plain.score_stats(texts), plain.secret_nll(prefix, cands), plain.secret_nll(prefix, few))
     monkeypatch.setenv(vocab.ENV, "1")
     fast = Target(gpt2, tokenizer, token_budget=400)
+    fast.context = 64
     assert fast._compiled
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a compiler failure would fall back silently here

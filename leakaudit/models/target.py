@@ -142,8 +142,10 @@ class Target:
 
         Each result is ``lp`` of shape [n], or with ``stats`` an array [3, n] of ``lp`` and the
         mean and variance of log p over the vocabulary under p itself (Min-K%++ needs them).
-        Only each row's scored positions are normalised (never padding), in chunks, so the float32
-        copy of the logits never exceeds ``chunk`` rows of the vocabulary.
+        Uncompiled, only each row's scored positions are normalised (never padding), in chunks, so
+        the float32 copy of the logits never exceeds ``chunk`` rows of the vocabulary; compiled
+        (:mod:`leakaudit.models.vocab`), the whole batch goes through one streaming call, which
+        keeps no float32 copy at all.
         """
         out: list[np.ndarray | None] = [None] * len(rows)
         order = sorted(range(len(rows)), key=lambda k: -len(rows[k].ids))
@@ -162,12 +164,25 @@ class Target:
             ids, mask = ids.to(self.device), mask.to(self.device)
             pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(batch), -1)
             logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            if self._compiled and vocab.compiled_available():
+                # one compiled call for the whole batch (per-row calls would each pay the call overhead);
+                # the few padded positions of a length-sorted batch are reduced too and dropped below
+                B = len(batch)
+                nxt = torch.cat([ids[:, 1:], ids[:, :1]], dim=1).reshape(-1)  # the last position's is unused
+                every = vocab.token_logprobs(logits.reshape(B * width, -1), nxt, stats, compiled=True)
+                every = every.reshape(-1, B, width).cpu().numpy().astype(np.float32)  # one transfer per batch
+                del logits
+                for b, r in enumerate(batch):
+                    L, f = len(rows[r].ids), rows[r].first
+                    piece = every[:, b, f - 1 : L - 1]  # position j - 1 predicts token j
+                    out[r] = piece if stats else piece[0]
+                continue
             parts, sizes = [], []
             for b, r in enumerate(batch):
                 L, f = len(rows[r].ids), rows[r].first
                 # position j - 1 predicts token j: a view of the row's scored positions, never padding
                 rows_b, next_b = logits[b, f - 1 : L - 1], ids[b, f:L]
-                parts.append(vocab.token_logprobs(rows_b, next_b, stats, compiled=self._compiled))
+                parts.append(vocab.token_logprobs(rows_b, next_b, stats, compiled=False))
                 sizes.append(L - f)
             del logits
             values = torch.cat(parts, dim=1).cpu().numpy().astype(np.float32)  # one transfer per batch

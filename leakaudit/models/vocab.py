@@ -127,6 +127,11 @@ _fused = _Compiled(fused_logprobs, "the per-token log-prob reduction")
 _lse = _Compiled(_logsumexp, "the log-sum-exp over the vocabulary")
 
 
+def compiled_available() -> bool:
+    """False once compiling the per-token reduction has failed in this process."""
+    return _fused.failed is None
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, stats: bool, *, compiled: bool) -> torch.Tensor:
     """[1, n] (or with ``stats`` [3, n]) float32 per-token values of ``logits`` [n, V], ``targets`` [n]."""
     if compiled and logits.shape[0]:
