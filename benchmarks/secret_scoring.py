@@ -83,7 +83,10 @@ def main() -> None:
     target = Target(model, tok, token_budget=16384)
     prefix = "Security note for Jordan Avery Whitfield: the account recovery code is "
     cands = [f"{i:06d}" for i in np.random.default_rng(0).choice(10**6, args.candidates, replace=False)]
-    target.secret_nll(prefix, cands[:50])  # warm-up
+    t0 = time.perf_counter()  # warm-up of both paths (and, where compiled, the one-off compiling of their reductions)
+    target.secret_nll(prefix, cands[:50])  # shared-prefix path
+    target.secret_nll(prefix, cands[:300])  # candidate-tree path (>= 256 candidates)
+    warmup = time.perf_counter() - t0
     fast, t_fast = timed(target.secret_nll, prefix, cands)
     batched, t_batched = timed(independent, target, prefix, cands)
     sub = cands[: args.loop_candidates]
@@ -95,6 +98,7 @@ def main() -> None:
         "size": args.size, "dtype": str(next(model.parameters()).dtype),
         "parameters": sum(p.numel() for p in model.parameters()),
         "candidates": args.candidates,
+        "compiled_reductions": target._compiled, "warmup_seconds": warmup,
         "shared_prefix_cands_per_s": args.candidates / t_fast,
         "independent_batched_cands_per_s": args.candidates / t_batched,
         "one_per_pass_cands_per_s": len(sub) / t_loop,
