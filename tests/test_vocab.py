@@ -185,4 +185,7 @@ def test_cuda_compiled_reductions_equal_the_definitions_in_bf16(monkeypatch, gpt
     for a, b in zip(fast.score_stats(texts), plain.score_stats(texts)):
         np.testing.assert_allclose(a.lp, b.lp, atol=1e-4)
         np.testing.assert_allclose(a.mu, b.mu, atol=1e-4)
+    prefix, cands = "Ticket 4 for Ann Lee: the code is ", [f"{i:03d}" for i in range(300)]
+    for few in (cands[:5], cands):  # the shared-prefix path and the candidate tree
+        np.testing.assert_allclose(fast.secret_nll(prefix, few), plain.secret_nll(prefix, few), atol=1e-3)
     model.cpu()
