@@ -510,6 +510,12 @@ def cell_metrics(model, min_reps: int = 16) -> dict:
         "loss_tpr_at_1pct_fpr": model.mia["loss"].tpr_at_fpr.get("0.01") if "loss" in model.mia else None,
         "canaries_extracted": sum(bool(c.extracted) or bool(c.extracted_beam) for c in searched) if searched else None,
         "canaries_searched": len(searched),
+        # inserted canaries whose own secret was among the best-first search's guesses (None: not recorded)
+        "canaries_within_guesses": (sum(c.extraction_guess is not None for c in inserted)
+                                    if any(c.extraction_guesses is not None for c in inserted) else None),
+        # searches (inserted and reference canaries) whose first guess was another inserted canary's secret
+        "other_secret_first": (sum(bool(c.extraction_first_guess_inserted) for c in model.canaries)
+                               if any(c.extraction_guesses is not None for c in model.canaries) else None),
         "memorization_k_n": f"{mem.k}:{mem.n}" if mem else None,
         "memorization_exact_rate": mem.members.exact_match_rate if mem else None,
         "memorization_exact_rate_non_members": mem.non_members.exact_match_rate if mem else None,
@@ -737,6 +743,8 @@ METRICS = (
     ("exposure_median", "median exposure (bits)", "{:.2f}"),
     ("exposure_max", "max exposure (bits)", "{:.2f}"),
     ("canaries_extracted", "canaries extracted", "{:g}"),
+    ("canaries_within_guesses", "within the search's guesses", "{:g}"),
+    ("other_secret_first", "another canary's secret first", "{:g}"),
     ("memorization_exact_rate", "memorization exact rate", "{:.1%}"),
     ("untargeted_memorized", "untargeted memorized", "{:g}"),
     ("pii_recall", "PII recall", "{:.1%}"),
@@ -747,7 +755,8 @@ CSV_COLUMNS = (
     "sample_rate", "expected_batch", "dataset_size", "lr", "lora_rank", "perplexity", "member_loss",
     "non_member_loss", "best_tpr_at_1pct_fpr", "best_attack", "loss_auc", "loss_tpr_at_1pct_fpr", "exposure_median",
     "exposure_max", "exposure_reference_median", "n_exposure_canaries", "canaries_extracted", "canaries_searched",
-    "memorization_k_n", "memorization_exact_rate", "memorization_exact_rate_non_members", "untargeted_memorized",
+    "canaries_within_guesses", "other_secret_first", "memorization_k_n", "memorization_exact_rate",
+    "memorization_exact_rate_non_members", "untargeted_memorized",
     "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "train_seconds",
     "audit_seconds", "device", "run_dir",
 )

@@ -183,6 +183,7 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
             assert k in r, k
         assert r["perplexity"] > 1 and 0 <= r["loss_auc"] <= 1 and 0 <= r["best_tpr_at_1pct_fpr"] <= 1
         assert r["n_exposure_canaries"] == 2 and r["canaries_searched"] == 4
+        assert r["canaries_within_guesses"] is not None and r["other_secret_first"] is not None
     plain, dp = cells["full-epsinf-seed0"], cells["full-eps1-seed0"]
     assert plain["epsilon"] is None and dp["epsilon"] == pytest.approx(1.0, rel=0.02)
     # matched steps: the non-DP cell takes the DP cell's steps and (expected) batch
@@ -263,3 +264,25 @@ def test_submitit_executor_in_local_mode(grid, tmp_path):
     want = {r["cell"]: r for r in first.cells}[CELLS[0]]
     assert got["steps"] == want["steps"] and got["perplexity"] == pytest.approx(want["perplexity"], rel=0.05)
     assert json.loads((target / "comparison.json").read_text())["missing_cells"] == []
+
+
+def test_cell_metrics_count_guesses_and_other_canaries_secrets(grid):
+    """Known answer: the two guess counts of a cell, with the canaries' search fields set by hand."""
+    from leakaudit.experiment import cell_metrics
+    from leakaudit.report.schema import Results
+
+    _, _, out, _ = grid
+    res = Results.model_validate(json.loads((out / "cells" / CELLS[0] / "results.json").read_text()))
+    model = next(iter(res.models.values()))
+    marks = []  # (inserted, own secret within the guesses, first guess another inserted secret)
+    canaries = []
+    for i, c in enumerate(model.canaries):
+        within, other = i % 3 == 0, i % 4 == 1
+        marks.append((c.inserted, within, other))
+        canaries.append(c.model_copy(update={"extraction_guesses": 10, "extraction_guess": 2 if within else None,
+                                             "extraction_first_guess_inserted": other}))
+    got = cell_metrics(model.model_copy(update={"canaries": canaries}))
+    assert got["canaries_within_guesses"] == sum(ins and w for ins, w, _ in marks)
+    assert got["other_secret_first"] == sum(o for _, _, o in marks)  # reference canaries' searches count too
+    assert cell_metrics(model.model_copy(update={"canaries": [
+        c.model_copy(update={"extraction_guesses": None}) for c in model.canaries]}))["other_secret_first"] is None
