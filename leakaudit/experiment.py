@@ -494,6 +494,11 @@ def cell_metrics(model, min_reps: int = 16) -> dict:
     one_run = [e for e in model.empirical_privacy if e.method == "one_run"]
     bound = max(one_run, key=lambda e: e.eps_lower_bound) if one_run else None
     ux, pii = model.untargeted_extraction, model.pii_extraction
+    guessed = [c for c in model.canaries if c.extracted is not None and c.extraction_guesses_found is not None]
+    # best-first searches that completed a secret (older runs, without the count: every search that ran)
+    completed = ([c for c in guessed if c.extraction_guesses_found > 0] if guessed
+                 else [c for c in model.canaries if c.extracted is not None])
+    recorded = any(c.extraction_guesses is not None for c in model.canaries)  # older runs: no guesses
     return {
         "epsilon": p.epsilon, "delta": p.delta, "noise_multiplier": p.noise_multiplier, "steps": p.steps,
         "sample_rate": p.sample_rate, "dataset_size": p.dataset_size,
@@ -508,14 +513,19 @@ def cell_metrics(model, min_reps: int = 16) -> dict:
         "best_attack": best[0] if best else None,
         "loss_auc": model.mia["loss"].auc if "loss" in model.mia else None,
         "loss_tpr_at_1pct_fpr": model.mia["loss"].tpr_at_fpr.get("0.01") if "loss" in model.mia else None,
-        "canaries_extracted": sum(bool(c.extracted) or bool(c.extracted_beam) for c in searched) if searched else None,
+        # None when nothing was measured: no search ran, or no best-first search completed a secret and no beam
+        # search (which always completes) ran
+        "canaries_extracted": (sum(bool(c.extracted) or bool(c.extracted_beam) for c in searched)
+                               if searched and (completed or any(c.extracted_beam is not None for c in searched))
+                               else None),
         "canaries_searched": len(searched),
-        # inserted canaries whose own secret was among the best-first search's guesses (None: not recorded)
+        "extraction_searches_completed": len(completed) if guessed else None,
+        # inserted canaries whose own secret was among the best-first search's guesses (None: no guess made)
         "canaries_within_guesses": (sum(c.extraction_guess is not None for c in inserted)
-                                    if any(c.extraction_guesses is not None for c in inserted) else None),
-        # searches (inserted and reference canaries) whose first guess was another inserted canary's secret
-        "other_secret_first": (sum(bool(c.extraction_first_guess_inserted) for c in model.canaries)
-                               if any(c.extraction_guesses is not None for c in model.canaries) else None),
+                                    if recorded and completed else None),
+        # completed searches (inserted and reference canaries) whose first guess was another inserted canary's secret
+        "other_secret_first": (sum(bool(c.extraction_first_guess_inserted) for c in completed)
+                               if recorded and completed else None),
         "memorization_k_n": f"{mem.k}:{mem.n}" if mem else None,
         "memorization_exact_rate": mem.members.exact_match_rate if mem else None,
         "memorization_exact_rate_non_members": mem.non_members.exact_match_rate if mem else None,
@@ -755,8 +765,8 @@ CSV_COLUMNS = (
     "sample_rate", "expected_batch", "dataset_size", "lr", "lora_rank", "perplexity", "member_loss",
     "non_member_loss", "best_tpr_at_1pct_fpr", "best_attack", "loss_auc", "loss_tpr_at_1pct_fpr", "exposure_median",
     "exposure_max", "exposure_reference_median", "n_exposure_canaries", "canaries_extracted", "canaries_searched",
-    "canaries_within_guesses", "other_secret_first", "memorization_k_n", "memorization_exact_rate",
-    "memorization_exact_rate_non_members", "untargeted_memorized",
+    "extraction_searches_completed", "canaries_within_guesses", "other_secret_first", "memorization_k_n",
+    "memorization_exact_rate", "memorization_exact_rate_non_members", "untargeted_memorized",
     "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "train_seconds",
     "audit_seconds", "device", "run_dir",
 )

@@ -183,7 +183,8 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
             assert k in r, k
         assert r["perplexity"] > 1 and 0 <= r["loss_auc"] <= 1 and 0 <= r["best_tpr_at_1pct_fpr"] <= 1
         assert r["n_exposure_canaries"] == 2 and r["canaries_searched"] == 4
-        assert r["canaries_within_guesses"] is not None and r["other_secret_first"] is not None
+        # guess counts exist exactly when some best-first search completed a secret
+        assert (r["canaries_within_guesses"] is not None) == bool(r["extraction_searches_completed"])
     plain, dp = cells["full-epsinf-seed0"], cells["full-eps1-seed0"]
     assert plain["epsilon"] is None and dp["epsilon"] == pytest.approx(1.0, rel=0.02)
     # matched steps: the non-DP cell takes the DP cell's steps and (expected) batch
@@ -280,9 +281,22 @@ def test_cell_metrics_count_guesses_and_other_canaries_secrets(grid):
         within, other = i % 3 == 0, i % 4 == 1
         marks.append((c.inserted, within, other))
         canaries.append(c.model_copy(update={"extraction_guesses": 10, "extraction_guess": 2 if within else None,
-                                             "extraction_first_guess_inserted": other}))
+                                             "extraction_first_guess_inserted": other, "extraction_guesses_found": 3,
+                                             "extracted": False, "extracted_beam": None}))
     got = cell_metrics(model.model_copy(update={"canaries": canaries}))
     assert got["canaries_within_guesses"] == sum(ins and w for ins, w, _ in marks)
     assert got["other_secret_first"] == sum(o for _, _, o in marks)  # reference canaries' searches count too
-    assert cell_metrics(model.model_copy(update={"canaries": [
-        c.model_copy(update={"extraction_guesses": None}) for c in model.canaries]}))["other_secret_first"] is None
+    assert got["extraction_searches_completed"] == len(canaries) and got["canaries_extracted"] == 0
+    # an older run (no guesses recorded): not measured, not zero
+    old = cell_metrics(model.model_copy(update={"canaries": [
+        c.model_copy(update={"extraction_guesses": None, "extraction_guesses_found": None}) for c in canaries]}))
+    assert old["other_secret_first"] is None and old["canaries_within_guesses"] is None
+    # no best-first search completed a secret and no beam search ran: nothing measured
+    empty = [c.model_copy(update={"extraction_guesses_found": 0, "extraction_guess": None,
+                                  "extraction_first_guess_inserted": None}) for c in canaries]
+    none = cell_metrics(model.model_copy(update={"canaries": empty}))
+    assert none["canaries_extracted"] is None and none["canaries_within_guesses"] is None
+    assert none["other_secret_first"] is None and none["extraction_searches_completed"] == 0
+    # ... with a beam search beside it, "not extracted" is a measurement
+    beam = [c.model_copy(update={"extracted_beam": False}) for c in empty]
+    assert cell_metrics(model.model_copy(update={"canaries": beam}))["canaries_extracted"] == 0
