@@ -222,31 +222,23 @@ def _check_extracted(name: str, m: dict) -> Check:
             f"{name}: {len(hit)} of {len(searched)} searched canaries extracted, none allowed: {ids}",
         )
     found = [c.get("extraction_guesses_found") for c in searched if c.get("extracted") is not None]
-    empty = sum(f == 0 for f in found)
-    if found and 0 < empty < len(found):  # some best-first searches measured nothing: say how many
-        beam = any(c.get("extracted_beam") is not None for c in searched)
+    empty = sum(f == 0 for f in found)  # best-first searches that completed no secret: they measured nothing
+    beam = any(c.get("extracted_beam") is not None for c in searched)  # a beam search always completes
+    if found and empty == len(found) and not beam:
         return Check(
             "allow_extracted_canaries",
-            "pass",
-            f"{name}: none of {len(searched)} searched canaries extracted (the best-first search completed no secret "
-            f"within its budget for {empty} of them" + ("; the beam search covers them)" if beam else ")"),
+            "not measured",
+            f"{name}: canary extraction inconclusive: the search found no complete secret within its budget for "
+            f"any of {len(searched)} canaries",
         )
+    note = ""
     if found and empty == len(found):
-        # every best-first search ran out of budget before completing a secret: its misses say nothing
-        if not any(c.get("extracted_beam") is not None for c in searched):
-            return Check(
-                "allow_extracted_canaries",
-                "not measured",
-                f"{name}: canary extraction inconclusive: the search found no complete secret within its budget for "
-                f"any of {len(searched)} canaries",
-            )
-        return Check(
-            "allow_extracted_canaries",
-            "pass",
-            f"{name}: none of {len(searched)} searched canaries extracted (beam search; the best-first search found "
-            "no complete secret within its budget)",
-        )
-    return Check("allow_extracted_canaries", "pass", f"{name}: none of {len(searched)} searched canaries extracted")
+        note = " (beam search; the best-first search found no complete secret within its budget)"
+    elif empty:
+        note = (f" (the best-first search completed no secret within its budget for {empty} of them"
+                + ("; the beam search covers them)" if beam else ")"))
+    return Check("allow_extracted_canaries", "pass",
+                 f"{name}: none of {len(searched)} searched canaries extracted{note}")
 
 
 def _check_other_secrets(name: str, m: dict) -> Check:

@@ -28,7 +28,6 @@ from scipy.stats import kstest, skewnorm
 from leakaudit.canaries.formats import SecretFormat
 from leakaudit.canaries.manifest import CanaryManifest
 from leakaudit.models.target import Target
-from leakaudit.report.canaries import extraction_totals
 from leakaudit.report.schema import CanaryResult, ExposureGroup
 
 
@@ -210,20 +209,8 @@ def canary_exposures(
 
 
 def exposure_groups(results: list[CanaryResult]) -> list[ExposureGroup]:
-    """Median, mean and max exposure per spec and repetition count (0 = reference canaries), with the
-    extraction totals of each group (:func:`~leakaudit.report.canaries.extraction_totals`)."""
+    """Exposure and extraction summary per spec and repetition count (0 = reference canaries)."""
     groups: dict[tuple[str, int], list[CanaryResult]] = {}
     for r in results:
         groups.setdefault((r.spec, r.repetitions), []).append(r)
-    out = []
-    for (spec, reps), rs in sorted(groups.items()):
-        bits = [r.exposure_bits for r in rs]
-        skew = [r.exposure_bits_skewnorm for r in rs if r.exposure_bits_skewnorm is not None]
-        searched = [r.extracted for r in rs if r.extracted is not None]
-        out.append(ExposureGroup(
-            spec=spec, repetitions=reps, n=len(rs), median_exposure_bits=float(np.median(bits)),
-            mean_exposure_bits=float(np.mean(bits)), max_exposure_bits=float(np.max(bits)),
-            median_exposure_bits_skewnorm=float(np.median(skew)) if skew else None,
-            extracted=int(sum(searched)) if searched else None, **extraction_totals(rs),
-        ))
-    return out
+    return [ExposureGroup.of(rs, spec=spec, repetitions=reps) for (spec, reps), rs in sorted(groups.items())]

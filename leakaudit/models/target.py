@@ -168,8 +168,7 @@ class Target:
                 # one compiled call for the whole batch (per-row calls would each pay the call overhead);
                 # the few padded positions of a length-sorted batch are reduced too and dropped below
                 B = len(batch)
-                nxt = torch.cat([ids[:, 1:], ids[:, :1]], dim=1).reshape(-1)  # the last position's is unused
-                every = vocab.token_logprobs(logits.reshape(B * width, -1), nxt, stats, compiled=True)
+                every = vocab.token_logprobs(logits.reshape(B * width, -1), _next_tokens(ids), stats, compiled=True)
                 every = every.reshape(-1, B, width).cpu().numpy().astype(np.float32)  # one transfer per batch
                 del logits
                 for b, r in enumerate(batch):
@@ -373,8 +372,7 @@ class Target:
         """
         logits = self._after_head(cache, start, ids, mask)  # [n, W, V]; position j - 1 predicts token j
         n, W = ids.shape
-        nxt = torch.cat([ids[:, 1:], ids[:, :1]], dim=1).reshape(-1)  # the last position's target is unused
-        step = vocab.token_logprobs(logits.reshape(n * W, -1), nxt, False, compiled=self._compiled)
+        step = vocab.token_logprobs(logits.reshape(n * W, -1), _next_tokens(ids), False, compiled=self._compiled)
         return torch.cat([last[ids[:, :1]], step.reshape(n, W)[:, :-1]], dim=1)
 
     @torch.no_grad()
@@ -417,6 +415,12 @@ class Target:
             for b, r in enumerate(batch):
                 out[r] = np.concatenate([head_tok, lp[b, : len(tails[r])]]).astype(np.float32)
         return out  # type: ignore[return-value]
+
+
+def _next_tokens(ids: torch.Tensor) -> torch.Tensor:
+    """The token each position of ``ids`` [n, W] predicts, flattened [n W]; the last position of a row, which
+    predicts nothing here, gets a stand-in (its row's first token) whose value is never read."""
+    return torch.cat([ids[:, 1:], ids[:, :1]], dim=1).reshape(-1)
 
 
 def _unique_rows(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

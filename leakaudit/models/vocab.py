@@ -132,30 +132,28 @@ def compiled_available() -> bool:
     return _fused.failed is None
 
 
+def _in_chunks(op: _Compiled, x: torch.Tensor, *rest) -> torch.Tensor | None:
+    """``op`` over ``_ROWS`` rows of ``x`` (and of each tensor in ``rest``) at a time, concatenated along the
+    rows (the results' last dimension); None when compiling is off or failed (then nothing is kept)."""
+    parts = []
+    for i in range(0, x.shape[0], _ROWS):
+        out = op(x[i : i + _ROWS], *(r[i : i + _ROWS] if isinstance(r, torch.Tensor) else r for r in rest))
+        if out is None:
+            return None
+        parts.append(out)
+    return torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]
+
+
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, stats: bool, *, compiled: bool) -> torch.Tensor:
     """[1, n] (or with ``stats`` [3, n]) float32 per-token values of ``logits`` [n, V], ``targets`` [n]."""
-    if compiled and logits.shape[0]:
-        parts = []
-        for i in range(0, logits.shape[0], _ROWS):
-            out = _fused(logits[i : i + _ROWS], targets[i : i + _ROWS], stats)
-            if out is None:
-                break
-            parts.append(out)
-        else:
-            return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-    return eager_logprobs(logits, targets, stats)
+    out = _in_chunks(_fused, logits, targets, stats) if compiled and logits.shape[0] else None
+    return out if out is not None else eager_logprobs(logits, targets, stats)
 
 
 def logsumexp(logits: torch.Tensor, *, compiled: bool) -> torch.Tensor:
     """float32 log-sum-exp over the last dimension of ``logits`` [..., V]."""
     if compiled and logits.numel():
-        flat = logits.reshape(-1, logits.shape[-1])
-        parts = []
-        for i in range(0, flat.shape[0], _ROWS):
-            out = _lse(flat[i : i + _ROWS])
-            if out is None:
-                break
-            parts.append(out)
-        else:
-            return torch.cat(parts).reshape(logits.shape[:-1])
+        out = _in_chunks(_lse, logits.reshape(-1, logits.shape[-1]))
+        if out is not None:
+            return out.reshape(logits.shape[:-1])
     return _logsumexp(logits)

@@ -26,26 +26,6 @@ def _space(size: int, bits: float) -> str:
     return f"{base} ({bits:.2f} bits)"
 
 
-def extraction_totals(canaries: Iterable[CanaryResult]) -> dict[str, int | None]:
-    """The extraction-guess totals of a group of canaries, as :class:`ExposureGroup` records them.
-
-    Over the searched canaries: the guesses allowed (when one setting), how many found their own secret
-    among the guesses, how many got another inserted canary's secret as first guess, and how many
-    searches found no complete secret; each None when no canary recorded it (older runs).
-    """
-    searched = [c for c in canaries if c.extracted is not None]
-    allowed = {c.extraction_guesses for c in searched if c.extraction_guesses is not None}
-    within = [c.extraction_guess is not None for c in searched if c.extraction_guesses is not None]
-    other = [bool(c.extraction_first_guess_inserted) for c in searched if c.extraction_first_guess_inserted is not None]
-    none = [c.extraction_guesses_found == 0 for c in searched if c.extraction_guesses_found is not None]
-    return {
-        "extraction_guesses": allowed.pop() if len(allowed) == 1 else None,
-        "extracted_within_guesses": sum(within) if within else None,
-        "extraction_first_guess_inserted": sum(other) if other else None,
-        "extraction_no_guess": sum(none) if none else None,
-    }
-
-
 def groups_from_canaries(canaries: Iterable[CanaryResult]) -> list[ExposureGroup]:
     """Exposure summary per repetition count (0 = reference), sorted by repetition count.
 
@@ -57,23 +37,8 @@ def groups_from_canaries(canaries: Iterable[CanaryResult]) -> list[ExposureGroup
         by_rep.setdefault(c.repetitions, []).append(c)
     groups = []
     for rep, cs in sorted(by_rep.items()):
-        vals = [c.exposure_bits for c in cs]
-        skew = [c.exposure_bits_skewnorm for c in cs if c.exposure_bits_skewnorm is not None]
-        searched = [c.extracted for c in cs if c.extracted is not None]
         specs = {c.spec for c in cs}
-        groups.append(
-            ExposureGroup(
-                spec=specs.pop() if len(specs) == 1 else None,
-                repetitions=rep,
-                n=len(vals),
-                median_exposure_bits=float(statistics.median(vals)),
-                mean_exposure_bits=float(statistics.fmean(vals)),
-                max_exposure_bits=float(max(vals)),
-                median_exposure_bits_skewnorm=float(statistics.median(skew)) if skew else None,
-                extracted=sum(bool(x) for x in searched) if searched else None,
-                **extraction_totals(cs),
-            )
-        )
+        groups.append(ExposureGroup.of(cs, spec=specs.pop() if len(specs) == 1 else None, repetitions=rep))
     return groups
 
 
@@ -436,6 +401,12 @@ def search_budget(model: ModelResult) -> int | None:
     return spent.pop() if len(spent) == 1 else None
 
 
+def budget_words(model: ModelResult) -> str:
+    """" of 200 forward passes" (the search budget, when one number is known), else ""."""
+    budget = search_budget(model)
+    return f" of {budget:,} forward passes" if budget is not None else ""
+
+
 def within_guesses(model: ModelResult) -> tuple[int, int] | None:
     """(inserted canaries whose own secret was among the search's guesses, searched); None: not recorded."""
     within, _ = _guess_counts(model)
@@ -457,8 +428,7 @@ def _inconclusive_sentence(model: ModelResult) -> str:
     canaries: ..." (when :func:`extraction_inconclusive`)."""
     counts = no_guess_counts(model)
     n = counts[1] if counts else 0
-    budget = search_budget(model)
-    within = f"its budget of {budget:,} forward passes" if budget is not None else "its forward-pass budget"
+    within = f"its budget{budget_words(model)}" if search_budget(model) is not None else "its forward-pass budget"
     return (
         f"The best-first search found no complete secret within {within} for any of the {n} canaries: its "
         "result is inconclusive, neither a leak nor evidence that the secrets are hard to guess."
@@ -549,9 +519,8 @@ def _extraction(results: Results) -> dict[str, Any]:
     for name, model in results.models.items():
         if not counts[name] and not beams[name]:
             continue
-        if extraction_inconclusive(model):
-            text = _inconclusive_sentence(model) + (_beam_sentence(beams[name]) if beams[name] else "")
-            lines.append({"name": name, "text": text})
+        if extraction_inconclusive(model):  # (then no beam search ran)
+            lines.append({"name": name, "text": _inconclusive_sentence(model)})
             continue
         text = _extraction_sentence(counts[name]) if counts[name] else "The best-first search was not run."
         passes = [c.extraction_expansions for c in model.canaries  # searches that found nothing: their own sentence

@@ -17,11 +17,11 @@ from leakaudit.report.canaries import (
     _extraction_counts,
     _guess_counts,
     _guesses_setting,
+    budget_words,
     extraction_inconclusive,
     model_groups,
     no_guess_counts,
     other_secret_first,
-    search_budget,
     within_guesses,
 )
 from leakaudit.report.formatting import (
@@ -185,27 +185,16 @@ def _leaks_beyond(k: int, n: int, k0: int, n0: int) -> bool:
 
 
 def _inconclusive_extraction(model: ModelResult, baseline: str) -> Finding:
-    """Every best-first search completed no secret within its budget, and no search extracted an inserted one."""
-    budget = search_budget(model)
-    passes = f" of {budget:,} forward passes" if budget is not None else ""
+    """Every best-first search completed no secret within its budget and no beam search ran
+    (:func:`extraction_inconclusive`)."""
     searches = no_guess_counts(model)
     n = searches[1] if searches else 0
     sentence = (
-        f"the best-first extraction search found no complete secret within its budget{passes} for any of the {n} "
-        "canaries, so it shows neither a leak nor its absence"
+        f"the best-first extraction search found no complete secret within its budget{budget_words(model)} for any "
+        f"of the {n} canaries, so it shows neither a leak nor its absence"
     )
-    detail = f"no complete secret in {n} searches"
-    beams = _beam_counts(model)
-    if beams:
-        kb = sum(k for r, (k, _) in beams.items() if r > 0)
-        nb = sum(n for r, (_, n) in beams.items() if r > 0)
-        sentence += (
-            f"; a beam search, which always completes, ranked first the secret of {kb} of {nb} inserted canaries"
-        )
-        if 0 in beams:
-            sentence += f" and {beams[0][0]} of {beams[0][1]} never-inserted ones"
-        detail += f"; beam search {kb}/{nb}"
-    return Finding("canary_extraction", "inconclusive", baseline, None, sentence, detail=detail, inconclusive=True)
+    return Finding("canary_extraction", "inconclusive", baseline, None, sentence,
+                   detail=f"no complete secret in {n} searches", inconclusive=True)
 
 
 def _canary_extraction_finding(model: ModelResult) -> Finding | None:

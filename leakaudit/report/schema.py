@@ -7,6 +7,8 @@ referred to by id and hash only.
 
 from __future__ import annotations
 
+import statistics
+
 from pydantic import BaseModel, ConfigDict, Field
 
 SCHEMA_VERSION = 1
@@ -161,6 +163,30 @@ class ExposureGroup(_Model):
         description="Canaries of this group whose search found no complete secret within its forward-pass budget: "
         "inconclusive, not a miss (None: not recorded).",
     )
+
+    @classmethod
+    def of(cls, canaries: list[CanaryResult], *, spec: str | None, repetitions: int) -> ExposureGroup:
+        """The summary of ``canaries`` (one group): exposure median, mean and max, the skew-normal median over
+        those that have it, and the extraction totals over those searched (each None when none recorded it)."""
+        bits = [c.exposure_bits for c in canaries]
+        skew = [c.exposure_bits_skewnorm for c in canaries if c.exposure_bits_skewnorm is not None]
+        searched = [c for c in canaries if c.extracted is not None]
+        allowed = {c.extraction_guesses for c in searched if c.extraction_guesses is not None}
+        within = [c.extraction_guess is not None for c in searched if c.extraction_guesses is not None]
+        other = [bool(c.extraction_first_guess_inserted) for c in searched
+                 if c.extraction_first_guess_inserted is not None]
+        none = [c.extraction_guesses_found == 0 for c in searched if c.extraction_guesses_found is not None]
+        return cls(
+            spec=spec, repetitions=repetitions, n=len(bits),
+            median_exposure_bits=float(statistics.median(bits)), mean_exposure_bits=float(statistics.fmean(bits)),
+            max_exposure_bits=float(max(bits)),
+            median_exposure_bits_skewnorm=float(statistics.median(skew)) if skew else None,
+            extracted=sum(bool(c.extracted) for c in searched) if searched else None,
+            extraction_guesses=allowed.pop() if len(allowed) == 1 else None,
+            extracted_within_guesses=sum(within) if within else None,
+            extraction_first_guess_inserted=sum(other) if other else None,
+            extraction_no_guess=sum(none) if none else None,
+        )
 
 
 class MemorizationStats(_Model):

@@ -19,9 +19,9 @@ from leakaudit.report.canaries import (
     _extraction_counts,
     _extraction_short,
     _guesses_setting,
+    budget_words,
     extraction_inconclusive,
     other_secret_first,
-    search_budget,
     within_guesses,
 )
 from leakaudit.report.compliance import compliance
@@ -114,20 +114,11 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
 
 def _extraction_summary(model: ModelResult) -> list[str]:
     """The summary's extraction clauses: strict, within the search's guesses, another canary's secret first; or,
-    when no best-first search completed a secret, that the search was inconclusive (with the beam search's
-    result)."""
+    when no best-first search completed a secret and no beam search ran, that the search was inconclusive."""
     counts = _extraction_counts(model)
-    beams = _beam_counts(model)
-    either = canary_extraction_counts(model) if beams else None
-    if extraction_inconclusive(model) and not (either and either[0][0]):
-        budget = search_budget(model)
-        passes = f" of {budget:,} forward passes" if budget is not None else ""
-        text = f"extraction inconclusive: the best-first search found no complete secret within its budget{passes}"
-        if beams:
-            kb = sum(k for r, (k, _) in beams.items() if r > 0)
-            nb = sum(n for r, (_, n) in beams.items() if r > 0)
-            text += f" (the beam search ranked first the secret of {kb} of {nb} inserted canaries)"
-        return [text]
+    if extraction_inconclusive(model):  # (then no beam search ran)
+        return [f"extraction inconclusive: the best-first search found no complete secret within its "
+                f"budget{budget_words(model)}"]
     parts = []
     extraction = _extraction_short(counts)
     if extraction:
@@ -141,6 +132,7 @@ def _extraction_summary(model: ModelResult) -> list[str]:
         parts.append(
             f"for {other[0]} of {other[1]} searched canaries the first guess was another inserted canary's secret"
         )
+    either = canary_extraction_counts(model) if _beam_counts(model) else None
     if either is not None and either[0][0] != sum(k for r, (k, _) in counts.items() if r > 0):
         parts.append(f"{either[0][0]} of {either[0][1]} inserted canaries extracted by either search (with beam)")
     return parts
