@@ -123,20 +123,23 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
 
 
 def attention_variants(model, prompts, s, pad, b) -> list[dict]:
-    """The engine with the attention kernels it may pick narrowed (same prompts, same run).
+    """The engine's one-token steps with its own attention products and with the library's SDPA (same run).
 
-    Decoding already excludes cuDNN's kernel (not reproducible); with a padding mask the
-    dispatcher then picks the memory-efficient kernel, which was slow at long caches on an H200.
-    ``math`` leaves only the plain batched products (deterministic) for the one-token steps.
+    ``products`` is the engine as shipped (``models.attention``); ``sdpa`` hands the steps to the
+    library's SDPA path, where, with cuDNN's kernel excluded (not reproducible) and a padding mask,
+    the dispatcher picks the memory-efficient kernel; ``sdpa-math`` allows only SDPA's math kernel.
     """
     from leakaudit.models import generate as engine
 
     cuda = torch.backends.cuda
     saved = cuda.flash_sdp_enabled(), cuda.mem_efficient_sdp_enabled(), cuda.math_sdp_enabled()
     rows = []
+    kinds = [("products", True, saved), ("sdpa", False, saved)]
+    if os.environ.get("LEAKAUDIT_BENCH_MATH_SDPA"):  # about 4x slower than either on an H200: off by default
+        kinds.append(("sdpa-math", False, (False, False, True)))
     try:
-        kinds = [("default", saved), ("efficient", (False, True, False)), ("math", (False, False, True))]
-        for name, flags in kinds if torch.cuda.is_available() else [kinds[0], kinds[2]]:  # no CPU efficient kernel
+        for name, products, flags in kinds:
+            engine._DECODE_ATTENTION = products
             cuda.enable_flash_sdp(flags[0])
             cuda.enable_mem_efficient_sdp(flags[1])
             cuda.enable_math_sdp(flags[2])
@@ -149,6 +152,7 @@ def attention_variants(model, prompts, s, pad, b) -> list[dict]:
                          "step_ms": step_profile(model, s) if torch.cuda.is_available() else {}})
             print(json.dumps(rows[-1]), flush=True)
     finally:
+        engine._DECODE_ATTENTION = True
         cuda.enable_flash_sdp(saved[0])
         cuda.enable_mem_efficient_sdp(saved[1])
         cuda.enable_math_sdp(saved[2])
@@ -174,8 +178,8 @@ def main() -> None:
     ap.add_argument("--untargeted-samples", type=int, default=0)
     ap.add_argument("--step-profile", action="store_true", help="GPU time of a decoding step's parts (largest batch)")
     ap.add_argument("--attention-variants", action="store_true",
-                    help="at the largest batch, also time the engine with only the memory-efficient or only "
-                         "the math attention kernel allowed")
+                    help="at the largest batch, also time the engine's one-token steps with the library's SDPA "
+                         "instead of its own attention products (LEAKAUDIT_BENCH_MATH_SDPA=1: and SDPA's math kernel)")
     ap.add_argument("--variants", action="store_true",
                     help="also time the engine without its cache slices and/or its short top-k (largest batch)")
     ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from leakaudit.models.attention import single_token_attention
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -230,6 +232,7 @@ def _sliced(update, visible: list[int]):
 
 
 _KV_BUCKET = 64  # decoding steps attend to the cache in slices of this many slots (0: the whole cache)
+_DECODE_ATTENTION = True  # one-token steps use models.attention's two products (False: the library's SDPA)
 
 
 class _StaticDecoder:
@@ -279,6 +282,7 @@ class _StaticDecoder:
         # share one pool; without it every slice length would keep its own batch x vocabulary buffers
         self.pool = torch.cuda.graph_pool_handle() if self.use_graph else None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.decode_attention = _DECODE_ATTENTION  # fixed per decoder: its captured graphs hold the kernels
 
     @property
     def visible(self) -> int:
@@ -289,8 +293,9 @@ class _StaticDecoder:
         self._visible[0] = n
 
     def _step_forward(self) -> torch.Tensor:
-        out = self.model(input_ids=self.ids, attention_mask=self.mask[..., : self.visible], position_ids=self.pos,
-                         use_cache=True, **{self.cache_arg: self.cache})
+        with single_token_attention(self.model) if self.decode_attention else contextlib.nullcontext():
+            out = self.model(input_ids=self.ids, attention_mask=self.mask[..., : self.visible],
+                             position_ids=self.pos, use_cache=True, **{self.cache_arg: self.cache})
         return out.logits[:, -1]
 
     def _reset(self) -> None:
@@ -386,7 +391,7 @@ def _decoder(model, batch: int, max_prompt: int, max_new: int, cache_arg: str, u
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     p = next(model.parameters())  # a model moved away and back has new addresses: graphs must be recaptured
     key = (id(model), batch, width - max_new, max_new, use_graph, p.dtype, p.device, p.data_ptr(), _KV_BUCKET,
-           id(head))
+           id(head), _DECODE_ATTENTION)
     if _last_decoder and _last_decoder[0][0] == key and _last_decoder[0][1].model is model:
         return _last_decoder[0][1]
     _last_decoder.clear()  # free the old cache before allocating the new one
