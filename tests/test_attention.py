@@ -108,6 +108,83 @@ def test_switches_sdpa_and_eager_models_and_restores_them_also_on_error(tokenize
         assert model.config._attn_implementation == "flex_attention"
 
 
+def test_value_heads_narrower_than_query_heads():
+    """Some architectures (multi-head latent attention) have value heads of another width."""
+    module, q, k, _ = _inputs(d=12)
+    v = torch.randn(3, 4, 9, 6)
+    mask, _ = _padding_mask(3, 9)
+    ref, _ = sdpa_attention_forward(module, q, k, v, mask)
+    ours, _ = decode_attention(module, q, k, v, mask)
+    assert ours.shape == ref.shape == (3, 1, 4, 6)
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_a_fully_masked_row_gives_zeros_as_sdpa_does():
+    module, q, k, v = _inputs()
+    keep = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    keep[1] = False
+    ours, _ = decode_attention(module, q, k, v, keep)
+    ref, _ = sdpa_attention_forward(module, q, k, v, keep)
+    assert torch.isfinite(ours).all() and not ours[1].any()
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_two_dimensional_padding_masks_still_apply_inside_the_block(tokenizer):
+    """A forward inside the block that passes a 2-D mask (not the decoder's 4-D one) keeps its padding."""
+    from leakaudit.models import build_model
+    from leakaudit.models.generate import cache_argument
+
+    torch.manual_seed(0)
+    model = build_model(tokenizer, arch="llama", n_layer=2, n_embd=32, n_head=4, context=64).eval()
+    arg = cache_argument(model)
+    ids = torch.randint(5, 100, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, :3] = 0
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)
+    with torch.no_grad():
+        ref_prefill = model(input_ids=ids, attention_mask=mask, position_ids=pos)
+        with single_token_attention(model):
+            got_prefill = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        nxt, mask2 = torch.randint(5, 100, (2, 1)), torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], 1)
+        ref_prefill_cached = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True)
+        ref_step = model(input_ids=nxt, attention_mask=mask2, position_ids=pos[:, -1:] + 1,
+                         **{arg: ref_prefill_cached.past_key_values}).logits
+        with single_token_attention(model):
+            got_step = model(input_ids=nxt, attention_mask=mask2, position_ids=pos[:, -1:] + 1,
+                             **{arg: got_prefill.past_key_values}).logits
+    torch.testing.assert_close(got_prefill.logits[0, 3:], ref_prefill.logits[0, 3:], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got_step, ref_step, rtol=1e-5, atol=1e-5)
+
+
+def test_only_known_architectures_are_switched_and_sub_configs_keep_their_own(tokenizer):
+    from transformers import GPT2Config
+
+    from leakaudit.models import build_model
+
+    llama = build_model(tokenizer, arch="llama", n_layer=1, n_embd=16, n_head=2, context=64)
+    other = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)
+    other.model_type = "some_model"  # e.g. an architecture with attention sinks: not known here
+    upcast = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50, reorder_and_upcast_attn=True)
+    for c in (other, upcast):
+        c._attn_implementation_internal = "eager"
+    flex = GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)
+    flex._attn_implementation_internal = "flex_attention"
+    holder = torch.nn.Module()
+    holder.config = llama.config
+    for name, c in (("a", other), ("b", upcast), ("c", flex)):
+        sub = torch.nn.Module()
+        sub.config = c
+        holder.add_module(name, sub)
+    before = llama.config._attn_implementation
+    with single_token_attention(holder):
+        assert llama.config._attn_implementation == NAME
+        assert (other._attn_implementation, upcast._attn_implementation) == ("eager", "eager")
+        assert flex._attn_implementation == "flex_attention"
+    assert llama.config._attn_implementation == before
+    assert (other._attn_implementation, upcast._attn_implementation, flex._attn_implementation) == (
+        "eager", "eager", "flex_attention")
+
+
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "opt"])
 def test_static_engine_steps_use_it_and_match_library_greedy(arch, corpora, tokenizer, monkeypatch):
     """The engine's decoding steps run through decode_attention and still equal the library's greedy."""

@@ -15,10 +15,15 @@ as the library's own eager attention does, but with grouped-query heads folded i
 axis instead of copying the keys and values ``groups`` times.  cuBLAS's batched products are
 deterministic for fixed shapes, so a fixed seed still gives the same samples.
 
-Registered with the library under ``NAME``; ``single_token_attention(model)`` switches a model to
-it for the duration of a block (the decoder wraps its steps, so a captured CUDA graph holds these
-kernels).  Anything this path does not cover (a query longer than one token, dropout, soft-capping,
-attention sinks, position biases, head masks, returned weights) goes to the library's SDPA path.
+Registered with the library under ``NAME`` (with SDPA's mask builder, so a forward inside the
+block that passes a 2-D padding mask still gets it); ``single_token_attention(model)`` switches a
+model to it for the duration of a block (the decoder wraps its steps, so a captured CUDA graph
+holds these kernels).  Only architectures whose attention layers are known to pass nothing this
+path would drop are switched (``_ARCHITECTURES``): others, e.g. models with attention sinks,
+soft-capping or sparse index masks, keep their own implementation.  Within a switched model,
+anything this path does not cover (a query longer than one token, dropout, returned weights)
+goes to the library's SDPA path.  The switch changes the model's config while the block runs,
+so a model must not be used from another thread meanwhile.
 """
 from __future__ import annotations
 
@@ -28,7 +33,10 @@ import torch
 
 NAME = "leakaudit_decode"
 _SWITCHABLE = ("sdpa", "eager")  # implementations whose one-token results this path reproduces
-_DELEGATE_KWARGS = ("softcap", "s_aux", "sinks", "position_bias", "head_mask")
+# model types whose attention layers pass only dropout, scaling (and, Qwen2/Mistral, a sliding
+# window that the decoder's own mask encodes, as with SDPA) to the attention function
+_ARCHITECTURES = frozenset({"gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt"})
+_DELEGATE_KWARGS = ("softcap", "s_aux", "sinks", "position_bias", "head_mask", "indices")
 
 
 def _sdpa(*args, **kwargs):
@@ -48,7 +56,7 @@ def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
             or any(kwargs.get(k) is not None for k in _DELEGATE_KWARGS)):
         return _sdpa(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     b, h, _, d = query.shape
-    hkv, length = key.shape[1], key.shape[2]
+    hkv, length, dv = key.shape[1], key.shape[2], value.shape[-1]
     groups = h // hkv
     scale = d ** -0.5 if scaling is None else scaling
     q = (query * scale).reshape(b, hkv, groups, d)  # a query head's group shares its key/value head
@@ -61,16 +69,25 @@ def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
             scores = scores + mask.float()
-    probs = torch.softmax(scores, dim=-1).to(value.dtype)
-    out = torch.matmul(probs, value)  # (B, Hkv, groups, D)
-    return out.reshape(b, h, 1, d).transpose(1, 2).contiguous(), None
+    # a row with every slot masked gives NaN here and zeros in SDPA; the decoder never builds one
+    probs = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0).to(value.dtype)
+    out = torch.matmul(probs, value)  # (B, Hkv, groups, Dv)
+    return out.reshape(b, h, 1, dv).transpose(1, 2).contiguous(), None
 
 
 def register() -> None:
-    """Make ``NAME`` known to the library (idempotent)."""
+    """Make ``NAME`` known to the library, as an attention function and a mask builder (idempotent)."""
     from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
     AttentionInterface.register(NAME, decode_attention)
+    AttentionMaskInterface.register(NAME, sdpa_mask)
+
+
+def _switchable(config) -> bool:
+    return (getattr(config, "model_type", None) in _ARCHITECTURES
+            and config._attn_implementation in _SWITCHABLE
+            and not getattr(config, "reorder_and_upcast_attn", False))  # GPT-2's float32 eager variant
 
 
 def _configs(model) -> list:
@@ -83,19 +100,29 @@ def _configs(model) -> list:
     return list(seen.values())
 
 
+def _set(config, value: str) -> None:
+    """Set one config's implementation without the library's setter, which recurses into sub-configs."""
+    if hasattr(config, "_attn_implementation_internal"):
+        config._attn_implementation_internal = value
+    else:  # a library version without the internal field
+        config._attn_implementation = value
+
+
 @contextlib.contextmanager
 def single_token_attention(model):
-    """Inside the block, the model's SDPA or eager attention layers use ``decode_attention``.
+    """Inside the block, the SDPA or eager attention layers of a known architecture use ``decode_attention``.
 
-    Other implementations (flash-attention, flex, paged) are left as they are.  The previous
-    setting is restored on exit, also when the block raises.
+    Each config object the model's modules read is switched on its own (a composite model's
+    sub-configs keep their own settings); other implementations (flash-attention, flex, paged)
+    and other architectures are left as they are.  The previous settings are restored on exit,
+    also when the block raises.
     """
     register()
-    switched = [(c, c._attn_implementation) for c in _configs(model) if c._attn_implementation in _SWITCHABLE]
+    switched = [(c, c._attn_implementation) for c in _configs(model) if _switchable(c)]
     try:
         for c, _ in switched:
-            c._attn_implementation = NAME
+            _set(c, NAME)
         yield
     finally:
         for c, before in switched:
-            c._attn_implementation = before
+            _set(c, before)
