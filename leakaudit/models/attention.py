@@ -69,8 +69,12 @@ def decode_attention(module, query: torch.Tensor, key: torch.Tensor, value: torc
             scores = scores.masked_fill(~mask, float("-inf"))
         else:
             scores = scores + mask.float()
-    # a row with every slot masked gives NaN here and zeros in SDPA; the decoder never builds one
-    probs = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0).to(value.dtype)
+    probs = torch.softmax(scores, dim=-1)
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        # a row with every slot masked: NaN here, zeros in SDPA.  Additive masks are left alone (one
+        # pass less per layer and step): the decoder's use the dtype's finite minimum, never -inf
+        probs = torch.nan_to_num(probs, nan=0.0)
+    probs = probs.to(value.dtype)
     out = torch.matmul(probs, value)  # (B, Hkv, groups, Dv)
     return out.reshape(b, h, 1, dv).transpose(1, 2).contiguous(), None
 
