@@ -28,6 +28,7 @@ import torch  # noqa: E402
 
 from leakaudit.data import make_corpora  # noqa: E402
 from leakaudit.models import Target, build_model, encode, train_tokenizer, vocab  # noqa: E402
+from leakaudit.models import target as target_module  # noqa: E402
 from leakaudit.models.target import resolve_dtype  # noqa: E402
 
 SIZES = {
@@ -158,6 +159,9 @@ def main() -> None:
     timed("engine_" + ("eager" if default_compiled else "compiled") + "_reductions", lambda: score(other))
     os.environ.pop(vocab.ENV)
     target = Target(engine_model, tok, token_budget=args.token_budget)
+    target_module._OVERLAP = False  # each batch read back before the next is queued
+    timed("engine_no_overlap", lambda: score(target))
+    target_module._OVERLAP = True
     res["engine_reductions"] = "compiled" if target._compiled else "eager"
     got = timed("engine", lambda: score(target))
     if args.stats:
@@ -165,6 +169,7 @@ def main() -> None:
     res["engine_vs_one_per_pass"] = res["engine_tokens_per_s"] / res["one_per_pass_tokens_per_s"]
     res["engine_vs_plain_batched"] = res["engine_tokens_per_s"] / res["plain_batched_tokens_per_s"]
     res["engine_vs_engine_unfused"] = res["engine_tokens_per_s"] / res["engine_unfused_tokens_per_s"]
+    res["engine_vs_engine_no_overlap"] = res["engine_tokens_per_s"] / res["engine_no_overlap_tokens_per_s"]
     for form in ("eager", "compiled"):
         if f"engine_{form}_reductions_tokens_per_s" in res:
             res[f"engine_vs_engine_{form}_reductions"] = (

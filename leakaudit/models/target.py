@@ -148,46 +148,73 @@ class Target:
         keeps no float32 copy at all.
         """
         out: list[np.ndarray | None] = [None] * len(rows)
-        order = sorted(range(len(rows)), key=lambda k: -len(rows[k].ids))
-        k = 0
-        while k < len(order):
-            width = len(rows[order[k]].ids)
-            n = max(1, self.token_budget // max(width, 1))
-            batch = order[k : k + n]
-            k += len(batch)
-            ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, r in enumerate(batch):
-                L = len(rows[r].ids)
-                ids[b, :L] = torch.tensor(rows[r].ids)
-                mask[b, :L] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
+        pending = None  # the previous batch: its values are read back while this one runs
+        for batch, width in self._length_batches(rows):
+            ids, mask = self._batch_tensors(rows, batch, width)
             pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(batch), -1)
             logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
             if self._compiled and vocab.compiled_available():
                 # one compiled call for the whole batch (per-row calls would each pay the call overhead);
-                # the few padded positions of a length-sorted batch are reduced too and dropped below
+                # the few padded positions of a length-sorted batch are reduced too and dropped on unpacking
                 B = len(batch)
-                every = vocab.token_logprobs(logits.reshape(B * width, -1), _next_tokens(ids), stats, compiled=True)
-                every = every.reshape(-1, B, width).cpu().numpy().astype(np.float32)  # one transfer per batch
-                del logits
+                values = vocab.token_logprobs(logits.reshape(B * width, -1), _next_tokens(ids), stats, compiled=True)
+                values, spans = values.reshape(-1, B, width), None
+            else:
+                parts, spans = [], []
                 for b, r in enumerate(batch):
                     L, f = len(rows[r].ids), rows[r].first
-                    piece = every[:, b, f - 1 : L - 1]  # position j - 1 predicts token j
-                    out[r] = piece if stats else piece[0]
-                continue
-            parts, sizes = [], []
-            for b, r in enumerate(batch):
-                L, f = len(rows[r].ids), rows[r].first
-                # position j - 1 predicts token j: a view of the row's scored positions, never padding
-                rows_b, next_b = logits[b, f - 1 : L - 1], ids[b, f:L]
-                parts.append(vocab.token_logprobs(rows_b, next_b, stats, compiled=False))
-                sizes.append(L - f)
+                    # position j - 1 predicts token j: a view of the row's scored positions, never padding
+                    parts.append(vocab.token_logprobs(logits[b, f - 1 : L - 1], ids[b, f:L], stats, compiled=False))
+                    spans.append(L - f)
+                values = torch.cat(parts, dim=1)
             del logits
-            values = torch.cat(parts, dim=1).cpu().numpy().astype(np.float32)  # one transfer per batch
-            for r, piece in zip(batch, np.split(values, np.cumsum(sizes)[:-1], axis=1)):
-                out[r] = piece if stats else piece[0]
+            done = (batch, *_to_host(values), spans)  # one transfer per batch, started now, waited for later
+            if pending is not None:
+                self._unpack(rows, out, *pending, stats=stats)
+            pending = done
+            if not _OVERLAP:  # read back at once (the benchmark's comparison)
+                self._unpack(rows, out, *pending, stats=stats)
+                pending = None
+        if pending is not None:
+            self._unpack(rows, out, *pending, stats=stats)
         return out  # type: ignore[return-value]
+
+    def _length_batches(self, rows: list[_Row]):
+        """(row indices, width) per forward pass: longest first, at most ``token_budget`` padded tokens."""
+        order = sorted(range(len(rows)), key=lambda k: -len(rows[k].ids))
+        k = 0
+        while k < len(order):
+            width = len(rows[order[k]].ids)
+            batch = order[k : k + max(1, self.token_budget // max(width, 1))]
+            k += len(batch)
+            yield batch, width
+
+    def _batch_tensors(self, rows: list[_Row], batch: list[int], width: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids and mask on the device; on a GPU copied without waiting for queued work."""
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for b, r in enumerate(batch):
+            L = len(rows[r].ids)
+            ids[b, :L] = torch.tensor(rows[r].ids)
+            mask[b, :L] = 1
+        if self.device.type == "cuda":  # from pinned memory: the copy joins the queue instead of draining it
+            return tuple(t.pin_memory().to(self.device, non_blocking=True) for t in (ids, mask))
+        return ids.to(self.device), mask.to(self.device)
+
+    @staticmethod
+    def _unpack(rows: list[_Row], out: list, batch: list[int], host: torch.Tensor, ready, spans, *,
+                stats: bool) -> None:
+        """Each row's scored positions from a batch's values (waiting for their transfer first)."""
+        if ready is not None:
+            ready.synchronize()
+        values = host.numpy().astype(np.float32)
+        if spans is None:  # compiled: [k, B, width], every position of the padded batch
+            for b, r in enumerate(batch):
+                piece = values[:, b, rows[r].first - 1 : len(rows[r].ids) - 1]  # position j - 1 predicts token j
+                out[r] = piece if stats else piece[0]
+            return
+        for r, piece in zip(batch, np.split(values, np.cumsum(spans)[:-1], axis=1)):  # [k, sum of spans]
+            out[r] = piece if stats else piece[0]
 
     def _score_rows_distributed(self, rows: list[_Row], stats: bool) -> list[np.ndarray]:
         """Data parallel across processes when torch.distributed is initialised (torchrun/accelerate).
@@ -415,6 +442,19 @@ class Target:
             for b, r in enumerate(batch):
                 out[r] = np.concatenate([head_tok, lp[b, : len(tails[r])]]).astype(np.float32)
         return out  # type: ignore[return-value]
+
+
+_OVERLAP = True  # a batch's values are read back while the next batch runs (False: at once)
+
+
+def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying ``values`` to the host; on a GPU, into pinned memory, with an event that marks the end."""
+    if values.device.type != "cuda":
+        return values.cpu(), None
+    host = values.to("cpu", non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return host, ready
 
 
 def _next_tokens(ids: torch.Tensor) -> torch.Tensor:
