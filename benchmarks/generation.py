@@ -56,8 +56,11 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     """GPU milliseconds of one decoding step's parts, from the decoder the last call left captured.
 
     ``graph_replay_<n>``: the captured step attending to ``n`` cache slots (the first and the
-    last slice); ``sample_top_k``: the top-k sampler as the engine runs it; ``sample_full_vocab``:
-    the same draw over the whole vocabulary (the path it takes when ties overflow its margin).
+    last slice); ``sample_top_k``: the top-k sampler as the engine runs it (chunked first pass, tie
+    check left on the device); ``sample_top_k_host_check``: the same with the tie check read on the
+    host every step (as before); ``sample_top_k_plain_top_k``: one top-k over the whole vocabulary
+    instead of the chunked pass; ``sample_top_k_whole_vocab``: the draw over the whole vocabulary
+    (the path a tie overflow falls back to).
     """
     from leakaudit.models import generate as engine
 
@@ -77,8 +80,17 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     sizes = sorted(dec.graphs)
     logits = dec.graphs[sizes[-1]][1]
     parts = {f"graph_replay_{n}": replay(dec.graphs[n][0]) for n in {sizes[0], sizes[-1]}}
-    margin = engine._TIE_MARGIN
-    parts["sample_top_k"] = lambda: engine._choose_on_device(logits, s, 30, gen)
+    margin, chunk = engine._TIE_MARGIN, engine._CHUNK
+    flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    parts["sample_top_k"] = lambda: engine._choose_on_device(logits, s, 30, gen, overflow=flag)  # as decoding runs it
+    parts["sample_top_k_host_check"] = lambda: engine._choose_on_device(logits, s, 30, gen)  # waits for the device
+
+    def plain_top_k():
+        engine._CHUNK = 0
+        try:
+            engine._choose_on_device(logits, s, 30, gen, overflow=flag)
+        finally:
+            engine._CHUNK = chunk
 
     def full_vocab():
         engine._TIE_MARGIN = 0
@@ -87,6 +99,7 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
         finally:
             engine._TIE_MARGIN = margin
 
+    parts["sample_top_k_plain_top_k"] = plain_top_k
     parts["sample_top_k_whole_vocab"] = full_vocab
     out = {}
     for name, fn in parts.items():
@@ -102,23 +115,33 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
 
 
 def engine_variants(model, prompts, s, pad, b) -> list[dict]:
-    """The engine with its two step savings switched off one at a time, and with cache slices half as
-    long (more captured graphs, fewer idle slots read per step); same prompts, same run."""
+    """The engine with its step savings switched off one at a time (same prompts, same run).
+
+    ``kv_bucket``: cache slices (0: the whole cache every step; half the default: more captured
+    graphs, fewer idle slots read); ``tie_margin`` (0: sample over the whole vocabulary every step);
+    ``chunk`` (0: one plain top-k for the sampler's candidates); ``defer_ties`` (False: the tie check
+    read on the host every step).
+    """
     from leakaudit.models import generate as engine
 
-    saved = engine._KV_BUCKET, engine._TIE_MARGIN
+    names = {"kv_bucket": "_KV_BUCKET", "tie_margin": "_TIE_MARGIN", "chunk": "_CHUNK", "defer_ties": "_DEFER_TIES"}
+    saved = {k: getattr(engine, v) for k, v in names.items()}
+    settings = [{}, {"kv_bucket": 0}, {"kv_bucket": saved["kv_bucket"] // 2}, {"tie_margin": 0}, {"chunk": 0},
+                {"defer_ties": False}, {"chunk": 0, "defer_ties": False}]  # the last: the sampler as before
     rows = []
     try:
-        for bucket, margin in ((0, 0), (saved[0], 0), (0, saved[1]), saved, (saved[0] // 2, saved[1])):
-            engine._KV_BUCKET, engine._TIE_MARGIN = bucket, margin
+        for change in settings:
+            for k, v in {**saved, **change}.items():
+                setattr(engine, names[k], v)
             engine.release_decoder()
             run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
             run()
             _, t = timed(run)
-            rows.append({"kv_bucket": bucket, "tie_margin": margin, "tokens_per_s": b * s.max_new_tokens / t})
+            rows.append({**saved, **change, "tokens_per_s": b * s.max_new_tokens / t})
             print(json.dumps(rows[-1]), flush=True)
     finally:
-        engine._KV_BUCKET, engine._TIE_MARGIN = saved
+        for k, v in saved.items():
+            setattr(engine, names[k], v)
         engine.release_decoder()
     return rows
 

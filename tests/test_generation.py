@@ -226,6 +226,91 @@ def test_device_top_k_sampler_takes_the_whole_vocabulary_when_ties_overflow():
     assert len(set(tok.tolist()) & set(range(100, 160))) == 60  # all tied tokens drawn, not just 2 + margin
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("V", [4096, 4000, 4097])  # a whole number of chunks, a short last chunk, one token over
+def test_chunked_top_candidates_equal_a_plain_top_k(dtype, V):
+    from leakaudit.models.generate import _top_candidates
+
+    g = torch.Generator().manual_seed(V)
+    logits = (torch.randn(64, V, generator=g) * 3).to(dtype)  # bf16: many tied values
+    logits[0, :100] = float("-inf")  # masked tokens
+    logits[1] = 0.5  # every logit tied
+    logits[2, -1] = 50.0  # the largest logit is the very last token (the short chunk)
+    n = 24
+    vals, idx = _top_candidates(logits, n, chunk=16)  # 16-token chunks: 250+ chunks for 24 candidates
+    ref_vals, _ = torch.topk(logits, n, dim=-1)
+    torch.testing.assert_close(vals, ref_vals, rtol=0, atol=0)  # the same values, largest first
+    torch.testing.assert_close(logits.gather(-1, idx), vals, rtol=0, atol=0)  # ids that hold them
+    assert (idx < V).all() and all(len(set(r.tolist())) == n for r in idx)  # real, distinct tokens
+    assert int(idx[2, 0]) == V - 1
+
+
+def test_chunked_sampler_draws_the_same_tokens_as_one_plain_top_k(monkeypatch):
+    """Same kept set, same id order, same noise: the chunked first pass changes no draw."""
+    from leakaudit.models import generate as engine
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(256, 5000, generator=g).to(torch.bfloat16)
+    s = Sampling(max_new_tokens=1, top_k=40, temperature=0.8)
+    monkeypatch.setattr(engine, "_CHUNK", 16)
+    chunked = engine._choose_on_device(logits, s, 0, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(engine, "_CHUNK", 0)
+    plain = engine._choose_on_device(logits, s, 0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(chunked, plain, rtol=0, atol=0)
+
+
+def test_deferred_tie_check_records_overflow_without_a_host_read():
+    from leakaudit.models import generate as engine
+
+    row = torch.full((400,), -5.0)
+    row[0] = 3.0
+    row[100:160] = 1.0  # more ties with the k-th than the margin holds
+    flag = torch.zeros((), dtype=torch.bool)
+    tok = engine._choose_on_device(row.repeat(8, 1), Sampling(max_new_tokens=1, top_k=3), 0,
+                                   torch.Generator().manual_seed(0), overflow=flag)
+    assert bool(flag) and tok.shape == (8,)  # recorded; the candidate draw is returned, to be redone
+    clean = torch.zeros((), dtype=torch.bool)
+    engine._choose_on_device(torch.randn(8, 400), Sampling(max_new_tokens=1, top_k=3), 0,
+                             torch.Generator().manual_seed(0), overflow=clean)
+    assert not bool(clean)
+
+
+@pytest.mark.parametrize("engine_path", ["portable", "static"])
+def test_a_tie_overflow_redecodes_the_batch_over_the_whole_vocabulary(engine_path, corpora, tokenizer, monkeypatch):
+    """With the GPU's sampler on the CPU: no overflow gives the per-step-checked result; an overflow
+    (bf16 logits, a margin of 1) gives exactly the whole-vocabulary decode of the same seed."""
+    from leakaudit.models import build_model
+    from leakaudit.models import generate as engine
+
+    monkeypatch.setattr(engine, "_DEVICE_SAMPLER_ON_CPU", True)
+    model = build_model(tokenizer, arch="gpt2", n_layer=2, n_embd=32, n_head=2, context=256).eval()
+    prompts = _prompts(corpora, tokenizer)
+    pad = tokenizer.pad_token_id
+    s = Sampling(max_new_tokens=12, top_k=40)
+
+    def run():
+        engine.release_decoder()
+        return generate(model, prompts, s, pad_id=pad, batch_size=6, seed=3, engine=engine_path)
+
+    first = run()
+    np.testing.assert_array_equal(first, run())  # fp32 logits: no ties, the same tokens twice
+    model = model.to(torch.bfloat16)  # bf16 logits tie often: with a margin of 1 some step overflows
+    monkeypatch.setattr(engine, "_TIE_MARGIN", 1)
+    seen = []
+    real = engine._decode_loop
+
+    def spy(*args):
+        seen.append(args[-1])  # the margin each pass ran with
+        return real(*args)
+
+    monkeypatch.setattr(engine, "_decode_loop", spy)
+    redone = run()
+    assert seen == [None, 0]  # the deferred pass, then the whole-vocabulary pass
+    monkeypatch.setattr(engine, "_TIE_MARGIN", 0)
+    np.testing.assert_array_equal(redone, run())  # = decoding over the whole vocabulary from the start
+    engine.release_decoder()
+
+
 def test_static_path_unavailable_warns_and_falls_back(gpt2, corpora, tokenizer, monkeypatch):
     import transformers
 
@@ -316,3 +401,27 @@ def test_cuda_gpt2_small_shapes_reproducible(tokenizer):
         runs = [generate(model, prompts, s, pad_id=tokenizer.pad_token_id, batch_size=64, seed=1) for _ in range(3)]
         np.testing.assert_array_equal(runs[1], runs[2], err_msg=f"greedy={s.greedy}")
         np.testing.assert_array_equal(runs[0], runs[1], err_msg=f"greedy={s.greedy}")
+
+
+@pytest.mark.gpu
+def test_cuda_chunked_top_candidates_and_sampler_at_gpt2_vocabulary():
+    """bf16 logits of a 50,257-token vocabulary at batch 512: the chunked top-k equals torch.topk's
+    values, and the sampler draws the same tokens with or without it."""
+    from leakaudit.models import generate as engine
+
+    g = torch.Generator(device="cuda").manual_seed(0)
+    logits = (torch.randn(512, 50257, device="cuda", generator=g) * 4).bfloat16()
+    vals, idx = engine._top_candidates(logits, 64)
+    torch.testing.assert_close(vals, torch.topk(logits, 64, dim=-1).values, rtol=0, atol=0)
+    torch.testing.assert_close(logits.gather(-1, idx), vals, rtol=0, atol=0)
+    s = Sampling(max_new_tokens=1, top_k=40)
+    flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    chunked = engine._choose_on_device(logits, s, 0, torch.Generator(device="cuda").manual_seed(1), overflow=flag)
+    saved = engine._CHUNK
+    engine._CHUNK = 0
+    try:
+        plain = engine._choose_on_device(logits, s, 0, torch.Generator(device="cuda").manual_seed(1), overflow=flag)
+    finally:
+        engine._CHUNK = saved
+    if not bool(flag):  # (a tie overflow would be redone by the decoder; both draws are then provisional)
+        torch.testing.assert_close(chunked, plain, rtol=0, atol=0)

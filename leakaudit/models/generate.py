@@ -113,39 +113,79 @@ def _filtered(logits: torch.Tensor, s: Sampling, step: int) -> torch.Tensor:
     return logits
 
 
-def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
+def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator,
+            overflow: torch.Tensor | None = None, margin: int | None = None) -> torch.Tensor:
     """Next token per row from logits [B, V] (any float dtype; float32 where it matters).
 
     On a CPU: ``torch.multinomial`` with the host generator.  On a GPU the draw stays on the
-    device, by the Gumbel-max trick (:func:`_choose_on_device`).
+    device, by the Gumbel-max trick (:func:`_choose_on_device`; ``overflow`` and ``margin`` go to it).
     """
     if s.greedy:
         return logits.argmax(-1)
-    if logits.is_cuda:
-        return _choose_on_device(logits, s, step, gen)
+    if logits.is_cuda or _DEVICE_SAMPLER_ON_CPU:
+        return _choose_on_device(logits, s, step, gen, overflow=overflow, margin=margin)
     probs = torch.softmax(_filtered(logits.float(), s, step), dim=-1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 
 _TIE_MARGIN = 24  # candidates beyond the k-th that the top-k sampler looks at (0: always the whole vocabulary)
+_CHUNK = 128  # the top-k sampler first finds each chunk of this many tokens' largest logit (0: one plain top-k)
+_DEFER_TIES = True  # the top-k sampler's tie check stays on the device until the batch ends (False: every step)
+_DEVICE_SAMPLER_ON_CPU = False  # tests: decode on a CPU with the GPU's sampler
 
 
-def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator) -> torch.Tensor:
+def _top_candidates(logits: torch.Tensor, n: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``n`` largest logits of each row and their token ids, largest first (as ``torch.topk``).
+
+    Two small top-ks instead of one over the whole vocabulary: the largest logit of each chunk
+    of ``chunk`` tokens (one read of the row), then a top-k over the tokens of the ``n`` chunks
+    whose maxima are largest.  Exact: if ``t`` is the n-th largest chunk maximum, at least ``n``
+    logits are ``>= t``, so every one of the ``n`` largest is ``>= t``; a logit above ``t`` lies in
+    a chunk whose maximum is above ``t``, and all those chunks are searched.  A logit equal to
+    ``t`` outside them can only be tied with the n-th value, which the caller's tie check covers
+    (it needs only the values, which are the same).  Small vocabularies take one plain top-k.
+    """
+    chunk = _CHUNK if chunk is None else chunk
+    B, V = logits.shape
+    whole = V // chunk if chunk > 0 else 0
+    if whole < 4 * n:
+        return torch.topk(logits, n, dim=-1)
+    maxima = logits[:, : whole * chunk].reshape(B, whole, chunk).amax(-1)
+    if V > whole * chunk:  # the last, shorter chunk
+        maxima = torch.cat([maxima, logits[:, whole * chunk :].amax(-1, keepdim=True)], dim=1)
+    chunks = torch.topk(maxima, n, dim=-1).indices  # [B, n]
+    idx = (chunks[:, :, None] * chunk + torch.arange(chunk, device=logits.device)).reshape(B, n * chunk)
+    inside = idx < V
+    vals = logits.gather(-1, idx.clamp_max(V - 1)).masked_fill(~inside, float("-inf"))
+    top, at = torch.topk(vals, n, dim=-1)
+    return top, idx.gather(-1, at)
+
+
+def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator,
+                      overflow: torch.Tensor | None = None, margin: int | None = None) -> torch.Tensor:
     """Sample where the logits are, with the Gumbel-max trick: argmax(logit / T + G), G ~ Gumbel(0, 1).
 
     That argmax is an exact draw from softmax(logit / T) over the tokens :func:`_filtered` keeps.
-    With top-k, only the ``k + _TIE_MARGIN`` largest logits are read back from the vocabulary
-    (one top-k, in the logits' own dtype): every token tied with the k-th is among them unless
-    the last of them ties it too, and then (rarely: a model with many equal logits) this step
-    takes the whole vocabulary instead.  The kept tokens get their noise in order of token id,
-    never of rank, so a seed gives the same tokens even where a GPU's top-k orders tied logits
-    differently from one run to the next.  ``gen`` must live on the logits' device.
+    With top-k, only the ``k + margin`` largest logits (``margin``: ``_TIE_MARGIN`` unless given)
+    are taken from the vocabulary (:func:`_top_candidates`, in the logits' own dtype): every token
+    tied with the k-th is among them unless the last of them ties it too (rarely: a model with many
+    equal logits).  Without ``overflow`` the step checks that on the host (one small read, which
+    makes the host wait for the device) and then takes the whole vocabulary; with ``overflow``, a
+    device flag, the check is only recorded there, never waited for, and the caller must decode
+    again over the whole vocabulary if the flag is set (:func:`_decode`).  The kept tokens get
+    their noise in order of token id, never of rank, so a seed gives the same tokens even where a
+    GPU's top-k orders tied logits differently from one run to the next.  ``gen`` must live on the
+    logits' device.
     """
     k, V = s.top_k, logits.shape[-1]
-    if k is not None and _TIE_MARGIN > 0 and k + _TIE_MARGIN < V:
-        vals, idx = torch.topk(logits, k + _TIE_MARGIN, dim=-1)
+    margin = _TIE_MARGIN if margin is None else margin
+    if k is not None and margin > 0 and k + margin < V:
+        vals, idx = _top_candidates(logits, k + margin)
         vals = vals.float()
-        if not bool((vals[:, -1] == vals[:, k - 1]).any()):  # one small device-to-host read per step
+        ties = (vals[:, -1] == vals[:, k - 1]).any()
+        if overflow is not None:
+            overflow |= ties
+        if overflow is not None or not bool(ties):
             kept = _filtered(vals, s, step)  # the same cut by value as over the whole vocabulary
             by_id = torch.where(torch.isfinite(kept), idx, idx + V).argsort(-1)  # kept ones first, by id
             kept, idx = kept.gather(-1, by_id), idx.gather(-1, by_id)
@@ -173,13 +213,34 @@ def _stop_check(s: Sampling, step: int, done: torch.Tensor) -> bool:
     return s.stop_token is not None and step % 8 == 7 and bool(done.all())
 
 
-def _decode(logits: torch.Tensor, next_logits, s: Sampling, pad_id: int, gen: torch.Generator) -> torch.Tensor:
-    """The decoding loop both paths share: choose, record, stop; ``next_logits(tok, step)`` runs the model."""
+def _decode(start, s: Sampling, pad_id: int, gen: torch.Generator) -> torch.Tensor:
+    """The decoding loop both paths share: choose, record, stop.
+
+    ``start()`` runs the prompts and returns their last logits and ``next_logits(tok, step)``,
+    which runs the model on the chosen tokens.  On a GPU the top-k sampler never waits for the
+    device to check for ties (:func:`_choose_on_device`); if a step's candidates did overflow
+    with ties, the batch is decoded again from the same generator state with the whole
+    vocabulary at every step, so the result is still an exact draw and the same for a seed.
+    """
+    saved = gen.get_state()
+    logits, next_logits = start()
+    on_device = (logits.is_cuda or _DEVICE_SAMPLER_ON_CPU) and not s.greedy and s.top_k is not None and _DEFER_TIES
+    overflow = torch.zeros((), dtype=torch.bool, device=logits.device) if on_device else None
+    new = _decode_loop(logits, next_logits, s, pad_id, gen, overflow, None)
+    if overflow is not None and bool(overflow):  # the one read of the flag, after the last step
+        gen.set_state(saved)
+        logits, next_logits = start()
+        new = _decode_loop(logits, next_logits, s, pad_id, gen, None, 0)
+    return new
+
+
+def _decode_loop(logits: torch.Tensor, next_logits, s: Sampling, pad_id: int, gen: torch.Generator,
+                 overflow: torch.Tensor | None, margin: int | None) -> torch.Tensor:
     B = logits.shape[0]
     new = torch.full((B, s.max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
     done = torch.zeros(B, dtype=torch.bool, device=logits.device)
     for step in range(s.max_new_tokens):
-        tok = _choose(logits, s, step, gen)
+        tok = _choose(logits, s, step, gen, overflow=overflow, margin=margin)
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new[:, step] = tok
         if s.stop_token is not None:
@@ -199,8 +260,12 @@ def _generate_batch(
     ids, mask = _left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
-    state = {"mask": mask, "cache": returned_cache(out), "pos": pos[:, -1:] + 1}
+    state: dict = {}
+
+    def start():
+        out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, logits_to_keep=1)
+        state.update(mask=mask, cache=returned_cache(out), pos=pos[:, -1:] + 1)
+        return out.logits[:, -1], next_logits
 
     def next_logits(tok: torch.Tensor, step: int) -> torch.Tensor:
         m = state["mask"]
@@ -211,7 +276,7 @@ def _generate_batch(
         state["pos"] = state["pos"] + 1
         return out.logits[:, -1]
 
-    return _decode(out.logits[:, -1], next_logits, s, pad_id, gen).cpu().numpy()
+    return _decode(start, s, pad_id, gen).cpu().numpy()
 
 
 class StaticPathUnavailable(RuntimeError):
@@ -411,7 +476,7 @@ def _generate_static(dec: _StaticDecoder, prompts: list[list[int]], s: Sampling,
                      gen: torch.Generator) -> np.ndarray:
     n_real = len(prompts)
     prompts = prompts + [prompts[-1]] * (dec.B - n_real)  # a short last batch keeps the captured shape
-    new = _decode(dec.prefill(prompts, pad_id), dec.step, s, pad_id, gen)
+    new = _decode(lambda: (dec.prefill(prompts, pad_id), dec.step), s, pad_id, gen)
     return new[:n_real].cpu().numpy()
 
 
