@@ -81,7 +81,7 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     logits = dec.graphs[sizes[-1]][1]
     parts = {f"graph_replay_{n}": replay(dec.graphs[n][0]) for n in {sizes[0], sizes[-1]}}
     margin, chunk = engine._TIE_MARGIN, engine._CHUNK
-    flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    flag = torch.zeros(logits.shape[0], dtype=torch.bool, device="cuda")
     parts["sample_top_k"] = lambda: engine._choose_on_device(logits, s, 30, gen, overflow=flag)  # as decoding runs it
     parts["sample_top_k_host_check"] = lambda: engine._choose_on_device(logits, s, 30, gen)  # waits for the device
 

@@ -265,20 +265,53 @@ def test_deferred_tie_check_records_overflow_without_a_host_read():
     row = torch.full((400,), -5.0)
     row[0] = 3.0
     row[100:160] = 1.0  # more ties with the k-th than the margin holds
-    flag = torch.zeros((), dtype=torch.bool)
-    tok = engine._choose_on_device(row.repeat(8, 1), Sampling(max_new_tokens=1, top_k=3), 0,
-                                   torch.Generator().manual_seed(0), overflow=flag)
-    assert bool(flag) and tok.shape == (8,)  # recorded; the candidate draw is returned, to be redone
-    clean = torch.zeros((), dtype=torch.bool)
-    engine._choose_on_device(torch.randn(8, 400), Sampling(max_new_tokens=1, top_k=3), 0,
-                             torch.Generator().manual_seed(0), overflow=clean)
-    assert not bool(clean)
+    logits = torch.stack([row, torch.randn(400), row, torch.full((400,), float("-inf"))])
+    logits[3, :2] = 1.0  # fewer finite logits than k: all of them are candidates, no overflow
+    flags = torch.zeros(4, dtype=torch.bool)
+    tok = engine._choose_on_device(logits, Sampling(max_new_tokens=1, top_k=3), 0,
+                                   torch.Generator().manual_seed(0), overflow=flags)
+    assert flags.tolist() == [True, False, True, False] and tok.shape == (4,)
+    assert int(tok[3]) in (0, 1)
+
+
+def test_a_redone_tie_overflow_keeps_the_draws_exact(monkeypatch):
+    """Step 0: tokens 50 and 60 equally likely; after 50 every logit ties (an overflow), after 60 none.
+    Redoing from the overflowing step must not change how often 50 is drawn first (0.5)."""
+    from leakaudit.models import generate as engine
+
+    monkeypatch.setattr(engine, "_DEVICE_SAMPLER_ON_CPU", True)
+    B, V = 4000, 400
+    base = -30.0 - 0.01 * torch.arange(V, dtype=torch.float32)  # distinct values
+    first = base.clone()
+    first[50], first[60], first[70] = 5.0, 5.0, -2.0  # top 3: 50, 60, 70 (70 about 0.05%)
+
+    def next_logits(tok, step):
+        out = base.repeat(B, 1)
+        out[tok == 50] = 0.0  # all tied
+        return out
+
+    calls = []
+    real = engine._decode_loop
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("first_step", 0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_decode_loop", spy)
+    s = Sampling(max_new_tokens=2, top_k=3)
+    new = engine._decode(lambda: (first.repeat(B, 1), next_logits), s, 0, torch.Generator().manual_seed(0))
+    assert calls == [0, 1]  # the first pass, then a redo from step 1 (the first overflow)
+    share = float((new[:, 0] == 50).float().mean())
+    assert abs(share - 0.5) < 0.04, share  # (redoing whole batches from step 0 gave about 0.25)
+    assert set(new[:, 0].unique().tolist()) <= {50, 60, 70}
+    again = engine._decode(lambda: (first.repeat(B, 1), next_logits), s, 0, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(new, again, rtol=0, atol=0)  # the same seed, the same tokens
 
 
 @pytest.mark.parametrize("engine_path", ["portable", "static"])
-def test_a_tie_overflow_redecodes_the_batch_over_the_whole_vocabulary(engine_path, corpora, tokenizer, monkeypatch):
-    """With the GPU's sampler on the CPU: no overflow gives the per-step-checked result; an overflow
-    (bf16 logits, a margin of 1) gives exactly the whole-vocabulary decode of the same seed."""
+def test_a_tie_overflow_redecodes_from_that_step(engine_path, corpora, tokenizer, monkeypatch):
+    """With the GPU's sampler on the CPU: fp32 logits never overflow; bf16 logits with a margin of 1
+    do, and the batch is redone from the first overflowing step, the tokens before it kept."""
     from leakaudit.models import build_model
     from leakaudit.models import generate as engine
 
@@ -287,27 +320,32 @@ def test_a_tie_overflow_redecodes_the_batch_over_the_whole_vocabulary(engine_pat
     prompts = _prompts(corpora, tokenizer)
     pad = tokenizer.pad_token_id
     s = Sampling(max_new_tokens=12, top_k=40)
+    passes = []
+    real = engine._decode_loop
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        passes.append((kwargs.get("first_step", 0), out.clone()))
+        return out
+
+    monkeypatch.setattr(engine, "_decode_loop", spy)
 
     def run():
         engine.release_decoder()
+        passes.clear()
         return generate(model, prompts, s, pad_id=pad, batch_size=6, seed=3, engine=engine_path)
 
     first = run()
-    np.testing.assert_array_equal(first, run())  # fp32 logits: no ties, the same tokens twice
+    assert [p[0] for p in passes] == [0]  # fp32: no overflow, one pass
+    np.testing.assert_array_equal(first, run())
     model = model.to(torch.bfloat16)  # bf16 logits tie often: with a margin of 1 some step overflows
     monkeypatch.setattr(engine, "_TIE_MARGIN", 1)
-    seen = []
-    real = engine._decode_loop
-
-    def spy(*args):
-        seen.append(args[-1])  # the margin each pass ran with
-        return real(*args)
-
-    monkeypatch.setattr(engine, "_decode_loop", spy)
     redone = run()
-    assert seen == [None, 0]  # the deferred pass, then the whole-vocabulary pass
-    monkeypatch.setattr(engine, "_TIE_MARGIN", 0)
-    np.testing.assert_array_equal(redone, run())  # = decoding over the whole vocabulary from the start
+    assert len(passes) == 2
+    t = passes[1][0]
+    order = sorted(range(len(prompts)), key=lambda i: (len(prompts[i]), i))  # the batch's rows: by length
+    np.testing.assert_array_equal(redone[order, :t], passes[0][1][:, :t].numpy())  # tokens before it kept
+    np.testing.assert_array_equal(redone, run())  # and the same seed gives the same tokens
     engine.release_decoder()
 
 
@@ -415,7 +453,7 @@ def test_cuda_chunked_top_candidates_and_sampler_at_gpt2_vocabulary():
     torch.testing.assert_close(vals, torch.topk(logits, 64, dim=-1).values, rtol=0, atol=0)
     torch.testing.assert_close(logits.gather(-1, idx), vals, rtol=0, atol=0)
     s = Sampling(max_new_tokens=1, top_k=40)
-    flag = torch.zeros((), dtype=torch.bool, device="cuda")
+    flag = torch.zeros(512, dtype=torch.bool, device="cuda")
     chunked = engine._choose_on_device(logits, s, 0, torch.Generator(device="cuda").manual_seed(1), overflow=flag)
     saved = engine._CHUNK
     engine._CHUNK = 0
@@ -423,5 +461,5 @@ def test_cuda_chunked_top_candidates_and_sampler_at_gpt2_vocabulary():
         plain = engine._choose_on_device(logits, s, 0, torch.Generator(device="cuda").manual_seed(1), overflow=flag)
     finally:
         engine._CHUNK = saved
-    if not bool(flag):  # (a tie overflow would be redone by the decoder; both draws are then provisional)
+    if not bool(flag.any()):  # (a tie overflow would be redone by the decoder; both draws are then provisional)
         torch.testing.assert_close(chunked, plain, rtol=0, atol=0)

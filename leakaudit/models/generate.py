@@ -144,6 +144,8 @@ def _top_candidates(logits: torch.Tensor, n: int, chunk: int | None = None) -> t
     a chunk whose maximum is above ``t``, and all those chunks are searched.  A logit equal to
     ``t`` outside them can only be tied with the n-th value, which the caller's tie check covers
     (it needs only the values, which are the same).  Small vocabularies take one plain top-k.
+    A row with fewer than ``n`` finite logits may get ids ``>= V`` for some of its ``-inf`` values
+    (the short last chunk's padding); they are never drawn.
     """
     chunk = _CHUNK if chunk is None else chunk
     B, V = logits.shape
@@ -171,8 +173,9 @@ def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.G
     tied with the k-th is among them unless the last of them ties it too (rarely: a model with many
     equal logits).  Without ``overflow`` the step checks that on the host (one small read, which
     makes the host wait for the device) and then takes the whole vocabulary; with ``overflow``, a
-    device flag, the check is only recorded there, never waited for, and the caller must decode
-    again over the whole vocabulary if the flag is set (:func:`_decode`).  The kept tokens get
+    device bool tensor [B], each row's check is only written there, never waited for, and the
+    caller must redo the step over the whole vocabulary where an active row is set (:func:`_decode`).
+    The kept tokens get
     their noise in order of token id, never of rank, so a seed gives the same tokens even where a
     GPU's top-k orders tied logits differently from one run to the next.  ``gen`` must live on the
     logits' device.
@@ -182,10 +185,12 @@ def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.G
     if k is not None and margin > 0 and k + margin < V:
         vals, idx = _top_candidates(logits, k + margin)
         vals = vals.float()
-        ties = (vals[:, -1] == vals[:, k - 1]).any()
+        scaled = vals / s.temperature_at(step)  # the values the cut compares
+        # the last candidate ties the k-th, which is finite (with fewer finite logits, all are candidates)
+        ties = (scaled[:, -1] == scaled[:, k - 1]) & torch.isfinite(scaled[:, k - 1])
         if overflow is not None:
-            overflow |= ties
-        if overflow is not None or not bool(ties):
+            overflow.copy_(ties)
+        if overflow is not None or not bool(ties.any()):
             kept = _filtered(vals, s, step)  # the same cut by value as over the whole vocabulary
             by_id = torch.where(torch.isfinite(kept), idx, idx + V).argsort(-1)  # kept ones first, by id
             kept, idx = kept.gather(-1, by_id), idx.gather(-1, by_id)
@@ -218,29 +223,53 @@ def _decode(start, s: Sampling, pad_id: int, gen: torch.Generator) -> torch.Tens
 
     ``start()`` runs the prompts and returns their last logits and ``next_logits(tok, step)``,
     which runs the model on the chosen tokens.  On a GPU the top-k sampler never waits for the
-    device to check for ties (:func:`_choose_on_device`); if a step's candidates did overflow
-    with ties, the batch is decoded again from the same generator state with the whole
-    vocabulary at every step, so the result is still an exact draw and the same for a seed.
+    device to check for ties (:func:`_choose_on_device`): the loop only notes, on the device, the
+    first step at which an unfinished row's candidates overflowed with ties.  If there was one, the
+    tokens before it are kept (whether a step overflows depends only on the tokens before it, and
+    those were exact draws), the model is run again over them, the generator is put back to its
+    state at that step, and decoding goes on from there over the whole vocabulary.  So every
+    token is an exact draw and a seed gives the same tokens.
     """
-    saved = gen.get_state()
     logits, next_logits = start()
-    on_device = (logits.is_cuda or _DEVICE_SAMPLER_ON_CPU) and not s.greedy and s.top_k is not None and _DEFER_TIES
-    overflow = torch.zeros((), dtype=torch.bool, device=logits.device) if on_device else None
-    new = _decode_loop(logits, next_logits, s, pad_id, gen, overflow, None)
-    if overflow is not None and bool(overflow):  # the one read of the flag, after the last step
-        gen.set_state(saved)
-        logits, next_logits = start()
-        new = _decode_loop(logits, next_logits, s, pad_id, gen, None, 0)
-    return new
+    deferred = (logits.is_cuda or _DEVICE_SAMPLER_ON_CPU) and not s.greedy and s.top_k is not None and _DEFER_TIES
+    if not deferred:
+        return _decode_loop(logits, next_logits, s, pad_id, gen)
+    states: list[torch.Tensor] = []
+    first = torch.full((), s.max_new_tokens, dtype=torch.long, device=logits.device)
+    new = _decode_loop(logits, next_logits, s, pad_id, gen, first_overflow=first, states=states)
+    t = int(first)  # the one read of the flag, after the last step
+    if t >= s.max_new_tokens:
+        return new
+    logits, next_logits = start()
+    for step in range(t):  # the kept tokens, fed as the first pass fed them (finished rows: padding)
+        logits = next_logits(new[:, step], step)
+    gen.set_state(states[t])
+    return _decode_loop(logits, next_logits, s, pad_id, gen, margin=0, new=new, first_step=t)
 
 
-def _decode_loop(logits: torch.Tensor, next_logits, s: Sampling, pad_id: int, gen: torch.Generator,
-                 overflow: torch.Tensor | None, margin: int | None) -> torch.Tensor:
+def _decode_loop(logits: torch.Tensor, next_logits, s: Sampling, pad_id: int, gen: torch.Generator, *,
+                 first_overflow: torch.Tensor | None = None, states: list | None = None, margin: int | None = None,
+                 new: torch.Tensor | None = None, first_step: int = 0) -> torch.Tensor:
+    """Steps ``first_step`` .. of one batch (``new`` holds the tokens before them, when given).
+
+    With ``first_overflow`` (a device scalar) the sampler's tie checks stay on the device and the
+    first overflowing step is written there; ``states`` then receives the generator state before
+    each step.
+    """
     B = logits.shape[0]
-    new = torch.full((B, s.max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
+    if new is None:
+        new = torch.full((B, s.max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
     done = torch.zeros(B, dtype=torch.bool, device=logits.device)
-    for step in range(s.max_new_tokens):
-        tok = _choose(logits, s, step, gen, overflow=overflow, margin=margin)
+    if s.stop_token is not None and first_step:
+        done |= (new[:, :first_step] == s.stop_token).any(-1)
+    flags = torch.zeros(B, dtype=torch.bool, device=logits.device) if first_overflow is not None else None
+    for step in range(first_step, s.max_new_tokens):
+        if states is not None:
+            states.append(gen.get_state())
+        tok = _choose(logits, s, step, gen, overflow=flags, margin=margin)
+        if flags is not None:  # only unfinished rows count; only the first such step is kept
+            hit = (flags & ~done).any() & (first_overflow == s.max_new_tokens)
+            first_overflow.copy_(torch.where(hit, step, first_overflow))
         tok = torch.where(done, torch.full_like(tok, pad_id), tok)
         new[:, step] = tok
         if s.stop_token is not None:

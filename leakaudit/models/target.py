@@ -451,9 +451,9 @@ def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | Non
     """Start copying ``values`` to the host; on a GPU, into pinned memory, with an event that marks the end."""
     if values.device.type != "cuda":
         return values.cpu(), None
-    host = values.to("cpu", non_blocking=True)
+    host = values.to("cpu", non_blocking=True)  # queued on the values' device's current stream
     ready = torch.cuda.Event()
-    ready.record()
+    ready.record(torch.cuda.current_stream(values.device))  # that stream, not the current device's
     return host, ready
 
 
