@@ -175,10 +175,9 @@ def _choose_on_device(logits: torch.Tensor, s: Sampling, step: int, gen: torch.G
     makes the host wait for the device) and then takes the whole vocabulary; with ``overflow``, a
     device bool tensor [B], each row's check is only written there, never waited for, and the
     caller must redo the step over the whole vocabulary where an active row is set (:func:`_decode`).
-    The kept tokens get
-    their noise in order of token id, never of rank, so a seed gives the same tokens even where a
-    GPU's top-k orders tied logits differently from one run to the next.  ``gen`` must live on the
-    logits' device.
+    The kept tokens get their noise in order of token id, never of rank, so a seed gives the same
+    tokens even where a GPU's top-k orders tied logits differently from one run to the next.
+    ``gen`` must live on the logits' device.
     """
     k, V = s.top_k, logits.shape[-1]
     margin = _TIE_MARGIN if margin is None else margin
