@@ -185,7 +185,7 @@ def test_only_known_architectures_are_switched_and_sub_configs_keep_their_own(to
         "eager", "eager", "flex_attention")
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "gpt_neox", "opt"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "qwen2", "mistral", "gpt_neox", "opt"])  # every switched one
 def test_static_engine_steps_use_it_and_match_library_greedy(arch, corpora, tokenizer, monkeypatch):
     """The engine's decoding steps run through decode_attention and still equal the library's greedy."""
     from leakaudit.models import build_model
@@ -197,7 +197,7 @@ def test_static_engine_steps_use_it_and_match_library_greedy(arch, corpora, toke
     prompts = [e.ids for e in encode(tokenizer, [r["text"][:n] for r, n in zip(private, [5, 20, 40, 11, 60, 3])])]
     pad = tokenizer.pad_token_id
     model = build_model(tokenizer, arch=arch, n_layer=2, n_embd=32, n_head=4, context=256).eval()
-    if arch == "llama":  # grouped-query attention: two query heads per key/value head
+    if arch in ("llama", "qwen2"):  # grouped-query attention: two query heads per key/value head
         model.config.num_key_value_heads = 2
         model = type(model)(model.config).eval()
     one_token = []
