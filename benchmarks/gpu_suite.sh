@@ -73,6 +73,9 @@ step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size 
 # issue 3: the same with Min-K%++'s statistics in every pass (what an audit runs)
 step scoring-stats 60 "$OUT/scoring_stats.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
   --texts 512 --max-tokens 512 --stats
+# issue 3: the engine with the whole model compiled (experimental; compiling counted apart)
+step scoring-compiled 150 "$OUT/scoring_compiled.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
+  --texts 512 --max-tokens 512 --stats --compiled-model
 # issue 5: DP step cost, GPT-2-small-sized, Opacus hooks and ghost and leakaudit's book-keeping against non-DP
 step dp-gpt2 150 "$OUT/dp_gpt2.json" python3 benchmarks/dp_step.py --arch gpt2 --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5 --fixed-batch

@@ -229,3 +229,53 @@ def test_cuda_padded_head_scores_and_decodes_like_the_plain_head(tokenizer, corp
         np.testing.assert_allclose(a, b, atol=1e-4)
     again = generate(model, prompts, greedy, pad_id=tokenizer.pad_token_id)
     assert (again == out).mean() >= 0.98  # float32 both ways; another product kernel may break a near-tie
+
+
+def test_compiled_model_scores_like_the_plain_model(tokenizer, corpora):
+    """``compile_model``: the whole model through torch.compile (dynamic shapes) gives the same
+    per-token values, with and without Min-K%++'s statistics, over batches of several widths."""
+    from leakaudit.models import build_model
+
+    model = build_model(tokenizer, arch="gpt2", n_layer=1, n_embd=32, n_head=2, context=256).eval()
+    texts = [r["text"] for r in corpora[0][:20]] + ["hi"]
+    plain = Target(model, tokenizer, token_budget=300)
+    fast = Target(model, tokenizer, token_budget=300, compile_model=True)
+    for a, b in zip(plain.score(texts), fast.score(texts)):
+        np.testing.assert_allclose(b, a, atol=1e-5)
+    for a, b in zip(plain.score_stats(texts), fast.score_stats(texts)):
+        for field in ("lp", "mu", "var"):
+            np.testing.assert_allclose(getattr(b, field), getattr(a, field), rtol=1e-4, atol=1e-4)
+    assert fast._compiled_model is not None and fast._compile_model  # it did run compiled
+
+
+def test_compiled_model_failure_warns_once_and_scores_uncompiled(tokenizer, corpora, gpt2, monkeypatch):
+    def broken(model, **kw):
+        def run(**inputs):
+            raise RuntimeError("backend compiler failed\nlong trace")
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    texts = [r["text"] for r in corpora[0][:6]]
+    target = Target(gpt2, tokenizer, token_budget=300, compile_model=True)
+    with pytest.warns(RuntimeWarning, match="could not be compiled .*backend compiler failed"):
+        got = target.score(texts)
+    for a, b in zip(Target(gpt2, tokenizer, token_budget=300).score(texts), got):
+        np.testing.assert_allclose(b, a, atol=1e-6)
+    assert not target._compile_model
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_model_scores_like_the_plain_model(tokenizer, corpora):
+    """bf16 on a GPU, odd vocabulary (padded head inside the compiled model), several batch widths."""
+    from leakaudit.models import build_model
+
+    model = build_model(tokenizer, arch="llama", n_layer=2, n_embd=64, n_head=4, context=256)
+    model.resize_token_embeddings(len(tokenizer) + 5)
+    model = model.cuda().to(torch.bfloat16).eval()
+    texts = [r["text"] for r in corpora[0][:24]]
+    plain = Target(model, tokenizer, token_budget=400).score_stats(texts)
+    fast = Target(model, tokenizer, token_budget=400, compile_model=True)
+    got = fast.score_stats(texts)
+    assert fast._compile_model  # no fallback
+    for a, b in zip(plain, got):
+        np.testing.assert_allclose(b.lp, a.lp, atol=0.05)  # bf16: fused kernels round differently

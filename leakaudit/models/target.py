@@ -10,6 +10,7 @@ the context), each token exactly once.
 from __future__ import annotations
 
 import copy
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -103,6 +104,10 @@ class Target:
             thrash the cache there, 18% slower at 4,096 on a 2-core CPU).
         fuse: swap composite activations for fused kernels computing the same function
             (:func:`leakaudit.models.fused.fuse_activations`; the model is changed in place).
+        compile_model: run the scoring passes (not the cached secret-scoring passes) through
+            ``torch.compile`` of the whole model, with dynamic shapes (experimental, off by
+            default: compiling takes a while once per process; if it fails, one warning and the
+            plain model from then on).
 
     The reductions over the vocabulary (log-probs, Min-K%++'s mean and variance, log-sum-exp)
     are compiled into streaming kernels on CUDA devices (:mod:`leakaudit.models.vocab`;
@@ -111,7 +116,7 @@ class Target:
 
     def __init__(
         self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, token_budget: int | None = None,
-        fuse: bool = True,
+        fuse: bool = True, compile_model: bool = False,
     ):
         if fuse:
             fused.fuse_activations(model)
@@ -129,11 +134,28 @@ class Target:
         self.pad_id = int(pad if pad is not None else 0)
         self._cache_arg = cache_argument(model)
         self._compiled = vocab.compile_wanted(self.device)  # fused vocabulary reductions
+        self._compile_model = compile_model
+        self._compiled_model = None
 
     # -- core -------------------------------------------------------------------------
-    def _forward(self, **inputs):
-        """One forward pass, the output projection padded where the vocabulary is misaligned on a GPU."""
+    def _forward(self, *, compiled: bool = False, **inputs):
+        """One forward pass, the output projection padded where the vocabulary is misaligned on a GPU.
+
+        ``compiled``: through the compiled model when the target was asked for it.
+        """
         with fused.padded_head(self.model):
+            if compiled and self._compile_model:
+                if self._compiled_model is None:
+                    self._compiled_model = torch.compile(self.model, dynamic=True)
+                try:
+                    return self._compiled_model(**inputs)
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a compiler failure: say so once, score uncompiled
+                    self._compile_model = False
+                    warnings.warn(f"scoring model could not be compiled ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0] if str(e) else ''}); scoring uncompiled",
+                                  RuntimeWarning, stacklevel=2)
             return self.model(**inputs)
 
     @torch.no_grad()
@@ -152,7 +174,8 @@ class Target:
         for batch, width in self._length_batches(rows):
             ids, mask = self._batch_tensors(rows, batch, width)
             pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(batch), -1)
-            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).logits
+            logits = self._forward(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False,
+                                   compiled=True).logits
             if self._compiled and vocab.compiled_available():
                 # one compiled call for the whole batch (per-row calls would each pay the call overhead);
                 # the few padded positions of a length-sorted batch are reduced too and dropped on unpacking
