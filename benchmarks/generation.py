@@ -146,6 +146,30 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
     return rows
 
 
+def compiled_step(model, prompts, s, pad, b) -> dict:
+    """The engine with its decoding step through torch.compile (experimental), same prompts, same run."""
+    from leakaudit.models import generate as engine
+
+    engine._COMPILE_STEP = True
+    try:
+        engine.release_decoder()
+        run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
+        t0 = time.perf_counter()
+        first = run()  # compiles (one graph per cache slice length) and captures
+        setup = time.perf_counter() - t0
+        again, t = timed(run)
+        dec = engine._last_decoder[0][1] if engine._last_decoder else None  # none: the portable path ran
+        row = {"tokens_per_s": b * s.max_new_tokens / t, "first_call_s": setup,
+               "still_compiled": None if dec is None else dec.step_model is not dec.model,
+               "same_samples_twice": bool(np.array_equal(first, again)),
+               "step_ms": step_profile(model, s) if torch.cuda.is_available() else {}}
+    finally:
+        engine._COMPILE_STEP = False
+        engine.release_decoder()
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def attention_variants(model, prompts, s, pad, b) -> list[dict]:
     """The engine's one-token steps with its own attention products and with the library's SDPA (same run).
 
@@ -204,6 +228,9 @@ def main() -> None:
     ap.add_argument("--attention-variants", action="store_true",
                     help="at the largest batch, also time the engine's one-token steps with the library's SDPA "
                          "instead of its own attention products (LEAKAUDIT_BENCH_MATH_SDPA=1: and SDPA's math kernel)")
+    ap.add_argument("--compile-step", action="store_true",
+                    help="at the largest batch, also time the engine with its decoding step compiled "
+                         "(experimental _COMPILE_STEP; compiling counted apart)")
     ap.add_argument("--variants", action="store_true",
                     help="also time the engine without its cache slices and/or its short top-k (largest batch)")
     ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")
@@ -268,6 +295,8 @@ def main() -> None:
                 run["step_profile_ms"] = step_profile(model, s)
             if args.variants and largest and arch == args.archs.split(",")[0]:
                 run["variants"] = engine_variants(model, prompts, s, pad, b)
+            if args.compile_step and largest:
+                run["compiled_step"] = compiled_step(model, prompts, s, pad, b)
             if args.attention_variants and largest and arch == args.archs.split(",")[0]:
                 run["attention_variants"] = attention_variants(model, prompts, s, pad, b)
             res["runs"].append(run)

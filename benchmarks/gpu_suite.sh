@@ -64,6 +64,9 @@ fi
 # issue 7: engine vs library generate, GPT-2-small and Llama-style, batch 1/64/512, 256 new tokens
 step generation 150 - python3 benchmarks/generation.py --size "$SIZE" --batches "$BATCHES" --new-tokens "$NEW" \
   --archs "$ARCHS" --step-profile ${VARIANTS:+--variants} --attention-variants --out "$OUT/generation.json"
+# issue 7: the same at the largest batch with the decoding step compiled (experimental)
+step generation-compiled 200 - python3 benchmarks/generation.py --size "$SIZE" --batches "${BATCHES##*,}" \
+  --new-tokens "$NEW" --archs "${ARCHS%%,*}" --compile-step --out "$OUT/generation_compiled.json"
 # issue 4: exact exposure over 10^6 candidates vs the naive loop
 step exposure 90 "$OUT/exposure.json" python3 benchmarks/secret_scoring.py --size "$SIZE" --bf16 \
   --candidates 20000 --loop-candidates 200 --exact-space "$SPACE"

@@ -326,6 +326,7 @@ def _sliced(update, visible: list[int]):
 
 _KV_BUCKET = 64  # decoding steps attend to the cache in slices of this many slots (0: the whole cache)
 _DECODE_ATTENTION = True  # one-token steps use models.attention's two products (False: the library's SDPA)
+_COMPILE_STEP = False  # experimental: the decoding step through torch.compile before it is captured
 
 
 class _StaticDecoder:
@@ -376,6 +377,8 @@ class _StaticDecoder:
         self.pool = torch.cuda.graph_pool_handle() if self.use_graph else None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.decode_attention = _DECODE_ATTENTION  # fixed per decoder: its captured graphs hold the kernels
+        # compiled (experimental): the step's small kernels fused; compiling happens in the warm-up runs
+        self.step_model = torch.compile(model, dynamic=True) if _COMPILE_STEP else model
 
     @property
     def visible(self) -> int:
@@ -386,10 +389,21 @@ class _StaticDecoder:
         self._visible[0] = n
 
     def _step_forward(self) -> torch.Tensor:
+        inputs = dict(input_ids=self.ids, attention_mask=self.mask[..., : self.visible], position_ids=self.pos,
+                      use_cache=True, **{self.cache_arg: self.cache})
         with single_token_attention(self.model) if self.decode_attention else contextlib.nullcontext():
-            out = self.model(input_ids=self.ids, attention_mask=self.mask[..., : self.visible],
-                             position_ids=self.pos, use_cache=True, **{self.cache_arg: self.cache})
-        return out.logits[:, -1]
+            if self.step_model is not self.model:
+                saved = self._positions()
+                try:
+                    return self.step_model(**inputs).logits[:, -1]
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as e:  # noqa: BLE001 - a compiler failure: say so once, step uncompiled
+                    self.step_model = self.model
+                    self._rewind(saved)  # a failed call may have advanced the cache's write position
+                    _warn_once(f"the decoding step of {type(self.model).__name__} could not be compiled "
+                               f"({_first_line(e)})", path="uncompiled step")
+            return self.model(**inputs).logits[:, -1]
 
     def _reset(self) -> None:
         for layer in getattr(self.cache, "layers", []):
@@ -484,7 +498,7 @@ def _decoder(model, batch: int, max_prompt: int, max_new: int, cache_arg: str, u
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     p = next(model.parameters())  # a model moved away and back has new addresses: graphs must be recaptured
     key = (id(model), batch, width - max_new, max_new, use_graph, p.dtype, p.device, p.data_ptr(), _KV_BUCKET,
-           id(head), _DECODE_ATTENTION)
+           id(head), _DECODE_ATTENTION, _COMPILE_STEP)
     if _last_decoder and _last_decoder[0][0] == key and _last_decoder[0][1].model is model:
         return _last_decoder[0][1]
     _last_decoder.clear()  # free the old cache before allocating the new one
