@@ -53,7 +53,7 @@ step() {  # step NAME LIMIT OUTFILE CMD...
 } >>"$log" 2>&1
 
 # known-answer checks first: the captured decoding step against the library's greedy decoding
-step gpu-tests 120 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py tests/test_target.py tests/test_vocab.py tests/test_bookkeeping.py tests/test_attention.py
+step gpu-tests 180 - python3 -m pytest -q -p no:cacheprovider -m gpu tests/test_generation.py tests/test_target.py tests/test_vocab.py tests/test_bookkeeping.py tests/test_attention.py
 # issue 7: same seed, same samples? greedy and top-k at GPT-2-small shapes, with kernels switched off in turn
 step repro 100 - python3 benchmarks/generation_repro.py --size "$SIZE" --batches "$REPRO_BATCHES" \
   --new-tokens "$REPRO_NEW" --variants "$REPRO_VARIANTS" --out "$OUT/repro.json"
