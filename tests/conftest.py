@@ -83,3 +83,14 @@ def tiny_model_dir(tmp_path_factory, gpt2, tokenizer):
     gpt2.save_pretrained(d, safe_serialization=True)
     tokenizer.save_pretrained(d)
     return d
+
+
+@pytest.fixture
+def broken_compile(monkeypatch):
+    """``torch.compile`` returns a model that raises as a failing compiler would, on its first call."""
+    def compile_(model, **kw):
+        def run(**inputs):
+            raise RuntimeError("backend compiler failed\nlong trace")
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_)

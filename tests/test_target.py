@@ -248,13 +248,7 @@ def test_compiled_model_scores_like_the_plain_model(tokenizer, corpora):
     assert fast._compiled_model is not None and fast._compile_model  # it did run compiled
 
 
-def test_compiled_model_failure_warns_once_and_scores_uncompiled(tokenizer, corpora, gpt2, monkeypatch):
-    def broken(model, **kw):
-        def run(**inputs):
-            raise RuntimeError("backend compiler failed\nlong trace")
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken)
+def test_compiled_model_failure_warns_once_and_scores_uncompiled(tokenizer, corpora, gpt2, broken_compile):
     texts = [r["text"] for r in corpora[0][:6]]
     target = Target(gpt2, tokenizer, token_budget=300, compile_model=True)
     with pytest.warns(RuntimeWarning, match="could not be compiled .*backend compiler failed"):
