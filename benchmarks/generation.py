@@ -64,8 +64,8 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     """
     from leakaudit.models import generate as engine
 
-    dec = engine._last_decoder[0][1]
-    if not dec.graphs:
+    dec = engine._last_decoder[0][1] if engine._last_decoder else None  # none: the portable path ran
+    if dec is None or not dec.graphs:
         return {}
     gen = torch.Generator(device="cuda").manual_seed(0)
     layers = [layer for layer in dec.cache.layers if getattr(layer, "is_initialized", False)]
@@ -114,6 +114,19 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     return out
 
 
+def fresh_runs(model, prompts, s, pad, b) -> dict:
+    """The engine with its current settings from a fresh decoder: the first call (allocation, capture,
+    compiling) and a second, timed one, with the same seed."""
+    from leakaudit.models import generate as engine
+
+    engine.release_decoder()
+    run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
+    first, setup = timed(run)
+    again, t = timed(run)
+    return {"tokens_per_s": b * s.max_new_tokens / t, "first_call_s": setup,
+            "same_samples_twice": bool(np.array_equal(first, again))}
+
+
 def engine_variants(model, prompts, s, pad, b) -> list[dict]:
     """The engine with its step savings switched off one at a time (same prompts, same run).
 
@@ -133,11 +146,7 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
         for change in settings:
             for k, v in {**saved, **change}.items():
                 setattr(engine, names[k], v)
-            engine.release_decoder()
-            run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
-            run()
-            _, t = timed(run)
-            rows.append({**saved, **change, "tokens_per_s": b * s.max_new_tokens / t})
+            rows.append({**saved, **change, **fresh_runs(model, prompts, s, pad, b)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         for k, v in saved.items():
@@ -147,22 +156,16 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
 
 
 def compiled_step(model, prompts, s, pad, b) -> dict:
-    """The engine with its decoding step through torch.compile (experimental), same prompts, same run."""
+    """The engine with its decoding step through torch.compile (experimental), same prompts, same run;
+    ``first_call_s`` includes compiling (one graph per cache slice length) and capturing."""
     from leakaudit.models import generate as engine
 
     engine._COMPILE_STEP = True
     try:
-        engine.release_decoder()
-        run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
-        t0 = time.perf_counter()
-        first = run()  # compiles (one graph per cache slice length) and captures
-        setup = time.perf_counter() - t0
-        again, t = timed(run)
+        row = fresh_runs(model, prompts, s, pad, b)
         dec = engine._last_decoder[0][1] if engine._last_decoder else None  # none: the portable path ran
-        row = {"tokens_per_s": b * s.max_new_tokens / t, "first_call_s": setup,
-               "still_compiled": None if dec is None else dec.step_model is not dec.model,
-               "same_samples_twice": bool(np.array_equal(first, again)),
-               "step_ms": step_profile(model, s) if torch.cuda.is_available() else {}}
+        row.update(still_compiled=None if dec is None else dec.step_model is not dec.model,
+                   step_ms=step_profile(model, s))
     finally:
         engine._COMPILE_STEP = False
         engine.release_decoder()
@@ -191,13 +194,7 @@ def attention_variants(model, prompts, s, pad, b) -> list[dict]:
             cuda.enable_flash_sdp(flags[0])
             cuda.enable_mem_efficient_sdp(flags[1])
             cuda.enable_math_sdp(flags[2])
-            engine.release_decoder()
-            run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
-            first = run()
-            again, t = timed(run)
-            rows.append({"attention": name, "tokens_per_s": b * s.max_new_tokens / t,
-                         "same_samples_twice": bool(np.array_equal(first, again)),
-                         "step_ms": step_profile(model, s) if torch.cuda.is_available() else {}})
+            rows.append({"attention": name, **fresh_runs(model, prompts, s, pad, b), "step_ms": step_profile(model, s)})
             print(json.dumps(rows[-1]), flush=True)
     finally:
         engine._DECODE_ATTENTION = True

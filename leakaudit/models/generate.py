@@ -40,6 +40,7 @@ import torch
 from transformers import PreTrainedModel
 
 from leakaudit.models.attention import single_token_attention
+from leakaudit.models.compiling import Compiled, first_line
 
 
 @dataclass(frozen=True)
@@ -122,7 +123,7 @@ def _choose(logits: torch.Tensor, s: Sampling, step: int, gen: torch.Generator,
     """
     if s.greedy:
         return logits.argmax(-1)
-    if logits.is_cuda or _DEVICE_SAMPLER_ON_CPU:
+    if _device_sampling(logits):
         return _choose_on_device(logits, s, step, gen, overflow=overflow, margin=margin)
     probs = torch.softmax(_filtered(logits.float(), s, step), dim=-1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
@@ -132,6 +133,11 @@ _TIE_MARGIN = 24  # candidates beyond the k-th that the top-k sampler looks at (
 _CHUNK = 128  # the top-k sampler first finds each chunk of this many tokens' largest logit (0: one plain top-k)
 _DEFER_TIES = True  # the top-k sampler's tie check stays on the device until the batch ends (False: every step)
 _DEVICE_SAMPLER_ON_CPU = False  # tests: decode on a CPU with the GPU's sampler
+
+
+def _device_sampling(logits: torch.Tensor) -> bool:
+    """Whether tokens are drawn where the logits are (:func:`_choose_on_device`): on a GPU (tests: anywhere)."""
+    return logits.is_cuda or _DEVICE_SAMPLER_ON_CPU
 
 
 def _top_candidates(logits: torch.Tensor, n: int, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -230,7 +236,7 @@ def _decode(start, s: Sampling, pad_id: int, gen: torch.Generator) -> torch.Tens
     token is an exact draw and a seed gives the same tokens.
     """
     logits, next_logits = start()
-    deferred = (logits.is_cuda or _DEVICE_SAMPLER_ON_CPU) and not s.greedy and s.top_k is not None and _DEFER_TIES
+    deferred = _device_sampling(logits) and not s.greedy and s.top_k is not None and _DEFER_TIES
     if not deferred:
         return _decode_loop(logits, next_logits, s, pad_id, gen)
     states: list[torch.Tensor] = []
@@ -378,7 +384,14 @@ class _StaticDecoder:
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.decode_attention = _DECODE_ATTENTION  # fixed per decoder: its captured graphs hold the kernels
         # compiled (experimental): the step's small kernels fused; compiling happens in the warm-up runs
-        self.step_model = torch.compile(model, dynamic=True) if _COMPILE_STEP else model
+        self._compiled_step = (Compiled(model, f"the decoding step of {type(model).__name__}", dynamic=True)
+                               if _COMPILE_STEP else None)
+
+    @property
+    def step_model(self):
+        """What runs a step: the compiled model, unless it was not asked for or compiling failed."""
+        c = self._compiled_step
+        return c if c is not None and c.failed is None else self.model
 
     @property
     def visible(self) -> int:
@@ -394,15 +407,10 @@ class _StaticDecoder:
         with single_token_attention(self.model) if self.decode_attention else contextlib.nullcontext():
             if self.step_model is not self.model:
                 saved = self._positions()
-                try:
-                    return self.step_model(**inputs).logits[:, -1]
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - a compiler failure: say so once, step uncompiled
-                    self.step_model = self.model
-                    self._rewind(saved)  # a failed call may have advanced the cache's write position
-                    _warn_once(f"the decoding step of {type(self.model).__name__} could not be compiled "
-                               f"({_first_line(e)})", path="uncompiled step")
+                out = self._compiled_step(**inputs)
+                if out is not None:
+                    return out.logits[:, -1]
+                self._rewind(saved)  # a failed call may have advanced the cache's write position
             return self.model(**inputs).logits[:, -1]
 
     def _reset(self) -> None:
@@ -479,7 +487,7 @@ class _StaticDecoder:
             torch.cuda.synchronize()
             self.use_graph = False
             _warn_once(f"the decoding step of {type(self.model).__name__} could not be captured as a CUDA "
-                       f"graph ({_first_line(e)}); decoding eagerly with the static cache", path="eager static path")
+                       f"graph ({first_line(e)}); decoding eagerly with the static cache", path="eager static path")
             return False
         self.graphs[self.visible] = (graph, logits)
         return True
@@ -524,11 +532,6 @@ def _generate_static(dec: _StaticDecoder, prompts: list[list[int]], s: Sampling,
 
 Engine = Literal["auto", "static", "portable"]
 _warned: set[str] = set()
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e)
-    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
 def _warn_once(reason: str, path: str = "portable path") -> None:
@@ -590,7 +593,7 @@ def _decode_all(model, prompts, sampling, pad_id, batch_size, seed, engine, cuda
             except Exception as e:  # noqa: BLE001 - the model's forward rejected the static inputs
                 if n > 0 or engine == "static":
                     raise
-                _warn_once(f"{type(model).__name__} could not decode with a static cache ({_first_line(e)})")
+                _warn_once(f"{type(model).__name__} could not decode with a static cache ({first_line(e)})")
                 release_decoder()  # its cache is of no further use
                 dec = None
                 gen = torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + n)

@@ -10,7 +10,6 @@ the context), each token exactly once.
 from __future__ import annotations
 
 import copy
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.models import fused, vocab
+from leakaudit.models.compiling import Compiled
 from leakaudit.models.generate import cache_argument, returned_cache
 from leakaudit.models.tokenize import Continuations, encode, encode_continuations
 
@@ -134,8 +134,12 @@ class Target:
         self.pad_id = int(pad if pad is not None else 0)
         self._cache_arg = cache_argument(model)
         self._compiled = vocab.compile_wanted(self.device)  # fused vocabulary reductions
-        self._compile_model = compile_model
-        self._compiled_model = None
+        self._compiled_model = Compiled(model, "the scoring model", dynamic=True) if compile_model else None
+
+    @property
+    def _compile_model(self) -> bool:
+        """Scoring passes go through the compiled model (asked for, and compiling has not failed)."""
+        return self._compiled_model is not None and self._compiled_model.failed is None
 
     # -- core -------------------------------------------------------------------------
     def _forward(self, *, compiled: bool = False, **inputs):
@@ -144,19 +148,8 @@ class Target:
         ``compiled``: through the compiled model when the target was asked for it.
         """
         with fused.padded_head(self.model):
-            if compiled and self._compile_model:
-                if self._compiled_model is None:
-                    self._compiled_model = torch.compile(self.model, dynamic=True)
-                try:
-                    return self._compiled_model(**inputs)
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as e:  # noqa: BLE001 - a compiler failure: say so once, score uncompiled
-                    self._compile_model = False
-                    warnings.warn(f"scoring model could not be compiled ({type(e).__name__}: "
-                                  f"{str(e).splitlines()[0] if str(e) else ''}); scoring uncompiled",
-                                  RuntimeWarning, stacklevel=2)
-            return self.model(**inputs)
+            out = self._compiled_model(**inputs) if compiled and self._compiled_model is not None else None
+            return out if out is not None else self.model(**inputs)
 
     @torch.no_grad()
     def _score_rows(self, rows: list[_Row], *, stats: bool = False) -> list[np.ndarray]:
@@ -170,7 +163,7 @@ class Target:
         keeps no float32 copy at all.
         """
         out: list[np.ndarray | None] = [None] * len(rows)
-        pending = None  # the previous batch: its values are read back while this one runs
+        in_flight: list[tuple] = []  # batches whose values are on their way to the host
         for batch, width in self._length_batches(rows):
             ids, mask = self._batch_tensors(rows, batch, width)
             pos = torch.arange(width, device=self.device).unsqueeze(0).expand(len(batch), -1)
@@ -191,14 +184,10 @@ class Target:
                     spans.append(L - f)
                 values = torch.cat(parts, dim=1)
             del logits
-            done = (batch, *_to_host(values), spans)  # one transfer per batch, started now, waited for later
-            if pending is not None:
-                self._unpack(rows, out, *pending, stats=stats)
-            pending = done
-            if not _OVERLAP:  # read back at once (the benchmark's comparison)
-                self._unpack(rows, out, *pending, stats=stats)
-                pending = None
-        if pending is not None:
+            in_flight.append((batch, *_to_host(values), spans))  # one transfer per batch, waited for later
+            while len(in_flight) > _OVERLAP:  # the previous batch is read back while this one runs
+                self._unpack(rows, out, *in_flight.pop(0), stats=stats)
+        for pending in in_flight:
             self._unpack(rows, out, *pending, stats=stats)
         return out  # type: ignore[return-value]
 
@@ -467,7 +456,7 @@ class Target:
         return out  # type: ignore[return-value]
 
 
-_OVERLAP = True  # a batch's values are read back while the next batch runs (False: at once)
+_OVERLAP = 1  # batches whose values may still be on their way while the next one runs (0: read back at once)
 
 
 def _to_host(values: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:

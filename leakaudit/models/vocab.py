@@ -25,12 +25,12 @@ form (:func:`eager_logprobs`), which keeps its float32 copy to ``chunk`` rows at
 from __future__ import annotations
 
 import os
-import warnings
-from collections.abc import Callable
+from functools import partial
 
 import torch
 
 from leakaudit.errors import LeakauditError
+from leakaudit.models.compiling import Compiled
 
 ENV = "LEAKAUDIT_COMPILE"
 _ROWS = 4096  # rows per compiled call: bounds anything materialised (as the eager form's chunks do)
@@ -91,38 +91,7 @@ def _logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=-1)
 
 
-class _Compiled:
-    """``fn`` compiled on first use, the number of rows left dynamic; ``None`` from :meth:`__call__`
-    when compiling is off or failed (the caller then takes its eager path).
-
-    Running out of device memory falls back for that call only; any other failure (no compiler,
-    no Triton, an unsupported operation) switches compiling off for the process, with one warning.
-    """
-
-    def __init__(self, fn: Callable, name: str):
-        self.fn, self.name = fn, name
-        self.compiled: Callable | None = None
-        self.failed: str | None = None
-
-    def __call__(self, *args) -> torch.Tensor | None:
-        if self.failed is not None:
-            return None
-        try:
-            if self.compiled is None:
-                self.compiled = torch.compile(self.fn, dynamic=None)
-            for a in args:
-                if isinstance(a, torch.Tensor) and a.dim() >= 1:
-                    torch._dynamo.maybe_mark_dynamic(a, 0)
-            return self.compiled(*args)
-        except torch.OutOfMemoryError:
-            return None  # this call only: the eager form works in smaller pieces
-        except Exception as e:  # noqa: BLE001 - any compiler failure: fall back, but say why
-            self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
-            warnings.warn(f"{self.name} runs uncompiled: torch.compile failed ({self.failed[:300]})",
-                          RuntimeWarning, stacklevel=3)
-            return None
-
-
+_Compiled = partial(Compiled, mark_rows=True)  # reductions: the number of rows stays dynamic
 _fused = _Compiled(fused_logprobs, "the per-token log-prob reduction")
 _lse = _Compiled(_logsumexp, "the log-sum-exp over the vocabulary")
 
@@ -132,7 +101,7 @@ def compiled_available() -> bool:
     return _fused.failed is None
 
 
-def _in_chunks(op: _Compiled, x: torch.Tensor, *rest) -> torch.Tensor | None:
+def _in_chunks(op: Compiled, x: torch.Tensor, *rest) -> torch.Tensor | None:
     """``op`` over ``_ROWS`` rows of ``x`` (and of each tensor in ``rest``) at a time, concatenated along the
     rows (the results' last dimension); None when compiling is off or failed (then nothing is kept)."""
     parts = []

@@ -428,7 +428,8 @@ def _inconclusive_sentence(model: ModelResult) -> str:
     canaries: ..." (when :func:`extraction_inconclusive`)."""
     counts = no_guess_counts(model)
     n = counts[1] if counts else 0
-    within = f"its budget{budget_words(model)}" if search_budget(model) is not None else "its forward-pass budget"
+    words = budget_words(model)
+    within = f"its budget{words}" if words else "its forward-pass budget"
     return (
         f"The best-first search found no complete secret within {within} for any of the {n} canaries: its "
         "result is inconclusive, neither a leak nor evidence that the secrets are hard to guess."
