@@ -465,6 +465,9 @@ def experiment(
     jobs: Annotated[int, typer.Option(help="Cells running at once (submitit).")] = 1,
     cluster: Annotated[str | None, typer.Option(help="submitit: slurm or local (default: Slurm when available).")]
     = None,
+    max_minutes: Annotated[float | None, typer.Option(
+        "--max-minutes", help="Time budget: start no seed or cell once the time left is shorter than the longest "
+        "so far; exit 3 when cells are left (run again to continue).")] = None,
 ) -> None:
     """Run a grid of train-and-audit cells (eps x seed x full/LoRA) and write one comparison report."""
     from leakaudit.experiment import ExperimentFailed, load_experiment, make_executor, run_experiment
@@ -472,11 +475,14 @@ def experiment(
     exp = load_experiment(file)
     if cluster is not None and cluster not in ("slurm", "local"):
         raise LeakauditError(f"--cluster: expected slurm or local (got '{cluster}')")
+    if max_minutes is not None and not max_minutes > 0:
+        raise LeakauditError(f"--max-minutes must be > 0 (got {max_minutes:g})")
     _check_device(exp.base.device)
     out = out or Path("runs") / "experiments" / exp.config.name
     ex = make_executor(executor, exp, out, jobs=jobs, cluster=cluster)
     try:
-        run = run_experiment(exp, out, executor=ex, echo=console.print)
+        run = run_experiment(exp, out, executor=ex, echo=console.print,
+                             max_seconds=None if max_minutes is None else 60 * max_minutes)
     except ExperimentFailed as e:
         for label, err in e.failed.items():
             console.print(f"failed: {label}: {err}")
@@ -484,6 +490,10 @@ def experiment(
         raise typer.Exit(1) from None
     typer.echo(f"{len(run.ran)} cell(s) run, {len(run.skipped)} already finished, {run.seconds:.0f}s")
     typer.echo(f"comparison: {run.paths['html']}")
+    if run.left:
+        typer.echo(f"stopped at --max-minutes: {len(run.left)} cell(s) left ({', '.join(run.left)}); "
+                   "run the same command again to continue")
+        raise typer.Exit(3)
 
 
 # -- report ------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ import traceback
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -297,6 +297,23 @@ def seed_done(exp: Experiment, out: Path, seed: int) -> bool:
     return marker.is_file() and read_json(marker).get("key") == stable_hash(_seed_key(seed_config(exp, seed)))
 
 
+SEED_STAGES = ("data", "canaries", "models/base")
+
+
+def seed_stages_present(out: Path, seed: int) -> bool:
+    """Are the seed's data, canaries and base model on disk?  (Only its seed.json travels when a grid's
+    finished cells are carried to another machine; the seed is then prepared again before its next cell.)"""
+    sdir = seed_dir(out, seed)
+    return all((sdir / name / "stage.json").is_file() for name in SEED_STAGES)
+
+
+def _weights_sha256(model_dir: Path) -> str:
+    """One hash of a model directory's safetensors files (which base model a cell was fine-tuned from)."""
+    from leakaudit.models.loading import hash_model_dir
+
+    return stable_hash({k: v for k, v in hash_model_dir(model_dir).items() if k.endswith(".safetensors")})
+
+
 def prepare_seed(task: SeedTask) -> dict:
     """Data, canaries, base model (and shadow models, when asked for) of one seed; cached stage by stage."""
     from leakaudit.attacks import load_score_table
@@ -317,7 +334,8 @@ def prepare_seed(task: SeedTask) -> dict:
     scores = _prime_reference(cfg, task.experiment.config, sdir, shared, device, log)
     base = table_utility(load_score_table(scores / "mia.parquet"))
     info = {"key": stable_hash(_seed_key(cfg)), "seed": task.seed, "n_train": len(shared.train_texts),
-            "base_perplexity": base.non_member_perplexity, "preflight_warnings": shared.preflight_warnings,
+            "base_perplexity": base.non_member_perplexity, "base_sha256": _weights_sha256(shared.base_dir),
+            "preflight_warnings": shared.preflight_warnings,
             "seconds": round(time.perf_counter() - t0, 2)}
     write_json(sdir / "seed.json", info)
     return info
@@ -477,6 +495,7 @@ def run_cell(task: CellTask) -> dict:
         "train_seconds": read_json(model_dir / "timing.json")["train_seconds"],
         "audit_seconds": round(time.perf_counter() - t0, 2),
         "device": device_name(device), "run_dir": str(cdir.relative_to(out)),
+        "base_sha256": _weights_sha256(base_dir),
     })
     write_json(cdir / "cell.json", {"key": key, "metrics": row})
     return row
@@ -545,6 +564,31 @@ class Outcome:
     label: str
     result: Any = None
     error: str | None = None
+    not_started: bool = False  # left for a later run by the time budget
+
+
+class Budget:
+    """A wall-clock budget for a run (``--max-minutes``).
+
+    A task starts only while the time left is at least the longest task of its kind so far (the
+    first of a kind starts while any time is left), so a run stops between tasks instead of being
+    cut off inside one; what was not started is left for the next run.
+    """
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock
+        self.deadline = clock() + seconds
+        self.longest: dict[str, float] = {}
+
+    def allows(self, *kinds: str) -> bool:
+        """Is there time for one more task of each kind (at the longest seen so far)?"""
+        return self.clock() + sum(self.longest.get(k, 0.0) for k in kinds) < self.deadline
+
+    def record(self, kind: str, seconds: float) -> None:
+        self.longest[kind] = max(self.longest.get(kind, 0.0), seconds)
+
+    def left(self) -> float:
+        return self.deadline - self.clock()
 
 
 class Executor(ABC):
@@ -554,8 +598,18 @@ class Executor(ABC):
 
     @abstractmethod
     def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any], labels: Sequence[str],
-            log: Callable[..., None]) -> list[Outcome]:
-        """Run ``fn(task)`` for each task; an exception becomes the outcome's error, other tasks go on."""
+            log: Callable[..., None], budget: Budget | None = None) -> list[Outcome]:
+        """Run ``fn(task)`` for each task; an exception becomes the outcome's error, other tasks go on.
+
+        With a ``budget``, a task the budget no longer allows is not started (``Outcome.not_started``).
+        """
+
+
+def _budget_stops(budget: Budget | None, kind: str, label: str, log: Callable[..., None]) -> bool:
+    if budget is None or budget.allows(kind):
+        return False
+    log("task_not_started", f"{label}: not started, the time budget is spent (run again to continue)", task=label)
+    return True
 
 
 class LocalExecutor(Executor):
@@ -563,11 +617,15 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def map(self, fn, tasks, labels, log) -> list[Outcome]:
+    def map(self, fn, tasks, labels, log, budget=None) -> list[Outcome]:
         out = []
         for task, label in zip(tasks, labels):
+            if _budget_stops(budget, fn.__name__, label, log):
+                out.append(Outcome(label, not_started=True))
+                continue
             log("task_started", f"{label} ...", task=label)
             t0 = time.perf_counter()
+            b0 = budget.clock() if budget is not None else 0.0
             try:
                 res = fn(task)
             except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
@@ -575,6 +633,8 @@ class LocalExecutor(Executor):
                     traceback=traceback.format_exc())
                 out.append(Outcome(label, error=f"{type(e).__name__}: {e}"))
                 continue
+            if budget is not None:
+                budget.record(fn.__name__, budget.clock() - b0)
             log("task_finished", f"{label} done in {time.perf_counter() - t0:.1f}s", task=label)
             out.append(Outcome(label, res))
         return out
@@ -630,13 +690,16 @@ class SubmititExecutor(Executor):
 
             self.threads = max(1, (os.cpu_count() or 1) // self.jobs)
 
-    def map(self, fn, tasks, labels, log) -> list[Outcome]:
+    def map(self, fn, tasks, labels, log, budget=None) -> list[Outcome]:
         pending = list(zip(range(len(tasks)), tasks, labels))
         running: list[tuple[int, str, Any, float]] = []
         results: dict[int, Outcome] = {}
         while pending or running:
             while pending and len(running) < self.jobs:
                 i, task, label = pending.pop(0)
+                if _budget_stops(budget, fn.__name__, label, log):
+                    results[i] = Outcome(label, not_started=True)
+                    continue
                 job = self.executor.submit(_in_job, fn, task, self.threads)
                 log("task_submitted", f"{label}: submitit job {job.job_id} ({self.cluster})", task=label,
                     job_id=str(job.job_id))
@@ -648,7 +711,10 @@ class SubmititExecutor(Executor):
                     continue
                 try:
                     results[i] = Outcome(label, job.result())
-                    log("task_finished", f"{label} done in {time.perf_counter() - t0:.1f}s", task=label)
+                    dt = time.perf_counter() - t0
+                    if budget is not None:
+                        budget.record(fn.__name__, dt)
+                    log("task_finished", f"{label} done in {dt:.1f}s", task=label)
                 except Exception as e:  # noqa: BLE001 - submitit raises FailedJobError and others
                     msg = str(e).strip().splitlines()
                     err = msg[-1] if msg else type(e).__name__
@@ -691,12 +757,20 @@ class ExperimentRun:
     skipped: list[str]
     paths: dict[str, Path]
     seconds: float
+    left: list[str] = field(default_factory=list)  # cells not started: the time budget was spent
 
 
 def run_experiment(
     exp: Experiment, out: str | Path, *, executor: Executor | None = None, echo: Callable[[str], None] | None = None,
+    max_seconds: float | None = None,
 ) -> ExperimentRun:
     """Run (or resume) every cell of the grid into ``out`` and write the comparison.
+
+    With ``max_seconds``, no seed or cell starts once the time left is shorter than the longest one
+    so far (``ExperimentRun.left`` lists the cells left; running again continues).  A grid can go on
+    in another directory or on another machine from its finished cells alone (``cells/*/cell.json``
+    and ``seeds/*/seed.json``): a seed whose data and base model are missing is prepared again
+    before its next cell (each cell records the hash of its base model; see ``base_models``).
 
     Raises :class:`ExperimentFailed` (after writing the comparison of the finished cells) when a
     seed or a cell failed; running again retries only what is unfinished.
@@ -706,6 +780,7 @@ def run_experiment(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor()
+    budget = Budget(max_seconds) if max_seconds is not None else None
     log = EventLog(out, echo)
     t0 = time.perf_counter()
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(_resolved(exp), sort_keys=False))
@@ -713,30 +788,51 @@ def run_experiment(
     log("experiment_started", f"experiment {exp.config.name}: {len(cells)} cells, {len(exp.config.grid.seed)} "
         f"seed(s), executor {executor.name}, output {out}", cells=len(cells))
     failed: dict[str, str] = {}
-    todo_seeds = [s for s in exp.config.grid.seed if not seed_done(exp, out, s)]
-    for s in sorted(set(exp.config.grid.seed) - set(todo_seeds)):
-        log("seed_skipped", f"[cached] seed {s}: data, canaries, base model", seed=s)
-    if todo_seeds:
-        outcomes = executor.map(prepare_seed, [SeedTask(exp, str(out), s) for s in todo_seeds],
-                                [f"seed {s}: data, canaries, base model" for s in todo_seeds], log)
-        failed.update({o.label: o.error for o in outcomes if o.error})
-    ready = {s for s in exp.config.grid.seed if seed_done(exp, out, s)}
-    done = [c for c in cells if c.seed in ready and cell_done(exp, out, c)]
-    todo = [c for c in cells if c.seed in ready and c not in done]
+    done = [c for c in cells if cell_done(exp, out, c)]
     for c in done:
         log("cell_skipped", f"[cached] cell {c.id}", cell=c.id)
-    if todo:
-        outcomes = executor.map(run_cell, [CellTask(exp, str(out), c) for c in todo], [f"cell {c.id}" for c in todo],
-                                log)
-        failed.update({o.label: o.error for o in outcomes if o.error})
+    unfinished = {c.seed for c in cells if c not in done}
+    todo_seeds = [s for s in exp.config.grid.seed
+                  if not seed_done(exp, out, s) or (s in unfinished and not seed_stages_present(out, s))]
+    for s in exp.config.grid.seed:
+        if s not in todo_seeds:
+            log("seed_skipped", f"[cached] seed {s}: data, canaries, base model", seed=s)
+        elif seed_done(exp, out, s):
+            log("seed_again", f"seed {s}: finished cells found but not its data and base model: preparing it again",
+                seed=s)
+    # seed by seed (a seed is prepared just before its cells) when cells run in turn or under a time
+    # budget; all seeds, then all cells, when a cluster runs them side by side
+    by_seed = isinstance(executor, LocalExecutor) or budget is not None
+    groups = [[s] for s in exp.config.grid.seed] if by_seed else [list(exp.config.grid.seed)]
+    ran: list[str] = []
+    for group in groups:
+        prep = [s for s in group if s in todo_seeds]
+        if prep and budget is not None and not budget.allows("prepare_seed", "run_cell"):
+            for s in prep:
+                log("task_not_started", f"seed {s}: not started, the time budget is spent (run again to continue)",
+                    task=f"seed {s}")
+            continue
+        if prep:
+            outcomes = executor.map(prepare_seed, [SeedTask(exp, str(out), s) for s in prep],
+                                    [f"seed {s}: data, canaries, base model" for s in prep], log, budget)
+            failed.update({o.label: o.error for o in outcomes if o.error})
+        ready = {s for s in group if seed_done(exp, out, s) and seed_stages_present(out, s)}
+        todo = [c for c in cells if c.seed in ready and c not in done]
+        if todo:
+            outcomes = executor.map(run_cell, [CellTask(exp, str(out), c) for c in todo],
+                                    [f"cell {c.id}" for c in todo], log, budget)
+            failed.update({o.label: o.error for o in outcomes if o.error})
+            ran += [c.id for c, o in zip(todo, outcomes) if not o.not_started]
     rows = [read_json(cell_dir(out, c) / "cell.json")["metrics"] for c in cells if cell_done(exp, out, c)]
     paths = write_comparison(exp, out, rows)
     dt = time.perf_counter() - t0
+    finished = {r["cell"] for r in rows}
+    left = [c.id for c in cells if c.id not in finished and f"cell {c.id}" not in failed]
     log("experiment_finished", f"comparison: {paths['html']} ({len(rows)}/{len(cells)} cells, {dt:.1f}s)",
-        seconds=round(dt, 2), failed=sorted(failed))
+        seconds=round(dt, 2), failed=sorted(failed), left=left)
     if failed:
         raise ExperimentFailed(failed, paths)
-    return ExperimentRun(out, rows, [c.id for c in todo], [c.id for c in done], paths, dt)
+    return ExperimentRun(out, rows, ran, [c.id for c in done], paths, dt, left)
 
 
 def _resolved(exp: Experiment) -> dict:
@@ -768,7 +864,7 @@ CSV_COLUMNS = (
     "extraction_searches_completed", "canaries_within_guesses", "other_secret_first", "memorization_k_n",
     "memorization_exact_rate", "memorization_exact_rate_non_members", "untargeted_memorized",
     "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "train_seconds",
-    "audit_seconds", "device", "run_dir",
+    "audit_seconds", "device", "run_dir", "base_sha256",
 )
 
 
@@ -855,6 +951,7 @@ def write_comparison(exp: Experiment, out: Path, rows: list[dict]) -> dict[str, 
         "matched_steps": exp.config.matched_steps,
         "matched_check": check,
         "base_model_perplexity": base_ppl,
+        "base_models": _base_models(rows),
         "exposure_min_repetitions": exp.config.exposure_min_repetitions,
         "n_cells": len(expected),
         "missing_cells": [c for c in expected if c not in {r["cell"] for r in rows}],
@@ -882,6 +979,16 @@ def write_comparison(exp: Experiment, out: Path, rows: list[dict]) -> dict[str, 
     write_text_atomic(paths["md"], _markdown(doc, fig_files))
     write_text_atomic(paths["html"], _html(doc, figures))
     return {"json": paths["json"], "csv": paths["csv"], "markdown": paths["md"], "html": paths["html"]}
+
+
+def _base_models(rows: list[dict]) -> dict[str, list[str]]:
+    """Per seed, the base models (hashes of their weights) its finished cells were fine-tuned from: one,
+    unless the seed was prepared again (on another machine: training on a GPU is not bitwise repeatable)."""
+    out: dict[str, set[str]] = {}
+    for r in rows:
+        if r.get("base_sha256"):
+            out.setdefault(str(r["seed"]), set()).add(r["base_sha256"])
+    return {seed: sorted(v) for seed, v in sorted(out.items())}
 
 
 def _json_safe(x: Any) -> Any:
@@ -1025,6 +1132,11 @@ def _notes(doc: dict) -> list[str]:
         vals = list(doc["base_model_perplexity"].values())
         notes.append(f"Base model (pretrained on public data, before fine-tuning): held-out perplexity "
                      f"{statistics.fmean(vals):.2f}.")
+    several = {seed: len(h) for seed, h in doc.get("base_models", {}).items() if len(h) > 1}
+    if several:
+        notes.append("Base models: the cells of " + ", ".join(f"seed {s} come from {n}" for s, n in several.items())
+                     + " base models (the seed was prepared again in a later run, from the same data and settings; "
+                     "training on a GPU is not bitwise repeatable). Per-cell hashes: comparison.json, base_sha256.")
     if doc["missing_cells"]:
         notes.append(f"Missing cells (not finished): {', '.join(doc['missing_cells'])}.")
     return notes

@@ -238,6 +238,87 @@ def test_rerun_skips_finished_cells_and_resumes_an_unfinished_one(grid, tmp_path
         assert a["exposure_median"] == pytest.approx(b["exposure_median"]) and a["steps"] == b["steps"]
 
 
+def test_finished_cells_carried_to_another_directory_continue_the_grid(grid, tmp_path):
+    """Only cell.json and seed.json travel (as from a lent GPU machine): the seed is prepared again, the
+    missing cell runs, the carried cell is kept; cells from two different base models are reported."""
+    exp, _, out, first = grid
+    carried = tmp_path / "out"
+    for f in ("seeds/seed-0/seed.json", f"cells/{CELLS[0]}/cell.json"):
+        (carried / f).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(out / f, carried / f)
+    run = run_experiment(exp, carried)
+    assert run.ran == [CELLS[1]] and run.skipped == [CELLS[0]] and run.left == []
+    events = [json.loads(x) for x in (carried / "events.jsonl").read_text().splitlines()]
+    assert [e["seed"] for e in events if e["event"] == "seed_again"] == [0]
+    assert (carried / "seeds/seed-0/models/base/model.safetensors").is_file()
+    doc = json.loads((carried / "comparison.json").read_text())
+    assert [r["cell"] for r in doc["cells"]] == CELLS and doc["missing_cells"] == []
+    # on the CPU the base model is trained again bit for bit: one base model, the same metrics as before
+    assert doc["base_models"] == {"0": [first.cells[0]["base_sha256"]]}
+    again = {r["cell"]: r for r in run.cells}[CELLS[1]]
+    assert again["exposure_median"] == pytest.approx({r["cell"]: r for r in first.cells}[CELLS[1]]["exposure_median"])
+    assert "base models" not in (carried / "comparison.md").read_text()
+    # a carried cell from another base model (as after a GPU run): named in the comparison
+    marker = carried / "cells" / CELLS[0] / "cell.json"
+    cell = json.loads(marker.read_text())
+    cell["metrics"]["base_sha256"] = "0" * 16
+    marker.write_text(json.dumps(cell))
+    run_experiment(exp, carried)
+    doc = json.loads((carried / "comparison.json").read_text())
+    assert len(doc["base_models"]["0"]) == 2
+    assert "seed 0 come from 2 base models" in (carried / "comparison.md").read_text()
+
+
+def test_time_budget_leaves_cells_for_the_next_run(grid, tmp_path, monkeypatch, capsys):
+    from leakaudit import experiment as ex
+    from leakaudit.cli import main
+
+    exp, path, out, _ = grid
+    target = tmp_path / "out"
+    shutil.copytree(out, target, ignore=shutil.ignore_patterns(CELLS[1]))
+    run = run_experiment(exp, target, max_seconds=0)  # no time at all: nothing starts
+    assert run.ran == [] and run.skipped == [CELLS[0]] and run.left == [CELLS[1]]
+    assert not (target / "cells" / CELLS[1]).exists()
+    assert json.loads((target / "comparison.json").read_text())["missing_cells"] == [CELLS[1]]
+    # the CLI: exit 3 and what to do
+    monkeypatch.setattr(sys, "argv", ["leakaudit", "experiment", str(path), "--out", str(target), "--max-minutes", "5"])
+    monkeypatch.setattr(ex.Budget, "allows", lambda self, *kinds: False)
+    with pytest.raises(SystemExit) as e:
+        main()
+    cap = capsys.readouterr()
+    assert e.value.code == 3, cap.err
+    assert f"1 cell(s) left ({CELLS[1]}); run the same command again" in cap.out
+    monkeypatch.setattr(sys, "argv", ["leakaudit", "experiment", str(path), "--max-minutes", "0"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    assert e.value.code == 2 and "--max-minutes must be > 0" in capsys.readouterr().err
+
+
+def test_budget_starts_a_task_only_while_the_longest_so_far_fits():
+    from leakaudit.experiment import Budget, LocalExecutor
+
+    now = [0.0]
+    budget = Budget(10.0, clock=lambda: now[0])
+    ran = []
+
+    def task(x):
+        now[0] += x
+        ran.append(x)
+        return x
+
+    # 4 s, then 3 s (7 s used, 3 left, the longest so far 4: stop), the rest not started
+    outcomes = LocalExecutor().map(task, [4.0, 3.0, 1.0, 1.0], ["a", "b", "c", "d"], lambda *a, **k: None, budget)
+    assert ran == [4.0, 3.0] and [o.not_started for o in outcomes] == [False, False, True, True]
+    assert budget.longest == {"task": 4.0} and budget.left() == 3.0
+    # kinds are timed apart: the first task of another kind starts while any time is left
+    def other(x):
+        now[0] += x
+        return x
+
+    assert not LocalExecutor().map(other, [2.0], ["e"], lambda *a, **k: None, budget)[0].not_started
+    assert LocalExecutor().map(other, [0.5], ["f"], lambda *a, **k: None, budget)[0].not_started  # 1 s left < 2
+
+
 def test_cli_experiment_on_a_finished_grid(grid, monkeypatch, capsys):
     from leakaudit.cli import main
 
