@@ -215,7 +215,7 @@ def test_neighbourhood_on_a_space_beyond_int64_and_secrets_outside_the_format():
 
 def _searched(i: int, reps: int, *, extracted: bool, guess: int | None, other: bool, found: int) -> CanaryResult:
     return CanaryResult(
-        id=f"c{i}", spec="codes", repetitions=reps, inserted=reps > 0, exposure_bits=1.0, rank=1, sha256="ab" * 32,
+        id=f"c{i}", spec="codes", repetitions=reps, inserted=reps > 0, exposure_bits=1.0, rank=1,
         extracted=extracted, extraction_expansions=50, extraction_guesses=10, extraction_guesses_found=found,
         extraction_guess=guess, extraction_first_guess_inserted=other,
     )
@@ -246,3 +246,45 @@ def test_exposure_groups_carry_the_extraction_guess_totals():
     loaded = ExposureGroup.model_validate({"repetitions": 4, "n": 2, "median_exposure_bits": 1.0,
                                            "mean_exposure_bits": 1.0, "max_exposure_bits": 1.5, "extracted": 1})
     assert loaded.extracted_within_guesses is None and loaded.extraction_no_guess is None
+
+
+def test_nan_log_likelihoods_are_refused_not_ranked_first(gpt2, tokenizer):
+    """Every comparison with NaN is false: a NaN secret would get rank 1 (the largest exposure) and NaN
+    null secrets would drop out of the count. A model that outputs NaN is refused with one message."""
+    import copy
+
+    import torch
+
+    from leakaudit.attacks.exposure import skewnorm_exposure
+    from leakaudit.errors import LeakauditError
+
+    null = np.random.default_rng(0).normal(60, 5, 1000)
+    assert interpolation_exposure(60.0, null)[1] > 1
+    holed = null.copy()
+    holed[:900] = np.nan
+    for call in (lambda: interpolation_exposure(float("nan"), null), lambda: interpolation_exposure(60.0, holed),
+                 lambda: skewnorm_exposure(float("nan"), null, 10**6),
+                 lambda: skewnorm_exposure(60.0, null, 10**6, np.array([np.inf]))):
+        with pytest.raises(LeakauditError, match="NaN or infinite log-likelihoods"):
+            call()
+    broken = copy.deepcopy(gpt2)
+    with torch.no_grad():
+        next(broken.parameters()).fill_(float("nan"))
+    with pytest.raises(LeakauditError, match="its weights or dtype are broken"):
+        canary_exposures(Target(broken, tokenizer), generate_canaries(load_spec(TINY_SPEC)))
+
+
+def test_canary_results_hold_no_hash_of_the_canary_text(gpt2, tokenizer):
+    """A hash of a canary's text gives its secret back to anyone who tries the secret's few values: results
+    hold ids only, and results written before this rule load with the hash dropped."""
+    import json
+
+    from leakaudit.io import sha256_text
+
+    m = generate_canaries(load_spec(TINY_SPEC))
+    res = canary_exposures(Target(gpt2, tokenizer), m)
+    dumped = json.dumps([r.model_dump(mode="json") for r in res])
+    assert "sha256" not in dumped
+    assert not [c for c in m.canaries if sha256_text(c.prefix + c.secret + c.suffix) in dumped or c.secret in dumped]
+    old = {**res[0].model_dump(mode="json"), "sha256": "ab" * 32}
+    assert CanaryResult.model_validate(old) == res[0]

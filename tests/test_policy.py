@@ -46,7 +46,6 @@ def _canary(i: int, bits: float, reps: int, *, extracted: bool | None = False, r
         exposure_bits=bits,
         rank=rank,
         extracted=extracted,
-        sha256=SHA,
     )
 
 

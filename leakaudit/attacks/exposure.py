@@ -27,13 +27,30 @@ from scipy.stats import kstest, skewnorm
 
 from leakaudit.canaries.formats import SecretFormat
 from leakaudit.canaries.manifest import CanaryManifest
+from leakaudit.errors import LeakauditError
 from leakaudit.models.target import Target
 from leakaudit.report.schema import CanaryResult, ExposureGroup
 
 
+def _finite(*arrays) -> None:
+    """Refuse NaN or infinite NLLs: every comparison with NaN is false, so a NaN secret would rank
+    first (the largest exposure) and NaN null secrets would drop out of the count unnoticed."""
+    bad = sum(int(np.sum(~np.isfinite(np.asarray(a, dtype=np.float64)))) for a in arrays)
+    if bad:
+        total = sum(np.asarray(a).size for a in arrays)
+        raise LeakauditError(
+            f"canary exposure: the model gives NaN or infinite log-likelihoods ({bad} of {total} scored secrets); "
+            "its weights or dtype are broken (a diverged training run?), so no exposure can be measured"
+        )
+
+
 def interpolation_exposure(secret_nll: float, null_nll: np.ndarray) -> tuple[float, int]:
-    """``(exposure_bits, rank)`` with rank = 1 + #{null <= secret} (ties count against the secret)."""
+    """``(exposure_bits, rank)`` with rank = 1 + #{null <= secret} (ties count against the secret).
+
+    NaN or infinite NLLs raise :class:`LeakauditError` (see :func:`_finite`).
+    """
     null = np.asarray(null_nll, dtype=np.float64)
+    _finite([secret_nll], null)
     rank = 1 + int(np.sum(null <= secret_nll))
     return float(np.log2(null.size) - np.log2(rank)), rank
 
@@ -55,6 +72,7 @@ def skewnorm_exposure(
     """
     null = np.asarray(null_nll, dtype=np.float64)
     known = np.asarray([] if known_nll is None else known_nll, dtype=np.float64)
+    _finite([secret_nll], null, known)
     params = skewnorm.fit(null)
     rest = max(space_size - 1 - known.size, 0)  # math.log: spaces of 2^64 and more are Python ints
     log_rank = np.logaddexp(np.log1p(np.sum(known <= secret_nll)),
@@ -97,7 +115,9 @@ def exact_rank(target: Target, prefix: str, secret: str, fmt: SecretFormat, *, c
             own = values[-1][batch.index(secret)]
     if own is None:  # a secret outside the format's space
         own = target.secret_nll(prefix, [secret])[0]
-    return max(1, int(np.sum(np.concatenate(values) <= own + 1e-4)))  # float32 noise counts against
+    every = np.concatenate(values)
+    _finite([own], every)
+    return max(1, int(np.sum(every <= own + 1e-4)))  # float32 noise counts against
 
 
 def _prepared(prepare, items: list, *, overlap: bool):
@@ -202,7 +222,7 @@ def canary_exposures(
             exact = exact_exposure(target, prefix, c.secret, manifest) if 0 < space <= exact_max else None
             out[c.id] = CanaryResult(
                 id=c.id, spec=manifest.spec.name, repetitions=c.repetitions, inserted=c.inserted,
-                exposure_bits=bits, rank=rank, sha256=c.sha256, exposure_bits_skewnorm=skew,
+                exposure_bits=bits, rank=rank, exposure_bits_skewnorm=skew,
                 skewnorm_ks_pvalue=ks, exposure_bits_exact=exact,
             )
     return [out[c.id] for c in manifest.canaries]

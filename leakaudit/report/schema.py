@@ -1,15 +1,17 @@
 """The typed, versioned results of a run (``results.json``).
 
 Reports are rendered from these models alone, so a report can be rebuilt offline from a
-run directory.  Nothing in here may hold a secret, canary text or PII value: canaries are
-referred to by id and hash only.
+run directory.  Nothing in here may hold a secret, canary text or PII value, nor anything a secret
+can be recovered from: canaries are referred to by id only (a hash of a canary's text would give
+its secret back to anyone trying the secret's few possible values).
 """
 
 from __future__ import annotations
 
 import statistics
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA_VERSION = 1
 FPR_LEVELS = ("0.001", "0.01", "0.1")
@@ -74,7 +76,15 @@ class AttackResult(_Model):
 
 
 class CanaryResult(_Model):
-    """Exposure of one canary (no secret: id and hash only)."""
+    """Exposure of one canary (no secret: its id only)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_text_hash(cls, data: Any) -> Any:
+        # runs before this fix stored an unsalted SHA-256 of the canary's text: dropped on reading
+        if isinstance(data, dict) and "sha256" in data:
+            data = {k: v for k, v in data.items() if k != "sha256"}
+        return data
 
     id: str
     spec: str
@@ -127,7 +137,6 @@ class CanaryResult(_Model):
         default=None,
         description="True when a beam search over the secret's format ranked this secret first (None: not run).",
     )
-    sha256: str
 
 
 class ExposureGroup(_Model):
