@@ -64,7 +64,30 @@ def test_attack_result_warns_about_unresolvable_fpr():
     r = attack_result(rng.normal(size=100), rng.normal(size=200))
     assert set(r.tpr_at_fpr) == {"0.001", "0.01", "0.1"}
     assert r.min_resolvable_fpr == pytest.approx(1 / 200)
-    assert len(r.warnings) == 1 and "0.1%" in r.warnings[0]
+    # 200 non-members: 0.1% allows no false positive, 1% two (coarse), 10% twenty (fine)
+    assert len(r.warnings) == 2
+    assert "TPR at FPR 0.1% rests on no non-member sample" in r.warnings[0]
+    assert "TPR at FPR 1.0% allows only 2 false positive(s) among 200 non-members" in r.warnings[1]
+    # METHODS' case: with 1,000 non-members the TPR at 0.1% FPR rests on a single one, and says so
+    r = attack_result(rng.normal(1, 1, 1000), rng.normal(0, 1, 1000), n_boot=0)
+    assert r.warnings == ["TPR at FPR 0.1% allows only 1 false positive(s) among 1000 non-members: a coarse "
+                          "estimate (see its confidence interval)"]
+    assert attack_result(rng.normal(size=50), rng.normal(size=10_000), n_boot=0).warnings == []
+
+
+def test_dp_bound_check_at_extreme_epsilons_and_without_delta():
+    """e^eps overflows past eps ~ 709: at FPR 0 the bound is delta (not inf * 0 = NaN), and a privacy record
+    with eps but no delta is read as delta 0 instead of failing on the warning's format."""
+    from leakaudit.attacks.metrics import dp_bound_check
+
+    m, n = np.linspace(10, 11, 500), np.linspace(0, 1, 500)  # perfect separation: TPR 1 at FPR 0
+    for eps in (800.0, float("inf")):
+        check = dp_bound_check(m, n, epsilon=eps, delta=1e-5)
+        # the excess at FPR 0 is finite; no violation: the FPR's upper bound times e^eps covers any TPR
+        assert check.max_excess == pytest.approx(1 - 1e-5) and not check.violated
+    r = attack_result(m, n, epsilon=0.1, delta=None, n_boot=0)
+    assert r.dp_bound.delta == 0.0 and r.dp_bound.violated
+    assert any("delta=0" in w and "DP bound" in w for w in r.warnings)
 
 
 def test_perfect_separation():

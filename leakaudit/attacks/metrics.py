@@ -3,7 +3,8 @@
 AUC is the Mann-Whitney statistic with ties counted 1/2 (what scikit-learn computes).  TPR
 at a fixed FPR comes from the step-function ROC: the best TPR among thresholds whose FPR is
 at most alpha, never interpolated.  With N non-members the FPR moves in steps of 1/N, so
-an alpha below 1/N is only met by FPR = 0 and the result says so.
+an alpha below 1/N is only met by FPR = 0 and the result says so; so does an alpha that allows
+fewer than ten false positives (with 1,000 non-members, the TPR at 0.1% FPR rests on one).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import numpy as np
 from scipy.stats import beta, rankdata
 
 from leakaudit.report.schema import FPR_LEVELS, AttackResult, DPBoundCheck, RocCurve
+
+COARSE_FP = 10  # a TPR at a level allowing fewer false positives than this is flagged as coarse
 
 
 def _check(members: np.ndarray, non_members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -96,6 +99,12 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     return lo, hi
 
 
+def _dp_tpr_bound(epsilon: float, fpr: np.ndarray, delta: float) -> np.ndarray:
+    """``e^eps * FPR + delta`` without overflow: at FPR 0 it is delta whatever eps (inf * 0 would be NaN)."""
+    scale = np.exp(min(float(epsilon), 700.0))
+    return np.where(fpr > 0, scale * np.maximum(fpr, 0.0), 0.0) + delta
+
+
 def dp_bound_check(
     members: np.ndarray, non_members: np.ndarray, epsilon: float, delta: float, level: float = 0.95
 ) -> DPBoundCheck:
@@ -108,14 +117,15 @@ def dp_bound_check(
     """
     m, n = _check(members, non_members)
     fpr, tpr, _ = roc_curve(m, n)
-    excess = tpr - (np.exp(epsilon) * fpr + delta)
+    excess = tpr - _dp_tpr_bound(epsilon, fpr, delta)
     violated = False
     each = 1 - (1 - level) / max(len(fpr), 1)
-    for f, t in zip(fpr, tpr):
-        if t - (np.exp(epsilon) * f + delta) <= 0:
+    for f, t, x in zip(fpr, tpr, excess):
+        if x <= 0:
             continue
         tp, fp = round(t * m.size), round(f * n.size)
-        if clopper_pearson(tp, m.size, each)[0] > np.exp(epsilon) * clopper_pearson(fp, n.size, each)[1] + delta:
+        fpr_hi = clopper_pearson(fp, n.size, each)[1]
+        if clopper_pearson(tp, m.size, each)[0] > _dp_tpr_bound(epsilon, np.array([fpr_hi]), delta)[0]:
             violated = True
             break
     return DPBoundCheck(epsilon=epsilon, delta=delta, violated=violated, max_excess=float(excess.max()))
@@ -132,18 +142,22 @@ def attack_result(
     """AUC with its bootstrap interval, TPR at 0.1%, 1% and 10% FPR with Clopper-Pearson intervals,
     balanced accuracy, the ROC for plotting, resolution warnings and, for a DP model, the DP bound check."""
     m, n = _check(members, non_members)
+    delta = 0.0 if delta is None else delta
     fpr, tpr, _ = roc_curve(m, n)
     res = 1.0 / n.size
-    warns = [
-        f"TPR at FPR {float(a):.1%} rests on no non-member sample (resolution 1/{n.size} = {res:.2%}); "
-        "it is the TPR at FPR 0"
-        for a in FPR_LEVELS
-        if float(a) < res
-    ]
+    warns = []
+    for a in FPR_LEVELS:
+        allowed = int(np.floor(float(a) * n.size + 1e-9))  # false positives the level allows
+        if allowed == 0:
+            warns.append(f"TPR at FPR {float(a):.1%} rests on no non-member sample (resolution 1/{n.size} = "
+                         f"{res:.2%}); it is the TPR at FPR 0")
+        elif allowed < COARSE_FP:
+            warns.append(f"TPR at FPR {float(a):.1%} allows only {allowed} false positive(s) among {n.size} "
+                         "non-members: a coarse estimate (see its confidence interval)")
     tprs = {a: float(tpr[fpr <= float(a) + 1e-12].max()) for a in FPR_LEVELS}
     dp = None
     if epsilon is not None:
-        dp = dp_bound_check(m, n, epsilon, delta or 0.0)
+        dp = dp_bound_check(m, n, epsilon, delta)
         if dp.violated:
             warns.append(
                 f"the attack's ROC exceeds the (eps={epsilon:.2f}, delta={delta:g}) DP bound beyond sampling "
