@@ -34,7 +34,7 @@ PYTHONUNBUFFERED=1 timeout "$HARD" python3 -m leakaudit experiment "$EXPERIMENT"
 rc=$?
 echo "exit status: $rc" >> "$OUT/experiment.log"
 tail -n 25 "$OUT/experiment.log"
-(cd "$RUN" && tar czf "$OUT/dp_vs_nondp_gpu.tgz" --ignore-failed-read experiment.yaml comparison.* figures \
+(cd "$RUN" && tar czf "$OUT/dp_vs_nondp_gpu.tgz" --ignore-failed-read comparison.* figures \
   seeds/*/seed.json cells/*/cell.json 2>/dev/null)
 ls -l "$OUT"
 exit $rc

@@ -197,6 +197,13 @@ def score_model(
     return stage(run_dir, f"scores/{model.name}", key, build, log)
 
 
+def _files_sha256(score_dir: Path | None, model_dir: Path) -> dict[str, str]:
+    """The file hashes of a reference model: recorded when it was loaded for scoring, else read now."""
+    if score_dir is not None and (score_dir / "model.json").is_file():
+        return read_json(score_dir / "model.json").get("files_sha256", {})
+    return hash_model_dir(model_dir)
+
+
 def shadow_statistics(
     run_dir: Path, shadows: ShadowSet, rows: list[dict], *, device: str, token_budget: int | None, log: EventLog,
     dtype: torch.dtype | None = None,
@@ -496,7 +503,9 @@ def run_audit(
                 **(extra_data_sha256 or {}),
             },
             reference_models={k: str(v) for k, v in references.items()},
+            reference_models_sha256={k: _files_sha256(ref_dirs.get(k), v) for k, v in references.items()},
             shadow_models=len(shadows.dirs) if shadows else 0,
+            shadow_set_key=shadows.key if shadows else None,
             preflight_warnings=list(preflight_warnings or []),
         ),
         canary_specs=spec_summaries(manifests),

@@ -23,7 +23,7 @@ import typer  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn  # noqa: E402
 
-from leakaudit.errors import LeakauditError  # noqa: E402
+from leakaudit.errors import LeakauditError, describe_validation_error  # noqa: E402
 
 app = typer.Typer(
     add_completion=False,
@@ -91,6 +91,26 @@ def demo(
     typer.echo(f"report: {out / 'report.html'}")
 
 
+def _check_out(path: Path, kind: str) -> None:
+    """Refuse an --out that cannot take the output, before any work: ``kind`` is file, dir or model."""
+    if kind == "file":
+        if path.is_dir():
+            raise LeakauditError(f"--out {path}: is a directory; give the path of a file to write")
+        return
+    if path.exists() and not path.is_dir():
+        raise LeakauditError(f"--out {path}: is a file; give a directory")
+    if kind == "model" and path.is_dir() and any(path.iterdir()) and not (path / "privacy.json").is_file():
+        raise LeakauditError(
+            f"--out {path}: holds files that are not a model written by 'leakaudit train', and the trained model "
+            "would replace them; choose another directory or empty it"
+        )
+
+
+def _positive(value: float, flag: str) -> None:
+    if not value > 0:  # NaN too
+        raise LeakauditError(f"{flag} must be > 0 (got {value:g})")
+
+
 def _check_device(device: str | None) -> None:
     if device is None:
         return
@@ -132,6 +152,7 @@ def canaries_generate(
     """Draw the canaries of a spec and write their manifest."""
     from leakaudit.canaries import generate_canaries, load_spec
 
+    _check_out(out, "file")
     manifest = generate_canaries(load_spec(spec))
     manifest.save(out)
     n_in = len(manifest.inserted)
@@ -151,6 +172,7 @@ def canaries_insert(
     from leakaudit.data import load_corpus
     from leakaudit.io import write_jsonl
 
+    _check_out(out, "file")
     m = _load_manifest(manifest)
     ds = load_corpus(data, text_field=text_field)
     rows = [{"id": str(r.get("id", i)), "text": r[text_field]} for i, r in enumerate(ds)]
@@ -194,7 +216,9 @@ def _load_manifest(path: Path):
         raise LeakauditError(f"{path}: canary manifest not found")
     try:
         return CanaryManifest.load(path)
-    except (ValueError, ValidationError) as e:
+    except ValidationError as e:
+        raise LeakauditError(describe_validation_error(e, f"{path}: not a canary manifest")) from None
+    except ValueError as e:
         raise LeakauditError(f"{path}: not a canary manifest ({str(e).splitlines()[0]})") from None
 
 
@@ -226,14 +250,16 @@ def train(
     from leakaudit.models import check_model_dir, default_device, load_model
     from leakaudit.train import DPSettings, TrainSettings, save_trained, train_model
 
-    if lr <= 0:
-        raise LeakauditError(f"--lr must be > 0 (got {lr:g})")
+    _check_out(out, "model")
+    _positive(lr, "--lr")
     dp_settings = None
     if dp:
         if epsilon is None:
             raise LeakauditError("--dp needs --epsilon")
-        if epsilon <= 0:
-            raise LeakauditError(f"--epsilon must be > 0 (got {epsilon:g})")
+        _positive(epsilon, "--epsilon")
+        if epsilon == float("inf"):
+            raise LeakauditError("--epsilon inf is no privacy: leave out --dp to train without it")
+        _positive(max_grad_norm, "--max-grad-norm")
         if delta is not None and not 0 < delta < 1:
             raise LeakauditError(f"--delta must lie in (0, 1) (got {delta:g})")
         if accountant not in ("prv", "rdp"):
@@ -339,6 +365,7 @@ def audit(
 ) -> None:
     """Score models on members and non-members, run the attacks and canary exposure, write a report."""
     from leakaudit.attacks import ATTACKS, get_attack
+    from leakaudit.attacks.registry import check_params
     from leakaudit.audit import AuditOptions, run_audit
     from leakaudit.data import check_no_overlap, load_corpus
     from leakaudit.extraction import ExtractionOptions
@@ -349,6 +376,8 @@ def audit(
     from leakaudit.train.shadows import train_shadows
 
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else list(ATTACKS)
+    if not names:
+        raise LeakauditError(f"--attacks: no attack named (got '{attacks}')")
     for a in names:
         get_attack(a)
     from leakaudit.models.target import DTYPES
@@ -357,9 +386,7 @@ def audit(
         raise LeakauditError(f"--dtype: must be one of {', '.join(DTYPES)}, not '{dtype}'")
     params = _parse_params(param or [])
     for a, ps in params.items():
-        unknown = set(ps) - set(get_attack(a).params)
-        if unknown:
-            raise LeakauditError(f"--param: attack '{a}' has no parameter {sorted(unknown)[0]}")
+        check_params(a, ps)
 
     def named(specs: list[str], flag: str) -> dict[str, Path]:
         out_: dict[str, Path] = {}
@@ -379,8 +406,8 @@ def audit(
         raise LeakauditError("--shadows needs --shadow-base (the model the shadows are fine-tuned from)")
     if shadow_base is not None:
         check_model_dir(shadow_base)
-    if shadow_lr <= 0:
-        raise LeakauditError(f"--shadow-lr must be > 0 (got {shadow_lr:g})")
+    _positive(shadow_lr, "--shadow-lr")
+    _check_out(out, "dir")
     _check_device(device)
     mem_settings = _parse_memorization(memorization)
 
@@ -514,7 +541,9 @@ def report(
         raise LeakauditError(f"{path}: no results.json in the run directory")
     try:
         results = Results.model_validate(read_json(path))
-    except (ValueError, ValidationError) as e:
+    except ValidationError as e:
+        raise LeakauditError(describe_validation_error(e, f"{path}: not a leakaudit results file")) from None
+    except ValueError as e:
         raise LeakauditError(f"{path}: not a leakaudit results file ({str(e).splitlines()[0]})") from None
     paths = write_reports(results, run_dir)
     typer.echo(f"report: {paths['html']}")
@@ -542,9 +571,43 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _click_errors() -> tuple[type, ...]:
+    """Click's exception class, and the copy of click that newer typer releases carry inside them."""
+    found: list[type] = []
+    try:
+        import click
+
+        found.append(click.ClickException)
+    except ImportError:  # pragma: no cover - typer may come without the separate package
+        pass
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        found.append(TyperClickException)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _usage_error(e: Exception) -> int:
+    """A command-line error as one line (message, then where to look), and its exit code."""
+    if type(e).__name__ == "NoArgsIsHelpError":  # a bare command: its help is already shown, not an error
+        return 0
+    msg = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    sys.stderr.write(f"leakaudit: error: {msg}{hint}\n")
+    return getattr(e, "exit_code", 2) or 2
+
+
+INTERRUPTED = "leakaudit: interrupted; run the same command again to resume\n"
+
+
 def main() -> None:
     try:
-        rc = app(standalone_mode=False)  # click returns a typer.Exit's code in this mode
+        rc = app(standalone_mode=False, prog_name="leakaudit")  # returns a typer.Exit's code in this mode
+        if rc == 130:  # click turned a Ctrl-C into this exit code
+            sys.stderr.write(INTERRUPTED)
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except LeakauditError as e:
@@ -553,15 +616,12 @@ def main() -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except typer.Abort:
-        sys.stderr.write("leakaudit: aborted\n")
+        sys.stderr.write(INTERRUPTED)
         sys.exit(130)
     except KeyboardInterrupt:
-        sys.stderr.write("leakaudit: interrupted; run the same command again to resume\n")
+        sys.stderr.write(INTERRUPTED)
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+    except Exception as e:  # click's usage errors (bad values, unknown options, missing arguments)
+        if isinstance(e, _click_errors()):
+            sys.exit(_usage_error(e))
         raise

@@ -108,6 +108,27 @@ class DemoConfig(BaseModel):
             raise ValueError(f"unknown attack(s) {unknown} (known: {', '.join(sorted(ATTACKS))})")
         return v
 
+    @field_validator("attack_params")
+    @classmethod
+    def _attack_params(cls, v: dict[str, dict]) -> dict[str, dict]:
+        from leakaudit.attacks.registry import check_params
+        from leakaudit.errors import LeakauditError
+
+        for attack, params in v.items():
+            try:
+                check_params(attack, params, where="")
+            except LeakauditError as e:
+                raise ValueError(str(e).removeprefix("--attacks: ")) from None
+        return v
+
+    @field_validator("memorization")
+    @classmethod
+    def _memorization(cls, v: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        bad = [kn for kn in v if kn[0] < 1 or kn[1] < 1]
+        if bad:
+            raise ValueError(f"each entry is [k prompt tokens, n decoded tokens], both >= 1 (got {list(bad[0])})")
+        return v
+
     @field_validator("shadows")
     @classmethod
     def _even(cls, v: int) -> int:

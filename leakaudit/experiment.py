@@ -24,6 +24,7 @@ import csv
 import datetime as _dt
 import html
 import io
+import json
 import math
 import platform
 import shutil
@@ -47,6 +48,7 @@ from leakaudit.io import (
     read_jsonl,
     read_yaml_mapping,
     stable_hash,
+    write_bytes_atomic,
     write_json,
     write_text_atomic,
 )
@@ -682,7 +684,7 @@ class SubmititExecutor(Executor):
         params.update(parameters or {})
         try:
             self.executor.update_parameters(**params)
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, NameError) as e:  # NameError: an unknown parameter
             raise LeakauditError(f"submitit.parameters: {e}") from None
         self.threads = None
         if self.cluster == "local":
@@ -839,6 +841,25 @@ def _resolved(exp: Experiment) -> dict:
     return {"experiment": exp.config.model_dump(mode="json"), "resolved_base": exp.base.model_dump(mode="json")}
 
 
+def _shareable(config: dict) -> dict:
+    """The resolved configuration for the comparison (a shared report): without the seeds of the canary specs
+    and of the data, which regenerate every secret and PII value; ``config_sha256`` identifies the whole."""
+    def drop_seeds(part: Any) -> Any:
+        if isinstance(part, dict):
+            part = {k: v for k, v in part.items() if k != "seed"}
+        return part
+
+    out = json.loads(json.dumps(config))
+    for section in (out["experiment"].get("base", {}), out["resolved_base"]):
+        if isinstance(section.get("canaries"), list):
+            section["canaries"] = [drop_seeds(c) for c in section["canaries"]]
+        if isinstance(section.get("data"), dict):
+            section["data"] = drop_seeds(section["data"])
+    out["config_sha256"] = stable_hash(config)
+    out["seeds_removed"] = "canaries[*].seed and data.seed (they regenerate the secrets); see experiment.yaml"
+    return out
+
+
 # ------------------------------------------------------------------------------ comparison
 
 METRICS = (
@@ -958,7 +979,7 @@ def write_comparison(exp: Experiment, out: Path, rows: list[dict]) -> dict[str, 
         "machine": _machine(rows),
         "cells": rows,
         "summary": summary,
-        "config": _resolved(exp),
+        "config": _shareable(_resolved(exp)),
     }
     paths = {k: out / f"comparison.{k}" for k in ("json", "csv", "md", "html")}
     write_json(paths["json"], _json_safe(doc))
@@ -974,7 +995,7 @@ def write_comparison(exp: Experiment, out: Path, rows: list[dict]) -> dict[str, 
     fig_files = {}
     for name, png in figures.items():
         fig_dir.mkdir(parents=True, exist_ok=True)
-        (fig_dir / f"{name}.png").write_bytes(png)
+        write_bytes_atomic(fig_dir / f"{name}.png", png)
         fig_files[name] = f"figures/{name}.png"
     write_text_atomic(paths["md"], _markdown(doc, fig_files))
     write_text_atomic(paths["html"], _html(doc, figures))

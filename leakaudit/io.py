@@ -38,12 +38,17 @@ def stable_hash(obj: Any) -> str:
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a file so that readers see either the old content or the whole new one."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Write bytes so that readers see either the old content or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
         os.replace(tmp, path)
     except BaseException:
@@ -66,8 +71,13 @@ def write_parquet(df, path: str | Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
 
 
 def read_json(path: str | Path) -> Any:
@@ -89,11 +99,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temporary name and move it into place only on success.
 
     An interrupted stage leaves no half-written output at ``path``; a stale temporary
-    directory from an earlier crash is removed first.
+    directory from an earlier crash is removed first.  An earlier output at ``path`` is moved
+    aside before the new one moves in and deleted after, so no moment leaves neither.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
+    old = path.with_name(f".{path.name}.old")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
@@ -102,9 +114,20 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    if path.exists():
-        shutil.rmtree(path)
+    if os.path.lexists(old):
+        _remove(old)
+    if os.path.lexists(path):
+        os.replace(path, old)
     os.replace(tmp, path)
+    if os.path.lexists(old):
+        _remove(old)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
 
 
 def read_yaml_mapping(path: str | Path, what: str, *, empty_ok: bool = False) -> dict:
@@ -129,5 +152,6 @@ def read_yaml_mapping(path: str | Path, what: str, *, empty_ok: bool = False) ->
     if raw is None and empty_ok:
         raw = {}
     if not isinstance(raw, dict):
-        raise LeakauditError(f"{p}: a {what} must be a YAML mapping")
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise LeakauditError(f"{p}: {article} {what} must be a YAML mapping")
     return raw

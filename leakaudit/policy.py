@@ -79,6 +79,20 @@ class Policy(BaseModel):
     )
     fail_on_missing: bool = Field(default=False, description="Fail when a limit's metric was not measured.")
 
+    def checks_something(self) -> bool:
+        """Does any limit apply?  (``allow_*: false`` is a limit, ``true`` or null is none.)"""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name.startswith("allow_"):
+                if value is False:
+                    return True
+            elif name.startswith("require_"):
+                if value is True:
+                    return True
+            elif name not in ("description", "fail_on_missing") and value is not None:
+                return True
+        return False
+
 
 Status = Literal["pass", "fail", "not measured"]
 
@@ -117,9 +131,13 @@ def load_policy(path: str | Path) -> Policy:
     p = Path(path)
     raw = read_yaml_mapping(p, "policy file", empty_ok=True)
     try:
-        return Policy.model_validate(raw)
+        policy = Policy.model_validate(raw)
     except ValidationError as e:
         raise LeakauditError(_describe(e, str(p))) from None
+    if not policy.checks_something():
+        raise LeakauditError(f"{p}: the policy sets no limit, so every model would pass; set at least one "
+                             "(see experiments/policy.yaml)")
+    return policy
 
 
 def _load_results(run_dir: Path) -> dict[str, Any]:

@@ -119,3 +119,33 @@ def test_rmia_tunes_a_on_a_paired_shadow_when_a_is_not_given():
     # gamma = 1: the score is the rank of ratio(x) among the population, so the ranking equals the ratio's
     ratio = np.exp(inp.target["mean_logprob"]) / (0.65 * np.exp(inp.shadow_stats).mean(0, where=~inp.shadow_in) + 0.35)
     assert auc(s[member], s[~member]) == pytest.approx(auc(ratio[member], ratio[~member]), abs=1e-9)
+
+
+def test_every_parameter_has_a_check_its_default_passes():
+    from leakaudit.attacks.registry import check_params
+
+    for name, info in ATTACKS.items():
+        assert set(info.checks) == set(info.params), name
+        check_params(name, dict(info.params))  # the defaults are accepted
+
+
+@pytest.mark.parametrize("attack, params, needle", [
+    ("min_k", {"k": "abc"}, "min_k.k: expected a number in (0, 1] (got 'abc')"),
+    ("min_k", {"k": 5}, "min_k.k: expected a number in (0, 1]"),
+    ("min_k_pp", {"k": -0.5}, "min_k_pp.k: expected a number in (0, 1]"),
+    ("rmia", {"gamma": 0}, "rmia.gamma: expected a number > 0"),
+    ("rmia", {"a": 1.5}, "rmia.a: expected null (tuned) or a number in [0, 1]"),
+    ("lira_online", {"variance": "wide"}, "lira_online.variance: expected one of auto, global, per_example"),
+    ("reference", {"reference": 3}, "reference.reference: expected null or a reference model's name"),
+    ("min_k", {"zz": 1}, "min_k.zz: unknown parameter of attack 'min_k' (it has k)"),
+])
+def test_attack_parameters_are_checked_before_any_work(attack, params, needle):
+    from leakaudit.attacks.registry import check_params
+    from leakaudit.config import resolve_config
+
+    with pytest.raises(LeakauditError) as e:
+        check_params(attack, params)
+    assert str(e.value).startswith(f"--param {needle}")
+    with pytest.raises(LeakauditError) as e:  # the same check for the demo's and experiments' attack_params
+        resolve_config(preset="tiny", overrides={"attack_params": {attack: params}})
+    assert str(e.value).startswith(f"config: field 'attack_params': {needle}")

@@ -46,6 +46,15 @@ def test_bad_specs_name_the_field(tmp_path):
         load_spec(p)
     with pytest.raises(LeakauditError, match="not found"):
         load_spec(tmp_path / "nope.yaml")
+    # more canaries than the secret space holds, and styled placeholders: refused when the spec is read
+    p.write_text("name: x\ntemplate: 'a {secret}'\nsecret: {format: digits, length: 1}\nrepetitions: [1, 2]\n"
+                 "canaries_per_repetition: 4\nreference_canaries: 4\n")
+    with pytest.raises(LeakauditError, match="asks for 12 distinct secrets but its secret format has only 10"):
+        load_spec(p)
+    for template in ("a {secret:>8}", "a {secret!r}", "{name!s}: {secret}"):
+        p.write_text(f"name: x\ntemplate: '{template}'\nsecret: {{format: digits, length: 4}}\nrepetitions: [1]\n")
+        with pytest.raises(LeakauditError, match="write placeholders bare"):
+            load_spec(p)
 
 
 def test_generation_is_seeded_distinct_and_hashed():

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -203,3 +204,71 @@ def test_train_with_bookkeeping_clipping_records_the_mode(monkeypatch, capsys, t
     assert code == 0, err
     record = json.loads((out / "privacy.json").read_text())
     assert record["grad_sample_mode"] == "bookkeeping" and record["epsilon"] == pytest.approx(8.0, rel=0.05)
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["nosuchcommand"], ["No such command 'nosuchcommand'"]),
+    (["audit", "--bogus"], ["No such option: --bogus", "leakaudit audit --help"]),
+    (["canaries", "generate"], ["Missing argument 'spec'"]),
+    (["train", "--epochs", "0"], ["'--epochs'", "greater than or equal to 1", "'leakaudit train --help'"]),
+    (["canaries", "check", "--max-length", "abc"], ["'--max-length'", "valid integer",
+                                                    "'leakaudit canaries check --help'"]),
+])
+def test_command_line_usage_errors_are_one_line(monkeypatch, capsys, args, needles):
+    """Click's usage errors (from typer's own copy of click too) read like every other error: one line, exit 2."""
+    code, _, err = run(monkeypatch, capsys, *args)
+    _assert_clean_error(code, err, *needles)
+
+
+def test_bare_command_shows_its_help_and_exits_0(monkeypatch, capsys):
+    code, out, err = run(monkeypatch, capsys)
+    assert code in (0, None) and "Usage" in out and out.count("Usage") == 1 and "Traceback" not in err
+
+
+def test_interrupt_says_how_to_resume(monkeypatch, capsys):
+    import leakaudit.cli as cli
+
+    monkeypatch.setattr(cli, "app", lambda **kw: 130)  # click returns 130 for a Ctrl-C in non-standalone mode
+    code, _, err = run(monkeypatch, capsys, "audit")
+    assert code == 130 and "interrupted; run the same command again to resume" in err
+
+
+def test_outputs_that_cannot_take_the_result_are_refused_before_any_work(
+        monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    mem, non = corpus
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep")
+    code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", mem, "--out", precious)
+    _assert_clean_error(code, err, "--out", "not a model written by 'leakaudit train'")
+    assert (precious / "notes.txt").read_text() == "keep"
+    code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", mem, "--out", mem)
+    _assert_clean_error(code, err, "is a file")
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, "--members", mem, "--non-members",
+                       non, "--out", mem)
+    _assert_clean_error(code, err, "is a file")
+    spec = Path(__file__).resolve().parents[1] / "canaries" / "recovery_codes.yaml"
+    code, _, err = run(monkeypatch, capsys, "canaries", "generate", spec, "--out", tmp_path)
+    _assert_clean_error(code, err, "is a directory")
+    for flag, value in (("--lr", "nan"), ("--max-grad-norm", "0")):
+        code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", mem, "--out",
+                           tmp_path / "m", "--dp", "--epsilon", "1", flag, value)
+        _assert_clean_error(code, err, f"{flag} must be > 0")
+    assert not list(tmp_path.glob(".*partial")) and not (tmp_path / "m").exists()
+
+
+def test_atomic_dir_replaces_an_earlier_output_without_a_gap(tmp_path):
+    from leakaudit.io import atomic_dir
+
+    out = tmp_path / "model"
+    with atomic_dir(out) as tmp:
+        (tmp / "a").write_text("1")
+    with atomic_dir(out) as tmp:
+        assert (out / "a").read_text() == "1"  # the earlier output stays in place while the new one is built
+        (tmp / "b").write_text("2")
+    assert sorted(p.name for p in out.iterdir()) == ["b"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no .partial or .old left
+    with pytest.raises(RuntimeError), atomic_dir(out) as tmp:
+        (tmp / "c").write_text("3")
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in out.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["model"]

@@ -80,9 +80,20 @@ def test_load_errors_name_the_problem(tmp_path, rows):
     with pytest.raises(LeakauditError, match="unknown corpus format"):
         load_corpus(tmp_path / "c.xlsx")
     bad = tmp_path / "bad.jsonl"
-    bad.write_text("{not json\n")
-    with pytest.raises(LeakauditError, match="cannot read as jsonl"):
+    bad.write_text(json.dumps({"text": "fine"}) + "\n{not json\n")
+    with pytest.raises(LeakauditError, match=r"bad.jsonl: line 2: not valid JSON"):
         load_corpus(bad)
+    bad.write_text(json.dumps({"text": "fine"}) + "\n[1, 2]\n")
+    with pytest.raises(LeakauditError, match=r"line 2: expected a JSON object .* got list"):
+        load_corpus(bad)
+    bad.write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(LeakauditError, match="not UTF-8 text"):
+        load_corpus(bad)
+    # a field whose values differ in type cannot be a table column: named, not a pyarrow traceback
+    for field, values in (("id", [1, "x"]), ("text", [5, "some text"])):
+        bad.write_text("".join(json.dumps({"text": "a text", field: v}) + "\n" for v in values))
+        with pytest.raises(LeakauditError, match=rf"field '{field}' mixes value types \(int, str\)"):
+            load_corpus(bad)
 
 
 def test_split_is_seeded_recorded_and_disjoint():

@@ -201,12 +201,25 @@ def test_clopper_pearson_no_signal_is_zero():
         clopper_pearson_bound(5, 4, 0, 10)
 
 
+def test_threshold_bound_correction_with_ties_counts_the_possible_errors_not_the_thresholds():
+    """Binary scores give three thresholds, but which ones is random: the correction stays n per side.
+    Only thresholds fixed before the data are seen earn the smaller min(T, n)."""
+    rng = np.random.default_rng(1)
+    members, non_members = (rng.random(400) < 0.7).astype(float), (rng.random(300) < 0.3).astype(float)
+    t = threshold_bound(members, non_members, delta=DELTA)
+    assert t.n_thresholds == 3
+    assert t.alpha_fpr == pytest.approx(0.025 / 300) and t.alpha_fnr == pytest.approx(0.025 / 400)
+    fixed = threshold_bound(members, non_members, delta=DELTA, thresholds=[0.5])
+    assert fixed.alpha_fpr == pytest.approx(0.025) and fixed.alpha_fnr == pytest.approx(0.025)
+    assert fixed.eps_lower_bound >= t.eps_lower_bound > 0
+
+
 def test_threshold_bound_separated_and_random():
     rng = np.random.default_rng(0)
     members, non_members = rng.normal(10, 1, 1000), rng.normal(0, 1, 1000)
     t = threshold_bound(members, non_members, delta=DELTA)
     assert t.fp == 0 and t.fn == 0 and t.n_thresholds == 2001
-    # every threshold may be picked, so each side is corrected by min(T, n) = 1000
+    # thresholds from the data: each side is corrected by n = 1000 (the possible false-positive counts)
     assert t.alpha_fpr == pytest.approx(0.025 / 1000) and t.alpha_fnr == pytest.approx(0.025 / 1000)
     assert t.eps_lower_bound == pytest.approx(t.best_possible)
     assert 4 < t.eps_lower_bound < clopper_pearson_bound(0, 1000, 0, 1000, delta=DELTA)

@@ -20,7 +20,7 @@ from leakaudit.experiment import (
     make_executor,
     run_experiment,
 )
-from leakaudit.io import read_jsonl
+from leakaudit.io import read_jsonl, sha256_file
 
 CELLS = ["full-epsinf-seed0", "full-eps1-seed0"]
 TINY = {
@@ -173,6 +173,11 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
     for c in CELLS:  # each cell is a normal audited run
         for f in ("cell.json", "results.json", "report.html", "model/privacy.json"):
             assert (out / "cells" / c / f).is_file(), (c, f)
+        # the reference (base) model's files are hashed in the results, as the audited model's are
+        refs = json.loads((out / "cells" / c / "results.json").read_text())["run"]["reference_models_sha256"]
+        base = out / "seeds" / "seed-0" / "models" / "base"
+        assert refs["base"]["model.safetensors"] == sha256_file(base / "model.safetensors")
+        assert refs["base"]["config.json"] == sha256_file(base / "config.json")
     doc = json.loads((out / "comparison.json").read_text())
     cells = {r["cell"]: r for r in doc["cells"]}
     assert set(cells) == set(CELLS) and doc["missing_cells"] == []
@@ -217,6 +222,14 @@ def test_reports_are_self_contained_and_hold_no_secrets(grid):
     assert not [s for s in secrets if s in shared]
     texts = [r["text"] for r in read_jsonl(sdir / "data" / "members.jsonl")][:20]
     assert not [t for t in texts if t[:40] in shared]
+    # nor the seeds that regenerate them (the canary specs' and the data's); experiment.yaml keeps them
+    config = json.loads((out / "comparison.json").read_text())["config"]
+    for section in (config["experiment"]["base"], config["resolved_base"]):
+        assert section["canaries"] and not [c for c in section["canaries"] if "seed" in c]
+        assert "seed" not in section["data"] and section["data"]["n_private"] == 120
+    assert len(config["config_sha256"]) == 16
+    full = yaml.safe_load((out / "experiment.yaml").read_text())
+    assert [c["seed"] for c in full["experiment"]["base"]["canaries"]] == [5, 2]
 
 
 def test_rerun_skips_finished_cells_and_resumes_an_unfinished_one(grid, tmp_path):

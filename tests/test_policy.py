@@ -157,8 +157,17 @@ def test_only_one_model(tmp_path):
         evaluate_policy(make_results(), policy, model="nope")
 
 
-def test_empty_policy_passes_everything():
+def test_empty_policy_passes_everything_but_a_policy_file_must_set_a_limit(tmp_path):
     assert all(v.passed and not v.checks for v in evaluate_policy(make_results(), Policy()))
+    p = tmp_path / "p.yaml"
+    for text in ("", "description: lax\nfail_on_missing: true\n", "allow_extracted_canaries: true\n",
+                 "require_dp_guarantee_holds: false\nmax_epsilon: null\n"):
+        p.write_text(text)
+        with pytest.raises(LeakauditError, match="the policy sets no limit, so every model would pass"):
+            load_policy(p)
+    for text in ("allow_extracted_canaries: false\n", "require_dp_guarantee_holds: true\n", "min_audit_power: 100\n"):
+        p.write_text(text)
+        assert load_policy(p).checks_something()
 
 
 def test_missing_metrics_are_reported_and_fail_only_when_asked():
@@ -271,7 +280,8 @@ def test_policy_file_problems(tmp_path):
         load_policy(write(tmp_path / "a.yaml", "max_epsilon: [1\n"))
     with pytest.raises(LeakauditError, match="YAML mapping"):
         load_policy(write(tmp_path / "b.yaml", "- 1\n- 2\n"))
-    assert load_policy(write(tmp_path / "c.yaml", "")) == Policy()
+    with pytest.raises(LeakauditError, match="sets no limit"):  # an empty file would pass every model
+        load_policy(write(tmp_path / "c.yaml", ""))
 
 
 # -- gate -------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import norm
 
-from leakaudit.attacks.registry import AttackInputs, register_attack
+from leakaudit.attacks.registry import AttackInputs, one_of, register_attack
 
 _FLOOR = 1e-4
 
@@ -45,6 +45,7 @@ def _variance_mode(variance: str, n_shadows: int) -> str:
     summary="log-likelihood ratio of the statistic under the IN and OUT Gaussians of the shadow models",
     requires=("target", "shadows_in"),
     params={"variance": "auto"},
+    checks={"variance": one_of("auto", "global", "per_example")},
 )
 def lira_online(inp: AttackInputs, variance: str) -> np.ndarray:
     s = inp.target["mean_logprob"].to_numpy(np.float64)
@@ -61,6 +62,7 @@ def lira_online(inp: AttackInputs, variance: str) -> np.ndarray:
     summary="one-sided: log CDF of the statistic under the OUT Gaussian of the shadow models",
     requires=("target", "shadows_out"),
     params={"variance": "auto"},
+    checks={"variance": one_of("auto", "global", "per_example")},
 )
 def lira_offline(inp: AttackInputs, variance: str) -> np.ndarray:
     s = inp.target["mean_logprob"].to_numpy(np.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from leakaudit.attacks.registry import AttackInputs, register_attack
+from leakaudit.attacks.registry import FRACTION, OPTIONAL_NAME, AttackInputs, register_attack
 
 
 def _lowest_k_mean(values: np.ndarray, k: float) -> float:
@@ -54,6 +54,7 @@ def lowercase_attack(inp: AttackInputs) -> np.ndarray:
     threat_model="black-box: per-token log-probabilities of the target",
     summary="mean of the lowest k fraction of token log-probabilities",
     params={"k": 0.2},
+    checks={"k": FRACTION},
 )
 def min_k_attack(inp: AttackInputs, k: float) -> np.ndarray:
     return np.array([_lowest_k_mean(lp, k) for lp in inp.target["token_logprobs"]])
@@ -66,6 +67,7 @@ def min_k_attack(inp: AttackInputs, k: float) -> np.ndarray:
     summary="mean of the lowest k fraction of (log p - mu) / sigma, mu and sigma over the vocabulary",
     requires=("target", "vocab_stats"),
     params={"k": 0.2},
+    checks={"k": FRACTION},
 )
 def min_k_pp_attack(inp: AttackInputs, k: float) -> np.ndarray:
     t = inp.target
@@ -89,6 +91,7 @@ def _reference_loss(inp: AttackInputs, reference: str | None) -> np.ndarray:
     summary="reference model's loss minus the target's loss (each with its own tokenizer)",
     requires=("target", "reference"),
     params={"reference": None},
+    checks={"reference": OPTIONAL_NAME},
 )
 def reference_attack(inp: AttackInputs, reference: str | None) -> np.ndarray:
     return _reference_loss(inp, reference) + inp.target["mean_logprob"].to_numpy(np.float64)
@@ -101,6 +104,7 @@ def reference_attack(inp: AttackInputs, reference: str | None) -> np.ndarray:
     summary="reference model's loss divided by the target's loss",
     requires=("target", "reference"),
     params={"reference": None},
+    checks={"reference": OPTIONAL_NAME},
 )
 def reference_ratio_attack(inp: AttackInputs, reference: str | None) -> np.ndarray:
     loss = -inp.target["mean_logprob"].to_numpy(np.float64)

@@ -62,6 +62,28 @@ AttackFn = Callable[..., np.ndarray]
 
 
 @dataclass(frozen=True)
+class ParamCheck:
+    """What values an attack parameter accepts: ``ok(value)`` and the words for an error message."""
+
+    expected: str
+    ok: Callable[[Any], bool]
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v == v  # not NaN
+
+
+FRACTION = ParamCheck("a number in (0, 1]", lambda v: _number(v) and 0 < v <= 1)
+POSITIVE = ParamCheck("a number > 0", lambda v: _number(v) and 0 < v < float("inf"))
+OPTIONAL_UNIT = ParamCheck("null (tuned) or a number in [0, 1]", lambda v: v is None or (_number(v) and 0 <= v <= 1))
+OPTIONAL_NAME = ParamCheck("null or a reference model's name", lambda v: v is None or isinstance(v, str))
+
+
+def one_of(*values: str) -> ParamCheck:
+    return ParamCheck("one of " + ", ".join(values), lambda v: v in values)
+
+
+@dataclass(frozen=True)
 class AttackInfo:
     name: str
     fn: AttackFn
@@ -71,6 +93,7 @@ class AttackInfo:
     requires: tuple[str, ...] = ()
     params: dict[str, Any] = field(default_factory=dict)
     direction: str = "higher = member"
+    checks: dict[str, ParamCheck] = field(default_factory=dict)
 
 
 ATTACKS: dict[str, AttackInfo] = {}
@@ -84,16 +107,21 @@ def register_attack(
     summary: str,
     requires: tuple[str, ...] = ("target",),
     params: dict[str, Any] | None = None,
+    checks: dict[str, ParamCheck] | None = None,
 ) -> Callable[[AttackFn], AttackFn]:
-    """Register ``fn(inputs, **params) -> scores`` under ``name``."""
+    """Register ``fn(inputs, **params) -> scores`` under ``name``; ``checks`` says what each parameter accepts."""
     unknown = set(requires) - set(REQUIREMENTS)
     if unknown:
         raise ValueError(f"attack '{name}' requires unknown inputs {sorted(unknown)}")
+    params, checks = dict(params or {}), dict(checks or {})
+    if set(checks) != set(params):
+        raise ValueError(f"attack '{name}': every parameter needs a check (params {sorted(params)}, "
+                         f"checks {sorted(checks)})")
 
     def deco(fn: AttackFn) -> AttackFn:
         if name in ATTACKS:
             raise ValueError(f"attack '{name}' registered twice")
-        ATTACKS[name] = AttackInfo(name, fn, paper, threat_model, summary, tuple(requires), dict(params or {}))
+        ATTACKS[name] = AttackInfo(name, fn, paper, threat_model, summary, tuple(requires), params, checks=checks)
         return fn
 
     return deco
@@ -103,6 +131,20 @@ def get_attack(name: str) -> AttackInfo:
     if name not in ATTACKS:
         raise LeakauditError(f"--attacks: unknown attack '{name}' (known: {', '.join(sorted(ATTACKS))})")
     return ATTACKS[name]
+
+
+def check_params(name: str, params: dict[str, Any], where: str = "--param") -> None:
+    """Refuse unknown parameters and values an attack does not accept, naming ``where``."""
+    info = get_attack(name)
+    lead = f"{where} " if where else ""
+    unknown = set(params) - set(info.params)
+    if unknown:
+        raise LeakauditError(f"{lead}{name}.{sorted(unknown)[0]}: unknown parameter of attack '{name}' "
+                             f"(it has {', '.join(sorted(info.params)) or 'none'})")
+    for key, value in params.items():
+        check = info.checks[key]
+        if not check.ok(value):
+            raise LeakauditError(f"{lead}{name}.{key}: expected {check.expected} (got {value!r})")
 
 
 def missing_requirements(name: str, inputs: AttackInputs) -> list[str]:
@@ -116,9 +158,7 @@ def run_attack(name: str, inputs: AttackInputs, params: dict[str, Any] | None = 
     if missing:
         raise LeakauditError(f"attack '{name}' needs {', '.join(REQUIREMENTS[m] for m in missing)}")
     params = dict(params or {})
-    unknown = set(params) - set(info.params)
-    if unknown:
-        raise LeakauditError(f"attack '{name}': unknown parameter(s) {sorted(unknown)} (has {sorted(info.params)})")
+    check_params(name, params)
     scores = np.asarray(info.fn(inputs, **{**info.params, **params}), dtype=np.float64)
     n = len(inputs.target)
     if scores.shape != (n,):

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from leakaudit.attacks.metrics import auc
-from leakaudit.attacks.registry import AttackInputs, register_attack
+from leakaudit.attacks.registry import OPTIONAL_UNIT, POSITIVE, AttackInputs, register_attack
 
 A_GRID = np.round(np.linspace(0.0, 1.0, 11), 2)
 
@@ -57,6 +57,7 @@ def tune_a(stats: np.ndarray, member: np.ndarray, gamma: float = 1.0) -> float:
     summary="fraction of population samples whose likelihood ratio x dominates by more than gamma",
     requires=("target", "shadows_out"),
     params={"a": None, "gamma": 1.0},
+    checks={"a": OPTIONAL_UNIT, "gamma": POSITIVE},
 )
 def rmia(inp: AttackInputs, a: float | None, gamma: float) -> np.ndarray:
     if a is None:

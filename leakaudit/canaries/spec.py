@@ -74,12 +74,31 @@ class CanarySpec(BaseModel):
 
     @model_validator(mode="after")
     def _template(self) -> CanarySpec:
-        names = [f for _, f, _, _ in string.Formatter().parse(self.template) if f is not None]
+        try:
+            parts = list(string.Formatter().parse(self.template))
+        except ValueError as e:
+            raise ValueError(f"template: {e}") from None
+        names = [f for _, f, _, _ in parts if f is not None]
         if names.count("secret") != 1:
             raise ValueError("template must contain exactly one {secret} placeholder")
         unknown = sorted(set(names) - {"secret", *FIELDS})
         if unknown:
             raise ValueError(f"template uses unknown field(s) {unknown} (allowed: secret, {', '.join(FIELDS)})")
+        styled = [f for _, f, spec, conv in parts if f is not None and (spec or conv)]
+        if styled or "{secret}" not in self.template:
+            raise ValueError(f"template: write placeholders bare, as {{{(styled or ['secret'])[0]}}} (no format spec "
+                             "or conversion)")
+        return self
+
+    @model_validator(mode="after")
+    def _space(self) -> CanarySpec:
+        n = len(self.repetitions) * self.canaries_per_repetition + (
+            0 if self.design == "one_run" else self.reference_canaries
+        )
+        size = self.secret_format.space_size
+        if n > size:
+            raise ValueError(f"the spec asks for {n} distinct secrets but its secret format has only {size}; "
+                             "use a longer secret or fewer canaries")
         return self
 
     @property

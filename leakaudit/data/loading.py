@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import datasets
@@ -12,10 +13,51 @@ from leakaudit.errors import LeakauditError
 _TABLE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    """One JSON object per line; a bad line is named by its number."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise LeakauditError(f"{path}: line {i}: not valid JSON ({e.msg}, column {e.colno})") from None
+                if not isinstance(obj, dict):
+                    raise LeakauditError(
+                        f"{path}: line {i}: expected a JSON object (a record with fields), got {type(obj).__name__}"
+                    )
+                rows.append(obj)
+    except UnicodeDecodeError as e:
+        raise LeakauditError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not rows:
+        raise LeakauditError(f"{path}: the corpus is empty")
+    return pd.DataFrame.from_records(rows)
+
+
+def _mixed_field(df: pd.DataFrame) -> str | None:
+    """The first field whose values are of more than one type (which a table column cannot hold)."""
+    for col in df.columns:
+        kinds = {type(v).__name__ for v in df[col] if v is not None and not (isinstance(v, float) and v != v)}
+        if len(kinds) > 1:
+            return f"field '{col}' mixes value types ({', '.join(sorted(kinds))}); give every record the same type"
+    return None
+
+
+def _to_dataset(path: Path, df: pd.DataFrame) -> datasets.Dataset:
+    try:
+        return datasets.Dataset.from_pandas(df, preserve_index=False)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ArrowTypeError and others
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise LeakauditError(f"{path}: {_mixed_field(df) or 'cannot read as a table: ' + first}") from None
+
+
 def _read_table(path: Path, kind: str) -> pd.DataFrame:
     try:
         if kind == "jsonl":
-            return pd.read_json(path, lines=True, dtype=False)
+            return _read_jsonl(path)
         if kind == "json":
             return pd.read_json(path, dtype=False)
         if kind == "csv":
@@ -51,13 +93,16 @@ def load_corpus(path: str | Path, *, text_field: str = "text") -> datasets.Datas
                 raise LeakauditError(f"{p}: a DatasetDict needs a 'train' split (found {sorted(ds)})")
             ds = ds["train"]
     elif p.suffix.lower() == ".txt":
-        lines = [ln.strip() for ln in p.read_text(encoding="utf-8", errors="replace").splitlines()]
+        try:
+            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+        except UnicodeDecodeError as e:
+            raise LeakauditError(f"{p}: not UTF-8 text (byte {e.start})") from None
         ds = datasets.Dataset.from_dict({text_field: [ln for ln in lines if ln]})
     elif p.suffix.lower() in _TABLE_SUFFIXES:
         if p.stat().st_size == 0:
             raise LeakauditError(f"{p}: the corpus is empty")
         df = _read_table(p, _TABLE_SUFFIXES[p.suffix.lower()])
-        ds = datasets.Dataset.from_pandas(df, preserve_index=False)
+        ds = _to_dataset(p, df)
     else:
         raise LeakauditError(
             f"{p}: unknown corpus format '{p.suffix}' (use .jsonl, .json, .csv, .parquet, .txt or a saved dataset)"

@@ -419,14 +419,17 @@ def threshold_bound(
     score, plus +inf), so ``T`` candidates.  Half of ``alpha`` goes to the FPR bounds and half to
     the FNR bounds, each split ``c`` ways:
 
-    * ``c_fpr = min(T, n_neg)``.  ``T``: a plain union bound over the candidate thresholds.
-      ``n_neg``: a union bound over the possible false-positive counts ``k = 0 .. n_neg - 1``
+    * ``c_fpr = min(T, n_neg)`` for ``thresholds`` fixed in advance, ``n_neg`` for thresholds taken
+      from the scores (the default).  ``T``: a plain union bound over the candidate thresholds,
+      valid only when they do not depend on the data (with heavy ties the data give fewer
+      thresholds than ``n_neg``, but which ones is itself random).  ``n_neg``: a union bound over
+      the possible false-positive counts ``k = 0 .. n_neg - 1``
       (``k = n_neg`` gives FPR_u = 1 and claims nothing).  For each ``k``, "some threshold has at
       most ``k`` false positives although its true FPR exceeds the upper bound ``u_k``" is the
       event that the single largest threshold with true FPR above ``u_k`` has at most ``k``,
       which has probability at most ``alpha_fpr``; so the bounds hold for every threshold at
       once, even thresholds picked from the data.
-    * ``c_fnr = min(T, n_pos)`` likewise for the false negatives.
+    * ``c_fnr`` likewise (``n_pos``) for the false negatives.
 
     With all bounds valid together (probability ``>= 1 - alpha``) the largest per-threshold eps
     is a valid lower bound.  ``best_possible`` is the bound at FP = FN = 0 under the same
@@ -446,8 +449,9 @@ def threshold_bound(
         if thr.size == 0:
             raise ValueError("thresholds is empty")
     n_pos, n_neg, t = int(pos.size), int(neg.size), int(thr.size)
-    a_fpr = alpha / 2 / min(t, n_neg)
-    a_fnr = alpha / 2 / min(t, n_pos)
+    fixed = thresholds is not None
+    a_fpr = alpha / 2 / (min(t, n_neg) if fixed else n_neg)
+    a_fnr = alpha / 2 / (min(t, n_pos) if fixed else n_pos)
     fp = n_neg - np.searchsorted(np.sort(neg), thr, side="left")  # non-members with score >= thr
     fn = np.searchsorted(np.sort(pos), thr, side="left")  # members with score < thr
     eps = _cp_eps(fp, n_neg, fn, n_pos, delta, a_fpr, a_fnr)

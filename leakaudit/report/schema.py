@@ -385,7 +385,13 @@ class RunInfo(_Model):
     n_reference_canaries: int
     data_sha256: dict[str, str] = Field(default_factory=dict)
     reference_models: dict[str, str] = Field(default_factory=dict, description="Reference name -> directory.")
+    reference_models_sha256: dict[str, dict[str, str]] = Field(
+        default_factory=dict, description="Reference name -> SHA-256 of its weight, config and tokenizer files."
+    )
     shadow_models: int = Field(default=0, description="Shadow models used by LiRA and RMIA.")
+    shadow_set_key: str | None = Field(
+        default=None, description="Key of the shadow models in their store (base model hash, population, recipe)."
+    )
     preflight_warnings: list[str] = Field(
         default_factory=list, description="Canaries the training may not see (truncated, missing, leaked)."
     )
