@@ -241,6 +241,10 @@ def train(
     grad_sample_mode: Annotated[str, typer.Option(
         help="Per-example clipping (with --dp): hooks, ghost or functorch (Opacus), or bookkeeping (one "
         "backward pass; the fastest, flat clipping).")] = "hooks",
+    dp_randomness: Annotated[str, typer.Option(
+        help="With --dp: secret (batches and noise from unrecorded random seeds: the default, for models to "
+        "release) or seeded (from --seed: the run repeats exactly, and the guarantee holds only while the seed "
+        "stays secret).")] = "secret",
     device: Annotated[str | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
@@ -267,9 +271,11 @@ def train(
         modes = get_args(DPSettings.model_fields["grad_sample_mode"].annotation)
         if grad_sample_mode not in modes:
             raise LeakauditError(f"--grad-sample-mode: expected one of {', '.join(modes)} (got '{grad_sample_mode}')")
+        if dp_randomness not in ("secret", "seeded"):
+            raise LeakauditError(f"--dp-randomness: expected secret or seeded (got '{dp_randomness}')")
         dp_settings = DPSettings(
             target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
-            grad_sample_mode=grad_sample_mode,
+            grad_sample_mode=grad_sample_mode, randomness=dp_randomness,
         )
     elif epsilon is not None:
         raise LeakauditError("--epsilon needs --dp")

@@ -123,7 +123,7 @@ def test_training_equals_opacus_hooks_mode_step_for_step(arch, piece, lora, toke
     states, records = {}, {}
     for mode in ("hooks", "bookkeeping"):
         model = build_model(tokenizer, arch=arch, n_layer=2, n_embd=32, n_head=2, context=128, seed=1)
-        dp = DPSettings(noise_multiplier=0.8, max_grad_norm=0.5, grad_sample_mode=mode)
+        dp = DPSettings(noise_multiplier=0.8, max_grad_norm=0.5, grad_sample_mode=mode, randomness="seeded")
         records[mode] = train_model(model, tokenizer, texts, settings, dp=dp)
         states[mode] = model.state_dict()
     start = build_model(tokenizer, arch=arch, n_layer=2, n_embd=32, n_head=2, context=128, seed=1).state_dict()

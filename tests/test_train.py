@@ -110,6 +110,67 @@ def test_plain_lora_training_merges_into_a_plain_model(llama, tokenizer, corpora
     assert load_model(tmp_path).model.state_dict().keys() == before.keys()
 
 
+def test_adaptive_clipping_counts_every_piece_of_a_split_batch(gpt2, tokenizer, corpora):
+    """Opacus resets the unclipped count at every zero_grad: split into pieces, only the last piece counted
+    and the clip bound drifted up when it should fall. Now split and unsplit runs move the bound alike."""
+    texts = [r["text"] for r in corpora[0][:40]]
+    dp = DPSettings(noise_multiplier=0.5, max_grad_norm=100.0, clipping="adaptive", randomness="seeded")
+    bounds = {}
+    for physical in (None, 2):
+        model = copy.deepcopy(gpt2)
+        s = TrainSettings(steps=4, batch_size=8, lr=1e-3, max_length=48, max_physical_batch_size=physical)
+        from leakaudit.train import loop
+
+        seen = []
+        cls = loop._adaptive_optimizer_class()
+        original = cls.update_max_grad_norm
+
+        def spy(self, original=original, seen=seen):
+            original(self)
+            seen.append(self.max_grad_norm)
+
+        cls.update_max_grad_norm = spy
+        try:
+            train_model(model, tokenizer, texts, s, dp=dp)
+        finally:
+            cls.update_max_grad_norm = original
+        bounds[physical] = seen
+    # nothing is clipped at norm 100: the count is near the batch, so the bound falls in both runs, equally
+    assert len(bounds[None]) == len(bounds[2]) == 4
+    assert bounds[None][-1] < 100.0 and bounds[2][-1] < 100.0
+    assert bounds[2] == pytest.approx(bounds[None], rel=1e-6)
+
+
+def test_a_batch_of_one_trains_without_nan(gpt2, tokenizer, corpora):
+    """N = 49, batch 1: Opacus's int(N q) is 0 (49 * (1/49) lands below 1), which divided the update by zero."""
+    texts = [r["text"] for r in corpora[0][:49]]
+    for mode in ("hooks", "bookkeeping"):
+        model = copy.deepcopy(gpt2)
+        train_model(model, tokenizer, texts, TrainSettings(steps=3, batch_size=1, lr=1e-3, max_length=32),
+                    dp=DPSettings(noise_multiplier=1.0, grad_sample_mode=mode))
+        assert all(torch.isfinite(p).all() for p in model.parameters()), mode
+
+
+def test_dp_randomness_is_secret_unless_seeded(gpt2, tokenizer, corpora):
+    """The guarantee assumes nobody can predict the batches or the noise: by default two runs with the same
+    seed differ; seeded runs repeat exactly (and say so in their record)."""
+    from leakaudit.train.loop import expected_batch
+
+    texts = [r["text"] for r in corpora[0][:24]]
+    s = TrainSettings(steps=2, batch_size=8, lr=1e-3, max_length=32)
+
+    def weights(randomness):
+        model = copy.deepcopy(gpt2)
+        rec = train_model(model, tokenizer, texts, s, dp=DPSettings(noise_multiplier=1.0, randomness=randomness))
+        assert rec.randomness == randomness
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    assert not torch.equal(weights("secret"), weights("secret"))
+    assert torch.equal(weights("seeded"), weights("seeded"))
+    assert DPSettings(noise_multiplier=1.0).randomness == "secret"
+    assert [expected_batch(n, 1 / -(-n // b)) for n, b in ((49, 1), (98, 2), (40, 30))] == [1, 2, 20]
+
+
 @pytest.mark.parametrize("mode", ["hooks", "ghost"])
 def test_logical_batches_split_into_physical_pieces_give_the_same_model(gpt2, tokenizer, corpora, mode):
     """BatchMemoryManager: pieces of at most 3 examples, one step per logical batch, the same result.
@@ -119,7 +180,7 @@ def test_logical_batches_split_into_physical_pieces_give_the_same_model(gpt2, to
     logical one.
     """
     texts = [r["text"] for r in corpora[0][:40]]
-    dp = DPSettings(noise_multiplier=1.0, max_grad_norm=0.5, grad_sample_mode=mode)
+    dp = DPSettings(noise_multiplier=1.0, max_grad_norm=0.5, grad_sample_mode=mode, randomness="seeded")
     out = {}
     for physical in (None, 3):
         model = copy.deepcopy(gpt2)

@@ -47,6 +47,7 @@ def card_metadata(results: Results, model_name: str) -> dict[str, Any]:
             "clipping": p.clipping,
             "grad_sample_mode": p.grad_sample_mode,
             "lora_rank": p.lora_rank,
+            "randomness": p.randomness,
         },
         "results": {
             "members": results.run.n_members,

@@ -36,6 +36,10 @@ class PrivacyRecord(_Model):
     clipping: str | None = Field(default=None, description="flat, per_layer or adaptive clipping.")
     grad_sample_mode: str | None = Field(default=None, description="Opacus per-sample gradients: hooks, ghost, ...")
     lora_rank: int | None = Field(default=None, description="LoRA rank when only adapters were trained (merged).")
+    randomness: str | None = Field(
+        default=None, description="DP-SGD's batches and noise: secret (unpredictable, unrecorded seeds) or seeded "
+        "(from the training seed: the guarantee holds only while it stays secret); null: not recorded.",
+    )
 
 
 class RocCurve(_Model):

@@ -218,6 +218,12 @@ def _audited(results: Results) -> dict[str, Any]:
     return {"run": run_rows, "models": model_rows, "note": note}
 
 
+RANDOMNESS = {
+    "secret": "secret (unrecorded seeds)",
+    "seeded": "from the training seed: the guarantee holds only while the seed stays secret",
+}
+
+
 def _privacy(results: Results) -> list[dict[str, Any]]:
     ps = [m.privacy for m in results.models.values()]
     rows = [
@@ -235,6 +241,8 @@ def _privacy(results: Results) -> list[dict[str, Any]]:
         ("clipping", [p.clipping or DASH for p in ps]),
         ("per-sample gradients (Opacus)", [p.grad_sample_mode or DASH for p in ps]),
         ("LoRA rank (adapters only)", [_int(p.lora_rank) for p in ps]),
+        ("batches and noise", [RANDOMNESS.get(p.randomness or "", DASH) if p.epsilon is not None else DASH
+                               for p in ps]),
     ]
     rows += [(label, cells) for label, cells in optional if any(c != DASH for c in cells)]
     rows.append((f"DP bound check ({DP_BOUND})", [_dp_cell(name, m) for name, m in results.models.items()]))

@@ -43,9 +43,11 @@ against each example's own gradient, and ghost norms against their norms.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -120,6 +122,13 @@ class DPSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     target_epsilon: float | None = Field(default=None, gt=0, description="Epsilon to reach after all steps.")
+    randomness: Literal["secret", "seeded"] = Field(
+        default="secret",
+        description="secret: the Poisson batches and the noise are drawn from generators seeded from the operating "
+        "system's random source, never recorded (the DP guarantee assumes nobody can predict them); seeded: from the "
+        "training seed, so a run repeats exactly (experiments, tests) and the guarantee then holds only while that "
+        "seed stays secret.",
+    )
     noise_multiplier: float | None = Field(default=None, gt=0, description="Noise std / clip norm, fixed.")
     delta: float | None = Field(default=None, gt=0, lt=1, description="Target delta; below 1/N.")
     max_grad_norm: float = Field(
@@ -367,18 +376,27 @@ class _PerSequence:
         return losses.sum() if self.reduction == "sum" else losses.mean()
 
 
+@cache
 def _adaptive_optimizer_class():
     from opacus.optimizers import AdaClipDPOptimizer
     from opacus.optimizers.optimizer import _mark_as_processed
 
     class _AdaClip(AdaClipDPOptimizer):
-        """Opacus's adaptive clipping with two fixes applied to the optimizer it returns.
+        """Opacus's adaptive clipping with three fixes applied to the optimizer it returns.
 
         - The unclipped fraction is the noisy unclipped count over the *expected* batch size,
           as in Andrew et al. (2021); Opacus divides by the actual batch size, which is private
           (Poisson sampling) and not covered by the accountant, and is 0 for an empty batch.
         - An empty Poisson batch gives a noise-only update instead of failing.
+        - With a logical batch split into physical pieces, the unclipped count and sample size
+          survive the ``zero_grad`` between pieces (as the summed gradients do): Opacus resets
+          them at every ``zero_grad``, so the count covered only the last piece.
         """
+
+        def zero_grad(self, set_to_none: bool = False):
+            carried = (self.sample_size, self.unclipped_num) if self._is_last_step_skipped else (0, 0)
+            super().zero_grad(set_to_none)
+            self.sample_size, self.unclipped_num = carried
 
         def clip_and_accumulate(self):
             if len(self.grad_samples[0]) > 0:
@@ -543,6 +561,24 @@ def _backward_step(net, optimizer, device, *, criterion=None, on_empty=None):
     return train_step
 
 
+def expected_batch(n: int, q: float) -> int:
+    """The expected Poisson batch ``N q``, rounded (``int`` would give ``b - 1`` when ``N / ceil(N / b)``
+    lands just below ``b`` in floating point, and 0 for a batch of 1)."""
+    return max(1, round(n * q))
+
+
+def _dp_randomness(device: torch.device, settings: TrainSettings, dp: DPSettings) -> torch.Generator:
+    """The noise generator, and torch's global generator (Opacus's Poisson sampler draws from it).
+
+    ``secret``: both seeded from the operating system's random source and the seeds forgotten, so
+    nobody can reproduce the batches or the noise; ``seeded``: from the training seed.
+    """
+    if dp.randomness == "seeded":
+        return torch.Generator(device=device).manual_seed(settings.seed + 1)
+    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+
+
 @contextmanager
 def _quiet_opacus() -> Iterator[None]:
     """Opacus's set-up warnings that say nothing to a user here."""
@@ -559,7 +595,7 @@ def _privacy_record(settings, dp, n: int, *, epsilon: float, delta: float, sigma
         epsilon=epsilon, delta=delta, noise_multiplier=float(sigma), sample_rate=q, steps=total,
         max_grad_norm=dp.max_grad_norm, accountant=dp.accountant, epochs=total * q, dataset_size=n,
         clipping=dp.clipping, grad_sample_mode=dp.grad_sample_mode,
-        lora_rank=settings.lora.r if settings.lora is not None else None,
+        lora_rank=settings.lora.r if settings.lora is not None else None, randomness=dp.randomness,
     )
 
 
@@ -571,6 +607,7 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
     delta = dp.delta if dp.delta is not None else default_delta(n)
     q = 1.0 / len(loader)  # Opacus's Poisson rate for this loader
     ghost = dp.grad_sample_mode == "ghost"
+    noise_gen = _dp_randomness(device, settings, dp)
     with _quiet_opacus():
         sigma = dp.noise_multiplier
         if sigma is None:
@@ -580,14 +617,14 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
             )
     if dp.grad_sample_mode == "bookkeeping":
         return _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress,
-                                  sigma=sigma, delta=delta, q=q)
+                                  sigma=sigma, delta=delta, q=q, noise_gen=noise_gen)
     with _quiet_opacus():
         extra: dict = {}
         max_grad_norm: float | list[float] = dp.max_grad_norm
         if dp.clipping == "per_layer":
             max_grad_norm = [dp.max_grad_norm / math.sqrt(len(params))] * len(params)
         elif dp.clipping == "adaptive":
-            expected = max(1, int(n * q))
+            expected = expected_batch(n, q)
             extra = dict(
                 target_unclipped_quantile=dp.target_unclipped_quantile,
                 clipbound_learning_rate=dp.clipbound_learning_rate,
@@ -607,15 +644,17 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
             poisson_sampling=True,
             clipping=dp.clipping,
             grad_sample_mode=dp.grad_sample_mode,
-            noise_generator=torch.Generator(device=device).manual_seed(settings.seed + 1),
+            noise_generator=noise_gen,
             **extra,
         )
     if ghost:
         gsm, dp_optimizer, criterion, dp_loader = out
     else:
         (gsm, dp_optimizer, dp_loader), criterion = out, None
+    # Opacus takes int(N q), which floating point puts one below the batch (0 for a batch of 1: inf updates)
+    dp_optimizer.expected_batch_size = expected_batch(n, q)
     if dp.clipping == "adaptive":
-        dp_optimizer.__class__ = _adaptive_optimizer_class()  # see _AdaClip: same state, two methods replaced
+        dp_optimizer.__class__ = _adaptive_optimizer_class()  # see _AdaClip: same state, methods replaced
     if settings.max_physical_batch_size is not None:
         from opacus.utils.batch_memory_manager import BatchMemoryManager
 
@@ -636,14 +675,15 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
                            sigma=dp_optimizer.noise_multiplier, q=_q(dp_loader), total=total)
 
 
-def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress, *, sigma, delta, q):
+def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress, *, sigma, delta, q,
+                       noise_gen: torch.Generator):
     """DP-SGD with :class:`~leakaudit.train.bookkeeping.BookKeeper` clipping; sampling and accounting by Opacus.
 
     The same algorithm as Opacus's DP optimizer with flat clipping and a mean loss: Poisson
     batches of rate q (Opacus's DPDataLoader, drawn from torch's global generator as Opacus does
     when not in secure mode), each example's gradient scaled by ``min(1, C / (norm + 1e-6))``,
     Gaussian noise of std ``sigma * C`` added to the sum once per logical batch, the result divided
-    by the expected batch size ``int(N q)``; an empty batch gives a noise-only step.  A logical
+    by the expected batch size ``round(N q)``; an empty batch gives a noise-only step.  A logical
     batch runs in pieces of ``max_physical_batch_size`` examples; their clipped sums add up.
     """
     from opacus.accountants import create_accountant
@@ -654,8 +694,7 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
     n = len(loader.dataset)
     keeper = BookKeeper(net, params, dp.max_grad_norm)
     accountant = create_accountant(mechanism=dp.accountant)
-    expected = max(1, int(n * q))
-    noise_gen = torch.Generator(device=device).manual_seed(settings.seed + 1)
+    expected = expected_batch(n, q)
     std = sigma * dp.max_grad_norm
 
     def train_step(x, m):
