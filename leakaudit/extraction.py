@@ -59,14 +59,18 @@ def sample_stage(
     """Draw (or reuse) the model's untargeted samples: ``samples/<name>/samples.json``."""
     key = {"model": hash_model_dir(path), "n": options.samples, "tokens": options.sample_tokens,
            "public": texts_hash(public_texts), "seed": options.seed, "batch": options.batch_size,
-           "dtype": dtype_name(dtype)}
+           "dtype": dtype_name(dtype), "texts": 1}
 
     def build(tmp: Path) -> None:
         target = _target(path, device=device, dtype=dtype, token_budget=token_budget,
                          trust_remote_code=trust_remote_code)
         s = sample_texts(target, options.samples, length=options.sample_tokens, public_texts=public_texts,
                          batch_size=options.batch_size, seed=options.seed)
-        write_json(tmp / "samples.json", {"prompts": s.prompts, "new": s.new, "strategy": s.strategy})
+        # the generated text, decoded here with the model's own tokenizer: a baseline (reference) model's
+        # samples are read beside another model's, whose tokenizer may differ
+        generated = [target.tokenizer.decode(g, skip_special_tokens=True) for g in s.new]
+        write_json(tmp / "samples.json", {"prompts": s.prompts, "new": s.new, "strategy": s.strategy,
+                                          "generated": generated})
 
     return stage(run_dir, f"samples/{name}", key, build, log)
 
@@ -135,9 +139,10 @@ def extraction_stage(
     return stage(run_dir, f"extraction/{name}", key, build, log)
 
 
-def _generated_texts(samples_dir: Path, tokenizer) -> list[str]:
-    """The generated part of each sample (a public prompt is not the model's output)."""
-    return [tokenizer.decode(g, skip_special_tokens=True) for g in load_samples(samples_dir).new]
+def _generated_texts(samples_dir: Path) -> list[str]:
+    """The generated part of each sample (a public prompt is not the model's output), as the model that
+    drew it decoded it."""
+    return read_json(samples_dir / "samples.json")["generated"]
 
 
 def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, options: ExtractionOptions,
@@ -147,8 +152,8 @@ def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, opt
     if not members:
         return
     if samples_dir is not None:
-        baseline = _generated_texts(baseline_samples_dir, target.tokenizer) if baseline_samples_dir else []
-        result = pii_extraction(_generated_texts(samples_dir, target.tokenizer), baseline, members)
+        baseline = _generated_texts(baseline_samples_dir) if baseline_samples_dir else []
+        result = pii_extraction(_generated_texts(samples_dir), baseline, members)
         if baseline_samples_dir is None:
             result.notes.append("no baseline model: PII the model would produce without training is not filtered")
         write_json(tmp / "pii_extraction.json", result.model_dump(mode="json"))

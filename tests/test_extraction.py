@@ -300,3 +300,30 @@ def test_audit_record_holds_no_secret(tokenizer):
     fields = extraction_fields(_search(tokenizer, a, {" 222222": 0.6, " 111111": 0.4}), a, m, 10)
     assert all(isinstance(v, (bool, int)) or v is None for v in fields.values())
     assert not any(c.secret in str(fields) for c in m.canaries)
+
+
+def test_search_works_with_a_sentencepiece_style_tokenizer(corpora):
+    """Metaspace decoders drop a token's leading space when it starts the text: decoded alone, no token could
+    spell the space before the secret and the search found nothing. Decoded after a context, ``▁4`` is " 4"."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from leakaudit.attacks.extraction import _candidate_tokens
+
+    texts = [r["text"] for r in corpora[1]] + [f"the PIN of Ann Lee is {i:02d}" for i in range(100)]
+    raw = Tokenizer(models.BPE(unk_token="<unk>"))
+    raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    raw.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    raw.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "<unk>"]))
+    sp = PreTrainedTokenizerFast(tokenizer_object=raw, bos_token="<s>", eos_token="<s>", pad_token="<pad>",
+                                 unk_token="<unk>")
+    assert sp.decode([sp.convert_tokens_to_ids("▁4")]) == "4"  # the leading space is gone when decoded alone
+    fmt = get_format("digits", 2)
+    ids, strings = _candidate_tokens(SimpleNamespace(tokenizer=sp), fmt, " ")
+    assert " 4" in strings and "2" in strings
+    # a stand-in model spelling " 42" (p 0.5), " 07" (0.3), " 13" (0.15) over those tokens, as they read in context
+    model = _TableLM(sp, len(encode(sp, [PIN.rstrip()])[0].ids), WEIGHTS, ids.tolist())
+    in_context = dict(zip(ids.tolist(), strings))
+    model.strings = [in_context.get(t, "\x00") for t in range(len(sp))]
+    target = SimpleNamespace(model=model, tokenizer=sp, device=torch.device("cpu"), pad_id=sp.pad_token_id)
+    assert extract_secret(target, PIN, fmt, max_expansions=500, guesses=3).guesses == ("42", "07", "13")

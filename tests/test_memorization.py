@@ -111,3 +111,18 @@ def test_verification_ignores_ngrams_inside_the_prompt(memorised):
     samples = Samples(prompts=[ids[:30]], new=[junk], strategy=["public_prompt"])
     summary, _ = untargeted_extraction(target, samples, [members[0]["text"]], ngram=8)
     assert summary.n_memorized == 0
+
+
+def test_template_text_shared_by_members_and_non_members_counts_on_both_sides():
+    """The baseline is the same test against held-out records: a sample of text that both sides share
+    (a template) is a training match and a held-out match alike, not a leak beyond the baseline."""
+    from leakaudit.attacks.untargeted import verify
+
+    template, member_only, held_only = [1, 2, 3, 4, 5, 6], [20, 21, 22, 23], [30, 31, 32, 33]
+    train = NgramIndex([template + [7, 8], member_only], 3)
+    held = NgramIndex([template + [9, 9], held_only], 3)
+    samples = Samples(prompts=[[1], [20], [30]], new=[[2, 3, 4, 5], [21, 22, 23], [31, 32, 33]],
+                      strategy=["bos"] * 3)
+    got = verify(samples, train, non_members=held)
+    assert got["memorized"].tolist() == [True, True, False]
+    assert got["non_member_match"].tolist() == [True, False, True]

@@ -407,3 +407,25 @@ def test_reconstruction_with_tiny_model(corpora, gpt2, tokenizer):
 def test_public_names():
     assert PIIMatch("email", "a@b.co", 0, 6).end == 6
     assert set(PII_TYPES) >= {"name", "email", "phone", "address", "account_number", "card_number"}
+
+
+def test_samples_are_decoded_by_the_tokenizer_of_the_model_that_drew_them(tmp_path, corpora):
+    """The PII baseline reads a reference model's samples beside the audited model's: each model's samples
+    must be decoded with its own tokenizer (decoded with another, a baseline's text was garbage)."""
+    import torch
+
+    from leakaudit.extraction import ExtractionOptions, _generated_texts, load_samples, sample_stage
+    from leakaudit.models import build_model, train_tokenizer
+    from leakaudit.runs import EventLog
+
+    public = [r["text"] for r in corpora[1]]
+    other = train_tokenizer(public, vocab_size=300)  # not the audited model's 400-token vocabulary
+    torch.manual_seed(0)
+    model = build_model(other, arch="gpt2", n_layer=1, n_embd=16, n_head=2, context=64)
+    ref_dir = tmp_path / "reference"
+    model.save_pretrained(ref_dir, safe_serialization=True)
+    other.save_pretrained(ref_dir)
+    opts = ExtractionOptions(memorization=[], samples=4, sample_tokens=12, batch_size=4)
+    d = sample_stage(tmp_path / "run", "reference", ref_dir, opts, public[:20], device="cpu", dtype=torch.float32,
+                     token_budget=None, trust_remote_code=False, log=EventLog(tmp_path / "run"))
+    assert _generated_texts(d) == [other.decode(g, skip_special_tokens=True) for g in load_samples(d).new]

@@ -77,10 +77,20 @@ def _setup(target: Target, prefix: str, fmt: SecretFormat):
 
 
 def _candidate_tokens(target: Target, fmt: SecretFormat, lead: str) -> tuple[np.ndarray, list[str]]:
+    """The tokens that can spell part of a secret (or the whitespace before it), each with the text it adds.
+
+    Each token is decoded after a one-token context: decoded alone, a SentencePiece-style (Metaspace)
+    token such as ``▁1`` loses its leading space (the decoder strips it at the start of a text), so no
+    token could spell the space between the prefix and the secret and the search found nothing.
+    """
+    tok = target.tokenizer
     chars = set(fmt.alphabet) | set(fmt.sep if fmt.group else "") | set(lead)
+    ctx = tok("a", add_special_tokens=False)["input_ids"][-1:]
+    head = tok.decode(ctx, clean_up_tokenization_spaces=False)
+    texts = tok.batch_decode([ctx + [tid] for tid in range(len(tok))], clean_up_tokenization_spaces=False)
     ids, strings = [], []
-    for tid in range(len(target.tokenizer)):
-        s = target.tokenizer.decode([tid], clean_up_tokenization_spaces=False)
+    for tid, full in enumerate(texts):
+        s = full[len(head):] if full.startswith(head) else ""
         if s and set(s) <= chars:
             ids.append(tid)
             strings.append(s)
