@@ -91,6 +91,12 @@ def demo(
     typer.echo(f"report: {out / 'report.html'}")
 
 
+def _record_id(row: dict, i: int) -> str:
+    """A record's id, or its row number when it has none (a missing value in a table reads as None or NaN)."""
+    v = row.get("id")
+    return str(i) if v is None or (isinstance(v, float) and v != v) else str(v)
+
+
 def _check_out(path: Path, kind: str) -> None:
     """Refuse an --out that cannot take the output, before any work: ``kind`` is file, dir or model."""
     if kind == "file":
@@ -175,7 +181,7 @@ def canaries_insert(
     _check_out(out, "file")
     m = _load_manifest(manifest)
     ds = load_corpus(data, text_field=text_field)
-    rows = [{"id": str(r.get("id", i)), "text": r[text_field]} for i, r in enumerate(ds)]
+    rows = [{"id": _record_id(r, i), "text": r[text_field]} for i, r in enumerate(ds)]
     rows = insert_canaries(rows, m, seed=seed)
     write_jsonl(out, [{"id": r["id"], "text": r["text"]} for r in rows])
     typer.echo(f"{out}: {len(rows)} records ({len(rows) - len(ds)} canary copies)")
@@ -420,7 +426,7 @@ def audit(
     def rows(path: Path) -> list[dict]:
         ds = load_corpus(path, text_field=text_field)
         return [
-            {"id": str(r.get("id", i)), "text": r[text_field], "user_id": r.get("user_id"), "pii": r.get("pii")}
+            {"id": _record_id(r, i), "text": r[text_field], "user_id": r.get("user_id"), "pii": r.get("pii")}
             for i, r in enumerate(ds)
         ]
 

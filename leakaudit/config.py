@@ -191,6 +191,10 @@ def resolve_config(
         raw = _merge(raw, read_yaml_mapping(p, "config file", empty_ok=True))
         where = str(p)
     raw = _merge(raw, overrides or {})
+    if isinstance(raw.get("dp"), dict):
+        # demos and experiments repeat exactly: DP-SGD's batches and noise come from the seed unless the
+        # configuration says otherwise (leakaudit train, for models to release, defaults to secret)
+        raw["dp"] = {"randomness": "seeded", **raw["dp"]}
     specs = [load_spec(f) for f in canary_files or []]
     if not specs and not raw.get("canaries"):
         for default in DEFAULT_SPECS.get(preset, DEFAULT_SPECS["cpu"]):

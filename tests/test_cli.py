@@ -272,3 +272,10 @@ def test_atomic_dir_replaces_an_earlier_output_without_a_gap(tmp_path):
         (tmp / "c").write_text("3")
         raise RuntimeError("interrupted")
     assert sorted(p.name for p in out.iterdir()) == ["b"] and sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_a_record_without_an_id_gets_its_row_number():
+    from leakaudit.cli import _record_id
+
+    assert [_record_id(r, i) for i, r in enumerate([{"id": None}, {"id": float("nan")}, {"id": 7}, {}])] == [
+        "0", "1", "7", "3"]

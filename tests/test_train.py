@@ -168,6 +168,12 @@ def test_dp_randomness_is_secret_unless_seeded(gpt2, tokenizer, corpora):
     assert not torch.equal(weights("secret"), weights("secret"))
     assert torch.equal(weights("seeded"), weights("seeded"))
     assert DPSettings(noise_multiplier=1.0).randomness == "secret"
+    # demos and experiments repeat exactly unless their configuration says otherwise
+    from leakaudit.config import resolve_config
+
+    assert resolve_config(preset="tiny").dp.randomness == "seeded"
+    assert resolve_config(preset="cpu", overrides={"dp": {"target_epsilon": 3}}).dp.randomness == "seeded"
+    assert resolve_config(preset="gpu", overrides={"dp": {"randomness": "secret"}}).dp.randomness == "secret"
     assert [expected_batch(n, 1 / -(-n // b)) for n, b in ((49, 1), (98, 2), (40, 30))] == [1, 2, 20]
 
 
