@@ -2,7 +2,7 @@
 
 Used by ``leakaudit demo`` and ``leakaudit audit`` alike.  For each model a cached stage
 ``scores/<name>/`` holds the score table (``mia.parquet``) and the canary exposures
-(``canaries.json``: ids and hashes, no secrets).  Reference models are scored the same way;
+(``canaries.json``: ids only, no secrets).  Reference models are scored the same way;
 shadow models score the audited rows once (``scores/shadows-<key>/stats.npy``).  Attacks then
 run on these tables alone; their per-sample scores go to ``per_sample/<model>.parquet``.
 """

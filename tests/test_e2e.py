@@ -34,7 +34,7 @@ def _median(model, pred):
 def test_results_json_has_the_promised_shape(demo_run):
     run_dir, _ = demo_run
     r = json.loads((run_dir / "results.json").read_text())
-    assert r["schema_version"] == 1
+    assert r["schema_version"] == 2
     assert set(r["models"]) == {"base", "non_dp", "dp"}
     for m in r["models"].values():
         p = m["privacy"]

@@ -1,4 +1,4 @@
-"""Empirical lower bounds on the epsilon of a DP training run (auditing DP, METHODS.md section 7).
+"""Empirical lower bounds on the epsilon of a DP training run (auditing DP; docs/methods.md).
 
 Two forms:
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: canaries lost their text hash (version-1 files load with it dropped)
 FPR_LEVELS = ("0.001", "0.01", "0.1")
 
 

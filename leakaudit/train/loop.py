@@ -31,8 +31,8 @@ Per-architecture details (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX and OPT are tes
   size and stride"): :func:`sequence_losses` passes contiguous ids, mask and positions.
 - With LoRA (peft), only the adapter matrices are trainable, clipped and noised; every
   base weight (embeddings, norms, biases and output head included) is frozen.  Adapters
-  are attached after the model is on its device (see METHODS.md: moving a peft model
-  afterwards has been reported to corrupt it) and merged into the base weights at the
+  are attached after the model is on its device (moving a peft model afterwards has been
+  reported to corrupt it) and merged into the base weights at the
   end, so the result is a plain Hugging Face model.
 
 An empty Poisson batch gives a noise-only update (and counts towards epsilon).  Tested:
