@@ -151,6 +151,15 @@ def test_a_batch_of_one_trains_without_nan(gpt2, tokenizer, corpora):
         assert all(torch.isfinite(p).all() for p in model.parameters()), mode
 
 
+def test_a_delta_not_below_one_over_n_is_refused(gpt2, tokenizer, corpora):
+    from leakaudit.errors import LeakauditError
+
+    texts = [r["text"] for r in corpora[0][:20]]
+    with pytest.raises(LeakauditError, match=r"DP delta 0.05 is not below 1/N = 0.05 \(N = 20 training records\)"):
+        train_model(copy.deepcopy(gpt2), tokenizer, texts, TrainSettings(steps=1, batch_size=4, max_length=32),
+                    dp=DPSettings(noise_multiplier=1.0, delta=0.05))
+
+
 def test_dp_randomness_is_secret_unless_seeded(gpt2, tokenizer, corpora):
     """The guarantee assumes nobody can predict the batches or the noise: by default two runs with the same
     seed differ; seeded runs repeat exactly (and say so in their record)."""

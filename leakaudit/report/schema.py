@@ -27,7 +27,9 @@ class PrivacyRecord(_Model):
     epsilon: float | None = Field(default=None, description="Accountant's epsilon; null without DP.")
     delta: float | None = Field(default=None, description="Target delta of the DP guarantee.")
     noise_multiplier: float | None = Field(default=None, description="Gaussian noise std / clip norm.")
-    sample_rate: float | None = Field(default=None, description="Poisson sampling rate q = batch / N.")
+    sample_rate: float | None = Field(
+        default=None, description="With DP the Poisson sampling rate q = 1 / ceil(N / batch); without, batch / N."
+    )
     steps: int | None = Field(default=None, description="Optimizer steps taken.")
     max_grad_norm: float | None = Field(default=None, description="Per-sample clip norm.")
     accountant: str | None = Field(default=None, description="Privacy accountant (prv, rdp, ...).")

@@ -58,6 +58,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from leakaudit.errors import LeakauditError
 from leakaudit.io import write_json
 from leakaudit.models.tokenize import encode
 from leakaudit.report.schema import PrivacyRecord
@@ -98,7 +99,10 @@ class TrainSettings(BaseModel):
     steps: int | None = Field(
         default=None, ge=1, description="Optimizer steps to take; overrides epochs (for matched comparisons)."
     )
-    batch_size: int = Field(default=32, ge=1, description="(Expected) examples per optimizer step.")
+    batch_size: int = Field(
+        default=32, ge=1, description="Examples per optimizer step; with DP the Poisson rate is q = 1 / ceil(N / "
+        "batch_size), so the expected batch N q is at most this (N = 40, batch 30: 20).",
+    )
     lr: float = Field(default=1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(default=0.0, ge=0)
     max_length: int = Field(default=256, ge=8, description="Longer sequences are truncated for training.")
@@ -605,6 +609,9 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
 
     n = len(loader.dataset)
     delta = dp.delta if dp.delta is not None else default_delta(n)
+    if delta >= 1.0 / n:
+        raise LeakauditError(f"DP delta {delta:g} is not below 1/N = {1.0 / n:g} (N = {n} training records): such a "
+                             "guarantee allows a whole record to leak; use a delta well below 1/N, or leave it out")
     q = 1.0 / len(loader)  # Opacus's Poisson rate for this loader
     ghost = dp.grad_sample_mode == "ghost"
     noise_gen = _dp_randomness(device, settings, dp)
