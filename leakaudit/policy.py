@@ -16,6 +16,7 @@ The checks (see :class:`Policy` for the exact definitions):
 ``max_epsilon``                 the accountant's ``privacy.epsilon`` (null, no DP: fails)
 ``min_audit_power``             fewest non-members any per-sequence attack rests on
 ``require_dp_guarantee_holds``  empirical eps bound <= accountant eps, and no DP bound violated
+``require_secret_randomness``   a DP model's batches and noise came from unrecorded seeds
 ==============================  ==============================================================
 """
 
@@ -76,6 +77,12 @@ class Policy(BaseModel):
         default=False,
         description="Fail when the empirical eps lower bound exceeds the accountant's eps, or an attack's ROC "
         "violates the DP bound TPR <= e^eps FPR + delta beyond sampling error.",
+    )
+    require_secret_randomness: bool = Field(
+        default=False,
+        description="Fail when a DP model's batches and noise were drawn from a recorded seed (privacy.randomness "
+        "'seeded'): anyone with the seed can regenerate them, so the guarantee rests on the seed staying secret. "
+        "Not measured for a model without DP or without the record.",
     )
     fail_on_missing: bool = Field(default=False, description="Fail when a limit's metric was not measured.")
 
@@ -314,6 +321,21 @@ def _check_epsilon(name: str, m: dict, limit: float) -> Check:
     return Check("max_epsilon", "pass", f"{name}: DP epsilon {eps:.2f} <= {_fmt(limit)}")
 
 
+def _check_randomness(name: str, m: dict) -> Check:
+    p = m.get("privacy") or {}
+    if p.get("epsilon") is None:
+        return Check("require_secret_randomness", "not measured", f"{name}: trained without DP (no DP randomness)")
+    how = p.get("randomness")
+    if how is None:
+        return Check("require_secret_randomness", "not measured",
+                     f"{name}: how the DP batches and noise were drawn is not recorded")
+    if how != "secret":
+        return Check("require_secret_randomness", "fail",
+                     f"{name}: DP batches and noise were drawn from the recorded training seed ({how}): anyone with "
+                     "the seed can regenerate them; retrain with secret randomness")
+    return Check("require_secret_randomness", "pass", f"{name}: DP batches and noise from unrecorded seeds")
+
+
 def _check_power(name: str, m: dict, minimum: int) -> Check:
     attacks = {a: int(r["n_non_members"]) for a, r in (m.get("mia") or {}).items()}
     if not attacks:
@@ -402,6 +424,8 @@ def evaluate_policy(results: Results | dict, policy: Policy, *, model: str | Non
             checks.append(_check_power(name, m, policy.min_audit_power))
         if policy.require_dp_guarantee_holds:
             checks.append(_check_dp_holds(name, m))
+        if policy.require_secret_randomness:
+            checks.append(_check_randomness(name, m))
         failed = [c for c in checks if c.status == "fail"]
         missing = [c for c in checks if c.status == "not measured"]
         passed = not failed and not (policy.fail_on_missing and missing)

@@ -419,3 +419,20 @@ def test_searches_that_completed_no_guess_are_left_out_of_the_counts():
     assert checks["allow_extracted_canaries"].message == (
         f"dp: none of {n} searched canaries extracted (the best-first search completed no secret within its budget "
         f"for {n - 1} of them)")
+
+
+def test_secret_randomness_required_of_dp_models_only():
+    policy = Policy(require_secret_randomness=True)
+    res = make_results()
+    dp = res.models["dp"]
+    for how, status in (("secret", "pass"), ("seeded", "fail"), (None, "not measured")):
+        model = dp.model_copy(update={"privacy": dp.privacy.model_copy(update={"randomness": how})})
+        v = evaluate_policy(res.model_copy(update={"models": {"dp": model}}), policy)[0]
+        assert [c.status for c in v.checks] == [status], how
+        assert v.passed == (status != "fail")
+    seeded = dp.model_copy(update={"privacy": dp.privacy.model_copy(update={"randomness": "seeded"})})
+    v = evaluate_policy(res.model_copy(update={"models": {"dp": seeded}}), policy)[0]
+    assert v.reasons == ["dp: DP batches and noise were drawn from the recorded training seed (seeded): anyone with "
+                         "the seed can regenerate them; retrain with secret randomness"]
+    plain = evaluate_policy(res, policy, model="non_dp")[0]
+    assert [c.status for c in plain.checks] == ["not measured"] and plain.passed
