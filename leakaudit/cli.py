@@ -73,8 +73,7 @@ def demo(
 
     overrides: dict = {}
     if epsilon is not None:
-        if epsilon <= 0:
-            raise LeakauditError(f"--epsilon must be > 0 (got {epsilon:g})")
+        _positive(epsilon, "--epsilon")
         overrides["dp"] = {"target_epsilon": epsilon, "noise_multiplier": None}
     if device is not None:
         overrides["device"] = device
@@ -82,7 +81,18 @@ def demo(
         overrides["seed"] = seed
     if shadows is not None:
         overrides["shadows"] = shadows
-    cfg = resolve_config(preset=preset, config_file=config, canary_files=canaries, overrides=overrides)
+    _check_out(out, "dir")
+    try:
+        cfg = resolve_config(preset=preset, config_file=config, canary_files=canaries, overrides=overrides)
+    except LeakauditError as e:  # a field set by a flag is named by its flag
+        flags = {"shadows": ("--shadows", shadows), "seed": ("--seed", seed), "device": ("--device", device),
+                 "dp.target_epsilon": ("--epsilon", epsilon)}
+        for field_name, (flag, given) in flags.items():
+            if given is None:
+                continue
+            if str(e).startswith(f"config: field '{field_name}': "):
+                raise LeakauditError(f"{flag}: " + str(e).removeprefix(f"config: field '{field_name}': ")) from None
+        raise
     _check_device(cfg.device)
     from leakaudit.pipeline import run_demo
 

@@ -279,3 +279,13 @@ def test_a_record_without_an_id_gets_its_row_number():
 
     assert [_record_id(r, i) for i, r in enumerate([{"id": None}, {"id": float("nan")}, {"id": 7}, {}])] == [
         "0", "1", "7", "3"]
+
+
+def test_demo_names_the_flag_that_set_a_bad_value(monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--shadows", "2", "--out", tmp_path / "d")
+    _assert_clean_error(code, err, "--shadows: the number of shadow models must be 0 or an even number >= 4")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("shadows: 2\n")  # the same value from a file: named as the file's field
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--config", cfg, "--out", tmp_path / "d")
+    _assert_clean_error(code, err, "c.yaml: field 'shadows'")
+    assert not (tmp_path / "d").exists()
