@@ -36,7 +36,15 @@ from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import Canary, CanaryManifest
 from leakaudit.extraction import ExtractionOptions, extraction_stage, read_extraction, sample_stage
-from leakaudit.io import read_json, sha256_file, stable_hash, texts_hash, write_json, write_parquet, write_text_atomic
+from leakaudit.io import (
+    read_json,
+    records_hash,
+    sha256_file,
+    stable_hash,
+    write_json,
+    write_parquet,
+    write_text_atomic,
+)
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target, dtype_name, resolve_dtype
 from leakaudit.parallel import barrier, is_writer
@@ -82,10 +90,6 @@ class AuditOptions:
     beam_width: int = 16  # beam search over each canary's format beside best-first (0: none)
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)
     dtype: str = "auto"  # the models' weights while scoring and sampling (see models.target.resolve_dtype)
-
-
-def records_hash(records: list[dict]) -> str:
-    return texts_hash(r["text"] for r in records)
 
 
 def spec_summaries(manifests: list[CanaryManifest]) -> list[CanarySpecSummary]:
@@ -274,6 +278,9 @@ def model_result(
         users = _user_scores(table, s)
         if users is not None:
             by_user[name] = attack_result(*users, epsilon=None, n_boot=options.n_boot)
+    for old in (run_dir / "per_sample").glob(f"{model.name}*.parquet"):  # files of an earlier run's settings
+        if old.name == f"{model.name}.parquet" or old.name.startswith(f"{model.name}-"):
+            old.unlink()
     write_parquet(per_sample, run_dir / "per_sample" / f"{model.name}.parquet")
     canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     units: dict[str, dict[str, AttackResult]] = {}
@@ -412,6 +419,7 @@ def run_audit(
     preflight_warnings: list[str] | None = None,
     train_texts: list[str] | None = None,
     public_texts: list[str] | None = None,
+    write_config: bool = True,
 ) -> Results:
     """Audit one or more models and write ``results.json`` and the reports into ``run_dir``.
 
@@ -436,7 +444,7 @@ def run_audit(
     references = {k: Path(v) for k, v in (references or {}).items()}
     rows = list(members) + list(non_members)
     cfg_path = run_dir / "config.yaml"
-    if is_writer() and not cfg_path.is_file():
+    if is_writer() and (write_config or not cfg_path.is_file()):  # this run's settings, even in an old directory
         cfg = {
             "command": command, "models": {m.name: str(m.path) for m in models},
             "references": {k: str(v) for k, v in references.items()}, "attacks": options.attacks,

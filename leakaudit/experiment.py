@@ -44,6 +44,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from leakaudit.config import REPO_CANARIES, DemoConfig, resolve_config
 from leakaudit.errors import LeakauditError, describe_validation_error
 from leakaudit.io import (
+    atomic_dir,
     read_json,
     read_jsonl,
     read_yaml_mapping,
@@ -326,6 +327,9 @@ def prepare_seed(task: SeedTask) -> dict:
     cfg = seed_config(task.experiment, task.seed)
     sdir = seed_dir(Path(task.out), task.seed)
     sdir.mkdir(parents=True, exist_ok=True)
+    # the marker goes first: interrupted while the stages are rebuilt for other settings, the seed must not
+    # pass for prepared under its old ones
+    (sdir / "seed.json").unlink(missing_ok=True)
     log = EventLog(sdir)
     device = _device(cfg)
     t0 = time.perf_counter()
@@ -380,11 +384,13 @@ def _prime_reference(cfg: DemoConfig, exp: ExperimentConfig, sdir: Path, shared,
 
 
 def _copy_reference(sdir: Path, cdir: Path) -> None:
+    """Copy the seed's base-model stages into a cell, whole or not at all (an interrupted copy left a
+    stage.json without its outputs, which the stage then took as done)."""
     for sub in ("scores/base", "samples/base"):
         src, dst = sdir / sub, cdir / sub
         if (src / "stage.json").is_file() and not dst.exists():
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(src, dst)
+            with atomic_dir(dst) as tmp:
+                shutil.copytree(src, tmp, dirs_exist_ok=True)
 
 
 # ------------------------------------------------------------------------------ per cell

@@ -21,7 +21,7 @@ from pathlib import Path
 from leakaudit.attacks.memorization import discoverable_memorization
 from leakaudit.attacks.pii import pii_extraction, pii_reconstruction
 from leakaudit.attacks.untargeted import Samples, sample_texts, untargeted_extraction
-from leakaudit.io import read_json, texts_hash, write_json, write_parquet
+from leakaudit.io import read_json, records_hash, texts_hash, write_json, write_parquet
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target, dtype_name
 from leakaudit.report.schema import MemorizationResult, PIIExtraction, PIIReconstruction, UntargetedExtraction
@@ -101,7 +101,7 @@ def extraction_stage(
 ) -> Path:
     """Memorization and untargeted extraction of one model (members first in ``records``)."""
     key = {
-        "model": hash_model_dir(path), "records": texts_hash(r["text"] for r in records), "n_members": n_members,
+        "model": hash_model_dir(path), "records": records_hash(records), "n_members": n_members,
         "train": texts_hash(train_texts), "public": texts_hash(public_texts),
         "samples": read_json(samples_dir / "stage.json")["key"] if samples_dir else None,
         "reference": hash_model_dir(reference) if reference else None,

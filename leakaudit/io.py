@@ -61,6 +61,15 @@ def write_json(path: str | Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def records_hash(records: Iterable[dict]) -> str:
+    """Order-sensitive hash of audited records: each one's id, text, user and PII annotations (everything a
+    stage reads from them, so a corrected user id or PII span rebuilds what depends on it)."""
+    return sha256_text("\n".join(
+        sha256_text(json.dumps([r.get("id"), r["text"], r.get("user_id"), r.get("pii")], sort_keys=True, default=str))
+        for r in records
+    ))
+
+
 def texts_hash(texts: Iterable[str]) -> str:
     """Order-sensitive hash of a list of texts (identifies a corpus or a population)."""
     return sha256_text("\n".join(sha256_text(t) for t in texts))

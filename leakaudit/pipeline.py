@@ -99,6 +99,7 @@ def run_demo(
         references={"base": base_dir}, shadows=shadows, log=log, command=command,
         extra_data_sha256={"train": sha256_file(can_dir / "train.jsonl")}, preflight_warnings=warnings,
         train_texts=train_texts, public_texts=[r["text"] for r in read_jsonl(data_dir / "public.jsonl")],
+        write_config=False,  # config.yaml is the demo's own (written above), which results.json hashes
     )
 
 

@@ -154,6 +154,25 @@ def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_
     assert set(tiny["skipped_attacks"]) == {"reference", "reference_ratio", "lira_online", "lira_offline", "rmia"}
     assert "reference model" in tiny["skipped_attacks"]["reference"]
     assert (out / "scores" / "tiny" / "mia.parquet").is_file() and (out / "config.yaml").is_file()
+    # again into the same directory with other settings and corrected user ids: the config is this run's,
+    # the scores are rebuilt (the records' fields are in their key) and no per-sample file of before is left
+    stale = out / "per_sample" / "tiny-memorization-k9-n9.parquet"
+    stale.write_bytes(b"old")
+    users = tmp_path / "members_users.jsonl"
+    users.write_text("".join(json.dumps({**json.loads(x), "user_id": f"u{i}"}) + "\n"
+                             for i, x in enumerate(corpus[0].read_text().splitlines())))
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"tiny={tiny_model_dir}", "--members", users,
+                       "--non-members", corpus[1], "--out", out, "--attacks", "loss,zlib")
+    assert code == 0, err
+    import yaml
+
+    assert yaml.safe_load((out / "config.yaml").read_text())["attacks"] == ["loss", "zlib"]
+    assert not stale.exists()
+    events = [json.loads(x) for x in (out / "events.jsonl").read_text().splitlines()]
+    assert [e["event"] for e in events if e.get("stage") == "scores/tiny"][-2:] == ["stage_started", "stage_finished"]
+    import pandas as pd
+
+    assert pd.read_parquet(out / "per_sample" / "tiny.parquet")["user_id"].tolist()[:2] == ["u0", "u1"]
 
 
 def test_canaries_generate_insert_and_check(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):

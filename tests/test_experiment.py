@@ -394,3 +394,27 @@ def test_cell_metrics_count_guesses_and_other_canaries_secrets(grid):
     # ... with a beam search beside it, "not extracted" is a measurement
     beam = [c.model_copy(update={"extracted_beam": False}) for c in empty]
     assert cell_metrics(model.model_copy(update={"canaries": beam}))["canaries_extracted"] == 0
+
+
+def test_copying_the_seed_s_reference_stages_is_all_or_nothing(tmp_path, monkeypatch):
+    from leakaudit import experiment as ex
+
+    sdir, cdir = tmp_path / "seed", tmp_path / "cell"
+    (sdir / "scores" / "base").mkdir(parents=True)
+    (sdir / "scores" / "base" / "stage.json").write_text("{}")
+    (sdir / "scores" / "base" / "mia.parquet").write_bytes(b"x")
+    real = shutil.copytree
+
+    def interrupted(src, dst, **kw):  # stage.json copied, then the job is killed
+        dst = type(tmp_path)(dst)
+        dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy(type(tmp_path)(src) / "stage.json", dst / "stage.json")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ex.shutil, "copytree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        ex._copy_reference(sdir, cdir)
+    assert not (cdir / "scores" / "base").exists()  # no stage.json without its outputs
+    monkeypatch.setattr(ex.shutil, "copytree", real)
+    ex._copy_reference(sdir, cdir)
+    assert sorted(p.name for p in (cdir / "scores" / "base").iterdir()) == ["mia.parquet", "stage.json"]
