@@ -219,6 +219,11 @@ def _check_tpr(name: str, m: dict, limit: float) -> Check:
             "fail",
             f"{name}: membership inference TPR at 1% FPR {tpr:.1%} > {limit:.1%} allowed (attack {attack}{note})",
         )
+    if note:  # the TPR at FPR 0 only bounds the TPR at 1% from below: under the limit, it shows nothing
+        return Check(
+            "max_tpr_at_1pct_fpr", "not measured",
+            f"{name}: TPR at 1% FPR not resolved (attack {attack} rests on too few non-members{note})",
+        )
     return Check(
         "max_tpr_at_1pct_fpr", "pass", f"{name}: TPR at 1% FPR {tpr:.1%} <= {limit:.1%} (attack {attack}{note})"
     )
@@ -346,7 +351,8 @@ def _check_power(name: str, m: dict, minimum: int) -> Check:
         return Check(
             "min_audit_power",
             "fail",
-            f"{name}: attack {attack} rests on {n} non-members (FPR resolution {1 / n:.2%}), fewer than the "
+            f"{name}: attack {attack} rests on {n} non-members (FPR resolution {f'{1 / n:.2%}' if n else 'none'}), "
+            f"fewer than the "
             f"{minimum} required (resolution {1 / minimum:.2%}): the audit is too small to show low-FPR leakage",
         )
     return Check("min_audit_power", "pass", f"{name}: every attack rests on >= {n} non-members (>= {minimum})")

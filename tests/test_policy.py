@@ -436,3 +436,18 @@ def test_secret_randomness_required_of_dp_models_only():
                          "the seed can regenerate them; retrain with secret randomness"]
     plain = evaluate_policy(res, policy, model="non_dp")[0]
     assert [c.status for c in plain.checks] == ["not measured"] and plain.passed
+
+
+def test_tpr_limit_on_too_few_non_members_is_not_measured_unless_exceeded():
+    """With 50 non-members the TPR at 1% FPR is the TPR at FPR 0, a lower bound: above the limit it fails,
+    below it shows nothing."""
+    res = make_results()
+    dp = res.models["dp"]
+    policy = Policy(max_tpr_at_1pct_fpr=0.10, min_audit_power=100)
+    for tpr, status in ((0.05, "not measured"), (0.5, "fail")):
+        model = dp.model_copy(update={"mia": {"loss": _attack(tpr, n_non=50)}})
+        checks = evaluate_policy(res.model_copy(update={"models": {"dp": model}}), policy)[0].checks
+        assert [c.status for c in checks] == [status, "fail"], tpr
+    zero = dp.model_copy(update={"mia": {"loss": _attack(0.05).model_copy(update={"n_non_members": 0})}})
+    (v,) = evaluate_policy(res.model_copy(update={"models": {"dp": zero}}), Policy(min_audit_power=100))
+    assert v.reasons[0].startswith("dp: attack loss rests on 0 non-members (FPR resolution none)")
