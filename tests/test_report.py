@@ -1147,7 +1147,7 @@ def test_verdict_per_model(markdown, html):
     assert "This is evidence, not proof, that it does not leak (see Limitations)." in paragraphs["base"]
     non_dp = paragraphs["non_dp"]
     assert non_dp.startswith("**non_dp** (trained without DP): It leaks its training data.")
-    assert "the strongest attack (rmia) finds 6.0% of them while wrongly flagging 1% of held-out records" in non_dp
+    assert "the rmia attack's AUC interval lies above 0.5, and at 1% FPR it finds 6.0% of them (chance: 1%)" in non_dp
     assert "The secrets of 3 of 6 planted canaries can be extracted from it." in non_dp
     assert "It completes 6.0% of training records word for word (32 tokens from a 32-token prompt)" in non_dp
     assert "it writes out text of 25 distinct training records (40 of 800 unique samples)" in non_dp
@@ -1528,3 +1528,22 @@ def test_one_canary_within_several_guesses_is_not_a_leak_by_itself(results):
     res = res.model_copy(update={"models": {**res.models, "base": base.model_copy(update={"canaries": hit_one})}})
     finding = {f.key: f for f in model_findings(res.models["base"], res)}["canary_extraction"]
     assert finding.signal is False and "(1 of 6 within 10 guesses)" in finding.sentence
+
+
+def test_the_membership_finding_quotes_an_attack_that_shows_the_signal():
+    """The signal is an AUC interval above 0.5; the sentence names such an attack, even when another attack has
+    the higher TPR at 1% FPR (its interval including 0.5), and says nothing false when every interval is below."""
+    from leakaudit.report.findings import _mia_finding
+
+    res = make_results()
+    model = res.models["dp"]
+    loud = model.mia["rmia"].model_copy(update={"auc": 0.52, "auc_ci": (0.48, 0.56),
+                                                 "tpr_at_fpr": {"0.001": 0.01, "0.01": 0.09, "0.1": 0.2}})
+    quiet = model.mia["loss"].model_copy(update={"auc": 0.58, "auc_ci": (0.53, 0.63),
+                                                  "tpr_at_fpr": {"0.001": 0.0, "0.01": 0.02, "0.1": 0.12}})
+    f = _mia_finding(model.model_copy(update={"mia": {"rmia": loud, "loss": quiet}}))
+    assert f.signal and "the loss attack's AUC interval lies above 0.5" in f.sentence and "2.0%" in f.sentence
+    assert f.detail.startswith("loss, AUC 0.580")
+    below = quiet.model_copy(update={"auc": 0.42, "auc_ci": (0.38, 0.46)})
+    f = _mia_finding(model.model_copy(update={"mia": {"loss": below}}))
+    assert f.signal is False and "no attack's AUC interval lies above 0.5" in f.sentence

@@ -142,17 +142,20 @@ def _mia_finding(model: ModelResult) -> Finding | None:
     if best is None:
         return None
     name, r = best
+    with_ci = {a: x for a, x in model.mia.items() if x.auc_ci is not None and _ok(x.auc_ci[0])}
+    above = {a: x for a, x in with_ci.items() if x.auc_ci[0] > 0.5}
+    signal = bool(above) if with_ci else None
+    if above:  # the finding quotes an attack that shows the signal: the best of them by TPR at 1% FPR
+        name, r = max(above.items(), key=lambda kv: (_tpr_key(kv[1]) or 0.0, kv[1].auc))
     tpr, _ = _tpr(r, KEY_LEVEL, ci=True)
-    with_ci = [x for x in model.mia.values() if x.auc_ci is not None and _ok(x.auc_ci[0])]
-    signal = any(x.auc_ci[0] > 0.5 for x in with_ci) if with_ci else None
     auc = _auc(r)
     if signal:
         sentence = (
-            f"an attacker can tell its training records from others: the strongest attack ({name}) finds "
-            f"{_pct(_tpr_key(r))} of them while wrongly flagging 1% of held-out records (chance: 1%)"
+            f"an attacker can tell its training records from others: the {name} attack's AUC interval lies above "
+            f"0.5, and at 1% FPR it finds {_pct(_tpr_key(r))} of them (chance: 1%)"
         )
     elif signal is False:
-        sentence = "membership inference does no better than chance (every attack's AUC interval includes 0.5)"
+        sentence = "membership inference does no better than chance (no attack's AUC interval lies above 0.5)"
     else:
         sentence = f"the strongest membership attack ({name}) finds {_pct(_tpr_key(r))} of training records at 1% FPR"
     return Finding("mia", tpr, "1% (chance)", signal, sentence, detail=f"{name}, AUC {auc}")
