@@ -1547,3 +1547,17 @@ def test_the_membership_finding_quotes_an_attack_that_shows_the_signal():
     below = quiet.model_copy(update={"auc": 0.42, "auc_ci": (0.38, 0.46)})
     f = _mia_finding(model.model_copy(update={"mia": {"loss": below}}))
     assert f.signal is False and "no attack's AUC interval lies above 0.5" in f.sentence
+
+
+def test_a_dp_bound_violation_fails_the_guarantee_in_the_verdict_model_card_and_compliance():
+    from leakaudit.report.findings import headline
+
+    res = _with_dp_violation(make_results())
+    md = render_markdown(res)
+    dp = _verdicts(md)["dp"]
+    assert dp.startswith("**dp** (trained with DP at ε = ")
+    assert "FAILED DP GUARANTEE: the rmia attack's ROC (and 1 other attack) lies above TPR ≤ e^ε·FPR + δ" in dp
+    assert headline(res, "dp")["dp_guarantee_failed"] is True
+    assert headline(make_results(), "dp")["dp_guarantee_failed"] is False
+    compliance = md[md.index("## Compliance"):]
+    assert "Membership inference (" in compliance and "): ROC above TPR ≤ e^ε·FPR + δ" in compliance

@@ -131,8 +131,10 @@ def _model_evidence(
             continue
         if f.inconclusive:
             inconclusive.append(f"{_lower(f.label)} ({f.detail})" if f.detail else _lower(f.label))
-        elif f.failed:
+        elif f.failed and f.key == "empirical":
             failed.append(f"{f.label} {f.value}, above the accountant's ε")
+        elif f.failed:  # an attack's ROC above the DP bound
+            failed.append(f"{f.label} ({f.value}): ROC above TPR ≤ e^ε·FPR + δ")
         elif f.signal:
             above.append(f"{_lower(f.label)} ({f.value})")
         elif f.signal is False:

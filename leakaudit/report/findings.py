@@ -109,7 +109,8 @@ class Finding:
     """A plain clause for the verdict."""
     detail: str = ""
     failed: bool = False
-    """Only for the empirical ε: the bound exceeds the accountant's ε."""
+    """The DP guarantee is contradicted: the empirical ε bound exceeds the accountant's ε, or an attack's ROC
+    lies above the DP bound."""
     inconclusive: bool = False
     """The attack could not tell either way (an extraction search that completed no guess): neither a leak nor
     its absence; ``signal`` is None."""
@@ -158,7 +159,21 @@ def _mia_finding(model: ModelResult) -> Finding | None:
         sentence = "membership inference does no better than chance (no attack's AUC interval lies above 0.5)"
     else:
         sentence = f"the strongest membership attack ({name}) finds {_pct(_tpr_key(r))} of training records at 1% FPR"
+    violated = dp_bound_violations(model)
+    if violated:  # the DP guarantee itself is contradicted: that comes first, in the verdict and everywhere
+        n_other = len(violated) - 1
+        others = f" (and {n_other} other attack{'s' if n_other > 1 else ''})" if n_other else ""
+        sentence = (
+            f"{FAILED_DP}: the {violated[0]} attack's ROC{others} lies above TPR ≤ e^ε·FPR + δ (ε = "
+            f"{_f(model.privacy.epsilon, '.2f')}) beyond sampling error; " + sentence
+        )
+        return Finding("mia", tpr, "1% (chance)", True, sentence, detail=f"{name}, AUC {auc}", failed=True)
     return Finding("mia", tpr, "1% (chance)", signal, sentence, detail=f"{name}, AUC {auc}")
+
+
+def dp_bound_violations(model: ModelResult) -> list[str]:
+    """Attacks whose ROC contradicts the model's DP guarantee beyond sampling error."""
+    return sorted(a for a, x in model.mia.items() if x.dp_bound is not None and x.dp_bound.violated)
 
 
 def canary_extraction_counts(model: ModelResult) -> tuple[tuple[int, int], tuple[int, int]] | None:
@@ -571,7 +586,8 @@ def headline(results: Results, name: str) -> dict[str, Any]:
         "empirical_epsilon_lower_bound": emp.eps_lower_bound if emp else None,
         "empirical_method": emp.method if emp else None,
         "empirical_alpha": emp.alpha if emp else None,
-        "dp_guarantee_failed": any(e.exceeds_accountant for e in model.empirical_privacy),
+        "dp_guarantee_failed": any(e.exceeds_accountant for e in model.empirical_privacy)
+        or bool(dp_bound_violations(model)),
     }
 
 
