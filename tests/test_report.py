@@ -1474,7 +1474,7 @@ def test_findings_without_intervals_are_shown_untested():
     md = render_markdown(res.model_copy(update={"models": models}))
     verdict = _section(md, "### Verdict", "### Key figures")
     assert (
-        "Shown without a test against its baseline (no interval recorded): the strongest membership attack (zlib)"
+        "Shown without a test against a baseline: the strongest membership attack (zlib)"
         in (verdict)
     )
     assert "the largest exposure of a planted secret is 1.20 bits (max 1.10 bits never inserted)" in verdict
@@ -1561,3 +1561,19 @@ def test_a_dp_bound_violation_fails_the_guarantee_in_the_verdict_model_card_and_
     assert headline(make_results(), "dp")["dp_guarantee_failed"] is False
     compliance = md[md.index("## Compliance"):]
     assert "Membership inference (" in compliance and "): ROC above TPR ≤ e^ε·FPR + δ" in compliance
+
+
+def test_findings_without_a_baseline_say_so_instead_of_no_leak():
+    from leakaudit.report.findings import _memorization_finding, _pii_reconstruction_finding
+
+    res = make_results()
+    model = res.models["non_dp"]
+    m = model.memorization[0]
+    no_held = m.model_copy(update={"non_members": m.non_members.model_copy(
+        update={"n_records": 0, "exact_matches": 0, "exact_match_rate": 0.0})})
+    f = _memorization_finding(model.model_copy(update={"memorization": [no_held]}))
+    assert f.signal is None and "0 held-out records were tested, so there is no baseline" in f.sentence
+    assert "does not complete" not in f.sentence
+    rec = model.pii_reconstruction["members"].model_copy(update={"n_queries": 0})
+    f = _pii_reconstruction_finding(model.model_copy(update={"pii_reconstruction": {"members": rec}}))
+    assert f.signal is None and "was not measured" in f.sentence and "does not pick" not in f.sentence

@@ -390,7 +390,12 @@ def _memorization_finding(model: ModelResult) -> Finding | None:
     if _ok(mem.approx_match_rate):
         value += f", {_pct(mem.approx_match_rate)} approximate"
         baseline += f" ({_pct(non.approx_match_rate)} approximate)"
-    if exact_p < SIGNIFICANCE:
+    if signal is None:  # one side tested no record: no comparison can be made
+        sentence = (
+            f"it completes {_pct(mem.exact_match_rate)} of {mem.n_records:,} training records word for word; "
+            f"{non.n_records:,} held-out records were tested, so there is no baseline to compare with"
+        )
+    elif exact_p < SIGNIFICANCE:
         sentence = (
             f"it completes {_pct(mem.exact_match_rate)} of training records word for word ({m.n} tokens from a "
             f"{m.k}-token prompt) against {_pct(non.exact_match_rate)} of held-out ones"
@@ -466,6 +471,8 @@ def _pii_reconstruction_finding(model: ModelResult) -> Finding | None:
             f"with a training record's {mem.pii_type} masked, it picks the true value among {mem.n_candidates:,} "
             f"candidates {_pct(mem.top1_accuracy)} of the time ({baseline})"
         )
+    elif signal is None:
+        sentence = f"no training record holding a {mem.pii_type} was queried, so reconstruction was not measured"
     else:
         sentence = f"it does not pick a training record's masked {mem.pii_type} more often than for held-out records"
     return Finding("pii_reconstruction", value, baseline, signal, sentence, detail=detail)
@@ -541,7 +548,7 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str
         parts.append("Inconclusive: " + "; ".join(inconclusive) + ".")
     unclear = [f.sentence for f in findings if f.signal is None and not f.inconclusive]
     if unclear:
-        parts.append("Shown without a test against its baseline (no interval recorded): " + "; ".join(unclear) + ".")
+        parts.append("Shown without a test against a baseline: " + "; ".join(unclear) + ".")
     if not findings:
         parts.append("No leakage measurement was recorded for this model.")
     eps = model.privacy.epsilon
