@@ -1376,7 +1376,10 @@ def test_compliance_section(markdown, html):
     assert "very small" in comp and "insignificant" in comp and "membership and attribute inference" in comp
     edpb = _section(comp, "### EDPB", "### HIPAA")
     assert "- **non_dp** (leakage measured): Above its baseline: membership inference (6.0% [4.0%, 9.0%]);" in edpb
-    assert "- **base** (no leakage measured): At its baseline (no leak found by these attacks): membership " in edpb
+    # the base model's "other records' secrets" was not measured: the status and a line say so
+    assert ("- **base** (no leakage measured in what was run): At its baseline (no leak found by these attacks): "
+            "membership ") in edpb
+    assert "Not measured in this audit: other records' secrets." in edpb
     gdpr = _section(comp, "### GDPR", "### EDPB")
     assert "- **dp** (leakage measured): Safeguard: DP-SGD at ε = 7.98, δ = 1.0e-05 (prv accountant)." in gdpr
     assert "- Audit record: configuration: sha256 aaaaaaaaaaaa, seed 7; data: members.jsonl bbbbbbbbbbbb" in gdpr
@@ -1577,3 +1580,16 @@ def test_findings_without_a_baseline_say_so_instead_of_no_leak():
     rec = model.pii_reconstruction["members"].model_copy(update={"n_queries": 0})
     f = _pii_reconstruction_finding(model.model_copy(update={"pii_reconstruction": {"members": rec}}))
     assert f.signal is None and "was not measured" in f.sentence and "does not pick" not in f.sentence
+
+
+def test_a_proven_loss_within_the_dp_claim_is_neither_a_leak_nor_no_leak():
+    md = render_markdown(make_results())
+    dp = _verdicts(md)["dp"]
+    assert "The measurements prove a privacy loss of at least ε = 0.80, within the ε = 7.98 its DP training " \
+           "claims." in dp
+    assert "empirical ε" not in dp.split("No leak beyond the baseline in")[1].split(".")[0]
+    gdpr = _section(md[md.index("## Compliance"):], "### GDPR", "### EDPB")
+    assert "empirical ε (ε ≥ 0.80, within the accountant ε = 7.98)" in gdpr
+    dp_row = next(line for line in gdpr.splitlines() if line.startswith("- **dp**"))
+    at_baseline = dp_row.split("At its baseline (no leak found by these attacks): ")[1].split(".")[0]
+    assert "empirical" not in at_baseline

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from leakaudit.report.findings import FAILED_DP, Finding
+from leakaudit.report.findings import FAILED_DP, FINDINGS, Finding
 from leakaudit.report.formatting import _dp_settings, _lower
 
 NOT_LEGAL_ADVICE = (
@@ -129,7 +129,9 @@ def _model_evidence(
         f = next((x for x in findings if x.key == key), None)
         if f is None:
             continue
-        if f.inconclusive:
+        if f.within_claim:  # a proven loss within the DP claim: not "at its baseline"
+            untested.append(f"{_lower(f.label)} ({f.value}, within the {f.baseline})")
+        elif f.inconclusive:
             inconclusive.append(f"{_lower(f.label)} ({f.detail})" if f.detail else _lower(f.label))
         elif f.failed and f.key == "empirical":
             failed.append(f"{f.label} {f.value}, above the accountant's ε")
@@ -173,6 +175,10 @@ def compliance(
                 lines.append("At its baseline (no leak found by these attacks): " + ", ".join(at) + ".")
             if untested:
                 lines.append("Measured without a test against its baseline: " + "; ".join(untested) + ".")
+            measured = {f.key for f in findings.get(name, [])}
+            missing = [_lower(FINDINGS[k][0]) for k in fw.keys if k not in measured]
+            if missing and (failed or above or at or untested or inconclusive):
+                lines.append("Not measured in this audit: " + ", ".join(missing) + ".")
             if inconclusive:
                 lines.append(
                     "Inconclusive (the attack found nothing either way, which is not evidence of no leak): "
@@ -183,7 +189,7 @@ def compliance(
             elif above:
                 status = "leakage measured"
             elif at:
-                status = "no leakage measured"
+                status = "no leakage measured" if not missing else "no leakage measured in what was run"
             elif untested:
                 status = "not tested against a baseline"
             elif inconclusive:

@@ -111,6 +111,9 @@ class Finding:
     failed: bool = False
     """The DP guarantee is contradicted: the empirical ε bound exceeds the accountant's ε, or an attack's ROC
     lies above the DP bound."""
+    within_claim: bool = False
+    """Only for the empirical ε: a positive lower bound at or below the accountant's ε (a proven privacy loss
+    that the DP guarantee allows: neither a leak beyond it nor "no leak")."""
     inconclusive: bool = False
     """The attack could not tell either way (an extraction search that completed no guess): neither a leak nor
     its absence; ``signal`` is None."""
@@ -503,8 +506,9 @@ def _empirical_finding(model: ModelResult) -> Finding | None:
         sentence = f"the measurements prove a privacy loss of at least ε = {_f(e.eps_lower_bound, '.2f')}"
         if accountant is not None:
             sentence += f", within the ε = {_f(accountant, '.2f')} its DP training claims"
-        return Finding("empirical", value, baseline, True if accountant is None else False, sentence, detail=detail)
-    sentence = "the empirical privacy audit proves no privacy loss"
+        return Finding("empirical", value, baseline, True if accountant is None else False, sentence, detail=detail,
+                       within_claim=accountant is not None)
+    sentence = "the empirical privacy audit proves no privacy loss above ε = 0 (its lower bound is 0)"
     return Finding("empirical", value, baseline, False, sentence, detail=detail)
 
 
@@ -528,7 +532,8 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str
     """A short plain-language paragraph: what leaked, what did not, and a failed DP guarantee first."""
     failed = [f for f in findings if f.failed]
     leaks = [f for f in findings if f.signal and not f.failed]
-    quiet = [_lower(f.label) for f in findings if f.signal is False]
+    quiet = [_lower(f.label) for f in findings if f.signal is False and not f.within_claim]
+    within = [_sentence(f.sentence) for f in findings if f.within_claim]
     inconclusive = [f.sentence for f in findings if f.inconclusive]
     parts = []
     if failed:
@@ -544,6 +549,7 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str
             f"No leakage detected: none of the {n} measurement{'s' if n != 1 else ''} ({_join(quiet)}) exceeds "
             "its baseline beyond sampling error. This is evidence, not proof, that it does not leak (see Limitations)."
         )
+    parts += within  # a proven loss the DP guarantee allows: said as such, never as "no leak"
     if inconclusive:
         parts.append("Inconclusive: " + "; ".join(inconclusive) + ".")
     unclear = [f.sentence for f in findings if f.signal is None and not f.inconclusive]
