@@ -254,12 +254,14 @@ def _check_extracted(name: str, m: dict) -> Check:
     found = [c.get("extraction_guesses_found") for c in searched if c.get("extracted") is not None]
     empty = sum(f == 0 for f in found)  # best-first searches that completed no secret: they measured nothing
     beam = any(c.get("extracted_beam") is not None for c in searched)  # a beam search always completes
-    if found and empty == len(found) and not beam:
+    found_inserted = [c.get("extraction_guesses_found") for c in searched
+                      if c.get("extracted") is not None and c.get("inserted")]
+    if found_inserted and all(f == 0 for f in found_inserted) and not beam:  # the inserted canaries decide
         return Check(
             "allow_extracted_canaries",
             "not measured",
             f"{name}: canary extraction inconclusive: the search found no complete secret within its budget for "
-            f"any of {len(searched)} canaries",
+            f"any of the {len(found_inserted)} inserted canaries",
         )
     note = ""
     if found and empty == len(found):

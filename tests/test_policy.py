@@ -382,10 +382,20 @@ def test_extraction_that_completed_no_secret_is_not_a_pass():
     res = _guesses(make_results(), "dp", {}, found=0)
     check = evaluate_policy(res, policy, model="dp")[0].checks[0]
     assert check.status == "not measured"
+    n_inserted = sum(c.inserted for c in res.models["dp"].canaries)
     assert check.message == (
-        "dp: canary extraction inconclusive: the search found no complete secret within its budget for any of 3 "
-        "canaries"
+        "dp: canary extraction inconclusive: the search found no complete secret within its budget for any of the "
+        f"{n_inserted} inserted canaries"
     )
+    # only a reference canary's search completed a secret: still inconclusive (the inserted canaries decide)
+    one_ref = [c.model_copy(update={"extraction_guesses_found": 1}) if not c.inserted else c
+               for c in res.models["dp"].canaries]
+    assert any(not c.inserted for c in one_ref)
+    ref_only = res.model_copy(update={"models": {"dp": res.models["dp"].model_copy(update={"canaries": one_ref})}})
+    assert evaluate_policy(ref_only, policy, model="dp")[0].checks[0].status == "not measured"
+    from leakaudit.report.canaries import extraction_inconclusive
+
+    assert extraction_inconclusive(ref_only.models["dp"])
     # a beam search always completes: its negative is a measurement
     res.models["dp"].canaries = [c.model_copy(update={"extracted_beam": False}) for c in res.models["dp"].canaries]
     check = evaluate_policy(res, policy, model="dp")[0].checks[0]

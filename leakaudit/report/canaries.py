@@ -390,8 +390,14 @@ def extraction_inconclusive(model: ModelResult) -> bool:
     """Whether every best-first search of the model found no complete secret within its budget and no beam search
     ran: its misses say nothing, neither leak nor its absence.  (A beam search always completes a secret, so
     when it ran the extraction was measured, by it; the release gate reads it the same way.)"""
+    if _beam_counts(model):
+        return False
+    if model.canaries:  # decided over the inserted canaries: a reference canary's completed search shows nothing
+        found = [c.extraction_guesses_found for c in model.canaries
+                 if c.inserted and c.extracted is not None and c.extraction_guesses_found is not None]
+        return bool(found) and all(f == 0 for f in found)
     counts = no_guess_counts(model)
-    return counts is not None and counts[1] > 0 and counts[0] == counts[1] and not _beam_counts(model)
+    return counts is not None and counts[1] > 0 and counts[0] == counts[1]
 
 
 def search_budget(model: ModelResult) -> int | None:
