@@ -1184,7 +1184,7 @@ def test_findings_table(markdown, html):
     assert "| 3/6 inserted canaries; baseline: 0/3 never-inserted canaries ▲ |" in rows["Canary extraction"]
     assert "| — |" in rows["Untargeted extraction"]  # not run on the base model
     assert (
-        "| 1 training record (1 of 950 unique samples); baseline: 1 sample matches held-out records only |"
+        "| 1 training record (1 of 950 unique samples); baseline: 1 sample matches held-out records |"
         in rows["Untargeted extraction"]
     )
     assert (
@@ -1214,7 +1214,7 @@ def test_memorization_section(markdown, html):
 def test_untargeted_section(markdown):
     u = _section(markdown, "## Untargeted extraction", "## PII extraction")
     assert "| distinct training records reproduced | — | 25 | 1 |" in u
-    assert "| baseline: match held-out records only | — | 2 | 1 |" in u
+    assert "| baseline: match held-out records | — | 2 | 1 |" in u
     assert "| unique after removing near duplicates | — | 800 | 950 |" in u
     assert "| reproduce training text (not in the public corpus) | — | 40 | 1 |" in u
     assert "| samples generated | — | 1,000 × 64 tokens | 1,000 × 64 tokens |" in u
@@ -1593,3 +1593,18 @@ def test_a_proven_loss_within_the_dp_claim_is_neither_a_leak_nor_no_leak():
     dp_row = next(line for line in gdpr.splitlines() if line.startswith("- **dp**"))
     at_baseline = dp_row.split("At its baseline (no leak found by these attacks): ")[1].split(".")[0]
     assert "empirical" not in at_baseline
+
+
+def test_untargeted_finding_tests_against_its_baseline():
+    from leakaudit.report.findings import _untargeted_finding
+
+    model = make_results().models["non_dp"]
+    u = model.untargeted_extraction
+
+    def finding(memorized, held):
+        return _untargeted_finding(model.model_copy(update={"untargeted_extraction": u.model_copy(update={
+            "n_memorized": memorized, "n_training_records_reproduced": memorized, "n_non_member_matches": held,
+            "n_unique": 950})}))
+
+    assert finding(1, 0).signal is False  # one sample against none: within sampling error
+    assert finding(40, 0).signal is True and finding(40, 35).signal is False

@@ -239,7 +239,9 @@ class UntargetedExtraction(_Model):
     n_training_records_reproduced: int = Field(description="Distinct training records those samples came from.")
     n_in_public: int = Field(default=0, description="Unique samples matching the public corpus (not counted).")
     n_non_member_matches: int = Field(
-        default=0, description="Baseline: unique samples matching held-out records only (chance and template)."
+        default=0,
+        description="Baseline: unique samples matching held-out records (the test as for training text: chance "
+        "and template).",
     )
     precision_at_k: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="Ranking metric -> {k: fraction of the top k that is memorized}."

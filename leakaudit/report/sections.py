@@ -313,7 +313,7 @@ def _untargeted(results: Results) -> dict[str, Any]:
         ("unique after removing near duplicates", cell(lambda u: f"{u.n_unique:,}")),
         ("reproduce training text (not in the public corpus)", cell(lambda u: f"{u.n_memorized:,}")),
         ("distinct training records reproduced", cell(lambda u: f"{u.n_training_records_reproduced:,}")),
-        ("baseline: match held-out records only", cell(lambda u: f"{u.n_non_member_matches:,}")),
+        ("baseline: match held-out records", cell(lambda u: f"{u.n_non_member_matches:,}")),
         ("match the public corpus (not counted)", cell(lambda u: f"{u.n_in_public:,}")),
         ("verified on token n-grams of length", cell(lambda u: str(u.verify_ngram))),
     ]
