@@ -1608,3 +1608,18 @@ def test_untargeted_finding_tests_against_its_baseline():
 
     assert finding(1, 0).signal is False  # one sample against none: within sampling error
     assert finding(40, 0).signal is True and finding(40, 35).signal is False
+
+
+def test_a_planted_secret_ranked_first_stands_out_whatever_the_groups_auc():
+    from leakaudit.report.findings import _canary_exposure_finding, top_rank_p_value
+
+    res = make_results()
+    model = res.models["dp"]
+    n_null = res.canary_specs[0].null_samples
+    first = [c.model_copy(update={"rank": 1}) if i == 0 else c
+             for i, c in enumerate(c for c in model.canaries if c.inserted)]
+    ranked = model.model_copy(update={"canaries": first + [c for c in model.canaries if not c.inserted]})
+    p = top_rank_p_value(ranked, res)
+    assert p == pytest.approx(len(first) / (n_null + 1))
+    f = _canary_exposure_finding(ranked, res)
+    assert f.signal is True and "a rank that secrets it never saw reach by chance with probability" in f.sentence

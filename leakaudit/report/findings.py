@@ -357,13 +357,32 @@ def _canary_exposure_finding(model: ModelResult, results: Results) -> Finding | 
         signal = unit.auc_ci[0] > 0.5
         detail = f"inserted vs never-inserted AUC {_auc(unit)}"
     value = "max " + _exposure_value(top)
-    if signal:
+    p_rank = top_rank_p_value(model, results)
+    if p_rank is not None and p_rank < SIGNIFICANCE and not signal:
+        # one planted secret ranked too high for chance, though the groups' AUC does not separate
+        signal = True
+        sentence = (f"it makes a planted secret stand out: {_exposure_value(top)} of exposure, a rank that secrets "
+                    f"it never saw reach by chance with probability {p_rank:.2g}")
+    elif signal:
         sentence = f"it makes planted secrets stand out: up to {_exposure_value(top)} of exposure"
     elif signal is False:
         sentence = f"planted secrets do not stand out from never-inserted ones (max exposure {_exposure_value(top)})"
     else:
         sentence = f"the largest exposure of a planted secret is {_exposure_value(top)} ({baseline})"
     return Finding("canary_exposure", value, baseline, signal, sentence, detail=detail)
+
+
+def top_rank_p_value(model: ModelResult, results: Results) -> float | None:
+    """Chance that a model which never saw the inserted canaries ranks one of them as high as the best did.
+
+    A canary's rank among its N null secrets is uniform on 1..N+1 for a model that never saw it, so
+    P(rank <= r) = r / (N + 1); over n inserted canaries (union bound) at most n r / (N + 1).
+    """
+    nulls = {s.name: s.null_samples for s in results.canary_specs}
+    ins = [c for c in model.canaries if c.inserted and c.rank and c.spec in nulls]
+    if not ins:
+        return None
+    return min(1.0, min(len(ins) * c.rank / (nulls[c.spec] + 1) for c in ins))
 
 
 def memorization_p_values(m: MemorizationResult) -> tuple[float, float]:
