@@ -160,11 +160,11 @@ def score_model(
         "canaries": [stable_hash(m.model_dump(mode="json")) for m in manifests],
         "lowercase": lowercase,
         "neighbours": n_neighbours,
-        "seed": seed,
-        "exact_max": exact_max,
-        "extraction_budget": extraction_budget,
-        "extraction_guesses": extraction_guesses,
-        "beam_width": beam_width,
+        "seed": seed if n_neighbours else None,  # the seed only draws the neighbours
+        # the exposure and search settings matter only when fixed-design canaries are scored (a reference
+        # model is scored with the one-run canaries alone: its stage is then the same for every search budget)
+        "search": [exact_max, extraction_budget, extraction_guesses, beam_width]
+        if any(m.spec.design == "fixed" for m in manifests) else None,
         "exposure_version": 4,  # 4: skew-normal counts inserted secrets and their neighbourhood exactly
         "dtype": dtype_name(dtype),
     }
