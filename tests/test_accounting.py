@@ -72,7 +72,7 @@ def _dp_record(tokenizer, texts, dp: DPSettings):
 
 @pytest.mark.parametrize("accountant", ["rdp", "prv"])
 def test_recorded_epsilon_recomputed_independently(accountant, tokenizer, texts):
-    rec = _dp_record(tokenizer, texts, DPSettings(target_epsilon=3.0, accountant=accountant))
+    rec = _dp_record(tokenizer, texts, DPSettings(randomness="seeded", target_epsilon=3.0, accountant=accountant))
     assert rec.accountant == accountant and rec.steps == 16 and rec.sample_rate == pytest.approx(1 / 8)
     assert rec.delta == pytest.approx(min(1e-5, 1 / (10 * len(texts))))
     assert rec.epsilon == pytest.approx(3.0, rel=0.02) and rec.epsilon <= 3.0 + 1e-6
@@ -85,6 +85,7 @@ def test_recorded_epsilon_recomputed_independently(accountant, tokenizer, texts)
 
 
 def test_noise_multiplier_path_reports_the_accountants_epsilon(tokenizer, texts):
-    rec = _dp_record(tokenizer, texts, DPSettings(noise_multiplier=1.3, delta=1e-6, accountant="prv"))
+    dp = DPSettings(randomness="seeded", noise_multiplier=1.3, delta=1e-6, accountant="prv")
+    rec = _dp_record(tokenizer, texts, dp)
     assert rec.noise_multiplier == 1.3 and rec.delta == 1e-6 and rec.steps == 16
     assert rec.epsilon == pytest.approx(dpa_pld(1.3, rec.sample_rate, rec.steps, 1e-6), rel=0.03)

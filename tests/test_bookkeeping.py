@@ -148,7 +148,7 @@ def test_bookkeeping_trains_lora_and_tied_models_that_then_generate(arch, lora, 
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = TrainSettings(epochs=1, batch_size=8, lr=5e-3, max_length=128, lora=LoraSettings(r=2) if lora else None)
     losses = []
-    dp = DPSettings(target_epsilon=8.0, grad_sample_mode="bookkeeping")
+    dp = DPSettings(randomness="seeded", target_epsilon=8.0, grad_sample_mode="bookkeeping")
     rec = train_model(model, tokenizer, texts, settings, dp=dp, progress=lambda s, t, loss: losses.append(loss))
     assert rec.steps == 4 and rec.epsilon == pytest.approx(8.0, rel=0.05) and all(map(math.isfinite, losses))
     changed = [k for k, v in model.state_dict().items() if not torch.equal(before[k], v)]
@@ -170,7 +170,7 @@ def test_empty_poisson_batches_give_noise_only_steps_and_count(tokenizer, texts)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     reported = []
     rec = train_model(model, tokenizer, texts[:4], TrainSettings(steps=12, batch_size=1, max_length=32, seed=0),
-                      dp=DPSettings(noise_multiplier=1.0, grad_sample_mode="bookkeeping"),
+                      dp=DPSettings(randomness="seeded", noise_multiplier=1.0, grad_sample_mode="bookkeeping"),
                       progress=lambda s, t, loss: reported.append(s))
     assert len(reported) < 12, "no empty batch drawn with this seed"
     assert rec.steps == 12 and rec.sample_rate == 0.25

@@ -223,6 +223,7 @@ def test_train_with_bookkeeping_clipping_records_the_mode(monkeypatch, capsys, t
     assert code == 0, err
     record = json.loads((out / "privacy.json").read_text())
     assert record["grad_sample_mode"] == "bookkeeping" and record["epsilon"] == pytest.approx(8.0, rel=0.05)
+    assert record["randomness"] == "secret"  # the CLI default, for models to release
 
 
 @pytest.mark.parametrize("args, needles", [

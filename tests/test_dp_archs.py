@@ -64,7 +64,8 @@ def _check_saved_model_generates(model, tokenizer, record, out_dir):
     for k, v in model.state_dict().items():
         assert torch.equal(loaded.model.state_dict()[k], v), k
     x = torch.tensor([encode(loaded.tokenizer, ["Hello, I"])[0].ids])
-    out = loaded.model.generate(x, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    out = loaded.model.generate(x, max_new_tokens=4, min_new_tokens=4, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
     assert out.shape[1] == x.shape[1] + 4
 
 
@@ -74,7 +75,7 @@ def test_dp_full_fine_tuning(arch, tokenizer, texts, tmp_path):
     before = _snapshot(model)
     losses = []
     rec = train_model(
-        model, tokenizer, texts, SETTINGS, dp=DPSettings(noise_multiplier=1.0, max_grad_norm=1.0),
+        model, tokenizer, texts, SETTINGS, dp=DPSettings(randomness="seeded", noise_multiplier=1.0, max_grad_norm=1.0),
         progress=lambda s, t, loss: losses.append(loss),
     )
     assert losses and all(math.isfinite(x) for x in losses)
@@ -98,7 +99,7 @@ def test_dp_lora_trains_only_the_adapters(arch, tokenizer, texts, tmp_path):
     base = {n: p.detach().clone() for n, p in peft_model.named_parameters() if not p.requires_grad}
     losses = []
     rec = train_model(
-        peft_model, tokenizer, texts, SETTINGS, dp=DPSettings(noise_multiplier=1.0),
+        peft_model, tokenizer, texts, SETTINGS, dp=DPSettings(randomness="seeded", noise_multiplier=1.0),
         progress=lambda s, t, loss: losses.append(loss),
     )
     assert losses and all(math.isfinite(x) for x in losses)
@@ -121,7 +122,7 @@ def test_lora_settings_merge_in_train_model(arch, tokenizer, texts):
     before = _snapshot(model)
     head = model.get_output_embeddings().weight.detach().clone()
     settings = SETTINGS.model_copy(update={"lora": LoraSettings(r=2)})
-    train_model(model, tokenizer, texts, settings, dp=DPSettings(noise_multiplier=1.0))
+    train_model(model, tokenizer, texts, settings, dp=DPSettings(randomness="seeded", noise_multiplier=1.0))
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert set(model.state_dict()) == set(before)
     assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
@@ -173,7 +174,8 @@ def test_ghost_clipping_trains_with_padded_batches(arch, tokenizer, texts, tmp_p
     model = _tiny(tokenizer, arch)
     before = _snapshot(model)
     settings = SETTINGS.model_copy(update={"max_length": 128})  # longer than every text: padded batches
-    rec = train_model(model, tokenizer, texts, settings, dp=DPSettings(noise_multiplier=1.0, grad_sample_mode="ghost"))
+    ghost = DPSettings(randomness="seeded", noise_multiplier=1.0, grad_sample_mode="ghost")
+    rec = train_model(model, tokenizer, texts, settings, dp=ghost)
     assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
     _check_saved_model_generates(model, tokenizer, rec, tmp_path)
 
@@ -181,9 +183,9 @@ def test_ghost_clipping_trains_with_padded_batches(arch, tokenizer, texts, tmp_p
 @pytest.mark.parametrize(
     "dp",
     [
-        DPSettings(noise_multiplier=1.0, clipping="per_layer"),
-        DPSettings(noise_multiplier=1.0, clipping="adaptive"),
-        DPSettings(noise_multiplier=1.0, grad_sample_mode="functorch"),
+        DPSettings(randomness="seeded", noise_multiplier=1.0, clipping="per_layer"),
+        DPSettings(randomness="seeded", noise_multiplier=1.0, clipping="adaptive"),
+        DPSettings(randomness="seeded", noise_multiplier=1.0, grad_sample_mode="functorch"),
     ],
     ids=["per_layer", "adaptive", "functorch"],
 )
@@ -203,7 +205,7 @@ def test_empty_poisson_batches_give_noise_only_steps(mode, clipping, tokenizer, 
     monkeypatch.setattr(loop, "_noise_only_step", lambda *a: (calls.append(1), real(*a)))
     model = build_model(tokenizer, arch="llama", n_layer=1, n_embd=16, n_head=2, context=64)
     settings = TrainSettings(steps=12, batch_size=1, max_length=32, seed=0)
-    dp = DPSettings(noise_multiplier=1.0, grad_sample_mode=mode, clipping=clipping)
+    dp = DPSettings(randomness="seeded", noise_multiplier=1.0, grad_sample_mode=mode, clipping=clipping)
     rec = train_model(model, tokenizer, texts[:4], settings, dp=dp)
     assert calls, "no empty batch drawn with this seed"
     assert rec.steps == 12 and rec.sample_rate == 0.25

@@ -44,7 +44,7 @@ def test_plain_training_lowers_the_loss_on_its_data(gpt2, tokenizer, corpora):
 def test_dp_training_reaches_its_epsilon_and_the_model_generates(request, tokenizer, corpora, tmp_path, arch):
     model = copy.deepcopy(request.getfixturevalue(arch))
     texts = [r["text"] for r in corpora[0]]
-    dp = DPSettings(target_epsilon=4.0, max_grad_norm=0.5)
+    dp = DPSettings(randomness="seeded", target_epsilon=4.0, max_grad_norm=0.5)
     rec = train_model(model, tokenizer, texts, TrainSettings(epochs=1, batch_size=16, lr=1e-3), dp=dp)
     assert rec.epsilon == pytest.approx(4.0, rel=0.02) and rec.epsilon <= 4.0 + 1e-6
     assert rec.delta == pytest.approx(min(1e-5, 1 / (10 * len(texts))))
@@ -84,7 +84,7 @@ def test_matched_plain_run_takes_the_dp_runs_steps_and_batch(tokenizer, corpora)
     texts = [r["text"] for r in corpora[0][:30]]
     dp_settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, max_length=32)
     model = build_model(tokenizer, arch="llama", n_layer=1, n_embd=16, n_head=2, context=64)
-    rec = train_model(model, tokenizer, texts, dp_settings, dp=DPSettings(noise_multiplier=1.0))
+    rec = train_model(model, tokenizer, texts, dp_settings, dp=DPSettings(randomness="seeded", noise_multiplier=1.0))
     assert rec.sample_rate == pytest.approx(1 / 4) and rec.steps == 8
     plain = matched_settings(rec, len(texts), base=dp_settings)
     assert plain.steps == 8 and plain.batch_size == 8 and plain.lr == dp_settings.lr  # round(30 / 4)
@@ -147,7 +147,7 @@ def test_a_batch_of_one_trains_without_nan(gpt2, tokenizer, corpora):
     for mode in ("hooks", "bookkeeping"):
         model = copy.deepcopy(gpt2)
         train_model(model, tokenizer, texts, TrainSettings(steps=3, batch_size=1, lr=1e-3, max_length=32),
-                    dp=DPSettings(noise_multiplier=1.0, grad_sample_mode=mode))
+                    dp=DPSettings(randomness="seeded", noise_multiplier=1.0, grad_sample_mode=mode))
         assert all(torch.isfinite(p).all() for p in model.parameters()), mode
 
 
