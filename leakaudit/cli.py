@@ -422,6 +422,9 @@ def audit(
 
     models = named(model, "--model")
     refs = named(reference or [], "--reference")
+    clash = sorted(set(models) & set(refs))
+    if clash:  # the reference would silently be the audited model's own scores
+        raise LeakauditError(f"--reference {clash[0]}: the same name as a --model; name it apart (NAME=DIR)")
     if shadows and (shadows % 2 or shadows < 4):
         raise LeakauditError(f"--shadows must be an even number >= 4 (got {shadows})")
     if shadows and shadow_base is None:

@@ -309,3 +309,11 @@ def test_demo_names_the_flag_that_set_a_bad_value(monkeypatch, capsys, tmp_path)
     code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--config", cfg, "--out", tmp_path / "d")
     _assert_clean_error(code, err, "c.yaml: field 'shadows'")
     assert not (tmp_path / "d").exists()
+
+
+def test_a_reference_named_like_an_audited_model_is_refused(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--reference",
+                       f"m={tiny_model_dir}", "--members", corpus[0], "--non-members", corpus[1],
+                       "--out", tmp_path / "r")
+    _assert_clean_error(code, err, "--reference m: the same name as a --model")
+    assert not (tmp_path / "r").exists()
