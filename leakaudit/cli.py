@@ -282,13 +282,12 @@ def train(
         _positive(max_grad_norm, "--max-grad-norm")
         if delta is not None and not 0 < delta < 1:
             raise LeakauditError(f"--delta must lie in (0, 1) (got {delta:g})")
-        if accountant not in ("prv", "rdp"):
-            raise LeakauditError(f"--accountant: expected prv or rdp (got '{accountant}')")
-        modes = get_args(DPSettings.model_fields["grad_sample_mode"].annotation)
-        if grad_sample_mode not in modes:
-            raise LeakauditError(f"--grad-sample-mode: expected one of {', '.join(modes)} (got '{grad_sample_mode}')")
-        if dp_randomness not in ("secret", "seeded"):
-            raise LeakauditError(f"--dp-randomness: expected secret or seeded (got '{dp_randomness}')")
+        for flag, name, value in (("--accountant", "accountant", accountant),
+                                  ("--grad-sample-mode", "grad_sample_mode", grad_sample_mode),
+                                  ("--dp-randomness", "randomness", dp_randomness)):
+            choices = get_args(DPSettings.model_fields[name].annotation)  # the settings' own Literal
+            if value not in choices:
+                raise LeakauditError(f"{flag}: expected one of {', '.join(choices)} (got '{value}')")
         dp_settings = DPSettings(
             target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
             grad_sample_mode=grad_sample_mode, randomness=dp_randomness,
@@ -527,8 +526,8 @@ def experiment(
     exp = load_experiment(file)
     if cluster is not None and cluster not in ("slurm", "local"):
         raise LeakauditError(f"--cluster: expected slurm or local (got '{cluster}')")
-    if max_minutes is not None and not max_minutes > 0:
-        raise LeakauditError(f"--max-minutes must be > 0 (got {max_minutes:g})")
+    if max_minutes is not None:
+        _positive(max_minutes, "--max-minutes")
     _check_device(exp.base.device)
     out = out or Path("runs") / "experiments" / exp.config.name
     ex = make_executor(executor, exp, out, jobs=jobs, cluster=cluster)

@@ -503,7 +503,7 @@ def run_cell(task: CellTask) -> dict:
         "train_seconds": read_json(model_dir / "timing.json")["train_seconds"],
         "audit_seconds": round(time.perf_counter() - t0, 2),
         "device": device_name(device), "run_dir": str(cdir.relative_to(out)),
-        "base_sha256": _weights_sha256(base_dir),
+        "base_sha256": sinfo.get("base_sha256") or _weights_sha256(base_dir),  # older seed.json: none recorded
     })
     write_json(cdir / "cell.json", {"key": key, "metrics": row})
     return row
@@ -583,13 +583,16 @@ class Budget:
     cut off inside one; what was not started is left for the next run.
     """
 
-    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic,
+                 then: dict[str, tuple[str, ...]] | None = None):
         self.clock = clock
         self.deadline = clock() + seconds
         self.longest: dict[str, float] = {}
+        self.then = then or {}  # kinds of task that must fit after one of a kind (a seed: one of its cells)
 
-    def allows(self, *kinds: str) -> bool:
-        """Is there time for one more task of each kind (at the longest seen so far)?"""
+    def allows(self, kind: str) -> bool:
+        """Is there time for one more task of this kind and those that must follow it (at the longest so far)?"""
+        kinds = (kind, *self.then.get(kind, ()))
         return self.clock() + sum(self.longest.get(k, 0.0) for k in kinds) < self.deadline
 
     def record(self, kind: str, seconds: float) -> None:
@@ -788,7 +791,7 @@ def run_experiment(
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     executor = executor or LocalExecutor()
-    budget = Budget(max_seconds) if max_seconds is not None else None
+    budget = Budget(max_seconds, then={"prepare_seed": ("run_cell",)}) if max_seconds is not None else None
     log = EventLog(out, echo)
     t0 = time.perf_counter()
     write_text_atomic(out / "experiment.yaml", yaml.safe_dump(_resolved(exp), sort_keys=False))
@@ -815,11 +818,6 @@ def run_experiment(
     ran: list[str] = []
     for group in groups:
         prep = [s for s in group if s in todo_seeds]
-        if prep and budget is not None and not budget.allows("prepare_seed", "run_cell"):
-            for s in prep:
-                log("task_not_started", f"seed {s}: not started, the time budget is spent (run again to continue)",
-                    task=f"seed {s}")
-            continue
         if prep:
             outcomes = executor.map(prepare_seed, [SeedTask(exp, str(out), s) for s in prep],
                                     [f"seed {s}: data, canaries, base model" for s in prep], log, budget)

@@ -37,7 +37,7 @@ from leakaudit.report.formatting import (
     _plural,
     _sentence,
 )
-from leakaudit.report.mia import KEY_LEVEL, _auc, _tpr, _tpr_key, best_attack
+from leakaudit.report.mia import KEY_LEVEL, _auc, _tpr, _tpr_key, best_attack, dp_bound_violations
 from leakaudit.report.schema import EmpiricalPrivacy, MemorizationResult, ModelResult, Results
 from leakaudit.report.stats import binomial_greater, fisher_greater, wilson
 
@@ -162,7 +162,7 @@ def _mia_finding(model: ModelResult) -> Finding | None:
         sentence = "membership inference does no better than chance (no attack's AUC interval lies above 0.5)"
     else:
         sentence = f"the strongest membership attack ({name}) finds {_pct(_tpr_key(r))} of training records at 1% FPR"
-    violated = dp_bound_violations(model)
+    violated = sorted(dp_bound_violations(model))
     if violated:  # the DP guarantee itself is contradicted: that comes first, in the verdict and everywhere
         n_other = len(violated) - 1
         others = f" (and {n_other} other attack{'s' if n_other > 1 else ''})" if n_other else ""
@@ -173,10 +173,6 @@ def _mia_finding(model: ModelResult) -> Finding | None:
         return Finding("mia", tpr, "1% (chance)", True, sentence, detail=f"{name}, AUC {auc}", failed=True)
     return Finding("mia", tpr, "1% (chance)", signal, sentence, detail=f"{name}, AUC {auc}")
 
-
-def dp_bound_violations(model: ModelResult) -> list[str]:
-    """Attacks whose ROC contradicts the model's DP guarantee beyond sampling error."""
-    return sorted(a for a, x in model.mia.items() if x.dp_bound is not None and x.dp_bound.violated)
 
 
 def canary_extraction_counts(model: ModelResult) -> tuple[tuple[int, int], tuple[int, int]] | None:

@@ -90,6 +90,11 @@ def _dp_params(check: Any) -> str:
     return f"ε = {_f(check.epsilon, '.2f')}, δ = {_f(check.delta, '.1e')}"
 
 
+def dp_bound_violations(model: ModelResult) -> list[str]:
+    """Attacks whose ROC contradicts the model's DP guarantee beyond sampling error (in the results' order)."""
+    return [a for a, r in model.mia.items() if r.dp_bound is not None and r.dp_bound.violated]
+
+
 def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
     """The DP bound verdict of a model's per-sequence attacks; None for a model trained without DP."""
     checks = {a: r.dp_bound for a, r in model.mia.items() if r.dp_bound is not None}
@@ -106,7 +111,7 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
     params = _dp_params(next(iter(checks.values())))
     excess = {a: c.max_excess for a, c in checks.items() if _ok(c.max_excess)}
     worst = max(excess, key=lambda a: excess[a]) if excess else None
-    violators = [a for a, c in checks.items() if c.violated]
+    violators = dp_bound_violations(model)
     if violators:
         verb = "exceeds" if len(violators) == 1 else "exceed"
         largest = f" (largest excess {excess[worst]:.3f}, {worst})" if worst is not None else ""
