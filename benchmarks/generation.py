@@ -56,10 +56,11 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     """GPU milliseconds of one decoding step's parts, from the decoder the last call left captured.
 
     ``graph_replay_<n>``: the captured step attending to ``n`` cache slots (the first and the
-    last slice); ``sample_top_k``: the top-k sampler as the engine runs it (chunked first pass, tie
-    check left on the device); ``sample_top_k_host_check``: the same with the tie check read on the
-    host every step (as before); ``sample_top_k_plain_top_k``: one top-k over the whole vocabulary
-    instead of the chunked pass; ``sample_top_k_whole_vocab``: the draw over the whole vocabulary
+    last slice); ``sample_top_k``: the top-k sampler as the engine runs it (one plain top-k unless
+    ``_CHUNK`` says otherwise, tie check left on the device); ``sample_top_k_host_check``: the same
+    with the tie check read on the host every step (as before); ``sample_top_k_chunked``: a first
+    pass over 128-token chunks' maxima instead of one top-k over the whole vocabulary;
+    ``sample_top_k_whole_vocab``: the draw over the whole vocabulary
     (the path a tie overflow falls back to).
     """
     from leakaudit.models import generate as engine
@@ -85,8 +86,8 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     parts["sample_top_k"] = lambda: engine._choose_on_device(logits, s, 30, gen, overflow=flag)  # as decoding runs it
     parts["sample_top_k_host_check"] = lambda: engine._choose_on_device(logits, s, 30, gen)  # waits for the device
 
-    def plain_top_k():
-        engine._CHUNK = 0
+    def chunked_top_k():
+        engine._CHUNK = 128
         try:
             engine._choose_on_device(logits, s, 30, gen, overflow=flag)
         finally:
@@ -99,7 +100,7 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
         finally:
             engine._TIE_MARGIN = margin
 
-    parts["sample_top_k_plain_top_k"] = plain_top_k
+    parts["sample_top_k_chunked"] = chunked_top_k
     parts["sample_top_k_whole_vocab"] = full_vocab
     out = {}
     for name, fn in parts.items():
@@ -132,15 +133,15 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
 
     ``kv_bucket``: cache slices (0: the whole cache every step; half the default: more captured
     graphs, fewer idle slots read); ``tie_margin`` (0: sample over the whole vocabulary every step);
-    ``chunk`` (0: one plain top-k for the sampler's candidates); ``defer_ties`` (False: the tie check
+    ``chunk`` (128: a first pass over chunk maxima for the sampler's candidates); ``defer_ties`` (False: the tie check
     read on the host every step).
     """
     from leakaudit.models import generate as engine
 
     names = {"kv_bucket": "_KV_BUCKET", "tie_margin": "_TIE_MARGIN", "chunk": "_CHUNK", "defer_ties": "_DEFER_TIES"}
     saved = {k: getattr(engine, v) for k, v in names.items()}
-    settings = [{}, {"kv_bucket": 0}, {"kv_bucket": saved["kv_bucket"] // 2}, {"tie_margin": 0}, {"chunk": 0},
-                {"defer_ties": False}, {"chunk": 0, "defer_ties": False}]  # the last: the sampler as before
+    settings = [{}, {"kv_bucket": 0}, {"kv_bucket": saved["kv_bucket"] // 2}, {"tie_margin": 0}, {"chunk": 128},
+                {"defer_ties": False}, {"chunk": 128, "defer_ties": False}]  # the last: the sampler as before
     rows = []
     try:
         for change in settings:

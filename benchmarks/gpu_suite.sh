@@ -7,8 +7,8 @@
 #   SIZE=tiny NEW=16 BATCHES=1,8 TEXTS=16 SPACE=10000 SAMPLES=300 REPRO_BATCHES=8,16 REPRO_NEW=16 \
 #     bash benchmarks/gpu_suite.sh 600
 #
-# Steps run in order of importance, each under its own time limit and all under SECONDS (default
-# 540) in total; a step that fails or runs out of time is logged and the next one starts.  Each
+# Steps run in the order below (STEPS picks some, it does not reorder them), each under its own time
+# limit and all under SECONDS (default 540) in total; a step that fails or runs out of time is logged and the next one starts.  Each
 # writes one JSON file under $OUT; log.txt holds every step's output and exit status.  Packages the
 # machine lacks (opacus, datasets, faker, pydantic) must be importable first (see
 # ../shared/gpu/wheels.sh: PYTHONPATH=/tmp/site:$PWD).
@@ -76,6 +76,9 @@ step scoring 90 "$OUT/scoring.json" python3 benchmarks/scoring_engine.py --size 
 # issue 3: the same with Min-K%++'s statistics in every pass (what an audit runs)
 step scoring-stats 60 "$OUT/scoring_stats.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
   --texts 512 --max-tokens 512 --stats
+# issue 3: every text exactly 512 tokens (the issue's wording), with the statistics
+step scoring-512 60 "$OUT/scoring_512.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
+  --texts 512 --max-tokens 512 --min-tokens 512 --stats
 # issue 3: the engine with the whole model compiled (experimental; compiling counted apart)
 step scoring-compiled 150 "$OUT/scoring_compiled.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
   --texts 512 --max-tokens 512 --stats --compiled-model

@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--texts", type=int, default=64)
     ap.add_argument("--max-tokens", type=int, default=512)
+    ap.add_argument("--min-tokens", type=int, default=None,
+                    help="texts of min..max tokens, uniformly (default max/2; = max: every text that long)")
     ap.add_argument("--batch", type=int, default=16, help="batch of the plain batched baseline")
     ap.add_argument("--token-budget", type=int, default=None, help="engine budget (default: by device)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -123,11 +125,16 @@ def main() -> None:
     model = model.to(args.device).eval()
     rng = np.random.default_rng(0)
     texts = [" ".join(public[j]["text"] for j in rng.choice(len(public), 12)) for _ in range(args.texts)]
-    ids_list = [e.ids[: rng.integers(args.max_tokens // 2, args.max_tokens + 1)] for e in encode(tok, texts)]
+    low = args.max_tokens // 2 if args.min_tokens is None else args.min_tokens
+    if not 2 <= low <= args.max_tokens:
+        ap.error("--min-tokens: expected 2..--max-tokens")
+    ids_list = [e.ids[: rng.integers(low, args.max_tokens + 1)] for e in encode(tok, texts)]
+    short = sum(len(x) < low for x in ids_list)
     n_tokens = sum(len(x) - 1 for x in ids_list)
 
     res = {"machine": f"{platform.machine()} {platform.processor()}".strip(), "device": args.device,
-           "parameters": sum(p.numel() for p in model.parameters()), "texts": len(ids_list), "tokens": n_tokens}
+           "parameters": sum(p.numel() for p in model.parameters()), "texts": len(ids_list), "tokens": n_tokens,
+           "text_tokens": [low, args.max_tokens], "texts_shorter_than_min": short}
     if args.device.startswith("cuda"):
         res["device"] = torch.cuda.get_device_name()
     else:

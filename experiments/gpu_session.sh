@@ -4,8 +4,8 @@
 #
 #   OUT=/somewhere bash experiments/gpu_session.sh [MAX_MINUTES] [HARD_LIMIT_S]
 #
-# On a lent GPU machine (no registry: the missing packages travel as wheels, ../shared/gpu/wheels.sh
-# fills .whl/; carry .whl), one call of at most 600 s:
+# On a lent GPU machine (no registry: the missing packages travel as wheels, `../shared/gpu/wheels.sh
+# submitit cloudpickle` fills .whl/; carry .whl), one call of at most 600 s:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
 #     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash experiments/gpu_session.sh 8 540
 #
@@ -18,6 +18,11 @@
 #
 # Back on the development machine, unpack the state into the repository and commit it:
 #   tar xzf FILES_AT/dp_vs_nondp_gpu.tgz -C docs/results/dp_vs_nondp_gpu
+# JOBS (default 8) cells run side by side on the one GPU (`--executor submitit --jobs JOBS`, local
+# subprocesses; a grid cell leaves most of an H100 idle: measured 2026-11-26, a non-DP cell spent 15 s
+# of its 100 s training and the rest in the audit's small, sequential passes); JOBS=1, or submitit not
+# importable, runs them in turn in this process. Seconds per step of every cell this session touched,
+# finished or cut off, are packed under timings/<UTC time>/ (stage and step names and times only).
 # EXPERIMENT, STATE and RUN (environment) choose another grid, state folder and run directory.
 # Exit status: the experiment's (0 all cells finished, 3 cells left for a next session, 1 a cell
 # failed, 124 stopped at HARD_LIMIT_S).
@@ -34,12 +39,24 @@ for part in seeds cells; do
   if [ -d "$STATE/$part" ]; then cp -r "$STATE/$part" "$RUN/"; fi
 done
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader > "$OUT/gpu.txt" 2>&1
+JOBS=${JOBS:-8}
+executor=()
+if [ "$JOBS" -gt 1 ] && python3 -c "import submitit" 2>/dev/null; then
+  executor=(--executor submitit --jobs "$JOBS")
+fi
+echo "executor: ${executor[*]:-local}" > "$OUT/experiment.log"
 PYTHONUNBUFFERED=1 timeout "$HARD" python3 -m leakaudit experiment "$EXPERIMENT" \
-  --out "$RUN" --max-minutes "$MINUTES" > "$OUT/experiment.log" 2>&1
+  --out "$RUN" --max-minutes "$MINUTES" "${executor[@]}" >> "$OUT/experiment.log" 2>&1
 rc=$?
+pkill -f submitit.core._submit 2>/dev/null  # jobs of a run stopped at HARD_LIMIT_S
 echo "exit status: $rc" >> "$OUT/experiment.log"
 tail -n 25 "$OUT/experiment.log"
-(cd "$RUN" && tar czf "$OUT/dp_vs_nondp_gpu.tgz" --ignore-failed-read comparison.* figures \
-  seeds/*/seed.json cells/*/cell.json 2>/dev/null)
+stamp=$(date -u +%Y%m%dT%H%M)
+(cd "$RUN" && mkdir -p "timings/$stamp" && cp events.jsonl "timings/$stamp/experiment.jsonl" 2>/dev/null
+ for f in cells/*/events.jsonl seeds/*/events.jsonl; do
+   [ -f "$f" ] && cp "$f" "timings/$stamp/$(basename "$(dirname "$f")").jsonl"
+ done
+ tar czf "$OUT/dp_vs_nondp_gpu.tgz" --ignore-failed-read comparison.* figures \
+  seeds/*/seed.json cells/*/cell.json "timings/$stamp" 2>/dev/null)
 ls -l "$OUT"
 exit $rc

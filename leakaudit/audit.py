@@ -10,6 +10,7 @@ run on these tables alone; their per-sample scores go to ``per_sample/<model>.pa
 from __future__ import annotations
 
 import datetime as _dt
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -170,31 +171,45 @@ def score_model(
     }
 
     def build(tmp: Path) -> None:
-        loaded = load_model(model.path, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
-        target = Target(loaded.model, loaded.tokenizer, token_budget=token_budget)
-        table = build_score_table(
-            target, [str(r["id"]) for r in rows], [r["text"] for r in rows],
-            [i < n_members for i in range(len(rows))],
-            lowercase=lowercase, n_neighbours=n_neighbours, seed=seed,
-        )
+        with log.timed("load model", model=model.name):
+            loaded = load_model(model.path, device=device, trust_remote_code=trust_remote_code, dtype=dtype)
+            target = Target(loaded.model, loaded.tokenizer, token_budget=token_budget)
+        with log.timed("membership scores", model=model.name, texts=len(rows), neighbours=n_neighbours):
+            table = build_score_table(
+                target, [str(r["id"]) for r in rows], [r["text"] for r in rows],
+                [i < n_members for i in range(len(rows))],
+                lowercase=lowercase, n_neighbours=n_neighbours, seed=seed,
+            )
         table["user_id"] = [None if r.get("user_id") is None else str(r["user_id"]) for r in rows]
         save_score_table(table, tmp / "mia.parquet")
         exposures, audit_nll = [], []
         for m in (m for m in manifests if m.spec.design == "one_run"):
-            nll = target.secrets_nll([c.prefix for c in m.canaries], [c.secret for c in m.canaries])
+            with log.timed("one-run canaries", model=model.name, canaries=len(m.canaries)):
+                nll = target.secrets_nll([c.prefix for c in m.canaries], [c.secret for c in m.canaries])
             audit_nll += [{"id": c.id, "spec": m.spec.name, "included": c.inserted, "nll": float(x)}
                           for c, x in zip(m.canaries, nll)]
         write_json(tmp / "audit_canaries.json", audit_nll)
         for m in (m for m in manifests if m.spec.design == "fixed"):
-            for c, res in zip(m.canaries, canary_exposures(target, m, exact_max=exact_max)):
+            with log.timed("exposure", model=model.name, canaries=len(m.canaries)):
+                found_exposures = list(canary_exposures(target, m, exact_max=exact_max))
+            search_s = beam_s = 0.0
+            for c, res in zip(m.canaries, found_exposures):
+                t0 = time.perf_counter()
                 if extraction_budget:
                     found = extract_secret(target, c.prefix, m.spec.secret_format, max_expansions=extraction_budget,
                                            guesses=extraction_guesses)
                     res = res.model_copy(update=extraction_fields(found, c, m, extraction_guesses))
+                t1 = time.perf_counter()
                 if beam_width:
                     beam = beam_search_secret(target, c.prefix, m.spec.secret_format, width=beam_width)
                     res = res.model_copy(update={"extracted_beam": beam.secret == c.secret})
+                search_s, beam_s = search_s + t1 - t0, beam_s + time.perf_counter() - t1
                 exposures.append(res)
+            if extraction_budget:
+                log.add_time("extraction search", search_s, model=model.name, canaries=len(m.canaries),
+                             budget=extraction_budget)
+            if beam_width:
+                log.add_time("beam search", beam_s, model=model.name, canaries=len(m.canaries), width=beam_width)
         write_json(tmp / "canaries.json", [c.model_dump(mode="json") for c in exposures])
         write_json(tmp / "model.json", {"path": str(model.path), "files_sha256": loaded.files_sha256})
 
@@ -486,6 +501,7 @@ def run_audit(
     if not is_writer():
         barrier()  # rank 0 writes the results and reports
         return None  # type: ignore[return-value]
+    t_results = time.perf_counter()
     results_by_model = {
         m.name: model_result(score_dirs[m.name], m, run_dir, options, references=ref_tables,
                              shadow_stats=stats, shadow_in=member_in, extraction_dir=extraction_dirs.get(m.name),
@@ -520,7 +536,9 @@ def run_audit(
         models=results_by_model,
     )
     write_json(run_dir / "results.json", results.model_dump(mode="json"))
-    paths = write_reports(results, run_dir)
+    log.add_time("results", time.perf_counter() - t_results)
+    with log.timed("reports"):
+        paths = write_reports(results, run_dir)
     log("run_finished", report=str(paths["html"]))
     barrier()
     return results

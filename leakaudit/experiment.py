@@ -454,7 +454,7 @@ def run_cell(task: CellTask) -> dict:
     from leakaudit.models.loading import load_model
     from leakaudit.pipeline import read_shared
     from leakaudit.report.schema import Results
-    from leakaudit.runs import EventLog, device_name, stage
+    from leakaudit.runs import EventLog, device_name, stage, step_times
     from leakaudit.train.loop import save_trained, train_model
 
     exp, cell, out = task.experiment, task.cell, Path(task.out)
@@ -463,6 +463,7 @@ def run_cell(task: CellTask) -> dict:
     sinfo = read_json(sdir / "seed.json")
     cdir.mkdir(parents=True, exist_ok=True)
     log = EventLog(cdir)
+    events_from = log.path.stat().st_size if log.path.is_file() else 0  # this run's steps (a cell may resume)
     device = _device(cfg)
     shared = read_shared(cfg, sdir)
     data_dir, can_dir, base_dir = shared.data_dir, shared.canaries_dir, shared.base_dir
@@ -472,11 +473,13 @@ def run_cell(task: CellTask) -> dict:
 
     def build(tmp: Path) -> None:
         t = time.perf_counter()
-        loaded = load_model(base_dir, device=device)
-        with warnings.catch_warnings():
+        with log.timed("load base model"):
+            loaded = load_model(base_dir, device=device)
+        with warnings.catch_warnings(), log.timed("train", steps=settings.steps, dp=dp is not None):
             warnings.filterwarnings("ignore", message=".*[Oo]ptimal order.*")  # Opacus's accountant, at the end
             record = train_model(loaded.model, loaded.tokenizer, train_texts, settings, dp=dp)
-        save_trained(loaded.model.cpu(), loaded.tokenizer, tmp, record)
+        with log.timed("save model"):
+            save_trained(loaded.model.cpu(), loaded.tokenizer, tmp, record)
         write_json(tmp / "timing.json", {"train_seconds": round(time.perf_counter() - t, 2)})
 
     model_key = {"base": read_json(base_dir / "stage.json")["key"],
@@ -505,7 +508,8 @@ def run_cell(task: CellTask) -> dict:
         "device": device_name(device), "run_dir": str(cdir.relative_to(out)),
         "base_sha256": sinfo.get("base_sha256") or _weights_sha256(base_dir),  # older seed.json: none recorded
     })
-    write_json(cdir / "cell.json", {"key": key, "metrics": row})
+    # where this run's time went (seconds per step; not a metric: no part of the comparison)
+    write_json(cdir / "cell.json", {"key": key, "metrics": row, "steps_seconds": step_times(log.path, events_from)})
     return row
 
 

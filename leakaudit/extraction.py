@@ -64,8 +64,9 @@ def sample_stage(
     def build(tmp: Path) -> None:
         target = _target(path, device=device, dtype=dtype, token_budget=token_budget,
                          trust_remote_code=trust_remote_code)
-        s = sample_texts(target, options.samples, length=options.sample_tokens, public_texts=public_texts,
-                         batch_size=options.batch_size, seed=options.seed)
+        with log.timed("untargeted sampling", model=name, samples=options.samples, tokens=options.sample_tokens):
+            s = sample_texts(target, options.samples, length=options.sample_tokens, public_texts=public_texts,
+                             batch_size=options.batch_size, seed=options.seed)
         # the generated text, decoded here with the model's own tokenizer: a baseline (reference) model's
         # samples are read beside another model's, whose tokenizer may differ
         generated = [target.tokenizer.decode(g, skip_special_tokens=True) for g in s.new]
@@ -119,22 +120,25 @@ def extraction_stage(
         member = [i < n_members for i in range(len(records))]
         mem = []
         for k, n in options.memorization:
-            result, table = discoverable_memorization(
-                target, ids, texts, member, k=k, n=n, batch_size=options.batch_size,
-                max_records=options.memorization_max_records, seed=options.seed,
-            )
+            with log.timed("memorization", model=name, k=k, n=n):
+                result, table = discoverable_memorization(
+                    target, ids, texts, member, k=k, n=n, batch_size=options.batch_size,
+                    max_records=options.memorization_max_records, seed=options.seed,
+                )
             mem.append(result.model_dump(mode="json"))
             write_parquet(table, tmp / f"memorization-k{k}-n{n}.parquet")
         write_json(tmp / "memorization.json", mem)
         if samples_dir is not None:
             ref = _target(reference, **kw) if reference is not None else None
-            summary, table = untargeted_extraction(
-                target, load_samples(samples_dir), train_texts, public_texts=public_texts,
-                non_member_texts=texts[n_members:], reference=ref, ngram=options.verify_ngram,
-            )
+            with log.timed("untargeted verification", model=name):
+                summary, table = untargeted_extraction(
+                    target, load_samples(samples_dir), train_texts, public_texts=public_texts,
+                    non_member_texts=texts[n_members:], reference=ref, ngram=options.verify_ngram,
+                )
             write_json(tmp / "untargeted.json", summary.model_dump(mode="json"))
             write_parquet(table, tmp / "untargeted.parquet")
-        _pii(tmp, target, records, n_members, options, samples_dir, baseline_samples_dir)
+        with log.timed("pii", model=name):
+            _pii(tmp, target, records, n_members, options, samples_dir, baseline_samples_dir)
 
     return stage(run_dir, f"extraction/{name}", key, build, log)
 

@@ -14,7 +14,8 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -40,6 +41,35 @@ class EventLog:
             f.write(json.dumps(row, default=str) + "\n")
         if self.echo and message:
             self.echo(message)
+
+    @contextmanager
+    def timed(self, step: str, **fields) -> Iterator[None]:
+        """Log a ``step_finished`` event with the seconds the block took (not echoed: a stage's parts,
+        for finding where a run's time goes)."""
+        t0 = time.perf_counter()
+        yield
+        self("step_finished", step=step, seconds=round(time.perf_counter() - t0, 3), **fields)
+
+    def add_time(self, step: str, seconds: float, **fields) -> None:
+        """Log the total of a step's time measured in several pieces (see :meth:`timed`)."""
+        self("step_finished", step=step, seconds=round(seconds, 3), **fields)
+
+
+def step_times(events: Path, offset: int = 0) -> dict[str, float]:
+    """Seconds per step (``step_finished`` events, summed over models) logged in ``events`` from byte ``offset``."""
+    out: dict[str, float] = {}
+    if not events.is_file():
+        return out
+    with open(events, encoding="utf-8") as f:
+        f.seek(offset)
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:  # a line cut off by a kill
+                continue
+            if row.get("event") == "step_finished":
+                out[row["step"]] = round(out.get(row["step"], 0.0) + float(row["seconds"]), 3)
+    return out
 
 
 def stage(run_dir: Path, name: str, key: dict, build: Callable[[Path], None], log: EventLog) -> Path:

@@ -175,6 +175,11 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
             assert (out / "cells" / c / f).is_file(), (c, f)
         # the reference (base) model's files are hashed in the results, as the audited model's are
         refs = json.loads((out / "cells" / c / "results.json").read_text())["run"]["reference_models_sha256"]
+        # where the cell's time went: one entry per step it ran, none for a step it did not
+        steps = json.loads((out / "cells" / c / "cell.json").read_text())["steps_seconds"]
+        assert {"load base model", "train", "save model", "membership scores", "exposure", "results",
+                "reports"} <= set(steps), steps
+        assert all(v >= 0 for v in steps.values())
         base = out / "seeds" / "seed-0" / "models" / "base"
         assert refs["base"]["model.safetensors"] == sha256_file(base / "model.safetensors")
         assert refs["base"]["config.json"] == sha256_file(base / "config.json")
@@ -246,6 +251,9 @@ def test_rerun_skips_finished_cells_and_resumes_an_unfinished_one(grid, tmp_path
     assert third.ran == [CELLS[1]] and third.skipped == [CELLS[0]]
     events = [json.loads(x) for x in (resumed / "cells" / CELLS[1] / "events.jsonl").read_text().splitlines()]
     assert any(e["event"] == "stage_skipped" and e["stage"] == "model" for e in events)
+    # the resumed run's steps only: training was not redone, the scoring was
+    steps = json.loads((resumed / "cells" / CELLS[1] / "cell.json").read_text())["steps_seconds"]
+    assert "train" not in steps and "membership scores" in steps
     # deterministic: the same metrics as the first run
     for a, b in zip(first.cells, third.cells):
         assert a["exposure_median"] == pytest.approx(b["exposure_median"]) and a["steps"] == b["steps"]
@@ -418,3 +426,21 @@ def test_copying_the_seed_s_reference_stages_is_all_or_nothing(tmp_path, monkeyp
     monkeypatch.setattr(ex.shutil, "copytree", real)
     ex._copy_reference(sdir, cdir)
     assert sorted(p.name for p in (cdir / "scores" / "base").iterdir()) == ["mia.parquet", "stage.json"]
+
+
+def test_step_times_sum_steps_from_an_offset_and_skip_a_cut_off_line(tmp_path):
+    from leakaudit.runs import EventLog, step_times
+
+    log = EventLog(tmp_path)
+    log.add_time("exposure", 1.5, model="a")
+    start = log.path.stat().st_size
+    with log.timed("exposure", model="b"):
+        pass
+    log.add_time("exposure", 2.0, model="c")
+    log.add_time("train", 3.25)
+    with open(log.path, "a", encoding="utf-8") as f:
+        f.write('{"event": "step_finished", "step": "reports", "seco')  # killed mid-write
+    times = step_times(log.path, start)
+    assert set(times) == {"exposure", "train"} and times["train"] == 3.25
+    assert 2.0 <= times["exposure"] < 2.5  # the two models' exposure after the offset, not the first
+    assert step_times(tmp_path / "missing.jsonl") == {}
