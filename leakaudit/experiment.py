@@ -1143,6 +1143,31 @@ def _md_table(head: list[str], body: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _worse_than_base(doc: dict) -> list[str]:
+    """Cells whose held-out perplexity is above their seed's base model's, and which of them overfit (non-DP,
+    member loss under half the non-member loss): those reached the matched settings' leakage, not the
+    utility a non-DP run could reach."""
+    base = doc.get("base_model_perplexity") or {}
+    worse, overfit = [], []
+    for c in doc["cells"]:
+        b, p = base.get(str(c.get("seed"))), c.get("perplexity")
+        if b is None or p is None or p <= b:
+            continue
+        worse.append(f"{c['cell']} ({p:.2f} vs {b:.2f})")
+        m, n = c.get("member_loss"), c.get("non_member_loss")
+        if not c.get("dp") and m is not None and n is not None and m < n / 2:
+            overfit.append(f"{c['cell']} (member loss {m:.2f}, non-member {n:.2f})")
+    out = []
+    if worse:
+        out.append("Held-out perplexity above the base model's (fine-tuning did not improve utility) in "
+                   + ", ".join(worse) + ".")
+    if overfit:
+        out.append("Overfit: " + ", ".join(overfit) + ". Their leakage is an upper end of these settings; their "
+                   "utility is not the best a non-DP run reaches (a lower learning rate or fewer steps would do "
+                   "better), so compare utility across eps with care.")
+    return out
+
+
 def _notes(doc: dict) -> list[str]:
     notes = []
     if doc["matched_steps"]:
@@ -1161,6 +1186,7 @@ def _notes(doc: dict) -> list[str]:
         vals = list(doc["base_model_perplexity"].values())
         notes.append(f"Base model (pretrained on public data, before fine-tuning): held-out perplexity "
                      f"{statistics.fmean(vals):.2f}.")
+    notes += _worse_than_base(doc)
     several = {seed: len(h) for seed, h in doc.get("base_models", {}).items() if len(h) > 1}
     if several:
         notes.append("Base models: the cells of " + ", ".join(f"seed {s} come from {n}" for s, n in several.items())

@@ -444,3 +444,26 @@ def test_step_times_sum_steps_from_an_offset_and_skip_a_cut_off_line(tmp_path):
     assert set(times) == {"exposure", "train"} and times["train"] == 3.25
     assert 2.0 <= times["exposure"] < 2.5  # the two models' exposure after the offset, not the first
     assert step_times(tmp_path / "missing.jsonl") == {}
+
+
+def test_notes_name_cells_worse_than_their_base_model_and_those_that_overfit():
+    from leakaudit.experiment import _notes
+
+    cell = dict(member_loss=2.0, non_member_loss=2.1)
+    doc = {"matched_steps": False, "exposure_min_repetitions": 16, "missing_cells": [],
+           "base_model_perplexity": {"0": 5.0, "1": 6.0},
+           "cells": [{**cell, "cell": "full-epsinf-seed0", "seed": 0, "dp": False, "perplexity": 9.0,
+                      "member_loss": 0.4, "non_member_loss": 2.2},       # worse and overfit
+                     {**cell, "cell": "lora-epsinf-seed0", "seed": 0, "dp": False, "perplexity": 5.5},  # worse only
+                     {**cell, "cell": "full-eps8-seed1", "seed": 1, "dp": True, "perplexity": 6.5,
+                      "member_loss": 0.4, "non_member_loss": 2.2},       # DP: never called overfit here
+                     {**cell, "cell": "full-eps8-seed0", "seed": 0, "dp": True, "perplexity": 4.9}]}  # better
+    notes = _notes(doc)
+    worse = next(n for n in notes if n.startswith("Held-out perplexity above"))
+    assert "full-epsinf-seed0 (9.00 vs 5.00)" in worse and "lora-epsinf-seed0" in worse
+    assert "full-eps8-seed1 (6.50 vs 6.00)" in worse and "full-eps8-seed0" not in worse
+    overfit = [n for n in notes if n.startswith("Overfit:")]
+    assert len(overfit) == 1 and "full-epsinf-seed0 (member loss 0.40, non-member 2.20)" in overfit[0]
+    assert "lora-epsinf-seed0" not in overfit[0] and "full-eps8-seed1" not in overfit[0]
+    doc["cells"] = doc["cells"][3:]
+    assert not any(n.startswith(("Held-out perplexity above", "Overfit:")) for n in _notes(doc))
