@@ -7,7 +7,7 @@
 # On a lent GPU machine (no registry: the missing packages travel as wheels, `../shared/gpu/wheels.sh
 # submitit cloudpickle` fills .whl/; carry .whl), one call of at most 600 s:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-#     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash experiments/gpu_session.sh 8 540
+#     .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD && bash experiments/gpu_session.sh 8 560
 #
 # MAX_MINUTES (default 8) goes to `leakaudit experiment --max-minutes`: no seed or cell starts once the
 # time left is shorter than the longest so far. HARD_LIMIT_S (default 560) stops the experiment
