@@ -86,7 +86,7 @@ class AuditOptions:
     n_boot: int = 1000
     seed: int = 0
     exact_exposure_max: int = 0  # enumerate canary spaces up to this size for exact exposure (0: never)
-    extraction_budget: int = 200  # forward passes per canary for the extraction search (0: no search)
+    extraction_budget: int = 200  # expansions per canary for the extraction search (0: no search)
     extraction_guesses: int = 10  # the best-first search's guesses per canary, within extraction_budget
     beam_width: int = 16  # beam search over each canary's format beside best-first (0: none)
     extraction: ExtractionOptions = field(default_factory=ExtractionOptions)

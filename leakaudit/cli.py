@@ -351,7 +351,7 @@ def audit(
     ] = None,
     trust_remote_code: Annotated[bool, typer.Option(help="Run code shipped with the model (unsafe).")] = False,
     extraction_budget: Annotated[
-        int, typer.Option(min=0, help="Forward passes per canary for the extraction search (0: none).")
+        int, typer.Option(min=0, help="Expansions per canary for the extraction search (0: none).")
     ] = 200,
     extraction_guesses: Annotated[
         int,
@@ -359,7 +359,7 @@ def audit(
             min=1,
             help="Guesses per canary of the extraction search: its most likely secrets in order, to report at "
             "which guess it finds the canary's own. More than 1 keeps searching past the first guess, at most "
-            "--extraction-budget forward passes per canary (1: stop at the first, cheapest).",
+            "--extraction-budget expansions per canary (1: stop at the first, cheapest).",
         ),
     ] = 10,
     exact_exposure_max: Annotated[

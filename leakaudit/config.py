@@ -80,11 +80,12 @@ class DemoConfig(BaseModel):
         default=0, ge=0, description="Enumerate canary spaces up to this size for exact exposure (0: never)."
     )
     extraction_budget: int = Field(
-        default=200, ge=0, description="Forward passes per canary for the extraction search (0: no search)."
+        default=200, ge=0, description="Expansions per canary for the extraction search (each the next-token "
+        "distribution after one partial secret; batched into fewer forward passes) (0: no search)."
     )
     extraction_guesses: int = Field(
         default=10, ge=1, description="Guesses per canary of the extraction search (its most likely secrets in "
-        "order): the search goes on past the first guess, up to extraction_budget forward passes."
+        "order): the search goes on past the first guess, up to extraction_budget expansions."
     )
     shadows: int = Field(default=8, ge=0, description="Shadow models for LiRA / RMIA (even, >= 4; 0 = none).")
     beam_width: int = Field(default=16, ge=0, description="Beam search over each canary's format (0: none).")

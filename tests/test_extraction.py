@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -327,3 +328,37 @@ def test_search_works_with_a_sentencepiece_style_tokenizer(corpora):
     model.strings = [in_context.get(t, "\x00") for t in range(len(sp))]
     target = SimpleNamespace(model=model, tokenizer=sp, device=torch.device("cpu"), pad_id=sp.pad_token_id)
     assert extract_secret(target, PIN, fmt, max_expansions=500, guesses=3).guesses == ("42", "07", "13")
+
+
+def test_looking_ahead_batches_the_passes_without_changing_what_is_found(gpt2, tokenizer):
+    """The same expansions, guesses and costs whatever the lookahead; fewer forward passes with it."""
+    target = Target(gpt2, tokenizer)
+    fmt = get_format("digits", 3)
+    prefix = "the PIN of Ann Lee is "
+    calls = []
+    forward = gpt2.forward
+
+    def counting(*a, **kw):
+        calls.append(1)
+        return forward(*a, **kw)
+
+    gpt2.forward = counting
+    try:
+        for budget, guesses in ((7, 3), (60, 5), (400, 12)):
+            runs = {}
+            for la in (1, 3, 16):
+                calls.clear()
+                runs[la] = (extract_secret(target, prefix, fmt, max_expansions=budget, guesses=guesses,
+                                           lookahead=la), len(calls))
+            one, passes_one = runs[1]
+            assert passes_one == one.total_expansions  # one pass a node without lookahead
+            for la in (3, 16):
+                found, passes = runs[la]
+                assert (found.secret, found.guesses, found.expansions, found.total_expansions) == (
+                    one.secret, one.guesses, one.expansions, one.total_expansions), (budget, la)
+                np.testing.assert_allclose(found.guess_nlls, one.guess_nlls, rtol=1e-5, atol=1e-5)
+                assert passes < passes_one or passes_one <= 1, (budget, la, passes, passes_one)
+    finally:
+        del gpt2.forward
+    with pytest.raises(ValueError, match="lookahead"):
+        extract_secret(target, prefix, fmt, lookahead=0)

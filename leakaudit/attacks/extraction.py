@@ -6,7 +6,7 @@ trailing whitespace is left to the search, because byte-level BPE merges it into
 first token).  Edge cost is ``-log p(token)``; costs only grow, so the first complete secret
 popped from the queue is the model's most likely secret over all token paths (the rank-1
 candidate), and the k-th distinct complete secret popped is the rank-k one.  A canary is
-extracted when the first guess is its own secret, within ``max_expansions`` forward passes; the
+extracted when the first guess is its own secret, within ``max_expansions`` expansions; the
 later guesses say how many guesses an attacker needs, and whether the model prefers another
 canary's secret.
 """
@@ -34,10 +34,10 @@ class Extraction:
 
     secret: str | None  # the first complete secret found (None: budget exhausted)
     nll: float | None  # its cost, summed -log p over its tokens
-    expansions: int  # forward passes spent when the first guess was found (all of them when none was)
+    expansions: int  # nodes expanded when the first guess was found (all of them when none was)
     guesses: tuple[str, ...] = ()  # distinct complete secrets in cost order; guesses[0] == secret
     guess_nlls: tuple[float, ...] = ()  # their costs, ascending
-    total_expansions: int = 0  # forward passes spent in all
+    total_expansions: int = 0  # nodes expanded in all
 
 
 def _check_guesses(guesses: int) -> None:
@@ -108,7 +108,8 @@ def _result(found: list[tuple[float, str]], lead: str, first_expansions: int | N
 
 @torch.no_grad()
 def extract_secret(
-    target: Target, prefix: str, fmt: SecretFormat, *, max_expansions: int = 200, guesses: int = 1
+    target: Target, prefix: str, fmt: SecretFormat, *, max_expansions: int = 200, guesses: int = 1,
+    lookahead: int = 16,
 ) -> Extraction:
     """Dijkstra over token continuations of ``prefix`` that spell a secret of ``fmt``.
 
@@ -116,16 +117,27 @@ def extract_secret(
     the k-th distinct complete secret popped is the model's rank-k secret over token paths (a
     secret's cost is that of its cheapest token path).  The search keeps popping after the first
     complete secret until it holds ``guesses`` distinct secrets or has spent ``max_expansions``
-    forward passes (complete secrets already at the top of the queue then still count: popping them
+    expansions (complete secrets already at the top of the queue then still count: popping them
     needs no pass); a secret reached again by another (non-canonical) token path is counted once,
     the first time it is popped.  ``guesses=1`` stops at the first complete secret, as an attacker
     with one guess would.
+
+    Expansions are counted as the search above makes them, one node at a time; the forward passes
+    are batched underneath: when a node's next-token probabilities are not known yet, they are
+    computed in one pass together with those of the ``lookahead - 1`` cheapest other open nodes
+    in the queue (never more than the budget has left), which the search is likely to expand
+    next.  Which nodes are expanded, and so what is found, does not depend on ``lookahead`` (up to
+    the rounding of a batched pass); only the number of passes does (``lookahead=1``: one a node).
     """
     _check_guesses(guesses)
+    if lookahead < 1:
+        raise ValueError(f"lookahead must be at least 1, got {lookahead!r}")
     base, lead, partial, tok_ids, tok_strs = _setup(target, prefix, fmt)
     heap: list[tuple[float, str, tuple[int, ...]]] = [(0.0, "", ())]
     found: list[tuple[float, str]] = []
     seen: set[str] = set()
+    known: dict[tuple[int, ...], np.ndarray] = {}  # log-probs of the allowed tokens after a path, computed ahead
+    allowed = torch.as_tensor(tok_ids, device=target.device)
     expansions, first = 0, None
     while heap:
         if expansions >= max_expansions and not (heap[0][1] and partial.state(heap[0][1]) == "done"):
@@ -140,14 +152,38 @@ def extract_secret(
                     break
             continue  # a complete secret has no continuation
         expansions += 1
-        ids = torch.tensor([base + list(path)], device=target.device)
-        logits = target.model(input_ids=ids).logits[0, -1].float()
-        logp = torch.log_softmax(logits, -1)[torch.as_tensor(tok_ids, device=target.device)].cpu().numpy()
+        if path not in known:
+            room = min(lookahead, max_expansions - expansions + 1) - 1
+            ahead = [p for _, t, p in heapq.nsmallest(room + len(known), heap)
+                     if not (t and partial.state(t) == "done") and p not in known][:room]
+            known.update(zip([path, *ahead], _next_logprobs(target, base, [path, *ahead], allowed)))
+        logp = known.pop(path)
         for tid, s, lp in zip(tok_ids, tok_strs, logp):
             nxt = text + s
             if partial.state(nxt) is not None:
                 heapq.heappush(heap, (cost - float(lp), nxt, path + (int(tid),)))
     return _result(found, lead, first, expansions)
+
+
+@torch.no_grad()
+def _next_logprobs(target: Target, base: list[int], paths: list[tuple[int, ...]],
+                   allowed: torch.Tensor) -> list[np.ndarray]:
+    """Log-probabilities of the ``allowed`` tokens after ``base + path``, for each path, in one pass
+    (right-padded: each row's real positions are those of the path alone)."""
+    rows = [base + list(p) for p in paths]
+    width = max(len(r) for r in rows)
+    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r)
+        mask[i, : len(r)] = 1
+    ids, mask = ids.to(target.device), mask.to(target.device)
+    kwargs = {"attention_mask": mask} if len(rows) > 1 else {}
+    logits = target.model(input_ids=ids, **kwargs).logits
+    last = torch.tensor([len(r) - 1 for r in rows], device=target.device)
+    out = torch.log_softmax(logits[torch.arange(len(rows), device=target.device), last].float(), -1)
+    return list(out[:, allowed].cpu().numpy())
 
 
 @torch.no_grad()
