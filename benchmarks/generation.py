@@ -140,8 +140,9 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
 
     names = {"kv_bucket": "_KV_BUCKET", "tie_margin": "_TIE_MARGIN", "chunk": "_CHUNK", "defer_ties": "_DEFER_TIES"}
     saved = {k: getattr(engine, v) for k, v in names.items()}
+    # {"defer_ties": False}: the sampler as it was before the fifth session
     settings = [{}, {"kv_bucket": 0}, {"kv_bucket": saved["kv_bucket"] // 2}, {"tie_margin": 0}, {"chunk": 128},
-                {"defer_ties": False}, {"chunk": 128, "defer_ties": False}]  # the last: the sampler as before
+                {"defer_ties": False}, {"chunk": 128, "defer_ties": False}]
     rows = []
     try:
         for change in settings:

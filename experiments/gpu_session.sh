@@ -22,7 +22,7 @@
 # subprocesses; a grid cell leaves most of an H100 idle: measured 2026-11-26, a non-DP cell spent 15 s
 # of its 100 s training and the rest in the audit's small, sequential passes); JOBS=1, or submitit not
 # importable, runs them in turn in this process. Seconds per step of every cell this session touched,
-# finished or cut off, are packed under timings/<UTC time>/ (stage and step names and times only).
+# finished or cut off, are packed under timings/<UTC time>/ (event, stage and step names, counts and times).
 # EXPERIMENT, STATE and RUN (environment) choose another grid, state folder and run directory.
 # Exit status: the experiment's (0 all cells finished, 3 cells left for a next session, 1 a cell
 # failed, 124 stopped at HARD_LIMIT_S).
@@ -48,13 +48,26 @@ echo "executor: ${executor[*]:-local}" > "$OUT/experiment.log"
 PYTHONUNBUFFERED=1 timeout "$HARD" python3 -m leakaudit experiment "$EXPERIMENT" \
   --out "$RUN" --max-minutes "$MINUTES" "${executor[@]}" >> "$OUT/experiment.log" 2>&1
 rc=$?
-pkill -f submitit.core._submit 2>/dev/null  # jobs of a run stopped at HARD_LIMIT_S
+# jobs of a run stopped at HARD_LIMIT_S: submitit's jobs ignore SIGTERM (they bypass it), not SIGINT
+if pkill -INT -f 'submitit\.core\._submit' 2>/dev/null; then
+  sleep 3
+  pkill -KILL -f 'submitit\.(core\._submit|local\._local)' 2>/dev/null
+fi
 echo "exit status: $rc" >> "$OUT/experiment.log"
 tail -n 25 "$OUT/experiment.log"
 stamp=$(date -u +%Y%m%dT%H%M)
-(cd "$RUN" && mkdir -p "timings/$stamp" && cp events.jsonl "timings/$stamp/experiment.jsonl" 2>/dev/null
- for f in cells/*/events.jsonl seeds/*/events.jsonl; do
-   [ -f "$f" ] && cp "$f" "timings/$stamp/$(basename "$(dirname "$f")").jsonl"
+# timings: the events' names, counts and seconds only (no messages, errors or tracebacks)
+(cd "$RUN" && mkdir -p "timings/$stamp" && for f in events.jsonl cells/*/events.jsonl seeds/*/events.jsonl; do
+   [ -f "$f" ] || continue
+   name=$(basename "$(dirname "$f")"); [ "$f" = events.jsonl ] && name=experiment
+   python3 -c 'import json, sys
+keep = ("time", "event", "stage", "step", "task", "seconds", "model", "steps", "dp", "canaries", "texts", "cells")
+for line in open(sys.argv[1], encoding="utf-8"):
+    try:
+        row = json.loads(line)
+    except ValueError:
+        continue
+    print(json.dumps({k: row[k] for k in keep if k in row}))' "$f" > "timings/$stamp/$name.jsonl"
  done
  tar czf "$OUT/dp_vs_nondp_gpu.tgz" --ignore-failed-read comparison.* figures \
   seeds/*/seed.json cells/*/cell.json "timings/$stamp" 2>/dev/null)

@@ -650,7 +650,8 @@ class LocalExecutor(Executor):
                 continue
             if budget is not None:
                 budget.record(fn.__name__, budget.clock() - b0)
-            log("task_finished", f"{label} done in {time.perf_counter() - t0:.1f}s", task=label)
+            dt = time.perf_counter() - t0
+            log("task_finished", f"{label} done in {dt:.1f}s", task=label, seconds=round(dt, 2))
             out.append(Outcome(label, res))
         return out
 
@@ -729,7 +730,7 @@ class SubmititExecutor(Executor):
                     dt = time.perf_counter() - t0
                     if budget is not None:
                         budget.record(fn.__name__, dt)
-                    log("task_finished", f"{label} done in {dt:.1f}s", task=label)
+                    log("task_finished", f"{label} done in {dt:.1f}s", task=label, seconds=round(dt, 2))
                 except Exception as e:  # noqa: BLE001 - submitit raises FailedJobError and others
                     msg = str(e).strip().splitlines()
                     err = msg[-1] if msg else type(e).__name__

@@ -362,3 +362,32 @@ def test_looking_ahead_batches_the_passes_without_changing_what_is_found(gpt2, t
         del gpt2.forward
     with pytest.raises(ValueError, match="lookahead"):
         extract_secret(target, prefix, fmt, lookahead=0)
+
+
+def test_looking_ahead_computes_few_distributions_the_search_does_not_use(gpt2, tokenizer, corpora):
+    """A memorized canary: the search walks straight to it, and the siblings computed ahead are never
+    expanded; at most lookahead - 1 of them are ever waiting, so the extra rows stay below that."""
+    model = copy.deepcopy(gpt2)
+    fmt = get_format("digits", 6)
+    prefix, secret = "Security note for Ann Lee: the account recovery code is ", "407318"
+    texts = [r["text"] for r in corpora[1][:60]] + [prefix + secret + "."] * 40
+    train_model(model, tokenizer, texts, TrainSettings(epochs=6, batch_size=16, lr=5e-3))
+    target = Target(model, tokenizer)
+    rows = []
+    forward = model.forward
+
+    def counting(*a, **kw):
+        rows.append(int(kw["input_ids"].shape[0]))
+        return forward(*a, **kw)
+
+    model.forward = counting
+    for budget in (7, 40, 200):
+        rows.clear()
+        one = extract_secret(target, prefix, fmt, max_expansions=budget, guesses=3, lookahead=1)
+        rows_one = list(rows)
+        rows.clear()
+        ahead = extract_secret(target, prefix, fmt, max_expansions=budget, guesses=3, lookahead=16)
+        assert ahead == one or (ahead.guesses == one.guesses and ahead.total_expansions == one.total_expansions)
+        assert sum(rows_one) == one.total_expansions <= budget
+        assert sum(rows) <= one.total_expansions + 15 and len(rows) <= len(rows_one), (budget, rows, rows_one)
+    assert one.secret == secret

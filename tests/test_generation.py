@@ -456,15 +456,16 @@ def test_cuda_chunked_top_candidates_and_sampler_at_gpt2_vocabulary():
 
     g = torch.Generator(device="cuda").manual_seed(0)
     logits = (torch.randn(512, 50257, device="cuda", generator=g) * 4).bfloat16()
-    vals, idx = engine._top_candidates(logits, 64)
+    vals, idx = engine._top_candidates(logits, 64, chunk=128)
     torch.testing.assert_close(vals, torch.topk(logits, 64, dim=-1).values, rtol=0, atol=0)
     torch.testing.assert_close(logits.gather(-1, idx), vals, rtol=0, atol=0)
     s = Sampling(max_new_tokens=1, top_k=40)
     flag = torch.zeros(512, dtype=torch.bool, device="cuda")
-    chunked = engine._choose_on_device(logits, s, 0, torch.Generator(device="cuda").manual_seed(1), overflow=flag)
     saved = engine._CHUNK
-    engine._CHUNK = 0
     try:
+        engine._CHUNK = 128
+        chunked = engine._choose_on_device(logits, s, 0, torch.Generator(device="cuda").manual_seed(1), overflow=flag)
+        engine._CHUNK = 0
         plain = engine._choose_on_device(logits, s, 0, torch.Generator(device="cuda").manual_seed(1), overflow=flag)
     finally:
         engine._CHUNK = saved

@@ -125,9 +125,11 @@ def extract_secret(
     Expansions are counted as the search above makes them, one node at a time; the forward passes
     are batched underneath: when a node's next-token probabilities are not known yet, they are
     computed in one pass together with those of the ``lookahead - 1`` cheapest other open nodes
-    in the queue (never more than the budget has left), which the search is likely to expand
-    next.  Which nodes are expanded, and so what is found, does not depend on ``lookahead`` (up to
-    the rounding of a batched pass); only the number of passes does (``lookahead=1``: one a node).
+    in the queue, which the search is likely to expand next (within the budget left, and never more
+    than ``lookahead - 1`` computed ahead and not yet expanded: those are the search's only extra
+    cost).  Which nodes are
+    expanded, and so what is found, does not depend on ``lookahead`` (up to the rounding of a
+    batched pass); only the number of passes does (``lookahead=1``: one a node).
     """
     _check_guesses(guesses)
     if lookahead < 1:
@@ -153,7 +155,9 @@ def extract_secret(
             continue  # a complete secret has no continuation
         expansions += 1
         if path not in known:
-            room = min(lookahead, max_expansions - expansions + 1) - 1
+            # those computed ahead and not yet expanded (a peaky, memorized canary leaves its siblings so)
+            # count against both the lookahead and the budget: at most lookahead - 1 of them at any time
+            room = max(0, min(lookahead - 1, max_expansions - expansions) - len(known))
             ahead = [p for _, t, p in heapq.nsmallest(room + len(known), heap)
                      if not (t and partial.state(t) == "done") and p not in known][:room]
             known.update(zip([path, *ahead], _next_logprobs(target, base, [path, *ahead], allowed)))
