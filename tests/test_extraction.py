@@ -391,3 +391,25 @@ def test_looking_ahead_computes_few_distributions_the_search_does_not_use(gpt2, 
         assert sum(rows_one) == one.total_expansions <= budget
         assert sum(rows) <= one.total_expansions + 15 and len(rows) <= len(rows_one), (budget, rows, rows_one)
     assert one.secret == secret
+
+
+def test_candidate_tokens_are_decoded_once_per_tokenizer_format_and_lead(gpt2, tokenizer, monkeypatch):
+    from leakaudit.attacks import extraction as ex
+
+    decoded = []
+    real = ex._decode_candidates
+    monkeypatch.setattr(ex, "_decode_candidates", lambda *a: decoded.append(a[1:]) or real(*a))
+    monkeypatch.setattr(ex, "_CANDIDATES", ex.weakref.WeakKeyDictionary())
+    target = Target(gpt2, tokenizer)
+    fmt = get_format("digits", 3)
+    first = extract_secret(target, "the PIN of Ann Lee is ", fmt, max_expansions=20)
+    again = extract_secret(target, "the PIN of Bo Park is ", fmt, max_expansions=20)  # same format and lead
+    beam_search_secret(target, "the PIN of Ann Lee is ", fmt, width=4)
+    assert decoded == [(fmt, " ")] and first.total_expansions == again.total_expansions == 20
+    ids, strings = ex._candidate_tokens(target, fmt, " ")
+    ids[:] = -1  # a caller changing its copy leaves the memo alone
+    strings.clear()
+    assert (ex._candidate_tokens(target, fmt, " ")[0] >= 0).all() and ex._candidate_tokens(target, fmt, " ")[1]
+    extract_secret(target, "the PIN of Ann Lee is", fmt, max_expansions=5)  # no trailing space: another lead
+    ex._candidate_tokens(target, get_format("digits", 4), " ")  # another format
+    assert decoded == [(fmt, " "), (fmt, ""), (get_format("digits", 4), " ")]

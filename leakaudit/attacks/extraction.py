@@ -14,6 +14,7 @@ canary's secret.
 from __future__ import annotations
 
 import heapq
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,14 +77,32 @@ def _setup(target: Target, prefix: str, fmt: SecretFormat):
     return encode(target.tokenizer, [context])[0].ids, lead, _Partial(fmt, lead), tok_ids, tok_strs
 
 
+# per tokenizer: (fmt, lead, vocabulary size) -> the candidate tokens (decoding the whole vocabulary takes
+# about 25 ms for 8,192 tokens; an audit searches every canary twice, best-first and beam)
+_CANDIDATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def _candidate_tokens(target: Target, fmt: SecretFormat, lead: str) -> tuple[np.ndarray, list[str]]:
     """The tokens that can spell part of a secret (or the whitespace before it), each with the text it adds.
 
     Each token is decoded after a one-token context: decoded alone, a SentencePiece-style (Metaspace)
     token such as ``▁1`` loses its leading space (the decoder strips it at the start of a text), so no
     token could spell the space between the prefix and the secret and the search found nothing.
+    Remembered per tokenizer, format and leading whitespace.
     """
     tok = target.tokenizer
+    try:
+        memo = _CANDIDATES.setdefault(tok, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced or hashed: no memo
+        memo = {}
+    key = (fmt, lead, len(tok))
+    if key not in memo:
+        memo[key] = _decode_candidates(tok, fmt, lead)
+    ids, strings = memo[key]
+    return ids.copy(), list(strings)
+
+
+def _decode_candidates(tok, fmt: SecretFormat, lead: str) -> tuple[np.ndarray, list[str]]:
     chars = set(fmt.alphabet) | set(fmt.sep if fmt.group else "") | set(lead)
     ctx = tok("a", add_special_tokens=False)["input_ids"][-1:]
     head = tok.decode(ctx, clean_up_tokenization_spaces=False)
