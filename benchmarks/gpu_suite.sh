@@ -79,6 +79,9 @@ step scoring-stats 60 "$OUT/scoring_stats.json" python3 benchmarks/scoring_engin
 # issue 3: every text exactly 512 tokens (the issue's wording), with the statistics
 step scoring-512 60 "$OUT/scoring_512.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
   --texts 512 --max-tokens 512 --min-tokens 512 --stats
+# issue 5's grid: best-first canary search, look-ahead batches against one pass per expansion (gpu preset model)
+step search 60 "$OUT/search.json" python3 benchmarks/extraction_search.py --size gpt2-preset --budget 200 \
+  --canaries 8
 # issue 3: the engine with the whole model compiled (experimental; compiling counted apart)
 step scoring-compiled 150 "$OUT/scoring_compiled.json" python3 benchmarks/scoring_engine.py --size "$SIZE" \
   --texts 512 --max-tokens 512 --stats --compiled-model
