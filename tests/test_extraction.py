@@ -47,13 +47,18 @@ def test_the_first_complete_secret_is_the_most_likely_one(gpt2, tokenizer):
     assert target.secret_nll(prefix.rstrip(), [" " + found.secret])[0] >= found.nll - 1e-4
 
 
-def test_a_planted_canary_is_extracted_and_an_unseen_one_is_not(gpt2, tokenizer, corpora):
+def _planted(gpt2, tokenizer, corpora):
+    """A copy of the tiny model trained on a canary repeated 40 times: (model, target, fmt, prefix, secret)."""
     model = copy.deepcopy(gpt2)
     fmt = get_format("digits", 6)
     prefix, secret = "Security note for Ann Lee: the account recovery code is ", "407318"
     texts = [r["text"] for r in corpora[1][:60]] + [prefix + secret + "."] * 40
     train_model(model, tokenizer, texts, TrainSettings(epochs=6, batch_size=16, lr=5e-3))
-    target = Target(model, tokenizer)
+    return model, Target(model, tokenizer), fmt, prefix, secret
+
+
+def test_a_planted_canary_is_extracted_and_an_unseen_one_is_not(gpt2, tokenizer, corpora):
+    model, target, fmt, prefix, secret = _planted(gpt2, tokenizer, corpora)
     assert extract_secret(target, prefix, fmt).secret == secret
     untrained = extract_secret(Target(gpt2, tokenizer), prefix, fmt)  # the model before it saw the canary
     assert untrained.secret != secret
@@ -367,12 +372,7 @@ def test_looking_ahead_batches_the_passes_without_changing_what_is_found(gpt2, t
 def test_looking_ahead_computes_few_distributions_the_search_does_not_use(gpt2, tokenizer, corpora):
     """A memorized canary: the search walks straight to it, and the siblings computed ahead are never
     expanded; at most lookahead - 1 of them are ever waiting, so the extra rows stay below that."""
-    model = copy.deepcopy(gpt2)
-    fmt = get_format("digits", 6)
-    prefix, secret = "Security note for Ann Lee: the account recovery code is ", "407318"
-    texts = [r["text"] for r in corpora[1][:60]] + [prefix + secret + "."] * 40
-    train_model(model, tokenizer, texts, TrainSettings(epochs=6, batch_size=16, lr=5e-3))
-    target = Target(model, tokenizer)
+    model, target, fmt, prefix, secret = _planted(gpt2, tokenizer, corpora)
     rows = []
     forward = model.forward
 
