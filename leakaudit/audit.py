@@ -192,24 +192,21 @@ def score_model(
         for m in (m for m in manifests if m.spec.design == "fixed"):
             with log.timed("exposure", model=model.name, canaries=len(m.canaries)):
                 found_exposures = list(canary_exposures(target, m, exact_max=exact_max))
-            search_s = beam_s = 0.0
-            for c, res in zip(m.canaries, found_exposures):
-                t0 = time.perf_counter()
-                if extraction_budget:
-                    found = extract_secret(target, c.prefix, m.spec.secret_format, max_expansions=extraction_budget,
-                                           guesses=extraction_guesses)
-                    res = res.model_copy(update=extraction_fields(found, c, m, extraction_guesses))
-                t1 = time.perf_counter()
-                if beam_width:
-                    beam = beam_search_secret(target, c.prefix, m.spec.secret_format, width=beam_width)
-                    res = res.model_copy(update={"extracted_beam": beam.secret == c.secret})
-                search_s, beam_s = search_s + t1 - t0, beam_s + time.perf_counter() - t1
-                exposures.append(res)
             if extraction_budget:
-                log.add_time("extraction search", search_s, model=model.name, canaries=len(m.canaries),
-                             budget=extraction_budget)
+                with log.timed("extraction search", model=model.name, canaries=len(m.canaries),
+                               budget=extraction_budget):
+                    found_exposures = [
+                        res.model_copy(update=extraction_fields(
+                            extract_secret(target, c.prefix, m.spec.secret_format, max_expansions=extraction_budget,
+                                           guesses=extraction_guesses), c, m, extraction_guesses))
+                        for c, res in zip(m.canaries, found_exposures)]
             if beam_width:
-                log.add_time("beam search", beam_s, model=model.name, canaries=len(m.canaries), width=beam_width)
+                with log.timed("beam search", model=model.name, canaries=len(m.canaries), width=beam_width):
+                    found_exposures = [
+                        res.model_copy(update={"extracted_beam": beam_search_secret(
+                            target, c.prefix, m.spec.secret_format, width=beam_width).secret == c.secret})
+                        for c, res in zip(m.canaries, found_exposures)]
+            exposures += found_exposures
         write_json(tmp / "canaries.json", [c.model_dump(mode="json") for c in exposures])
         write_json(tmp / "model.json", {"path": str(model.path), "files_sha256": loaded.files_sha256})
 

@@ -606,6 +606,11 @@ class Budget:
         return self.deadline - self.clock()
 
 
+def _clock(budget: Budget | None) -> Callable[[], float]:
+    """Tasks are timed on the budget's clock when there is one (the time it counts), else on perf_counter."""
+    return budget.clock if budget is not None else time.perf_counter
+
+
 class Executor(ABC):
     """Runs a list of tasks (a module-level function applied to picklable arguments)."""
 
@@ -639,8 +644,8 @@ class LocalExecutor(Executor):
                 out.append(Outcome(label, not_started=True))
                 continue
             log("task_started", f"{label} ...", task=label)
-            t0 = time.perf_counter()
-            b0 = budget.clock() if budget is not None else 0.0
+            clock = _clock(budget)
+            t0 = clock()
             try:
                 res = fn(task)
             except Exception as e:  # noqa: BLE001 - one failed cell must not stop the grid
@@ -648,9 +653,9 @@ class LocalExecutor(Executor):
                     traceback=traceback.format_exc())
                 out.append(Outcome(label, error=f"{type(e).__name__}: {e}"))
                 continue
+            dt = clock() - t0
             if budget is not None:
-                budget.record(fn.__name__, budget.clock() - b0)
-            dt = time.perf_counter() - t0
+                budget.record(fn.__name__, dt)
             log("task_finished", f"{label} done in {dt:.1f}s", task=label, seconds=round(dt, 2))
             out.append(Outcome(label, res))
         return out
@@ -719,7 +724,7 @@ class SubmititExecutor(Executor):
                 job = self.executor.submit(_in_job, fn, task, self.threads)
                 log("task_submitted", f"{label}: submitit job {job.job_id} ({self.cluster})", task=label,
                     job_id=str(job.job_id))
-                running.append((i, label, job, time.perf_counter()))
+                running.append((i, label, job, _clock(budget)()))
             still = []
             for i, label, job, t0 in running:
                 if not job.done():
@@ -727,7 +732,7 @@ class SubmititExecutor(Executor):
                     continue
                 try:
                     results[i] = Outcome(label, job.result())
-                    dt = time.perf_counter() - t0
+                    dt = _clock(budget)() - t0
                     if budget is not None:
                         budget.record(fn.__name__, dt)
                     log("task_finished", f"{label} done in {dt:.1f}s", task=label, seconds=round(dt, 2))

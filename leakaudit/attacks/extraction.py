@@ -190,23 +190,22 @@ def extract_secret(
 
 @torch.no_grad()
 def _next_logprobs(target: Target, base: list[int], paths: list[tuple[int, ...]],
-                   allowed: torch.Tensor) -> list[np.ndarray]:
-    """Log-probabilities of the ``allowed`` tokens after ``base + path``, for each path, in one pass
+                   allowed: torch.Tensor) -> np.ndarray:
+    """Log-probabilities of the ``allowed`` tokens after ``base + path``, a row per path, in one pass
     (right-padded: each row's real positions are those of the path alone)."""
     rows = [base + list(p) for p in paths]
     width = max(len(r) for r in rows)
-    pad = target.tokenizer.pad_token_id if target.tokenizer.pad_token_id is not None else 0
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    ids = torch.full((len(rows), width), target.pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, : len(r)] = torch.tensor(r)
         mask[i, : len(r)] = 1
     ids, mask = ids.to(target.device), mask.to(target.device)
-    kwargs = {"attention_mask": mask} if len(rows) > 1 else {}
+    kwargs = {"attention_mask": mask} if len(rows) > 1 else {}  # one row has no padding: no mask needed
     logits = target.model(input_ids=ids, **kwargs).logits
     last = torch.tensor([len(r) - 1 for r in rows], device=target.device)
     out = torch.log_softmax(logits[torch.arange(len(rows), device=target.device), last].float(), -1)
-    return list(out[:, allowed].cpu().numpy())
+    return out[:, allowed].cpu().numpy()  # [paths, allowed]
 
 
 @torch.no_grad()
@@ -226,21 +225,10 @@ def beam_search_secret(
     beams: list[tuple[float, str, tuple[int, ...]]] = [(0.0, "", ())]
     done: dict[str, float] = {}  # complete secret -> its cheapest cost
     passes = 0
+    allowed = torch.as_tensor(tok_ids, device=target.device)
     while beams:
-        width_now = max(len(p) for _, _, p in beams)
-        ids = torch.full((len(beams), len(base) + width_now), target.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        last = []
-        for b, (_, _, path) in enumerate(beams):
-            seq = base + list(path)
-            ids[b, : len(seq)] = torch.tensor(seq)
-            mask[b, : len(seq)] = 1
-            last.append(len(seq) - 1)
-        ids, mask = ids.to(target.device), mask.to(target.device)
-        logits = target.model(input_ids=ids, attention_mask=mask).logits.float()
+        logp = _next_logprobs(target, base, [path for _, _, path in beams], allowed)
         passes += 1
-        rows = logits[torch.arange(len(beams)), torch.tensor(last)]
-        logp = torch.log_softmax(rows, -1)[:, torch.as_tensor(tok_ids, device=target.device)].cpu().numpy()
         nxt = []
         for b, (cost, text, path) in enumerate(beams):
             for j, (tid, s) in enumerate(zip(tok_ids, tok_strs)):
