@@ -61,7 +61,8 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     with the tie check read on the host every step (as before); ``sample_top_k_chunked``: a first
     pass over 128-token chunks' maxima instead of one top-k over the whole vocabulary;
     ``sample_top_k_whole_vocab``: the draw over the whole vocabulary
-    (the path a tie overflow falls back to).
+    (the path a tie overflow falls back to); ``top_k_kernel``: ``torch.topk`` of k + margin alone
+    (the rest of ``sample_top_k`` is the cut, the ordering by id and the draw over those candidates).
     """
     from leakaudit.models import generate as engine
 
@@ -102,6 +103,7 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
 
     parts["sample_top_k_chunked"] = chunked_top_k
     parts["sample_top_k_whole_vocab"] = full_vocab
+    parts["top_k_kernel"] = lambda: torch.topk(logits, s.top_k + margin, dim=-1)
     out = {}
     for name, fn in parts.items():
         fn()
@@ -131,8 +133,8 @@ def fresh_runs(model, prompts, s, pad, b) -> dict:
 def engine_variants(model, prompts, s, pad, b) -> list[dict]:
     """The engine with its step savings switched off one at a time (same prompts, same run).
 
-    ``kv_bucket``: cache slices (0: the whole cache every step; half the default: more captured
-    graphs, fewer idle slots read); ``tie_margin`` (0: sample over the whole vocabulary every step);
+    ``kv_bucket``: cache slices (0: the whole cache every step; a half and a quarter of the default:
+    more captured graphs, fewer idle slots read); ``tie_margin`` (0: sample over the whole vocabulary every step);
     ``chunk`` (128: a first pass over chunk maxima for the sampler's candidates); ``defer_ties`` (False: the tie check
     read on the host every step).
     """
@@ -141,7 +143,8 @@ def engine_variants(model, prompts, s, pad, b) -> list[dict]:
     names = {"kv_bucket": "_KV_BUCKET", "tie_margin": "_TIE_MARGIN", "chunk": "_CHUNK", "defer_ties": "_DEFER_TIES"}
     saved = {k: getattr(engine, v) for k, v in names.items()}
     # {"defer_ties": False}: the sampler as it was before the fifth session
-    settings = [{}, {"kv_bucket": 0}, {"kv_bucket": saved["kv_bucket"] // 2}, {"tie_margin": 0}, {"chunk": 128},
+    settings = [{}, {"kv_bucket": 0}, {"kv_bucket": saved["kv_bucket"] // 2},
+                {"kv_bucket": saved["kv_bucket"] // 4}, {"tie_margin": 0}, {"chunk": 128},
                 {"defer_ties": False}, {"chunk": 128, "defer_ties": False}]
     rows = []
     try:
