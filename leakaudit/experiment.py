@@ -12,6 +12,9 @@ With ``matched_steps`` (the default) a non-DP cell takes exactly the optimizer s
 (expected) batch size of the DP cells of its mode, and their learning rate
 (:func:`~leakaudit.train.loop.matched_settings`): only clipping and noise differ, so a
 difference in leakage is the effect of DP and not of a shorter or longer training run.
+``non_dp_lr`` gives the non-DP cells a learning rate of their own (steps and batch still
+matched): a DP run's learning rate is tuned for clipped, noisy gradients, and at it a plain run
+can overfit until it is worse than the base model, which makes its utility no baseline.
 
 The comparison (``comparison.json``, ``.csv``, ``.md``, ``.html``) holds metrics only: no
 text, secret or PII from the data.  Cells run in this process (:class:`LocalExecutor`) or as
@@ -126,6 +129,14 @@ class SubmititConfig(BaseModel):
     )
 
 
+class NonDPLearningRates(BaseModel):
+    """The non-DP cells' learning rate per fine-tuning mode; null: the same as the DP cells of that mode."""
+
+    model_config = ConfigDict(extra="forbid")
+    full: float | None = Field(default=None, gt=0)
+    lora: float | None = Field(default=None, gt=0)
+
+
 class ExperimentConfig(BaseModel):
     """An experiment file.  ``base`` is a demo configuration: a preset and overrides of its fields."""
 
@@ -145,6 +156,10 @@ class ExperimentConfig(BaseModel):
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapters of the lora cells.")
     lora_lr: float | None = Field(default=None, gt=0, description="Learning rate of the lora cells (null: same).")
+    non_dp_lr: NonDPLearningRates = Field(
+        default_factory=lambda: NonDPLearningRates(),
+        description="Learning rates of the non-DP (eps inf) cells, per mode (null: the DP cells' of that mode).",
+    )
     pii_reconstruction_records: int = Field(
         default=200, ge=0, description="Records per side for PII reconstruction (0: none)."
     )
@@ -419,11 +434,13 @@ def cell_settings(exp: Experiment, cell: CellSpec, n_train: int):
     dp_train: TrainSettings = cfg.dp_train.model_copy(update=update)
     if cell.dp:
         return dp_train, cfg.dp.model_copy(update={"target_epsilon": cell.epsilon, "noise_multiplier": None})
+    own_lr = getattr(exp.config.non_dp_lr, cell.mode)
     if exp.config.matched_steps:
         # the DP cells' privacy record would give the same: steps and q = 1 / ceil(N / batch) depend on the
         # settings and N only, so every DP cell of this mode takes these steps, whatever its epsilon
-        return matched_settings(dp_train, n_train), None
-    return cfg.finetune.model_copy(update=update), None
+        matched = matched_settings(dp_train, n_train)
+        return (matched if own_lr is None else matched.model_copy(update={"lr": own_lr})), None
+    return cfg.finetune.model_copy(update={**update, **({} if own_lr is None else {"lr": own_lr})}), None
 
 
 def _cell_key(exp: Experiment, cell: CellSpec, n_train: int) -> str:
@@ -928,7 +945,8 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def matched_check(rows: list[dict]) -> list[dict]:
-    """Per (mode, seed): do the non-DP cells take the DP cells' steps and expected batch?"""
+    """Per (mode, seed): do the non-DP cells take the DP cells' steps and expected batch?  (With both arms'
+    learning rates: they differ where the experiment gives the non-DP cells their own.)"""
     out = []
     keys = sorted({(r["mode"], r["seed"]) for r in rows})
     for mode, seed in keys:
@@ -941,7 +959,8 @@ def matched_check(rows: list[dict]) -> list[dict]:
                  for p in plain for d in dp)
         out.append({"mode": mode, "seed": seed, "matched": ok, "dp_steps": dp[0]["steps"],
                     "dp_expected_batch": dp[0]["expected_batch"], "non_dp_steps": plain[0]["steps"],
-                    "non_dp_batch": plain[0]["expected_batch"]})
+                    "non_dp_batch": plain[0]["expected_batch"], "dp_lr": dp[0].get("lr"),
+                    "non_dp_lr": plain[0].get("lr")})
     return out
 
 
@@ -1178,9 +1197,17 @@ def _notes(doc: dict) -> list[str]:
     notes = []
     if doc["matched_steps"]:
         bad = [c for c in doc["matched_check"] if not c["matched"]]
+        own = sorted({(c["mode"], c.get("dp_lr"), c.get("non_dp_lr")) for c in doc["matched_check"]
+                      if c.get("non_dp_lr") != c.get("dp_lr")})
+        if own:
+            lrs = "; ".join(f"{m}: DP {d:g}, non-DP {p:g}" for m, d, p in own)
+            what = ("the optimizer steps and expected batch size of the DP cells of its mode, at a learning rate "
+                    f"of its own ({lrs}); clipping, noise and the learning rate differ.")
+        else:
+            what = ("the optimizer steps, expected batch size and learning rate of the DP cells of its mode; "
+                    "only clipping and noise differ.")
         notes.append(
-            "Matched steps: every non-DP cell took the optimizer steps, expected batch size and learning rate of "
-            "the DP cells of its mode; only clipping and noise differ."
+            "Matched steps: every non-DP cell took " + what
             + (" MISMATCH in " + ", ".join(f"{c['mode']} seed {c['seed']}" for c in bad) + "." if bad else "")
         )
     else:

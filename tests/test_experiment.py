@@ -89,6 +89,8 @@ def _with(**changes):
                               "repetitions": [1]}]}, ["field 'base.canaries.0"]),
         ({"base__canaries": ["missing.yaml"]}, ["field 'base.canaries.0'", "missing.yaml"]),
         ({"lora_lr": 0}, ["field 'lora_lr'"]),
+        ({"non_dp_lr": {"full": 0}}, ["field 'non_dp_lr.full'"]),
+        ({"non_dp_lr": {"qlora": 1e-3}}, ["field 'non_dp_lr.qlora'"]),
     ],
 )
 def test_config_errors_name_the_file_and_field(tmp_path, changes, needles):
@@ -118,6 +120,25 @@ def test_grid_expands_with_inf_as_no_dp(tmp_path):
     ids = [c.id for c in exp.cells()]
     assert ids[:3] == ["full-epsinf-seed0", "full-eps8-seed0", "full-eps1-seed0"] and "lora-eps1-seed1" in ids
     assert not exp.cells()[0].dp and exp.cells()[1].dp
+
+
+def test_non_dp_cells_take_their_own_learning_rate_with_the_dp_cells_steps(tmp_path):
+    from leakaudit.experiment import cell_settings
+
+    exp = load_experiment(_write(tmp_path, _with(grid__mode=["full", "lora"], lora_lr=2e-3,
+                                                  non_dp_lr={"full": 5e-4})))
+    cells = {c.id: c for c in exp.cells()}
+    settings = {k: cell_settings(exp, c, 100) for k, c in cells.items()}
+    dp_full, plain_full = settings["full-eps1-seed0"][0], settings["full-epsinf-seed0"][0]
+    dp_lora, plain_lora = settings["lora-eps1-seed0"][0], settings["lora-epsinf-seed0"][0]
+    assert (dp_full.lr, plain_full.lr) == (3e-3, 5e-4)
+    assert (dp_lora.lr, plain_lora.lr) == (2e-3, 2e-3)  # no non-DP lora rate given: the DP cells'
+    # steps and batch stay matched: 8 epochs of ceil(100 / 32) = 4 steps, batches of 100 / 4
+    assert plain_full.steps == plain_lora.steps == 32 and plain_full.batch_size == 25
+    # and without matched steps the non-DP cells' own rate still applies
+    exp = load_experiment(_write(tmp_path, _with(matched_steps=False, non_dp_lr={"full": 5e-4}), name="b.yaml"))
+    plain = cell_settings(exp, exp.cells()[0], 100)[0]
+    assert plain.lr == 5e-4 and plain.epochs == exp.base.finetune.epochs
 
 
 def test_shipped_experiments_validate():
@@ -201,7 +222,7 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
     assert plain["steps"] == dp["steps"] and abs(plain["expected_batch"] - dp["expected_batch"]) <= 1
     assert doc["matched_check"] == [{"mode": "full", "seed": 0, "matched": True, "dp_steps": dp["steps"],
                                      "dp_expected_batch": dp["expected_batch"], "non_dp_steps": plain["steps"],
-                                     "non_dp_batch": plain["expected_batch"]}]
+                                     "non_dp_batch": plain["expected_batch"], "dp_lr": 3e-3, "non_dp_lr": 3e-3}]
     # a real effect even at this size: the 16x canaries are exposed without DP, much less with eps 1
     assert plain["exposure_median"] > dp["exposure_median"] + 1.0, (plain, dp)
     assert dp["one_run_eps_lower_bound"] <= dp["epsilon"]
@@ -467,3 +488,17 @@ def test_notes_name_cells_worse_than_their_base_model_and_those_that_overfit():
     assert "lora-epsinf-seed0" not in overfit[0] and "full-eps8-seed1" not in overfit[0]
     doc["cells"] = doc["cells"][3:]
     assert not any(n.startswith(("Held-out perplexity above", "Overfit:")) for n in _notes(doc))
+
+
+def test_matched_note_says_when_the_non_dp_cells_have_their_own_learning_rate():
+    from leakaudit.experiment import _notes
+
+    check = {"seed": 0, "matched": True, "dp_steps": 10, "dp_expected_batch": 8, "non_dp_steps": 10,
+             "non_dp_batch": 8}
+    doc = {"matched_steps": True, "exposure_min_repetitions": 16, "missing_cells": [], "base_model_perplexity": {},
+           "cells": [], "matched_check": [{**check, "mode": "full", "dp_lr": 1e-3, "non_dp_lr": 1e-3}]}
+    same = "expected batch size and learning rate of the DP cells of its mode; only clipping and noise"
+    assert same in _notes(doc)[0]
+    doc["matched_check"] += [{**check, "mode": "lora", "dp_lr": 3e-3, "non_dp_lr": 2e-4}]
+    note = _notes(doc)[0]
+    assert "at a learning rate of its own (lora: DP 0.003, non-DP 0.0002)" in note and "full:" not in note
