@@ -36,6 +36,7 @@ from leakaudit.attacks.exposure import null_secrets
 from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract_secret
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import Canary, CanaryManifest
+from leakaudit.errors import LeakauditError
 from leakaudit.extraction import ExtractionOptions, extraction_stage, read_extraction, sample_stage
 from leakaudit.io import (
     read_json,
@@ -167,6 +168,7 @@ def score_model(
         "search": [exact_max, extraction_budget, extraction_guesses, beam_width]
         if any(m.spec.design == "fixed" for m in manifests) else None,
         "exposure_version": 4,  # 4: skew-normal counts inserted secrets and their neighbourhood exactly
+        "scores_version": 2,  # 2: Min-K%++'s variance as sum p (log p - mu)^2 where the reduction is not compiled
         "dtype": dtype_name(dtype),
     }
 
@@ -301,7 +303,9 @@ def model_result(
     ins = np.array([c.exposure_bits for c in canaries if c.inserted])
     ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
     if ins.size and ref.size:
-        units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot)}
+        k = max(c.repetitions for c in canaries if c.inserted)  # a canary inserted k times: k records
+        units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot,
+                                                     group=k)}
     found = read_extraction(extraction_dir)
     empirical = _one_run_bounds(score_dir, reference_dirs or {}, privacy, seed=options.seed)
     for f in sorted(extraction_dir.glob("*.parquet")) if extraction_dir else []:
@@ -454,6 +458,11 @@ def run_audit(
     if isinstance(models, dict):
         models = [ModelToAudit(name, Path(p)) for name, p in models.items()]
     references = {k: Path(v) for k, v in (references or {}).items()}
+    for name, path in references.items():
+        same = [m.name for m in models if m.name != name and Path(m.path).resolve() == path.resolve()]
+        if same:
+            raise LeakauditError(f"reference model '{name}': {path} is the audited model '{same[0]}' itself; a model "
+                                 "compared with itself scores every record 0 (use another model as its reference)")
     rows = list(members) + list(non_members)
     cfg_path = run_dir / "config.yaml"
     if is_writer() and (write_config or not cfg_path.is_file()):  # this run's settings, even in an old directory

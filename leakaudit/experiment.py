@@ -582,6 +582,8 @@ def cell_metrics(model, min_reps: int = 16) -> dict:
         "pii_recall": pii.overall.recall if pii else None,
         "one_run_eps_lower_bound": bound.eps_lower_bound if bound else None,
         "one_run_best_possible": bound.best_possible if bound else None,
+        # an empirical lower bound above the accountant's eps (any method): the DP training or its accounting is wrong
+        "dp_guarantee_failed": any(e.exceeds_accountant for e in model.empirical_privacy),
     }
 
 
@@ -915,8 +917,8 @@ CSV_COLUMNS = (
     "exposure_max", "exposure_reference_median", "n_exposure_canaries", "canaries_extracted", "canaries_searched",
     "extraction_searches_completed", "canaries_within_guesses", "other_secret_first", "memorization_k_n",
     "memorization_exact_rate", "memorization_exact_rate_non_members", "untargeted_memorized",
-    "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "train_seconds",
-    "audit_seconds", "device", "run_dir", "base_sha256",
+    "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "dp_guarantee_failed",
+    "train_seconds", "audit_seconds", "device", "run_dir", "base_sha256",
 )
 
 
@@ -1219,6 +1221,10 @@ def _notes(doc: dict) -> list[str]:
         vals = list(doc["base_model_perplexity"].values())
         notes.append(f"Base model (pretrained on public data, before fine-tuning): held-out perplexity "
                      f"{statistics.fmean(vals):.2f}.")
+    failed = [c["cell"] for c in doc["cells"] if c.get("dp_guarantee_failed")]
+    if failed:  # first: nothing else in the comparison can be trusted for these cells
+        notes.insert(0, "DP GUARANTEE FAILED in " + ", ".join(failed) + ": an empirical lower bound on eps lies above "
+                     "the accountant's eps, so the DP training or its accounting is broken (see each cell's report).")
     notes += _worse_than_base(doc)
     several = {seed: len(h) for seed, h in doc.get("base_models", {}).items() if len(h) > 1}
     if several:

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from leakaudit.attacks import ATTACKS, AttackInputs, auc, build_score_table, run_attack, tpr_at_fpr
+from leakaudit.attacks.lira import _fit, _variance_mode
 from leakaudit.attacks.neighbours import neighbours
 from leakaudit.attacks.rmia import tune_a
 from leakaudit.errors import LeakauditError
@@ -110,6 +111,22 @@ def test_every_attack_is_at_chance_when_the_model_never_saw_the_data():
         assert abs(auc(s[member], s[~member]) - 0.5) < 0.05, name
 
 
+def test_offline_lira_ranks_as_the_log_cdf_and_keeps_strong_leaks_apart():
+    from scipy.stats import norm
+
+    inp, member = _simulated(seed=6)
+    s = run_attack("lira_offline", inp)
+    mu, sd = _fit(inp.shadow_stats, ~inp.shadow_in, _variance_mode("auto", inp.shadow_stats.shape[0]))
+    z = (inp.target["mean_logprob"].to_numpy() - mu) / sd
+    moderate = np.abs(z) < 30  # where log Phi has not rounded to 0
+    logcdf = norm.logcdf(z)
+    assert np.array_equal(np.argsort(s[moderate], kind="stable"), np.argsort(logcdf[moderate], kind="stable"))
+    # far above the OUT distribution (z of 40 and 60): log Phi gives both exactly 0, the score keeps them apart
+    inp.target.loc[0:1, "mean_logprob"] = mu[:2] + sd[:2] * np.array([40.0, 60.0])
+    far = run_attack("lira_offline", inp)[:2]
+    assert norm.logcdf(40.0) == norm.logcdf(60.0) == 0.0 and far[1] > far[0] > 30
+
+
 def test_rmia_tunes_a_on_a_paired_shadow_when_a_is_not_given():
     inp, member = _simulated(n=600, n_shadows=8, seed=4)
     a = tune_a(inp.shadow_stats, inp.shadow_in)
@@ -149,3 +166,16 @@ def test_attack_parameters_are_checked_before_any_work(attack, params, needle):
     with pytest.raises(LeakauditError) as e:  # the same check for the demo's and experiments' attack_params
         resolve_config(preset="tiny", overrides={"attack_params": {attack: params}})
     assert str(e.value).startswith(f"config: field 'attack_params': {needle}")
+
+
+def test_a_text_with_no_token_to_score_is_refused_by_id(gpt2, tokenizer):
+    import copy
+
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.bos_token = None  # as a tokenizer without a BOS token (Qwen2's, for one)
+    one_token = next(t for t in ("the", "a", "account", "code") if len(no_bos(t)["input_ids"]) == 1)
+    texts = ["Security note for Ada: the account recovery code is 123456.", one_token]
+    with pytest.raises(LeakauditError, match=r"1 of 2 records have no token to score \(ids r2\)"):
+        build_score_table(Target(gpt2, no_bos), ["r1", "r2"], texts, [True, False])
+    table = build_score_table(Target(gpt2, tokenizer), ["r1", "r2"], texts, [True, False])  # with the BOS: scored
+    assert list(table["n_tokens"]) == [len(tokenizer(texts[0])["input_ids"]), 1]

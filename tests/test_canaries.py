@@ -55,6 +55,11 @@ def test_bad_specs_name_the_field(tmp_path):
         p.write_text(f"name: x\ntemplate: '{template}'\nsecret: {{format: digits, length: 4}}\nrepetitions: [1]\n")
         with pytest.raises(LeakauditError, match="write placeholders bare"):
             load_spec(p)
+    # a one-run audit inserts each canary once: with k copies its bound would be compared with the wrong eps
+    p.write_text("name: x\ndesign: one_run\ntemplate: 'a {secret}'\nsecret: {format: digits, length: 6}\n"
+                 "repetitions: [1, 4]\n")
+    with pytest.raises(LeakauditError, match=r"s.yaml: .*one_run spec inserts each canary once \(repetitions: \[1\]\)"):
+        load_spec(p)
 
 
 def test_generation_is_seeded_distinct_and_hashed():

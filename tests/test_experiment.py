@@ -208,6 +208,7 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
     cells = {r["cell"]: r for r in doc["cells"]}
     assert set(cells) == set(CELLS) and doc["missing_cells"] == []
     for r in cells.values():
+        assert r["dp_guarantee_failed"] is False
         for k in ("epsilon", "perplexity", "exposure_max", "exposure_median", "best_tpr_at_1pct_fpr", "loss_auc",
                   "canaries_extracted", "memorization_exact_rate", "untargeted_memorized", "pii_recall",
                   "one_run_eps_lower_bound", "steps", "expected_batch"):
@@ -488,6 +489,18 @@ def test_notes_name_cells_worse_than_their_base_model_and_those_that_overfit():
     assert "lora-epsinf-seed0" not in overfit[0] and "full-eps8-seed1" not in overfit[0]
     doc["cells"] = doc["cells"][3:]
     assert not any(n.startswith(("Held-out perplexity above", "Overfit:")) for n in _notes(doc))
+
+
+def test_a_failed_dp_guarantee_leads_the_notes():
+    from leakaudit.experiment import _notes
+
+    doc = {"matched_steps": False, "exposure_min_repetitions": 16, "missing_cells": [], "base_model_perplexity": {},
+           "cells": [{"cell": "full-eps8-seed0", "seed": 0, "dp": True, "dp_guarantee_failed": False},
+                     {"cell": "full-eps1-seed0", "seed": 0, "dp": True, "dp_guarantee_failed": True}]}
+    first = _notes(doc)[0]
+    assert first.startswith("DP GUARANTEE FAILED in full-eps1-seed0:") and "eps8" not in first
+    doc["cells"][1]["dp_guarantee_failed"] = False
+    assert not any("FAILED" in n for n in _notes(doc))
 
 
 def test_matched_note_says_when_the_non_dp_cells_have_their_own_learning_rate():

@@ -315,6 +315,31 @@ def test_a_redone_tie_overflow_keeps_the_draws_exact(monkeypatch):
     torch.testing.assert_close(new, again, rtol=0, atol=0)  # the same seed, the same tokens
 
 
+def test_a_redo_that_stops_early_leaves_only_padding_after_the_stop_token(monkeypatch):
+    """Step 0 overflows with ties; then a token below 200 leads to the stop token, any other to token 300.
+    The redo ends when every row has stopped: nothing of the discarded first pass may remain after it."""
+    from leakaudit.models import generate as engine
+
+    monkeypatch.setattr(engine, "_DEVICE_SAMPLER_ON_CPU", True)
+    B, V, stop, pad = 1, 400, 5, 1
+
+    def next_logits(tok, step):
+        out = torch.full((B, V), -10.0) - 0.001 * torch.arange(V)
+        out[tok < 200, stop] = 100.0
+        out[tok >= 200, 300] = 100.0
+        return out
+
+    s = Sampling(max_new_tokens=20, top_k=3, stop_token=stop)
+    stopped = 0
+    for seed in range(10):
+        row = engine._decode(lambda: (torch.zeros(B, V), next_logits), s, pad, torch.Generator().manual_seed(seed))[0]
+        row = row.tolist()
+        if stop in row:
+            stopped += 1
+            assert set(row[row.index(stop) + 1:]) == {pad}, (seed, row)
+    assert stopped >= 3  # the case was reached (about half of the first draws are below 200)
+
+
 @pytest.mark.parametrize("engine_path", ["portable", "static"])
 def test_a_tie_overflow_redecodes_from_that_step(engine_path, corpora, tokenizer, monkeypatch):
     """With the GPU's sampler on the CPU: fp32 logits never overflow; bf16 logits with a margin of 1

@@ -1,5 +1,7 @@
 """Metric functions against scikit-learn and a brute-force threshold sweep."""
 
+import math
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -135,3 +137,25 @@ def test_dp_bound_check_flags_only_real_violations():
     assert not dp_bound_check(m, n, epsilon=8.0, delta=1e-5).violated
     same = rng.normal(0, 1, 500), rng.normal(0, 1, 500)  # chance: never a violation
     assert not dp_bound_check(*same, epsilon=0.01, delta=0.0).violated
+
+
+def test_group_bound_and_the_broken_warning_only_beyond_it():
+    from leakaudit.attacks.metrics import attack_result, group_bound
+
+    assert group_bound(1.0, 1e-5, 1) == (1.0, 1e-5)
+    eps, d = group_bound(0.5, 1e-5, 4)
+    assert eps == 2.0 and d == pytest.approx(4 * math.exp(1.5) * 1e-5)
+    assert group_bound(8.0, 1e-5, 32) == (256.0, 1.0)  # nothing left to promise
+    with pytest.raises(ValueError):
+        group_bound(1.0, 1e-5, 0)
+    rng = np.random.default_rng(3)
+    m, n = rng.normal(8, 1, 60), rng.normal(0, 1, 200)  # canaries inserted many times, against references
+    single = attack_result(m, n, epsilon=1.0, delta=1e-5, n_boot=0)
+    assert single.dp_bound.violated and any("accounting is broken" in w for w in single.warnings)
+    grouped = attack_result(m, n, epsilon=1.0, delta=1e-5, n_boot=0, group=16)
+    # the record-level check is kept (the report explains it); no claim that DP is broken
+    assert grouped.dp_bound.violated and grouped.dp_bound.epsilon == 1.0
+    assert not any("broken" in w for w in grouped.warnings)
+    # a group bound that still fails is a real alarm: 2 records at eps 0.05 cannot separate like this
+    tight = attack_result(m, n, epsilon=0.05, delta=1e-5, n_boot=0, group=2)
+    assert any("for groups of 2 records" in w and "broken" in w for w in tight.warnings)

@@ -1,6 +1,7 @@
 """Plain and DP-SGD training: per-sequence losses, the privacy record, saving and loading."""
 
 import copy
+import math
 
 import numpy as np
 import pytest
@@ -139,6 +140,64 @@ def test_adaptive_clipping_counts_every_piece_of_a_split_batch(gpt2, tokenizer, 
     assert len(bounds[None]) == len(bounds[2]) == 4
     assert bounds[None][-1] < 100.0 and bounds[2][-1] < 100.0
     assert bounds[2] == pytest.approx(bounds[None], rel=1e-6)
+
+
+def test_adaptive_clipping_releases_the_centred_count(gpt2, tokenizer, corpora):
+    """The noisy count must be sum_i (b_i - 1/2) (sensitivity 1/2), the one Opacus's noise split assumes; the
+    plain count of unclipped examples (sensitivity 1) made the run less private than its record says."""
+    from leakaudit.train import loop
+
+    texts = [r["text"] for r in corpora[0][:40]]
+    # almost no noise, nothing clipped at norm 100: every b_i is 1
+    dp = DPSettings(noise_multiplier=1e-3, unclipped_num_std=1e-3, max_grad_norm=100.0, clipping="adaptive",
+                    randomness="seeded", accountant="rdp")  # (PRV's grid for a noise this small would not fit)
+    s = TrainSettings(steps=4, batch_size=8, lr=1e-3, max_length=48)
+    cls = loop._adaptive_optimizer_class()
+    original, seen = cls.update_max_grad_norm, []
+
+    def spy(self):
+        seen.append((float(self.unclipped_num), self.sample_size, self.max_grad_norm))
+        original(self)
+        seen[-1] += (self.max_grad_norm,)
+
+    cls.update_max_grad_norm = spy
+    try:
+        train_model(copy.deepcopy(gpt2), tokenizer, texts, s, dp=dp)
+    finally:
+        cls.update_max_grad_norm = original
+    assert len(seen) == 4 and len({n for _, n, _, _ in seen}) > 1  # Poisson batches of several sizes
+    expected = 8  # 40 records, batch 8: q = 1/5
+    for count, n, before, after in seen:
+        assert count == pytest.approx(n / 2, abs=0.05)  # n unclipped examples, centred
+        frac = count / expected + 0.5
+        assert after == pytest.approx(before * math.exp(-0.2 * (frac - 0.5)), rel=1e-6)
+
+
+def test_secret_randomness_draws_batches_nobody_can_repeat(gpt2, tokenizer, corpora, monkeypatch):
+    """Opacus's Poisson sampler draws from the loader's generator; it was the training seed's, so the batches of
+    a 'secret' run could be rebuilt from the recorded seed. Seeded runs still repeat their batches exactly."""
+    from leakaudit.train import loop
+
+    texts = [r["text"] for r in corpora[0][:24]]
+    s = TrainSettings(steps=6, batch_size=8, lr=1e-3, max_length=32)
+    real = loop.sequence_losses
+    batches: list = []
+
+    def spy(net, ids, mask):
+        batches.append(tuple(sorted(ids.sum(1).tolist())))  # which records (by their token sums), in any order
+        return real(net, ids, mask)
+
+    monkeypatch.setattr(loop, "sequence_losses", spy)
+
+    def drawn(randomness, mode):
+        batches.clear()
+        train_model(copy.deepcopy(gpt2), tokenizer, texts, s,
+                    dp=DPSettings(noise_multiplier=1.0, randomness=randomness, grad_sample_mode=mode))
+        return list(batches)
+
+    for mode in ("hooks", "bookkeeping"):
+        assert drawn("secret", mode) != drawn("secret", mode), mode
+        assert drawn("seeded", mode) == drawn("seeded", mode), mode
 
 
 def test_a_batch_of_one_trains_without_nan(gpt2, tokenizer, corpora):

@@ -9,6 +9,8 @@ fewer than ten false positives (with 1,000 non-members, the TPR at 0.1% FPR rest
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy.stats import beta, rankdata
 
@@ -131,6 +133,16 @@ def dp_bound_check(
     return DPBoundCheck(epsilon=epsilon, delta=delta, violated=violated, max_excess=float(excess.max()))
 
 
+def group_bound(epsilon: float, delta: float, k: int) -> tuple[float, float]:
+    """The (eps, delta) that protects a group of ``k`` records under a record-level (eps, delta) guarantee:
+    ``(k eps, k e^((k-1) eps) delta)`` (delta capped at 1, where the bound says nothing)."""
+    if k < 1:
+        raise ValueError("a group has at least one record")
+    exponent = (k - 1) * float(epsilon)
+    group_delta = 1.0 if exponent > 700 else min(1.0, k * math.exp(exponent) * float(delta))
+    return k * float(epsilon), group_delta
+
+
 def attack_result(
     members: np.ndarray,
     non_members: np.ndarray,
@@ -138,9 +150,16 @@ def attack_result(
     epsilon: float | None = None,
     delta: float | None = None,
     n_boot: int = 1000,
+    group: int = 1,
 ) -> AttackResult:
     """AUC with its bootstrap interval, TPR at 0.1%, 1% and 10% FPR with Clopper-Pearson intervals,
-    balanced accuracy, the ROC for plotting, resolution warnings and, for a DP model, the DP bound check."""
+    balanced accuracy, the ROC for plotting, resolution warnings and, for a DP model, the DP bound check.
+
+    ``group``: how many training records one member unit may stand for (a canary inserted k times).
+    The check kept in the result is always against the record-level bound (the report says what a
+    unit's excess over it means); the warning that the DP training or its accounting is broken is
+    given only when the ROC exceeds the bound that protects such a group (:func:`group_bound`).
+    """
     m, n = _check(members, non_members)
     delta = 0.0 if delta is None else delta
     fpr, tpr, _ = roc_curve(m, n)
@@ -158,10 +177,14 @@ def attack_result(
     dp = None
     if epsilon is not None:
         dp = dp_bound_check(m, n, epsilon, delta)
-        if dp.violated:
+        broken = dp
+        if group > 1 and dp.violated:
+            broken = dp_bound_check(m, n, *group_bound(epsilon, delta, group))
+        if broken.violated:
+            of = f" for groups of {group} records" if group > 1 else ""
             warns.append(
-                f"the attack's ROC exceeds the (eps={epsilon:.2f}, delta={delta:g}) DP bound beyond sampling "
-                "error: the DP training or its accounting is broken"
+                f"the attack's ROC exceeds the (eps={broken.epsilon:.2f}, delta={broken.delta:g}) DP bound{of} "
+                "beyond sampling error: the DP training or its accounting is broken"
             )
     return AttackResult(
         auc=auc(m, n),

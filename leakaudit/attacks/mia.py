@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from leakaudit.attacks.registry import FRACTION, OPTIONAL_NAME, AttackInputs, register_attack
+from leakaudit.errors import LeakauditError
 
 
 def _lowest_k_mean(values: np.ndarray, k: float) -> float:
@@ -79,6 +80,9 @@ def min_k_pp_attack(inp: AttackInputs, k: float) -> np.ndarray:
 
 def _reference_loss(inp: AttackInputs, reference: str | None) -> np.ndarray:
     if reference is not None:
+        if reference not in inp.references:
+            raise LeakauditError(f"attack parameter reference={reference!r}: no reference model of that name (the "
+                                 f"references of this model: {', '.join(sorted(inp.references)) or 'none'})")
         return -inp.references[reference]["mean_logprob"].to_numpy(np.float64)
     return -np.mean([r["mean_logprob"].to_numpy(np.float64) for r in inp.references.values()], axis=0)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from leakaudit.attacks.neighbours import neighbours as make_neighbours
+from leakaudit.errors import LeakauditError
 from leakaudit.io import write_parquet
 from leakaudit.models.target import Target
 
@@ -41,8 +42,20 @@ def build_score_table(
     n_neighbours: int = 0,
     seed: int = 0,
 ) -> pd.DataFrame:
-    """Score every text once (plus lower-cased copies and neighbours when asked)."""
+    """Score every text once (plus lower-cased copies and neighbours when asked).
+
+    A text with no token to score (one token under a tokenizer that puts no BOS before it) is
+    refused: its mean log-prob would be empty, and any number put there would rank it for or
+    against membership without evidence.
+    """
     stats = target.score_stats(texts)
+    empty = [i for i, s in enumerate(stats) if len(s.lp) == 0]
+    if empty:
+        raise LeakauditError(
+            f"membership scoring: {len(empty)} of {len(texts)} records have no token to score (ids "
+            f"{', '.join(str(ids[i]) for i in empty[:5])}{', ...' if len(empty) > 5 else ''}): each is a single token "
+            "and the tokenizer puts no BOS token before it; remove such records or give them more text"
+        )
     table = pd.DataFrame(
         {
             "id": ids,

@@ -91,6 +91,14 @@ class CanarySpec(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _one_copy(self) -> CanarySpec:
+        if self.design == "one_run" and self.repetitions != [1]:
+            raise ValueError("a one_run spec inserts each canary once (repetitions: [1]): the audit's bound is "
+                             "compared with the per-record eps, and a canary inserted k times is protected only at "
+                             "group privacy (about k eps)")
+        return self
+
+    @model_validator(mode="after")
     def _space(self) -> CanarySpec:
         n = len(self.repetitions) * self.canaries_per_repetition + (
             0 if self.design == "one_run" else self.reference_canaries

@@ -248,6 +248,7 @@ def _decode(start, s: Sampling, pad_id: int, gen: torch.Generator) -> torch.Tens
     t = int(first)  # the one read of the flag, after the last step
     if t >= s.max_new_tokens:
         return new
+    new[:, t:] = pad_id  # the first pass's later tokens are discarded (a redo that stops early leaves padding)
     logits, next_logits = start()
     for step in range(t):  # the kept tokens, fed as the first pass fed them (finished rows: padding)
         logits = next_logits(new[:, step], step)

@@ -63,8 +63,11 @@ def eager_logprobs(logits: torch.Tensor, targets: torch.Tensor, stats: bool, chu
         p = logp.exp()
         plogp = torch.where(p > 0, p * logp, 0.0)  # a token with logit -inf adds nothing (not 0 * -inf)
         mu = plogp.sum(-1)
-        var = torch.where(p > 0, plogp * logp, 0.0).sum(-1) - mu * mu
-        parts.append(torch.stack([lp, mu, var.clamp_min(0.0)]))
+        # sum p (log p - mu)^2, not sum p log^2 p - mu^2: for a flat distribution over a large vocabulary both
+        # of those terms are about log^2 V (~117 at 50,257 tokens) and float32 would lose the variance
+        dev = logp - mu[:, None]
+        var = torch.where(p > 0, p * dev * dev, 0.0).sum(-1)
+        parts.append(torch.stack([lp, mu, var]))
     if not parts:
         return torch.zeros((3 if stats else 1, 0), device=logits.device)
     return torch.cat(parts, dim=1)

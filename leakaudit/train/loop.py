@@ -386,11 +386,17 @@ def _adaptive_optimizer_class():
     from opacus.optimizers.optimizer import _mark_as_processed
 
     class _AdaClip(AdaClipDPOptimizer):
-        """Opacus's adaptive clipping with three fixes applied to the optimizer it returns.
+        """Opacus's adaptive clipping with four fixes applied to the optimizer it returns.
 
-        - The unclipped fraction is the noisy unclipped count over the *expected* batch size,
-          as in Andrew et al. (2021); Opacus divides by the actual batch size, which is private
-          (Poisson sampling) and not covered by the accountant, and is 0 for an empty batch.
+        - The released count is centred, ``sum_i (b_i - 1/2)`` with ``b_i`` = 1 for an unclipped
+          example, as in Andrew et al. (2021) and TF Privacy: adding or removing one example moves
+          it by 1/2, the sensitivity under which Opacus's split of the noise between the gradient
+          (``(sigma^-2 - (2 sigma_b)^-2)^-1/2``) and the count (``sigma_b``) adds up to the
+          ``sigma`` the accountant is told.  Opacus counts ``sum_i b_i`` (sensitivity 1), so the
+          run was less private than recorded (at eps 1 with sigma_b = sigma: about 1.7).
+        - The unclipped fraction is the noisy centred count over the *expected* batch size, plus
+          1/2; Opacus divides by the actual batch size, which is private (Poisson sampling) and not
+          covered by the accountant, and is 0 for an empty batch.
         - An empty Poisson batch gives a noise-only update instead of failing.
         - With a logical batch split into physical pieces, the unclipped count and sample size
           survive the ``zero_grad`` between pieces (as the summed gradients do): Opacus resets
@@ -403,8 +409,11 @@ def _adaptive_optimizer_class():
             self.sample_size, self.unclipped_num = carried
 
         def clip_and_accumulate(self):
-            if len(self.grad_samples[0]) > 0:
-                return super().clip_and_accumulate()
+            n = len(self.grad_samples[0])
+            if n > 0:
+                super().clip_and_accumulate()  # adds this piece's unclipped examples to the count
+                self.unclipped_num = self.unclipped_num - n / 2  # centred: sum of (b_i - 1/2)
+                return
             for p in self.params:
                 grad = torch.zeros_like(p)
                 p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
@@ -412,7 +421,7 @@ def _adaptive_optimizer_class():
             self.unclipped_num = torch.zeros((), device=self.params[0].device) + self.unclipped_num
 
         def update_max_grad_norm(self):
-            unclipped_frac = self.unclipped_num / (self.expected_batch_size * self.accumulated_iterations)
+            unclipped_frac = self.unclipped_num / (self.expected_batch_size * self.accumulated_iterations) + 0.5
             self.max_grad_norm *= torch.exp(
                 -self.clipbound_learning_rate * (unclipped_frac - self.target_unclipped_quantile)
             )
@@ -571,16 +580,23 @@ def expected_batch(n: int, q: float) -> int:
     return max(1, round(n * q))
 
 
-def _dp_randomness(device: torch.device, settings: TrainSettings, dp: DPSettings) -> torch.Generator:
-    """The noise generator, and torch's global generator (Opacus's Poisson sampler draws from it).
+def _dp_randomness(device: torch.device, settings: TrainSettings, dp: DPSettings
+                   ) -> tuple[torch.Generator, torch.Generator]:
+    """The noise generator (on ``device``) and the Poisson sampler's generator (on the CPU).
 
-    ``secret``: both seeded from the operating system's random source and the seeds forgotten, so
-    nobody can reproduce the batches or the noise; ``seeded``: from the training seed.
+    ``secret``: both, and torch's global generator (dropout), seeded from the operating system's
+    random source and the seeds forgotten, so nobody can reproduce the batches or the noise;
+    ``seeded``: from the training seed (the sampler's as the plain run's shuffle is).
     """
     if dp.randomness == "seeded":
-        return torch.Generator(device=device).manual_seed(settings.seed + 1)
-    torch.manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
-    return torch.Generator(device=device).manual_seed(int.from_bytes(os.urandom(8), "little") >> 1)
+        return (torch.Generator(device=device).manual_seed(settings.seed + 1),
+                torch.Generator().manual_seed(settings.seed))
+
+    def secret() -> int:
+        return int.from_bytes(os.urandom(8), "little") >> 1
+
+    torch.manual_seed(secret())
+    return torch.Generator(device=device).manual_seed(secret()), torch.Generator().manual_seed(secret())
 
 
 @contextmanager
@@ -614,7 +630,10 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
                              "guarantee allows a whole record to leak; use a delta well below 1/N, or leave it out")
     q = 1.0 / len(loader)  # Opacus's Poisson rate for this loader
     ghost = dp.grad_sample_mode == "ghost"
-    noise_gen = _dp_randomness(device, settings, dp)
+    noise_gen, sample_gen = _dp_randomness(device, settings, dp)
+    # Opacus's Poisson sampler draws from the loader's generator (it has no secure one of its own outside its
+    # secure mode): a copy of the loader that draws from the sampling generator, never from the training seed's
+    loader = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, generator=sample_gen)
     with _quiet_opacus():
         sigma = dp.noise_multiplier
         if sigma is None:
@@ -687,8 +706,8 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
     """DP-SGD with :class:`~leakaudit.train.bookkeeping.BookKeeper` clipping; sampling and accounting by Opacus.
 
     The same algorithm as Opacus's DP optimizer with flat clipping and a mean loss: Poisson
-    batches of rate q (Opacus's DPDataLoader, drawn from torch's global generator as Opacus does
-    when not in secure mode), each example's gradient scaled by ``min(1, C / (norm + 1e-6))``,
+    batches of rate q (Opacus's DPDataLoader, drawn from the loader's generator: the sampling
+    generator of :func:`_dp_randomness`), each example's gradient scaled by ``min(1, C / (norm + 1e-6))``,
     Gaussian noise of std ``sigma * C`` added to the sum once per logical batch, the result divided
     by the expected batch size ``round(N q)``; an empty batch gives a noise-only step.  A logical
     batch runs in pieces of ``max_physical_batch_size`` examples; their clipped sums add up.
@@ -722,7 +741,7 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
         accountant.step(noise_multiplier=sigma, sample_rate=q)
         return torch.cat(losses).mean() if losses else None  # an empty batch: a noise-only step
 
-    _run(DPDataLoader.from_data_loader(loader), optimizer, total, train_step, progress)
+    _run(DPDataLoader.from_data_loader(loader, generator=loader.generator), optimizer, total, train_step, progress)
     with np.errstate(divide="ignore"):  # the PRV accountant takes log(0) in its tails, harmlessly
         epsilon = float(accountant.get_epsilon(delta))
     return _privacy_record(settings, dp, n, epsilon=epsilon, delta=delta, sigma=sigma, q=q, total=total)
