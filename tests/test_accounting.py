@@ -89,3 +89,43 @@ def test_noise_multiplier_path_reports_the_accountants_epsilon(tokenizer, texts)
     rec = _dp_record(tokenizer, texts, dp)
     assert rec.noise_multiplier == 1.3 and rec.delta == 1e-6 and rec.steps == 16
     assert rec.epsilon == pytest.approx(dpa_pld(1.3, rec.sample_rate, rec.steps, 1e-6), rel=0.03)
+
+
+@pytest.mark.parametrize("mode", ["hooks", "bookkeeping"])
+def test_prv_out_of_memory_falls_back_to_rdp_before_training(tokenizer, texts, monkeypatch, mode):
+    """PRV's grid grows as the noise shrinks (at sigma 0.05, q 0.05, 1,000 steps it asked for 28 GiB): the
+    accountant is chosen before training, so a run never dies at its end for want of an eps."""
+    from leakaudit.train import loop
+
+    loop._epsilon.cache_clear()
+
+    def out_of_memory(self, delta, **kw):
+        raise MemoryError("Unable to allocate 28.5 GiB")
+
+    monkeypatch.setattr(PRVAccountant, "get_epsilon", out_of_memory)
+    trained = []
+    real = loop._run
+    monkeypatch.setattr(loop, "_run", lambda *a, **k: (trained.append(True), real(*a, **k))[1])
+    for dp in (DPSettings(randomness="seeded", noise_multiplier=0.8, accountant="prv", grad_sample_mode=mode),
+               DPSettings(randomness="seeded", target_epsilon=3.0, accountant="prv", grad_sample_mode=mode)):
+        with pytest.warns(RuntimeWarning, match="PRV accountant ran out of memory"):
+            rec = _dp_record(tokenizer, texts, dp)
+        assert rec.accountant == "rdp" and trained
+        args = (rec.noise_multiplier, rec.sample_rate, rec.steps, rec.delta)
+        assert rec.epsilon == pytest.approx(opacus_eps("rdp", *args), rel=1e-6)
+    loop._epsilon.cache_clear()
+
+
+def test_a_run_whose_accountant_saw_other_steps_is_refused():
+    from leakaudit.train.loop import _record_steps
+
+    dp = DPSettings(noise_multiplier=1.0, accountant="rdp")
+    with pytest.raises(RuntimeError, match="recorded 15 steps"):
+        _record_steps(TrainSettings(), dp, 40, [(1.0, 0.125, 15)], delta=1e-5, sigma=1.0, q=0.125, total=16,
+                      accountant="rdp")
+    with pytest.raises(RuntimeError, match="planned 16 at noise 1"):
+        _record_steps(TrainSettings(), dp, 40, [(1.0, 0.125, 8), (0.5, 0.125, 8)], delta=1e-5, sigma=1.0, q=0.125,
+                      total=16, accountant="rdp")
+    rec = _record_steps(TrainSettings(), dp, 40, [(1.0, 0.125, 16)], delta=1e-5, sigma=1.0, q=0.125, total=16,
+                        accountant="rdp")
+    assert rec.epsilon == pytest.approx(opacus_eps("rdp", 1.0, 0.125, 16, 1e-5), rel=1e-9)

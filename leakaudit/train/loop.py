@@ -609,11 +609,62 @@ def _quiet_opacus() -> Iterator[None]:
         yield
 
 
+def _fall_back_to_rdp(what: str) -> str:
+    warnings.warn(f"the PRV accountant ran out of memory {what} (its grid grows as the noise shrinks); using the "
+                  "RDP accountant instead, whose eps is a valid, looser upper bound (the privacy record says rdp)",
+                  RuntimeWarning, stacklevel=3)
+    return "rdp"
+
+
+def _noise_for(dp: DPSettings, delta: float, q: float, total: int) -> tuple[float, str]:
+    """The noise multiplier (given, or calibrated to ``dp.target_epsilon`` after ``total`` steps) and the
+    accountant that will account for it: ``dp.accountant``, or RDP where PRV cannot (:func:`_epsilon`)."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    if dp.noise_multiplier is not None:
+        return dp.noise_multiplier, _epsilon(dp.accountant, dp.noise_multiplier, q, total, delta)[1]
+    accountant = dp.accountant
+    while True:
+        try:
+            with _quiet_opacus(), np.errstate(divide="ignore"):
+                sigma = get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=q,
+                                             steps=total, accountant=accountant)
+            return sigma, _epsilon(accountant, sigma, q, total, delta)[1]
+        except MemoryError:
+            if accountant != "prv":
+                raise
+            accountant = _fall_back_to_rdp(f"calibrating the noise to eps {dp.target_epsilon:g}")
+
+
+@cache  # asked before training (to choose the accountant) and after it (for the record)
+def _epsilon(accountant: str, sigma: float, q: float, steps: int, delta: float) -> tuple[float, str]:
+    """(eps after ``steps`` steps of noise ``sigma`` at rate ``q``, the accountant that computed it).
+
+    PRV's discretisation grid grows as the noise shrinks (at sigma 0.1, q 0.05 and 1,000 steps it asked
+    for 3.5 GiB, at 0.05 for 28 GiB); where it runs out of memory the RDP accountant takes over.
+    """
+    from opacus.accountants import create_accountant
+
+    acc = create_accountant(mechanism=accountant)
+    acc.history = [(float(sigma), float(q), int(steps))]
+    try:
+        with _quiet_opacus(), np.errstate(divide="ignore"):  # PRV takes log(0) in its tails, harmlessly
+            return float(acc.get_epsilon(delta)), accountant
+    except MemoryError:
+        if accountant != "prv":
+            raise
+        return _epsilon(_fall_back_to_rdp(f"at noise multiplier {sigma:g}"), sigma, q, steps, delta)
+
+
+def _steps_taken(history) -> int:
+    return sum(int(steps) for *_, steps in history)
+
+
 def _privacy_record(settings, dp, n: int, *, epsilon: float, delta: float, sigma: float, q: float,
-                    total: int) -> PrivacyRecord:
+                    total: int, accountant: str) -> PrivacyRecord:
     return PrivacyRecord(
         epsilon=epsilon, delta=delta, noise_multiplier=float(sigma), sample_rate=q, steps=total,
-        max_grad_norm=dp.max_grad_norm, accountant=dp.accountant, epochs=total * q, dataset_size=n,
+        max_grad_norm=dp.max_grad_norm, accountant=accountant, epochs=total * q, dataset_size=n,
         clipping=dp.clipping, grad_sample_mode=dp.grad_sample_mode,
         lora_rank=settings.lora.r if settings.lora is not None else None, randomness=dp.randomness,
     )
@@ -621,7 +672,6 @@ def _privacy_record(settings, dp, n: int, *, epsilon: float, delta: float, sigma
 
 def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progress) -> PrivacyRecord:
     from opacus import PrivacyEngine
-    from opacus.accountants.utils import get_noise_multiplier
 
     n = len(loader.dataset)
     delta = dp.delta if dp.delta is not None else default_delta(n)
@@ -634,16 +684,11 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
     # Opacus's Poisson sampler draws from the loader's generator (it has no secure one of its own outside its
     # secure mode): a copy of the loader that draws from the sampling generator, never from the training seed's
     loader = DataLoader(loader.dataset, batch_size=loader.batch_size, shuffle=True, generator=sample_gen)
-    with _quiet_opacus():
-        sigma = dp.noise_multiplier
-        if sigma is None:
-            sigma = get_noise_multiplier(
-                target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=q, steps=total,
-                accountant=dp.accountant,
-            )
+    # before any training: the noise, and an accountant that can account for it (eps known up front)
+    sigma, accountant = _noise_for(dp, delta, q, total)
     if dp.grad_sample_mode == "bookkeeping":
         return _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress,
-                                  sigma=sigma, delta=delta, q=q, noise_gen=noise_gen)
+                                  sigma=sigma, delta=delta, q=q, noise_gen=noise_gen, accountant=accountant)
     with _quiet_opacus():
         extra: dict = {}
         max_grad_norm: float | list[float] = dp.max_grad_norm
@@ -660,7 +705,7 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
             )
         if ghost:
             extra["criterion"] = _PerSequence()
-        engine = PrivacyEngine(accountant=dp.accountant, secure_mode=False)
+        engine = PrivacyEngine(accountant=accountant, secure_mode=False)
         out = engine.make_private(
             module=net,
             optimizer=optimizer,
@@ -697,12 +742,12 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
     finally:
         gsm.to_standard_module()  # removes Opacus's hooks and per-sample gradient attributes
         _clean_opacus_attributes(net)
-    return _privacy_record(settings, dp, n, epsilon=float(engine.get_epsilon(delta)), delta=delta,
-                           sigma=dp_optimizer.noise_multiplier, q=_q(dp_loader), total=total)
+    return _record_steps(settings, dp, n, engine.accountant.history, delta=delta, sigma=dp_optimizer.noise_multiplier,
+                         q=_q(dp_loader), total=total, accountant=accountant)
 
 
 def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, dp, progress, *, sigma, delta, q,
-                       noise_gen: torch.Generator):
+                       noise_gen: torch.Generator, accountant: str):
     """DP-SGD with :class:`~leakaudit.train.bookkeeping.BookKeeper` clipping; sampling and accounting by Opacus.
 
     The same algorithm as Opacus's DP optimizer with flat clipping and a mean loss: Poisson
@@ -719,7 +764,7 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
 
     n = len(loader.dataset)
     keeper = BookKeeper(net, params, dp.max_grad_norm)
-    accountant = create_accountant(mechanism=dp.accountant)
+    steps = create_accountant(mechanism=accountant)  # the steps taken, as Opacus's optimizer hook records them
     expected = expected_batch(n, q)
     std = sigma * dp.max_grad_norm
 
@@ -738,13 +783,25 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
             del noise
             p.grad = grad.div_(expected).to(p.dtype)
         optimizer.step()
-        accountant.step(noise_multiplier=sigma, sample_rate=q)
+        steps.step(noise_multiplier=sigma, sample_rate=q)
         return torch.cat(losses).mean() if losses else None  # an empty batch: a noise-only step
 
     _run(DPDataLoader.from_data_loader(loader, generator=loader.generator), optimizer, total, train_step, progress)
-    with np.errstate(divide="ignore"):  # the PRV accountant takes log(0) in its tails, harmlessly
-        epsilon = float(accountant.get_epsilon(delta))
-    return _privacy_record(settings, dp, n, epsilon=epsilon, delta=delta, sigma=sigma, q=q, total=total)
+    return _record_steps(settings, dp, n, steps.history, delta=delta, sigma=sigma, q=q, total=total,
+                         accountant=accountant)
+
+
+def _record_steps(settings, dp, n: int, history, *, delta: float, sigma: float, q: float, total: int,
+                  accountant: str) -> PrivacyRecord:
+    """The privacy record of a finished run, once its accountant's history shows the planned steps at one noise
+    and rate (the eps is then the one computed before training)."""
+    taken = _steps_taken(history)
+    if taken != total or any((float(s), float(r)) != (float(sigma), float(q)) for s, r, _ in history):
+        raise RuntimeError(f"DP accounting: the accountant recorded {taken} steps ({history}), the run planned "
+                           f"{total} at noise {sigma:g}, rate {q:g}")
+    epsilon = _epsilon(accountant, sigma, q, total, delta)[0]
+    return _privacy_record(settings, dp, n, epsilon=epsilon, delta=delta, sigma=sigma, q=q, total=total,
+                           accountant=accountant)
 
 
 def _q(loader: DataLoader) -> float:
