@@ -167,7 +167,9 @@ def score_model(
         # model is scored with the one-run canaries alone: its stage is then the same for every search budget)
         "search": [exact_max, extraction_budget, extraction_guesses, beam_width]
         if any(m.spec.design == "fixed" for m in manifests) else None,
-        "exposure_version": 4,  # 4: skew-normal counts inserted secrets and their neighbourhood exactly
+        # 4: skew-normal counts inserted secrets and their neighbourhood exactly; 5: a secret's score includes the
+        # whitespace before it on every path, and tokens crossing the prefix's split are scored with offsets
+        "exposure_version": 5,
         "scores_version": 2,  # 2: Min-K%++'s variance as sum p (log p - mu)^2 where the reduction is not compiled
         "dtype": dtype_name(dtype),
     }

@@ -54,6 +54,14 @@ def padded_batch(tokenizer, texts: list[str], *, extra: int = 0) -> tuple[torch.
     return ids, mask
 
 
+def secret_tokens(e, prefix: str, secret: str) -> list[int]:
+    """The brute-force rule for a secret's score: indices (into log-probs of tokens 1..) of the tokens of
+    ``encode(prefix + secret)`` covering the secret or the whitespace before it (a lone space token's offset is
+    (a, a), just after the space)."""
+    start, end = len(prefix.rstrip()), len(prefix) + len(secret)
+    return [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a - (a == b) < end and b > start]
+
+
 @pytest.fixture(scope="session")
 def corpora():
     return make_corpora(60, 400, seed=3)

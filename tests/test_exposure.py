@@ -120,11 +120,9 @@ def test_exact_exposure_equals_brute_force_on_a_small_space(gpt2, tokenizer):
 
     e = encode(tokenizer, [c.prefix + s for s in everything])
     lps = target.score_ids([x.ids for x in e])
-    start = len(c.prefix)
-    nll = np.array([
-        -lp[[t - 1 for t, (a, b) in enumerate(x.offsets) if t >= 1 and a < start + 3 and b > start]].sum()
-        for x, lp in zip(e, lps)
-    ])
+    from tests.conftest import secret_tokens
+
+    nll = np.array([-lp[secret_tokens(x, c.prefix, s)].sum() for x, lp, s in zip(e, lps, everything)])
     own = nll[everything.index(c.secret)]
     rank = int(np.sum(nll <= own + 1e-4))
     assert exact_exposure(target, c.prefix, c.secret, m) == pytest.approx(math.log2(1000) - math.log2(rank))

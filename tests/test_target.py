@@ -6,6 +6,7 @@ import torch
 
 from leakaudit.models import Target, encode
 from leakaudit.models.target import _windows
+from tests.conftest import secret_tokens
 
 
 def _naive(model, ids):
@@ -60,10 +61,16 @@ def test_secret_nll_sums_the_secret_tokens(gpt2, tokenizer):
     for c, v in zip(cands, nll):
         e = encode(tokenizer, [prefix + c])[0]
         lp = _naive(gpt2, e.ids)
-        sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < len(prefix) + len(c) and b > len(prefix)]
+        start, sel = len(prefix.rstrip()), secret_tokens(e, prefix, c)
         assert sel, "the secret must cover at least one token"
         assert v == pytest.approx(-lp[sel].sum(), abs=1e-4)
         assert v > 0
+        # every candidate pays for the space: merged into its first token ("Ġ0", "Ġ9") or on its own ("Ġ", "1")
+        toks = tokenizer.convert_ids_to_tokens(e.ids)
+        first_own = next(t for t, (a, b) in enumerate(e.offsets) if t >= 1 and b > start)
+        assert toks[first_own] in ("Ġ", "Ġ" + c[0]) and first_own - 1 in sel
+    # both kinds occur here: "123456" has a space token of its own (no "Ġ1" in this vocabulary)
+    assert tokenizer.convert_ids_to_tokens(encode(tokenizer, [prefix + "123456"])[0].ids)[-7] == "Ġ"
     # the candidate order does not change the values
     np.testing.assert_allclose(target.secret_nll(prefix, cands[::-1]), nll[::-1], atol=1e-5)
 
@@ -79,7 +86,7 @@ def test_shared_prefix_cache_equals_independent_scoring(request, tokenizer, arch
     assert target._shared_prefix_scores([e.ids for e in enc]) is not None  # the cached path ran
     slow_lp = target.score_ids([e.ids for e in enc])
     for c, v, e, lp in zip(cands, fast, enc, slow_lp):
-        sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < len(prefix) + len(c) and b > len(prefix)]
+        sel = secret_tokens(e, prefix, c)
         assert v == pytest.approx(-lp[sel].sum(), abs=1e-4)
 
 
@@ -273,3 +280,92 @@ def test_cuda_compiled_model_scores_like_the_plain_model(tokenizer, corpora):
     assert fast._compile_model  # no fallback
     for a, b in zip(plain, got):
         np.testing.assert_allclose(b.lp, a.lp, atol=0.05)  # bf16: fused kernels round differently
+
+
+def test_many_candidates_whose_tokens_cross_the_prefix_split_are_scored_the_general_way(gpt2, tokenizer):
+    """" was" + "easyx" tokenizes as " w", "ase", ...: its first token lies wholly in the prefix. The vectorised path
+    (>= 256 candidates) took every tail token after the rest's as the candidate's; it must give what the joint
+    tokenization with offsets gives, for that candidate as for the others."""
+    import random
+
+    from leakaudit.models.tokenize import encode_continuations
+
+    rng = random.Random(1)
+    prefix = "the secret password was"
+    cands = ["".join(rng.choice("abcdfghijk") for _ in range(5)) for _ in range(400)]
+    cands[5] = "easyx"
+    split = encode_continuations(tokenizer, prefix, cands)
+    e = encode(tokenizer, [prefix + "easyx"])[0]
+    crossing = [t for t, (a, b) in enumerate(e.offsets) if a < len(prefix) < b]
+    assert split is not None and split.cut < len(prefix) and crossing  # the case is reached
+    target = Target(gpt2, tokenizer, token_budget=2048)
+    fast = target.secret_nll(prefix, cands)
+    slow = target.secrets_nll([prefix] * len(cands), cands)
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+    lp = _naive(gpt2, e.ids)
+    assert fast[5] == pytest.approx(-lp[secret_tokens(e, prefix, "easyx")].sum(), abs=1e-4)
+
+
+def test_a_secrets_trailing_space_token_is_scored_on_every_path(gpt2, tokenizer):
+    """A token of whitespace alone has a zero-width offset just after it: at a secret's end it was dropped by the
+    offset rule and counted by the vectorised one, so the value depended on the number of candidates."""
+    import random
+
+    rng = random.Random(3)
+    prefix = "the secret code is "
+    cands = [str(rng.randrange(1000, 10000)) + " " for _ in range(300)]
+    target = Target(gpt2, tokenizer, token_budget=2048)
+    fast, slow = target.secret_nll(prefix, cands), target.secrets_nll([prefix] * 300, cands)
+    np.testing.assert_allclose(fast, slow, atol=1e-4)
+    e = encode(tokenizer, [prefix + cands[0]])[0]
+    assert e.offsets[-1][0] == e.offsets[-1][1]  # the trailing space token: zero width
+    assert len(e.ids) - 2 in secret_tokens(e, prefix, cands[0])  # ... and counted (index t - 1 of the last token)
+    assert slow[0] == pytest.approx(-_naive(gpt2, e.ids)[secret_tokens(e, prefix, cands[0])].sum(), abs=1e-4)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_texts_with_no_token_to_score_give_empty_results(gpt2, tokenizer, compiled, monkeypatch):
+    """Without a BOS an empty text has no token, and a one-token text nothing to predict: empty results, never
+    values of a neighbour's padding (the compiled path) or a crash (a batch of them alone)."""
+    import copy
+
+    from leakaudit.models import vocab
+
+    no_bos = copy.deepcopy(tokenizer)
+    no_bos.bos_token = None
+    target = Target(gpt2, no_bos, token_budget=64)
+    monkeypatch.setattr(target, "_compiled", compiled)
+    if compiled:  # the batch-wide path of the compiled reduction, with torch.compile as the identity
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: fn)
+        monkeypatch.setattr(vocab, "_fused", vocab._Compiled(vocab.fused_logprobs, "the test reduction"))
+    one = next(t for t in ("the", "a", "account", "code", "is") if len(no_bos(t)["input_ids"]) == 1)
+    texts = ["hello world and more of the account", "", one]
+    out = target.score(texts)
+    assert [len(x) for x in out] == [len(encode(no_bos, [texts[0]])[0].ids) - 1, 0, 0]
+    assert [len(x) for x in target.score(["", ""])] == [0, 0]
+    stats = target.score_stats(["", one])
+    assert [(len(x.lp), len(x.mu), len(x.var)) for x in stats] == [(0, 0, 0), (0, 0, 0)]
+
+
+def test_secrets_are_scored_after_two_leading_special_tokens(gpt2, tokenizer):
+    """A tokenizer that adds two specials itself ("<bos> <pad> text"): scores start at token 2, and the secret's
+    tokens are read from there on every path (the batched one read them one position off)."""
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    backend = copy.deepcopy(tokenizer.backend_tokenizer)
+    b, p = tokenizer.bos_token_id, tokenizer.pad_token_id
+    bos, pad = tokenizer.convert_ids_to_tokens([b, p])
+    backend.post_processor = TemplateProcessing(single=f"{bos} {pad} $A", special_tokens=[(bos, b), (pad, p)])
+    two = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token=bos, eos_token=bos, pad_token=pad)
+    prefix, cands = "the secret code is ", ["123456", "987654", "555555"]
+    assert encode(two, [prefix])[0].n_special == 2
+    target = Target(gpt2, two)
+    want = []
+    for c in cands:
+        e = encode(two, [prefix + c])[0]
+        want.append(-_naive(gpt2, e.ids)[[t for t in secret_tokens(e, prefix, c) if t >= 1]].sum())
+    np.testing.assert_allclose(target.secrets_nll([prefix] * 3, cands), want, atol=1e-4)
+    np.testing.assert_allclose(target.secret_nll(prefix, cands), want, atol=1e-4)

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from leakaudit.models import fused, vocab
 from leakaudit.models.compiling import Compiled
 from leakaudit.models.generate import cache_argument, returned_cache
-from leakaudit.models.tokenize import Continuations, encode, encode_continuations
+from leakaudit.models.tokenize import Continuations, encode, encode_continuations, scored_start
 
 
 def default_device() -> str:
@@ -72,6 +72,8 @@ def _windows(i: int, ids: list[int], n_special: int, context: int) -> list[_Row]
     its new tokens, which therefore see at least ``context - stride`` tokens of context.
     """
     first = max(n_special, 1)  # token 0 has no prefix inside its window
+    if len(ids) <= first:  # nothing to score (an empty text, or one token without a BOS before it): no row
+        return []
     rows = [_Row(i, ids[:context], first)]
     stride, end = max(1, context // 2), min(context, len(ids))
     while end < len(ids):
@@ -83,11 +85,18 @@ def _windows(i: int, ids: list[int], n_special: int, context: int) -> list[_Row]
 
 
 def span_nll(enc: list, lps: list[np.ndarray], spans: list[tuple[int, int]]) -> np.ndarray:
-    """Minus the summed log-prob of the tokens covering any character of each text's span."""
+    """Minus the summed log-prob of the tokens covering any character of each text's span.
+
+    ``lps[j]`` scores text j's tokens from ``max(n_special, 1)`` on (as :meth:`Target.score_ids`
+    returns them).  A token of whitespace alone gets a zero-width offset ``(a, a)`` after the
+    whitespace it stands for (the tokenizer trims it): it is read as covering ``(a - 1, a)``, so a
+    span's leading or trailing space token is counted like any other.
+    """
     out = np.empty(len(spans), dtype=np.float64)
     for j, (e, lp, (start, end)) in enumerate(zip(enc, lps, spans)):
-        # lp[t] scores token t + 1 (the leading BOS is never scored)
-        sel = [t - 1 for t, (a, b) in enumerate(e.offsets) if t >= 1 and a < end and b > start]
+        first = max(e.n_special, 1)  # lp[t - first] scores token t
+        sel = [t - first for t, (a, b) in enumerate(e.offsets)
+               if t >= first and (a - (a == b)) < end and b > start]
         out[j] = -float(np.sum(lp[sel], dtype=np.float64))
     return out
 
@@ -280,8 +289,9 @@ class Target:
         """Summed NLL (nats) of each candidate secret following ``prefix``.
 
         Prefix and candidate are tokenized together, as training saw them; the tokens whose
-        character spans cover any character of the candidate are summed (with byte-level BPE
-        the prefix's trailing space merges into the secret's first token).  The tokens all
+        character spans cover any character of the candidate, or of the whitespace that ends the
+        prefix, are summed (:func:`~leakaudit.models.tokenize.scored_start`: with byte-level BPE
+        that space merges into some candidates' first token and not others').  The tokens all
         candidates share are run once and their key/value cache reused for every candidate.
         ``split``: the candidates already tokenized by :meth:`tokenize_candidates` (for example
         in another thread while the model scores the previous batch).
@@ -289,18 +299,27 @@ class Target:
         if split is not None or len(candidates) >= 256:  # many: tokenize only what follows the last words
             fast = self._continuation_nll(prefix, candidates, split)
             if fast is not None:
-                return fast
+                values, unsplit = fast
+                if len(unsplit):  # candidates whose tokens cross the prefix's split: scored the general way
+                    values[unsplit] = self._joint_secret_nll(prefix, [candidates[i] for i in unsplit])
+                return values
+        return self._joint_secret_nll(prefix, candidates)
+
+    def _joint_secret_nll(self, prefix: str, candidates: list[str]) -> np.ndarray:
+        """:meth:`secret_nll` by tokenizing each ``prefix + candidate`` whole, with offsets."""
         enc = encode(self.tokenizer, [prefix + c for c in candidates])
         lps = self._shared_prefix_scores([e.ids for e in enc])
         if lps is None:
             lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
-        return span_nll(enc, lps, [(len(prefix), len(prefix) + len(c)) for c in candidates])
+        else:  # those score tokens 1..; span_nll reads them from max(n_special, 1), as score_ids returns them
+            lps = [lp[max(e.n_special, 1) - 1 :] for lp, e in zip(lps, enc)]
+        return span_nll(enc, lps, [(scored_start(prefix), len(prefix) + len(c)) for c in candidates])
 
     def secrets_nll(self, prefixes: list[str], secrets: list[str]) -> np.ndarray:
         """Summed NLL of ``secrets[i]`` after ``prefixes[i]`` for many canaries at once (batched)."""
         enc = encode(self.tokenizer, [p + c for p, c in zip(prefixes, secrets)])
         lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
-        return span_nll(enc, lps, [(len(p), len(p) + len(c)) for p, c in zip(prefixes, secrets)])
+        return span_nll(enc, lps, [(scored_start(p), len(p) + len(c)) for p, c in zip(prefixes, secrets)])
 
     def _run_head(self, head_ids: list[int]):
         """One pass over shared tokens: their logits (float32 log-probs) and the key/value cache."""
@@ -318,8 +337,15 @@ class Target:
 
     @torch.no_grad()
     def _continuation_nll(self, prefix: str, candidates: list[str],
-                          split: Continuations | None = None) -> np.ndarray | None:
+                          split: Continuations | None = None) -> tuple[np.ndarray, np.ndarray] | None:
         """:meth:`secret_nll` for many candidates, vectorised (None: use the general path).
+
+        Returns the values and the indices of the candidates it could not score (their values
+        are then left to the caller): those whose tail does not begin with the tokens of the
+        prefix's rest alone, i.e. whose tokens cross from the rest into the candidate (BPE merged
+        across the boundary for them), so which of their tokens cover the candidate is not known
+        without offsets.  A tail that does begin with them has its later tokens starting exactly
+        at the scored span (equal ids spell equal text).
 
         The prefix's head is tokenized and run once.  The tails (the prefix's last words and a
         candidate) form a token tree: a tail token's log-prob depends only on the tokens before
@@ -341,15 +367,17 @@ class Target:
         T = tok.shape[1]
         valid = np.arange(T)[None, :] < lens[:, None]
         rest = np.asarray(split.rest_ids, dtype=np.int64)
-        m = min(T, len(rest))
-        shared = np.cumprod((tok[:, :m] == rest[None, :m]) & valid[:, :m], axis=1).sum(1) if m else np.zeros(N, int)
-        covers = valid & (np.arange(T)[None, :] >= shared[:, None])  # tokens that cover part of the candidate
+        m = len(rest)
+        if m > T:
+            return np.zeros(N), np.arange(N)
+        split_ok = (lens > m) & (tok[:, :m] == rest[None, :]).all(1)  # each tail: the rest's tokens, then its own
+        covers = valid & (np.arange(T)[None, :] >= m)  # tokens that cover part of the scored span
 
         lp = np.zeros((N, T), dtype=np.float32)
         lp[:, 0] = head_lp[-1][torch.from_numpy(tok[:, 0]).to(self.device)].cpu().numpy()  # predicted by the head
         if T > 1:
             self._fill_from_parent_paths(cache, H, tok, lens, lp, n_vocab=int(head_lp.shape[-1]))
-        return -np.where(covers, lp.astype(np.float64), 0.0).sum(1)
+        return -np.where(covers, lp.astype(np.float64), 0.0).sum(1), np.flatnonzero(~split_ok)
 
     def _fill_from_parent_paths(self, cache, H: int, tok: np.ndarray, lens: np.ndarray, lp: np.ndarray, *,
                                 n_vocab: int) -> None:

@@ -69,14 +69,28 @@ def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], *, add_eos: boo
     return out
 
 
+def scored_start(prefix: str) -> int:
+    """Where the scored span of a secret after ``prefix`` begins: before the whitespace that ends the prefix.
+
+    A secret's cost is that of the tokens covering any character of it *or of the whitespace
+    before it*.  With byte-level BPE that space merges into the secret's first token for some
+    candidates ("is 42" -> "is", " 42") and is a token of its own for others ("is ed" -> "is",
+    " ", "ed", when " ed" is not in the vocabulary): counting only tokens that touch the secret
+    would charge the space to the first kind and not to the second, and rank the second kind up
+    to ``-log p(" ")`` nats too high.  Charging the space to every candidate is what the
+    extraction search pays too.
+    """
+    return len(prefix.rstrip())
+
+
 @dataclass(frozen=True)
 class Continuations:
     """``prefix + c`` for many ``c``, tokenized as ``head`` (shared, BOS included) then one tail each.
 
     ``tails[i]`` holds the token ids of ``prefix[cut:] + c_i``, so that ``head.ids + tails[i]``
     equals ``encode(prefix + c_i).ids``.  The leading tail tokens a tail shares with ``rest_ids``
-    (the tokens of ``prefix[cut:]`` alone) lie wholly before ``c_i``; every later one covers part
-    of it.
+    (the tokens of ``prefix[cut:scored_start(prefix)]`` alone) lie wholly before the scored span
+    (:func:`scored_start`: ``c_i`` and the whitespace before it); every later one covers part of it.
     """
 
     head: Encoded
@@ -115,9 +129,10 @@ def encode_continuations(
     The prefix is cut at a word boundary near its end (``"... code is| 123456"``, else before
     the last or second-last word); only the rest and each continuation are tokenized, by the
     fast tokenizer's batch encoder and without offsets (building them costs more than the
-    tokenizing).  The tokens of ``rest + c`` that lie wholly before ``c`` are the ones it shares
-    with the tokenization of ``rest`` alone.  Both facts (the split reproduces the full
-    tokenization; the shared tokens are exactly those before ``c``) are checked with offsets on
+    tokenizing).  The tokens of ``rest + c`` that lie wholly before the scored span (``c`` and
+    the whitespace before it, :func:`scored_start`) are the ones it shares with the tokenization
+    of ``rest`` without that whitespace.  Both facts (the split reproduces the full tokenization;
+    the shared tokens are exactly those before the span) are checked with offsets on
     ``check`` continuations (the first, the last, random ones); the next cut is tried when they
     fail, and None is returned when no cut holds or the tokenizer has no fast backend, so callers
     fall back to :func:`encode`.
@@ -138,11 +153,12 @@ def encode_continuations(
     rng = random.Random(seed)
     probe = sorted({0, len(continuations) - 1, *(rng.randrange(len(continuations)) for _ in range(max(0, check - 2)))})
     full = encode(tokenizer, [prefix + continuations[i] for i in probe])
+    start = scored_start(prefix)
     for cut in cuts:
         head = encode(tokenizer, [prefix[:cut]])[0]
         rest = prefix[cut:]
-        rest_ids = backend.encode(rest, add_special_tokens=False).ids
-        if _split_holds(backend, head, rest, rest_ids, len(prefix), [continuations[i] for i in probe], full):
+        rest_ids = backend.encode(prefix[cut:max(cut, start)], add_special_tokens=False).ids
+        if _split_holds(backend, head, rest, rest_ids, start, [continuations[i] for i in probe], full):
             batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
             encs = batch([rest + c for c in continuations], add_special_tokens=False)
             # one merged encoding: its ids come back as one list, not one list per continuation
