@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import sys
 from collections.abc import Iterator
@@ -36,6 +37,11 @@ app.add_typer(canaries_app, name="canaries")
 console = Console(stderr=True)
 
 
+def _say(message: str) -> None:
+    """A progress line as it is: no console markup ("[cached] data" kept its tag; a path with "[/x]" crashed)."""
+    console.print(message, markup=False, highlight=False)
+
+
 @contextlib.contextmanager
 def _bar(description: str, total: int) -> Iterator:
     with Progress(
@@ -49,7 +55,7 @@ def _bar(description: str, total: int) -> Iterator:
             progress.update(task, completed=step, total=total_steps, loss=f"{loss:.3f}")
 
         yield update
-    console.print(f"  {description}: done")
+    _say(f"  {description}: done")
 
 
 def _command() -> str:
@@ -74,6 +80,9 @@ def demo(
     overrides: dict = {}
     if epsilon is not None:
         _positive(epsilon, "--epsilon")
+        if epsilon == float("inf"):  # Opacus would calibrate "inf" to a noise multiplier of 10: a very private model
+            raise LeakauditError("--epsilon inf is no privacy: the demo's DP model needs a finite eps (its plain "
+                                 "model is the one without DP)")
         overrides["dp"] = {"target_epsilon": epsilon, "noise_multiplier": None}
     if device is not None:
         overrides["device"] = device
@@ -93,10 +102,11 @@ def demo(
             if str(e).startswith(f"config: field '{field_name}': "):
                 raise LeakauditError(f"{flag}: " + str(e).removeprefix(f"config: field '{field_name}': ")) from None
         raise
-    _check_device(cfg.device)
+    _check_device(cfg.device, "--device" if device is not None else
+                  f"{config}: field 'device'" if config is not None else f"preset {preset}: device")
     from leakaudit.pipeline import run_demo
 
-    results = run_demo(cfg, out, echo=console.print, bar=_bar, command=_command())
+    results = run_demo(cfg, out, echo=_say, bar=_bar, command=_command())
     _print_summary(results)
     typer.echo(f"report: {out / 'report.html'}")
 
@@ -127,15 +137,16 @@ def _positive(value: float, flag: str) -> None:
         raise LeakauditError(f"{flag} must be > 0 (got {value:g})")
 
 
-def _check_device(device: str | None) -> None:
+def _check_device(device: str | None, source: str = "--device") -> None:
+    """Refuse a device this machine cannot use; ``source`` names where it was set (a flag, or a file's field)."""
     if device is None:
         return
     import torch
 
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise LeakauditError(f"--device {device}: no CUDA device is available")
+        raise LeakauditError(f"{source} {device}: no CUDA device is available")
     if not (device == "cpu" or device.startswith("cuda")):
-        raise LeakauditError(f"--device: expected cpu or cuda (got '{device}')")
+        raise LeakauditError(f"{source}: expected cpu or cuda (got '{device}')")
 
 
 def _print_summary(results) -> None:
@@ -413,7 +424,11 @@ def audit(
         out_: dict[str, Path] = {}
         for spec in specs:
             name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
-            name = name or Path(path).name or "model"
+            name = name or Path(path).resolve().name or "model"
+            # the name becomes a folder of the run (scores/NAME, per_sample/NAME...): nothing that leaves it
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+                raise LeakauditError(f"{flag} {spec}: the model name '{name}' may hold only letters, digits, '_', "
+                                     "'.' and '-' (and no '..'); name it with NAME=DIR")
             if name in out_:
                 raise LeakauditError(f"{flag}: two models named '{name}' (use NAME=DIR)")
             out_[name] = check_model_dir(path)
@@ -445,8 +460,11 @@ def audit(
     mem, non = rows(members), rows(non_members)
     check_no_overlap([r["text"] for r in mem], [r["text"] for r in non])
     manifests = [_load_manifest(p) for p in canaries or []]
+    # every input read before anything is written (shadow models take long and write into --out)
+    train_texts = [r["text"] for r in rows(train_data)] if train_data else None
+    public_texts = [r["text"] for r in rows(public)] if public else None
     dev = init_from_env(device) or default_device()  # under torchrun: join the group, one device each
-    log = EventLog(out, console.print)
+    log = EventLog(out, _say)
     shadow_set = None
     if shadows:
         recipe = TrainSettings(epochs=shadow_epochs, batch_size=shadow_batch_size, lr=shadow_lr)
@@ -466,8 +484,7 @@ def audit(
             ),
         ),
         trust_remote_code=trust_remote_code, log=log, command=_command(),
-        train_texts=[r["text"] for r in rows(train_data)] if train_data else None,
-        public_texts=[r["text"] for r in rows(public)] if public else None,
+        train_texts=train_texts, public_texts=public_texts,
     )
     if not is_writer():
         return
@@ -528,15 +545,15 @@ def experiment(
         raise LeakauditError(f"--cluster: expected slurm or local (got '{cluster}')")
     if max_minutes is not None:
         _positive(max_minutes, "--max-minutes")
-    _check_device(exp.base.device)
+    _check_device(exp.base.device, f"{file}: field 'base.device'")
     out = out or Path("runs") / "experiments" / exp.config.name
     ex = make_executor(executor, exp, out, jobs=jobs, cluster=cluster)
     try:
-        run = run_experiment(exp, out, executor=ex, echo=console.print,
+        run = run_experiment(exp, out, executor=ex, echo=_say,
                              max_seconds=None if max_minutes is None else 60 * max_minutes)
     except ExperimentFailed as e:
         for label, err in e.failed.items():
-            console.print(f"failed: {label}: {err}")
+            _say(f"failed: {label}: {err}")
         typer.echo(f"comparison (finished cells only): {e.paths['html']}")
         raise typer.Exit(1) from None
     typer.echo(f"{len(run.ran)} cell(s) run, {len(run.skipped)} already finished, {run.seconds:.0f}s")

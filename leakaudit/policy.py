@@ -23,11 +23,12 @@ The checks (see :class:`Policy` for the exact definitions):
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from leakaudit.errors import LeakauditError
 from leakaudit.io import read_yaml_mapping
@@ -85,6 +86,17 @@ class Policy(BaseModel):
         "Not measured for a model without DP or without the record.",
     )
     fail_on_missing: bool = Field(default=False, description="Fail when a limit's metric was not measured.")
+
+    @field_validator("max_exposure_bits", "max_tpr_at_1pct_fpr", "max_pii_extraction_rate", "max_epsilon",
+                     "min_audit_power", mode="before")
+    @classmethod
+    def _a_number(cls, v: Any) -> Any:
+        # YAML's true/yes would otherwise read as 1 (max_tpr_at_1pct_fpr: true passed every model)
+        if isinstance(v, bool):
+            raise ValueError("must be a number, not true or false")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
 
     def checks_something(self) -> bool:
         """Does any limit apply?  (``allow_*: false`` is a limit, ``true`` or null is none.)"""
@@ -159,6 +171,10 @@ def _load_results(run_dir: Path) -> dict[str, Any]:
         raise LeakauditError(f"{path}: cannot read the results file: {e}") from None
     if not isinstance(data, dict):
         raise LeakauditError(f"{path}: results must be a JSON object")
+    bad = _non_finite(data)
+    if bad:  # every limit compares with '>', which is false for NaN: a NaN would pass, and hide the worst value
+        raise LeakauditError(f"{path}: field '{bad}' is not a finite number; a run never writes one, so the file "
+                             "was edited or broken, and no limit can be checked against it")
     try:
         Results.model_validate(data)
     except ValidationError as e:
@@ -166,6 +182,18 @@ def _load_results(run_dir: Path) -> dict[str, Any]:
         loc = ".".join(str(s) for s in x["loc"])
         raise LeakauditError(f"{path}: field '{loc}': {x['msg']}") from None
     return data
+
+
+def _non_finite(node: Any, where: str = "") -> str | None:
+    """The dotted path of the first NaN or infinite number in a JSON tree, or None."""
+    if isinstance(node, float) and not math.isfinite(node):
+        return where or "(top)"
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        found = _non_finite(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
 
 
 # -- the checks ------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
+from leakaudit.errors import LeakauditError
 from leakaudit.io import atomic_dir, read_json, write_json
 from leakaudit.parallel import barrier, is_writer
 
@@ -85,6 +86,10 @@ def stage(run_dir: Path, name: str, key: dict, build: Callable[[Path], None], lo
     if marker.is_file() and read_json(marker).get("key") == key:
         log("stage_skipped", f"[cached] {name}", stage=name)
         return out
+    if not marker.is_file() and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
+        # not a stage's output (every stage writes stage.json, atomically): the user's files; never replace them
+        raise LeakauditError(f"{out}: exists and is not a leakaudit output, and the '{name}' stage would replace "
+                             "it; choose another output directory or move it away")
     log("stage_started", f"{name} ...", stage=name)
     t0 = time.perf_counter()
     if is_writer():

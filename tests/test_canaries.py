@@ -55,6 +55,10 @@ def test_bad_specs_name_the_field(tmp_path):
         p.write_text(f"name: x\ntemplate: '{template}'\nsecret: {{format: digits, length: 4}}\nrepetitions: [1]\n")
         with pytest.raises(LeakauditError, match="write placeholders bare"):
             load_spec(p)
+    p.write_text("name: x\ntemplate: 'the {{secret}} of {name} is {secret}'\nsecret: {format: digits, length: 4}\n"
+                 "repetitions: [1]\n")
+    with pytest.raises(LeakauditError, match=r"write \{secret\} once"):
+        load_spec(p)
     # a one-run audit inserts each canary once: with k copies its bound would be compared with the wrong eps
     p.write_text("name: x\ndesign: one_run\ntemplate: 'a {secret}'\nsecret: {format: digits, length: 6}\n"
                  "repetitions: [1, 4]\n")

@@ -317,3 +317,49 @@ def test_a_reference_named_like_an_audited_model_is_refused(monkeypatch, capsys,
                        "--out", tmp_path / "r")
     _assert_clean_error(code, err, "--reference m: the same name as a --model")
     assert not (tmp_path / "r").exists()
+
+
+def test_a_reference_that_is_the_audited_model_under_another_name_is_refused(
+        monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--reference",
+                       f"base={tiny_model_dir}", "--members", corpus[0], "--non-members", corpus[1],
+                       "--out", tmp_path / "r", "--attacks", "loss,reference")
+    _assert_clean_error(code, err, "reference model 'base':", "is the audited model 'm' itself")
+
+
+def test_demo_refuses_infinite_epsilon_and_names_where_a_bad_device_came_from(monkeypatch, capsys, tmp_path):
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--epsilon", "inf", "--out", tmp_path / "d")
+    _assert_clean_error(code, err, "--epsilon inf is no privacy")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("device: tpu\n")  # not a flag the user gave: the file's field is named
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--config", cfg, "--out", tmp_path / "d")
+    _assert_clean_error(code, err, "c.yaml: field 'device': expected cpu or cuda (got 'tpu')")
+    cfg.write_text("dp: {target_epsilon: .inf}\n")
+    code, _, err = run(monkeypatch, capsys, "demo", "--preset", "tiny", "--config", cfg, "--out", tmp_path / "d")
+    _assert_clean_error(code, err, "c.yaml: field 'dp.target_epsilon'", "finite")
+    assert not (tmp_path / "d").exists()
+
+
+def test_audit_reads_every_input_before_training_shadow_models(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--members", corpus[0],
+                       "--non-members", corpus[1], "--shadows", "4", "--shadow-base", tiny_model_dir,
+                       "--train-data", tmp_path / "missing.jsonl", "--out", tmp_path / "r")
+    _assert_clean_error(code, err, "missing.jsonl")
+    assert not (tmp_path / "r").exists()  # no shadow model trained, nothing written
+
+
+def test_progress_lines_are_printed_as_they_are(capsys):
+    from leakaudit.cli import _say
+
+    _say("[cached] data")
+    _say("run odd[/x] done")
+    err = capsys.readouterr().err
+    assert "[cached] data" in err and "odd[/x] done" in err
+
+
+def test_model_names_stay_inside_the_run_directory(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    for spec in (f"../../x={tiny_model_dir}", f"a/b={tiny_model_dir}"):
+        code, _, err = run(monkeypatch, capsys, "audit", "--model", spec, "--members", corpus[0],
+                           "--non-members", corpus[1], "--out", tmp_path / "r")
+        _assert_clean_error(code, err, "--model", "may hold only letters, digits")
+    assert not (tmp_path / "r").exists() and not (tmp_path.parent / "x").exists()

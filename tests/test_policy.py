@@ -263,6 +263,9 @@ def test_default_policy_file():
         ("max_tpr_at_1pct_fpr: 1.5\n", "max_tpr_at_1pct_fpr"),
         ("max_epsilon: -1\n", "max_epsilon"),
         ("min_audit_power: 0\n", "min_audit_power"),
+        ("max_tpr_at_1pct_fpr: true\n", "max_tpr_at_1pct_fpr"),  # read as 1.0 it passed every model
+        ("min_audit_power: yes\n", "min_audit_power"),
+        ("max_exposure_bits: .nan\n", "max_exposure_bits"),
     ],
 )
 def test_invalid_policy_names_file_and_field(tmp_path, text, field):
@@ -343,6 +346,12 @@ def test_gate_input_errors(tmp_path):
     with pytest.raises(LeakauditError, match="no model 'x'"):
         gate(run, policy, model="x")
     assert LeakauditError.exit_code == 2
+    # a NaN compares false with every limit: it would pass, and as the first value hide the worst one
+    data = make_results().model_dump(mode="json")
+    data["models"]["non_dp"]["mia"]["loss"]["tpr_at_fpr"]["0.01"] = float("nan")
+    (run / "results.json").write_text(json.dumps(data), encoding="utf-8")  # json writes it as NaN
+    with pytest.raises(LeakauditError, match=r"field 'models.non_dp.mia.loss.tpr_at_fpr.0.01' is not a finite number"):
+        gate(run, policy)
 
 
 def _guesses(res: Results, model: str, other: dict[int, bool], *, found: int = 10) -> Results:

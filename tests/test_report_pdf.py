@@ -61,3 +61,16 @@ def test_cli_report_pdf(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert (tmp_path / "report.pdf").read_bytes().startswith(b"%PDF-")
     assert "pdf: " in done.stdout
+
+
+def test_a_hung_browser_is_a_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(pdf, "pdf_printer", lambda: "/usr/bin/chromium")
+
+    def hang(cmd, **kw):
+        raise subprocess.TimeoutExpired(cmd, kw.get("timeout"))
+
+    monkeypatch.setattr(pdf.subprocess, "run", hang)
+    paths = write_reports(make_results(), tmp_path)
+    with pytest.raises(LeakauditError, match=r"did not finish in .* s \(the browser hung\)"):
+        pdf.write_pdf(paths["html"])
+    assert not (tmp_path / "report.pdf").exists() and not list(tmp_path.glob(".report-*"))

@@ -88,6 +88,8 @@ class CanarySpec(BaseModel):
         if styled or "{secret}" not in self.template:
             raise ValueError(f"template: write placeholders bare, as {{{(styled or ['secret'])[0]}}} (no format spec "
                              "or conversion)")
+        if self.template.count("{secret}") > 1:  # an escaped "{{secret}}" too: the canary is split at "{secret}"
+            raise ValueError("template: write {secret} once, and no literal '{{secret}}' beside it")
         return self
 
     @model_validator(mode="after")

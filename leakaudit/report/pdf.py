@@ -62,11 +62,15 @@ def write_pdf(html_path: Path, pdf_path: Path | None = None, *, timeout_s: float
             _weasyprint().HTML(filename=str(html_path)).write_pdf(str(tmp))
         else:
             with tempfile.TemporaryDirectory() as profile:  # a throwaway browser profile
-                done = subprocess.run(
-                    [printer, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-                     f"--user-data-dir={profile}", f"--print-to-pdf={tmp}", html_path.resolve().as_uri()],
-                    capture_output=True, text=True, timeout=timeout_s,
-                )
+                try:
+                    done = subprocess.run(
+                        [printer, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
+                         f"--user-data-dir={profile}", f"--print-to-pdf={tmp}", html_path.resolve().as_uri()],
+                        capture_output=True, text=True, timeout=timeout_s,
+                    )
+                except subprocess.TimeoutExpired:
+                    raise LeakauditError(f"{printer}: printing {html_path} to PDF did not finish in {timeout_s:g} s "
+                                         "(the browser hung); the HTML report is complete") from None
             if done.returncode != 0 or not tmp.is_file() or tmp.stat().st_size == 0:
                 raise LeakauditError(f"{printer}: printing {html_path} to PDF failed "
                                      f"({(done.stderr.strip().splitlines() or ['no output'])[-1]})")

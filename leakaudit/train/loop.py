@@ -125,7 +125,8 @@ class DPSettings(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    target_epsilon: float | None = Field(default=None, gt=0, description="Epsilon to reach after all steps.")
+    target_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                         description="Epsilon to reach after all steps (finite: inf is no DP).")
     randomness: Literal["secret", "seeded"] = Field(
         default="secret",
         description="secret: the Poisson batches and the noise are drawn from generators seeded from the operating "
@@ -133,7 +134,8 @@ class DPSettings(BaseModel):
         "training seed, so a run repeats exactly (experiments, tests) and the guarantee then holds only while that "
         "seed stays secret.",
     )
-    noise_multiplier: float | None = Field(default=None, gt=0, description="Noise std / clip norm, fixed.")
+    noise_multiplier: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                           description="Noise std / clip norm, fixed.")
     delta: float | None = Field(default=None, gt=0, lt=1, description="Target delta; below 1/N.")
     max_grad_norm: float = Field(
         default=1.0, gt=0, description="Per-sample clip norm (the total over all layers; the initial one if adaptive)."
