@@ -28,6 +28,7 @@ from leakaudit.canaries.formats import get_format  # noqa: E402
 from leakaudit.data import make_corpora  # noqa: E402
 from leakaudit.models import Target, build_model, encode, train_tokenizer  # noqa: E402
 from leakaudit.models.target import span_nll  # noqa: E402
+from leakaudit.models.tokenize import scored_start  # noqa: E402
 
 SIZES = {
     "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
@@ -51,7 +52,7 @@ def one_per_pass(target: Target, prefix: str, cands: list[str]) -> np.ndarray:
 
 
 def _sum_secret(enc, lps, prefix, cands):
-    return span_nll(enc, lps, [(len(prefix), len(prefix) + len(c)) for c in cands])
+    return span_nll(enc, lps, [(scored_start(prefix), len(prefix) + len(c)) for c in cands])
 
 
 def timed(fn, *args):
