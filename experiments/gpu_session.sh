@@ -35,6 +35,7 @@ STATE=${STATE:-docs/results/dp_vs_nondp_gpu}
 RUN=${RUN:-runs/experiments/dp_vs_nondp_gpu}
 OUT=${OUT:-runs/gpu_session_out}
 mkdir -p "$RUN" "$OUT"
+OUT=$(cd "$OUT" && pwd)  # absolute: the packing below runs inside $RUN
 for part in seeds cells; do
   if [ -d "$STATE/$part" ]; then cp -r "$STATE/$part" "$RUN/"; fi
 done
@@ -54,6 +55,11 @@ if pkill -INT -f 'submitit\.core\._submit' 2>/dev/null; then
   pkill -KILL -f 'submitit\.(core\._submit|local\._local)' 2>/dev/null
 fi
 echo "exit status: $rc" >> "$OUT/experiment.log"
+if [ "$rc" -ne 0 ]; then  # stopped or failed before writing it: the comparison of the cells finished so far
+  timeout 60 python3 -c 'import sys; from leakaudit.experiment import rewrite_comparison
+print("comparison rewritten:", rewrite_comparison(sys.argv[1], sys.argv[2]), "cells")' "$EXPERIMENT" "$RUN" \
+    >> "$OUT/experiment.log" 2>&1
+fi
 tail -n 25 "$OUT/experiment.log"
 stamp=$(date -u +%Y%m%dT%H%M)
 # timings: the events' names, counts and seconds only (no messages, errors or tracebacks)
@@ -70,6 +76,7 @@ for line in open(sys.argv[1], encoding="utf-8"):
     print(json.dumps({k: row[k] for k in keep if k in row}))' "$f" > "timings/$stamp/$name.jsonl"
  done
  tar czf "$OUT/dp_vs_nondp_gpu.tgz" --ignore-failed-read comparison.* figures \
-  seeds/*/seed.json cells/*/cell.json "timings/$stamp" 2>/dev/null)
+  seeds/*/seed.json cells/*/cell.json "timings/$stamp" 2>>"$OUT/experiment.log") \
+  || echo "packing failed: see experiment.log" | tee -a "$OUT/experiment.log"
 ls -l "$OUT"
 exit $rc

@@ -133,6 +133,14 @@ def _needs(attacks: list[str]) -> set[str]:
     return {r for a in attacks for r in get_attack(a).requires}
 
 
+# Versions of what the scoring stage computes; part of its cache key (and of an experiment cell's key), so that a
+# change of method recomputes cached results instead of reusing them.  exposure 4: skew-normal counts inserted
+# secrets and their neighbourhood exactly; 5: a secret's score includes the whitespace before it on every path, and
+# tokens crossing the prefix's split are scored with offsets.  scores 2: Min-K%++'s variance as
+# sum p (log p - mu)^2 where the reduction is not compiled.
+SCORE_VERSIONS = {"exposure_version": 5, "scores_version": 2}
+
+
 def score_model(
     run_dir: Path,
     model: ModelToAudit,
@@ -167,10 +175,7 @@ def score_model(
         # model is scored with the one-run canaries alone: its stage is then the same for every search budget)
         "search": [exact_max, extraction_budget, extraction_guesses, beam_width]
         if any(m.spec.design == "fixed" for m in manifests) else None,
-        # 4: skew-normal counts inserted secrets and their neighbourhood exactly; 5: a secret's score includes the
-        # whitespace before it on every path, and tokens crossing the prefix's split are scored with offsets
-        "exposure_version": 5,
-        "scores_version": 2,  # 2: Min-K%++'s variance as sum p (log p - mu)^2 where the reduction is not compiled
+        **SCORE_VERSIONS,
         "dtype": dtype_name(dtype),
     }
 

@@ -71,7 +71,9 @@ def demo(
     canaries: Annotated[list[Path] | None, typer.Option("--canaries", help="Canary spec file(s).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target eps of the DP model.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda (default: best available).")] = None,
-    seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
+    seed: Annotated[int | None, typer.Option(
+        help="Seed of the whole run: shifts the data and its split, the canaries' draws and both trainings' seeds "
+        "(0: the configuration as written).")] = None,
     shadows: Annotated[int | None, typer.Option(help="Shadow models for LiRA and RMIA (even, >= 4).")] = None,
 ) -> None:
     """Build everything from nothing: data, canaries, a base model, plain and DP fine-tuning, audit, report."""

@@ -101,6 +101,21 @@ class DemoConfig(BaseModel):
     sample_tokens: int = Field(default=64, ge=4, description="New tokens per untargeted sample.")
     verify_ngram: int = Field(default=16, ge=2, description="Tokens shared with a training record to count.")
 
+    @field_validator("canaries")
+    @classmethod
+    def _distinct_specs(cls, v: list[CanarySpec]) -> list[CanarySpec]:
+        names = [c.name for c in v]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # one manifest file per name: a second spec would overwrite the first, or insert it twice
+            raise ValueError(f"two canary specs are named '{twice[0]}'; give each spec its own name")
+        seeds: dict[int, str] = {}
+        for c in v:
+            if c.seed in seeds:  # the same random stream: the two specs' secrets would overlap digit for digit
+                raise ValueError(f"canary specs '{seeds[c.seed]}' and '{c.name}' share seed {c.seed}, so their "
+                                 "secrets would be drawn from one random stream and overlap; give them different seeds")
+            seeds[c.seed] = c.name
+        return v
+
     @field_validator("attacks")
     @classmethod
     def _known_attacks(cls, v: list[str]) -> list[str]:
@@ -205,6 +220,21 @@ def resolve_config(
     if specs:
         raw["canaries"] = [s.model_dump(mode="json") for s in specs]
     try:
-        return DemoConfig.model_validate(raw)
+        return with_seed(DemoConfig.model_validate(raw))
     except ValidationError as e:
         raise LeakauditError(describe_validation_error(e, where)) from None
+
+
+def with_seed(cfg: DemoConfig) -> DemoConfig:
+    """The config with ``cfg.seed`` carried into everything random: the data and its member split, each canary
+    spec's draws, and the plain and DP training (shuffles, Poisson batches, noise), each shifted by the seed,
+    so seed 0 is the configuration as written and another seed is a whole new replicate."""
+    s = cfg.seed
+    if not s:
+        return cfg
+    return cfg.model_copy(update={
+        "data": cfg.data.model_copy(update={"seed": cfg.data.seed + s}),
+        "canaries": [c.model_copy(update={"seed": c.seed + s}) for c in cfg.canaries],
+        "finetune": cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + s}),
+        "dp_train": cfg.dp_train.model_copy(update={"seed": cfg.dp_train.seed + s}),
+    })

@@ -94,8 +94,9 @@ class GridConfig(BaseModel):
             raise ValueError("give at least one epsilon")
         if any(not (x > 0) for x in v):
             raise ValueError(f"every epsilon must be > 0 or inf (got {[_eps_label(x) for x in v]})")
-        if len(set(v)) != len(v):
-            raise ValueError("epsilons must be distinct")
+        labels = [_eps_label(x) for x in v]
+        if len(set(labels)) != len(labels):  # cells are named by the label: two would share a directory
+            raise ValueError(f"epsilons must be distinct to 6 significant digits (got {labels})")
         return v
 
     @field_validator("seed")
@@ -225,6 +226,8 @@ def experiment_from_dict(raw: dict, *, where: str = "experiment", root: Path | N
             key = "noise_multiplier" if dp.get("noise_multiplier") is not None else "target_epsilon"
             raise LeakauditError(f"{where}: field 'base.dp.{key}': the grid sets each cell's epsilon; remove it")
         base["dp"] = {**dp, "target_epsilon": 1.0, "noise_multiplier": None}  # a placeholder: cells set their own
+    if "seed" in base:
+        raise LeakauditError(f"{where}: field 'base.seed': the grid sets each cell's seed (grid.seed); remove it")
     if "canaries" in base:
         specs = base.pop("canaries")
         if not isinstance(specs, list) or not specs or not all(isinstance(s, str | dict) for s in specs):
@@ -311,8 +314,13 @@ def seed_dir(out: Path, seed: int) -> Path:
 
 
 def seed_done(exp: Experiment, out: Path, seed: int) -> bool:
+    """Whether ``seed.json`` was written for the seed's current settings and, where its base model is on disk,
+    for that base model (a ``seed.json`` carried over a rebuilt base would hand its perplexity to the new one)."""
     marker = seed_dir(out, seed) / "seed.json"
-    return marker.is_file() and read_json(marker).get("key") == stable_hash(_seed_key(seed_config(exp, seed)))
+    if not (marker.is_file() and read_json(marker).get("key") == stable_hash(_seed_key(seed_config(exp, seed)))):
+        return False
+    recorded, base = read_json(marker).get("base_sha256"), seed_dir(out, seed) / "models" / "base"
+    return not (recorded and (base / "stage.json").is_file() and recorded != _weights_sha256(base))
 
 
 SEED_STAGES = ("data", "canaries", "models/base")
@@ -448,8 +456,10 @@ def _cell_key(exp: Experiment, cell: CellSpec, n_train: int) -> str:
     cfg = seed_config(exp, cell.seed)
     audit = cfg.model_dump(mode="json", exclude={"data", "canaries", "model", "pretrain", "finetune", "dp_train",
                                                  "dp", "device", "preset"})
+    from leakaudit.audit import SCORE_VERSIONS
+
     return stable_hash({
-        "version": EXPERIMENT_VERSION, "seed": _seed_key(cfg), "cell": cell.id,
+        "version": EXPERIMENT_VERSION, "scoring": SCORE_VERSIONS, "seed": _seed_key(cfg), "cell": cell.id,
         "train": settings.model_dump(mode="json"), "dp": dp.model_dump(mode="json") if dp else None,
         "audit": audit, "pii": [exp.config.pii_reconstruction_records, exp.config.pii_candidates],
         "exposure_min_repetitions": exp.config.exposure_min_repetitions,
@@ -457,11 +467,20 @@ def _cell_key(exp: Experiment, cell: CellSpec, n_train: int) -> str:
 
 
 def cell_done(exp: Experiment, out: Path, cell: CellSpec) -> bool:
+    """Whether the cell's ``cell.json`` was written for its current settings.  The training set's size is the
+    cell's own record of it (its seed's ``seed.json`` is missing while the seed is prepared again), else the
+    seed's."""
     marker = cell_dir(out, cell) / "cell.json"
-    sinfo = seed_dir(out, cell.seed) / "seed.json"
-    if not (marker.is_file() and sinfo.is_file()):
+    if not marker.is_file():
         return False
-    return read_json(marker).get("key") == _cell_key(exp, cell, read_json(sinfo)["n_train"])
+    done = read_json(marker)
+    n_train = done.get("n_train")
+    if n_train is None:  # written before cells recorded it
+        sinfo = seed_dir(out, cell.seed) / "seed.json"
+        if not sinfo.is_file():
+            return False
+        n_train = read_json(sinfo)["n_train"]
+    return done.get("key") == _cell_key(exp, cell, n_train)
 
 
 def run_cell(task: CellTask) -> dict:
@@ -523,10 +542,11 @@ def run_cell(task: CellTask) -> dict:
         "train_seconds": read_json(model_dir / "timing.json")["train_seconds"],
         "audit_seconds": round(time.perf_counter() - t0, 2),
         "device": device_name(device), "run_dir": str(cdir.relative_to(out)),
-        "base_sha256": sinfo.get("base_sha256") or _weights_sha256(base_dir),  # older seed.json: none recorded
+        "base_sha256": _weights_sha256(base_dir),  # the model on disk, never a record that may be another's
     })
     # where this run's time went (seconds per step; not a metric: no part of the comparison)
-    write_json(cdir / "cell.json", {"key": key, "metrics": row, "steps_seconds": step_times(log.path, events_from)})
+    write_json(cdir / "cell.json", {"key": key, "n_train": len(train_texts), "metrics": row,
+                                    "steps_seconds": step_times(log.path, events_from)})
     return row
 
 
@@ -858,7 +878,7 @@ def run_experiment(
                                     [f"cell {c.id}" for c in todo], log, budget)
             failed.update({o.label: o.error for o in outcomes if o.error})
             ran += [c.id for c, o in zip(todo, outcomes) if not o.not_started]
-    rows = [read_json(cell_dir(out, c) / "cell.json")["metrics"] for c in cells if cell_done(exp, out, c)]
+    rows = finished_rows(exp, out)
     paths = write_comparison(exp, out, rows)
     dt = time.perf_counter() - t0
     finished = {r["cell"] for r in rows}
@@ -870,13 +890,30 @@ def run_experiment(
     return ExperimentRun(out, rows, ran, [c.id for c in done], paths, dt, left)
 
 
+def finished_rows(exp: Experiment, out: Path) -> list[dict]:
+    """The metrics of every cell finished for its current settings, in grid order."""
+    return [read_json(cell_dir(out, c) / "cell.json")["metrics"] for c in exp.cells() if cell_done(exp, out, c)]
+
+
+def rewrite_comparison(path: str | Path, out: str | Path) -> int:
+    """Write the comparison of experiment file ``path`` from the cells finished under ``out``, running nothing
+    (after a run was stopped before it could write one); returns the number of cells in it."""
+    exp = load_experiment(Path(path))
+    rows = finished_rows(exp, Path(out))
+    write_comparison(exp, Path(out), rows)
+    return len(rows)
+
+
 def _resolved(exp: Experiment) -> dict:
     return {"experiment": exp.config.model_dump(mode="json"), "resolved_base": exp.base.model_dump(mode="json")}
 
 
 def _shareable(config: dict) -> dict:
     """The resolved configuration for the comparison (a shared report): without the seeds of the canary specs
-    and of the data, which regenerate every secret and PII value; ``config_sha256`` identifies the whole."""
+    and of the data, which regenerate every secret and PII value; ``config_sha256`` identifies what is left.
+
+    A hash of the whole would give the seeds back: they are small integers, and trying a few against it
+    finds them at once (found by review; the hash once covered them)."""
     def drop_seeds(part: Any) -> Any:
         if isinstance(part, dict):
             part = {k: v for k, v in part.items() if k != "seed"}
@@ -888,7 +925,7 @@ def _shareable(config: dict) -> dict:
             section["canaries"] = [drop_seeds(c) for c in section["canaries"]]
         if isinstance(section.get("data"), dict):
             section["data"] = drop_seeds(section["data"])
-    out["config_sha256"] = stable_hash(config)
+    out["config_sha256"] = stable_hash(out)
     out["seeds_removed"] = "canaries[*].seed and data.seed (they regenerate the secrets); see experiment.yaml"
     return out
 
@@ -939,7 +976,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             vals = [float(r[key]) for r in rs if r.get(key) is not None and math.isfinite(float(r[key]))]
             g[key] = {
                 "mean": statistics.fmean(vals) if vals else None,
-                "std": statistics.stdev(vals) if len(vals) > 1 else (0.0 if vals else None),
+                "std": statistics.stdev(vals) if len(vals) > 1 else None,  # one value: no spread measured
                 "min": min(vals) if vals else None, "max": max(vals) if vals else None, "n": len(vals),
             }
         out.append(g)
@@ -1147,6 +1184,8 @@ def _summary_cell(g: dict, key: str, fmt: str) -> str:
     text = _fmt(s["mean"], fmt)
     if s["n"] > 1:
         text += " ± " + _fmt(s["std"], fmt)
+    if s["n"] < g["n_seeds"]:  # not measured (or not finite, e.g. a diverged model's perplexity) in some seeds
+        text += f" ({s['n']} of {g['n_seeds']} seeds)"
     return text
 
 
@@ -1197,7 +1236,10 @@ def _worse_than_base(doc: dict) -> list[str]:
 
 def _notes(doc: dict) -> list[str]:
     notes = []
-    if doc["matched_steps"]:
+    if doc["matched_steps"] and not doc["matched_check"]:
+        notes.append("Matched steps: asked for, but no mode and seed has both a DP and a non-DP cell finished yet, so "
+                     "nothing has been compared.")
+    elif doc["matched_steps"]:
         bad = [c for c in doc["matched_check"] if not c["matched"]]
         own = sorted({(c["mode"], c.get("dp_lr"), c.get("non_dp_lr")) for c in doc["matched_check"]
                       if c.get("non_dp_lr") != c.get("dp_lr")})

@@ -115,6 +115,15 @@ def test_split_keeps_each_user_on_one_side():
     assert 0.35 < len(mem) / len(private) < 0.65
 
 
+def test_a_user_id_of_0_is_a_user_and_none_nan_or_empty_are_none():
+    rows = [{"id": str(i), "text": f"record number {i} of the account", "user_id": i % 5} for i in range(40)]
+    mem, non, _ = split_members(rows, member_fraction=0.5, seed=0)
+    assert not {r["user_id"] for r in mem} & {r["user_id"] for r in non}  # user 0 stayed on one side
+    rows = [{"id": str(i), "text": f"record number {i}", "user_id": [None, float("nan"), ""][i % 3]} for i in range(30)]
+    mem, non, _ = split_members(rows, member_fraction=0.5, seed=0)
+    assert 10 <= len(mem) <= 20  # no user: records split one by one, not as three "users"
+
+
 def test_overlap_is_refused():
     with pytest.raises(LeakauditError, match="overlap: 1 non-member"):
         check_no_overlap(["a b", "c"], ["x", "a b "])

@@ -255,6 +255,13 @@ def test_reports_are_self_contained_and_hold_no_secrets(grid):
         assert section["canaries"] and not [c for c in section["canaries"] if "seed" in c]
         assert "seed" not in section["data"] and section["data"]["n_private"] == 120
     assert len(config["config_sha256"]) == 16
+    # it identifies the shared (seedless) config: a hash over the seeds would give them back by trial
+    from leakaudit.io import stable_hash
+
+    hashed = {k: v for k, v in config.items() if k not in ("config_sha256", "seeds_removed")}
+    grid = hashed["experiment"]["grid"]
+    grid["epsilon"] = [math.inf if e is None else e for e in grid["epsilon"]]  # JSON keeps inf as null
+    assert config["config_sha256"] == stable_hash(hashed)
     full = yaml.safe_load((out / "experiment.yaml").read_text())
     assert [c["seed"] for c in full["experiment"]["base"]["canaries"]] == [5, 2]
 
@@ -279,6 +286,17 @@ def test_rerun_skips_finished_cells_and_resumes_an_unfinished_one(grid, tmp_path
     # deterministic: the same metrics as the first run
     for a, b in zip(first.cells, third.cells):
         assert a["exposure_median"] == pytest.approx(b["exposure_median"]) and a["steps"] == b["steps"]
+
+
+def test_a_change_of_scoring_method_reruns_finished_cells(grid, tmp_path, monkeypatch):
+    """A finished cell was skipped however the scoring had changed since (its key held no method version)."""
+    from leakaudit import audit
+    from leakaudit.experiment import cell_done
+
+    exp, _, out, _ = grid
+    assert all(cell_done(exp, out, c) for c in exp.cells())
+    monkeypatch.setattr(audit, "SCORE_VERSIONS", {**audit.SCORE_VERSIONS, "exposure_version": 999})
+    assert not any(cell_done(exp, out, c) for c in exp.cells())
 
 
 def test_finished_cells_carried_to_another_directory_continue_the_grid(grid, tmp_path):
@@ -515,3 +533,33 @@ def test_matched_note_says_when_the_non_dp_cells_have_their_own_learning_rate():
     doc["matched_check"] += [{**check, "mode": "lora", "dp_lr": 3e-3, "non_dp_lr": 2e-4}]
     note = _notes(doc)[0]
     assert "at a learning rate of its own (lora: DP 0.003, non-DP 0.0002)" in note and "full:" not in note
+    doc["matched_check"] = []  # no DP and non-DP pair finished: nothing compared, nothing claimed
+    assert _notes(doc)[0].startswith("Matched steps: asked for, but no mode and seed has both")
+
+
+def test_summary_says_how_many_seeds_a_value_rests_on():
+    from leakaudit.experiment import _summary_cell, summarize
+
+    rows = [{"mode": "full", "epsilon_label": "8", "seed": s, "perplexity": p} for s, p in ((0, 9.0), (1, math.inf))]
+    g = summarize(rows)[0]
+    assert g["n_seeds"] == 2 and g["perplexity"]["n"] == 1 and g["perplexity"]["std"] is None
+    assert _summary_cell(g, "perplexity", "{:.2f}") == "9.00 (1 of 2 seeds)"
+
+
+def test_seed_and_cell_records_are_checked_against_what_is_on_disk(grid, tmp_path):
+    """A seed.json carried over a rebuilt base model must not pass for it, and a cell records the hash of the base
+    model on disk; a finished cell stays finished while its seed's seed.json is missing (being prepared again)."""
+    from leakaudit.experiment import cell_done, seed_dir, seed_done
+
+    exp, _, out, _ = grid
+    work = tmp_path / "out"
+    shutil.copytree(out, work)
+    marker = seed_dir(work, 0) / "seed.json"
+    info = json.loads(marker.read_text())
+    assert seed_done(exp, work, 0)
+    marker.write_text(json.dumps({**info, "base_sha256": "stale0000000000"}))
+    assert not seed_done(exp, work, 0)
+    marker.unlink()
+    assert all(cell_done(exp, work, c) for c in exp.cells())
+    with pytest.raises(LeakauditError, match="distinct to 6 significant digits"):
+        load_experiment(_write(tmp_path, _with(grid__epsilon=[0.5, 0.5000001])))

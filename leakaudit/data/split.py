@@ -57,8 +57,9 @@ def split_members(
     for r in records:
         t = "text:" + r["text"].strip()
         find(t)
-        if r.get("user_id"):
-            parent[find("user:" + str(r["user_id"]))] = find(t)
+        user = r.get("user_id")
+        if user is not None and user == user and user != "":  # 0 is a user; None, NaN and "" are none
+            parent[find("user:" + str(user))] = find(t)
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(find("text:" + r["text"].strip()), []).append(r)
