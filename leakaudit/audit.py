@@ -43,6 +43,7 @@ from leakaudit.io import (
     records_hash,
     sha256_file,
     stable_hash,
+    texts_hash,
     write_json,
     write_parquet,
     write_text_atomic,
@@ -139,6 +140,17 @@ def _needs(attacks: list[str]) -> set[str]:
 # tokens crossing the prefix's split are scored with offsets.  scores 2: Min-K%++'s variance as
 # sum p (log p - mu)^2 where the reduction is not compiled.
 SCORE_VERSIONS = {"exposure_version": 5, "scores_version": 2}
+
+
+def check_shadow_population(shadows: ShadowSet, rows: list[dict]) -> None:
+    """The shadows' membership matrix has one column per population text, in order: the audited rows (members
+    then non-members) must be exactly those texts (the same number is not enough: a reordered population would
+    pair each row with another record's IN/OUT shadows)."""
+    if shadows.membership.shape[1] != len(rows) or (
+            shadows.population_sha256 is not None
+            and shadows.population_sha256 != texts_hash([r["text"] for r in rows])):
+        raise LeakauditError("the shadow models were trained on a different population (or order) than the "
+                             "audited members and non-members; train them on exactly these records")
 
 
 def score_model(
@@ -504,8 +516,7 @@ def run_audit(
             ref_dirs[name] = d
     stats = member_in = None
     if shadows is not None and needs & {"shadows_in", "shadows_out"}:
-        if shadows.membership.shape[1] != len(rows):
-            raise ValueError("the shadow models were trained on a different population")
+        check_shadow_population(shadows, rows)
         stats = shadow_statistics(run_dir, shadows, rows, device=device, token_budget=options.token_budget,
                                   log=log, dtype=common["dtype"])
         member_in = shadows.membership

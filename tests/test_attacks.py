@@ -179,3 +179,18 @@ def test_a_text_with_no_token_to_score_is_refused_by_id(gpt2, tokenizer):
         build_score_table(Target(gpt2, no_bos), ["r1", "r2"], texts, [True, False])
     table = build_score_table(Target(gpt2, tokenizer), ["r1", "r2"], texts, [True, False])  # with the BOS: scored
     assert list(table["n_tokens"]) == [len(tokenizer(texts[0])["input_ids"]), 1]
+
+
+def test_shadows_must_have_been_trained_on_exactly_the_audited_rows_in_order():
+    from leakaudit.audit import check_shadow_population
+    from leakaudit.io import texts_hash
+    from leakaudit.train.shadows import ShadowSet
+
+    rows = [{"text": f"record {i}"} for i in range(6)]
+    shadows = ShadowSet(dirs=[], membership=membership_matrix(4, 6, seed=0), key="k",
+                        population_sha256=texts_hash([r["text"] for r in rows]))
+    check_shadow_population(shadows, rows)  # the same texts, the same order
+    with pytest.raises(LeakauditError, match="different population"):
+        check_shadow_population(shadows, rows[::-1])  # same size, reordered: each row would get another's IN/OUT
+    with pytest.raises(LeakauditError, match="different population"):
+        check_shadow_population(shadows, rows[:5])

@@ -36,6 +36,7 @@ class ShadowSet:
     dirs: list[Path]
     membership: np.ndarray  # [n_shadows, n_population]
     key: str
+    population_sha256: str | None = None  # texts_hash of the population, in order (None: not recorded)
 
 
 def train_shadows(
@@ -75,7 +76,7 @@ def train_shadows(
             save_trained(loaded.model.cpu(), loaded.tokenizer, tmp, record)
 
         dirs.append(stage(root, f"shadow-{i:03d}", {"key": key, "index": i}, build, log))
-    return ShadowSet(dirs=dirs, membership=member, key=key)
+    return ShadowSet(dirs=dirs, membership=member, key=key, population_sha256=pop_hash)
 
 
 def load_membership(root: Path) -> np.ndarray:
