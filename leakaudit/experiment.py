@@ -317,9 +317,10 @@ def seed_done(exp: Experiment, out: Path, seed: int) -> bool:
     """Whether ``seed.json`` was written for the seed's current settings and, where its base model is on disk,
     for that base model (a ``seed.json`` carried over a rebuilt base would hand its perplexity to the new one)."""
     marker = seed_dir(out, seed) / "seed.json"
-    if not (marker.is_file() and read_json(marker).get("key") == stable_hash(_seed_key(seed_config(exp, seed)))):
+    info = read_json(marker) if marker.is_file() else {}
+    if info.get("key") != stable_hash(_seed_key(seed_config(exp, seed))):
         return False
-    recorded, base = read_json(marker).get("base_sha256"), seed_dir(out, seed) / "models" / "base"
+    recorded, base = info.get("base_sha256"), seed_dir(out, seed) / "models" / "base"
     return not (recorded and (base / "stage.json").is_file() and recorded != _weights_sha256(base))
 
 
@@ -442,13 +443,14 @@ def cell_settings(exp: Experiment, cell: CellSpec, n_train: int):
     dp_train: TrainSettings = cfg.dp_train.model_copy(update=update)
     if cell.dp:
         return dp_train, cfg.dp.model_copy(update={"target_epsilon": cell.epsilon, "noise_multiplier": None})
-    own_lr = getattr(exp.config.non_dp_lr, cell.mode)
     if exp.config.matched_steps:
         # the DP cells' privacy record would give the same: steps and q = 1 / ceil(N / batch) depend on the
         # settings and N only, so every DP cell of this mode takes these steps, whatever its epsilon
-        matched = matched_settings(dp_train, n_train)
-        return (matched if own_lr is None else matched.model_copy(update={"lr": own_lr})), None
-    return cfg.finetune.model_copy(update={**update, **({} if own_lr is None else {"lr": own_lr})}), None
+        plain = matched_settings(dp_train, n_train)
+    else:
+        plain = cfg.finetune.model_copy(update=update)
+    own_lr = getattr(exp.config.non_dp_lr, cell.mode)
+    return (plain if own_lr is None else plain.model_copy(update={"lr": own_lr})), None
 
 
 def _cell_key(exp: Experiment, cell: CellSpec, n_train: int) -> str:
@@ -467,20 +469,12 @@ def _cell_key(exp: Experiment, cell: CellSpec, n_train: int) -> str:
 
 
 def cell_done(exp: Experiment, out: Path, cell: CellSpec) -> bool:
-    """Whether the cell's ``cell.json`` was written for its current settings.  The training set's size is the
-    cell's own record of it (its seed's ``seed.json`` is missing while the seed is prepared again), else the
-    seed's."""
+    """Whether the cell's ``cell.json`` was written for its current settings (with the training set's size it
+    recorded: its seed's ``seed.json`` is missing while the seed is prepared again).  A ``cell.json`` without
+    ``n_train`` predates the scoring version in the key, so it could never match: not done."""
     marker = cell_dir(out, cell) / "cell.json"
-    if not marker.is_file():
-        return False
-    done = read_json(marker)
-    n_train = done.get("n_train")
-    if n_train is None:  # written before cells recorded it
-        sinfo = seed_dir(out, cell.seed) / "seed.json"
-        if not sinfo.is_file():
-            return False
-        n_train = read_json(sinfo)["n_train"]
-    return done.get("key") == _cell_key(exp, cell, n_train)
+    done = read_json(marker) if marker.is_file() else {}
+    return done.get("n_train") is not None and done.get("key") == _cell_key(exp, cell, done["n_train"])
 
 
 def run_cell(task: CellTask) -> dict:

@@ -46,10 +46,12 @@ class Policy(BaseModel):
 
     description: str = Field(default="", description="Free text shown nowhere but the file.")
     max_exposure_bits: float | None = Field(
-        default=None, ge=0, description="Largest exposure_bits allowed on any inserted canary."
+        default=None, allow_inf_nan=False, ge=0,
+        description="Largest exposure_bits allowed on any inserted canary.",
     )
     max_tpr_at_1pct_fpr: float | None = Field(
-        default=None, ge=0, le=1, description="Largest TPR at 1% FPR allowed for any per-sequence attack."
+        default=None, allow_inf_nan=False, ge=0, le=1,
+        description="Largest TPR at 1% FPR allowed for any per-sequence attack.",
     )
     allow_extracted_canaries: bool | None = Field(
         default=None, description="false: fail when any canary was extracted (its secret recovered by search)."
@@ -60,13 +62,14 @@ class Policy(BaseModel):
         "its first guess (extraction_first_guess_inserted): the model gives out memorised secrets of other records.",
     )
     max_pii_extraction_rate: float | None = Field(
-        default=None,
+        default=None, allow_inf_nan=False,
         ge=0,
         le=1,
         description="Largest fraction of training PII values recovered (pii_extraction.recall).",
     )
     max_epsilon: float | None = Field(
-        default=None, gt=0, description="Largest accountant epsilon allowed; a model trained without DP fails."
+        default=None, allow_inf_nan=False, gt=0,
+        description="Largest accountant epsilon allowed; a model trained without DP fails.",
     )
     min_audit_power: int | None = Field(
         default=None,
@@ -94,8 +97,6 @@ class Policy(BaseModel):
         # YAML's true/yes would otherwise read as 1 (max_tpr_at_1pct_fpr: true passed every model)
         if isinstance(v, bool):
             raise ValueError("must be a number, not true or false")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ValueError("must be a finite number")
         return v
 
     def checks_something(self) -> bool:

@@ -308,11 +308,10 @@ class Target:
     def _joint_secret_nll(self, prefix: str, candidates: list[str]) -> np.ndarray:
         """:meth:`secret_nll` by tokenizing each ``prefix + candidate`` whole, with offsets."""
         enc = encode(self.tokenizer, [prefix + c for c in candidates])
-        lps = self._shared_prefix_scores([e.ids for e in enc])
+        ids, n_special = [e.ids for e in enc], [e.n_special for e in enc]
+        lps = self._shared_prefix_scores(ids, n_special)
         if lps is None:
-            lps = self.score_ids([e.ids for e in enc], [e.n_special for e in enc])
-        else:  # those score tokens 1..; span_nll reads them from max(n_special, 1), as score_ids returns them
-            lps = [lp[max(e.n_special, 1) - 1 :] for lp, e in zip(lps, enc)]
+            lps = self.score_ids(ids, n_special)
         return span_nll(enc, lps, [(scored_start(prefix), len(prefix) + len(c)) for c in candidates])
 
     def secrets_nll(self, prefixes: list[str], secrets: list[str]) -> np.ndarray:
@@ -443,8 +442,10 @@ class Target:
         return torch.cat([last[ids[:, :1]], step.reshape(n, W)[:, :-1]], dim=1)
 
     @torch.no_grad()
-    def _shared_prefix_scores(self, ids_list: list[list[int]]) -> list[np.ndarray] | None:
-        """Log-probs of tokens 1.. of each sequence, running their common token prefix once.
+    def _shared_prefix_scores(self, ids_list: list[list[int]], n_special: list[int] | None = None
+                              ) -> list[np.ndarray] | None:
+        """Log-probs of each sequence's tokens from ``max(n_special, 1)`` on (as :meth:`score_ids` returns
+        them), running their common token prefix once.
 
         Returns None when there is nothing to share or the sequences do not fit the context;
         the caller then scores the sequences independently.
@@ -481,7 +482,8 @@ class Target:
             lp = self._tail_logprobs(cache, last, shared, ids.to(self.device), mask.to(self.device)).cpu().numpy()
             for b, r in enumerate(batch):
                 out[r] = np.concatenate([head_tok, lp[b, : len(tails[r])]]).astype(np.float32)
-        return out  # type: ignore[return-value]
+        firsts = [max(n, 1) for n in (n_special or [1] * len(ids_list))]
+        return [x[f - 1 :] for x, f in zip(out, firsts)]  # those computed score tokens 1..
 
 
 _OVERLAP = 1  # batches whose values may still be on their way while the next one runs (0: read back at once)

@@ -623,19 +623,21 @@ def _noise_for(dp: DPSettings, delta: float, q: float, total: int) -> tuple[floa
     accountant that will account for it: ``dp.accountant``, or RDP where PRV cannot (:func:`_epsilon`)."""
     from opacus.accountants.utils import get_noise_multiplier
 
-    if dp.noise_multiplier is not None:
-        return dp.noise_multiplier, _epsilon(dp.accountant, dp.noise_multiplier, q, total, delta)[1]
-    accountant = dp.accountant
-    while True:
+    def calibrated(accountant: str) -> float:
+        with _quiet_opacus(), np.errstate(divide="ignore"):
+            return get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=q,
+                                        steps=total, accountant=accountant)
+
+    sigma, accountant = dp.noise_multiplier, dp.accountant
+    if sigma is None:
         try:
-            with _quiet_opacus(), np.errstate(divide="ignore"):
-                sigma = get_noise_multiplier(target_epsilon=dp.target_epsilon, target_delta=delta, sample_rate=q,
-                                             steps=total, accountant=accountant)
-            return sigma, _epsilon(accountant, sigma, q, total, delta)[1]
+            sigma = calibrated(accountant)
         except MemoryError:
             if accountant != "prv":
                 raise
             accountant = _fall_back_to_rdp(f"calibrating the noise to eps {dp.target_epsilon:g}")
+            sigma = calibrated(accountant)
+    return sigma, _epsilon(accountant, sigma, q, total, delta)[1]
 
 
 @cache  # asked before training (to choose the accountant) and after it (for the record)
@@ -656,10 +658,6 @@ def _epsilon(accountant: str, sigma: float, q: float, steps: int, delta: float) 
         if accountant != "prv":
             raise
         return _epsilon(_fall_back_to_rdp(f"at noise multiplier {sigma:g}"), sigma, q, steps, delta)
-
-
-def _steps_taken(history) -> int:
-    return sum(int(steps) for *_, steps in history)
 
 
 def _privacy_record(settings, dp, n: int, *, epsilon: float, delta: float, sigma: float, q: float,
@@ -788,7 +786,7 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
         steps.step(noise_multiplier=sigma, sample_rate=q)
         return torch.cat(losses).mean() if losses else None  # an empty batch: a noise-only step
 
-    _run(DPDataLoader.from_data_loader(loader, generator=loader.generator), optimizer, total, train_step, progress)
+    _run(DPDataLoader.from_data_loader(loader), optimizer, total, train_step, progress)  # the loader's generator
     return _record_steps(settings, dp, n, steps.history, delta=delta, sigma=sigma, q=q, total=total,
                          accountant=accountant)
 
@@ -797,7 +795,7 @@ def _record_steps(settings, dp, n: int, history, *, delta: float, sigma: float, 
                   accountant: str) -> PrivacyRecord:
     """The privacy record of a finished run, once its accountant's history shows the planned steps at one noise
     and rate (the eps is then the one computed before training)."""
-    taken = _steps_taken(history)
+    taken = sum(int(steps) for *_, steps in history)
     if taken != total or any((float(s), float(r)) != (float(sigma), float(q)) for s, r, _ in history):
         raise RuntimeError(f"DP accounting: the accountant recorded {taken} steps ({history}), the run planned "
                            f"{total} at noise {sigma:g}, rate {q:g}")
