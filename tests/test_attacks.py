@@ -194,3 +194,37 @@ def test_shadows_must_have_been_trained_on_exactly_the_audited_rows_in_order():
         check_shadow_population(shadows, rows[::-1])  # same size, reordered: each row would get another's IN/OUT
     with pytest.raises(LeakauditError, match="different population"):
         check_shadow_population(shadows, rows[:5])
+
+
+def test_per_user_unit_scores_people_or_says_why_not():
+    import pandas as pd
+
+    from leakaudit.audit import _user_groups, _user_scores
+
+    table = pd.DataFrame({"user_id": ["a", "a", "b", "c", "c", "d"], "member": [1, 1, 1, 0, 0, 0]})
+    users, why = _user_groups(table)
+    assert why is None
+    ins, outs = _user_scores(users, np.array([1.0, 3.0, 5.0, 0.0, 2.0, 7.0]))
+    assert ins.tolist() == [2.0, 5.0] and outs.tolist() == [1.0, 7.0]  # a person's score: the mean of their records
+    assert _user_groups(table.drop(columns="user_id")) == (None, None)  # no users at all: nothing to say
+    mixed = table.assign(member=[1, 0, 1, 0, 0, 0])
+    assert _user_groups(mixed)[1].startswith("1 of 4 users have records among both members and non-members")
+    assert _user_groups(table.assign(user_id=["a", None, "b", "c", "c", "d"]))[1] == "1 of 6 records have no user_id"
+    assert _user_groups(table.assign(member=1))[1] == "every user is among the members"
+
+
+def test_one_run_bounds_of_several_specs_share_alpha(tmp_path):
+    import json
+
+    from leakaudit.audit import _one_run_bounds
+    from leakaudit.report.schema import PrivacyRecord
+
+    rng = np.random.default_rng(0)
+    rows = [{"id": f"{s}{i}", "spec": s, "included": bool(i % 2), "nll": float(rng.normal(5.0 - 3.0 * (i % 2)))}
+            for s in ("a", "b") for i in range(200)]
+    (tmp_path / "audit_canaries.json").write_text(json.dumps(rows))
+    both = _one_run_bounds(tmp_path, {}, PrivacyRecord(), seed=0)
+    assert [e.alpha for e in both] == [0.025, 0.025] and "shared by the 2 one-run specs" in both[0].note
+    (tmp_path / "audit_canaries.json").write_text(json.dumps([r for r in rows if r["spec"] == "a"]))
+    (alone,) = _one_run_bounds(tmp_path, {}, PrivacyRecord(), seed=0)
+    assert alone.alpha == 0.05 and alone.eps_lower_bound > both[0].eps_lower_bound > 0  # the same data, less alpha

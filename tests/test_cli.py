@@ -173,6 +173,12 @@ def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_
     import pandas as pd
 
     assert pd.read_parquet(out / "per_sample" / "tiny.parquet")["user_id"].tolist()[:2] == ["u0", "u1"]
+    # the non-members carry no user ids: the per-user unit is not evaluated, and the results and report say why
+    tiny = json.loads((out / "results.json").read_text())["models"]["tiny"]
+    assert "user" not in tiny["mia_by_unit"]
+    n_non = len(corpus[1].read_text().splitlines())
+    assert tiny["skipped_units"]["user"].startswith(f"{n_non} of ")
+    assert "per-user evaluation: " in (out / "report.md").read_text()
 
 
 def test_canaries_generate_insert_and_check(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):

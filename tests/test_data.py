@@ -62,6 +62,13 @@ def test_load_every_format(tmp_path, rows, fmt):
     assert ds[field] == [r["body"] for r in rows]
 
 
+def test_txt_records_end_at_newlines_only(tmp_path):
+    # A record holding a form feed, U+2028 or U+0085 is one record; "\r\n" ends a record as "\n" does.
+    path = tmp_path / "c.txt"
+    path.write_bytes("first\x0cpart\u2028still first\r\nsecond \x85 record\n".encode())
+    assert load_corpus(path)["text"] == ["first\x0cpart\u2028still first", "second \x85 record"]
+
+
 def test_load_errors_name_the_problem(tmp_path, rows):
     with pytest.raises(LeakauditError, match="no such file"):
         load_corpus(tmp_path / "missing.jsonl")

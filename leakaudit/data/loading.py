@@ -94,7 +94,9 @@ def load_corpus(path: str | Path, *, text_field: str = "text") -> datasets.Datas
             ds = ds["train"]
     elif p.suffix.lower() == ".txt":
         try:
-            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+            # Records end at "\n" (or "\r\n") only: str.splitlines would also split a record at
+            # form feeds, "\x1c"-"\x1e", "\x85" or U+2028/U+2029 inside it.
+            lines = [ln.strip() for ln in p.read_text(encoding="utf-8").split("\n")]
         except UnicodeDecodeError as e:
             raise LeakauditError(f"{p}: not UTF-8 text (byte {e.start})") from None
         ds = datasets.Dataset.from_dict({text_field: [ln for ln in lines if ln]})

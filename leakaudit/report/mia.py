@@ -282,7 +282,8 @@ def _mia(results: Results) -> dict[str, Any]:
                 "rows": rows,
                 "dp_column": dp_column,
                 "dp": dp,
-                "skipped": [{"attack": a, "reason": why} for a, why in model.skipped_attacks.items()],
+                "skipped": [{"attack": a, "reason": why} for a, why in model.skipped_attacks.items()]
+                + [{"attack": f"per-{u} evaluation", "reason": why} for u, why in model.skipped_units.items()],
             }
         )
     header = ["AUC [95% CI]", *(f"{lab} [95% CI]" if lab == key_label else lab for lab in levels), "balanced acc."]

@@ -359,6 +359,9 @@ class ModelResult(_Model):
         "(inserted versus reference canaries, scored by exposure).",
     )
     skipped_attacks: dict[str, str] = Field(default_factory=dict, description="Attack -> why it was not run.")
+    skipped_units: dict[str, str] = Field(
+        default_factory=dict, description="Unit of evaluation (e.g. 'user') -> why it was not evaluated."
+    )
     canaries: list[CanaryResult] = Field(default_factory=list)
     exposure_by_repetition: list[ExposureGroup] = Field(default_factory=list)
     memorization: list[MemorizationResult] = Field(
