@@ -422,13 +422,15 @@ def audit(
     for a, ps in params.items():
         check_params(a, ps)
 
+    from leakaudit.io import SAFE_NAME
+
     def named(specs: list[str], flag: str) -> dict[str, Path]:
         out_: dict[str, Path] = {}
         for spec in specs:
             name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
             name = name or Path(path).resolve().name or "model"
             # the name becomes a folder of the run (scores/NAME, per_sample/NAME...): nothing that leaves it
-            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name) or ".." in name:
+            if not re.match(SAFE_NAME, name) or ".." in name:
                 raise LeakauditError(f"{flag} {spec}: the model name '{name}' may hold only letters, digits, '_', "
                                      "'.' and '-' (and no '..'); name it with NAME=DIR")
             if name in out_:

@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from leakaudit.config import REPO_CANARIES, DemoConfig, resolve_config
 from leakaudit.errors import LeakauditError, describe_validation_error
 from leakaudit.io import (
+    SAFE_NAME,
     atomic_dir,
     read_json,
     read_jsonl,
@@ -142,7 +143,7 @@ class ExperimentConfig(BaseModel):
     """An experiment file.  ``base`` is a demo configuration: a preset and overrides of its fields."""
 
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="Default output: runs/experiments/NAME.")
+    name: str = Field(pattern=SAFE_NAME, description="Default output: runs/experiments/NAME.")
     description: str = ""
     base: dict[str, Any] = Field(
         default_factory=dict,

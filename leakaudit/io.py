@@ -15,6 +15,10 @@ from typing import Any
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
+# A name that becomes part of a file or folder name in a run (models, canary specs, experiments):
+# letters, digits, '_', '.' and '-', starting with a letter or digit, so never a path out of the run.
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes."""

@@ -64,6 +64,12 @@ def test_bad_specs_name_the_field(tmp_path):
                  "repetitions: [1, 4]\n")
     with pytest.raises(LeakauditError, match=r"s.yaml: .*one_run spec inserts each canary once \(repetitions: \[1\]\)"):
         load_spec(p)
+    # the name becomes part of file names (manifest-NAME.json): nothing that could leave the run directory
+    for name in ("x/../../../ESCAPED", "../x", "a b", "-x"):
+        p.write_text(f"name: '{name}'\ntemplate: 'a {{secret}}'\nsecret: {{format: digits, length: 4}}\n"
+                     "repetitions: [1]\n")
+        with pytest.raises(LeakauditError, match=r"s.yaml: field 'name'"):
+            load_spec(p)
 
 
 def test_generation_is_seeded_distinct_and_hashed():

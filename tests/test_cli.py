@@ -1,6 +1,7 @@
 """Bad inputs give one line naming the problem, exit code 2, no traceback, nothing written."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,47 @@ def test_model_directory_without_weights(monkeypatch, capsys, tmp_path, tiny_mod
     code, _, err = run(monkeypatch, capsys, "train", "--base", bad, "--data", corpus[0], "--out", out)
     _assert_clean_error(code, err, "pickle", "safetensors")
     assert not out.exists()
+
+
+def _copy_model(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_model_directories_that_would_load_pickles_or_unhashed_files_are_refused(tmp_path, tiny_model_dir):
+    import torch
+    from safetensors.torch import load_file
+
+    from leakaudit.errors import LeakauditError
+    from leakaudit.models.loading import _no_unpickling, load_model
+
+    state = load_file(tiny_model_dir / "model.safetensors")
+    # the config names a pickle as its weights file (the library reads it with torch.load)
+    named = _copy_model(tiny_model_dir, tmp_path / "named")
+    torch.save(state, named / "adapter_model.bin")
+    cfg = json.loads((named / "config.json").read_text())
+    (named / "config.json").write_text(json.dumps({**cfg, "transformers_weights": "adapter_model.bin"}))
+    with pytest.raises(LeakauditError, match=r"config.json: field 'transformers_weights' names 'adapter_model.bin'"):
+        load_model(named)
+    # a shard index naming a pickle shard, a shard in a subfolder, a shard outside the directory
+    for i, shard in enumerate(["shard.bin", "sub/w.safetensors", "../elsewhere.safetensors"]):
+        d = _copy_model(tiny_model_dir, tmp_path / f"index{i}")
+        (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {k: shard for k in state}}))
+        with pytest.raises(LeakauditError, match=rf"field 'weight_map' names the shard '{re.escape(shard)}'"):
+            load_model(d)
+    # an adapter directory: its base model would come from elsewhere, unhashed
+    adapter = _copy_model(tiny_model_dir, tmp_path / "adapter")
+    (adapter / "adapter_config.json").write_text("{}")
+    with pytest.raises(LeakauditError, match="adapter_config.json.*merge"):
+        load_model(adapter)
+    # second line of defence: while a model loads, torch.load refuses
+    torch.save(state, tmp_path / "w.bin")
+    with pytest.raises(LeakauditError, match="tried to unpickle"), _no_unpickling(tmp_path):
+        torch.load(tmp_path / "w.bin", weights_only=True)
+    assert torch.load(tmp_path / "w.bin", weights_only=True).keys() == state.keys()  # restored afterwards
+    assert load_model(tiny_model_dir).files_sha256  # an ordinary directory still loads
 
 
 def test_canary_spec_unknown_format(monkeypatch, capsys, tmp_path):

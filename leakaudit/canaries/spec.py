@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leakaudit.canaries.formats import FORMATS, SecretFormat, get_format
 from leakaudit.errors import LeakauditError, describe_validation_error
-from leakaudit.io import read_yaml_mapping
+from leakaudit.io import SAFE_NAME, read_yaml_mapping
 
 FIELDS = ("name", "first_name", "city", "company")
 """Per-canary fields a template may use besides ``{secret}``, filled by Faker."""
@@ -47,7 +47,10 @@ class CanarySpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     schema_version: Literal[1] = 1
-    name: str = Field(description="Short name of this canary family.")
+    name: str = Field(
+        pattern=SAFE_NAME,
+        description="Short name of this canary family (letters, digits, '_', '.', '-': it names files).",
+    )
     template: str = Field(description="Canary text with one {secret} placeholder and optional per-canary fields.")
     secret: SecretSpec
     repetitions: list[int] = Field(description="Repetition counts at which canaries are inserted.")

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.errors import LeakauditError
@@ -23,6 +27,44 @@ def hash_model_dir(path: str | Path) -> dict[str, str]:
     }
 
 
+def _plain_name(name: object) -> bool:
+    """A file name inside the directory itself: no folder, no way out of it."""
+    return isinstance(name, str) and name not in {"", ".", ".."} and "/" not in name and "\\" not in name
+
+
+def _check_weight_files(p: Path) -> None:
+    """Refuse a directory whose config or shard index would make the library read weights from a
+    pickle, from a subfolder or from outside the directory (those are loaded but not hashed)."""
+    try:
+        cfg = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LeakauditError(f"{p / 'config.json'}: not valid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise LeakauditError(f"{p / 'config.json'}: expected a JSON object")
+    named = cfg.get("transformers_weights")
+    safe_suffixes = (".safetensors", ".safetensors.index.json")
+    if named is not None and not (_plain_name(named) and str(named).endswith(safe_suffixes)):
+        raise LeakauditError(
+            f"{p / 'config.json'}: field 'transformers_weights' names {named!r}; leakaudit loads only "
+            "*.safetensors files in the model directory itself"
+        )
+    for index in sorted(p.glob("*.safetensors.index.json")):
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise LeakauditError(f"{index}: not a valid shard index ({e})") from None
+        if not isinstance(weight_map, dict):
+            raise LeakauditError(f"{index}: field 'weight_map' is missing or not an object")
+        for shard in sorted(set(map(str, weight_map.values()))):
+            if not (_plain_name(shard) and shard.endswith(".safetensors")):
+                raise LeakauditError(
+                    f"{index}: field 'weight_map' names the shard {shard!r}; leakaudit loads only "
+                    "*.safetensors files in the model directory itself"
+                )
+            if not (p / shard).is_file():
+                raise LeakauditError(f"{index}: field 'weight_map' names {shard}, which is not in {p}")
+
+
 def check_model_dir(path: str | Path) -> Path:
     """Refuse a path that is not a local Hugging Face model directory with safetensors weights."""
     p = Path(path)
@@ -30,6 +72,11 @@ def check_model_dir(path: str | Path) -> Path:
         raise LeakauditError(f"{p}: model directory not found")
     if not p.is_dir():
         raise LeakauditError(f"{p}: expected a model directory, found a file")
+    if (p / "adapter_config.json").is_file():
+        raise LeakauditError(
+            f"{p}: an adapter (adapter_config.json), whose base model would be loaded from elsewhere unhashed; "
+            "merge it into its base (peft's merge_and_unload, then save_pretrained) and audit that directory"
+        )
     if not (p / "config.json").is_file():
         raise LeakauditError(f"{p}: no config.json (not a Hugging Face model directory)")
     if not any(p.glob("*.safetensors")):
@@ -40,7 +87,24 @@ def check_model_dir(path: str | Path) -> Path:
                 "(convert with model.save_pretrained(..., safe_serialization=True))"
             )
         raise LeakauditError(f"{p}: model directory has no weights (*.safetensors)")
+    _check_weight_files(p)
     return p
+
+
+@contextlib.contextmanager
+def _no_unpickling(p: Path) -> Iterator[None]:
+    """While a model loads, any attempt to unpickle a file is an error (a second line of defence
+    behind :func:`check_model_dir`: the library falls back to ``torch.load`` for non-safetensors files)."""
+    real = torch.load
+
+    def refuse(f, *args, **kwargs):
+        raise LeakauditError(f"{p}: the library tried to unpickle {f}; leakaudit loads safetensors only")
+
+    torch.load = refuse
+    try:
+        yield
+    finally:
+        torch.load = real
 
 
 def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -77,9 +141,10 @@ def load_model(
     hashes = hash_model_dir(p)
     tokenizer = load_tokenizer(p, trust_remote_code=trust_remote_code)
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
-        )
+        with _no_unpickling(p):
+            model = AutoModelForCausalLM.from_pretrained(
+                p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+            )
     except (OSError, ValueError) as e:
         raise LeakauditError(f"{p}: cannot load model: {str(e).splitlines()[0]}") from None
     model.eval()
