@@ -4,12 +4,13 @@ Used by ``leakaudit demo`` and ``leakaudit audit`` alike.  For each model a cach
 ``scores/<name>/`` holds the score table (``mia.parquet``) and the canary exposures
 (``canaries.json``: ids only, no secrets).  Reference models are scored the same way;
 shadow models score the audited rows once (``scores/shadows-<key>/stats.npy``).  Attacks then
-run on these tables alone; their per-sample scores go to ``per_sample/<model>.parquet``.
+run on these tables alone; their per-sample scores go to ``per_sample/<model>/scores.parquet``.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from pydantic import ValidationError
 
 from leakaudit import __version__
 from leakaudit.attacks import (
@@ -36,7 +38,7 @@ from leakaudit.attacks.exposure import null_secrets
 from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract_secret
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import Canary, CanaryManifest
-from leakaudit.errors import LeakauditError
+from leakaudit.errors import LeakauditError, describe_validation_error
 from leakaudit.extraction import ExtractionOptions, extraction_stage, read_extraction, sample_stage
 from leakaudit.io import (
     read_json,
@@ -294,6 +296,22 @@ def _user_scores(users: pd.DataFrame, scores: np.ndarray) -> tuple[np.ndarray, n
     return g["s"].to_numpy()[m], g["s"].to_numpy()[~m]
 
 
+def read_privacy(model_dir: Path, files_sha256: dict[str, str]) -> PrivacyRecord:
+    """The model directory's privacy record (empty without ``privacy.json``), with ``bound_to_weights`` set:
+    whether it was saved with the weights being audited (a record beside other weights is only a claim)."""
+    f = Path(model_dir) / "privacy.json"
+    if not f.is_file():
+        return PrivacyRecord()
+    try:
+        rec = PrivacyRecord.model_validate(read_json(f))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise LeakauditError(f"{f}: not valid JSON ({e})") from None
+    except ValidationError as e:
+        raise LeakauditError(describe_validation_error(e, str(f))) from None
+    weights = {k: v for k, v in files_sha256.items() if k.endswith(".safetensors")}
+    return rec.model_copy(update={"bound_to_weights": rec.weights_sha256 == weights})
+
+
 def model_result(
     score_dir: Path,
     model: ModelToAudit,
@@ -309,8 +327,8 @@ def model_result(
     """Run the attacks on one model's tables and assemble its typed results."""
     table = load_score_table(score_dir / "mia.parquet")
     member = table["member"].to_numpy(bool)
-    privacy_file = model.path / "privacy.json"
-    privacy = PrivacyRecord.model_validate(read_json(privacy_file)) if privacy_file.is_file() else PrivacyRecord()
+    info = read_json(score_dir / "model.json")
+    privacy = read_privacy(model.path, info["files_sha256"])
     inputs = AttackInputs(
         target=table,
         references={k: v for k, v in references.items() if k != model.name},
@@ -333,10 +351,11 @@ def model_result(
         mia[name] = attack_result(s[member], s[~member], epsilon=eps, delta=delta, n_boot=options.n_boot)
         if users is not None:
             by_user[name] = attack_result(*_user_scores(users, s), epsilon=None, n_boot=options.n_boot)
-    for old in (run_dir / "per_sample").glob(f"{model.name}*.parquet"):  # files of an earlier run's settings
-        if old.name == f"{model.name}.parquet" or old.name.startswith(f"{model.name}-"):
-            old.unlink()
-    write_parquet(per_sample, run_dir / "per_sample" / f"{model.name}.parquet")
+    # one folder per model, so that no model's files can be taken for another's (names 'a' and 'a-b')
+    model_samples = run_dir / "per_sample" / model.name
+    for old in model_samples.glob("*.parquet"):  # files of an earlier run's settings
+        old.unlink()
+    write_parquet(per_sample, model_samples / "scores.parquet")
     canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     units: dict[str, dict[str, AttackResult]] = {}
     if by_user:
@@ -350,8 +369,7 @@ def model_result(
     found = read_extraction(extraction_dir)
     empirical = _one_run_bounds(score_dir, reference_dirs or {}, privacy, seed=options.seed)
     for f in sorted(extraction_dir.glob("*.parquet")) if extraction_dir else []:
-        write_parquet(pd.read_parquet(f), run_dir / "per_sample" / f"{model.name}-{f.name}")
-    info = read_json(score_dir / "model.json")
+        write_parquet(pd.read_parquet(f), model_samples / f.name)
     try:
         rel = str(model.path.resolve().relative_to(run_dir.resolve()))
     except ValueError:
@@ -499,11 +517,13 @@ def run_audit(
     options = options or AuditOptions()
     for a in options.attacks:
         get_attack(a)
+    if isinstance(models, dict):
+        models = [ModelToAudit(name, Path(p)) for name, p in models.items()]
+    for m in models:  # a malformed privacy record is refused before anything is written
+        read_privacy(m.path, {})
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     log = log or EventLog(run_dir, echo)
-    if isinstance(models, dict):
-        models = [ModelToAudit(name, Path(p)) for name, p in models.items()]
     references = {k: Path(v) for k, v in (references or {}).items()}
     for name, path in references.items():
         same = [m.name for m in models if m.name != name and Path(m.path).resolve() == path.resolve()]

@@ -354,6 +354,9 @@ def _check_epsilon(name: str, m: dict, limit: float) -> Check:
         )
     if eps > limit:
         return Check("max_epsilon", "fail", f"{name}: DP epsilon {eps:.2f} > {_fmt(limit)} allowed")
+    if m["privacy"].get("bound_to_weights") is False:
+        return Check("max_epsilon", "fail", f"{name}: DP epsilon {eps:.2f} comes from a privacy.json that was not "
+                     "saved with the audited weights (an unchecked claim)")
     return Check("max_epsilon", "pass", f"{name}: DP epsilon {eps:.2f} <= {_fmt(limit)}")
 
 

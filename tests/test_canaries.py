@@ -95,6 +95,7 @@ def test_insertion_counts_and_manifest_roundtrip(tmp_path):
         assert sum(r["text"] == c.text for r in out) == c.repetitions
     m.save(tmp_path / "m.json")
     assert CanaryManifest.load(tmp_path / "m.json") == m
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o600  # the secrets: readable by their owner only
 
 
 def test_preflight_flags_truncated_missing_and_leaked_canaries(tokenizer):

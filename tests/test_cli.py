@@ -130,6 +130,48 @@ def test_model_directories_that_would_load_pickles_or_unhashed_files_are_refused
     assert load_model(tiny_model_dir).files_sha256  # an ordinary directory still loads
 
 
+def test_a_privacy_record_is_tied_to_the_weights_it_was_saved_with(monkeypatch, capsys, tmp_path, tiny_model_dir,
+                                                                    corpus):
+    import torch
+
+    from leakaudit.audit import read_privacy
+    from leakaudit.models.loading import hash_model_dir, load_model
+    from leakaudit.report.schema import PrivacyRecord
+    from leakaudit.train import save_trained
+
+    # a malformed privacy.json: one line naming the file and field, before anything is written
+    claimed = _copy_model(tiny_model_dir, tmp_path / "claimed")
+    (claimed / "privacy.json").write_text(json.dumps({"epsilon": "lots"}))
+    out = tmp_path / "run"
+    args = ["audit", "--model", f"m={claimed}", "--members", corpus[0], "--non-members", corpus[1], "--out", out,
+            "--attacks", "loss"]
+    code, _, err = run(monkeypatch, capsys, *args)
+    _assert_clean_error(code, err, "privacy.json: field 'epsilon'")
+    assert not out.exists()
+    # a well-formed record that leakaudit train did not save with these weights is reported as a claim ...
+    (claimed / "privacy.json").write_text(json.dumps({"epsilon": 0.5, "delta": 1e-5, "accountant": "prv"}))
+    code, _, err = run(monkeypatch, capsys, *args)
+    assert code == 0, err
+    privacy = json.loads((out / "results.json").read_text())["models"]["m"]["privacy"]
+    assert privacy["epsilon"] == 0.5 and privacy["bound_to_weights"] is False
+    assert "not saved with these weights: an unchecked claim" in (out / "report.md").read_text()
+    # ... and fails the gate's eps limit
+    policy = tmp_path / "p.yaml"
+    policy.write_text("max_epsilon: 1.0\n")
+    code, text, _ = run(monkeypatch, capsys, "gate", out, "--policy", policy)
+    assert code == 1 and "not saved with the audited weights" in text
+    # one that leakaudit train saved with these weights is bound to them
+    trained = tmp_path / "trained"
+    loaded = load_model(tiny_model_dir)
+    save_trained(loaded.model, loaded.tokenizer, trained, PrivacyRecord(epsilon=0.5, delta=1e-5))
+    assert read_privacy(trained, hash_model_dir(trained)).bound_to_weights is True
+    (claimed / "privacy.json").write_text((trained / "privacy.json").read_text())  # copied beside other weights
+    with torch.no_grad():
+        next(loaded.model.parameters()).add_(1.0)
+    loaded.model.save_pretrained(claimed, safe_serialization=True)
+    assert read_privacy(claimed, hash_model_dir(claimed)).bound_to_weights is False
+
+
 def test_canary_spec_unknown_format(monkeypatch, capsys, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("name: x\ntemplate: 'pin {secret}'\nsecret: {format: morse, length: 4}\nrepetitions: [1, 2]\n")
@@ -198,7 +240,7 @@ def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_
     assert (out / "scores" / "tiny" / "mia.parquet").is_file() and (out / "config.yaml").is_file()
     # again into the same directory with other settings and corrected user ids: the config is this run's,
     # the scores are rebuilt (the records' fields are in their key) and no per-sample file of before is left
-    stale = out / "per_sample" / "tiny-memorization-k9-n9.parquet"
+    stale = out / "per_sample" / "tiny" / "memorization-k9-n9.parquet"
     stale.write_bytes(b"old")
     users = tmp_path / "members_users.jsonl"
     users.write_text("".join(json.dumps({**json.loads(x), "user_id": f"u{i}"}) + "\n"
@@ -214,7 +256,7 @@ def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_
     assert [e["event"] for e in events if e.get("stage") == "scores/tiny"][-2:] == ["stage_started", "stage_finished"]
     import pandas as pd
 
-    assert pd.read_parquet(out / "per_sample" / "tiny.parquet")["user_id"].tolist()[:2] == ["u0", "u1"]
+    assert pd.read_parquet(out / "per_sample" / "tiny" / "scores.parquet")["user_id"].tolist()[:2] == ["u0", "u1"]
     # the non-members carry no user ids: the per-user unit is not evaluated, and the results and report say why
     tiny = json.loads((out / "results.json").read_text())["models"]["tiny"]
     assert "user" not in tiny["mia_by_unit"]

@@ -50,7 +50,7 @@ def test_results_json_has_the_promised_shape(demo_run):
     assert r["run"]["preflight_warnings"] == []  # every inserted canary is trained on
     assert r["models"]["dp"]["privacy"]["epsilon"] == pytest.approx(1.0, rel=0.02)
     for f in ["config.yaml", "events.jsonl", "report.md", "report.html", "canaries/train.jsonl",
-              "scores/non_dp/mia.parquet", "models/dp/privacy.json", "data/split.json", "per_sample/dp.parquet"]:
+              "scores/non_dp/mia.parquet", "models/dp/privacy.json", "data/split.json", "per_sample/dp/scores.parquet"]:
         assert (run_dir / f).is_file(), f
 
 

@@ -326,6 +326,14 @@ def test_gate_fails_an_empirical_bound_above_the_accountant(tmp_path):
     assert code == 1 and "DP guarantee failed" in lines[1]
 
 
+def test_max_epsilon_fails_a_privacy_record_not_saved_with_the_audited_weights():
+    res = make_results()
+    assert evaluate_policy(res, Policy(max_epsilon=10), model="dp")[0].passed
+    res.models["dp"].privacy.bound_to_weights = False  # a privacy.json beside other weights: a claim
+    (v,) = evaluate_policy(res, Policy(max_epsilon=10), model="dp")
+    assert not v.passed and "not saved with the audited weights" in v.reasons[0]
+
+
 def test_gate_input_errors(tmp_path):
     policy = write(tmp_path / "p.yaml", FULL)
     with pytest.raises(LeakauditError, match="results file not found"):

@@ -505,6 +505,19 @@ def test_html_escapes_names():
     assert "<b>evil</b>" not in out and "&lt;b&gt;evil&lt;/b&gt;" in out
 
 
+def test_names_with_dollar_signs_are_drawn_as_text_and_model_cards_escape_privacy_strings():
+    from leakaudit.report.modelcard import model_card
+
+    res = make_results()
+    spec = res.canary_specs[0]
+    names = [spec.model_copy(update={"name": "price $\\frac{1}$"}),  # not mathtext (which fails to parse this)
+             spec.model_copy(update={"name": "other", "exposure_cap_bits": spec.exposure_cap_bits + 1})]
+    assert "<img" in render_html(res.model_copy(update={"canary_specs": names}))
+    res.models["dp"].privacy.accountant = "prv <img src=x onerror=alert(1)>"  # privacy.json is the model's own
+    body = model_card(res, "dp").split("\n---\n", 1)[1]  # (the YAML front matter holds it as data)
+    assert "<img" not in body.replace("\\<img", "") and "\\<img" in body
+
+
 def test_rendering_is_deterministic(results, html, markdown):
     assert render_markdown(results) == markdown
     assert render_html(results) == html

@@ -44,7 +44,8 @@ class CanaryManifest(BaseModel):
         return [c for c in self.canaries if c.inserted]
 
     def save(self, path: str | Path) -> None:
-        write_json(path, self.model_dump(mode="json"))
+        """Write the manifest, readable by its owner only: it holds the secrets."""
+        write_json(path, self.model_dump(mode="json"), private=True)
 
     @classmethod
     def load(cls, path: str | Path) -> CanaryManifest:

@@ -87,7 +87,9 @@ def model_card(results: Results, model_name: str) -> str:
     if model.privacy.epsilon is None:
         dp = "Trained without differential privacy."
     else:
-        dp = f"Trained with differential privacy (DP-SGD): {_dp_settings(model.privacy)}."
+        dp = _md_escape(f"Trained with differential privacy (DP-SGD): {_dp_settings(model.privacy)}.")
+        if model.privacy.bound_to_weights is False:
+            dp += " (Declared by a privacy.json that was not saved with these weights: an unchecked claim.)"
     lines = [
         "---",
         front.rstrip("\n"),

@@ -63,10 +63,11 @@ def _to_data_uri(fig) -> str:
 
 
 def _style():
-    """Default matplotlib style, whatever the user's matplotlibrc or earlier rcParams changes say."""
+    """Default matplotlib style, whatever the user's matplotlibrc or earlier rcParams changes say; text is
+    drawn as written ('$' in a name is a dollar sign, not mathtext that could fail to parse)."""
     import matplotlib.style
 
-    return matplotlib.style.context("default")
+    return matplotlib.style.context(["default", {"text.parse_math": False}])
 
 
 # --------------------------------------------------------------------------- exposure

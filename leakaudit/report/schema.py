@@ -42,6 +42,15 @@ class PrivacyRecord(_Model):
         default=None, description="DP-SGD's batches and noise: secret (unpredictable, unrecorded seeds) or seeded "
         "(from the training seed: the guarantee holds only while it stays secret); null: not recorded.",
     )
+    weights_sha256: dict[str, str] | None = Field(
+        default=None, description="SHA-256 of the weight files (*.safetensors) this record was saved with by "
+        "leakaudit train; null: not recorded.",
+    )
+    bound_to_weights: bool | None = Field(
+        default=None, description="Set by the audit: true when weights_sha256 equals the audited weights' hashes, "
+        "false when the record was not saved with these weights (a claim nothing ties to this model); null: "
+        "the model directory has no privacy.json.",
+    )
 
 
 class RocCurve(_Model):

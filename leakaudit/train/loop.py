@@ -59,7 +59,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.errors import LeakauditError
-from leakaudit.io import write_json
+from leakaudit.io import sha256_file, write_json
 from leakaudit.models.tokenize import encode
 from leakaudit.report.schema import PrivacyRecord
 
@@ -850,4 +850,8 @@ def save_trained(
     out = Path(out_dir)
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
+    # the record names the weights it was saved with, so an audit can tell it from a privacy.json put beside
+    # other weights (copied from another model, or written by hand)
+    weights = {f.name: sha256_file(f) for f in sorted(out.glob("*.safetensors"))}
+    record = record.model_copy(update={"weights_sha256": weights, "bound_to_weights": None})
     write_json(out / "privacy.json", record.model_dump(mode="json"))
