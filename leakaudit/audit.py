@@ -38,6 +38,7 @@ from leakaudit.attacks.exposure import null_secrets
 from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract_secret
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import Canary, CanaryManifest
+from leakaudit.data.loading import user_of
 from leakaudit.errors import LeakauditError, describe_validation_error
 from leakaudit.extraction import ExtractionOptions, extraction_stage, read_extraction, sample_stage
 from leakaudit.io import (
@@ -203,7 +204,7 @@ def score_model(
                 [i < n_members for i in range(len(rows))],
                 lowercase=lowercase, n_neighbours=n_neighbours, seed=seed,
             )
-        table["user_id"] = [None if r.get("user_id") is None else str(r["user_id"]) for r in rows]
+        table["user_id"] = [user_of(r.get("user_id")) for r in rows]
         save_score_table(table, tmp / "mia.parquet")
         exposures, audit_nll = [], []
         for m in (m for m in manifests if m.spec.design == "one_run"):

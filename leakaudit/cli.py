@@ -152,10 +152,12 @@ def _check_device(device: str | None, source: str = "--device") -> None:
 
 
 def _print_summary(results) -> None:
+    import statistics
+
     from rich.table import Table
 
     def med(v: list[float]) -> str:
-        return f"{sorted(v)[len(v) // 2]:.2f}" if v else "-"
+        return f"{statistics.median(v):.2f}" if v else "-"
 
     t = Table(title="leakaudit summary")
     for col in ("model", "eps", "exposure, >=16x (bits)", "exposure, reference", "LOSS AUC",
@@ -165,9 +167,14 @@ def _print_summary(results) -> None:
         hi = [c.exposure_bits for c in m.canaries if c.repetitions >= 16]
         ref = [c.exposure_bits for c in m.canaries if not c.inserted]
         eps = "inf" if m.privacy.epsilon is None else f"{m.privacy.epsilon:.2f}"
+        if m.privacy.bound_to_weights is False:
+            eps += " (unchecked claim)"
         loss = f"{m.mia['loss'].auc:.3f}" if "loss" in m.mia else "-"
         best = max(m.mia.items(), key=lambda kv: (kv[1].tpr_at_fpr["0.01"], kv[1].auc), default=None)
-        best_s = f"{best[0]}: TPR {best[1].tpr_at_fpr['0.01']:.1%}, AUC {best[1].auc:.3f}" if best else "-"
+        best_s = "-"
+        if best:
+            coarse = "" if best[1].min_resolvable_fpr <= 0.01 else " (unresolved: fewer than 100 non-members)"
+            best_s = f"{best[0]}: TPR {best[1].tpr_at_fpr['0.01']:.1%}{coarse}, AUC {best[1].auc:.3f}"
         t.add_row(name, eps, med(hi), med(ref), loss, best_s)
     console.print(t)
 
@@ -204,9 +211,15 @@ def canaries_insert(
     _check_out(out, "file")
     m = _load_manifest(manifest)
     ds = load_corpus(data, text_field=text_field)
-    rows = [{"id": _record_id(r, i), "text": r[text_field]} for i, r in enumerate(ds)]
+    # the corpus keeps its own columns and text field (so --text-field works on the output too);
+    # canary rows carry an id, the text under that field and their canary_id
+    rows = [{**r, "id": _record_id(r, i), "text": r[text_field]} for i, r in enumerate(ds)]
     rows = insert_canaries(rows, m, seed=seed)
-    write_jsonl(out, [{"id": r["id"], "text": r["text"]} for r in rows])
+    write_jsonl(out, [
+        {k: v for k, v in r.items() if k != "text" or text_field == "text"} | {text_field: r["text"]}
+        if "canary_id" not in r else {"id": r["id"], text_field: r["text"], "canary_id": r["canary_id"]}
+        for r in rows
+    ])
     typer.echo(f"{out}: {len(rows)} records ({len(rows) - len(ds)} canary copies)")
 
 
@@ -401,7 +414,7 @@ def audit(
     from leakaudit.attacks import ATTACKS, get_attack
     from leakaudit.attacks.registry import check_params
     from leakaudit.audit import AuditOptions, run_audit
-    from leakaudit.data import check_no_overlap, load_corpus
+    from leakaudit.data import check_no_overlap, load_records, load_texts
     from leakaudit.extraction import ExtractionOptions
     from leakaudit.models import check_model_dir, default_device
     from leakaudit.parallel import init_from_env, is_writer
@@ -454,19 +467,15 @@ def audit(
     _check_device(device)
     mem_settings = _parse_memorization(memorization)
 
-    def rows(path: Path) -> list[dict]:
-        ds = load_corpus(path, text_field=text_field)
-        return [
-            {"id": _record_id(r, i), "text": r[text_field], "user_id": r.get("user_id"), "pii": r.get("pii")}
-            for i, r in enumerate(ds)
-        ]
+    def rows(path: Path, side: str) -> list[dict]:
+        return load_records(path, text_field=text_field, id_prefix=f"{side}-")
 
-    mem, non = rows(members), rows(non_members)
+    mem, non = rows(members, "member"), rows(non_members, "non_member")
     check_no_overlap([r["text"] for r in mem], [r["text"] for r in non])
     manifests = [_load_manifest(p) for p in canaries or []]
     # every input read before anything is written (shadow models take long and write into --out)
-    train_texts = [r["text"] for r in rows(train_data)] if train_data else None
-    public_texts = [r["text"] for r in rows(public)] if public else None
+    train_texts = load_texts(train_data, text_field=text_field) if train_data else None
+    public_texts = load_texts(public, text_field=text_field) if public else None
     dev = init_from_env(device) or default_device()  # under torchrun: join the group, one device each
     log = EventLog(out, _say)
     shadow_set = None

@@ -282,6 +282,24 @@ def test_canaries_generate_insert_and_check(monkeypatch, capsys, tmp_path, tiny_
     assert not any(s in out for s in secrets)  # warnings name canaries by id, never by secret
 
 
+def test_canaries_insert_keeps_the_corpus_text_field_and_columns(monkeypatch, capsys, tmp_path):
+    from leakaudit.data import load_corpus
+    from tests.conftest import TINY_SPEC
+
+    data, manifest, out = tmp_path / "d.jsonl", tmp_path / "m.json", tmp_path / "out.jsonl"
+    data.write_text("".join(json.dumps({"rid": i, "body": f"record {i}", "user_id": f"u{i % 3}"}) + "\n"
+                            for i in range(20)))
+    assert run(monkeypatch, capsys, "canaries", "generate", TINY_SPEC, "--out", manifest)[0] == 0
+    code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", manifest, "--data", data,
+                       "--text-field", "body", "--out", out)
+    assert code == 0, err
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    mine = [r for r in rows if "canary_id" not in r]
+    assert mine == [{"rid": i, "body": f"record {i}", "user_id": f"u{i % 3}", "id": str(i)} for i in range(20)]
+    assert all("body" in r and "text" not in r for r in rows)
+    assert len(load_corpus(out, text_field="body")) == len(rows)  # the same --text-field reads the output
+
+
 def test_audit_in_bfloat16_scores_close_to_float32(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
     """--dtype bfloat16 on a CPU: its own cached scores, within bf16 rounding of float32; a bad value is refused."""
     import pandas as pd  # noqa: PLC0415
@@ -453,3 +471,17 @@ def test_model_names_stay_inside_the_run_directory(monkeypatch, capsys, tmp_path
                            "--non-members", corpus[1], "--out", tmp_path / "r")
         _assert_clean_error(code, err, "--model", "may hold only letters, digits")
     assert not (tmp_path / "r").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_console_summary_takes_the_true_median_and_flags_unresolved_tprs(capsys):
+    from leakaudit.cli import _print_summary
+    from tests.test_policy import _canary, make_results
+
+    res = make_results(n_non=50)
+    model = res.models["dp"]
+    model.canaries = [_canary(i, bits, 32) for i, bits in enumerate([3.0, 4.0, 6.0, 9.0])]  # median 5.0, not 6.0
+    res.models = {"dp": model}
+    _print_summary(res)
+    text = capsys.readouterr().err  # the console writes to stderr
+    assert "5.00" in text and "6.00" not in text
+    assert "unresolved" in text  # 50 non-members cannot resolve 1% FPR

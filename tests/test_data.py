@@ -134,3 +134,22 @@ def test_a_user_id_of_0_is_a_user_and_none_nan_or_empty_are_none():
 def test_overlap_is_refused():
     with pytest.raises(LeakauditError, match="overlap: 1 non-member"):
         check_no_overlap(["a b", "c"], ["x", "a b "])
+
+
+def test_load_records_ids_users_and_pii_spans(tmp_path):
+    from leakaudit.data import load_records
+
+    text = "Mail Ada at ada@example.com today"
+    span = {"type": "email", "start": 12, "end": 27}
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"text": [text, "no pii here", "third"], "user_id": ["u1", "", "  "],
+                  "pii": [json.dumps([span]), "", "[]"]}).to_csv(csv, index=False)
+    rows = load_records(csv, id_prefix="member-")
+    assert [r["id"] for r in rows] == ["member-0", "member-1", "member-2"]  # no id column: side-prefixed rows
+    assert [r["user_id"] for r in rows] == ["u1", None, None]  # blank cells are no user, not a user ''
+    assert rows[0]["pii"] == [span] and rows[1]["pii"] is None and rows[2]["pii"] == []
+    assert text[12:27] == "ada@example.com"
+    for bad in ("yes", json.dumps([{"type": "email", "start": 12, "end": 99}]), json.dumps({"type": "email"})):
+        pd.DataFrame({"text": [text], "pii": [bad]}).to_csv(csv, index=False)
+        with pytest.raises(LeakauditError, match=r"c.csv: row 0: field 'pii': expected a list of spans"):
+            load_records(csv)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pandas as pd
@@ -127,3 +128,56 @@ def load_corpus(path: str | Path, *, text_field: str = "text") -> datasets.Datas
 def load_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
     """The text column of :func:`load_corpus` as a list of strings."""
     return list(load_corpus(path, text_field=text_field)[text_field])
+
+
+def user_of(value: Any) -> str | None:
+    """A record's user id as a string, or None when it has none (None, NaN, "" or blanks; 0 is a user)."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value)
+    return text if text.strip() else None
+
+
+def _pii_spans(value: Any, text: str, where: str) -> list[dict] | None:
+    """A record's annotated PII spans ``[{"type", "start", "end"}, ...]`` checked against its text
+    (a table cell may hold them as a JSON string); None when the record has none."""
+    if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            value = None
+    if hasattr(value, "tolist"):  # a Parquet list column reads as an array
+        value = value.tolist()
+    expected = 'a list of spans {"type": str, "start": int, "end": int} into the text'
+    if not isinstance(value, list):
+        raise LeakauditError(f"{where}: field 'pii': expected {expected}")
+    spans = []
+    for span in value:
+        ok = isinstance(span, dict) and isinstance(span.get("type"), str)
+        start, end = (span.get("start"), span.get("end")) if ok else (None, None)
+        ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end))
+        if not ok or not 0 <= start < end <= len(text):
+            raise LeakauditError(f"{where}: field 'pii': expected {expected}, got {span!r}")
+        spans.append({"type": span["type"], "start": start, "end": end})
+    return spans
+
+
+def load_records(path: str | Path, *, text_field: str = "text", id_prefix: str = "") -> list[dict]:
+    """A corpus as audit records ``{"id", "text", "user_id", "pii"}``.
+
+    ``id``: the record's own id column, or ``id_prefix`` + its row number (so that two files without
+    ids do not share ids); ``user_id``: optional, see :func:`user_of`; ``pii``: optional annotated
+    spans, checked here so that a malformed column fails now, naming the file and row, not after
+    the scoring.
+    """
+    ds = load_corpus(path, text_field=text_field)
+    rows = []
+    for i, r in enumerate(ds):
+        rid = r.get("id")
+        rid = f"{id_prefix}{i}" if rid is None or (isinstance(rid, float) and rid != rid) else str(rid)
+        text = r[text_field]
+        rows.append({"id": rid, "text": text, "user_id": user_of(r.get("user_id")),
+                     "pii": _pii_spans(r.get("pii"), text, f"{path}: row {i}")})
+    return rows

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
+from leakaudit.data.loading import user_of
 from leakaudit.errors import LeakauditError
 from leakaudit.io import sha256_text
 
@@ -57,9 +58,9 @@ def split_members(
     for r in records:
         t = "text:" + r["text"].strip()
         find(t)
-        user = r.get("user_id")
-        if user is not None and user == user and user != "":  # 0 is a user; None, NaN and "" are none
-            parent[find("user:" + str(user))] = find(t)
+        user = user_of(r.get("user_id"))
+        if user is not None:
+            parent[find("user:" + user)] = find(t)
     groups: dict[str, list[dict]] = {}
     for r in records:
         groups.setdefault(find("text:" + r["text"].strip()), []).append(r)
