@@ -522,15 +522,16 @@ def run_audit(
         models = [ModelToAudit(name, Path(p)) for name, p in models.items()]
     for m in models:  # a malformed privacy record is refused before anything is written
         read_privacy(m.path, {})
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    log = log or EventLog(run_dir, echo)
     references = {k: Path(v) for k, v in (references or {}).items()}
     for name, path in references.items():
         same = [m.name for m in models if m.name != name and Path(m.path).resolve() == path.resolve()]
         if same:
             raise LeakauditError(f"reference model '{name}': {path} is the audited model '{same[0]}' itself; a model "
-                                 "compared with itself scores every record 0 (use another model as its reference)")
+                                 "compared with itself scores every record 0 (to audit the reference model too, "
+                                 "give it one name as model and as reference)")
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log = log or EventLog(run_dir, echo)
     rows = list(members) + list(non_members)
     cfg_path = run_dir / "config.yaml"
     if is_writer() and (write_config or not cfg_path.is_file()):  # this run's settings, even in an old directory

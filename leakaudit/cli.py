@@ -453,9 +453,19 @@ def audit(
 
     models = named(model, "--model")
     refs = named(reference or [], "--reference")
-    clash = sorted(set(models) & set(refs))
-    if clash:  # the reference would silently be the audited model's own scores
-        raise LeakauditError(f"--reference {clash[0]}: the same name as a --model; name it apart (NAME=DIR)")
+    # one name for two directories would make one model's scores stand in for the other's; one name for one
+    # directory audits the reference model too (its own reference attacks are then skipped, as in the demo)
+    clash = sorted(n for n in set(models) & set(refs) if models[n].resolve() != refs[n].resolve())
+    if clash:
+        raise LeakauditError(f"--reference {clash[0]}: the same name as a --model with another directory; "
+                             "name it apart (NAME=DIR)")
+    for a, ps in params.items():
+        if a not in names:
+            raise LeakauditError(f"--param {a}.{next(iter(ps))}: attack '{a}' is not among --attacks")
+        ref = ps.get("reference")
+        if ref is not None and ref not in refs:
+            raise LeakauditError(f"--param {a}.reference={ref}: no --reference named '{ref}' "
+                                 f"(named: {', '.join(refs) or 'none'})")
     if shadows and (shadows % 2 or shadows < 4):
         raise LeakauditError(f"--shadows must be an even number >= 4 (got {shadows})")
     if shadows and shadow_base is None:

@@ -486,9 +486,12 @@ def gate(run_dir: str | Path, policy_file: str | Path, *, model: str | None = No
     data = _load_results(Path(run_dir))
     verdicts = evaluate_policy(data, policy, model=model)
     lines: list[str] = []
+    missing_tag = "[not measured: fails, fail_on_missing]" if policy.fail_on_missing else "[not measured]"
     for v in verdicts:
         lines.append(f"{'PASS' if v.passed else 'FAIL'} {v.model}")
-        lines.extend(f"  - {r}" for r in v.reasons)
+        # what blocked the release is told apart from what could not be checked
+        lines.extend(f"  - [fail] {c.message}" for c in v.checks if c.status == "fail")
+        lines.extend(f"  - {missing_tag} {c.message}" for c in v.checks if c.status == "not measured")
     ok = all(v.passed for v in verdicts)
     lines.append(f"gate: {'passed' if ok else 'failed'} ({sum(v.passed for v in verdicts)}/{len(verdicts)} models)")
     return (0 if ok else 1), lines

@@ -419,12 +419,28 @@ def test_demo_names_the_flag_that_set_a_bad_value(monkeypatch, capsys, tmp_path)
     assert not (tmp_path / "d").exists()
 
 
-def test_a_reference_named_like_an_audited_model_is_refused(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
-    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--reference",
-                       f"m={tiny_model_dir}", "--members", corpus[0], "--non-members", corpus[1],
-                       "--out", tmp_path / "r")
-    _assert_clean_error(code, err, "--reference m: the same name as a --model")
+def test_a_reference_named_like_an_audited_model(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    # the same name for another directory is refused; for the same directory the reference is audited too,
+    # its own reference attacks skipped (as the demo's base model)
+    other = _copy_model(tiny_model_dir, tmp_path / "other")
+    common = ["--members", corpus[0], "--non-members", corpus[1], "--attacks", "loss,reference"]
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--reference", f"m={other}",
+                       *common, "--out", tmp_path / "r")
+    _assert_clean_error(code, err, "--reference m: the same name as a --model with another directory")
     assert not (tmp_path / "r").exists()
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--model", f"base={other}",
+                       "--reference", f"base={other}", *common, "--out", tmp_path / "r")
+    assert code == 0, err
+    models = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
+    assert "reference" in models["m"]["mia"] and "reference" in models["base"]["skipped_attacks"]
+    # attack parameters are checked against the attacks and references named, before any work
+    for extra, needle in [(["--param", "reference.reference=nope"], "--param reference.reference=nope: no --reference"),
+                          (["--param", "min_k.k=0.1"], "--param min_k.k: attack 'min_k' is not among --attacks"),
+                          (["--param", "foo.k=1"], "--param: unknown attack 'foo'")]:
+        code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--reference",
+                           f"base={other}", *common, *extra, "--out", tmp_path / "p")
+        _assert_clean_error(code, err, needle)
+        assert not (tmp_path / "p").exists()
 
 
 def test_a_reference_that_is_the_audited_model_under_another_name_is_refused(

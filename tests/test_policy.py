@@ -301,6 +301,9 @@ def test_gate_exit_codes(tmp_path):
     code, lines = gate(run, policy)
     assert code == 1
     assert lines[0] == "FAIL non_dp" and "PASS dp" in lines and lines[-1] == "gate: failed (1/2 models)"
+    failing = lines[1:lines.index("PASS dp")]
+    assert failing and all(x.startswith(("  - [fail] ", "  - [not measured")) for x in failing)
+    assert any(x.startswith("  - [fail] non_dp: ") for x in failing)
     code, lines = gate(run, policy, model="dp")
     assert code == 0 and lines == ["PASS dp", "gate: passed (1/1 models)"]
     code, _ = gate(run, DEFAULT_POLICY, model="dp")

@@ -127,15 +127,15 @@ def register_attack(
     return deco
 
 
-def get_attack(name: str) -> AttackInfo:
+def get_attack(name: str, where: str = "--attacks") -> AttackInfo:
     if name not in ATTACKS:
-        raise LeakauditError(f"--attacks: unknown attack '{name}' (known: {', '.join(sorted(ATTACKS))})")
+        raise LeakauditError(f"{where}: unknown attack '{name}' (known: {', '.join(sorted(ATTACKS))})")
     return ATTACKS[name]
 
 
 def check_params(name: str, params: dict[str, Any], where: str = "--param") -> None:
     """Refuse unknown parameters and values an attack does not accept, naming ``where``."""
-    info = get_attack(name)
+    info = get_attack(name, where or "--attacks")
     lead = f"{where} " if where else ""
     unknown = set(params) - set(info.params)
     if unknown:
