@@ -1338,10 +1338,12 @@ def test_new_sections_render_without_the_new_fields(results):
     old = _without_new_fields(results)
     md, html = render_markdown(old), render_html(old)
     for heading in ("## Discoverable memorization", "## Untargeted extraction", "## PII extraction", "## PII recon"):
-        assert "Not measured in this run." in _between(md, heading, "\n## E" if "recon" in heading else "\n## P")
-    assert md.count("Not measured in this run.") == 4
+        assert "Not measured in this run" in _between(md, heading, "\n## E" if "recon" in heading else "\n## P")
+    assert md.count("Not measured in this run") == 4
     assert "No empirical bound on ε was computed in this run." in md and "No empirical bound" in html
-    assert html.count("<p>Not measured in this run.</p>") == 4
+    assert html.count("<p>Not measured in this run") == 4
+    # and what it would take: the flag, or the corpus field
+    assert "--memorization K:N`" in md and "`--samples N`" in md and md.count("a `pii` field") == 2
     comparison = _section(md, "## DP vs non-DP comparison", "## Limitations")
     assert "| base | none (non-private) | 2.1% (zlib) | 1.20 bits | — | — | — | — |" in comparison
     findings = _section(md, "## Findings", "## Canary exposure")
