@@ -1,7 +1,8 @@
 """Shadow models for LiRA and RMIA: fine-tuned copies of a base model on random halves of a population.
 
 The design is balanced: every example is IN for exactly half of the shadows (n must be even),
-chosen at random per example, so each example has IN and OUT statistics.  The membership
+chosen at random per example (per person when the audited split is per person), so each example
+has IN and OUT statistics.  The membership
 matrix ``[n_shadows, n_population]`` is recorded beside the models.  Shadows live in a store
 keyed by everything that determines them (base model hash, population hash, recipe, seed,
 index), so a later run with the same inputs reuses them instead of training again.
@@ -9,26 +10,57 @@ index), so a later run with the same inputs reuses them instead of training agai
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from leakaudit.data.loading import user_of
 from leakaudit.io import read_json, stable_hash, texts_hash, write_json
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.runs import EventLog, stage
 from leakaudit.train.loop import TrainSettings, save_trained, train_model
 
 
-def membership_matrix(n_shadows: int, n_population: int, seed: int) -> np.ndarray:
-    """Boolean [n_shadows, n_population]: each column has exactly n_shadows / 2 True entries."""
+def membership_matrix(
+    n_shadows: int, n_population: int, seed: int, groups: Sequence[str | None] | None = None
+) -> np.ndarray:
+    """Boolean [n_shadows, n_population]: each column has exactly n_shadows / 2 True entries.
+
+    With ``groups`` (one key per example, None: a group of its own) the examples of one group are
+    IN or OUT together, as one person's records are when members were chosen per person.
+    """
     if n_shadows < 2 or n_shadows % 2:
         raise ValueError(f"the number of shadow models must be even and >= 2 (got {n_shadows})")
     rng = np.random.default_rng(seed)
-    keys = rng.random((n_shadows, n_population))
-    ranks = keys.argsort(0).argsort(0)
-    return ranks < n_shadows // 2
+    if groups is None:
+        keys = rng.random((n_shadows, n_population))
+        return keys.argsort(0).argsort(0) < n_shadows // 2
+    if len(groups) != n_population:
+        raise ValueError(f"{len(groups)} group keys for {n_population} examples")
+    index: dict[str, int] = {}
+    column = np.array([index.setdefault(f"g:{g}" if g is not None else f"x:{i}", len(index))
+                       for i, g in enumerate(groups)], dtype=np.int64)
+    keys = rng.random((n_shadows, len(index)))
+    return (keys.argsort(0).argsort(0) < n_shadows // 2)[:, column]
+
+
+def shadow_groups(members: Sequence[dict], non_members: Sequence[dict]) -> list[str] | None:
+    """The user ids of ``members + non_members`` to pair shadows' IN/OUT per person, when the audited
+    split is per person (every record has a user, and no user is on both sides); else None (per record).
+
+    Per record, a non-member's OUT shadows would mostly have trained on the same person's other
+    records (same name, email, phone) while the audited model saw none of them, so the OUT
+    distribution would not be the audited model's, and a person's number of records alone could
+    tell the sides apart even on a model that never saw them.
+    """
+    users = [user_of(r.get("user_id")) for r in [*members, *non_members]]
+    if any(u is None for u in users):
+        return None
+    if {users[i] for i in range(len(members))} & set(users[len(members):]):
+        return None
+    return users  # type: ignore[return-value]
 
 
 @dataclass
@@ -50,15 +82,20 @@ def train_shadows(
     log: EventLog,
     seed: int = 0,
     bar: Callable | None = None,
+    groups: Sequence[str | None] | None = None,
 ) -> ShadowSet:
-    """Train (or reuse from ``store``) ``n_shadows`` shadow models on halves of ``population``."""
+    """Train (or reuse from ``store``) ``n_shadows`` shadow models on halves of ``population``
+    (with ``groups``, see :func:`shadow_groups`, halves of the groups)."""
     pop_hash = texts_hash(population)
-    key = stable_hash({
+    inputs = {
         "base": hash_model_dir(base_dir), "population": pop_hash, "recipe": settings.model_dump(mode="json"),
         "n": n_shadows, "seed": seed,
-    })
+    }
+    if groups is not None:
+        inputs["groups"] = stable_hash(list(groups))
+    key = stable_hash(inputs)
     root = Path(store) / key
-    member = membership_matrix(n_shadows, len(population), seed)
+    member = membership_matrix(n_shadows, len(population), seed, groups)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "membership.json", {"population_sha256": pop_hash, "in": member.astype(int).tolist()})
     dirs = []
