@@ -385,7 +385,7 @@ def model_result(
         mia_by_unit=units,
         skipped_attacks=skipped,
         skipped_units={"user": no_users} if no_users else {},
-        canaries=canaries,
+        canaries=[_published(c) for c in canaries],
         exposure_by_repetition=exposure_groups(canaries),
         memorization=found.memorization,
         untargeted_extraction=found.untargeted,
@@ -393,6 +393,22 @@ def model_result(
         pii_reconstruction=found.pii_reconstruction,
         empirical_privacy=empirical,
     )
+
+
+PUBLISHED_BITS = 1
+"""Decimals of a single canary's exact and skew-normal exposure in results.json (full precision stays in the
+private scores/<model>/canaries.json).  Exact exposure is log2|R| - log2(rank): at full precision it gives
+the secret's exact rank, which anyone holding the model could turn back into the secret by ranking the
+whole space; at 0.1 bit the rank is known only within about 7%."""
+
+
+def _published(c: CanaryResult) -> CanaryResult:
+    """A canary's record for the shared results: per-canary exposures no finer than :data:`PUBLISHED_BITS`."""
+    def coarse(x: float | None) -> float | None:
+        return None if x is None else round(x, PUBLISHED_BITS)
+
+    return c.model_copy(update={"exposure_bits_exact": coarse(c.exposure_bits_exact),
+                                "exposure_bits_skewnorm": coarse(c.exposure_bits_skewnorm)})
 
 
 def _one_run_bounds(

@@ -189,10 +189,14 @@ def canaries_generate(
     from leakaudit.canaries import generate_canaries, load_spec
 
     _check_out(out, "file")
-    manifest = generate_canaries(load_spec(spec))
+    loaded = load_spec(spec)
+    manifest = generate_canaries(loaded)
     manifest.save(out)
     n_in = len(manifest.inserted)
     typer.echo(f"{out}: {n_in} canaries to insert, {len(manifest.canaries) - n_in} reference canaries")
+    if loaded.seed is not None:
+        typer.echo(f"note: {spec} sets seed {loaded.seed}, so anyone with the spec can regenerate these secrets; "
+                   "leave 'seed' out for canaries nobody else can draw (the manifest then records the seed)")
 
 
 @canaries_app.command("insert")

@@ -110,6 +110,8 @@ class DemoConfig(BaseModel):
             raise ValueError(f"two canary specs are named '{twice[0]}'; give each spec its own name")
         seeds: dict[int, str] = {}
         for c in v:
+            if c.seed is None:  # drawn from the OS when the canaries are generated
+                continue
             if c.seed in seeds:  # the same random stream: the two specs' secrets would overlap digit for digit
                 raise ValueError(f"canary specs '{seeds[c.seed]}' and '{c.name}' share seed {c.seed}, so their "
                                  "secrets would be drawn from one random stream and overlap; give them different seeds")
@@ -234,7 +236,7 @@ def with_seed(cfg: DemoConfig) -> DemoConfig:
         return cfg
     return cfg.model_copy(update={
         "data": cfg.data.model_copy(update={"seed": cfg.data.seed + s}),
-        "canaries": [c.model_copy(update={"seed": c.seed + s}) for c in cfg.canaries],
+        "canaries": [c if c.seed is None else c.model_copy(update={"seed": c.seed + s}) for c in cfg.canaries],
         "finetune": cfg.finetune.model_copy(update={"seed": cfg.finetune.seed + s}),
         "dp_train": cfg.dp_train.model_copy(update={"seed": cfg.dp_train.seed + s}),
     })

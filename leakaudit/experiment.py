@@ -272,7 +272,7 @@ def _load_spec(spec: str | dict, root: Path | None, where: str, i: int) -> dict:
 def seed_config(exp: Experiment, seed: int) -> DemoConfig:
     """The base config of one seed: its own data split, canary draws, base model and training seed."""
     b = exp.base
-    canaries = [c.model_copy(update={"seed": c.seed + seed}) for c in b.canaries]
+    canaries = [c if c.seed is None else c.model_copy(update={"seed": c.seed + seed}) for c in b.canaries]
     return b.model_copy(update={
         "seed": seed, "data": b.data.model_copy(update={"seed": b.data.seed + seed}), "canaries": canaries,
     })

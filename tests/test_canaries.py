@@ -142,3 +142,15 @@ def test_from_indices_equals_from_index(name, length):
         assert fmt.from_indices(start, stop) == [fmt.from_index(i) for i in range(start, stop)]
     with pytest.raises(IndexError):
         fmt.from_indices(0, n + 1)
+
+
+def test_a_spec_without_a_seed_draws_unguessable_secrets_recorded_in_the_manifest_only(tmp_path):
+    p = tmp_path / "s.yaml"
+    p.write_text("name: x\ntemplate: 'token {secret}'\nsecret: {format: hex, length: 12}\nrepetitions: [1, 2]\n")
+    spec = load_spec(p)
+    assert spec.seed is None
+    a, b = generate_canaries(spec), generate_canaries(spec)
+    assert {c.secret for c in a.canaries}.isdisjoint({c.secret for c in b.canaries})
+    assert isinstance(a.spec.seed, int)  # what was drawn, kept in the manifest (private) ...
+    again = generate_canaries(a.spec)  # ... regenerates the same canaries
+    assert [c.secret for c in again.canaries] == [c.secret for c in a.canaries]

@@ -153,3 +153,19 @@ def test_load_records_ids_users_and_pii_spans(tmp_path):
         pd.DataFrame({"text": [text], "pii": [bad]}).to_csv(csv, index=False)
         with pytest.raises(LeakauditError, match=r"c.csv: row 0: field 'pii': expected a list of spans"):
             load_records(csv)
+
+
+def test_load_errors_never_quote_a_records_values(tmp_path):
+    from leakaudit.data import load_records
+
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps({"text": "a record", "meta": {"n": 1}}) + "\n"
+                 + json.dumps({"text": "another", "meta": {"n": "jane.doe@example.com"}}) + "\n")
+    with pytest.raises(LeakauditError) as e:
+        load_corpus(p)
+    assert "meta" in str(e.value) and "jane.doe" not in str(e.value)
+    p.write_text(json.dumps({"text": "call 555-0100", "pii": [{"type": "phone", "start": 5, "end": 40,
+                                                               "value": "555-0100"}]}) + "\n")
+    with pytest.raises(LeakauditError, match="start 5, end 40 in a text of 13 characters") as e:
+        load_records(p)
+    assert "555-0100" not in str(e.value)

@@ -286,3 +286,17 @@ def test_canary_results_hold_no_hash_of_the_canary_text(gpt2, tokenizer):
     assert not [c for c in m.canaries if sha256_text(c.prefix + c.secret + c.suffix) in dumped or c.secret in dumped]
     old = {**res[0].model_dump(mode="json"), "sha256": "ab" * 32}
     assert CanaryResult.model_validate(old) == res[0]
+
+
+def test_shared_results_publish_a_canarys_exposure_too_coarse_to_give_its_rank_back():
+    from leakaudit.audit import _published
+    from leakaudit.report.schema import CanaryResult
+
+    space = 10_000
+    c = CanaryResult(id="c", spec="s", repetitions=0, inserted=False, exposure_bits=0.2, rank=800,
+                     exposure_bits_exact=math.log2(space) - math.log2(8507), exposure_bits_skewnorm=0.23456)
+    out = _published(c)
+    assert out.exposure_bits_exact == 0.2 and out.exposure_bits_skewnorm == 0.2
+    # the ranks the published value allows: hundreds of candidates, not one
+    lo, hi = space / 2 ** (out.exposure_bits_exact + 0.05), space / 2 ** (out.exposure_bits_exact - 0.05)
+    assert hi - lo > 500

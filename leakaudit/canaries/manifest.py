@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import secrets as secrets_module
 from pathlib import Path
 
 from faker import Faker
@@ -63,6 +64,8 @@ def generate_canaries(spec: CanarySpec) -> CanaryManifest:
     Secrets are distinct; per-canary fields (``{name}`` ...) are distinct too, so two
     canaries never share a prefix unless the template has no fields.
     """
+    if spec.seed is None:  # secret canaries: a seed nobody can guess, kept in the (private) manifest only
+        spec = spec.model_copy(update={"seed": secrets_module.randbits(62)})
     fmt = spec.secret_format
     one_run = spec.design == "one_run"
     n_total = len(spec.repetitions) * spec.canaries_per_repetition + (0 if one_run else spec.reference_canaries)

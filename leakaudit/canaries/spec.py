@@ -59,7 +59,12 @@ class CanarySpec(BaseModel):
     null_samples: int = Field(
         default=1000, ge=10, description="Random secrets scored as the null population for exposure."
     )
-    seed: int = Field(default=0, description="Seed for secrets and per-canary fields.")
+    seed: int | None = Field(
+        default=None,
+        description="Seed for secrets and per-canary fields.  Leave it out for a real audit: a seed drawn from "
+        "the operating system's randomness is then recorded in the manifest alone (private); a seed written "
+        "here lets anyone with the spec regenerate every secret (the demo's specs are public on purpose).",
+    )
     design: Literal["fixed", "one_run"] = Field(
         default="fixed",
         description="'fixed': canaries_per_repetition canaries inserted at each count plus reference canaries "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,12 +48,20 @@ def _mixed_field(df: pd.DataFrame) -> str | None:
     return None
 
 
+def _redacted(e: BaseException) -> str:
+    """The first line of a library's error with every quoted value blanked: parsers quote the offending
+    cell, which may be personal data, and errors end up in logs and issue reports."""
+    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return re.sub(r"""(['"])(?:(?!\1).)*\1""", r"\1…\1", first)
+
+
 def _to_dataset(path: Path, df: pd.DataFrame) -> datasets.Dataset:
     try:
         return datasets.Dataset.from_pandas(df, preserve_index=False)
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid, ArrowTypeError and others
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise LeakauditError(f"{path}: {_mixed_field(df) or 'cannot read as a table: ' + first}") from None
+        column = re.search(r"for column (\S+)", str(e))
+        detail = f"column '{column.group(1)}' holds values of different types" if column else _redacted(e)
+        raise LeakauditError(f"{path}: {_mixed_field(df) or 'cannot read as a table: ' + detail}") from None
 
 
 def _read_table(path: Path, kind: str) -> pd.DataFrame:
@@ -67,8 +76,7 @@ def _read_table(path: Path, kind: str) -> pd.DataFrame:
     except (ValueError, OSError, UnicodeDecodeError) as e:
         if "No columns" in str(e) or "empty" in str(e).lower():
             raise LeakauditError(f"{path}: the corpus is empty") from None
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise LeakauditError(f"{path}: cannot read as {kind}: {first}") from None
+        raise LeakauditError(f"{path}: cannot read as {kind}: {_redacted(e)}") from None
 
 
 def load_corpus(path: str | Path, *, text_field: str = "text") -> datasets.Dataset:
@@ -159,7 +167,11 @@ def _pii_spans(value: Any, text: str, where: str) -> list[dict] | None:
         start, end = (span.get("start"), span.get("end")) if ok else (None, None)
         ok = ok and all(isinstance(x, int) and not isinstance(x, bool) for x in (start, end))
         if not ok or not 0 <= start < end <= len(text):
-            raise LeakauditError(f"{where}: field 'pii': expected {expected}, got {span!r}")
+            got = ({k: type(v).__name__ for k, v in span.items()} if isinstance(span, dict) else type(span).__name__)
+            if ok:
+                got = f"start {start}, end {end} in a text of {len(text)} characters"
+            # (the span's values are never quoted: an annotation may carry the PII value itself)
+            raise LeakauditError(f"{where}: field 'pii': expected {expected}, got {got}")
         spans.append({"type": span["type"], "start": start, "end": end})
     return spans
 
