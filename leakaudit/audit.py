@@ -67,7 +67,7 @@ from leakaudit.report.schema import (
     RunInfo,
     Utility,
 )
-from leakaudit.runs import EventLog, device_name, git_revision, package_versions, stage
+from leakaudit.runs import EventLog, clear_results, device_name, git_revision, package_versions, stage
 from leakaudit.train.shadows import ShadowSet
 
 DEFAULT_ATTACKS = ["loss", "zlib", "lowercase", "min_k", "min_k_pp", "neighbourhood"]
@@ -550,6 +550,8 @@ def run_audit(
     log = log or EventLog(run_dir, echo)
     rows = list(members) + list(non_members)
     cfg_path = run_dir / "config.yaml"
+    if is_writer():
+        clear_results(run_dir)
     if is_writer() and (write_config or not cfg_path.is_file()):  # this run's settings, even in an old directory
         cfg = {
             "command": command, "models": {m.name: str(m.path) for m in models},

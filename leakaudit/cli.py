@@ -7,6 +7,7 @@ printed as one line (``leakaudit: error: ...``) with exit code 2 and no tracebac
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import re
 import shlex
@@ -81,10 +82,10 @@ def demo(
 
     overrides: dict = {}
     if epsilon is not None:
-        _positive(epsilon, "--epsilon")
         if epsilon == float("inf"):  # Opacus would calibrate "inf" to a noise multiplier of 10: a very private model
             raise LeakauditError("--epsilon inf is no privacy: the demo's DP model needs a finite eps (its plain "
                                  "model is the one without DP)")
+        _positive(epsilon, "--epsilon")
         overrides["dp"] = {"target_epsilon": epsilon, "noise_multiplier": None}
     if device is not None:
         overrides["device"] = device
@@ -119,14 +120,28 @@ def _record_id(row: dict, i: int) -> str:
     return str(i) if v is None or (isinstance(v, float) and v != v) else str(v)
 
 
-def _check_out(path: Path, kind: str) -> None:
-    """Refuse an --out that cannot take the output, before any work: ``kind`` is file, dir or model."""
+RUN_MARKERS = {"dir": "events.jsonl", "experiment": "experiment.yaml"}
+"""The file that marks a directory as a leakaudit run (of ``audit``/``demo``, of ``experiment``): only such a
+directory, or an empty one, is written into, since a run replaces files by name (config.yaml, report.md ...)."""
+
+
+def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) -> None:
+    """Refuse an --out that cannot take the output, before any work: ``kind`` is file, dir, experiment or
+    model; ``inputs`` are directories the run reads (models), which it must not write into."""
     if kind == "file":
         if path.is_dir():
             raise LeakauditError(f"--out {path}: is a directory; give the path of a file to write")
         return
     if path.exists() and not path.is_dir():
         raise LeakauditError(f"--out {path}: is a file; give a directory")
+    marker = RUN_MARKERS.get(kind)
+    if marker and path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+        raise LeakauditError(f"--out {path}: holds files that are not a leakaudit run, which the run could "
+                             "replace; choose another directory or empty it")
+    for flag, d in (inputs or {}).items():
+        a, b = path.resolve(), Path(d).resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise LeakauditError(f"--out {path}: overlaps {flag} {d}; write the run somewhere else")
     if kind == "model" and path.is_dir() and any(path.iterdir()) and not (path / "privacy.json").is_file():
         raise LeakauditError(
             f"--out {path}: holds files that are not a model written by 'leakaudit train', and the trained model "
@@ -135,8 +150,8 @@ def _check_out(path: Path, kind: str) -> None:
 
 
 def _positive(value: float, flag: str) -> None:
-    if not value > 0:  # NaN too
-        raise LeakauditError(f"{flag} must be > 0 (got {value:g})")
+    if not (value > 0 and math.isfinite(value)):  # NaN and inf too
+        raise LeakauditError(f"{flag} must be a finite number > 0 (got {value:g})")
 
 
 def _check_device(device: str | None, source: str = "--device") -> None:
@@ -213,6 +228,8 @@ def canaries_insert(
     from leakaudit.io import write_jsonl
 
     _check_out(out, "file")
+    if out.suffix.lower() not in {".jsonl", ".ndjson"}:
+        raise LeakauditError(f"--out {out}: the corpus with canaries is written as JSONL; name it *.jsonl")
     m = _load_manifest(manifest)
     ds = load_corpus(data, text_field=text_field)
     # the corpus keeps its own columns and text field (so --text-field works on the output too);
@@ -282,33 +299,42 @@ def train(
     dp: Annotated[bool, typer.Option("--dp", help="Train with DP-SGD (Opacus).")] = False,
     epsilon: Annotated[float | None, typer.Option(help="Target eps (with --dp).")] = None,
     delta: Annotated[float | None, typer.Option(help="Target delta (default min(1e-5, 1/(10N))).")] = None,
-    max_grad_norm: Annotated[float, typer.Option(help="Per-sample clip norm (with --dp).")] = 1.0,
-    accountant: Annotated[str, typer.Option(help="prv or rdp.")] = "prv",
-    grad_sample_mode: Annotated[str, typer.Option(
-        help="Per-example clipping (with --dp): hooks, ghost or functorch (Opacus), or bookkeeping (one "
-        "backward pass; the fastest, flat clipping).")] = "hooks",
-    dp_randomness: Annotated[str, typer.Option(
+    max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clip norm (with --dp; default 1).")] = None,
+    accountant: Annotated[str | None, typer.Option(help="prv (default) or rdp (with --dp).")] = None,
+    grad_sample_mode: Annotated[str | None, typer.Option(
+        help="Per-example clipping (with --dp): hooks (default), ghost or functorch (Opacus), or bookkeeping (one "
+        "backward pass; the fastest, flat clipping).")] = None,
+    dp_randomness: Annotated[str | None, typer.Option(
         help="With --dp: secret (batches and noise from unrecorded random seeds: the default, for models to "
         "release) or seeded (from --seed: the run repeats exactly, and the guarantee holds only while the seed "
-        "stays secret).")] = "secret",
+        "stays secret).")] = None,
     device: Annotated[str | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
 ) -> None:
     """Fine-tune a model on a corpus, plainly or with DP-SGD; saves the model and privacy.json."""
     from leakaudit.data import load_texts
     from leakaudit.io import atomic_dir
-    from leakaudit.models import check_model_dir, default_device, load_model
+    from leakaudit.models import check_model_loadable, default_device, load_model
     from leakaudit.train import DPSettings, TrainSettings, save_trained, train_model
 
     _check_out(out, "model")
     _positive(lr, "--lr")
     dp_settings = None
-    if dp:
+    dp_only = {"--epsilon": epsilon, "--delta": delta, "--max-grad-norm": max_grad_norm, "--accountant": accountant,
+               "--grad-sample-mode": grad_sample_mode, "--dp-randomness": dp_randomness}
+    if not dp:
+        given = [flag for flag, value in dp_only.items() if value is not None]
+        if given:  # it would be ignored, and the model trained without DP
+            raise LeakauditError(f"{given[0]} needs --dp")
+    else:
         if epsilon is None:
             raise LeakauditError("--dp needs --epsilon")
-        _positive(epsilon, "--epsilon")
         if epsilon == float("inf"):
             raise LeakauditError("--epsilon inf is no privacy: leave out --dp to train without it")
+        _positive(epsilon, "--epsilon")
+        max_grad_norm = 1.0 if max_grad_norm is None else max_grad_norm
+        accountant, grad_sample_mode = accountant or "prv", grad_sample_mode or "hooks"
+        dp_randomness = dp_randomness or "secret"
         _positive(max_grad_norm, "--max-grad-norm")
         if delta is not None and not 0 < delta < 1:
             raise LeakauditError(f"--delta must lie in (0, 1) (got {delta:g})")
@@ -322,10 +348,8 @@ def train(
             target_epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
             grad_sample_mode=grad_sample_mode, randomness=dp_randomness,
         )
-    elif epsilon is not None:
-        raise LeakauditError("--epsilon needs --dp")
     _check_device(device)
-    check_model_dir(base)
+    check_model_loadable(base)
     texts = load_texts(data, text_field=text_field)
     settings = TrainSettings(epochs=epochs, batch_size=batch_size, lr=lr, max_length=max_length, seed=seed)
     loaded = load_model(base, device=device or default_device())
@@ -347,7 +371,11 @@ def _parse_params(params: list[str]) -> dict[str, dict]:
         attack, dot, name = key.partition(".")
         if not eq or not dot or not name:
             raise LeakauditError(f"--param: expected ATTACK.NAME=VALUE (got '{p}')")
-        out.setdefault(attack, {})[name] = yaml.safe_load(value)
+        try:
+            out.setdefault(attack, {})[name] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise LeakauditError(f"--param {key}: '{value}' is not a valid value (a number, a word or a YAML list)"
+                                 ) from None
     return out
 
 
@@ -420,7 +448,7 @@ def audit(
     from leakaudit.audit import AuditOptions, run_audit
     from leakaudit.data import check_no_overlap, load_records, load_texts
     from leakaudit.extraction import ExtractionOptions
-    from leakaudit.models import check_model_dir, default_device
+    from leakaudit.models import check_model_loadable, default_device
     from leakaudit.parallel import init_from_env, is_writer
     from leakaudit.runs import EventLog
     from leakaudit.train import TrainSettings
@@ -452,7 +480,7 @@ def audit(
                                      "'.' and '-' (and no '..'); name it with NAME=DIR")
             if name in out_:
                 raise LeakauditError(f"{flag}: two models named '{name}' (use NAME=DIR)")
-            out_[name] = check_model_dir(path)
+            out_[name] = check_model_loadable(path, trust_remote_code=trust_remote_code)
         return out_
 
     models = named(model, "--model")
@@ -475,9 +503,11 @@ def audit(
     if shadows and shadow_base is None:
         raise LeakauditError("--shadows needs --shadow-base (the model the shadows are fine-tuned from)")
     if shadow_base is not None:
-        check_model_dir(shadow_base)
+        check_model_loadable(shadow_base)
     _positive(shadow_lr, "--shadow-lr")
-    _check_out(out, "dir")
+    _check_out(out, "dir", inputs={**{f"--model {k}": v for k, v in models.items()},
+                                   **{f"--reference {k}": v for k, v in refs.items()},
+                                   **({"--shadow-base": shadow_base} if shadow_base else {})})
     _check_device(device)
     mem_settings = _parse_memorization(memorization)
 
@@ -574,6 +604,7 @@ def experiment(
         _positive(max_minutes, "--max-minutes")
     _check_device(exp.base.device, f"{file}: field 'base.device'")
     out = out or Path("runs") / "experiments" / exp.config.name
+    _check_out(out, "experiment")
     ex = make_executor(executor, exp, out, jobs=jobs, cluster=cluster)
     try:
         run = run_experiment(exp, out, executor=ex, echo=_say,
@@ -598,21 +629,12 @@ def report(
     pdf: Annotated[bool, typer.Option("--pdf", help="Also print report.pdf (the 'pdf' extra or Chromium).")] = False,
 ) -> None:
     """Re-render report.md and report.html (and with --pdf report.pdf) from a run's results.json (offline)."""
-    from pydantic import ValidationError
-
-    from leakaudit.io import read_json
+    from leakaudit.policy import load_results_file
     from leakaudit.report.render import write_reports
     from leakaudit.report.schema import Results
 
-    path = run_dir / "results.json"
-    if not path.is_file():
-        raise LeakauditError(f"{path}: no results.json in the run directory")
-    try:
-        results = Results.model_validate(read_json(path))
-    except ValidationError as e:
-        raise LeakauditError(describe_validation_error(e, f"{path}: not a leakaudit results file")) from None
-    except ValueError as e:
-        raise LeakauditError(f"{path}: not a leakaudit results file ({str(e).splitlines()[0]})") from None
+    # the gate's checks: a file the gate would refuse (a NaN, a broken schema) is not rendered either
+    results = Results.model_validate(load_results_file(run_dir))
     paths = write_reports(results, run_dir)
     typer.echo(f"report: {paths['html']}")
     if pdf:

@@ -147,6 +147,33 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: object, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+def _unique_key_loader():
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """yaml's safe loader, but a key given twice in one mapping is an error, not the last one silently."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
+_UniqueKeyLoader = _unique_key_loader()
+
+
 def read_yaml_mapping(path: str | Path, what: str, *, empty_ok: bool = False) -> dict:
     """Read a YAML file that must hold a mapping; every problem is one LeakauditError naming the file.
 
@@ -161,7 +188,9 @@ def read_yaml_mapping(path: str | Path, what: str, *, empty_ok: bool = False) ->
     if not p.is_file():
         raise LeakauditError(f"{p}: {what} not found")
     try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+        raw = yaml.load(p.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except _DuplicateKey as e:
+        raise LeakauditError(f"{p}: field '{e.key}' is given twice (line {e.line}); keep one") from None
     except yaml.YAMLError as e:
         raise LeakauditError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
     except (OSError, UnicodeDecodeError) as e:

@@ -26,7 +26,7 @@ from leakaudit.models.loading import load_model, load_tokenizer
 from leakaudit.models.target import default_device
 from leakaudit.models.tiny import build_model, train_tokenizer
 from leakaudit.report.schema import Results
-from leakaudit.runs import EventLog, stage
+from leakaudit.runs import EventLog, clear_results, stage
 from leakaudit.train.loop import TrainSettings, save_trained, train_model
 from leakaudit.train.shadows import shadow_groups, train_shadows
 
@@ -52,6 +52,7 @@ def run_demo(
     log = EventLog(run_dir, echo)
     device = cfg.device or default_device()
     cfg_json = cfg.model_dump(mode="json")
+    clear_results(run_dir)  # until this run's are written, no results of earlier settings beside its config
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg_json, sort_keys=False))
     log("run_started", f"run directory {run_dir} (device {device})", config_sha256=stable_hash(cfg_json))
 

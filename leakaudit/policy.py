@@ -160,7 +160,8 @@ def load_policy(path: str | Path) -> Policy:
     return policy
 
 
-def _load_results(run_dir: Path) -> dict[str, Any]:
+def load_results_file(run_dir: Path) -> dict[str, Any]:
+    """A run's results.json, checked (valid JSON, finite numbers, the schema), as the dict it holds."""
     path = run_dir / "results.json"
     if not path.is_file():
         raise LeakauditError(f"{path}: results file not found (is {run_dir} a finished run directory?)")
@@ -483,7 +484,7 @@ def gate(run_dir: str | Path, policy_file: str | Path, *, model: str | None = No
     invalid results or policy file raises :class:`LeakauditError` (exit code 2 in the CLI).
     """
     policy = load_policy(policy_file)
-    data = _load_results(Path(run_dir))
+    data = load_results_file(Path(run_dir))
     verdicts = evaluate_policy(data, policy, model=model)
     lines: list[str] = []
     missing_tag = "[not measured: fails, fail_on_missing]" if policy.fail_on_missing else "[not measured]"

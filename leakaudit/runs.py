@@ -73,6 +73,16 @@ def step_times(events: Path, offset: int = 0) -> dict[str, float]:
     return out
 
 
+def clear_results(run_dir: Path) -> None:
+    """Remove a run directory's results and reports when a (re)run starts: a run that then fails or is
+    killed leaves no results of earlier inputs beside its new config.yaml for ``gate`` or ``report`` to
+    take as this run's.  Cached stages stay; the results are rebuilt from them at the end."""
+    for name in ("results.json", "report.md", "report.html", "report.pdf"):
+        (run_dir / name).unlink(missing_ok=True)
+    for card in run_dir.glob("model_card-*.md"):
+        card.unlink()
+
+
 def stage(run_dir: Path, name: str, key: dict, build: Callable[[Path], None], log: EventLog) -> Path:
     """Run ``build(tmp_dir)`` unless ``run_dir/name`` already holds the output for ``key``.
 

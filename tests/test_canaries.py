@@ -154,3 +154,25 @@ def test_a_spec_without_a_seed_draws_unguessable_secrets_recorded_in_the_manifes
     assert isinstance(a.spec.seed, int)  # what was drawn, kept in the manifest (private) ...
     again = generate_canaries(a.spec)  # ... regenerates the same canaries
     assert [c.secret for c in again.canaries] == [c.secret for c in a.canaries]
+
+
+def test_a_manifest_edited_out_of_shape_is_refused(tmp_path):
+    import json
+
+    m = generate_canaries(load_spec(TINY_SPEC))
+    m.save(tmp_path / "m.json")
+    good = json.loads((tmp_path / "m.json").read_text())
+
+    def broken(edit):
+        data = json.loads(json.dumps(good))
+        edit(data["canaries"])
+        (tmp_path / "b.json").write_text(json.dumps(data))
+        with pytest.raises(ValueError) as e:
+            CanaryManifest.load(tmp_path / "b.json")
+        assert data["canaries"][0]["secret"] not in str(e.value)  # named by id, never by secret
+        return str(e.value)
+
+    assert "the id is given twice" in broken(lambda cs: cs[1].update(id=cs[0]["id"]))
+    assert "not of the spec's format" in broken(lambda cs: cs[0].update(secret=cs[0]["secret"][:-1] + "X"))
+    assert "disagree" in broken(lambda cs: cs[0].update(repetitions=-3))
+    assert "sha256" in broken(lambda cs: cs[0].update(prefix="changed "))

@@ -378,10 +378,17 @@ def test_outputs_that_cannot_take_the_result_are_refused_before_any_work(
     spec = Path(__file__).resolve().parents[1] / "canaries" / "recovery_codes.yaml"
     code, _, err = run(monkeypatch, capsys, "canaries", "generate", spec, "--out", tmp_path)
     _assert_clean_error(code, err, "is a directory")
-    for flag, value in (("--lr", "nan"), ("--max-grad-norm", "0")):
+    for flag, value in (("--lr", "nan"), ("--lr", "inf"), ("--max-grad-norm", "0")):
         code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", mem, "--out",
                            tmp_path / "m", "--dp", "--epsilon", "1", flag, value)
-        _assert_clean_error(code, err, f"{flag} must be > 0")
+        _assert_clean_error(code, err, f"{flag} must be a finite number > 0")
+    for flag, value in (("--accountant", "bogus"), ("--delta", "5"), ("--max-grad-norm", "-1")):
+        code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", mem, "--out",
+                           tmp_path / "m", flag, value)  # without --dp it would be ignored
+        _assert_clean_error(code, err, f"{flag} needs --dp")
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, "--members", mem, "--non-members",
+                       non, "--out", tmp_path / "p", "--attacks", "loss", "--param", "loss.x=[")
+    _assert_clean_error(code, err, "--param loss.x: '[' is not a valid value")
     assert not list(tmp_path.glob(".*partial")) and not (tmp_path / "m").exists()
 
 
@@ -501,3 +508,48 @@ def test_console_summary_takes_the_true_median_and_flags_unresolved_tprs(capsys)
     text = capsys.readouterr().err  # the console writes to stderr
     assert "5.00" in text and "6.00" not in text
     assert "unresolved" in text  # 50 non-members cannot resolve 1% FPR
+
+
+def test_run_directories_are_never_someone_elses_and_never_hold_stale_results(
+        monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    args = ["--members", corpus[0], "--non-members", corpus[1], "--attacks", "loss"]
+    # a directory of the user's own files is not written into; nor is a model directory
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.md").write_text("my notes")
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", tiny_model_dir, *args, "--out", mine)
+    _assert_clean_error(code, err, f"--out {mine}: holds files that are not a leakaudit run")
+    assert (mine / "report.md").read_text() == "my notes"
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", *args,
+                       "--out", tiny_model_dir / "audit")
+    _assert_clean_error(code, err, "overlaps --model m")
+    # broken weights: one line before anything is written, not a traceback after the scoring
+    broken = _copy_model(tiny_model_dir, tmp_path / "broken")
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:100])
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", broken, *args, "--out", tmp_path / "b")
+    _assert_clean_error(code, err, "model.safetensors: not a readable safetensors file")
+    assert not (tmp_path / "b").exists()
+    # a rerun that fails leaves no results of the earlier inputs for the gate to pass on
+    out = tmp_path / "run"
+    assert run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", *args, "--out", out)[0] == 0
+    assert (out / "results.json").is_file()
+    from leakaudit.audit import run_audit
+    from leakaudit.errors import LeakauditError
+
+    with pytest.raises(LeakauditError):
+        run_audit(out, {"m": broken}, [{"id": "1", "text": "a b c"}], [{"id": "2", "text": "d e f"}], [],
+                  device="cpu")
+    assert not (out / "results.json").exists() and not (out / "report.html").exists()
+    code, _, err = run(monkeypatch, capsys, "report", out)
+    _assert_clean_error(code, err, "results.json: results file not found")
+    # report refuses what the gate refuses
+    assert run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", *args, "--out", out)[0] == 0
+    text = (out / "results.json").read_text()
+    data = json.loads(text)
+    data["models"]["m"]["mia"]["loss"]["auc"] = float("nan")
+    (out / "results.json").write_text(json.dumps(data))
+    code, _, err = run(monkeypatch, capsys, "report", out)
+    _assert_clean_error(code, err, "is not a finite number")
+    code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", tmp_path / "m.json", "--data",
+                       corpus[0], "--out", tmp_path / "x.csv")
+    _assert_clean_error(code, err, "--out", "*.jsonl")

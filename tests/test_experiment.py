@@ -352,7 +352,7 @@ def test_time_budget_leaves_cells_for_the_next_run(grid, tmp_path, monkeypatch, 
     monkeypatch.setattr(sys, "argv", ["leakaudit", "experiment", str(path), "--max-minutes", "0"])
     with pytest.raises(SystemExit) as e:
         main()
-    assert e.value.code == 2 and "--max-minutes must be > 0" in capsys.readouterr().err
+    assert e.value.code == 2 and "--max-minutes must be a finite number > 0" in capsys.readouterr().err
 
 
 def test_budget_starts_a_task_only_while_the_longest_so_far_fits():

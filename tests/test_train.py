@@ -267,3 +267,13 @@ def test_logical_batches_split_into_physical_pieces_give_the_same_model(gpt2, to
     moved = (out[None][0] - torch.cat([p.detach().flatten() for p in gpt2.parameters()])).abs().max()
     assert moved > 1e-4  # training did change the weights
     torch.testing.assert_close(out[3][0], out[None][0], atol=1e-5, rtol=1e-4)
+
+
+def test_texts_longer_than_the_models_context_are_cut_there_with_a_warning(gpt2, tokenizer):
+    model = copy.deepcopy(gpt2)
+    context = model.config.n_positions
+    long_text = " ".join(["account recovery code"] * context)  # far more tokens than positions
+    assert len(tokenizer(long_text)["input_ids"]) > context
+    with pytest.warns(UserWarning, match=rf"1 sequence\(s\) truncated at {context} tokens"):
+        train_model(model, tokenizer, [long_text, "a short one"],
+                    TrainSettings(epochs=1, batch_size=2, max_length=10 * context))

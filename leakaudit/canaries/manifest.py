@@ -7,7 +7,7 @@ import secrets as secrets_module
 from pathlib import Path
 
 from faker import Faker
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from leakaudit.canaries.spec import CanarySpec
 from leakaudit.io import read_json, sha256_text, write_json
@@ -39,6 +39,24 @@ class CanaryManifest(BaseModel):
     spec: CanarySpec
     space_size: int
     canaries: list[Canary]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CanaryManifest:
+        """A manifest edited or broken by hand would be audited as if it were true: refuse it."""
+        fmt, seen = self.spec.secret_format, set()
+        for i, c in enumerate(self.canaries):
+            where = f"canaries[{i}] ({c.id})"  # never the secret itself
+            if c.id in seen:
+                raise ValueError(f"{where}: the id is given twice")
+            seen.add(c.id)
+            if not fmt.contains(c.secret):
+                raise ValueError(f"{where}: the secret is not of the spec's format ({self.spec.secret.format}, "
+                                 f"length {self.spec.secret.length})")
+            if c.repetitions < 0 or c.inserted != (c.repetitions > 0):
+                raise ValueError(f"{where}: repetitions {c.repetitions} and inserted {c.inserted} disagree")
+            if c.sha256 != sha256_text(c.text):
+                raise ValueError(f"{where}: sha256 is not that of the canary's text")
+        return self
 
     @property
     def inserted(self) -> list[Canary]:

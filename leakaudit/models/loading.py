@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.errors import LeakauditError
 from leakaudit.io import sha256_file
@@ -121,6 +122,25 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreT
     return tok
 
 
+def check_model_loadable(path: str | Path, *, trust_remote_code: bool = False) -> Path:
+    """:func:`check_model_dir`, then what can be checked without loading the weights: the config and
+    tokenizer load, and every weight file has a readable safetensors header.  Run before a command
+    writes anything, so a broken directory is one line at the start, not a traceback after hours."""
+    p = check_model_dir(path)
+    load_tokenizer(p, trust_remote_code=trust_remote_code)
+    try:
+        AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise LeakauditError(f"{p}: cannot load config.json: {str(e).splitlines()[0]}") from None
+    for f in sorted(p.glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as weights:
+                weights.keys()
+        except (SafetensorError, OSError) as e:
+            raise LeakauditError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    return p
+
+
 @dataclass
 class LoadedModel:
     model: PreTrainedModel
@@ -145,7 +165,7 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(
                 p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
             )
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # unreadable weights, shapes unlike the config
         raise LeakauditError(f"{p}: cannot load model: {str(e).splitlines()[0]}") from None
     model.eval()
     if device:

@@ -496,7 +496,16 @@ def train_model(
     torch.manual_seed(settings.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = [e.ids for e in encode(tokenizer, texts, add_eos=True)]
-    data = _Tokens(ids, settings.max_length, int(pad))
+    cfg = _base_model(model).config
+    context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    max_length = settings.max_length
+    if context and max_length > context:  # a longer sequence would index past the position embeddings
+        max_length = int(context)
+        cut = sum(len(x) > context for x in ids)
+        if cut:
+            warnings.warn(f"max_length {settings.max_length} exceeds the model's {context} positions: {cut} "
+                          f"sequence(s) truncated at {context} tokens", stacklevel=2)
+    data = _Tokens(ids, max_length, int(pad))
     n = len(data)
     own_lora = settings.lora is not None and not _is_peft(model)
     net: nn.Module = apply_lora(model, settings.lora) if own_lora else model
