@@ -356,6 +356,9 @@ def model_result(
     model_samples = run_dir / "per_sample" / model.name
     for old in model_samples.glob("*.parquet"):  # files of an earlier run's settings
         old.unlink()
+    for pattern in ("", "-memorization-*", "-untargeted*", "-pii*"):  # the flat layout of earlier versions
+        for old in (run_dir / "per_sample").glob(f"{model.name}{pattern}.parquet"):
+            old.unlink()
     write_parquet(per_sample, model_samples / "scores.parquet")
     canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     units: dict[str, dict[str, AttackResult]] = {}
@@ -375,6 +378,7 @@ def model_result(
         rel = str(model.path.resolve().relative_to(run_dir.resolve()))
     except ValueError:
         rel = str(model.path)
+    published = [_published(c) for c in canaries]
     return ModelResult(
         description=model.description,
         path=rel,
@@ -385,8 +389,8 @@ def model_result(
         mia_by_unit=units,
         skipped_attacks=skipped,
         skipped_units={"user": no_users} if no_users else {},
-        canaries=[_published(c) for c in canaries],
-        exposure_by_repetition=exposure_groups(canaries),
+        canaries=published,
+        exposure_by_repetition=exposure_groups(published),  # medians of what is published, no finer
         memorization=found.memorization,
         untargeted_extraction=found.untargeted,
         pii_extraction=found.pii_extraction,

@@ -120,9 +120,10 @@ def _record_id(row: dict, i: int) -> str:
     return str(i) if v is None or (isinstance(v, float) and v != v) else str(v)
 
 
-RUN_MARKERS = {"dir": "events.jsonl", "experiment": "experiment.yaml"}
-"""The file that marks a directory as a leakaudit run (of ``audit``/``demo``, of ``experiment``): only such a
-directory, or an empty one, is written into, since a run replaces files by name (config.yaml, report.md ...)."""
+RUN_MARKERS = {"dir": ("events.jsonl",), "experiment": ("experiment.yaml", "seeds", "cells")}
+"""What marks a directory as a leakaudit run (of ``audit``/``demo``; of ``experiment``, whose finished seeds
+and cells may have been copied into a new directory to continue there): only such a directory, or an empty
+one, is written into, since a run replaces files by name (config.yaml, report.md ...)."""
 
 
 def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) -> None:
@@ -134,8 +135,9 @@ def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) 
         return
     if path.exists() and not path.is_dir():
         raise LeakauditError(f"--out {path}: is a file; give a directory")
-    marker = RUN_MARKERS.get(kind)
-    if marker and path.is_dir() and any(path.iterdir()) and not (path / marker).is_file():
+    markers = RUN_MARKERS.get(kind, ())
+    if (markers and path.is_dir() and any(not f.name.startswith(".") for f in path.iterdir())
+            and not any((path / m).exists() for m in markers)):
         raise LeakauditError(f"--out {path}: holds files that are not a leakaudit run, which the run could "
                              "replace; choose another directory or empty it")
     for flag, d in (inputs or {}).items():
@@ -182,7 +184,7 @@ def _print_summary(results) -> None:
         hi = [c.exposure_bits for c in m.canaries if c.repetitions >= 16]
         ref = [c.exposure_bits for c in m.canaries if not c.inserted]
         eps = "inf" if m.privacy.epsilon is None else f"{m.privacy.epsilon:.2f}"
-        if m.privacy.bound_to_weights is False:
+        if m.privacy.bound_to_weights is False and m.privacy.epsilon is not None:
             eps += " (unchecked claim)"
         loss = f"{m.mia['loss'].auc:.3f}" if "loss" in m.mia else "-"
         best = max(m.mia.items(), key=lambda kv: (kv[1].tpr_at_fpr["0.01"], kv[1].auc), default=None)
@@ -475,7 +477,7 @@ def audit(
             name, _, path = spec.rpartition("=") if "=" in spec else ("", "", spec)
             name = name or Path(path).resolve().name or "model"
             # the name becomes a folder of the run (scores/NAME, per_sample/NAME...): nothing that leaves it
-            if not re.match(SAFE_NAME, name) or ".." in name:
+            if not re.fullmatch(SAFE_NAME, name) or ".." in name:
                 raise LeakauditError(f"{flag} {spec}: the model name '{name}' may hold only letters, digits, '_', "
                                      "'.' and '-' (and no '..'); name it with NAME=DIR")
             if name in out_:

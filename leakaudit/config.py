@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from leakaudit.canaries.spec import CanarySpec, load_spec
+from leakaudit.canaries.spec import CanarySpec, load_spec, unsafe_name
 from leakaudit.errors import LeakauditError, describe_validation_error
 from leakaudit.io import read_yaml_mapping
 from leakaudit.models.tiny import Arch
@@ -105,6 +105,9 @@ class DemoConfig(BaseModel):
     @classmethod
     def _distinct_specs(cls, v: list[CanarySpec]) -> list[CanarySpec]:
         names = [c.name for c in v]
+        for n in names:
+            if unsafe_name(n):
+                raise ValueError(f"canary spec name {unsafe_name(n)}")
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:  # one manifest file per name: a second spec would overwrite the first, or insert it twice
             raise ValueError(f"two canary specs are named '{twice[0]}'; give each spec its own name")

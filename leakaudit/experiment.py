@@ -57,11 +57,11 @@ from leakaudit.io import (
     write_json,
     write_text_atomic,
 )
-from leakaudit.train.loop import LoraSettings, TrainSettings
+from leakaudit.train.loop import RECORD_VERSION, LoraSettings, TrainSettings
 
 Mode = Literal["full", "lora"]
 COMPARISON_FILES = ("comparison.json", "comparison.csv", "comparison.md", "comparison.html")
-EXPERIMENT_VERSION = 1
+EXPERIMENT_VERSION = 2  # 2: privacy records tied to weights, one-run alpha shared by specs, shadows per person
 """Bump to invalidate every finished cell (the cell key includes it)."""
 
 # ------------------------------------------------------------------------------------- config
@@ -514,7 +514,7 @@ def run_cell(task: CellTask) -> dict:
             save_trained(loaded.model.cpu(), loaded.tokenizer, tmp, record)
         write_json(tmp / "timing.json", {"train_seconds": round(time.perf_counter() - t, 2)})
 
-    model_key = {"base": read_json(base_dir / "stage.json")["key"],
+    model_key = {"base": read_json(base_dir / "stage.json")["key"], "record": RECORD_VERSION,
                  "train_sha256": sha256_file(can_dir / "train.jsonl"),
                  "train": settings.model_dump(mode="json"), "dp": dp.model_dump(mode="json") if dp else None}
     model_dir = stage(cdir, "model", model_key, build, log)

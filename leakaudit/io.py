@@ -103,7 +103,7 @@ def read_json(path: str | Path) -> Any:
 
 
 def write_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in rows))
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
@@ -160,12 +160,15 @@ def _unique_key_loader():
         """yaml's safe loader, but a key given twice in one mapping is an error, not the last one silently."""
 
         def construct_mapping(self, node, deep=False):
-            seen = set()
-            for key_node, _ in node.value:
-                key = self.construct_object(key_node, deep=deep)
-                if key in seen:
-                    raise _DuplicateKey(key, key_node.start_mark.line + 1)
-                seen.add(key)
+            if isinstance(node, yaml.MappingNode):  # the mapping's own keys (a merged <<: *anchor may be overridden)
+                seen = set()
+                for key_node, _ in node.value:
+                    if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                        continue  # (a non-scalar key is refused by the base loader with its own message)
+                    key = self.construct_object(key_node, deep=deep)
+                    if key in seen:
+                        raise _DuplicateKey(key, key_node.start_mark.line + 1)
+                    seen.add(key)
             return super().construct_mapping(node, deep=deep)
 
     return Loader

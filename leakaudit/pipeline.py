@@ -27,7 +27,7 @@ from leakaudit.models.target import default_device
 from leakaudit.models.tiny import build_model, train_tokenizer
 from leakaudit.report.schema import Results
 from leakaudit.runs import EventLog, clear_results, stage
-from leakaudit.train.loop import TrainSettings, save_trained, train_model
+from leakaudit.train.loop import RECORD_VERSION, TrainSettings, save_trained, train_model
 from leakaudit.train.shadows import shadow_groups, train_shadows
 
 BarFactory = Callable[[str, int], contextlib.AbstractContextManager]
@@ -71,7 +71,7 @@ def run_demo(
 
         return build
 
-    tune_key = {"base": base_key, "canaries": can_key}
+    tune_key = {"base": base_key, "canaries": can_key, "record": RECORD_VERSION}
     nondp_dir = stage(
         run_dir, "models/non_dp", {**tune_key, "train": cfg_json["finetune"]},
         finetune(cfg.finetune, None, "fine-tuning without DP"), log,

@@ -176,3 +176,10 @@ def test_a_manifest_edited_out_of_shape_is_refused(tmp_path):
     assert "not of the spec's format" in broken(lambda cs: cs[0].update(secret=cs[0]["secret"][:-1] + "X"))
     assert "disagree" in broken(lambda cs: cs[0].update(repetitions=-3))
     assert "sha256" in broken(lambda cs: cs[0].update(prefix="changed "))
+
+
+def test_a_manifest_of_a_spec_named_before_names_were_restricted_still_loads(tmp_path):
+    m = generate_canaries(load_spec(TINY_SPEC))
+    old = m.model_copy(update={"spec": m.spec.model_copy(update={"name": "recovery codes (2024)"})})
+    old.save(tmp_path / "m.json")
+    assert CanaryManifest.load(tmp_path / "m.json").spec.name == "recovery codes (2024)"

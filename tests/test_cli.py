@@ -298,6 +298,15 @@ def test_canaries_insert_keeps_the_corpus_text_field_and_columns(monkeypatch, ca
     assert mine == [{"rid": i, "body": f"record {i}", "user_id": f"u{i % 3}", "id": str(i)} for i in range(20)]
     assert all("body" in r and "text" not in r for r in rows)
     assert len(load_corpus(out, text_field="body")) == len(rows)  # the same --text-field reads the output
+    import pandas as pd
+
+    dated = tmp_path / "d.parquet"  # columns JSON has no type for (dates) are written as text
+    pd.DataFrame({"body": ["one", "two"], "created": pd.to_datetime(["2024-01-01", "2024-02-01"])}).to_parquet(dated)
+    code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", manifest, "--data", dated,
+                       "--text-field", "body", "--out", tmp_path / "dated.jsonl")
+    assert code == 0, err
+    dated_rows = [json.loads(x) for x in (tmp_path / "dated.jsonl").read_text().splitlines()]
+    assert sorted(r["created"][:10] for r in dated_rows if "canary_id" not in r) == ["2024-01-01", "2024-02-01"]
 
 
 def test_audit_in_bfloat16_scores_close_to_float32(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
@@ -553,3 +562,22 @@ def test_run_directories_are_never_someone_elses_and_never_hold_stale_results(
     code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", tmp_path / "m.json", "--data",
                        corpus[0], "--out", tmp_path / "x.csv")
     _assert_clean_error(code, err, "--out", "*.jsonl")
+
+
+def test_out_directories_a_run_may_write_into(tmp_path):
+    from leakaudit.cli import _check_out
+    from leakaudit.errors import LeakauditError
+
+    cont = tmp_path / "cont"  # finished seeds and cells copied here to continue a grid (docs/experiments.md)
+    (cont / "seeds" / "seed-0").mkdir(parents=True)
+    (cont / "cells").mkdir()
+    _check_out(cont, "experiment")
+    hidden = tmp_path / "hidden"
+    hidden.mkdir()
+    (hidden / ".gitkeep").write_text("")
+    _check_out(hidden, "dir")
+    _check_out(hidden, "experiment")
+    (hidden / "notes.md").write_text("mine")
+    for kind in ("dir", "experiment"):
+        with pytest.raises(LeakauditError, match="not a leakaudit run"):
+            _check_out(hidden, kind)

@@ -16,6 +16,7 @@ from leakaudit.audit import extraction_fields
 from leakaudit.canaries import get_format
 from leakaudit.canaries.manifest import Canary, CanaryManifest
 from leakaudit.canaries.spec import load_spec
+from leakaudit.io import sha256_text
 from leakaudit.models import Target
 from leakaudit.models.tokenize import encode
 from leakaudit.train import TrainSettings, train_model
@@ -259,7 +260,7 @@ CODE = "Security note for {}: the account recovery code is "
 def _manifest() -> CanaryManifest:
     def canary(i: str, name: str, secret: str, reps: int) -> Canary:
         return Canary(id=i, prefix=CODE.format(name), secret=secret, suffix=".", repetitions=reps,
-                      inserted=reps > 0, sha256=i * 64)
+                      inserted=reps > 0, sha256=sha256_text(CODE.format(name) + secret + "."))
 
     canaries = [canary("a", "Vanessa Harris", "111111", 32), canary("b", "Katie Haynes", "222222", 32),
                 canary("r", "Ann Lee", "333333", 0)]

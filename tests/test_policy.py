@@ -481,3 +481,16 @@ def test_tpr_limit_on_too_few_non_members_is_not_measured_unless_exceeded():
     zero = dp.model_copy(update={"mia": {"loss": _attack(0.05).model_copy(update={"n_non_members": 0})}})
     (v,) = evaluate_policy(res.model_copy(update={"models": {"dp": zero}}), Policy(min_audit_power=100))
     assert v.reasons[0].startswith("dp: attack loss rests on 0 non-members (FPR resolution none)")
+
+
+def test_yaml_files_refuse_a_key_given_twice_but_keep_anchors_and_merge_keys(tmp_path):
+    from leakaudit.io import read_yaml_mapping
+
+    p = write(tmp_path / "p.yaml", "max_exposure_bits: 8\nmax_exposure_bits: 100\n")
+    with pytest.raises(LeakauditError, match=r"field 'max_exposure_bits' is given twice \(line 2\)"):
+        load_policy(p)  # the last one silently winning would loosen the policy unseen
+    write(p, "a: &base {x: 1, y: 2}\nb: {<<: *base, y: 3}\n")
+    assert read_yaml_mapping(p, "file") == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+    write(p, "? [a, b]\n: 1\n")
+    with pytest.raises(LeakauditError, match="not valid YAML"):
+        read_yaml_mapping(p, "file")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 from pathlib import Path
 from typing import Literal
@@ -48,7 +49,6 @@ class CanarySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     schema_version: Literal[1] = 1
     name: str = Field(
-        pattern=SAFE_NAME,
         description="Short name of this canary family (letters, digits, '_', '.', '-': it names files).",
     )
     template: str = Field(description="Canary text with one {secret} placeholder and optional per-canary fields.")
@@ -128,11 +128,23 @@ class CanarySpec(BaseModel):
         return [f for _, f, _, _ in string.Formatter().parse(self.template) if f and f != "secret"]
 
 
+def unsafe_name(name: str) -> str | None:
+    """Why a spec's name cannot name files (a run writes manifest-NAME.json), or None.  Checked where specs
+    are read and run, not on a manifest's copy of its spec: a manifest of an older version stays readable."""
+    if re.fullmatch(SAFE_NAME, name):
+        return None
+    return f"'{name}' may hold only letters, digits, '_', '.' and '-', starting with a letter or digit"
+
+
 def load_spec(path: str | Path) -> CanarySpec:
     """Read and validate a canary spec; errors name the file and the field."""
     p = Path(path)
     raw = read_yaml_mapping(p, "canary spec")
     try:
-        return CanarySpec.model_validate(raw)
+        spec = CanarySpec.model_validate(raw)
     except ValidationError as e:
         raise LeakauditError(describe_validation_error(e, str(p), top="spec")) from None
+    why = unsafe_name(spec.name)
+    if why:
+        raise LeakauditError(f"{p}: field 'name': {why}")
+    return spec

@@ -52,7 +52,7 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
     alerts = []
     for name, model in results.models.items():
         parts = [f"ε = {_epsilon(model.privacy.epsilon)}"]
-        if model.privacy.bound_to_weights is False:
+        if model.privacy.bound_to_weights is False and model.privacy.epsilon is not None:
             parts[0] += " (claimed by a privacy.json not saved with these weights)"
         parts.append(_exposure_sentence(model, results))
         parts += _extraction_summary(model)
@@ -251,7 +251,8 @@ def _privacy(results: Results) -> list[dict[str, Any]]:
         ("LoRA rank (adapters only)", [_int(p.lora_rank) for p in ps]),
         ("batches and noise", [RANDOMNESS.get(p.randomness or "", DASH) if p.epsilon is not None else DASH
                                for p in ps]),
-        ("privacy.json", [RECORD_BINDING.get(p.bound_to_weights, DASH) for p in ps]),
+        ("privacy.json", [RECORD_BINDING.get(p.bound_to_weights, DASH) if p.epsilon is not None else DASH
+                          for p in ps]),
     ]
     rows += [(label, cells) for label, cells in optional if any(c != DASH for c in cells)]
     rows.append((f"DP bound check ({DP_BOUND})", [_dp_cell(name, m) for name, m in results.models.items()]))

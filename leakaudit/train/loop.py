@@ -65,6 +65,11 @@ from leakaudit.report.schema import PrivacyRecord
 
 ProgressFn = Callable[[int, int, float], None]
 
+RECORD_VERSION = 2
+"""Version of what :func:`save_trained` writes (2: privacy.json names the weights' hashes).  Stages that keep
+a trained model put it in their key, so a model saved before is trained again rather than reported with a
+record that cannot be tied to its weights."""
+
 # LoRA targets per ``config.model_type``: every attention and MLP projection of a block (never the
 # embeddings or the output head).  Other architectures get peft's "all-linear".
 LORA_TARGETS: dict[str, list[str]] = {
