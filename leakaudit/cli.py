@@ -454,7 +454,7 @@ def audit(
     from leakaudit.parallel import init_from_env, is_writer
     from leakaudit.runs import EventLog
     from leakaudit.train import TrainSettings
-    from leakaudit.train.shadows import shadow_groups, train_shadows
+    from leakaudit.train.shadows import train_shadows
 
     names = [a.strip() for a in attacks.split(",") if a.strip()] if attacks else list(ATTACKS)
     if not names:
@@ -529,7 +529,7 @@ def audit(
         recipe = TrainSettings(epochs=shadow_epochs, batch_size=shadow_batch_size, lr=shadow_lr)
         shadow_set = train_shadows(
             shadow_store or out / "shadows", shadow_base, [r["text"] for r in mem + non], shadows, recipe,
-            device=dev, log=log, bar=_bar, groups=shadow_groups(mem, non),
+            device=dev, log=log, bar=_bar,
         )
     results = run_audit(
         out, models, mem, non, manifests, device=dev, references=refs, shadows=shadow_set,

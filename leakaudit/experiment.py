@@ -374,12 +374,11 @@ def prepare_seed(task: SeedTask) -> dict:
 
 def _shadows(cfg: DemoConfig, sdir: Path, shared, device: str, log):
     """The seed's shadow models (trained once, then found in the seed's cache by every cell)."""
-    from leakaudit.train.shadows import shadow_groups, train_shadows
+    from leakaudit.train.shadows import train_shadows
 
     population = shared.members + shared.non_members
     return train_shadows(sdir / "shadows", shared.base_dir, [r["text"] for r in population], cfg.shadows,
-                         cfg.finetune, device=device, log=log, seed=cfg.seed,
-                         groups=shadow_groups(shared.members, shared.non_members))
+                         cfg.finetune, device=device, log=log, seed=cfg.seed)
 
 
 def _prime_reference(cfg: DemoConfig, exp: ExperimentConfig, sdir: Path, shared, device: str, log):

@@ -28,7 +28,7 @@ from leakaudit.models.tiny import build_model, train_tokenizer
 from leakaudit.report.schema import Results
 from leakaudit.runs import EventLog, clear_results, stage
 from leakaudit.train.loop import RECORD_VERSION, TrainSettings, save_trained, train_model
-from leakaudit.train.shadows import shadow_groups, train_shadows
+from leakaudit.train.shadows import train_shadows
 
 BarFactory = Callable[[str, int], contextlib.AbstractContextManager]
 
@@ -87,7 +87,7 @@ def run_demo(
     if cfg.shadows:
         shadows = train_shadows(
             run_dir / "shadows", base_dir, [r["text"] for r in population], cfg.shadows, cfg.finetune,
-            device=device, log=log, seed=cfg.seed, bar=bar, groups=shadow_groups(members, non_members),
+            device=device, log=log, seed=cfg.seed, bar=bar,
         )
     models = [
         ModelToAudit("base", base_dir, "pretrained on public data only (never saw the private records)"),

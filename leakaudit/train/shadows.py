@@ -1,8 +1,9 @@
 """Shadow models for LiRA and RMIA: fine-tuned copies of a base model on random halves of a population.
 
 The design is balanced: every example is IN for exactly half of the shadows (n must be even),
-chosen at random per example (per person when the audited split is per person), so each example
-has IN and OUT statistics.  The membership
+chosen at random per example, so each example has IN and OUT statistics (``groups`` keeps chosen
+examples together instead, e.g. one person's records; measured on the demo it made the attacks weaker,
+see docs/methods.md, so the audit does not use it by default).  The membership
 matrix ``[n_shadows, n_population]`` is recorded beside the models.  Shadows live in a store
 keyed by everything that determines them (base model hash, population hash, recipe, seed,
 index), so a later run with the same inputs reuses them instead of training again.
@@ -16,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from leakaudit.data.loading import user_of
 from leakaudit.io import read_json, stable_hash, texts_hash, write_json
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.runs import EventLog, stage
@@ -46,23 +46,6 @@ def membership_matrix(
     return (keys.argsort(0).argsort(0) < n_shadows // 2)[:, column]
 
 
-def shadow_groups(members: Sequence[dict], non_members: Sequence[dict]) -> list[str] | None:
-    """The user ids of ``members + non_members`` to pair shadows' IN/OUT per person, when the audited
-    split is per person (every record has a user, and no user is on both sides); else None (per record).
-
-    Per record, a non-member's OUT shadows would mostly have trained on the same person's other
-    records (same name, email, phone) while the audited model saw none of them, so the OUT
-    distribution would not be the audited model's, and a person's number of records alone could
-    tell the sides apart even on a model that never saw them.
-    """
-    users = [user_of(r.get("user_id")) for r in [*members, *non_members]]
-    if any(u is None for u in users):
-        return None
-    if {users[i] for i in range(len(members))} & set(users[len(members):]):
-        return None
-    return users  # type: ignore[return-value]
-
-
 @dataclass
 class ShadowSet:
     dirs: list[Path]
@@ -85,7 +68,7 @@ def train_shadows(
     groups: Sequence[str | None] | None = None,
 ) -> ShadowSet:
     """Train (or reuse from ``store``) ``n_shadows`` shadow models on halves of ``population``
-    (with ``groups``, see :func:`shadow_groups`, halves of the groups)."""
+    (with ``groups``, see :func:`membership_matrix`, halves of the groups)."""
     pop_hash = texts_hash(population)
     inputs = {
         "base": hash_model_dir(base_dir), "population": pop_hash, "recipe": settings.model_dump(mode="json"),
