@@ -61,7 +61,7 @@ from leakaudit.train.loop import RECORD_VERSION, LoraSettings, TrainSettings
 
 Mode = Literal["full", "lora"]
 COMPARISON_FILES = ("comparison.json", "comparison.csv", "comparison.md", "comparison.html")
-EXPERIMENT_VERSION = 2  # 2: privacy records tied to weights, one-run alpha shared by specs, shadows per person
+EXPERIMENT_VERSION = 2  # 2: privacy records tied to weights, one-run alpha shared by specs
 """Bump to invalidate every finished cell (the cell key includes it)."""
 
 # ------------------------------------------------------------------------------------- config
