@@ -613,6 +613,7 @@ def run_audit(
             seed=options.seed,
             git_revision=git_revision(),
             device=device_name(device),
+            dtype=dtype_name(common["dtype"]),
             versions=package_versions(),
             n_members=len(members),
             n_non_members=len(non_members),

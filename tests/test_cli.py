@@ -323,6 +323,8 @@ def test_audit_in_bfloat16_scores_close_to_float32(monkeypatch, capsys, tmp_path
         code, _, _ = run(monkeypatch, capsys, *args, "--out", out, "--dtype", dtype)
         assert code == 0
         tables[dtype] = pd.read_parquet(out / "scores" / "tiny" / "mia.parquet")
+        recorded = json.loads((out / "results.json").read_text())["run"]["dtype"]
+        assert recorded == {"auto": "float32", "bfloat16": "bfloat16"}[dtype]  # what "auto" chose, recorded
         key = json.loads((out / "scores" / "tiny" / "stage.json").read_text())["key"]["dtype"]
         assert key == {"auto": "float32", "bfloat16": "bfloat16"}[dtype]
     a = np.array([np.mean(x) for x in tables["auto"]["token_logprobs"]])

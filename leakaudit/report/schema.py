@@ -398,6 +398,7 @@ class RunInfo(_Model):
     seed: int
     git_revision: str | None = None
     device: str
+    dtype: str | None = Field(default=None, description="Precision the models were scored in (float32, bfloat16).")
     versions: dict[str, str] = Field(default_factory=dict)
     n_members: int
     n_non_members: int

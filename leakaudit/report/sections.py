@@ -172,7 +172,7 @@ def _audited(results: Results) -> dict[str, Any]:
         ("config sha256", _short(run.config_sha256), True),
         ("seed", str(run.seed), False),
         ("git revision", _short(run.git_revision), True),
-        ("device", run.device, False),
+        ("device", run.device + (f", {run.dtype}" if run.dtype else ""), False),
         ("package versions", ", ".join(f"{k} {v}" for k, v in run.versions.items()) or DASH, False),
         ("members / non-members", f"{run.n_members:,} / {run.n_non_members:,}", False),
         (
