@@ -64,9 +64,9 @@ def write_pdf(html_path: Path, pdf_path: Path | None = None, *, timeout_s: float
             with tempfile.TemporaryDirectory() as profile:  # a throwaway browser profile
                 try:
                     done = subprocess.run(
-                        # the report has no scripts: none runs (--no-sandbox is what lets it print as root)
-                        [printer, "--headless", "--no-sandbox", "--blink-settings=scriptEnabled=false",
-                         "--disable-gpu", "--no-pdf-header-footer",
+                        # (--no-sandbox lets it print as root; the report holds no script, and turning scripts
+                        # off, --blink-settings=scriptEnabled=false, makes headless Chromium print no PDF at all)
+                        [printer, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
                          f"--user-data-dir={profile}", f"--print-to-pdf={tmp}", html_path.resolve().as_uri()],
                         capture_output=True, text=True, timeout=timeout_s,
                     )
