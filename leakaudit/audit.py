@@ -297,9 +297,10 @@ def _user_scores(users: pd.DataFrame, scores: np.ndarray) -> tuple[np.ndarray, n
     return g["s"].to_numpy()[m], g["s"].to_numpy()[~m]
 
 
-def read_privacy(model_dir: Path, files_sha256: dict[str, str]) -> PrivacyRecord:
-    """The model directory's privacy record (empty without ``privacy.json``), with ``bound_to_weights`` set:
-    whether it was saved with the weights being audited (a record beside other weights is only a claim)."""
+def read_privacy(model_dir: Path, files_sha256: dict[str, str] | None = None) -> PrivacyRecord:
+    """The model directory's privacy record (empty without ``privacy.json``); given the directory's file
+    hashes, with ``bound_to_weights`` set: whether it was saved with the weights being audited (a record
+    beside other weights is only a claim)."""
     f = Path(model_dir) / "privacy.json"
     if not f.is_file():
         return PrivacyRecord()
@@ -309,6 +310,8 @@ def read_privacy(model_dir: Path, files_sha256: dict[str, str]) -> PrivacyRecord
         raise LeakauditError(f"{f}: not valid JSON ({e})") from None
     except ValidationError as e:
         raise LeakauditError(describe_validation_error(e, str(f))) from None
+    if files_sha256 is None:
+        return rec
     weights = {k: v for k, v in files_sha256.items() if k.endswith(".safetensors")}
     return rec.model_copy(update={"bound_to_weights": rec.weights_sha256 == weights})
 
@@ -541,7 +544,7 @@ def run_audit(
     if isinstance(models, dict):
         models = [ModelToAudit(name, Path(p)) for name, p in models.items()]
     for m in models:  # a malformed privacy record is refused before anything is written
-        read_privacy(m.path, {})
+        read_privacy(m.path)
     references = {k: Path(v) for k, v in (references or {}).items()}
     for name, path in references.items():
         same = [m.name for m in models if m.name != name and Path(m.path).resolve() == path.resolve()]

@@ -114,12 +114,6 @@ def demo(
     typer.echo(f"report: {out / 'report.html'}")
 
 
-def _record_id(row: dict, i: int) -> str:
-    """A record's id, or its row number when it has none (a missing value in a table reads as None or NaN)."""
-    v = row.get("id")
-    return str(i) if v is None or (isinstance(v, float) and v != v) else str(v)
-
-
 RUN_MARKERS = {"dir": ("events.jsonl",), "experiment": ("experiment.yaml", "seeds", "cells")}
 """What marks a directory as a leakaudit run (of ``audit``/``demo``; of ``experiment``, whose finished seeds
 and cells may have been copied into a new directory to continue there): only such a directory, or an empty
@@ -226,7 +220,7 @@ def canaries_insert(
 ) -> None:
     """Insert a manifest's canaries into a corpus at their repetition counts."""
     from leakaudit.canaries import insert_canaries
-    from leakaudit.data import load_corpus
+    from leakaudit.data.loading import load_corpus, record_id
     from leakaudit.io import write_jsonl
 
     _check_out(out, "file")
@@ -236,7 +230,7 @@ def canaries_insert(
     ds = load_corpus(data, text_field=text_field)
     # the corpus keeps its own columns and text field (so --text-field works on the output too);
     # canary rows carry an id, the text under that field and their canary_id
-    rows = [{**r, "id": _record_id(r, i), "text": r[text_field]} for i, r in enumerate(ds)]
+    rows = [{**r, "id": record_id(r, i), "text": r[text_field]} for i, r in enumerate(ds)]
     rows = insert_canaries(rows, m, seed=seed)
     write_jsonl(out, [
         {k: v for k, v in r.items() if k != "text" or text_field == "text"} | {text_field: r["text"]}

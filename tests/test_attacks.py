@@ -229,10 +229,3 @@ def test_one_run_bounds_of_several_specs_share_alpha(tmp_path):
     (alone,) = _one_run_bounds(tmp_path, {}, PrivacyRecord(), seed=0)
     assert alone.alpha == 0.05 and alone.eps_lower_bound > both[0].eps_lower_bound > 0  # the same data, less alpha
 
-
-def test_shadow_membership_can_keep_a_persons_records_together():
-    groups = ["a", "a", "b", None, "c", "c", "c", None]
-    m = membership_matrix(8, len(groups), seed=3, groups=groups)
-    assert (m.sum(0) == 4).all()  # balanced: every example IN for half of the shadows
-    assert (m[:, 0] == m[:, 1]).all() and (m[:, 4] == m[:, 5]).all() and (m[:, 5] == m[:, 6]).all()
-    assert (membership_matrix(8, len(groups), seed=3) == membership_matrix(8, len(groups), seed=3, groups=None)).all()

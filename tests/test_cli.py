@@ -421,9 +421,9 @@ def test_atomic_dir_replaces_an_earlier_output_without_a_gap(tmp_path):
 
 
 def test_a_record_without_an_id_gets_its_row_number():
-    from leakaudit.cli import _record_id
+    from leakaudit.data.loading import record_id
 
-    assert [_record_id(r, i) for i, r in enumerate([{"id": None}, {"id": float("nan")}, {"id": 7}, {}])] == [
+    assert [record_id(r, i) for i, r in enumerate([{"id": None}, {"id": float("nan")}, {"id": 7}, {}])] == [
         "0", "1", "7", "3"]
 
 

@@ -138,9 +138,19 @@ def load_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
     return list(load_corpus(path, text_field=text_field)[text_field])
 
 
+def _missing(value: Any) -> bool:
+    """A table cell with no value: None, or NaN (how pandas reads an empty cell)."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def record_id(row: dict, i: int, prefix: str = "") -> str:
+    """A record's id, or ``prefix`` + its row number when it has none."""
+    return f"{prefix}{i}" if _missing(row.get("id")) else str(row["id"])
+
+
 def user_of(value: Any) -> str | None:
     """A record's user id as a string, or None when it has none (None, NaN, "" or blanks; 0 is a user)."""
-    if value is None or (isinstance(value, float) and value != value):
+    if _missing(value):
         return None
     text = str(value)
     return text if text.strip() else None
@@ -149,7 +159,7 @@ def user_of(value: Any) -> str | None:
 def _pii_spans(value: Any, text: str, where: str) -> list[dict] | None:
     """A record's annotated PII spans ``[{"type", "start", "end"}, ...]`` checked against its text
     (a table cell may hold them as a JSON string); None when the record has none."""
-    if value is None or (isinstance(value, float) and value != value) or (isinstance(value, str) and not value.strip()):
+    if _missing(value) or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
         try:
@@ -187,9 +197,7 @@ def load_records(path: str | Path, *, text_field: str = "text", id_prefix: str =
     ds = load_corpus(path, text_field=text_field)
     rows = []
     for i, r in enumerate(ds):
-        rid = r.get("id")
-        rid = f"{id_prefix}{i}" if rid is None or (isinstance(rid, float) and rid != rid) else str(rid)
         text = r[text_field]
-        rows.append({"id": rid, "text": text, "user_id": user_of(r.get("user_id")),
+        rows.append({"id": record_id(r, i, id_prefix), "text": text, "user_id": user_of(r.get("user_id")),
                      "pii": _pii_spans(r.get("pii"), text, f"{path}: row {i}")})
     return rows

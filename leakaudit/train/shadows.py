@@ -1,9 +1,7 @@
 """Shadow models for LiRA and RMIA: fine-tuned copies of a base model on random halves of a population.
 
 The design is balanced: every example is IN for exactly half of the shadows (n must be even),
-chosen at random per example, so each example has IN and OUT statistics (``groups`` keeps chosen
-examples together instead, e.g. one person's records; measured on the demo it made the attacks weaker,
-see docs/methods.md, so the audit does not use it by default).  The membership
+chosen at random per example, so each example has IN and OUT statistics.  The membership
 matrix ``[n_shadows, n_population]`` is recorded beside the models.  Shadows live in a store
 keyed by everything that determines them (base model hash, population hash, recipe, seed,
 index), so a later run with the same inputs reuses them instead of training again.
@@ -11,7 +9,7 @@ index), so a later run with the same inputs reuses them instead of training agai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,27 +21,14 @@ from leakaudit.runs import EventLog, stage
 from leakaudit.train.loop import TrainSettings, save_trained, train_model
 
 
-def membership_matrix(
-    n_shadows: int, n_population: int, seed: int, groups: Sequence[str | None] | None = None
-) -> np.ndarray:
-    """Boolean [n_shadows, n_population]: each column has exactly n_shadows / 2 True entries.
-
-    With ``groups`` (one key per example, None: a group of its own) the examples of one group are
-    IN or OUT together, as one person's records are when members were chosen per person.
-    """
+def membership_matrix(n_shadows: int, n_population: int, seed: int) -> np.ndarray:
+    """Boolean [n_shadows, n_population]: each column has exactly n_shadows / 2 True entries."""
     if n_shadows < 2 or n_shadows % 2:
         raise ValueError(f"the number of shadow models must be even and >= 2 (got {n_shadows})")
     rng = np.random.default_rng(seed)
-    if groups is None:
-        keys = rng.random((n_shadows, n_population))
-        return keys.argsort(0).argsort(0) < n_shadows // 2
-    if len(groups) != n_population:
-        raise ValueError(f"{len(groups)} group keys for {n_population} examples")
-    index: dict[str, int] = {}
-    column = np.array([index.setdefault(f"g:{g}" if g is not None else f"x:{i}", len(index))
-                       for i, g in enumerate(groups)], dtype=np.int64)
-    keys = rng.random((n_shadows, len(index)))
-    return (keys.argsort(0).argsort(0) < n_shadows // 2)[:, column]
+    keys = rng.random((n_shadows, n_population))
+    ranks = keys.argsort(0).argsort(0)
+    return ranks < n_shadows // 2
 
 
 @dataclass
@@ -65,20 +50,15 @@ def train_shadows(
     log: EventLog,
     seed: int = 0,
     bar: Callable | None = None,
-    groups: Sequence[str | None] | None = None,
 ) -> ShadowSet:
-    """Train (or reuse from ``store``) ``n_shadows`` shadow models on halves of ``population``
-    (with ``groups``, see :func:`membership_matrix`, halves of the groups)."""
+    """Train (or reuse from ``store``) ``n_shadows`` shadow models on halves of ``population``."""
     pop_hash = texts_hash(population)
-    inputs = {
+    key = stable_hash({
         "base": hash_model_dir(base_dir), "population": pop_hash, "recipe": settings.model_dump(mode="json"),
         "n": n_shadows, "seed": seed,
-    }
-    if groups is not None:
-        inputs["groups"] = stable_hash(list(groups))
-    key = stable_hash(inputs)
+    })
     root = Path(store) / key
-    member = membership_matrix(n_shadows, len(population), seed, groups)
+    member = membership_matrix(n_shadows, len(population), seed)
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "membership.json", {"population_sha256": pop_hash, "in": member.astype(int).tolist()})
     dirs = []
