@@ -159,3 +159,28 @@ def test_group_bound_and_the_broken_warning_only_beyond_it():
     # a group bound that still fails is a real alarm: 2 records at eps 0.05 cannot separate like this
     tight = attack_result(m, n, epsilon=0.05, delta=1e-5, n_boot=0, group=2)
     assert any("for groups of 2 records" in w and "broken" in w for w in tight.warnings)
+
+
+def test_auc_p_value_known_answers():
+    """Exact Mann-Whitney: with every member above every non-member, P(U >= m n) = 1 / C(m + n, m)."""
+    from leakaudit.attacks.metrics import auc_p_value
+
+    assert auc_p_value(np.array([3.0]), np.array([1.0, 2.0])) == pytest.approx(1 / 3)
+    assert auc_p_value(np.array([4.0, 5.0, 6.0]), np.array([1.0, 2.0, 3.0])) == pytest.approx(1 / 20)
+    assert auc_p_value(np.array([1.0, 2.0, 3.0]), np.array([4.0, 5.0, 6.0])) == pytest.approx(1.0)
+    # large samples, normal approximation: z = (AUC - 1/2) / sqrt((m + n + 1) / (12 m n)), no ties
+    rng = np.random.default_rng(3)
+    m, n = rng.normal(0.2, 1, 400), rng.normal(0, 1, 500)
+    z = (auc(m, n) - 0.5) / math.sqrt((m.size + n.size + 1) / (12 * m.size * n.size))
+    expected = 0.5 * math.erfc(z / math.sqrt(2))
+    assert auc_p_value(m, n) == pytest.approx(expected, rel=0.02)
+    assert attack_result(m, n, n_boot=0).auc_pvalue == auc_p_value(m, n)
+
+
+def test_auc_p_value_is_uniform_for_a_model_that_never_saw_the_data():
+    from leakaudit.attacks.metrics import auc_p_value
+
+    rng = np.random.default_rng(7)
+    p = np.array([auc_p_value(rng.normal(size=60), rng.normal(size=80)) for _ in range(1000)])
+    assert 0.035 <= (p < 0.05).mean() <= 0.065
+    assert 0.45 <= (p < 0.5).mean() <= 0.55

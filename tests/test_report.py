@@ -7,9 +7,11 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from leakaudit.report.canaries import _extraction_sentence, groups_from_canaries
+from leakaudit.report.findings import SIGNIFICANCE
 from leakaudit.report.mia import attack_order
 from leakaudit.report.plots import exposure_plot, png_size, roc_plot
 from leakaudit.report.render import (
@@ -196,12 +198,13 @@ def _stats(n: int, exact: int, approx: int, token: float) -> MemorizationStats:
 
 def _memorization(name: str) -> list[MemorizationResult]:
     exact = {"base": 0, "non_dp": 12, "dp": 1}[name]
+    approx = {"base": 0, "non_dp": 16, "dp": 10}[name]  # dp's: a weak signal that survives the corrections
     out = [
         MemorizationResult(
             k=32,
             n=32,
             skipped_short=3,
-            members=_stats(200, exact, exact + 4 if exact else 0, 0.1 + exact / 100),
+            members=_stats(200, exact, approx, 0.1 + exact / 100),
             non_members=_stats(200, 0, 0, 0.1),
         )
     ]
@@ -1169,7 +1172,7 @@ def test_verdict_per_model(markdown, html):
     dp = paragraphs["dp"]
     assert dp.startswith("**dp** (trained with DP at ε = 7.98):")
     # The DP model's membership signal is weak but its AUC interval excludes 0.5; its approximate matches too.
-    assert "It completes 2.5% of training records nearly word for word (BLEU above 0.75)" in dp
+    assert "It completes 5.0% of training records nearly word for word (BLEU above 0.75)" in dp
     assert "No leak beyond the baseline in canary extraction, canary exposure, untargeted extraction" in dp
     summary_html = _section(html, '<section id="summary">', '<section id="audited">')
     assert summary_html.count('<p class="verdict ') == 3
@@ -1546,6 +1549,64 @@ def test_one_canary_within_several_guesses_is_not_a_leak_by_itself(results):
     res = res.model_copy(update={"models": {**res.models, "base": base.model_copy(update={"canaries": hit_one})}})
     finding = {f.key: f for f in model_findings(res.models["base"], res)}["canary_extraction"]
     assert finding.signal is False and "(1 of 6 within 10 guesses)" in finding.sentence
+
+
+def test_holm_known_answer():
+    from leakaudit.report.stats import holm
+
+    assert holm({"a": 0.01, "b": 0.04, "c": 0.03}) == pytest.approx({"a": 0.03, "c": 0.06, "b": 0.06})
+    assert holm({"a": 0.5, "b": 0.9}) == pytest.approx({"a": 1.0, "b": 1.0})
+    assert holm({}) == {}
+
+
+def _never_saw(res, rng, attacks: int = 11, n: int = 100):
+    """The base model of ``res`` with ``attacks`` membership attacks of a model that never saw the data:
+    members' and non-members' scores from one distribution."""
+    from leakaudit.attacks.metrics import attack_result
+
+    mia = {f"attack{i}": attack_result(rng.normal(size=n), rng.normal(size=n), n_boot=0) for i in range(attacks)}
+    return res.models["base"].model_copy(update={"mia": mia, "mia_by_unit": {}})
+
+
+def test_a_model_that_never_saw_the_data_is_rarely_said_to_leak():
+    """Eleven attacks, each tested alone at 5%, call a model that never saw its data leaky about 40% of the time
+    (the AUC-interval rule used before the correction, 2.5% one-sided each, about 22%); corrected, the verdict
+    says so at most 5% of the time (1% in this simulation: Bonferroni is conservative)."""
+    from leakaudit.report.findings import model_findings
+
+    res = make_results()
+    rng = np.random.default_rng(11)
+    reps, leaky, uncorrected = 300, 0, 0
+    for _ in range(reps):
+        model = _never_saw(res, rng)
+        findings = model_findings(model, res)
+        leaky += any(f.signal for f in findings)
+        uncorrected += any(r.auc_pvalue < SIGNIFICANCE for r in model.mia.values())
+    assert leaky / reps <= 0.06
+    assert uncorrected / reps >= 0.3  # what the correction removes
+
+
+def test_a_strong_attack_survives_the_correction_and_is_quoted():
+    from leakaudit.attacks.metrics import attack_result
+    from leakaudit.report.findings import model_findings
+
+    res = make_results()
+    rng = np.random.default_rng(5)
+    model = _never_saw(res, rng)
+    model.mia["lira"] = attack_result(rng.normal(1.0, 1, 100), rng.normal(size=100), n_boot=0)
+    f = next(f for f in model_findings(model, res) if f.key == "mia")
+    assert f.signal and f.p_adjusted < SIGNIFICANCE and f.p_value <= f.p_adjusted
+    assert "the lira attack separates them beyond chance (corrected for 12 attacks)" in f.sentence
+
+
+def test_a_canary_found_by_luck_in_a_tiny_secret_space_is_no_leak():
+    """With no never-inserted canary extracted, the baseline is the chance of guessing a secret: tiny for a space
+    of a million, not for one of ten (where one hit in 24 searches is expected by luck)."""
+    from leakaudit.report.findings import extraction_p_value
+
+    assert extraction_p_value(1, 24, 0, 24, 2 / 10**6) < 1e-4
+    assert extraction_p_value(1, 24, 0, 24, 2 / 10) > 0.5
+    assert extraction_p_value(6, 24, 1, 24, 2 / 10**6) == pytest.approx(fisher_greater(6, 24, 1, 24))
 
 
 def test_the_membership_finding_quotes_an_attack_that_shows_the_signal():

@@ -77,6 +77,11 @@ class AttackResult(_Model):
 
     auc: float = Field(description="Area under the ROC (Mann-Whitney, ties count 1/2).")
     auc_ci: tuple[float, float] | None = Field(default=None, description="95% bootstrap interval of the AUC.")
+    auc_pvalue: float | None = Field(
+        default=None,
+        description="One-sided Mann-Whitney p-value that the AUC exceeds 0.5 (before any correction for the number "
+        "of attacks or findings).",
+    )
     tpr_at_fpr: dict[str, float] = Field(description="TPR at FPR <= alpha from the step-function ROC.")
     tpr_ci: dict[str, tuple[float, float]] = Field(
         default_factory=dict, description="95% Clopper-Pearson interval of each TPR at its threshold."

@@ -575,8 +575,12 @@ def _limitations(results: Results) -> list[str]:
         "and only for what it covers (one record at the stated ε and δ).",
         f"The false-positive-rate resolution is limited by the number of held-out records: with {resolution}, a TPR "
         "at a smaller FPR rests on zero false positives and is coarse, and the TPR at 0.1% FPR may not be "
-        "resolvable at all. Intervals are 95%; several attacks are run and the strongest is reported, so a single "
-        "weak signal can be luck and deserves a repeat with more records.",
+        "resolvable at all. Intervals are 95%. A model is tested in several ways (several attacks, several kinds "
+        "of finding), and each test alone would sometimes fire by luck: a finding counts as a signal only when its "
+        "p-value, corrected for the attacks within it (Bonferroni) and for the model's other findings (Holm), is "
+        "below 5%, so a model that never saw the data is called leaky at most 5% of the time by these tests (PII "
+        "extraction, a count without a test, aside). The price is power: a weak signal near that line deserves a "
+        "repeat with more records.",
         "Canaries measure worst-case memorisation of the inserted random secrets only: how readily the model "
         "memorises a unique random string seen k times. They say nothing directly about natural records, which are "
         "less unique. Exposure is estimated by ranking each secret among a sampled set of null secrets and "

@@ -1,7 +1,8 @@
 """The small statistical tests and intervals behind the report's verdicts.
 
 One-sided Fisher exact and binomial tests (does a rate exceed its baseline beyond sampling
-error?) and the Wilson score interval of a proportion, in pure Python.
+error?), the Wilson score interval of a proportion and Holm's correction for several tests, in pure
+Python.
 """
 
 from __future__ import annotations
@@ -45,3 +46,15 @@ def wilson(rate: float, n: int, z: float = 1.96) -> tuple[float, float]:
     centre = (rate + z * z / (2 * n)) / denom
     half = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjusted p-values: rejecting those below alpha keeps the chance of any false
+    rejection among all the tests at most alpha, whatever their dependence."""
+    adjusted: dict[str, float] = {}
+    running = 0.0
+    m = len(p_values)
+    for i, key in enumerate(sorted(p_values, key=lambda k: p_values[k])):
+        running = max(running, min(1.0, (m - i) * p_values[key]))
+        adjusted[key] = running
+    return adjusted
