@@ -78,6 +78,8 @@ class ModelToAudit:
     name: str
     path: Path
     description: str = ""
+    control: bool = False
+    """Never trained on the audit's records (a base model, one trained on other data): the split check."""
 
 
 @dataclass
@@ -384,6 +386,7 @@ def model_result(
     published = [_published(c) for c in canaries]
     return ModelResult(
         description=model.description,
+        control=model.control,
         path=rel,
         files_sha256=info["files_sha256"],
         privacy=privacy,

@@ -186,8 +186,16 @@ def _print_summary(results) -> None:
         if best:
             coarse = "" if best[1].min_resolvable_fpr <= 0.01 else " (unresolved: fewer than 100 non-members)"
             best_s = f"{best[0]}: TPR {best[1].tpr_at_fpr['0.01']:.1%}{coarse}, AUC {best[1].auc:.3f}"
-        t.add_row(name, eps, med(hi), med(ref), loss, best_s)
+        t.add_row(f"{name} (control)" if m.control else name, eps, med(hi), med(ref), loss, best_s)
     console.print(t)
+    from leakaudit.report.findings import model_findings, split_failures
+
+    for name, m in results.models.items():
+        hits = split_failures(model_findings(m, results)) if m.control else []
+        if hits:
+            typer.echo(f"split check failed: {name} was never trained on these records, yet it shows a signal in "
+                       f"{', '.join(f.label.lower() for f in hits)}; the other models' findings of that kind measure "
+                       "the split too (see the report)")
 
 
 # -- canaries ----------------------------------------------------------------------------
@@ -385,6 +393,11 @@ def audit(
     reference: Annotated[
         list[str] | None, typer.Option(help="Reference model directory or NAME=DIR (reference attacks).")
     ] = None,
+    control: Annotated[
+        list[str] | None,
+        typer.Option(help="Name of a --model never trained on these records (a base model): the split check; any "
+                     "leak it shows is a member/non-member difference needing no memorization (repeatable)."),
+    ] = None,
     shadows: Annotated[int, typer.Option(help="Train this many shadow models (even, >= 4) for LiRA/RMIA.")] = 0,
     shadow_base: Annotated[Path | None, typer.Option(help="Model the shadows are fine-tuned from.")] = None,
     shadow_epochs: Annotated[int, typer.Option(min=1)] = 3,
@@ -441,7 +454,7 @@ def audit(
     """Score models on members and non-members, run the attacks and canary exposure, write a report."""
     from leakaudit.attacks import ATTACKS, get_attack
     from leakaudit.attacks.registry import check_params
-    from leakaudit.audit import AuditOptions, run_audit
+    from leakaudit.audit import AuditOptions, ModelToAudit, run_audit
     from leakaudit.data import check_no_overlap, load_records, load_texts
     from leakaudit.extraction import ExtractionOptions
     from leakaudit.models import check_model_loadable, default_device
@@ -480,6 +493,9 @@ def audit(
         return out_
 
     models = named(model, "--model")
+    controls = set(control or [])
+    for c in sorted(controls - set(models)):
+        raise LeakauditError(f"--control {c}: no --model named '{c}' (named: {', '.join(models)})")
     refs = named(reference or [], "--reference")
     # one name for two directories would make one model's scores stand in for the other's; one name for one
     # directory audits the reference model too (its own reference attacks are then skipped, as in the demo)
@@ -526,7 +542,8 @@ def audit(
             device=dev, log=log, bar=_bar,
         )
     results = run_audit(
-        out, models, mem, non, manifests, device=dev, references=refs, shadows=shadow_set,
+        out, [ModelToAudit(n, p, control=n in controls) for n, p in models.items()], mem, non, manifests, device=dev,
+        references=refs, shadows=shadow_set,
         options=AuditOptions(
             attacks=names, params=params, token_budget=token_budget, extraction_budget=extraction_budget,
             extraction_guesses=extraction_guesses, exact_exposure_max=exact_exposure_max, beam_width=beam_width,

@@ -90,7 +90,7 @@ def run_demo(
             device=device, log=log, seed=cfg.seed, bar=bar,
         )
     models = [
-        ModelToAudit("base", base_dir, "pretrained on public data only (never saw the private records)"),
+        ModelToAudit("base", base_dir, "pretrained on public data only (never saw the private records)", control=True),
         ModelToAudit("non_dp", nondp_dir, "fine-tuned on the members and canaries without DP"),
         ModelToAudit("dp", dp_dir, f"fine-tuned with DP-SGD, {_dp_label(cfg.dp)}"),
     ]

@@ -447,10 +447,16 @@ def test_a_reference_named_like_an_audited_model(monkeypatch, capsys, tmp_path, 
     _assert_clean_error(code, err, "--reference m: the same name as a --model with another directory")
     assert not (tmp_path / "r").exists()
     code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--model", f"base={other}",
-                       "--reference", f"base={other}", *common, "--out", tmp_path / "r")
+                       "--reference", f"base={other}", "--control", "nope", *common, "--out", tmp_path / "r")
+    _assert_clean_error(code, err, "--control nope: no --model named 'nope' (named: m, base)")
+    assert not (tmp_path / "r").exists()
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--model", f"base={other}",
+                       "--reference", f"base={other}", "--control", "base", *common, "--out", tmp_path / "r")
     assert code == 0, err
     models = json.loads((tmp_path / "r" / "results.json").read_text())["models"]
     assert "reference" in models["m"]["mia"] and "reference" in models["base"]["skipped_attacks"]
+    assert models["base"]["control"] is True and models["m"]["control"] is False
+    assert "(control: never trained on these records)" in (tmp_path / "r" / "report.md").read_text()
     # attack parameters are checked against the attacks and references named, before any work
     for extra, needle in [(["--param", "reference.reference=nope"], "--param reference.reference=nope: no --reference"),
                           (["--param", "min_k.k=0.1"], "--param min_k.k: attack 'min_k' is not among --attacks"),

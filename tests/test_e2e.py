@@ -73,6 +73,7 @@ def test_membership_attacks_find_members_only_where_the_model_trained_on_them(de
                                "neighbourhood", "lira_online", "lira_offline", "rmia"}
     assert non_dp.mia["loss"].auc > 0.7 and non_dp.mia["lira_online"].auc > 0.7
     assert set(base.skipped_attacks) == {"reference", "reference_ratio"}  # the base model is the reference
+    assert base.control and not non_dp.control  # and the split check
     for attack, r in base.mia.items():
         assert abs(r.auc - 0.5) < 0.15, attack  # never saw the data: chance (about 110 per side)
     assert "user" in non_dp.mia_by_unit and non_dp.mia_by_unit["canary"]["exposure"].auc > 0.8

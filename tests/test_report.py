@@ -1699,3 +1699,43 @@ def test_a_planted_secret_ranked_first_stands_out_whatever_the_groups_auc():
     assert p == pytest.approx(len(first) / (n_null + 1))
     f = _canary_exposure_finding(ranked, res)
     assert f.signal is True and "a rank that secrets it never saw reach by chance with probability" in f.sentence
+
+
+def _with_control(res, leaky: bool):
+    """``res`` with its base model marked as the control; ``leaky``: the base model then tells members apart."""
+    base = res.models["base"]
+    update = {"control": True}
+    if leaky:
+        from leakaudit.attacks.metrics import attack_result
+
+        rng = np.random.default_rng(2)
+        update["mia"] = {**base.mia, "loss": attack_result(rng.normal(1, 1, 200), rng.normal(0, 1, 200), n_boot=0)}
+    return res.model_copy(update={"models": {**res.models, "base": base.model_copy(update=update)}})
+
+
+def test_a_control_model_that_shows_no_signal_passes_the_split_check():
+    md = render_markdown(_with_control(make_results(), leaky=False))
+    verdicts = _verdicts(md)
+    assert verdicts["base"].startswith("**base** (control: never trained on these records): Split check passed: base "
+                                       "was never trained on these records, and none of its")
+    assert "SPLIT CHECK FAILED" not in md and "with the split check" not in md
+    assert "- **base** (split check passed): Control: never trained on these records" in md
+
+
+def test_a_control_model_with_a_signal_fails_the_split_check_and_qualifies_the_others():
+    """A model that never saw the records yet tells members apart: the split differs in kind (dates, sources), and
+    the other models' membership findings measure that too.  Said at the top, in every verdict, and in compliance."""
+    res = _with_control(make_results(), leaky=True)
+    md = render_markdown(res)
+    assert "⚠ SPLIT CHECK FAILED, base:" in md and "membership inference: the two sides of the split" in md
+    verdicts = _verdicts(md)
+    assert "SPLIT CHECK FAILED: base was never trained on these records, yet it shows a signal in membership " \
+           "inference: 8.5% [" in verdicts["base"]
+    assert ("Read membership inference with the split check: the control model base, never trained on these "
+            "records, shows a signal there too") in verdicts["non_dp"]
+    assert "(split check failed): Control: never trained on these records" in md
+    from leakaudit.report.modelcard import model_card
+
+    card = model_card(res, "non_dp")
+    assert "Read membership inference with the split check" in card
+    assert "SPLIT CHECK FAILED, base:" in render_html(res)

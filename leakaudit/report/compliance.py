@@ -184,7 +184,10 @@ def compliance(
                     "Inconclusive (the attack found nothing either way, which is not evidence of no leak): "
                     + "; ".join(inconclusive) + "."
                 )
-            if failed:
+            if model.control:  # its evidence checks the split, not a leak
+                lines.insert(0, "Control: never trained on these records; a signal here is the split's, not a leak.")
+                status = "split check failed" if above else ("split check passed" if at else "split not checked")
+            elif failed:
                 status = "DP guarantee failed"
             elif above:
                 status = "leakage measured"

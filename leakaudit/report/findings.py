@@ -53,6 +53,7 @@ SIGNIFICANCE = 0.05
 its baseline."""
 SIGNAL = "▲"
 FAILED_DP = "FAILED DP GUARANTEE"
+SPLIT_FAILED = "SPLIT CHECK FAILED"
 
 FINDINGS: dict[str, tuple[str, str]] = {
     "mia": (
@@ -641,8 +642,43 @@ def model_findings(model: ModelResult, results: Results) -> list[Finding]:
     return found
 
 
-def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str, Any]:
-    """A short plain-language paragraph: what leaked, what did not, and a failed DP guarantee first."""
+def split_failures(findings: list[Finding]) -> list[Finding]:
+    """A control model's findings that show a signal: what its records' split gives away without memorization."""
+    return [f for f in findings if f.signal]
+
+
+def _control_verdict(name: str, findings: list[Finding]) -> dict[str, Any]:
+    """The split check: a model never trained on the records must show no signal."""
+    hits = split_failures(findings)
+    quiet = [_lower(f.label) for f in findings if f.signal is False]
+    if hits:
+        shown = "; ".join(f"{_lower(f.label)}: {f.measured}" for f in hits)
+        text = (
+            f"{SPLIT_FAILED}: {name} was never trained on these records, yet it shows a signal in {shown}. The "
+            "records' two sides (members and held-out records, or inserted and reference canaries) differ in a way "
+            "a model tells apart without memorizing them, so the same findings for the other models measure that "
+            "difference too. Split the records at random, or read those findings against this model's."
+        )
+        status = "failed"
+    elif quiet:
+        text = (f"Split check passed: {name} was never trained on these records, and none of its "
+                f"{_plural(len(quiet), 'measurement')} ({_join(quiet)}) shows a signal, as it should not.")
+        status = "clean"
+    else:
+        text = "Split check: no measurement of this model was tested against a baseline."
+        status = "unknown"
+    return {"name": name, "privacy": "control: never trained on these records", "text": text, "status": status}
+
+
+def _verdict(name: str, model: ModelResult, findings: list[Finding],
+             split: dict[str, list[Finding]] | None = None) -> dict[str, Any]:
+    """A short plain-language paragraph: what leaked, what did not, and a failed DP guarantee first.
+
+    ``split``: the findings with a signal of each control model (:func:`split_failures`); a leak of the same
+    kind here is then said to rest partly on the split.
+    """
+    if model.control:
+        return _control_verdict(name, findings)
     failed = [f for f in findings if f.failed]
     leaks = [f for f in findings if f.signal and not f.failed]
     quiet = [_lower(f.label) for f in findings if f.signal is False and not f.within_claim]
@@ -670,6 +706,12 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding]) -> dict[str
         parts.append("Shown without a test against a baseline: " + "; ".join(unclear) + ".")
     if not findings:
         parts.append("No leakage measurement was recorded for this model.")
+    for control, hits in (split or {}).items():
+        same = {f.key for f in hits} & {f.key for f in leaks}
+        if same:
+            labels = _join([_lower(FINDINGS[k][0]) for k in FINDINGS if k in same])
+            parts.append(f"Read {labels} with the split check: the control model {control}, never trained on these "
+                         "records, shows a signal there too, so part of it here is the split, not memorization.")
     eps = model.privacy.epsilon
     privacy = f"trained with DP at ε = {_f(eps, '.2f')}" if eps is not None else "trained without DP"
     status = "failed" if failed else ("leaks" if leaks else ("clean" if quiet else "unknown"))

@@ -362,6 +362,12 @@ class Utility(_Model):
 
 class ModelResult(_Model):
     description: str = ""
+    control: bool = Field(
+        default=False,
+        description="Never trained on the audit's records (a base model, one trained on other data): any leak it "
+        "shows is a difference between members and non-members (or inserted and reference canaries) that needs no "
+        "memorization, and the report says so (the split check).",
+    )
     path: str | None = Field(default=None, description="Model directory, relative to the run directory.")
     files_sha256: dict[str, str] = Field(default_factory=dict)
     privacy: PrivacyRecord

@@ -29,6 +29,7 @@ from leakaudit.report.findings import (
     FAILED_DP,
     SIGNAL,
     SIGNIFICANCE,
+    SPLIT_FAILED,
     Finding,
     _comparison,
     _findings_table,
@@ -36,8 +37,9 @@ from leakaudit.report.findings import (
     canary_extraction_counts,
     memorization_p_values,
     model_findings,
+    split_failures,
 )
-from leakaudit.report.formatting import DASH, SHORT_HASH, _ci, _epsilon, _f, _int, _ok, _pct, _short
+from leakaudit.report.formatting import DASH, SHORT_HASH, _ci, _epsilon, _f, _int, _lower, _ok, _pct, _short
 from leakaudit.report.mia import DP_BOUND, KEY_LEVEL, UNRESOLVED, _dp_cell, _dp_check, _mia, _tpr_key, best_attack
 from leakaudit.report.plots import exposure_plot, png_size, roc_plot
 from leakaudit.report.schema import ModelResult, Results
@@ -110,7 +112,16 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
         f"This report audits {n} model{'s' if n != 1 else ''} ({', '.join(results.models)}) "
         f"from the run created {results.run.created}."
     )
-    verdicts = [_verdict(name, m, findings[name]) for name, m in results.models.items()]
+    split = {name: hits for name, m in results.models.items() if m.control and (hits := split_failures(findings[name]))}
+    for name, hits in split.items():
+        alerts.append({
+            "status": "failed",
+            "headline": f"{SPLIT_FAILED}, {name}:",
+            "text": f"{name} was never trained on these records, yet it shows a signal in "
+            f"{', '.join(_lower(f.label) for f in hits)}: the two sides of the split differ in a way that needs no "
+            "memorization, and the other models' findings of that kind measure it too (see the verdicts).",
+        })
+    verdicts = [_verdict(name, m, findings[name], split) for name, m in results.models.items()]
     return {"intro": intro, "models": lines, "explain": explain, "alerts": alerts, "verdicts": verdicts}
 
 
