@@ -531,6 +531,8 @@ def audit(
     manifests = [_load_manifest(p) for p in canaries or []]
     # every input read before anything is written (shadow models take long and write into --out)
     train_texts = load_texts(train_data, text_field=text_field) if train_data else None
+    if train_texts is not None:  # a held-out record the model trained on is no non-member
+        check_no_overlap(train_texts, [r["text"] for r in non], what=f"--train-data {train_data}")
     public_texts = load_texts(public, text_field=text_field) if public else None
     dev = init_from_env(device) or default_device()  # under torchrun: join the group, one device each
     log = EventLog(out, _say)

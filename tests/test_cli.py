@@ -494,6 +494,14 @@ def test_audit_reads_every_input_before_training_shadow_models(monkeypatch, caps
                        "--train-data", tmp_path / "missing.jsonl", "--out", tmp_path / "r")
     _assert_clean_error(code, err, "missing.jsonl")
     assert not (tmp_path / "r").exists()  # no shadow model trained, nothing written
+    # what the model trained on must not hold a held-out record: it would be scored as never seen
+    train = tmp_path / "train.jsonl"
+    train.write_text(corpus[0].read_text() + corpus[1].read_text().splitlines(keepends=True)[0])
+    code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--members", corpus[0],
+                       "--non-members", corpus[1], "--train-data", train, "--out", tmp_path / "r")
+    _assert_clean_error(code, err, f"--train-data {train} and non-members overlap: 1 non-member text(s) also occur "
+                        f"among the --train-data {train}")
+    assert not (tmp_path / "r").exists()
 
 
 def test_progress_lines_are_printed_as_they_are(capsys):

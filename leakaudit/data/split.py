@@ -31,7 +31,7 @@ def check_no_overlap(members: Sequence[str], non_members: Sequence[str], *, what
     shared = sum(1 for t in non_members if sha256_text(t.strip()) in seen)
     if shared:
         raise LeakauditError(
-            f"{what} and non-members overlap: {shared} non-member text(s) also occur among the members"
+            f"{what} and non-members overlap: {shared} non-member text(s) also occur among the {what}"
         )
 
 
