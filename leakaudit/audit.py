@@ -565,6 +565,7 @@ def run_audit(
     if is_writer() and (write_config or not cfg_path.is_file()):  # this run's settings, even in an old directory
         cfg = {
             "command": command, "models": {m.name: str(m.path) for m in models},
+            "controls": [m.name for m in models if m.control],
             "references": {k: str(v) for k, v in references.items()}, "attacks": options.attacks,
             "params": options.params, "members_sha256": records_hash(members),
             "non_members_sha256": records_hash(non_members), "canaries": [m.spec.name for m in manifests],

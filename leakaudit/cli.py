@@ -189,12 +189,13 @@ def _print_summary(results) -> None:
         t.add_row(f"{name} (control)" if m.control else name, eps, med(hi), med(ref), loss, best_s)
     console.print(t)
     from leakaudit.report.findings import model_findings, split_failures
+    from leakaudit.report.formatting import _lower
 
     for name, m in results.models.items():
         hits = split_failures(model_findings(m, results)) if m.control else []
         if hits:
             typer.echo(f"split check failed: {name} was never trained on these records, yet it shows a signal in "
-                       f"{', '.join(f.label.lower() for f in hits)}; the other models' findings of that kind measure "
+                       f"{', '.join(_lower(f.label) for f in hits)}; the other models' findings of that kind measure "
                        "the split too (see the report)")
 
 

@@ -110,6 +110,7 @@ def extraction_stage(
         "pii": [options.pii_reconstruction_records, options.pii_candidates],
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
         "ngram": options.verify_ngram, "seed": options.seed, "dtype": dtype_name(dtype),
+        "pii_version": 2,  # 2: PII extraction's held-out baseline
     }
 
     def build(tmp: Path) -> None:
@@ -157,7 +158,8 @@ def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, opt
         return
     if samples_dir is not None:
         baseline = _generated_texts(baseline_samples_dir) if baseline_samples_dir else []
-        result = pii_extraction(_generated_texts(samples_dir), baseline, members)
+        held_out = [r for r in records[n_members:] if r.get("pii")]
+        result = pii_extraction(_generated_texts(samples_dir), baseline, members, held_out=held_out)
         if baseline_samples_dir is None:
             result.notes.append("no baseline model: PII the model would produce without training is not filtered")
         write_json(tmp / "pii_extraction.json", result.model_dump(mode="json"))

@@ -279,8 +279,29 @@ def test_pii_extraction_extra_names_and_duplicates():
     n = res.by_type["name"]
     assert (n.n_generated_pii, n.n_mentions, n.n_leaked, n.n_true) == (2, 12, 2, 1)
     assert n.precision == 0.5 and n.recall == 0.5
-    assert res.notes == []
-    assert pii_extraction(gen, [], RECORDS, types=["name"]).notes  # precision 1 by construction, said so
+    assert not any("by construction" in n for n in res.notes)
+    assert any("by construction" in n for n in pii_extraction(gen, [], RECORDS, types=["name"]).notes)  # said so
+
+
+HELD_OUT = [
+    _record("h1", "Dee Park wrote from dee.park@mail.com.", [("name", "Dee Park"), ("email", "dee.park@mail.com")]),
+    _record("h2", "Ann Lee referred Eve Ray, phone (212) 555-0199.",
+            [("name", "Ann Lee"), ("name", "Eve Ray"), ("phone", "(212) 555-0199")]),
+]
+
+
+def test_pii_extraction_counts_held_out_values_found_the_same_way():
+    """The baseline rate: held-out records' values no training record holds (Ann Lee is a training name, so not
+    one of them), found in the samples and not by the baseline model; held-out names join the detector."""
+    res = pii_extraction([*GENERATED, "Dee Park says hi", "Eve Ray too"], [*BASELINE, "Eve Ray"], RECORDS,
+                         held_out=HELD_OUT)
+    o = res.overall
+    assert (o.n_held_out, o.n_held_out_true) == (4, 1)  # dee park, eve ray, his e-mail, her phone; dee park found
+    assert (o.n_true, o.n_training, o.n_leaked) == (3, 6, 5)  # as without it, plus dee park among the leaked
+    assert res.by_type["name"].n_held_out == 2 and res.by_type["email"].n_held_out_true == 0
+    assert not any("held-out" in n for n in res.notes)
+    assert any("held-out" in n for n in pii_extraction(GENERATED, BASELINE, RECORDS).notes)
+    assert "dee" not in res.model_dump_json().lower()
 
 
 def test_pii_extraction_values_reveal():

@@ -983,12 +983,12 @@ def test_findings_and_summary_count_guesses_and_other_canaries_secrets(results):
     # non_dp: strict 3/6, within 10 guesses 4/6 (codes-r4-0 at guess 2); reference 1/3 within 10 (codes-r0-1)
     assert (
         "| 3/6 inserted canaries (4/6 within 10 guesses); baseline: 0/3 never-inserted canaries (1/3 within 10 "
-        "guesses) ▲ |"
+        "guesses); guessing: at most 2e-06 per canary ▲ |"
     ) in rows["Canary extraction"]
     # base: one search completed no secret: said beside the counts, and the miss is not read as a negative
     assert (
         "| 0/6 inserted canaries (0/6 within 10 guesses; no complete secret in 1 of 9 searches); baseline: 0/3 "
-        "never-inserted canaries (0/3 within 10 guesses) |"
+        "never-inserted canaries (0/3 within 10 guesses); guessing: at most 2e-06 per canary |"
     ) in rows["Canary extraction"]
     # another inserted canary's secret first: non_dp 2 of 9 searches (codes-r4-0, codes-r1-0); chance is
     # 6 inserted secrets / 10**6 for a reference canary; dp recorded no guesses (an older run): a dash
@@ -1059,7 +1059,8 @@ def test_a_search_that_completed_no_secret_is_inconclusive_not_a_negative(result
     assert "Inconclusive" not in dp and "extraction inconclusive" not in _key_figures(md)["dp"]
     assert "No leak beyond the baseline in canary extraction" in dp
     assert ("| 0/6 inserted canaries (0/6 within 10 guesses; no complete secret in 9 of 9 searches); baseline: 0/3 "
-            "never-inserted canaries (0/3 within 10 guesses) |") in _finding_rows(md)["Canary extraction"]
+            "never-inserted canaries (0/3 within 10 guesses); guessing: at most 2e-06 per canary |"
+            ) in _finding_rows(md)["Canary extraction"]
     assert "**dp**: The best-first search found no complete secret" not in md
     assert ("A beam search over the same format ranks the secret first for 0 of 6 inserted canaries and 0 of 3 "
             "reference canaries.") in _section(md, "### Extraction", "## Membership inference")
@@ -1085,7 +1086,7 @@ def test_extraction_guesses_from_groups_alone(results):
     md = render_markdown(res.model_copy(update={"models": models}))
     rows = _finding_rows(md)
     assert "| 3/6 inserted canaries (4/6 within 10 guesses); baseline: 0/3 never-inserted canaries (1/3 within 10 " \
-        "guesses) ▲ |" in rows["Canary extraction"]
+        "guesses); guessing: at most 2e-06 per canary ▲ |" in rows["Canary extraction"]
     assert "| inconclusive (no complete secret in 9 searches); baseline:" in rows["Canary extraction"]
     # without per-canary results the chance is taken over all inserted secrets of the spec (6 / 10**6)
     assert "2/9 searches (2/6 inserted, 0/3 never-inserted canaries); baseline: chance 6e-06 per search ▲" in (
@@ -1107,7 +1108,8 @@ def test_results_without_guess_fields_render_as_before(results):
     md, html = render_markdown(results), render_html(results)
     assert "Other records' secrets" not in md and "Other records&#39; secrets" not in html
     assert "nconclusive" not in md and "nconclusive" not in html and "within 10" not in md
-    assert "| 3/6 inserted canaries; baseline: 0/3 never-inserted canaries ▲ |" in md
+    assert ("| 3/6 inserted canaries; baseline: 0/3 never-inserted canaries; guessing: at most 2e-06 per canary "
+            "▲ |") in md
     assert "| ≥9.97 bits | 3/6 |" in md
 
 
@@ -1197,7 +1199,8 @@ def test_findings_table(markdown, html):
     mia = rows["Membership inference"]
     assert "chance is 1%" in mia  # the plain meaning
     assert "| 6.0% [4.0%, 9.0%] (rmia, AUC 0.900 [0.85, 0.95]); baseline: 1% (chance) ▲ |" in mia
-    assert "| 3/6 inserted canaries; baseline: 0/3 never-inserted canaries ▲ |" in rows["Canary extraction"]
+    assert ("| 3/6 inserted canaries; baseline: 0/3 never-inserted canaries; guessing: at most 2e-06 per canary "
+            "▲ |") in rows["Canary extraction"]
     assert "| — |" in rows["Untargeted extraction"]  # not run on the base model
     assert (
         "| 1 training record (1 of 950 unique samples); baseline: 1 sample matches held-out records |"
@@ -1330,7 +1333,8 @@ def test_extraction_table_with_beam_search():
         extraction
     )
     # Either search counts as extracted in the findings and the comparison.
-    assert "| 4/6 inserted canaries; baseline: 0/3 never-inserted canaries ▲ |" in md
+    assert ("| 4/6 inserted canaries; baseline: 0/3 never-inserted canaries; guessing: at most 2e-06 per canary "
+            "▲ |") in md
     assert "| ≥9.97 bits | 4/6 |" in md
     exposure = _section(html, '<h3 id="extraction">', '<section id="mia">')
     assert exposure.count('<th scope="colgroup" colspan="2">') == 3
@@ -1739,3 +1743,96 @@ def test_a_control_model_with_a_signal_fails_the_split_check_and_qualifies_the_o
     card = model_card(res, "non_dp")
     assert "Read membership inference with the split check" in card
     assert "SPLIT CHECK FAILED, base:" in render_html(res)
+
+
+def test_pii_extraction_is_tested_against_held_out_records_values():
+    """With held-out values counted, PII extraction is a test like the others: the training values' rate against
+    the held-out values' rate; without them (older results) the count alone decides, untested."""
+    from leakaudit.report.findings import model_findings
+
+    res = make_results()
+    model = res.models["non_dp"]
+
+    def pii(n_held_out: int, n_held_out_true: int):
+        p = model.pii_extraction
+        overall = p.overall.model_copy(update={"n_held_out": n_held_out, "n_held_out_true": n_held_out_true})
+        m = model.model_copy(update={"pii_extraction": p.model_copy(update={"overall": overall})})
+        return next(f for f in model_findings(m, res) if f.key == "pii_extraction")
+
+    assert model.pii_extraction.overall.n_true == 7 and model.pii_extraction.overall.n_training == 50
+    same = pii(50, 6)
+    assert same.signal is False and same.p_value is not None
+    assert "no more often than held-out records' (6 of 50)" in same.sentence
+    assert same.baseline.startswith("held-out records' values: 6/50; ")
+    above = pii(50, 0)
+    assert above.signal and above.p_value == pytest.approx(fisher_greater(7, 50, 0, 50))
+    assert "of held-out records' values, 0 of 50)" in above.sentence
+    legacy = pii(0, 0)
+    assert legacy.signal and legacy.p_value is None
+
+
+def test_the_split_check_counts_only_tested_comparisons_of_the_two_sides():
+    """A control's empirical ε bound (the one-run canaries, outside the tests' family) and a PII count recorded
+    without its held-out baseline are no split failures."""
+    res = _with_control(make_results(), leaky=False)
+    base = res.models["base"]
+    emp = res.models["non_dp"].empirical_privacy[0].model_copy(update={"eps_lower_bound": 0.3})
+    pii = res.models["non_dp"].pii_extraction  # 7 training values found, no held-out baseline recorded
+    base = base.model_copy(update={"empirical_privacy": [emp], "pii_extraction": pii})
+    res = res.model_copy(update={"models": {**res.models, "base": base}})
+    md = render_markdown(res)
+    assert "SPLIT CHECK FAILED" not in md and "Split check passed: base" in _verdicts(md)["base"]
+
+
+def test_a_control_that_claims_dp_and_fails_it_says_both():
+    res = _with_dp_violation(make_results())
+    dp = res.models["dp"].model_copy(update={"control": True})
+    res = res.model_copy(update={"models": {**res.models, "dp": dp}})
+    verdict = _verdicts(render_markdown(res))["dp"]
+    assert verdict.startswith("**dp** (control: never trained on these records): FAILED DP GUARANTEE: the rmia")
+    assert "shows a signal in membership inference" not in verdict  # the DP failure is no split's
+    from leakaudit.report.compliance import compliance
+    from leakaudit.report.findings import model_findings
+
+    found = {n: model_findings(m, res) for n, m in res.models.items()}
+    rows = [r for fw in compliance(res.models, found, {})["frameworks"] for r in fw["models"] if r["name"] == "dp"]
+    assert any(r["status"].startswith("DP guarantee failed; split check") for r in rows)
+
+
+def test_compliance_qualifies_leaks_a_failed_split_check_also_shows():
+    md = render_markdown(_with_control(make_results(), leaky=True))
+    assert ("Split check: base, never trained on these records, also shows a signal in membership inference: part "
+            "of it is the split, not memorization.") in md
+
+
+def test_canary_extraction_says_which_baseline_decided():
+    from leakaudit.report.findings import model_findings
+
+    res = make_results()
+    tiny = res.model_copy(update={"canary_specs": [s.model_copy(update={"space_size": 10}) for s in res.canary_specs]})
+    model = tiny.models["non_dp"]
+    first = next(i for i, c in enumerate(model.canaries) if c.repetitions > 0)
+    canaries = [c.model_copy(update={"extracted": i == first}) for i, c in enumerate(model.canaries)]
+    one = model.model_copy(update={"canaries": canaries})
+    f = next(x for x in model_findings(one, tiny) if x.key == "canary_extraction")
+    assert f.signal is False
+    assert "no more often than guessing would (chance at most 0.2 per canary)" in f.sentence
+    assert f.baseline.endswith("; guessing: at most 0.2 per canary")
+    unknown = tiny.model_copy(update={"canary_specs": []})  # no space size and no reference canary: no test
+    alone = one.model_copy(update={"canaries": [c for c in canaries if c.repetitions > 0]})
+    f = next(x for x in model_findings(alone, unknown) if x.key == "canary_extraction")
+    assert f.signal is None and "with no baseline to compare with" in f.sentence
+
+
+def test_the_memorization_table_marks_what_the_verdict_decided():
+    """5 approximate matches in 200 against 0 in 200 (p = 0.03) is no signal once the two memorization tests and
+    the model's other findings are counted: the table's marker agrees with the verdict."""
+    res = make_results()
+    dp = res.models["dp"]
+    weak = dp.memorization[0].model_copy(update={"members": _stats(200, 1, 5, 0.11)})
+    res = res.model_copy(update={"models": {**res.models, "dp": dp.model_copy(update={"memorization": [weak]})}})
+    md = render_markdown(res)
+    verdict = _verdicts(md)["dp"]
+    assert "No leak beyond the baseline in" in verdict and "discoverable memorization" in verdict
+    table = _section(md, "## Discoverable memorization", "## Untargeted extraction")
+    assert "| dp ▲ |" not in table and "| non_dp ▲ |" in table

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from leakaudit.report.findings import FAILED_DP, FINDINGS, Finding
-from leakaudit.report.formatting import _dp_settings, _lower
+from leakaudit.report.findings import FAILED_DP, FINDINGS, Finding, split_failures, split_qualified
+from leakaudit.report.formatting import _dp_settings, _join, _lower
 
 NOT_LEGAL_ADVICE = (
     "Not legal advice: this section makes no legal determination. It maps this audit's measurements to "
@@ -157,6 +157,8 @@ def compliance(
     findings, ``record`` holds pre-formatted audit-record facts ("config", "data", "revision").
     """
     out = []
+    split = {name: hits for name, model in models.items() if model.control
+             and (hits := split_failures(findings.get(name, [])))}
     for fw in FRAMEWORKS:
         rows = []
         for name, model in models.items():
@@ -184,9 +186,21 @@ def compliance(
                     "Inconclusive (the attack found nothing either way, which is not evidence of no leak): "
                     + "; ".join(inconclusive) + "."
                 )
+            shown = [f for f in findings.get(name, []) if f.key in fw.keys and f.signal and not f.failed]
+            qualified = None if model.control else split_qualified(shown, split)
+            if qualified:
+                keys, controls = qualified
+                lines.append(f"Split check: {_join(controls)}, never trained on these records, also "
+                             f"show{'s' if len(controls) == 1 else ''} a signal in "
+                             f"{_join([_lower(FINDINGS[k][0]) for k in FINDINGS if k in keys])}: part of it is the "
+                             "split, not memorization.")
             if model.control:  # its evidence checks the split, not a leak
                 lines.insert(0, "Control: never trained on these records; a signal here is the split's, not a leak.")
-                status = "split check failed" if above else ("split check passed" if at else "split not checked")
+                hits = [f for f in split.get(name, []) if f.key in fw.keys]
+                checked = any(f.key in fw.keys and f.signal is False for f in findings.get(name, []))
+                status = "split check failed" if hits else ("split check passed" if checked else "split not checked")
+                if failed:
+                    status = "DP guarantee failed; " + status
             elif failed:
                 status = "DP guarantee failed"
             elif above:

@@ -2,16 +2,17 @@
 
 One :class:`Finding` per kind of measurement and model: the headline number with its interval,
 the baseline it is compared with, whether it exceeds that baseline beyond sampling error (the
-"signal") and a plain sentence for the verdict.
+"signal") and a plain sentence for the verdict.  The summary verdicts, the findings table, the
+DP comparison table, the Compliance section (:mod:`leakaudit.report.compliance`) and the model
+cards (:mod:`leakaudit.report.modelcard`) are all built from these.
 
 Multiplicity.  A model is tested in several ways, and a finding may rest on several tests (eleven
 membership attacks, exact and approximate matches, ...).  Each finding's p-value is the Bonferroni
 bound over its own tests, and the findings of one model are corrected together by Holm's method
 (:func:`model_findings`): a model that never saw the data gets any "signal" with probability at most
-:data:`SIGNIFICANCE`.  Left out of that family: the DP checks (their own error levels) and PII
-extraction (a count filtered by a baseline model, with no test).  The summary verdicts, the findings table, the
-DP comparison table, the Compliance section (:mod:`leakaudit.report.compliance`) and the model
-cards (:mod:`leakaudit.report.modelcard`) are all built from these.
+:data:`SIGNIFICANCE` (members and non-members split at random).  Left out of that family: the DP
+checks (their own error levels) and, in results recorded without its held-out baseline, PII
+extraction (then a count with no test).
 """
 
 from __future__ import annotations
@@ -254,13 +255,13 @@ def own_secret_chance(model: ModelResult, results: Results) -> float | None:
     return min(1.0, SEARCHES_PER_CANARY / min(spaces[spec or ""] for spec in specs))
 
 
-def extraction_p_value(k: int, n: int, k0: int, n0: int, chance: float | None) -> float:
+def extraction_p_value(k: int, n: int, k0: int, n0: int, chance: float | None) -> float | None:
     """One-sided p-value that inserted canaries are extracted (k of n) beyond chance: against the chance of
     guessing a secret by luck when no never-inserted canary was extracted and that chance is known, otherwise
-    against the never-inserted canaries (k0 of n0, Fisher's exact test)."""
+    against the never-inserted canaries (k0 of n0, Fisher's exact test).  None: neither baseline exists."""
     if k0 == 0 and chance is not None:
         return binomial_greater(k, n, chance)
-    return fisher_greater(k, n, k0, n0)
+    return fisher_greater(k, n, k0, n0) if n0 else None
 
 
 def _inconclusive_extraction(model: ModelResult, baseline: str) -> Finding:
@@ -289,12 +290,18 @@ def _canary_extraction_finding(model: ModelResult, results: Results, adjusted: A
         baseline += f" ({within_ref[0]}/{within_ref[1]} {label})"
     if not k and extraction_inconclusive(model):
         return _inconclusive_extraction(model, baseline)
-    tests = {"first": extraction_p_value(k, n, k0, n0, own_secret_chance(model, results))}
+    chance = own_secret_chance(model, results)
+    first = extraction_p_value(k, n, k0, n0, chance)
+    tests = {} if first is None else {"first": first}
     if within is not None and within[0] > 0 and within_ref is not None and within_ref[1] > 0:
         # several guesses: the never-inserted canaries searched the same way are the baseline
         tests["within"] = fisher_greater(*within, *within_ref)
     p, passing = _tested("canary_extraction", tests, adjusted)
     strict, guessed = k > 0 and "first" in passing, "within" in passing
+    against = (f"no more often than guessing would (chance at most {_f(chance, '.1g')} per canary)"
+               if k0 == 0 and chance is not None else "no more often than never-inserted ones")
+    if k0 == 0 and chance is not None:
+        baseline += f"; guessing: at most {_f(chance, '.1g')} per canary"
     detail = f"{within[0]}/{within[1]} {label}" if within is not None else ""
     if strict:
         sentence = f"the secrets of {k} of {n} planted canaries can be extracted from it"
@@ -310,7 +317,7 @@ def _canary_extraction_finding(model: ModelResult, results: Results, adjusted: A
         sentence = (
             f"none of {n} planted canaries' secrets could be extracted"
             if not k
-            else (f"{k} of {n} planted canaries' secrets were extracted, no more often than never-inserted ones")
+            else f"{k} of {n} planted canaries' secrets were extracted, {against}"
         )
         if within is not None and within[0] > k:
             sentence += f" ({within[0]} of {within[1]} {label})"
@@ -325,7 +332,10 @@ def _canary_extraction_finding(model: ModelResult, results: Results, adjusted: A
                 f" (for {searches[0]} of the {searches[1]} canaries the best-first search completed no secret within "
                 f"its budget: {rest})"
             )
-    return Finding("canary_extraction", f"{k}/{n} inserted canaries", baseline, strict or guessed, sentence,
+    signal = (strict or guessed) if tests else (False if not k else None)
+    if signal is None:
+        sentence = f"the secrets of {k} of {n} planted canaries were extracted, with no baseline to compare with"
+    return Finding("canary_extraction", f"{k}/{n} inserted canaries", baseline, signal, sentence,
                    detail=detail, p_value=p)
 
 
@@ -530,7 +540,7 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
     return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p)
 
 
-def _pii_extraction_finding(model: ModelResult) -> Finding | None:
+def _pii_extraction_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
     p = model.pii_extraction
     if p is None:
         return None
@@ -543,15 +553,26 @@ def _pii_extraction_finding(model: ModelResult) -> Finding | None:
         )
     else:
         baseline = "no baseline model (nothing filtered)"
-    signal = o.n_true > 0
+    tested = o.n_held_out > 0 and o.n_training > 0
+    if tested:  # training values found against held-out records' values found the same way (Fisher)
+        baseline = f"held-out records' values: {o.n_held_out_true:,}/{o.n_held_out:,}; " + baseline
+        p_value, passing = _tested("pii_extraction", {"fisher": fisher_greater(
+            o.n_true, o.n_training, o.n_held_out_true, o.n_held_out)}, adjusted)
+        signal = bool(passing)
+    else:  # results recorded before the held-out baseline, or no held-out PII: the count alone
+        p_value, signal = None, o.n_true > 0
     if signal:
         sentence = (
             f"its samples contain {o.n_true:,} distinct personal-data values of the training records "
-            f"({_pct(o.recall)} of {o.n_training:,})"
+            f"({_pct(o.recall)} of {o.n_training:,}"
+            + (f"; of held-out records' values, {o.n_held_out_true:,} of {o.n_held_out:,})" if tested else ")")
         )
+    elif tested and o.n_true:
+        sentence = (f"its samples contain {o.n_true:,} of {o.n_training:,} training records' personal-data values, no "
+                    f"more often than held-out records' ({o.n_held_out_true:,} of {o.n_held_out:,})")
     else:
         sentence = "its samples contain no personal data of the training records beyond what a baseline model produces"
-    return Finding("pii_extraction", value, baseline, signal, sentence, detail=detail)
+    return Finding("pii_extraction", value, baseline, signal, sentence, detail=detail, p_value=p_value)
 
 
 def _pii_reconstruction_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
@@ -621,7 +642,7 @@ def _findings(model: ModelResult, results: Results, adjusted: Adjusted) -> list[
         _canary_exposure_finding(model, results, adjusted),
         _memorization_finding(model, adjusted),
         _untargeted_finding(model, adjusted),
-        _pii_extraction_finding(model),
+        _pii_extraction_finding(model, adjusted),
         _pii_reconstruction_finding(model, adjusted),
         _empirical_finding(model),
     ]
@@ -642,18 +663,36 @@ def model_findings(model: ModelResult, results: Results) -> list[Finding]:
     return found
 
 
+def _checks_split(f: Finding) -> bool:
+    """Whether a finding compares the two sides of the records by a test: the split check's measurements (not the
+    DP checks, not the empirical ε, not PII extraction recorded without its held-out baseline)."""
+    return not f.failed and f.key != "empirical" and (f.p_value is not None or f.key == "mia")
+
+
 def split_failures(findings: list[Finding]) -> list[Finding]:
-    """A control model's findings that show a signal: what its records' split gives away without memorization."""
-    return [f for f in findings if f.signal]
+    """A control model's tested findings that show a signal: what its records' split gives away without
+    memorization."""
+    return [f for f in findings if f.signal and _checks_split(f)]
+
+
+def split_qualified(leaks: list[Finding], split: dict[str, list[Finding]] | None
+                    ) -> tuple[set[str], list[str]] | None:
+    """(kinds of ``leaks`` that a failed split check also shows, the controls that show them); None: none."""
+    keys = {f.key for f in leaks}
+    hit = {c: {f.key for f in hits} & keys for c, hits in (split or {}).items()}
+    hit = {c: k for c, k in hit.items() if k}
+    return (set().union(*hit.values()), sorted(hit)) if hit else None
 
 
 def _control_verdict(name: str, findings: list[Finding]) -> dict[str, Any]:
     """The split check: a model never trained on the records must show no signal."""
     hits = split_failures(findings)
-    quiet = [_lower(f.label) for f in findings if f.signal is False]
+    quiet = [_lower(f.label) for f in findings if f.signal is False and _checks_split(f)]
+    failed = [f for f in findings if f.failed]
+    dp = _sentence(failed[0].sentence) + " " if failed else ""  # a DP claim it makes, contradicted: said first
     if hits:
         shown = "; ".join(f"{_lower(f.label)}: {f.measured}" for f in hits)
-        text = (
+        text = dp + (
             f"{SPLIT_FAILED}: {name} was never trained on these records, yet it shows a signal in {shown}. The "
             "records' two sides (members and held-out records, or inserted and reference canaries) differ in a way "
             "a model tells apart without memorizing them, so the same findings for the other models measure that "
@@ -661,12 +700,12 @@ def _control_verdict(name: str, findings: list[Finding]) -> dict[str, Any]:
         )
         status = "failed"
     elif quiet:
-        text = (f"Split check passed: {name} was never trained on these records, and none of its "
-                f"{_plural(len(quiet), 'measurement')} ({_join(quiet)}) shows a signal, as it should not.")
-        status = "clean"
+        text = dp + (f"Split check passed: {name} was never trained on these records, and none of its "
+                     f"{_plural(len(quiet), 'measurement')} ({_join(quiet)}) shows a signal, as it should not.")
+        status = "failed" if failed else "clean"
     else:
-        text = "Split check: no measurement of this model was tested against a baseline."
-        status = "unknown"
+        text = dp + "Split check: no measurement of this model was tested against a baseline."
+        status = "failed" if failed else "unknown"
     return {"name": name, "privacy": "control: never trained on these records", "text": text, "status": status}
 
 
@@ -706,12 +745,14 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding],
         parts.append("Shown without a test against a baseline: " + "; ".join(unclear) + ".")
     if not findings:
         parts.append("No leakage measurement was recorded for this model.")
-    for control, hits in (split or {}).items():
-        same = {f.key for f in hits} & {f.key for f in leaks}
-        if same:
-            labels = _join([_lower(FINDINGS[k][0]) for k in FINDINGS if k in same])
-            parts.append(f"Read {labels} with the split check: the control model {control}, never trained on these "
-                         "records, shows a signal there too, so part of it here is the split, not memorization.")
+    qualified = split_qualified(leaks, split)
+    if qualified:
+        keys, controls = qualified
+        labels = _join([_lower(FINDINGS[k][0]) for k in FINDINGS if k in keys])
+        who = f"the control model {controls[0]}" if len(controls) == 1 else f"the control models {_join(controls)}"
+        parts.append(f"Read {labels} with the split check: {who}, never trained on these records, "
+                     f"show{'s' if len(controls) == 1 else ''} a signal there too, so part of it here is the split, "
+                     "not memorization.")
     eps = model.privacy.epsilon
     privacy = f"trained with DP at ε = {_f(eps, '.2f')}" if eps is not None else "trained without DP"
     status = "failed" if failed else ("leaks" if leaks else ("clean" if quiet else "unknown"))

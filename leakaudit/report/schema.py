@@ -280,6 +280,13 @@ class PIIExtractionCounts(_Model):
     n_leaked: int = Field(description="Generated values the baseline did not generate.")
     n_true: int = Field(description="Leaked values that are training PII.")
     n_training: int = Field(description="Distinct training PII values.")
+    n_held_out: int = Field(
+        default=0, description="The baseline: distinct values of held-out records that no training record holds."
+    )
+    n_held_out_true: int = Field(
+        default=0, description="Held-out values among the leaked ones: found without memorization (chance, common "
+        "values)."
+    )
     precision: float | None = Field(description="n_true / n_leaked; null when nothing leaked.")
     recall: float | None = Field(description="n_true / n_training; null without training PII.")
     precision_unfiltered: float | None = Field(

@@ -35,7 +35,6 @@ from leakaudit.report.findings import (
     _findings_table,
     _verdict,
     canary_extraction_counts,
-    memorization_p_values,
     model_findings,
     split_failures,
 )
@@ -282,6 +281,9 @@ def _memorization(results: Results) -> dict[str, Any]:
         "skipped (too short)",
     ]
     tables = []
+    # the marker is the verdict's memorization finding (the model's first setting, after the corrections)
+    marked = {name: any(f.key == "memorization" and f.signal for f in model_findings(model, results))
+              for name, model in results.models.items()}
     for k, n in settings:
         rows = []
         for name, model in results.models.items():
@@ -290,7 +292,6 @@ def _memorization(results: Results) -> dict[str, Any]:
                 rows.append({"name": name, "cells": [DASH] * (len(header) - 1), "signal": False})
                 continue
             a, b = m.members, m.non_members
-            p = min(memorization_p_values(m))
             cells = [
                 f"{a.n_records:,} vs {b.n_records:,}",
                 f"{_pct(a.exact_match_rate)}{_ci(a.exact_match_ci)} vs "
@@ -300,7 +301,7 @@ def _memorization(results: Results) -> dict[str, Any]:
                 f"{_f(a.bleu_mean, '.3f')} vs {_f(b.bleu_mean, '.3f')}",
                 f"{m.skipped_short:,}",
             ]
-            rows.append({"name": name, "cells": cells, "signal": p < SIGNIFICANCE})
+            rows.append({"name": name, "cells": cells, "signal": marked[name] and m is model.memorization[0]})
         tables.append({"title": f"Prompt k = {k} tokens, continuation n = {n} tokens", "rows": rows})
     return {
         "any": bool(settings),
@@ -315,7 +316,8 @@ def _memorization(results: Results) -> dict[str, Any]:
         "records (the baseline: what can be guessed from the language alone). Approximate match counts "
         "continuations with a BLEU-4 score above 0.75 (near-verbatim).",
         "signal_text": f"{SIGNAL}: more exact or approximate matches on training records than on held-out ones "
-        f"(one-sided Fisher exact test, p < {SIGNIFICANCE:g}).",
+        f"beyond chance (one-sided Fisher exact tests, corrected for the two of them and for the model's other "
+        f"findings, p < {SIGNIFICANCE:g}), in the setting the verdict uses (each model's first).",
     }
 
 
@@ -589,9 +591,11 @@ def _limitations(results: Results) -> list[str]:
         "resolvable at all. Intervals are 95%. A model is tested in several ways (several attacks, several kinds "
         "of finding), and each test alone would sometimes fire by luck: a finding counts as a signal only when its "
         "p-value, corrected for the attacks within it (Bonferroni) and for the model's other findings (Holm), is "
-        "below 5%, so a model that never saw the data is called leaky at most 5% of the time by these tests (PII "
-        "extraction, a count without a test, aside). The price is power: a weak signal near that line deserves a "
-        "repeat with more records.",
+        "below 5%, so a model that never saw the data is called leaky at most 5% of the time by these tests, which "
+        "assume members and non-members were split at random (see the split check). The empirical ε bound has an "
+        "error level of its own (5%), and results recorded without these p-values (older runs) keep the earlier, "
+        "uncorrected rules. "
+        "The price is power: a weak signal near that line deserves a repeat with more records.",
         "Canaries measure worst-case memorisation of the inserted random secrets only: how readily the model "
         "memorises a unique random string seen k times. They say nothing directly about natural records, which are "
         "less unique. Exposure is estimated by ranking each secret among a sampled set of null secrets and "
