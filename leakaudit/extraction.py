@@ -110,7 +110,7 @@ def extraction_stage(
         "pii": [options.pii_reconstruction_records, options.pii_candidates],
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
         "ngram": options.verify_ngram, "seed": options.seed, "dtype": dtype_name(dtype),
-        "pii_version": 2,  # 2: PII extraction's held-out baseline
+        "pii_version": 3,  # 3: PII extraction's held-out baseline (units found on each side)
     }
 
     def build(tmp: Path) -> None:

@@ -17,6 +17,7 @@ The checks (see :class:`Policy` for the exact definitions):
 ``min_audit_power``             fewest non-members any per-sequence attack rests on
 ``require_dp_guarantee_holds``  empirical eps bound <= accountant eps, and no DP bound violated
 ``require_secret_randomness``   a DP model's batches and noise came from unrecorded seeds
+``require_split_check``         no control model (never trained on the records) shows a signal
 ==============================  ==============================================================
 """
 
@@ -88,6 +89,13 @@ class Policy(BaseModel):
         "'seeded'): anyone with the seed can regenerate them, so the guarantee rests on the seed staying secret. "
         "Not measured for a model without DP or without the record.",
     )
+    require_split_check: bool = Field(
+        default=False,
+        description="Fail every model when a control model (never trained on the records, models.*.control) shows a "
+        "signal in the report's corrected tests: the members and non-members differ in a way that needs no "
+        "memorization, so no model's measurements can be read as leakage or its absence. Not measured without a "
+        "control model.",
+    )
     fail_on_missing: bool = Field(default=False, description="Fail when a limit's metric was not measured.")
 
     @field_validator("max_exposure_bits", "max_tpr_at_1pct_fpr", "max_pii_extraction_rate", "max_epsilon",
@@ -134,6 +142,9 @@ class Verdict:
     passed: bool
     reasons: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    control: bool = False
+    """A control model (never trained on the records): an instrument of the audit, not a release candidate; only
+    the split check is shown for it, and it never fails the gate itself."""
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -425,6 +436,30 @@ def _check_dp_holds(name: str, m: dict) -> Check:
     return Check("require_dp_guarantee_holds", "pass", f"{name}: DP guarantee eps = {acc:.2f} consistent with audit")
 
 
+def _split_failures(data: dict[str, Any]) -> dict[str, list[str]] | None:
+    """Each control model's findings with a signal (by label); None: no control model in the results."""
+    from leakaudit.report.findings import model_findings, split_failures
+
+    controls = [n for n, m in data["models"].items() if m.get("control")]
+    if not controls:
+        return None
+    results = Results.model_validate(data)
+    return {n: [f.label for f in split_failures(model_findings(results.models[n], results))] for n in controls}
+
+
+def _check_split(name: str, split: dict[str, list[str]] | None) -> Check:
+    if split is None:
+        return Check("require_split_check", "not measured",
+                     f"{name}: split check not run (no control model: audit the base model with --control)")
+    bad = {c: labels for c, labels in split.items() if labels}
+    if bad:
+        said = "; ".join(f"{c} in {', '.join(labels)}" for c, labels in bad.items())
+        return Check("require_split_check", "fail",
+                     f"{name}: split check failed: a control model never trained on the records shows a signal "
+                     f"({said}); members and non-members differ without memorization, so the audit cannot tell")
+    return Check("require_split_check", "pass", f"{name}: split check passed ({', '.join(split)})")
+
+
 def _results_dict(results: Results | dict) -> dict[str, Any]:
     if isinstance(results, Results):
         return results.model_dump(mode="json")
@@ -445,9 +480,16 @@ def evaluate_policy(results: Results | dict, policy: Policy, *, model: str | Non
         models = {model: models[model]}
     if not models:
         raise LeakauditError("results: no models to check")
+    if model is None and all(m.get("control") for m in models.values()):
+        raise LeakauditError("results: every model is a control (never trained on the records): none to gate")
     caps = {s["name"]: float(s["exposure_cap_bits"]) for s in data.get("canary_specs") or []}
+    split = _split_failures(data) if policy.require_split_check else None
     verdicts = []
     for name, m in models.items():
+        if m.get("control") and model is None:  # not gated; its split check speaks for every model
+            shown = [_check_split(name, split)] if policy.require_split_check else []
+            verdicts.append(Verdict(model=name, passed=True, checks=shown, control=True))
+            continue
         checks: list[Check] = []
         if policy.max_exposure_bits is not None:
             checks.append(_check_exposure(name, m, policy.max_exposure_bits, caps))
@@ -467,6 +509,8 @@ def evaluate_policy(results: Results | dict, policy: Policy, *, model: str | Non
             checks.append(_check_dp_holds(name, m))
         if policy.require_secret_randomness:
             checks.append(_check_randomness(name, m))
+        if policy.require_split_check:
+            checks.append(_check_split(name, split))
         failed = [c for c in checks if c.status == "fail"]
         missing = [c for c in checks if c.status == "not measured"]
         passed = not failed and not (policy.fail_on_missing and missing)
@@ -489,10 +533,15 @@ def gate(run_dir: str | Path, policy_file: str | Path, *, model: str | None = No
     lines: list[str] = []
     missing_tag = "[not measured: fails, fail_on_missing]" if policy.fail_on_missing else "[not measured]"
     for v in verdicts:
+        if v.control:
+            lines.append(f"CONTROL {v.model} (never trained on the records: not gated)")
+            lines.extend(f"  - [{c.status}] {c.message}" for c in v.checks)
+            continue
         lines.append(f"{'PASS' if v.passed else 'FAIL'} {v.model}")
         # what blocked the release is told apart from what could not be checked
         lines.extend(f"  - [fail] {c.message}" for c in v.checks if c.status == "fail")
         lines.extend(f"  - {missing_tag} {c.message}" for c in v.checks if c.status == "not measured")
-    ok = all(v.passed for v in verdicts)
-    lines.append(f"gate: {'passed' if ok else 'failed'} ({sum(v.passed for v in verdicts)}/{len(verdicts)} models)")
+    gated = [v for v in verdicts if not v.control]
+    ok = all(v.passed for v in gated)
+    lines.append(f"gate: {'passed' if ok else 'failed'} ({sum(v.passed for v in gated)}/{len(gated)} models)")
     return (0 if ok else 1), lines

@@ -290,18 +290,46 @@ HELD_OUT = [
 ]
 
 
-def test_pii_extraction_counts_held_out_values_found_the_same_way():
-    """The baseline rate: held-out records' values no training record holds (Ann Lee is a training name, so not
-    one of them), found in the samples and not by the baseline model; held-out names join the detector."""
-    res = pii_extraction([*GENERATED, "Dee Park says hi", "Eve Ray too"], [*BASELINE, "Eve Ray"], RECORDS,
-                         held_out=HELD_OUT)
-    o = res.overall
-    assert (o.n_held_out, o.n_held_out_true) == (4, 1)  # dee park, eve ray, his e-mail, her phone; dee park found
-    assert (o.n_true, o.n_training, o.n_leaked) == (3, 6, 5)  # as without it, plus dee park among the leaked
-    assert res.by_type["name"].n_held_out == 2 and res.by_type["email"].n_held_out_true == 0
-    assert not any("held-out" in n for n in res.notes)
-    assert any("held-out" in n for n in pii_extraction(GENERATED, BASELINE, RECORDS).notes)
+def test_pii_extraction_counts_the_units_found_on_each_side_alike():
+    """One detector for both sides, the baseline model's values removed from both, and a value two units share
+    (Ann Lee) counts for both: r1 and r2 are found (Bob Stone's card is filtered), h1 by Dee Park, h2 by Ann Lee."""
+    gen, base = [*GENERATED, "Dee Park says hi", "Eve Ray too"], [*BASELINE, "Eve Ray"]
+    res = pii_extraction(gen, base, RECORDS, held_out=HELD_OUT)
+    assert (res.units, res.n_member_units, res.n_member_units_found) == ("person", 3, 2)
+    assert (res.n_held_out_units, res.n_held_out_units_found) == (2, 2)
+    plain = pii_extraction(gen, base, RECORDS)
+    assert res.overall == plain.overall  # the training figures do not depend on the held-out records
+    assert plain.units is None and any("held-out" in n for n in plain.notes)
     assert "dee" not in res.model_dump_json().lower()
+
+
+def test_the_held_out_test_holds_its_level_for_a_model_that_never_saw_either_side():
+    """Names drawn unevenly (common names recur across records), split at random, and a "model" writing names
+    from the same distribution: Fisher's test on units found keeps to its 5% (4.7% here).  Counting distinct values
+    with the shared ones on the training side only (an earlier version) gave p < 0.05 in 18% of these draws."""
+    from leakaudit.report.stats import fisher_greater
+
+    rng = np.random.default_rng(4)
+    first = [f"Ann{c}" for c in "abcdefghijklmnopqrst"]
+    last = [f"Lee{c}" for c in "abcdefghijklmnopqrst"]
+    weights = 1 / np.arange(1, 21)
+    weights /= weights.sum()
+
+    def name() -> str:
+        return f"{first[rng.choice(20, p=weights)]} {last[rng.choice(20, p=weights)]}"
+
+    draws, low = 150, 0
+    for _ in range(draws):
+        records = [_record(f"r{i}", f"Customer {n} called.", [("name", n)]) for i, n in enumerate(
+            name() for _ in range(80))]
+        side = rng.permutation(80) < 40
+        mem = [r for r, s in zip(records, side) if s]
+        held = [r for r, s in zip(records, side) if not s]
+        res = pii_extraction([f"Dear {name()}," for _ in range(60)], [], mem, held_out=held)
+        p = fisher_greater(res.n_member_units_found, res.n_member_units, res.n_held_out_units_found,
+                           res.n_held_out_units)
+        low += p < 0.05
+    assert low / draws <= 0.08
 
 
 def test_pii_extraction_values_reveal():

@@ -1746,29 +1746,29 @@ def test_a_control_model_with_a_signal_fails_the_split_check_and_qualifies_the_o
 
 
 def test_pii_extraction_is_tested_against_held_out_records_values():
-    """With held-out values counted, PII extraction is a test like the others: the training values' rate against
-    the held-out values' rate; without them (older results) the count alone decides, untested."""
+    """With held-out units counted, PII extraction is a test like the others: training people whose values the
+    samples contain against held-out people found the same way; without them (older results) the count alone
+    decides, untested."""
     from leakaudit.report.findings import model_findings
 
     res = make_results()
     model = res.models["non_dp"]
 
-    def pii(n_held_out: int, n_held_out_true: int):
-        p = model.pii_extraction
-        overall = p.overall.model_copy(update={"n_held_out": n_held_out, "n_held_out_true": n_held_out_true})
-        m = model.model_copy(update={"pii_extraction": p.model_copy(update={"overall": overall})})
+    def pii(found: int, held_found: int, n: int = 50):
+        counts = {"units": "person", "n_member_units": n, "n_member_units_found": found, "n_held_out_units": n,
+                  "n_held_out_units_found": held_found}
+        m = model.model_copy(update={"pii_extraction": model.pii_extraction.model_copy(update=counts)})
         return next(f for f in model_findings(m, res) if f.key == "pii_extraction")
 
-    assert model.pii_extraction.overall.n_true == 7 and model.pii_extraction.overall.n_training == 50
-    same = pii(50, 6)
-    assert same.signal is False and same.p_value is not None
-    assert "no more often than held-out records' (6 of 50)" in same.sentence
-    assert same.baseline.startswith("held-out records' values: 6/50; ")
-    above = pii(50, 0)
-    assert above.signal and above.p_value == pytest.approx(fisher_greater(7, 50, 0, 50))
-    assert "of held-out records' values, 0 of 50)" in above.sentence
-    legacy = pii(0, 0)
-    assert legacy.signal and legacy.p_value is None
+    same = pii(7, 6)
+    assert same.signal is False and same.p_value == pytest.approx(fisher_greater(7, 50, 6, 50))
+    assert "not significantly more often than of held-out ones (values of 7 of 50 training people against 6 of 50 " \
+        "held-out people)" in same.sentence
+    assert same.baseline.startswith("held-out people found: 6/50 (training: 7/50); ")
+    above = pii(7, 0)
+    assert above.signal and "; values of 7 of 50 training people against 0 of 50 held-out people)" in above.sentence
+    legacy = pii(0, 0, n=0)
+    assert legacy.signal and legacy.p_value is None  # 7 training values found, no baseline: the count decides
 
 
 def test_the_split_check_counts_only_tested_comparisons_of_the_two_sides():
@@ -1801,8 +1801,9 @@ def test_a_control_that_claims_dp_and_fails_it_says_both():
 
 def test_compliance_qualifies_leaks_a_failed_split_check_also_shows():
     md = render_markdown(_with_control(make_results(), leaky=True))
-    assert ("Split check: base, never trained on these records, also shows a signal in membership inference: part "
-            "of it is the split, not memorization.") in md
+    compliance = md.split("## Compliance", 1)[1]
+    assert ("Read membership inference with the split check: the control model base, never trained on these "
+            "records, shows a signal there too") in compliance
 
 
 def test_canary_extraction_says_which_baseline_decided():
@@ -1816,7 +1817,7 @@ def test_canary_extraction_says_which_baseline_decided():
     one = model.model_copy(update={"canaries": canaries})
     f = next(x for x in model_findings(one, tiny) if x.key == "canary_extraction")
     assert f.signal is False
-    assert "no more often than guessing would (chance at most 0.2 per canary)" in f.sentence
+    assert "not significantly more often than guessing would (chance at most 0.2 per canary)" in f.sentence
     assert f.baseline.endswith("; guessing: at most 0.2 per canary")
     unknown = tiny.model_copy(update={"canary_specs": []})  # no space size and no reference canary: no test
     alone = one.model_copy(update={"canaries": [c for c in canaries if c.repetitions > 0]})
@@ -1836,3 +1837,25 @@ def test_the_memorization_table_marks_what_the_verdict_decided():
     assert "No leak beyond the baseline in" in verdict and "discoverable memorization" in verdict
     table = _section(md, "## Discoverable memorization", "## Untargeted extraction")
     assert "| dp ▲ |" not in table and "| non_dp ▲ |" in table
+
+
+def test_the_gate_does_not_gate_a_control_and_fails_every_model_on_a_failed_split_check():
+    from leakaudit.errors import LeakauditError
+    from leakaudit.policy import Policy, evaluate_policy
+
+    strict = Policy(max_epsilon=10.0, require_split_check=True)
+    quiet = {v.model: v for v in evaluate_policy(_with_control(make_results(), leaky=False), strict)}
+    assert quiet["base"].control and quiet["base"].passed  # no DP, yet not failed: it is no release candidate
+    assert [c.status for c in quiet["base"].checks] == ["pass"]
+    assert quiet["dp"].passed and not quiet["non_dp"].passed
+    loud = {v.model: v for v in evaluate_policy(_with_control(make_results(), leaky=True), strict)}
+    assert not loud["dp"].passed
+    assert any("split check failed: a control model never trained on the records shows a signal (base in "
+               "Membership inference" in r for r in loud["dp"].reasons)
+    none = {v.model: v for v in evaluate_policy(make_results(), strict)}
+    assert none["dp"].passed and any("split check not run" in r for r in none["dp"].reasons)
+    only = make_results()
+    only = only.model_copy(update={"models": {"base": only.models["base"].model_copy(update={"control": True})}})
+    with pytest.raises(LeakauditError, match="every model is a control"):
+        evaluate_policy(only, strict)
+    assert evaluate_policy(only, strict, model="base")[0].checks  # named: gated as any model

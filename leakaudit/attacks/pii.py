@@ -34,7 +34,7 @@ import ipaddress
 import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -445,8 +445,6 @@ class _Sets:
     baseline: set[str]
     training: set[str]
     mentions: int
-    held_out: set[str] = field(default_factory=set)
-    """Values of held-out records that no training record holds: what the model finds without memorizing."""
 
     @property
     def leaked(self) -> set[str]:
@@ -477,8 +475,6 @@ def _counts(sets: Iterable[_Sets]) -> PIIExtractionCounts:
         "n_leaked": sum(len(s.leaked) for s in sets),
         "n_true": sum(len(s.true) for s in sets),
         "n_training": sum(len(s.training) for s in sets),
-        "n_held_out": sum(len(s.held_out) for s in sets),
-        "n_held_out_true": sum(len(s.leaked & s.held_out) for s in sets),
     }
     hits = n["n_true"] + n["n_filtered_true"]
     return PIIExtractionCounts(
@@ -496,15 +492,13 @@ def _extraction_sets(
     records: Sequence[dict],
     types: Iterable[str] | None,
     extra_names: Iterable[str],
-    held_out: Sequence[dict] = (),
 ) -> tuple[list[str], dict[str, _Sets]]:
     train = training_pii(records, types=types)
     kinds = sorted(train) if types is None else list(dict.fromkeys(types))
-    held = training_pii(held_out, types=kinds)
     detectable = [t for t in kinds if t in PII_TYPES]
     names: list[str] = []
-    if "name" in kinds:  # held-out names too: else the held-out baseline could never find one
-        names = [v for _, span, v in _annotated([*records, *held_out]) if span["type"] == "name"] + list(extra_names)
+    if "name" in kinds:
+        names = [v for _, span, v in _annotated(records) if span["type"] == "name"] + list(extra_names)
     detector = PIIDetector(names, detectable)
 
     def found(texts: Sequence[str]) -> tuple[dict[str, set[str]], dict[str, int]]:
@@ -518,9 +512,44 @@ def _extraction_sets(
 
     gen, mentions = found(generated)
     base, _ = found(baseline_generated)
-    sets = {t: _Sets(gen[t], base[t], train.get(t, set()), mentions[t], held.get(t, set()) - train.get(t, set()))
-            for t in kinds}
+    sets = {t: _Sets(gen[t], base[t], train.get(t, set()), mentions[t]) for t in kinds}
     return kinds, sets
+
+
+def _unit_values(records: Sequence[dict], kinds: set[str]) -> list[set[tuple[str, str]]]:
+    """The detectable (type, normalised value) pairs of each unit a random split assigns to a side as a whole: a
+    person's records (``user_id``) together, else each record alone.  Units without such values are left out."""
+    units: dict[object, set[tuple[str, str]]] = {}
+    for i, r in enumerate(records):
+        user = r.get("user_id")
+        values = units.setdefault(("user", user) if user is not None else ("record", i), set())
+        values.update((s["type"], normalise(s["type"], r["text"][s["start"]:s["end"]]))
+                      for s in r.get("pii", ()) if s["type"] in kinds)
+    return [v for v in units.values() if v]
+
+
+def units_found(generated: Sequence[str], baseline_generated: Sequence[str], records: Sequence[dict],
+                held_out: Sequence[dict], types: Iterable[str]) -> tuple[int, int, int, int]:
+    """(training units, held-out units, of each, the units whose values the samples contain), for the test that
+    the training side's values are found more often than the held-out side's.
+
+    Symmetric by construction: one detector for both sides (the names of both), the baseline model's values
+    removed from both, and a value two units share counts for both.  Under "the model never saw either side"
+    and a random split of units, which units are found does not depend on their side, so the count among
+    training units is hypergeometric: Fisher's exact test is then exact, whatever values units share.  Types
+    without a detector are left out of both sides.
+    """
+    kinds = {t for t in types if t in PII_TYPES}
+    names = [v for _, span, v in _annotated([*records, *held_out]) if span["type"] == "name"] if "name" in kinds \
+        else []
+    detector = PIIDetector(names, sorted(kinds))
+
+    def values(texts: Sequence[str]) -> set[tuple[str, str]]:
+        return {(m.type, normalise(m.type, m.value)) for text in texts for m in detector.detect(text)}
+
+    found = values(generated) - values(baseline_generated)
+    train, held = _unit_values(records, kinds), _unit_values(held_out, kinds)
+    return len(train), len(held), sum(bool(v & found) for v in train), sum(bool(v & found) for v in held)
 
 
 def pii_extraction(
@@ -541,37 +570,40 @@ def pii_extraction(
     values; recall = training values among them / distinct training values (the annotations of
     ``records``).  Overall figures count (type, value) pairs.
 
-    The baseline that makes it a test: ``held_out``, records the model never saw, from the same
-    distribution.  Their values that no training record holds are found in the samples (leaked, as
-    above) at the rate a model finds such values without memorizing them; the report compares the
-    two rates (``n_true / n_training`` against ``n_held_out_true / n_held_out``).
+    Names are detected from the list of names annotated in ``records`` (plus ``extra_names``, e.g.
+    names from a public corpus): with no extra names every detected name is a training name and the
+    precision for names is 1 by construction; the recall is the informative figure.
 
-    Names are detected from the list of names annotated in ``records`` and ``held_out`` (plus
-    ``extra_names``, e.g. names from a public corpus): with neither held-out records nor extra names
-    every detected name is a training name and the precision for names is 1 by construction; the
-    recall is the informative figure.
+    With ``held_out`` (records the model never saw, from the same distribution) the result also holds
+    :func:`units_found`'s counts, the baseline against which the report tests the recall.
 
     Args:
         generated: texts sampled from the audited model.
         baseline_generated: texts sampled the same way from the baseline model.
         records: the training records, with their ``pii`` annotations.
-        held_out: held-out records, with their ``pii`` annotations (the baseline rate).
         types: the PII types to evaluate (default: the types annotated in ``records``).
         extra_names: more names to detect besides the training names.
+        held_out: held-out records with their ``pii`` annotations (the test's baseline).
 
     Returns:
         counts and rates only (no PII value); :func:`pii_extraction_values` gives the values.
     """
     extra_names = list(extra_names)
-    kinds, sets = _extraction_sets(generated, baseline_generated, records, types, extra_names, held_out)
+    kinds, sets = _extraction_sets(generated, baseline_generated, records, types, extra_names)
     notes = []
-    if "name" in kinds and not extra_names and not held_out:
+    if "name" in kinds and not extra_names:
         notes.append("names are detected from the training annotations only: their precision is 1 by construction")
-    if not held_out:
-        notes.append("no held-out records with PII: no baseline rate to test the recall against")
     undetectable = [t for t in kinds if t not in PII_TYPES]
     if undetectable:
         notes.append(f"no detector for types {undetectable}: their recall is 0")
+    units = {}
+    if held_out:
+        n1, n0, k1, k0 = units_found(generated, baseline_generated, records, held_out, kinds)
+        by_person = any(r.get("user_id") is not None for r in [*records, *held_out])
+        units = {"units": "person" if by_person else "record", "n_member_units": n1, "n_held_out_units": n0,
+                 "n_member_units_found": k1, "n_held_out_units_found": k0}
+    else:
+        notes.append("no held-out records with PII: no baseline to test the recall against")
     return PIIExtraction(
         types=kinds,
         n_generated=len(generated),
@@ -579,6 +611,7 @@ def pii_extraction(
         overall=_counts(sets.values()),
         by_type={t: _counts([s]) for t, s in sets.items()},
         notes=notes,
+        **units,
     )
 
 

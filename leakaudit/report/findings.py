@@ -298,7 +298,7 @@ def _canary_extraction_finding(model: ModelResult, results: Results, adjusted: A
         tests["within"] = fisher_greater(*within, *within_ref)
     p, passing = _tested("canary_extraction", tests, adjusted)
     strict, guessed = k > 0 and "first" in passing, "within" in passing
-    against = (f"no more often than guessing would (chance at most {_f(chance, '.1g')} per canary)"
+    against = (f"not significantly more often than guessing would (chance at most {_f(chance, '.1g')} per canary)"
                if k0 == 0 and chance is not None else "no more often than never-inserted ones")
     if k0 == 0 and chance is not None:
         baseline += f"; guessing: at most {_f(chance, '.1g')} per canary"
@@ -553,23 +553,26 @@ def _pii_extraction_finding(model: ModelResult, adjusted: Adjusted = None) -> Fi
         )
     else:
         baseline = "no baseline model (nothing filtered)"
-    tested = o.n_held_out > 0 and o.n_training > 0
-    if tested:  # training values found against held-out records' values found the same way (Fisher)
-        baseline = f"held-out records' values: {o.n_held_out_true:,}/{o.n_held_out:,}; " + baseline
+    tested = p.n_member_units > 0 and p.n_held_out_units > 0
+    unit = "people" if p.units == "person" else "records"
+    sides = (f"values of {p.n_member_units_found:,} of {p.n_member_units:,} training {unit} against "
+             f"{p.n_held_out_units_found:,} of {p.n_held_out_units:,} held-out {unit}")
+    if tested:  # training units found against held-out units found the same way (Fisher, exact under the split)
+        baseline = (f"held-out {unit} found: {p.n_held_out_units_found:,}/{p.n_held_out_units:,} (training: "
+                    f"{p.n_member_units_found:,}/{p.n_member_units:,}); " + baseline)
         p_value, passing = _tested("pii_extraction", {"fisher": fisher_greater(
-            o.n_true, o.n_training, o.n_held_out_true, o.n_held_out)}, adjusted)
+            p.n_member_units_found, p.n_member_units, p.n_held_out_units_found, p.n_held_out_units)}, adjusted)
         signal = bool(passing)
     else:  # results recorded before the held-out baseline, or no held-out PII: the count alone
         p_value, signal = None, o.n_true > 0
     if signal:
         sentence = (
             f"its samples contain {o.n_true:,} distinct personal-data values of the training records "
-            f"({_pct(o.recall)} of {o.n_training:,}"
-            + (f"; of held-out records' values, {o.n_held_out_true:,} of {o.n_held_out:,})" if tested else ")")
+            f"({_pct(o.recall)} of {o.n_training:,}" + (f"; {sides})" if tested else ")")
         )
-    elif tested and o.n_true:
-        sentence = (f"its samples contain {o.n_true:,} of {o.n_training:,} training records' personal-data values, no "
-                    f"more often than held-out records' ({o.n_held_out_true:,} of {o.n_held_out:,})")
+    elif tested and (o.n_true or p.n_member_units_found):
+        sentence = (f"its samples contain personal data of training records not significantly more often than of "
+                    f"held-out ones ({sides})")
     else:
         sentence = "its samples contain no personal data of the training records beyond what a baseline model produces"
     return Finding("pii_extraction", value, baseline, signal, sentence, detail=detail, p_value=p_value)
@@ -663,7 +666,7 @@ def model_findings(model: ModelResult, results: Results) -> list[Finding]:
     return found
 
 
-def _checks_split(f: Finding) -> bool:
+def checks_split(f: Finding) -> bool:
     """Whether a finding compares the two sides of the records by a test: the split check's measurements (not the
     DP checks, not the empirical ε, not PII extraction recorded without its held-out baseline)."""
     return not f.failed and f.key != "empirical" and (f.p_value is not None or f.key == "mia")
@@ -672,22 +675,33 @@ def _checks_split(f: Finding) -> bool:
 def split_failures(findings: list[Finding]) -> list[Finding]:
     """A control model's tested findings that show a signal: what its records' split gives away without
     memorization."""
-    return [f for f in findings if f.signal and _checks_split(f)]
+    return [f for f in findings if f.signal and checks_split(f)]
 
 
-def split_qualified(leaks: list[Finding], split: dict[str, list[Finding]] | None
-                    ) -> tuple[set[str], list[str]] | None:
-    """(kinds of ``leaks`` that a failed split check also shows, the controls that show them); None: none."""
+def split_qualified(leaks: list[Finding], split: dict[str, list[Finding]] | None) -> str | None:
+    """A sentence qualifying those of ``leaks`` that a failed split check also shows (``split``: each control's
+    :func:`split_failures`); None: none."""
     keys = {f.key for f in leaks}
-    hit = {c: {f.key for f in hits} & keys for c, hits in (split or {}).items()}
-    hit = {c: k for c, k in hit.items() if k}
-    return (set().union(*hit.values()), sorted(hit)) if hit else None
+    hit = {c: k for c, hits in sorted((split or {}).items()) if (k := {f.key for f in hits} & keys)}
+    if not hit:
+        return None
+
+    def labels(ks: set[str]) -> str:
+        return _join([_lower(FINDINGS[k][0]) for k in FINDINGS if k in ks])
+
+    if len(hit) == 1:
+        (control, ks), = hit.items()
+        return (f"Read {labels(ks)} with the split check: the control model {control}, never trained on these "
+                "records, shows a signal there too, so part of it here is the split, not memorization.")
+    each = _join([f"{c} in {labels(ks)}" for c, ks in hit.items()])
+    return (f"Read {labels(set().union(*hit.values()))} with the split check: the control models, never trained on "
+            f"these records, show signals there too ({each}), so part of it here is the split, not memorization.")
 
 
 def _control_verdict(name: str, findings: list[Finding]) -> dict[str, Any]:
     """The split check: a model never trained on the records must show no signal."""
     hits = split_failures(findings)
-    quiet = [_lower(f.label) for f in findings if f.signal is False and _checks_split(f)]
+    quiet = [_lower(f.label) for f in findings if f.signal is False and checks_split(f)]
     failed = [f for f in findings if f.failed]
     dp = _sentence(failed[0].sentence) + " " if failed else ""  # a DP claim it makes, contradicted: said first
     if hits:
@@ -747,12 +761,7 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding],
         parts.append("No leakage measurement was recorded for this model.")
     qualified = split_qualified(leaks, split)
     if qualified:
-        keys, controls = qualified
-        labels = _join([_lower(FINDINGS[k][0]) for k in FINDINGS if k in keys])
-        who = f"the control model {controls[0]}" if len(controls) == 1 else f"the control models {_join(controls)}"
-        parts.append(f"Read {labels} with the split check: {who}, never trained on these records, "
-                     f"show{'s' if len(controls) == 1 else ''} a signal there too, so part of it here is the split, "
-                     "not memorization.")
+        parts.append(qualified)
     eps = model.privacy.epsilon
     privacy = f"trained with DP at ε = {_f(eps, '.2f')}" if eps is not None else "trained without DP"
     status = "failed" if failed else ("leaks" if leaks else ("clean" if quiet else "unknown"))

@@ -280,13 +280,6 @@ class PIIExtractionCounts(_Model):
     n_leaked: int = Field(description="Generated values the baseline did not generate.")
     n_true: int = Field(description="Leaked values that are training PII.")
     n_training: int = Field(description="Distinct training PII values.")
-    n_held_out: int = Field(
-        default=0, description="The baseline: distinct values of held-out records that no training record holds."
-    )
-    n_held_out_true: int = Field(
-        default=0, description="Held-out values among the leaked ones: found without memorization (chance, common "
-        "values)."
-    )
     precision: float | None = Field(description="n_true / n_leaked; null when nothing leaked.")
     recall: float | None = Field(description="n_true / n_training; null without training PII.")
     precision_unfiltered: float | None = Field(
@@ -306,6 +299,20 @@ class PIIExtraction(_Model):
     overall: PIIExtractionCounts = Field(description="Counts summed over types (a value is a (type, value) pair).")
     by_type: dict[str, PIIExtractionCounts]
     notes: list[str] = Field(default_factory=list)
+    units: str | None = Field(
+        default=None, description="The test's unit: 'person' (records of one user_id together) or 'record'; null: "
+        "no held-out baseline was measured."
+    )
+    n_member_units: int = Field(default=0, description="Training units holding detectable PII.")
+    n_member_units_found: int = Field(
+        default=0, description="Of those, units some of whose values the samples contain (the baseline model's "
+        "values removed)."
+    )
+    n_held_out_units: int = Field(default=0, description="Held-out units holding detectable PII (the baseline).")
+    n_held_out_units_found: int = Field(
+        default=0, description="Of those, units some of whose values the samples contain: found without "
+        "memorization (chance, common values)."
+    )
 
 
 class PIIReconstruction(_Model):
