@@ -188,11 +188,10 @@ def _print_summary(results) -> None:
             best_s = f"{best[0]}: TPR {best[1].tpr_at_fpr['0.01']:.1%}{coarse}, AUC {best[1].auc:.3f}"
         t.add_row(f"{name} (control)" if m.control else name, eps, med(hi), med(ref), loss, best_s)
     console.print(t)
-    from leakaudit.report.findings import model_findings, split_failures
+    from leakaudit.report.findings import control_failures
     from leakaudit.report.formatting import _lower
 
-    for name, m in results.models.items():
-        hits = split_failures(model_findings(m, results)) if m.control else []
+    for name, hits in control_failures(results.models, results=results).items():
         if hits:
             typer.echo(f"split check failed: {name} was never trained on these records, yet it shows a signal in "
                        f"{', '.join(_lower(f.label) for f in hits)}; the other models' findings of that kind measure "
@@ -533,7 +532,8 @@ def audit(
     # every input read before anything is written (shadow models take long and write into --out)
     train_texts = load_texts(train_data, text_field=text_field) if train_data else None
     if train_texts is not None:  # a held-out record the model trained on is no non-member
-        check_no_overlap(train_texts, [r["text"] for r in non], what=f"--train-data {train_data}")
+        check_no_overlap(train_texts, [r["text"] for r in non], what=f"--train-data {train_data}",
+                         where=f"in --train-data {train_data}")
     public_texts = load_texts(public, text_field=text_field) if public else None
     dev = init_from_env(device) or default_device()  # under torchrun: join the group, one device each
     log = EventLog(out, _say)

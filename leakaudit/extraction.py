@@ -156,9 +156,9 @@ def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, opt
     members = [r for r in records[:n_members] if r.get("pii")]
     if not members:
         return
+    held_out = [r for r in records[n_members:] if r.get("pii")]
     if samples_dir is not None:
         baseline = _generated_texts(baseline_samples_dir) if baseline_samples_dir else []
-        held_out = [r for r in records[n_members:] if r.get("pii")]
         result = pii_extraction(_generated_texts(samples_dir), baseline, members, held_out=held_out)
         if baseline_samples_dir is None:
             result.notes.append("no baseline model: PII the model would produce without training is not filtered")
@@ -170,7 +170,7 @@ def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, opt
     if len(names) < options.pii_candidates:
         return  # too few names to draw candidates from
     out = {}
-    for side, rows in (("members", members), ("non_members", [r for r in records[n_members:] if r.get("pii")])):
+    for side, rows in (("members", members), ("non_members", held_out)):
         if rows:
             out[side] = pii_reconstruction(
                 target, rows, pii_type="name", n_candidates=options.pii_candidates, seed=options.seed,

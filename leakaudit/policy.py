@@ -144,7 +144,8 @@ class Verdict:
     checks: list[Check] = field(default_factory=list)
     control: bool = False
     """A control model (never trained on the records): an instrument of the audit, not a release candidate; only
-    the split check is shown for it, and it never fails the gate itself."""
+    the split check is shown for it, and it never fails the gate itself (unless named with ``model``: then it is
+    gated like any model)."""
 
 
 # -- loading ---------------------------------------------------------------------------------------
@@ -437,20 +438,24 @@ def _check_dp_holds(name: str, m: dict) -> Check:
 
 
 def _split_failures(data: dict[str, Any]) -> dict[str, list[str]] | None:
-    """Each control model's findings with a signal (by label); None: no control model in the results."""
-    from leakaudit.report.findings import model_findings, split_failures
+    """Each control model's findings with a signal (by label), for the controls with a tested comparison of the two
+    sides; None: no such control in the results."""
+    from leakaudit.report.findings import checks_split, model_findings
 
-    controls = [n for n, m in data["models"].items() if m.get("control")]
-    if not controls:
-        return None
     results = Results.model_validate(data)
-    return {n: [f.label for f in split_failures(model_findings(results.models[n], results))] for n in controls}
+    out = {}
+    for name, model in results.models.items():
+        tested = [f for f in model_findings(model, results) if checks_split(f) and f.signal is not None]
+        if model.control and tested:
+            out[name] = [f.label for f in tested if f.signal]
+    return out or None
 
 
 def _check_split(name: str, split: dict[str, list[str]] | None) -> Check:
     if split is None:
         return Check("require_split_check", "not measured",
-                     f"{name}: split check not run (no control model: audit the base model with --control)")
+                     f"{name}: split check not run (no control model with a tested measurement: audit the base "
+                     "model with --control)")
     bad = {c: labels for c, labels in split.items() if labels}
     if bad:
         said = "; ".join(f"{c} in {', '.join(labels)}" for c, labels in bad.items())

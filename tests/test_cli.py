@@ -500,7 +500,7 @@ def test_audit_reads_every_input_before_training_shadow_models(monkeypatch, caps
     code, _, err = run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--members", corpus[0],
                        "--non-members", corpus[1], "--train-data", train, "--out", tmp_path / "r")
     _assert_clean_error(code, err, f"--train-data {train} and non-members overlap: 1 non-member text(s) also occur "
-                        f"among the --train-data {train}")
+                        f"in --train-data {train}")
     assert not (tmp_path / "r").exists()
 
 

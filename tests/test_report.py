@@ -1859,3 +1859,12 @@ def test_the_gate_does_not_gate_a_control_and_fails_every_model_on_a_failed_spli
     with pytest.raises(LeakauditError, match="every model is a control"):
         evaluate_policy(only, strict)
     assert evaluate_policy(only, strict, model="base")[0].checks  # named: gated as any model
+    # a control that tested nothing has checked nothing: not measured, never passed
+    blank = make_results()
+    empty = blank.models["base"].model_copy(update={
+        "control": True, "mia": {}, "mia_by_unit": {}, "canaries": [], "exposure_by_repetition": [],
+        "memorization": [], "untargeted_extraction": None, "pii_extraction": None, "pii_reconstruction": {},
+        "empirical_privacy": []})
+    blank = blank.model_copy(update={"models": {**blank.models, "base": empty}})
+    v = {x.model: x for x in evaluate_policy(blank, strict)}
+    assert [c.status for c in v["dp"].checks if c.name == "require_split_check"] == ["not measured"]

@@ -21,7 +21,8 @@ class MembershipSplit(BaseModel):
     non_member_ids: list[str] = Field(description="Record ids held out, same distribution.")
 
 
-def check_no_overlap(members: Sequence[str], non_members: Sequence[str], *, what: str = "members") -> None:
+def check_no_overlap(members: Sequence[str], non_members: Sequence[str], *, what: str = "members",
+                     where: str | None = None) -> None:
     """Refuse a split where a text occurs among both members and non-members.
 
     A shared text would be scored as a non-member although the model trained on it,
@@ -31,7 +32,7 @@ def check_no_overlap(members: Sequence[str], non_members: Sequence[str], *, what
     shared = sum(1 for t in non_members if sha256_text(t.strip()) in seen)
     if shared:
         raise LeakauditError(
-            f"{what} and non-members overlap: {shared} non-member text(s) also occur among the {what}"
+            f"{what} and non-members overlap: {shared} non-member text(s) also occur {where or 'among the ' + what}"
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from leakaudit.report.findings import FAILED_DP, FINDINGS, Finding, checks_split, split_failures, split_qualified
+from leakaudit.report.findings import FAILED_DP, FINDINGS, Finding, checks_split, control_failures, split_qualified
 from leakaudit.report.formatting import _dp_settings, _lower
 
 NOT_LEGAL_ADVICE = (
@@ -157,8 +157,7 @@ def compliance(
     findings, ``record`` holds pre-formatted audit-record facts ("config", "data", "revision").
     """
     out = []
-    split = {name: hits for name, model in models.items() if model.control
-             and (hits := split_failures(findings.get(name, [])))}
+    split = control_failures(models, findings)
     for fw in FRAMEWORKS:
         rows = []
         for name, model in models.items():

@@ -17,6 +17,7 @@ extraction (then a count with no test).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -676,6 +677,23 @@ def split_failures(findings: list[Finding]) -> list[Finding]:
     """A control model's tested findings that show a signal: what its records' split gives away without
     memorization."""
     return [f for f in findings if f.signal and checks_split(f)]
+
+
+def control_failures(models: Mapping[str, ModelResult],
+                     findings: Mapping[str, list[Finding]] | None = None,
+                     results: Results | None = None) -> dict[str, list[Finding]]:
+    """Each control model that fails the split check, with its findings that show a signal (:func:`split_failures`).
+
+    ``findings``: the models' findings when already built; otherwise they are built from ``results``.
+    """
+    out = {}
+    for name, model in models.items():
+        if not model.control:
+            continue
+        found = findings.get(name, []) if findings is not None else model_findings(model, results)
+        if hits := split_failures(found):
+            out[name] = hits
+    return out
 
 
 def split_qualified(leaks: list[Finding], split: dict[str, list[Finding]] | None) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from leakaudit.report.findings import FAILED_DP, _verdict, headline, model_findings, split_failures
+from leakaudit.report.findings import FAILED_DP, _verdict, control_failures, headline, model_findings
 from leakaudit.report.formatting import SHORT_HASH, _dp_settings, _md_escape
 from leakaudit.report.schema import Results
 
@@ -83,8 +83,7 @@ def model_card(results: Results, model_name: str) -> str:
     model = results.models[model_name]
     front = yaml.safe_dump(card_metadata(results, model_name), sort_keys=False, allow_unicode=True, width=1000)
     findings = model_findings(model, results)
-    split = {n: hits for n, m in results.models.items() if m.control and n != model_name
-             and (hits := split_failures(model_findings(m, results)))}
+    split = {n: hits for n, hits in control_failures(results.models, results=results).items() if n != model_name}
     verdict = _verdict(model_name, model, findings, split)
     if model.privacy.epsilon is None:
         dp = "Trained without differential privacy."

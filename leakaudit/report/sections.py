@@ -35,8 +35,8 @@ from leakaudit.report.findings import (
     _findings_table,
     _verdict,
     canary_extraction_counts,
+    control_failures,
     model_findings,
-    split_failures,
 )
 from leakaudit.report.formatting import DASH, SHORT_HASH, _ci, _epsilon, _f, _int, _lower, _ok, _pct, _short
 from leakaudit.report.mia import DP_BOUND, KEY_LEVEL, UNRESOLVED, _dp_cell, _dp_check, _mia, _tpr_key, best_attack
@@ -111,7 +111,7 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
         f"This report audits {n} model{'s' if n != 1 else ''} ({', '.join(results.models)}) "
         f"from the run created {results.run.created}."
     )
-    split = {name: hits for name, m in results.models.items() if m.control and (hits := split_failures(findings[name]))}
+    split = control_failures(results.models, findings)
     for name, hits in split.items():
         alerts.append({
             "status": "failed",
@@ -593,8 +593,8 @@ def _limitations(results: Results) -> list[str]:
         "p-value, corrected for the attacks within it (Bonferroni) and for the model's other findings (Holm), is "
         "below 5%, so a model that never saw the data is called leaky at most 5% of the time by these tests, which "
         "assume members and non-members were split at random (see the split check). The empirical ε bound has an "
-        "error level of its own (5%), and results recorded without these p-values (older runs) keep the earlier, "
-        "uncorrected rules. "
+        "error level of its own (5%), and in results recorded without these p-values (older runs) membership "
+        "inference, the canary-exposure AUC and PII extraction keep the earlier, uncorrected rules. "
         "The price is power: a weak signal near that line deserves a repeat with more records.",
         "Canaries measure worst-case memorisation of the inserted random secrets only: how readily the model "
         "memorises a unique random string seen k times. They say nothing directly about natural records, which are "
