@@ -440,15 +440,10 @@ def _check_dp_holds(name: str, m: dict) -> Check:
 def _split_failures(data: dict[str, Any]) -> dict[str, list[str]] | None:
     """Each control model's findings with a signal (by label), for the controls with a tested comparison of the two
     sides; None: no such control in the results."""
-    from leakaudit.report.findings import checks_split, model_findings
+    from leakaudit.report.findings import split_check
 
-    results = Results.model_validate(data)
-    out = {}
-    for name, model in results.models.items():
-        tested = [f for f in model_findings(model, results) if checks_split(f) and f.signal is not None]
-        if model.control and tested:
-            out[name] = [f.label for f in tested if f.signal]
-    return out or None
+    checked = split_check(Results.model_validate(data))
+    return None if checked is None else {name: [f.label for f in hits] for name, hits in checked.items()}
 
 
 def _check_split(name: str, split: dict[str, list[str]] | None) -> Check:

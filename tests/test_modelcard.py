@@ -72,6 +72,7 @@ def test_non_dp_model_card(results):
     assert meta[CARD_KEY]["results"]["max_canary_exposure_at_cap"] is True
     assert "Trained without differential privacy." in body
     assert "It leaks its training data." in body
+    assert meta[CARD_KEY]["control"] is False and meta[CARD_KEY]["split_check"] == "not run"
     assert ("| Canary extraction | 3/6 inserted canaries | 0/3 never-inserted canaries; guessing: at most 2e-06 per "
             "canary |") in body
 

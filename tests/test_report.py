@@ -1742,6 +1742,8 @@ def test_a_control_model_with_a_signal_fails_the_split_check_and_qualifies_the_o
 
     card = model_card(res, "non_dp")
     assert "Read membership inference with the split check" in card
+    assert "split_check: failed" in card and "control: false" in card
+    assert "split_check: passed" in model_card(_with_control(make_results(), leaky=False), "dp")
     assert "SPLIT CHECK FAILED, base:" in render_html(res)
 
 

@@ -696,6 +696,19 @@ def control_failures(models: Mapping[str, ModelResult],
     return out
 
 
+def split_check(results: Results) -> dict[str, list[Finding]] | None:
+    """The split check of a run: each control model with a tested comparison of the two sides, with its findings
+    that show a signal (empty: it passed); None: no such control, the check was not run."""
+    out = {}
+    for name, model in results.models.items():
+        if not model.control:
+            continue
+        found = model_findings(model, results)
+        if any(checks_split(f) and f.signal is not None for f in found):
+            out[name] = split_failures(found)
+    return out or None
+
+
 def split_qualified(leaks: list[Finding], split: dict[str, list[Finding]] | None) -> str | None:
     """A sentence qualifying those of ``leaks`` that a failed split check also shows (``split``: each control's
     :func:`split_failures`); None: none."""

@@ -11,7 +11,7 @@ from typing import Any
 
 import yaml
 
-from leakaudit.report.findings import FAILED_DP, _verdict, control_failures, headline, model_findings
+from leakaudit.report.findings import FAILED_DP, _verdict, control_failures, headline, model_findings, split_check
 from leakaudit.report.formatting import SHORT_HASH, _dp_settings, _md_escape
 from leakaudit.report.schema import Results
 
@@ -24,6 +24,7 @@ def card_metadata(results: Results, model_name: str) -> dict[str, Any]:
     model = results.models[model_name]
     p = model.privacy
     h = headline(results, model_name)
+    checked = split_check(results)
     tags = ["leakaudit", "privacy-audit"]
     if p.epsilon is not None:
         tags.append("differential-privacy")
@@ -35,6 +36,8 @@ def card_metadata(results: Results, model_name: str) -> dict[str, Any]:
         "config_sha256": results.run.config_sha256,
         "git_revision": results.run.git_revision,
         "model": model_name,
+        "control": model.control,
+        "split_check": "not run" if checked is None else ("failed" if any(checked.values()) else "passed"),
         "files_sha256": dict(model.files_sha256),
         "differential_privacy": {
             "epsilon": p.epsilon,
