@@ -188,14 +188,13 @@ def _print_summary(results) -> None:
             best_s = f"{best[0]}: TPR {best[1].tpr_at_fpr['0.01']:.1%}{coarse}, AUC {best[1].auc:.3f}"
         t.add_row(f"{name} (control)" if m.control else name, eps, med(hi), med(ref), loss, best_s)
     console.print(t)
-    from leakaudit.report.findings import control_failures
+    from leakaudit.report.findings import control_failures, control_findings
     from leakaudit.report.formatting import _lower
 
-    for name, hits in control_failures(results.models, results=results).items():
-        if hits:
-            typer.echo(f"split check failed: {name} was never trained on these records, yet it shows a signal in "
-                       f"{', '.join(_lower(f.label) for f in hits)}; the other models' findings of that kind measure "
-                       "the split too (see the report)")
+    for name, hits in control_failures(results.models, control_findings(results)).items():
+        typer.echo(f"split check failed: {name} was never trained on these records, yet it shows a signal in "
+                   f"{', '.join(_lower(f.label) for f in hits)}; the other models' findings of that kind measure "
+                   "the split too (see the report)")
 
 
 # -- canaries ----------------------------------------------------------------------------

@@ -440,9 +440,10 @@ def _check_dp_holds(name: str, m: dict) -> Check:
 def _split_failures(data: dict[str, Any]) -> dict[str, list[str]] | None:
     """Each control model's findings with a signal (by label), for the controls with a tested comparison of the two
     sides; None: no such control in the results."""
-    from leakaudit.report.findings import split_check
+    from leakaudit.report.findings import control_findings, split_check
 
-    checked = split_check(Results.model_validate(data))
+    results = Results.model_validate(data)
+    checked = split_check(results.models, control_findings(results))
     return None if checked is None else {name: [f.label for f in hits] for name, hits in checked.items()}
 
 

@@ -180,29 +180,27 @@ def _mia_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | Non
     name, r = best
     tests = {a: x.auc_pvalue for a, x in model.mia.items() if _ok(x.auc_pvalue)}
     p, passing = _tested("mia", tests, adjusted)
+    corrected = f"corrected for {_plural(len(tests), 'attack')}"
     if tests:  # an attack separates members beyond chance, after the correction for the attacks and findings
         above = {a: model.mia[a] for a in passing}
         signal: bool | None = bool(above)
-        why = f"the {{name}} attack separates them beyond chance (corrected for {_plural(len(tests), 'attack')})"
-        negative = (f"membership inference does no better than chance (no attack's AUC is above 0.5 beyond sampling "
-                    f"error, corrected for {_plural(len(tests), 'attack')})")
     else:  # results recorded before the attacks' p-values: their AUC intervals, uncorrected
         with_ci = {a: x for a, x in model.mia.items() if x.auc_ci is not None and _ok(x.auc_ci[0])}
         above = {a: x for a, x in with_ci.items() if x.auc_ci[0] > 0.5}
         signal = bool(above) if with_ci else None
-        why = "the {name} attack's AUC interval lies above 0.5"
-        negative = "membership inference does no better than chance (no attack's AUC interval lies above 0.5)"
     if above:  # the finding quotes an attack that shows the signal: the best of them by TPR at 1% FPR
         name, r = max(above.items(), key=lambda kv: (_tpr_key(kv[1]) or 0.0, kv[1].auc))
     tpr, _ = _tpr(r, KEY_LEVEL, ci=True)
     auc = _auc(r)
     if signal:
-        sentence = (
-            f"an attacker can tell its training records from others: {why.format(name=name)}, and at 1% FPR it "
-            f"finds {_pct(_tpr_key(r))} of them (chance: 1%)"
-        )
+        why = (f"the {name} attack separates them beyond chance ({corrected})" if tests
+               else f"the {name} attack's AUC interval lies above 0.5")
+        sentence = (f"an attacker can tell its training records from others: {why}, and at 1% FPR it finds "
+                    f"{_pct(_tpr_key(r))} of them (chance: 1%)")
     elif signal is False:
-        sentence = negative
+        sentence = ("membership inference does no better than chance (" + (
+            f"no attack's AUC is above 0.5 beyond sampling error, {corrected})" if tests
+            else "no attack's AUC interval lies above 0.5)"))
     else:
         sentence = f"the strongest membership attack ({name}) finds {_pct(_tpr_key(r))} of training records at 1% FPR"
     violated = sorted(dp_bound_violations(model))
@@ -244,16 +242,20 @@ SEARCHES_PER_CANARY = 2
 """First guesses one canary's extraction can count: the best-first search's and the beam search's."""
 
 
+def _space_sizes(results: Results, specs: set[str | None]) -> dict[str | None, int] | None:
+    """The secret-space size |R| of each of ``specs``; None: no spec, or one's size is unknown."""
+    spaces = {s.name: s.space_size for s in results.canary_specs}
+    sizes = {spec: spaces.get(spec or "", 0) for spec in specs}
+    return sizes if sizes and all(v > 0 for v in sizes.values()) else None
+
+
 def own_secret_chance(model: ModelResult, results: Results) -> float | None:
     """At most the chance that a canary's searches return its own secret from a model that never saw it:
     :data:`SEARCHES_PER_CANARY` / |R| of the smallest secret space among the model's specs (a secret is drawn
     uniformly, independently of the model, so any one guess is it with probability 1 / |R|).  None: a space
     size is unknown."""
-    spaces = {s.name: s.space_size for s in results.canary_specs}
-    specs = {c.spec for c in model.canaries} or {g.spec for g in model_groups(model)}
-    if not specs or any(spaces.get(spec or "", 0) <= 0 for spec in specs):
-        return None
-    return min(1.0, SEARCHES_PER_CANARY / min(spaces[spec or ""] for spec in specs))
+    sizes = _space_sizes(results, {c.spec for c in model.canaries} or {g.spec for g in model_groups(model)})
+    return None if sizes is None else min(1.0, SEARCHES_PER_CANARY / min(sizes.values()))
 
 
 def extraction_p_value(k: int, n: int, k0: int, n0: int, chance: float | None) -> float | None:
@@ -344,7 +346,6 @@ def other_secret_chance(model: ModelResult, results: Results) -> float | None:
     """The largest chance, over the searched canaries, that a guess made without the inserted secrets is one of
     them: other inserted canaries of its spec / the spec's space size (secrets are drawn uniformly, so this holds
     for any fixed guess). None: a spec's space size or the counts are unknown."""
-    spaces = {s.name: s.space_size for s in results.canary_specs}
     inserted: dict[str | None, int] = {}
     searched: list[tuple[str | None, int]] = []  # (spec, inserted canaries of the spec other than this one)
     if model.canaries:
@@ -357,9 +358,8 @@ def other_secret_chance(model: ModelResult, results: Results) -> float | None:
         for g in groups:
             inserted[g.spec] = inserted.get(g.spec, 0) + (g.n if g.repetitions > 0 else 0)
         searched = [(g.spec, inserted[g.spec]) for g in groups if g.extraction_first_guess_inserted is not None]
-    if not searched or any(spaces.get(spec or "", 0) <= 0 for spec, _ in searched):
-        return None
-    return max(others / spaces[spec or ""] for spec, others in searched)
+    sizes = _space_sizes(results, {spec for spec, _ in searched})
+    return None if sizes is None else max(others / sizes[spec] for spec, others in searched)
 
 
 def _other_secrets_finding(model: ModelResult, results: Results, adjusted: Adjusted = None) -> Finding | None:
@@ -679,34 +679,25 @@ def split_failures(findings: list[Finding]) -> list[Finding]:
     return [f for f in findings if f.signal and checks_split(f)]
 
 
-def control_failures(models: Mapping[str, ModelResult],
-                     findings: Mapping[str, list[Finding]] | None = None,
-                     results: Results | None = None) -> dict[str, list[Finding]]:
-    """Each control model that fails the split check, with its findings that show a signal (:func:`split_failures`).
-
-    ``findings``: the models' findings when already built; otherwise they are built from ``results``.
-    """
-    out = {}
-    for name, model in models.items():
-        if not model.control:
-            continue
-        found = findings.get(name, []) if findings is not None else model_findings(model, results)
-        if hits := split_failures(found):
-            out[name] = hits
-    return out
+def control_findings(results: Results) -> dict[str, list[Finding]]:
+    """The findings of the run's control models."""
+    return {name: model_findings(m, results) for name, m in results.models.items() if m.control}
 
 
-def split_check(results: Results) -> dict[str, list[Finding]] | None:
+def split_check(models: Mapping[str, ModelResult], findings: Mapping[str, list[Finding]]
+                ) -> dict[str, list[Finding]] | None:
     """The split check of a run: each control model with a tested comparison of the two sides, with its findings
-    that show a signal (empty: it passed); None: no such control, the check was not run."""
-    out = {}
-    for name, model in results.models.items():
-        if not model.control:
-            continue
-        found = model_findings(model, results)
-        if any(checks_split(f) and f.signal is not None for f in found):
-            out[name] = split_failures(found)
+    that show a signal (:func:`split_failures`; empty: it passed); None: no such control, the check was not run.
+    ``findings`` holds at least the controls' findings (:func:`control_findings`)."""
+    out = {name: split_failures(findings.get(name, [])) for name, m in models.items() if m.control
+           and any(checks_split(f) and f.signal is not None for f in findings.get(name, []))}
     return out or None
+
+
+def control_failures(models: Mapping[str, ModelResult], findings: Mapping[str, list[Finding]]
+                     ) -> dict[str, list[Finding]]:
+    """The controls that fail the split check, with their findings that show a signal."""
+    return {name: hits for name, hits in (split_check(models, findings) or {}).items() if hits}
 
 
 def split_qualified(leaks: list[Finding], split: dict[str, list[Finding]] | None) -> str | None:

@@ -11,7 +11,16 @@ from typing import Any
 
 import yaml
 
-from leakaudit.report.findings import FAILED_DP, _verdict, control_failures, headline, model_findings, split_check
+from leakaudit.report.findings import (
+    FAILED_DP,
+    Finding,
+    _verdict,
+    control_failures,
+    control_findings,
+    headline,
+    model_findings,
+    split_check,
+)
 from leakaudit.report.formatting import SHORT_HASH, _dp_settings, _md_escape
 from leakaudit.report.schema import Results
 
@@ -19,12 +28,16 @@ CARD_KEY = "privacy_audit"
 """The front-matter key holding the audit's metadata."""
 
 
-def card_metadata(results: Results, model_name: str) -> dict[str, Any]:
-    """The front matter as a dict: hub tags plus :data:`CARD_KEY` with the privacy record and headline results."""
+def card_metadata(results: Results, model_name: str, controls: dict[str, list[Finding]] | None = None
+                  ) -> dict[str, Any]:
+    """The front matter as a dict: hub tags plus :data:`CARD_KEY` with the privacy record and headline results.
+
+    ``controls``: the control models' findings (:func:`control_findings`), when already built.
+    """
     model = results.models[model_name]
     p = model.privacy
     h = headline(results, model_name)
-    checked = split_check(results)
+    checked = split_check(results.models, control_findings(results) if controls is None else controls)
     tags = ["leakaudit", "privacy-audit"]
     if p.epsilon is not None:
         tags.append("differential-privacy")
@@ -84,9 +97,11 @@ def model_card(results: Results, model_name: str) -> str:
     if model_name not in results.models:
         raise KeyError(f"no model {model_name!r} in the results (models: {', '.join(results.models)})")
     model = results.models[model_name]
-    front = yaml.safe_dump(card_metadata(results, model_name), sort_keys=False, allow_unicode=True, width=1000)
+    controls = control_findings(results)
+    front = yaml.safe_dump(card_metadata(results, model_name, controls), sort_keys=False, allow_unicode=True,
+                           width=1000)
     findings = model_findings(model, results)
-    split = {n: hits for n, hits in control_failures(results.models, results=results).items() if n != model_name}
+    split = {n: hits for n, hits in control_failures(results.models, controls).items() if n != model_name}
     verdict = _verdict(model_name, model, findings, split)
     if model.privacy.epsilon is None:
         dp = "Trained without differential privacy."

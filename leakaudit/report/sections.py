@@ -269,7 +269,7 @@ def _privacy(results: Results) -> list[dict[str, Any]]:
     return [{"label": label, "cells": cells} for label, cells in rows]
 
 
-def _memorization(results: Results) -> dict[str, Any]:
+def _memorization(results: Results, findings: dict[str, list[Finding]]) -> dict[str, Any]:
     settings = sorted({(m.k, m.n) for model in results.models.values() for m in model.memorization})
     header = [
         "model",
@@ -282,8 +282,7 @@ def _memorization(results: Results) -> dict[str, Any]:
     ]
     tables = []
     # the marker is the verdict's memorization finding (the model's first setting, after the corrections)
-    marked = {name: any(f.key == "memorization" and f.signal for f in model_findings(model, results))
-              for name, model in results.models.items()}
+    marked = {name: any(f.key == "memorization" and f.signal for f in findings[name]) for name in results.models}
     for k, n in settings:
         rows = []
         for name, model in results.models.items():
@@ -672,7 +671,7 @@ def _view(results: Results, *, plots: bool) -> dict[str, Any]:
         "findings": _findings_table(results, findings),
         "exposure": exposure,
         "mia": mia,
-        "memorization": _memorization(results),
+        "memorization": _memorization(results, findings),
         "untargeted": _untargeted(results),
         "pii": _pii_extraction(results),
         "reconstruction": _pii_reconstruction(results),
