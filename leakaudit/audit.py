@@ -36,6 +36,7 @@ from leakaudit.attacks import (
 )
 from leakaudit.attacks.exposure import null_secrets
 from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract_secret
+from leakaudit.attacks.metrics import JOINT_PERMUTATIONS, joint_auc_p_values
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import Canary, CanaryManifest
 from leakaudit.data.loading import user_of
@@ -61,6 +62,7 @@ from leakaudit.report.schema import (
     CanaryResult,
     CanarySpecSummary,
     EmpiricalPrivacy,
+    JointAttackTest,
     ModelResult,
     PrivacyRecord,
     Results,
@@ -91,6 +93,7 @@ class AuditOptions:
     n_neighbours: int = 8
     token_budget: int | None = None
     n_boot: int = 1000
+    permutations: int = JOINT_PERMUTATIONS  # relabellings of the attacks' joint test (metrics.joint_auc_p_values)
     seed: int = 0
     exact_exposure_max: int = 0  # enumerate canary spaces up to this size for exact exposure (0: never)
     extraction_budget: int = 200  # expansions per canary for the extraction search (0: no search)
@@ -357,6 +360,15 @@ def model_result(
         mia[name] = attack_result(s[member], s[~member], epsilon=eps, delta=delta, n_boot=options.n_boot)
         if users is not None:
             by_user[name] = attack_result(*_user_scores(users, s), epsilon=None, n_boot=options.n_boot)
+    joint = None
+    if mia:  # the attacks tested together, so that the verdict may take the best of them
+        scores = {name: per_sample[f"score_{name}"].to_numpy() for name in mia}
+        groups = users["user"].to_numpy() if users is not None else None  # a per-person split: relabel people
+        joint = JointAttackTest(
+            unit="record" if groups is None else "user", permutations=options.permutations, seed=options.seed,
+            p_values=joint_auc_p_values(scores, member, groups=groups, permutations=options.permutations,
+                                        seed=options.seed),
+        )
     # one folder per model, so that no model's files can be taken for another's (names 'a' and 'a-b')
     model_samples = run_dir / "per_sample" / model.name
     for old in model_samples.glob("*.parquet"):  # files of an earlier run's settings
@@ -392,6 +404,7 @@ def model_result(
         privacy=privacy,
         utility=table_utility(table),
         mia=mia,
+        mia_joint=joint,
         mia_by_unit=units,
         skipped_attacks=skipped,
         skipped_units={"user": no_users} if no_users else {},

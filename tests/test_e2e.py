@@ -77,6 +77,9 @@ def test_membership_attacks_find_members_only_where_the_model_trained_on_them(de
     for attack, r in base.mia.items():
         assert abs(r.auc - 0.5) < 0.15, attack  # never saw the data: chance (about 110 per side)
     assert "user" in non_dp.mia_by_unit and non_dp.mia_by_unit["canary"]["exposure"].auc > 0.8
+    for m in (non_dp, base):  # the attacks tested together, people relabelled (the demo splits per person)
+        assert set(m.mia_joint.p_values) == set(m.mia) and m.mia_joint.unit == "user"
+    assert min(non_dp.mia_joint.p_values.values()) == pytest.approx(1 / (non_dp.mia_joint.permutations + 1))
     dp = results.models["dp"]
     assert all(r.dp_bound is not None and not r.dp_bound.violated for r in dp.mia.values())
 

@@ -1603,6 +1603,58 @@ def test_a_strong_attack_survives_the_correction_and_is_quoted():
     assert "the lira attack separates them beyond chance (corrected for 12 attacks)" in f.sentence
 
 
+def _correlated_attacks(rng, shift: float, attacks: int = 11, n: int = 300):
+    """``attacks`` near-copies of one attack (as LOSS, zlib and Min-K% are), members shifted by ``shift``:
+    (the attacks' scores, the membership labels)."""
+    member = np.arange(2 * n) < n
+    common = rng.normal(size=2 * n) + shift * member
+    return {f"attack{i}": common + 0.2 * rng.normal(size=2 * n) for i in range(attacks)}, member
+
+
+def _with_attacks(model, scores, member, joint: bool):
+    from leakaudit.attacks.metrics import attack_result, joint_auc_p_values
+    from leakaudit.report.schema import JointAttackTest
+
+    mia = {a: attack_result(s[member], s[~member], n_boot=0) for a, s in scores.items()}
+    test = JointAttackTest(permutations=999, p_values=joint_auc_p_values(scores, member, permutations=999))
+    return model.model_copy(update={"mia": mia, "mia_by_unit": {}, "mia_joint": test if joint else None})
+
+
+def test_the_attacks_tested_together_keep_the_power_bonferroni_loses():
+    """Eleven near-copies of a weak attack: Bonferroni multiplies its p-value by eleven and calls no leak; the
+    joint permutation test (recorded by the audit) pays almost nothing for the copies and finds it.  Results
+    written before the joint test keep Bonferroni."""
+    from leakaudit.report.findings import _mia_finding
+
+    res = make_results()
+    scores, member = _correlated_attacks(np.random.default_rng(3), shift=0.2)
+    joint = _with_attacks(res.models["base"], scores, member, joint=True)
+    best = min(r.auc_pvalue for r in joint.mia.values())
+    assert 0.05 / 11 < best < 0.02  # Bonferroni misses it
+    f = _mia_finding(joint)
+    assert f.signal and "(corrected for 11 attacks by permutation)" in f.sentence
+    assert f.p_value == min(joint.mia_joint.p_values.values()) < 3 * best  # Bonferroni: 11 times
+    legacy = _mia_finding(_with_attacks(res.models["base"], scores, member, joint=False))
+    assert legacy.signal is False and legacy.p_value == pytest.approx(11 * best)
+    # a joint test that did not cover every attack is not used
+    partial = joint.model_copy(update={"mia_joint": joint.mia_joint.model_copy(
+        update={"p_values": {"attack0": 1e-9}})})
+    assert _mia_finding(partial).p_value == pytest.approx(11 * best)
+
+
+def test_the_attacks_tested_together_still_rarely_call_a_model_that_never_saw_the_data_leaky():
+    from leakaudit.report.findings import model_findings
+
+    res = make_results()
+    rng = np.random.default_rng(12)
+    reps, leaky = 150, 0
+    for _ in range(reps):
+        scores, member = _correlated_attacks(rng, shift=0.0, n=100)
+        model = _with_attacks(res.models["base"], scores, member, joint=True)
+        leaky += next(f for f in model_findings(model, res) if f.key == "mia").signal
+    assert leaky / reps <= 0.08  # 5% expected (Holm over the model's other findings can only lower it)
+
+
 def test_a_canary_found_by_luck_in_a_tiny_secret_space_is_no_leak():
     """With no never-inserted canary extracted, the baseline is the chance of guessing a secret: tiny for a space
     of a million, not for one of ten (where one hit in 24 searches is expected by luck)."""

@@ -8,7 +8,9 @@ cards (:mod:`leakaudit.report.modelcard`) are all built from these.
 
 Multiplicity.  A model is tested in several ways, and a finding may rest on several tests (eleven
 membership attacks, exact and approximate matches, ...).  Each finding's p-value is the Bonferroni
-bound over its own tests, and the findings of one model are corrected together by Holm's method
+bound over its own tests (the membership attacks: their joint max-T permutation test, recorded by the
+audit, which pays nothing for attacks that measure the same thing), and the findings of one model are
+corrected together by Holm's method
 (:func:`model_findings`): a model that never saw the data gets any "signal" with probability at most
 :data:`SIGNIFICANCE` (members and non-members split at random).  Left out of that family: the DP
 checks (their own error levels) and, in results recorded without its held-out baseline, PII
@@ -157,12 +159,13 @@ Adjusted = dict[str, float] | None
 """Holm-adjusted p-values of a model's findings by key (None: not yet known, the first pass)."""
 
 
-def _tested(key: str, tests: dict[str, float], adjusted: Adjusted) -> tuple[float | None, set[str]]:
-    """(the finding's p-value, the names of its tests that pass): Bonferroni over ``tests``, each test
-    then scaled by the factor Holm's correction applied to the finding, against :data:`SIGNIFICANCE`."""
+def _tested(key: str, tests: dict[str, float], adjusted: Adjusted, *, joint: bool = False) -> tuple[float | None, set[str]]:
+    """(the finding's p-value, the names of its tests that pass): Bonferroni over ``tests`` (``joint``: the
+    tests' p-values are already adjusted for one another, so none is scaled), each test then scaled by the
+    factor Holm's correction applied to the finding, against :data:`SIGNIFICANCE`."""
     if not tests:
         return None, set()
-    k = len(tests)
+    k = 1 if joint else len(tests)
     p = min(1.0, k * min(tests.values()))
     adj = adjusted.get(key, p) if adjusted is not None else p
     factor = adj / p if p > 0 else 1.0
@@ -173,14 +176,24 @@ def _count(rate: float | None, n: int) -> int:
     return round((rate or 0.0) * n) if _ok(rate) else 0
 
 
+def _joint_p_values(model: ModelResult, tests: dict[str, float]) -> dict[str, float] | None:
+    """The attacks' p-values adjusted for one another (the audit's max-T permutation test), when that test
+    covered every attack in ``tests``; None: results written before it, or attacks it did not cover."""
+    joint = model.mia_joint.p_values if model.mia_joint is not None else {}
+    if not tests or not set(tests) <= set(joint) or not all(_ok(joint[a]) for a in tests):
+        return None
+    return {a: joint[a] for a in tests}
+
+
 def _mia_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
     best = best_attack(model)
     if best is None:
         return None
     name, r = best
     tests = {a: x.auc_pvalue for a, x in model.mia.items() if _ok(x.auc_pvalue)}
-    p, passing = _tested("mia", tests, adjusted)
-    corrected = f"corrected for {_plural(len(tests), 'attack')}"
+    joint = _joint_p_values(model, tests)
+    p, passing = _tested("mia", joint or tests, adjusted, joint=joint is not None)
+    corrected = f"corrected for {_plural(len(tests), 'attack')}" + (" by permutation" if joint else "")
     if tests:  # an attack separates members beyond chance, after the correction for the attacks and findings
         above = {a: model.mia[a] for a in passing}
         signal: bool | None = bool(above)

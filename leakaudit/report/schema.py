@@ -95,6 +95,27 @@ class AttackResult(_Model):
     roc: RocCurve | None = None
 
 
+class JointAttackTest(_Model):
+    """The membership attacks' p-values adjusted for one another (one model, per-sequence attacks)."""
+
+    method: str = Field(
+        default="max-T permutation (Westfall-Young, single step)",
+        description="How the attacks were tested together: each attack's AUC against the largest AUC of any "
+        "attack under random relabellings of the same records (the number of member units kept).",
+    )
+    unit: str = Field(
+        default="record",
+        description="What was relabelled: 'user' when every person's records lie on one side (a per-person split), "
+        "else 'record'.",
+    )
+    permutations: int = Field(description="Random relabellings drawn (p-values resolve to 1 / (permutations + 1); "
+                              "with records as the units, the Bonferroni value is used below that).")
+    seed: int = 0
+    p_values: dict[str, float] = Field(
+        description="Attack -> one-sided p-value that its AUC exceeds 0.5, adjusted for every attack listed here."
+    )
+
+
 class CanaryResult(_Model):
     """Exposure of one canary (no secret: its id only)."""
 
@@ -391,6 +412,9 @@ class ModelResult(_Model):
         default_factory=dict,
         description="Other units of evaluation: 'user' (a person's records aggregated) and 'canary' "
         "(inserted versus reference canaries, scored by exposure).",
+    )
+    mia_joint: JointAttackTest | None = Field(
+        default=None, description="The per-sequence attacks tested together (absent in results written before it)."
     )
     skipped_attacks: dict[str, str] = Field(default_factory=dict, description="Attack -> why it was not run.")
     skipped_units: dict[str, str] = Field(
