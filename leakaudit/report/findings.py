@@ -159,7 +159,8 @@ Adjusted = dict[str, float] | None
 """Holm-adjusted p-values of a model's findings by key (None: not yet known, the first pass)."""
 
 
-def _tested(key: str, tests: dict[str, float], adjusted: Adjusted, *, joint: bool = False) -> tuple[float | None, set[str]]:
+def _tested(key: str, tests: dict[str, float], adjusted: Adjusted, *,
+            joint: bool = False) -> tuple[float | None, set[str]]:
     """(the finding's p-value, the names of its tests that pass): Bonferroni over ``tests`` (``joint``: the
     tests' p-values are already adjusted for one another, so none is scaled), each test then scaled by the
     factor Holm's correction applied to the finding, against :data:`SIGNIFICANCE`."""
