@@ -36,7 +36,8 @@ from leakaudit.attacks import (
 )
 from leakaudit.attacks.exposure import null_secrets
 from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract_secret
-from leakaudit.attacks.metrics import JOINT_PERMUTATIONS, joint_auc_p_values
+from leakaudit.attacks.memorization import APPROX_BLEU
+from leakaudit.attacks.metrics import JOINT_PERMUTATIONS, joint_auc_p_values, joint_rate_p_values
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
 from leakaudit.canaries.manifest import Canary, CanaryManifest
 from leakaudit.data.loading import user_of
@@ -62,8 +63,9 @@ from leakaudit.report.schema import (
     CanaryResult,
     CanarySpecSummary,
     EmpiricalPrivacy,
-    JointAttackTest,
+    MemorizationResult,
     ModelResult,
+    PermutationTest,
     PrivacyRecord,
     Results,
     RunInfo,
@@ -364,7 +366,7 @@ def model_result(
     if mia:  # the attacks tested together, so that the verdict may take the best of them
         scores = {name: per_sample[f"score_{name}"].to_numpy() for name in mia}
         groups = users["user"].to_numpy() if users is not None else None  # a per-person split: relabel people
-        joint = JointAttackTest(
+        joint = PermutationTest(
             unit="record" if groups is None else "user", permutations=options.permutations, seed=options.seed,
             p_values=joint_auc_p_values(scores, member, groups=groups, permutations=options.permutations,
                                         seed=options.seed),
@@ -388,6 +390,8 @@ def model_result(
         units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot,
                                                      group=k)}
     found = read_extraction(extraction_dir)
+    person = dict(zip(table["id"].astype(str), users["user"])) if users is not None else None
+    memorization = [_memorization_tested(m, extraction_dir, person, options) for m in found.memorization]
     empirical = _one_run_bounds(score_dir, reference_dirs or {}, privacy, seed=options.seed)
     for f in sorted(extraction_dir.glob("*.parquet")) if extraction_dir else []:
         write_parquet(pd.read_parquet(f), model_samples / f.name)
@@ -410,12 +414,35 @@ def model_result(
         skipped_units={"user": no_users} if no_users else {},
         canaries=published,
         exposure_by_repetition=exposure_groups(published),  # medians of what is published, no finer
-        memorization=found.memorization,
+        memorization=memorization,
         untargeted_extraction=found.untargeted,
         pii_extraction=found.pii_extraction,
         pii_reconstruction=found.pii_reconstruction,
         empirical_privacy=empirical,
     )
+
+
+def _memorization_tested(m: MemorizationResult, extraction_dir: Path | None, person: dict | None,
+                         options: AuditOptions) -> MemorizationResult:
+    """``m`` with its exact and approximate matches tested together (:func:`joint_rate_p_values`), from the
+    stage's per-record table; people relabelled when ``person`` (record id -> user) covers every record tested.
+    Unchanged when the table is missing or one side tested no record."""
+    f = extraction_dir / f"memorization-k{m.k}-n{m.n}.parquet" if extraction_dir else None
+    if f is None or not f.is_file():
+        return m
+    rows = pd.read_parquet(f)
+    member = rows["member"].to_numpy(bool)
+    if not member.any() or member.all():
+        return m
+    ids = rows["id"].astype(str)
+    groups = None
+    if person is not None and ids.isin(person.keys()).all():
+        groups = ids.map(person).to_numpy()
+    hits = {"exact": rows["exact"].to_numpy(float), "approx": (rows["bleu"] > APPROX_BLEU).to_numpy(float)}
+    p = joint_rate_p_values(hits, member, groups=groups, permutations=options.permutations, seed=options.seed)
+    test = PermutationTest(unit="record" if groups is None else "user", permutations=options.permutations,
+                           seed=options.seed, p_values=p)
+    return m.model_copy(update={"test": test})
 
 
 PUBLISHED_BITS = 1

@@ -146,6 +146,8 @@ def test_extraction_memorization_and_pii_are_measured_with_baselines(demo_run):
     # at this size the tiny model completes members barely better than held-out records (shared template)
     assert mem.members.n_records > 50 and mem.non_members.n_records > 50
     assert 0 <= mem.members.token_match_mean <= 1 and mem.non_members.exact_match_ci is not None
+    for m in (non_dp, base, dp):  # exact and approximate matches tested together, people relabelled
+        assert set(m.memorization[0].test.p_values) == {"exact", "approx"} and m.memorization[0].test.unit == "user"
     # PII reconstruction: the non-DP model picks a member's true name far above chance, not a non-member's
     rec = non_dp.pii_reconstruction
     assert rec["members"].top1_accuracy > 5 * rec["members"].chance_top1

@@ -280,9 +280,53 @@ def test_joint_p_values_refuse_bad_input():
     assert joint_auc_p_values({}, member) == {}
     with pytest.raises(ValueError, match="both members and non-members"):
         joint_auc_p_values({"a": s}, member, groups=np.array([0, 1, 1, 2]))
-    with pytest.raises(ValueError, match="attack 'a': 3 scores for 4 records"):
+    with pytest.raises(ValueError, match="3 values for 4 records"):
         joint_auc_p_values({"a": s[:3]}, member)
     with pytest.raises(ValueError, match="finite"):
         joint_auc_p_values({"a": np.array([1.0, np.nan, 3.0, 4.0])}, member)
     with pytest.raises(ValueError, match="at least one member"):
         joint_auc_p_values({"a": s}, np.zeros(4, bool))
+
+
+def test_joint_rate_p_values_of_one_test_over_records_are_fishers():
+    from leakaudit.attacks.metrics import joint_rate_p_values
+    from leakaudit.report.stats import fisher_greater
+
+    member = np.arange(60) < 25
+    hit = np.zeros(60)
+    hit[[0, 1, 2, 3, 4, 30, 31]] = 1  # 5 of 25 members, 2 of 35 non-members
+    fisher = fisher_greater(5, 25, 2, 35)
+    assert 0.02 < fisher < 0.2
+    got = joint_rate_p_values({"exact": hit}, member, permutations=40_000, seed=3)["exact"]
+    assert got == pytest.approx(fisher, abs=0.01)
+    # two tests: the studentized max-T against enumeration is covered for scores above; here each test's p-value
+    # is at most Bonferroni's and at least its own
+    approx = hit.copy()
+    approx[[5, 6, 40]] = 1
+    both = joint_rate_p_values({"exact": hit, "approx": approx}, member, permutations=20_000, seed=3)
+    assert fisher - 0.01 <= both["exact"] <= 2 * fisher + 0.01
+    assert joint_rate_p_values({"none": np.zeros(60)}, member) == {"none": 1.0}
+    with pytest.raises(ValueError, match="0 or 1"):
+        joint_rate_p_values({"exact": hit * 2}, member)
+
+
+def test_joint_rate_p_values_relabel_people():
+    """A never-trained model completes a person's records alike (templated text): counting records called a
+    leak far more often than 5%; relabelling people holds the level."""
+    from leakaudit.attacks.metrics import joint_rate_p_values
+    from leakaudit.report.stats import fisher_greater
+
+    rng = np.random.default_rng(1)
+    people, each, draws = 80, 4, 200
+    person = np.repeat(np.arange(people), each)
+    by_records = by_people = 0
+    for d in range(draws):
+        member = (rng.permutation(people) < people // 2)[person]
+        prone = rng.random(people) < 0.1  # a few people's records are easy to complete
+        hit = ((rng.random(person.size) < 0.6) & prone[person]).astype(float)
+        by_records += fisher_greater(int(hit[member].sum()), int(member.sum()), int(hit[~member].sum()),
+                                     int((~member).sum())) < 0.05
+        p = joint_rate_p_values({"exact": hit}, member, groups=person, permutations=199, seed=d)
+        by_people += p["exact"] < 0.05
+    assert by_records / draws >= 0.09
+    assert by_people / draws <= 0.08

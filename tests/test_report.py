@@ -1613,10 +1613,10 @@ def _correlated_attacks(rng, shift: float, attacks: int = 11, n: int = 300):
 
 def _with_attacks(model, scores, member, joint: bool):
     from leakaudit.attacks.metrics import attack_result, joint_auc_p_values
-    from leakaudit.report.schema import JointAttackTest
+    from leakaudit.report.schema import PermutationTest
 
     mia = {a: attack_result(s[member], s[~member], n_boot=0) for a, s in scores.items()}
-    test = JointAttackTest(permutations=999, p_values=joint_auc_p_values(scores, member, permutations=999))
+    test = PermutationTest(permutations=999, p_values=joint_auc_p_values(scores, member, permutations=999))
     return model.model_copy(update={"mia": mia, "mia_by_unit": {}, "mia_joint": test if joint else None})
 
 
@@ -1891,6 +1891,26 @@ def test_the_memorization_table_marks_what_the_verdict_decided():
     assert "No leak beyond the baseline in" in verdict and "discoverable memorization" in verdict
     table = _section(md, "## Discoverable memorization", "## Untargeted extraction")
     assert "| dp ▲ |" not in table and "| non_dp ▲ |" in table
+
+
+def test_the_memorization_finding_takes_the_audits_joint_test_when_recorded():
+    """The audit's permutation test of exact and approximate matches (people relabelled) replaces Fisher with
+    Bonferroni: no factor for the two tests, and a per-person split can undo a record-level signal."""
+    from leakaudit.report.findings import _memorization_finding
+    from leakaudit.report.schema import PermutationTest
+
+    res = make_results()
+    dp = res.models["dp"]
+    weak = dp.memorization[0].model_copy(update={"members": _stats(200, 1, 5, 0.11)})
+    legacy = _memorization_finding(dp.model_copy(update={"memorization": [weak]}))
+    assert legacy.p_value == pytest.approx(2 * fisher_greater(5, 200, 0, 200))
+    joint = weak.model_copy(update={"test": PermutationTest(unit="user", permutations=999,
+                                                            p_values={"exact": 0.8, "approx": 0.012})})
+    f = _memorization_finding(dp.model_copy(update={"memorization": [joint]}))
+    assert f.p_value == 0.012 and f.signal and "nearly word for word" in f.sentence
+    people = joint.model_copy(update={"test": joint.test.model_copy(update={"p_values": {"exact": 1.0,
+                                                                                         "approx": 0.2}})})
+    assert _memorization_finding(dp.model_copy(update={"memorization": [people]})).signal is False
 
 
 def test_the_gate_does_not_gate_a_control_and_fails_every_model_on_a_failed_split_check():

@@ -50,7 +50,81 @@ def auc_p_value(members: np.ndarray, non_members: np.ndarray) -> float:
 
 
 JOINT_PERMUTATIONS = 9999
-"""Label permutations of :func:`joint_auc_p_values` (its p-values resolve down to 1 / 10,000)."""
+"""Relabellings of the joint permutation tests (their p-values resolve down to 1 / 10,000)."""
+
+
+def _units(member: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """Each record's unit index (0..U-1): its group's, or its own without groups; every unit on one side."""
+    if groups is None:
+        return np.arange(member.size)
+    _, unit = np.unique(np.asarray(groups), return_inverse=True)
+    unit = unit.reshape(-1)
+    if unit.size != member.size:
+        raise ValueError(f"{unit.size} group ids for {member.size} records")
+    unit_member = np.zeros(int(unit.max()) + 1, dtype=bool)
+    unit_member[unit[member]] = True
+    if (unit_member[unit] != member).any():
+        raise ValueError("a group has records among both members and non-members")
+    return unit
+
+
+def _max_t_p_values(values: np.ndarray, member: np.ndarray, unit: np.ndarray, *, permutations: int, seed: int,
+                    studentize: bool, chunk_elements: int = 1 << 22) -> np.ndarray:
+    """Single-step max-T permutation p-values (Westfall and Young) of "members' mean is higher", one per column.
+
+    ``values``: [records, tests].  Each test's statistic is the members' mean minus the non-members' mean; the
+    units (``unit``: a unit index per record) are relabelled at random, the number of member units kept, and
+    each observed statistic is compared with the largest of all the tests' statistics in every relabelling.
+    ``studentize``: each test's statistics divided first by their standard deviation over the relabellings
+    (tests on different scales then weigh alike); a test whose statistic never varies gets p = 1.
+    """
+    if permutations < 1:
+        raise ValueError("permutations must be at least 1")
+    n_all, n_units = member.size, int(unit.max()) + 1
+    unit_member = np.zeros(n_units, dtype=bool)
+    unit_member[unit[member]] = True
+    k = int(unit_member.sum())
+    if k == 0 or k == n_units:
+        raise ValueError("need at least one member and one non-member score")
+    total = values.sum(axis=0)
+
+    def stat(inside: np.ndarray) -> np.ndarray:  # inside: [rows, records] 0/1 -> [rows, tests]
+        n_in = inside.sum(axis=1, keepdims=True)
+        s_in = inside @ values
+        return s_in / n_in - (total - s_in) / (n_all - n_in)
+
+    observed = stat(member[None, :].astype(np.float64))[0]
+    rng = np.random.default_rng(seed)
+    rows = max(1, chunk_elements // max(n_all, n_units))
+    drawn = []
+    while sum(len(d) for d in drawn) < permutations:
+        c = min(rows, permutations - sum(len(d) for d in drawn))
+        pick = rng.random((c, n_units)).argpartition(k - 1, axis=1)[:, :k]  # k random units per row
+        chosen = np.zeros((c, n_units))
+        np.put_along_axis(chosen, pick, 1.0, axis=1)
+        drawn.append(stat(chosen[:, unit]))
+    null = np.concatenate(drawn)  # [permutations, tests]
+    scale = np.ones(values.shape[1])
+    if studentize:
+        sd = null.std(axis=0)
+        scale = np.where(sd > 0, sd, 1.0)
+    largest = (null / scale).max(axis=1)
+    tol = 1e-9 * max(1.0, float(np.abs(observed / scale).max()))
+    hits = (largest[:, None] >= (observed / scale)[None, :] - tol).sum(axis=0)
+    p = (1 + hits) / (1 + permutations)
+    still = np.ptp(null, axis=0) == 0
+    return np.where(still, 1.0, p)
+
+
+def _scores_matrix(scores: dict[str, np.ndarray], member: np.ndarray) -> np.ndarray:
+    cols = []
+    for a, s in scores.items():
+        s = np.asarray(s, dtype=np.float64)
+        if s.shape != member.shape:
+            raise ValueError(f"{a!r}: {s.size} values for {member.size} records")
+        _check(s[member], s[~member])
+        cols.append(s)
+    return np.column_stack(cols)
 
 
 def joint_auc_p_values(
@@ -60,16 +134,16 @@ def joint_auc_p_values(
     groups: np.ndarray | None = None,
     permutations: int = JOINT_PERMUTATIONS,
     seed: int = 0,
-    chunk_elements: int = 1 << 22,
 ) -> dict[str, float]:
     """Each attack's p-value that its AUC exceeds 0.5, adjusted for all the attacks together.
 
-    Westfall and Young's single-step max-T method: each attack's AUC is compared with the largest
-    AUC of *any* attack under random relabellings of the same records, the number of member units
-    kept.  Under "the model never saw these records" with a random split, the labels are
-    exchangeable, so the family-wise error is controlled whatever the attacks' dependence: attacks
-    that measure nearly the same thing (LOSS, zlib, Min-K%) cost almost nothing, where Bonferroni
-    pays a factor for each.  Attacks must not use the membership labels (none does: see the registry).
+    Westfall and Young's single-step max-T method over the attacks' AUCs (on ranks, AUC - 1/2 is the
+    members' mean rank minus the non-members', over the number of records): each attack's AUC is
+    compared with the largest AUC of *any* attack under random relabellings of the same records, the
+    number of member units kept.  Under "the model never saw these records" with a random split, the
+    labels are exchangeable, so the family-wise error is controlled whatever the attacks' dependence:
+    attacks that measure nearly the same thing (LOSS, zlib, Min-K%) cost almost nothing, where
+    Bonferroni pays a factor for each.  Attacks must not use the membership labels (none does).
 
     ``groups``: a unit id per record (a person), for splits made per unit: every unit's records must
     lie on one side, and the units, not the records, are relabelled (a person's records resemble one
@@ -80,59 +154,51 @@ def joint_auc_p_values(
     ``scores``: attack -> one finite score per record (higher = member), all over the same records.
     """
     member = np.asarray(member, dtype=bool)
-    names = list(scores)
-    if not names:
+    if not scores:
         return {}
-    if permutations < 1:
-        raise ValueError("permutations must be at least 1")
-    ranks = []
-    for a in names:
-        s = np.asarray(scores[a], dtype=np.float64)
-        if s.shape != member.shape:
-            raise ValueError(f"attack {a!r}: {s.size} scores for {member.size} records")
-        _check(s[member], s[~member])
-        ranks.append(rankdata(s))
-    ranks = np.column_stack(ranks)  # [records, attacks]
+    values = _scores_matrix(scores, member)
+    ranks = np.column_stack([rankdata(values[:, j]) for j in range(values.shape[1])])
+    p = _max_t_p_values(ranks, member, _units(member, groups), permutations=permutations, seed=seed,
+                        studentize=False)
     if groups is None:
-        unit = np.arange(member.size)
-    else:
-        _, unit = np.unique(np.asarray(groups), return_inverse=True)
-        unit = unit.reshape(-1)
-        if unit.size != member.size:
-            raise ValueError(f"{unit.size} group ids for {member.size} records")
-    n_units = int(unit.max()) + 1
-    unit_member = np.zeros(n_units, dtype=bool)
-    unit_member[unit[member]] = True
-    if (unit_member[unit] != member).any():
-        raise ValueError("a group has records among both members and non-members")
-    n_all, k = member.size, int(unit_member.sum())
+        one = [auc_p_value(values[member, j], values[~member, j]) for j in range(values.shape[1])]
+        p = np.minimum(p, len(scores) * np.array(one))
+    return {a: float(min(1.0, x)) for a, x in zip(scores, p)}
 
-    def aucs(inside: np.ndarray) -> np.ndarray:  # inside: [rows, records] 0/1 -> AUC per row and attack
-        n_in = inside.sum(axis=1, keepdims=True)
-        return (inside @ ranks - n_in * (n_in + 1) / 2) / (n_in * (n_all - n_in))
 
-    observed = aucs(member[None, :].astype(np.float64))[0]
-    tol = 1e-12
-    rng = np.random.default_rng(seed)
-    hits = np.zeros(len(names), dtype=np.int64)
-    rows = max(1, chunk_elements // max(n_all, n_units))
-    done = 0
-    while done < permutations:
-        c = min(rows, permutations - done)
-        pick = rng.random((c, n_units)).argpartition(k - 1, axis=1)[:, :k]  # k random units per row
-        chosen = np.zeros((c, n_units))
-        np.put_along_axis(chosen, pick, 1.0, axis=1)
-        largest = aucs(chosen[:, unit]).max(axis=1)
-        hits += (largest[:, None] >= observed[None, :] - tol).sum(axis=0)
-        done += c
-    out = {}
-    for j, a in enumerate(names):
-        p = (1 + hits[j]) / (1 + permutations)
-        if groups is None:
-            s = np.asarray(scores[a], dtype=np.float64)
-            p = min(p, len(names) * auc_p_value(s[member], s[~member]))
-        out[a] = float(min(1.0, p))
-    return out
+def joint_rate_p_values(
+    hits: dict[str, np.ndarray],
+    member: np.ndarray,
+    *,
+    groups: np.ndarray | None = None,
+    permutations: int = JOINT_PERMUTATIONS,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Each test's p-value that members' records succeed more often than non-members', adjusted for the tests
+    together: ``hits`` maps a test to one 0/1 outcome per record (a memorized record, ...).
+
+    The max-T permutation test as :func:`joint_auc_p_values`, on the difference of the two sides' rates,
+    each test's difference divided by its standard deviation over the relabellings.  With records as the
+    units and one test it is Fisher's exact test (the margins are what a relabelling keeps); with
+    ``groups`` whole units (people) are relabelled.  Without ``groups`` the Bonferroni value over Fisher's
+    p-values is taken where smaller (below the permutations' resolution).
+    """
+    from leakaudit.report.stats import fisher_greater
+
+    member = np.asarray(member, dtype=bool)
+    if not hits:
+        return {}
+    values = _scores_matrix(hits, member)
+    if not np.isin(values, (0.0, 1.0)).all():
+        raise ValueError("each outcome must be 0 or 1")
+    p = _max_t_p_values(values, member, _units(member, groups), permutations=permutations, seed=seed,
+                        studentize=True)
+    if groups is None:
+        n1, n0 = int(member.sum()), int((~member).sum())
+        one = [fisher_greater(int(values[member, j].sum()), n1, int(values[~member, j].sum()), n0)
+               for j in range(values.shape[1])]
+        p = np.minimum(p, len(hits) * np.array(one))
+    return {a: float(min(1.0, x)) for a, x in zip(hits, p)}
 
 
 def roc_curve(members: np.ndarray, non_members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

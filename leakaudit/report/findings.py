@@ -506,7 +506,10 @@ def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Find
         tests["exact"] = exact_p
         if _ok(mem.approx_match_rate) and _ok(non.approx_match_rate):
             tests["approx"] = approx_p
-    p, passing = _tested("memorization", tests, adjusted)
+    joint = m.test.p_values if m.test is not None and tests and set(tests) <= set(m.test.p_values) else None
+    if joint is not None:  # the audit's permutation test of both (people relabelled under a per-person split)
+        tests = {t: joint[t] for t in tests}
+    p, passing = _tested("memorization", tests, adjusted, joint=joint is not None)
     signal = None if p is None else bool(passing)
     value = f"{_pct(mem.exact_match_rate)}{_ci(mem.exact_match_ci)} exact"
     baseline = f"{_pct(non.exact_match_rate)} of held-out records"

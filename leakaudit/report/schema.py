@@ -95,13 +95,14 @@ class AttackResult(_Model):
     roc: RocCurve | None = None
 
 
-class JointAttackTest(_Model):
-    """The membership attacks' p-values adjusted for one another (one model, per-sequence attacks)."""
+class PermutationTest(_Model):
+    """Several tests of one model adjusted for one another by relabelling members and non-members."""
 
     method: str = Field(
         default="max-T permutation (Westfall-Young, single step)",
-        description="How the attacks were tested together: each attack's AUC against the largest AUC of any "
-        "attack under random relabellings of the same records (the number of member units kept).",
+        description="How the tests were made together: each test's statistic (an attack's AUC; a difference of "
+        "match rates, standardised) against the largest of any test's under random relabellings of the same "
+        "records (the number of member units kept).",
     )
     unit: str = Field(
         default="record",
@@ -112,7 +113,8 @@ class JointAttackTest(_Model):
                               "with records as the units, the Bonferroni value is used below that).")
     seed: int = 0
     p_values: dict[str, float] = Field(
-        description="Attack -> one-sided p-value that its AUC exceeds 0.5, adjusted for every attack listed here."
+        description="Test (an attack; 'exact', 'approx') -> one-sided p-value that members score higher, adjusted "
+        "for every test listed here."
     )
 
 
@@ -260,6 +262,11 @@ class MemorizationResult(_Model):
     skipped_short: int = Field(default=0, description="Records shorter than k + n tokens (not tested).")
     members: MemorizationStats
     non_members: MemorizationStats = Field(description="The baseline: records the model never saw.")
+    test: PermutationTest | None = Field(
+        default=None,
+        description="Exact and approximate matches, members against non-members, tested together (people relabelled "
+        "when the split is per person); absent in results written before it.",
+    )
 
 
 class UntargetedExtraction(_Model):
@@ -413,7 +420,7 @@ class ModelResult(_Model):
         description="Other units of evaluation: 'user' (a person's records aggregated) and 'canary' "
         "(inserted versus reference canaries, scored by exposure).",
     )
-    mia_joint: JointAttackTest | None = Field(
+    mia_joint: PermutationTest | None = Field(
         default=None, description="The per-sequence attacks tested together (absent in results written before it)."
     )
     skipped_attacks: dict[str, str] = Field(default_factory=dict, description="Attack -> why it was not run.")
