@@ -392,6 +392,10 @@ def model_result(
     found = read_extraction(extraction_dir)
     person = dict(zip(table["id"].astype(str), users["user"])) if users is not None else None
     memorization = [_memorization_tested(m, extraction_dir, person, options) for m in found.memorization]
+    reconstruction_test = None
+    if "members" in found.pii_reconstruction and "non_members" in found.pii_reconstruction:
+        reconstruction_test = _rates_test(extraction_dir / "pii_reconstruction.parquet",
+                                          lambda rows: {"top1": rows["top1"].to_numpy(float)}, person, options)
     empirical = _one_run_bounds(score_dir, reference_dirs or {}, privacy, seed=options.seed)
     for f in sorted(extraction_dir.glob("*.parquet")) if extraction_dir else []:
         write_parquet(pd.read_parquet(f), model_samples / f.name)
@@ -418,31 +422,39 @@ def model_result(
         untargeted_extraction=found.untargeted,
         pii_extraction=found.pii_extraction,
         pii_reconstruction=found.pii_reconstruction,
+        pii_reconstruction_test=reconstruction_test,
         empirical_privacy=empirical,
     )
 
 
-def _memorization_tested(m: MemorizationResult, extraction_dir: Path | None, person: dict | None,
-                         options: AuditOptions) -> MemorizationResult:
-    """``m`` with its exact and approximate matches tested together (:func:`joint_rate_p_values`), from the
-    stage's per-record table; people relabelled when ``person`` (record id -> user) covers every record tested.
-    Unchanged when the table is missing or one side tested no record."""
-    f = extraction_dir / f"memorization-k{m.k}-n{m.n}.parquet" if extraction_dir else None
+def _rates_test(f: Path | None, outcomes, person: dict | None, options: AuditOptions) -> PermutationTest | None:
+    """Members' outcomes against non-members' in the private per-record table ``f`` (columns id, member and
+    those ``outcomes(rows)`` maps to tests), tested together by :func:`joint_rate_p_values`: people relabelled
+    where ``person`` (record id -> user) covers every row, else records (a record's rows together).  None when
+    the table is missing (results of earlier versions) or one side has no row."""
     if f is None or not f.is_file():
-        return m
+        return None
     rows = pd.read_parquet(f)
     member = rows["member"].to_numpy(bool)
     if not member.any() or member.all():
-        return m
+        return None
     ids = rows["id"].astype(str)
-    groups = None
+    unit, groups = "record", (ids.to_numpy() if ids.duplicated().any() else None)
     if person is not None and ids.isin(person.keys()).all():
-        groups = ids.map(person).to_numpy()
-    hits = {"exact": rows["exact"].to_numpy(float), "approx": (rows["bleu"] > APPROX_BLEU).to_numpy(float)}
-    p = joint_rate_p_values(hits, member, groups=groups, permutations=options.permutations, seed=options.seed)
-    test = PermutationTest(unit="record" if groups is None else "user", permutations=options.permutations,
-                           seed=options.seed, p_values=p)
-    return m.model_copy(update={"test": test})
+        unit, groups = "user", ids.map(person).to_numpy()
+    p = joint_rate_p_values(outcomes(rows), member, groups=groups, permutations=options.permutations,
+                            seed=options.seed)
+    return PermutationTest(unit=unit, permutations=options.permutations, seed=options.seed, p_values=p)
+
+
+def _memorization_tested(m: MemorizationResult, extraction_dir: Path | None, person: dict | None,
+                         options: AuditOptions) -> MemorizationResult:
+    """``m`` with its exact and approximate matches tested together (:func:`_rates_test`)."""
+    def outcomes(rows: pd.DataFrame) -> dict[str, np.ndarray]:
+        return {"exact": rows["exact"].to_numpy(float), "approx": (rows["bleu"] > APPROX_BLEU).to_numpy(float)}
+
+    f = extraction_dir / f"memorization-k{m.k}-n{m.n}.parquet" if extraction_dir else None
+    return m.model_copy(update={"test": _rates_test(f, outcomes, person, options)})
 
 
 PUBLISHED_BITS = 1

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pandas as pd
+
 from leakaudit.attacks.memorization import discoverable_memorization
 from leakaudit.attacks.pii import pii_extraction, pii_reconstruction
 from leakaudit.attacks.untargeted import Samples, sample_texts, untargeted_extraction
@@ -110,7 +112,7 @@ def extraction_stage(
         "pii": [options.pii_reconstruction_records, options.pii_candidates],
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
         "ngram": options.verify_ngram, "seed": options.seed, "dtype": dtype_name(dtype),
-        "pii_version": 3,  # 3: PII extraction's held-out baseline (units found on each side)
+        "pii_version": 4,  # 3: PII extraction's held-out baseline; 4: reconstruction's per-query table
     }
 
     def build(tmp: Path) -> None:
@@ -169,14 +171,17 @@ def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, opt
     names = sorted({r["text"][p["start"]:p["end"]] for r in annotated for p in r["pii"] if p["type"] == "name"})
     if len(names) < options.pii_candidates:
         return  # too few names to draw candidates from
-    out = {}
+    out, queries = {}, []
     for side, rows in (("members", members), ("non_members", held_out)):
         if rows:
+            asked: list[dict] = []
             out[side] = pii_reconstruction(
                 target, rows, pii_type="name", n_candidates=options.pii_candidates, seed=options.seed,
-                max_records=options.pii_reconstruction_records, candidate_pool=names,
+                max_records=options.pii_reconstruction_records, candidate_pool=names, per_query=asked,
             ).model_dump(mode="json")
+            queries += [{**q, "member": side == "members"} for q in asked]
     write_json(tmp / "pii_reconstruction.json", out)
+    write_parquet(pd.DataFrame(queries, columns=["id", "member", "top1"]), tmp / "pii_reconstruction.parquet")
 
 
 @dataclass

@@ -152,6 +152,7 @@ def test_extraction_memorization_and_pii_are_measured_with_baselines(demo_run):
     rec = non_dp.pii_reconstruction
     assert rec["members"].top1_accuracy > 5 * rec["members"].chance_top1
     assert rec["non_members"].top1_accuracy < rec["members"].top1_accuracy / 2
+    assert non_dp.pii_reconstruction_test.unit == "user" and 0 < non_dp.pii_reconstruction_test.p_values["top1"] <= 1
 
 
 def test_one_run_audit_bounds_eps_and_never_exceeds_the_accountant(demo_run):

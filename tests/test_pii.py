@@ -381,6 +381,22 @@ def test_reconstruction_prefers_true_values(private40):
         assert group[0] == r["text"] and len(set(group)) == 8
 
 
+def test_reconstruction_reports_each_querys_record_and_outcome(private40):
+    """The per-query table the audit's permutation test needs: one row per query, the record's id, the
+    (ties split) top-1 success, averaging to the reported accuracy."""
+    win = {r["text"] for r in private40[:20]}  # the first 20 records' true names win, the rest lose
+    lose = {r["text"] for r in private40[20:]}
+    asked: list[dict] = []
+    res = pii_reconstruction(_Fake(lambda t: 0.0 if t in win else (-5.0 if t in lose else -1.0)), private40,
+                             pii_type="name", n_candidates=8, per_query=asked)
+    assert [q["id"] for q in asked] == [str(r["id"]) for r in private40]
+    assert [q["top1"] for q in asked] == [1.0] * 20 + [0.0] * 20
+    assert np.mean([q["top1"] for q in asked]) == res.top1_accuracy == 0.5
+    ties: list[dict] = []
+    pii_reconstruction(_Fake(lambda t: -1.0), private40, pii_type="name", n_candidates=8, per_query=ties)
+    assert {q["top1"] for q in ties} == {1 / 8}  # every candidate ties: the expected success
+
+
 def test_reconstruction_prefers_wrong_values(private40):
     originals = {r["text"] for r in private40}
     res = pii_reconstruction(_Fake(lambda t: -5.0 if t in originals else 0.0), private40, n_candidates=8)

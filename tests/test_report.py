@@ -1913,6 +1913,22 @@ def test_the_memorization_finding_takes_the_audits_joint_test_when_recorded():
     assert _memorization_finding(dp.model_copy(update={"memorization": [people]})).signal is False
 
 
+def test_the_reconstruction_finding_takes_the_audits_permutation_test_when_recorded():
+    from leakaudit.report.findings import _pii_reconstruction_finding
+    from leakaudit.report.schema import PermutationTest
+
+    res = make_results()
+    model = res.models["non_dp"]
+    assert model.pii_reconstruction_test is None  # results written before it: Fisher over the queries
+    mem, non = model.pii_reconstruction["members"], model.pii_reconstruction["non_members"]
+    legacy = _pii_reconstruction_finding(model)
+    assert legacy.p_value == pytest.approx(fisher_greater(round(mem.top1_accuracy * mem.n_queries), mem.n_queries,
+                                                          round(non.top1_accuracy * non.n_queries), non.n_queries))
+    people = PermutationTest(unit="user", permutations=9999, p_values={"top1": 0.3})
+    f = _pii_reconstruction_finding(model.model_copy(update={"pii_reconstruction_test": people}))
+    assert f.p_value == 0.3 and f.signal is False
+
+
 def test_the_gate_does_not_gate_a_control_and_fails_every_model_on_a_failed_split_check():
     from leakaudit.errors import LeakauditError
     from leakaudit.policy import Policy, evaluate_policy

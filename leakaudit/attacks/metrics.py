@@ -175,13 +175,14 @@ def joint_rate_p_values(
     seed: int = 0,
 ) -> dict[str, float]:
     """Each test's p-value that members' records succeed more often than non-members', adjusted for the tests
-    together: ``hits`` maps a test to one 0/1 outcome per record (a memorized record, ...).
+    together: ``hits`` maps a test to one outcome per record in [0, 1] (a memorized record: 0 or 1; an
+    expected success where ties are split: a fraction).
 
     The max-T permutation test as :func:`joint_auc_p_values`, on the difference of the two sides' rates,
     each test's difference divided by its standard deviation over the relabellings.  With records as the
-    units and one test it is Fisher's exact test (the margins are what a relabelling keeps); with
-    ``groups`` whole units (people) are relabelled.  Without ``groups`` the Bonferroni value over Fisher's
-    p-values is taken where smaller (below the permutations' resolution).
+    units, one test and 0/1 outcomes it is Fisher's exact test (the margins are what a relabelling keeps);
+    with ``groups`` whole units (people) are relabelled.  Without ``groups``, with 0/1 outcomes, the
+    Bonferroni value over Fisher's p-values is taken where smaller (below the permutations' resolution).
     """
     from leakaudit.report.stats import fisher_greater
 
@@ -189,11 +190,11 @@ def joint_rate_p_values(
     if not hits:
         return {}
     values = _scores_matrix(hits, member)
-    if not np.isin(values, (0.0, 1.0)).all():
-        raise ValueError("each outcome must be 0 or 1")
+    if ((values < 0) | (values > 1)).any():
+        raise ValueError("each outcome must lie in [0, 1]")
     p = _max_t_p_values(values, member, _units(member, groups), permutations=permutations, seed=seed,
                         studentize=True)
-    if groups is None:
+    if groups is None and np.isin(values, (0.0, 1.0)).all():  # Fisher needs whole counts
         n1, n0 = int(member.sum()), int((~member).sum())
         one = [fisher_greater(int(values[member, j].sum()), n1, int(values[~member, j].sum()), n0)
                for j in range(values.shape[1])]

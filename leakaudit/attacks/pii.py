@@ -653,6 +653,7 @@ class Scorer(Protocol):
 
 @dataclass(frozen=True)
 class _Query:
+    record: str  # the record's id
     text: str
     spans: tuple[tuple[int, int], ...]  # the spans holding the true value, sorted
     candidates: tuple[str, ...]  # the true value first
@@ -686,6 +687,7 @@ def pii_reconstruction(
     candidate_pool: Iterable[str] | None = None,
     batch_texts: int = 8192,
     tie_tol: float = 1e-6,
+    per_query: list[dict] | None = None,
 ) -> PIIReconstruction:
     """PII reconstruction / inference (Lukas et al. 2023): rank the true value by sentence likelihood.
 
@@ -711,6 +713,8 @@ def pii_reconstruction(
             :func:`normalise` are never drawn.
         batch_texts: filled texts per ``target.score`` call.
         tie_tol: score differences up to this count as ties.
+        per_query: a list to which each query's record id and (expected, ties split) top-1 success are
+            appended, for tests over units (private: it pairs record ids with outcomes).
 
     Raises:
         ValueError: when no record holds the type or the pool has fewer than ``n_candidates - 1``
@@ -754,7 +758,8 @@ def pii_reconstruction(
             rng = random.Random(f"pii-reconstruction/{seed}/{r.get('id', n_records)}/{k}")
             draw = [i for i in rng.sample(range(len(pool)), min(n_candidates, len(pool))) if i != own]
             others = tuple(pool[i] for i in draw[: n_candidates - 1])
-            queries.append(_Query(r["text"], tuple(sorted(spans[key])), (first[key], *others)))
+            queries.append(_Query(str(r.get("id", n_records)), r["text"], tuple(sorted(spans[key])),
+                                  (first[key], *others)))
     if not queries:
         raise ValueError(f"no record holds a {pii_type!r} span")
 
@@ -767,7 +772,7 @@ def pii_reconstruction(
 
     top1, rr, rank, ties = zip(*(_tied_rank(s[0], s[1:], tie_tol) for s in scores))
     n = n_candidates
-    return PIIReconstruction(
+    result = PIIReconstruction(
         pii_type=pii_type,
         n_queries=len(queries),
         n_candidates=n,
@@ -779,3 +784,6 @@ def pii_reconstruction(
         chance_mean_rank=(n + 1) / 2,
         tie_rate=float(np.mean(ties)),
     )
+    if per_query is not None:
+        per_query.extend({"id": q.record, "top1": float(t)} for q, t in zip(queries, top1))
+    return result

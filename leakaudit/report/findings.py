@@ -602,8 +602,12 @@ def _pii_reconstruction_finding(model: ModelResult, adjusted: Adjusted = None) -
         return None
     non = model.pii_reconstruction.get("non_members")
     k = _count(mem.top1_accuracy, mem.n_queries)
+    test = model.pii_reconstruction_test
     if non is not None:
-        p = fisher_greater(k, mem.n_queries, _count(non.top1_accuracy, non.n_queries), non.n_queries)
+        if test is not None and _ok(test.p_values.get("top1")):  # the audit's permutation test (people relabelled)
+            p = test.p_values["top1"]
+        else:  # results written before it: Fisher over the queries
+            p = fisher_greater(k, mem.n_queries, _count(non.top1_accuracy, non.n_queries), non.n_queries)
         baseline = f"held-out {_pct(non.top1_accuracy)}, chance {_pct(mem.chance_top1)}"
     else:
         p = binomial_greater(k, mem.n_queries, mem.chance_top1)

@@ -441,6 +441,11 @@ class ModelResult(_Model):
         description="'members' / 'non_members' -> ranking of a record's true PII among candidates "
         "(the non-member figure is the baseline).",
     )
+    pii_reconstruction_test: PermutationTest | None = Field(
+        default=None,
+        description="Top-1 reconstruction, members' queries against held-out ones ('top1'), by permutation (people "
+        "relabelled when the split is per person, else records); absent in results written before it.",
+    )
     empirical_privacy: list[EmpiricalPrivacy] = Field(
         default_factory=list, description="Empirical lower bounds on eps from this audit, beside the accountant's."
     )
