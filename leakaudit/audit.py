@@ -390,7 +390,8 @@ def model_result(
         units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot,
                                                      group=k)}
     found = read_extraction(extraction_dir)
-    person = dict(zip(table["id"].astype(str), users["user"])) if users is not None else None
+    # (record id, side) -> person: a members' file and a non-members' file may number their ids alike
+    person = dict(zip(zip(table["id"].astype(str), member), users["user"])) if users is not None else None
     memorization = [_memorization_tested(m, extraction_dir, person, options) for m in found.memorization]
     reconstruction_test = None
     if "members" in found.pii_reconstruction and "non_members" in found.pii_reconstruction:
@@ -430,18 +431,23 @@ def model_result(
 def _rates_test(f: Path | None, outcomes, person: dict | None, options: AuditOptions) -> PermutationTest | None:
     """Members' outcomes against non-members' in the private per-record table ``f`` (columns id, member and
     those ``outcomes(rows)`` maps to tests), tested together by :func:`joint_rate_p_values`: people relabelled
-    where ``person`` (record id -> user) covers every row, else records (a record's rows together).  None when
-    the table is missing (results of earlier versions) or one side has no row."""
+    under a per-person split (``person``: (record id, member) -> user), else records (a record's rows
+    together).  None when the table is missing (results of earlier versions) or one side has no row."""
     if f is None or not f.is_file():
         return None
     rows = pd.read_parquet(f)
     member = rows["member"].to_numpy(bool)
     if not member.any() or member.all():
         return None
-    ids = rows["id"].astype(str)
-    unit, groups = "record", (ids.to_numpy() if ids.duplicated().any() else None)
-    if person is not None and ids.isin(person.keys()).all():
-        unit, groups = "user", ids.map(person).to_numpy()
+    keys = list(zip(rows["id"].astype(str), member))
+    unit, groups = "record", None
+    if person is not None:
+        missing = sum(k not in person for k in keys)
+        if missing:  # the tables are written from the score table's records: this is a bug, not bad input
+            raise LeakauditError(f"{f}: {missing} rows name records absent from the score table")
+        unit, groups = "user", np.array([person[k] for k in keys])
+    elif len(set(keys)) < len(keys):
+        groups = np.array([f"{i}\x00{m}" for i, m in keys])
     p = joint_rate_p_values(outcomes(rows), member, groups=groups, permutations=options.permutations,
                             seed=options.seed)
     return PermutationTest(unit=unit, permutations=options.permutations, seed=options.seed, p_values=p)

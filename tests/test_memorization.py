@@ -126,3 +126,33 @@ def test_template_text_shared_by_members_and_non_members_counts_on_both_sides():
     got = verify(samples, train, non_members=held)
     assert got["memorized"].tolist() == [True, True, False]
     assert got["non_member_match"].tolist() == [True, False, True]
+
+
+def test_the_audits_rate_test_relabels_people_and_survives_ids_numbered_alike_on_both_sides(tmp_path):
+    """A members' file and a non-members' file may both number their records 0..n-1: the per-record tables are
+    keyed by (id, side), never by id alone (which merged a member with a non-member and failed the audit)."""
+    import pandas as pd
+
+    from leakaudit.audit import AuditOptions, _rates_test
+    from leakaudit.errors import LeakauditError
+
+    ids = [str(i) for i in range(40)] * 2
+    member = [True] * 40 + [False] * 40
+    exact = [i < 12 for i in range(40)] + [False] * 40  # members 0..11 completed, no held-out record
+    f = tmp_path / "memorization-k8-n8.parquet"
+    pd.DataFrame({"id": ids, "member": member, "exact": exact}).to_parquet(f)
+    opts = AuditOptions(permutations=999)
+
+    def outcomes(rows):
+        return {"exact": rows["exact"].to_numpy(float)}
+
+    by_records = _rates_test(f, outcomes, None, opts)
+    assert by_records.unit == "record" and by_records.p_values["exact"] < 1e-3
+    # people of four records each: 3 of 10 member people completed against 0 of 10: a weak signal
+    person = {(i, m): f"{'m' if m else 'n'}{int(i) // 4}" for i, m in zip(ids, member)}
+    by_people = _rates_test(f, outcomes, person, opts)
+    # exact: the 3 completed people all among the 10 drawn of 20, C(17, 7) / C(20, 10) = 0.105
+    assert by_people.unit == "user" and by_people.p_values["exact"] == pytest.approx(0.105, abs=0.03)
+    with pytest.raises(LeakauditError, match="absent from the score table"):
+        _rates_test(f, outcomes, {k: v for k, v in list(person.items())[1:]}, opts)
+    assert _rates_test(tmp_path / "missing.parquet", outcomes, None, opts) is None

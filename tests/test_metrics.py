@@ -187,20 +187,22 @@ def test_auc_p_value_is_uniform_for_a_model_that_never_saw_the_data():
 
 
 def _exact_joint(scores: dict, member: np.ndarray, groups: np.ndarray) -> dict:
-    """The max-T p-values by enumerating every way of choosing the member units."""
+    """The max-T p-values by enumerating every way of choosing the member units: each attack's AUC - 1/2 in
+    units of the standard deviation of its scores' ranks."""
     import itertools
+
+    from scipy.stats import rankdata
 
     def aucs(m):
         return np.array([auc(s[m], s[~m]) for s in scores.values()])
 
     units = np.unique(groups)
     k = len(np.unique(groups[member]))
-    observed = aucs(member)
-    hits, total = np.zeros(len(scores)), 0
-    for chosen in itertools.combinations(units, k):
-        hits += aucs(np.isin(groups, chosen)).max() >= observed - 1e-12
-        total += 1
-    return dict(zip(scores, hits / total))
+    every = np.array([aucs(np.isin(groups, chosen)) for chosen in itertools.combinations(units, k)])
+    sd = np.array([rankdata(s).std() for s in scores.values()])
+    z = (every - 0.5) / sd
+    observed = (aucs(member) - 0.5) / sd
+    return dict(zip(scores, (z.max(axis=1)[:, None] >= observed[None, :] - 1e-9).mean(axis=0)))
 
 
 @pytest.mark.parametrize("groups", [None, np.array([0, 0, 1, 2, 2, 3, 4, 4])])
@@ -330,3 +332,21 @@ def test_joint_rate_p_values_relabel_people():
         by_people += p["exact"] < 0.05
     assert by_records / draws >= 0.09
     assert by_people / draws <= 0.08
+
+
+def test_joint_p_values_hold_their_level_with_attacks_of_many_ties():
+    """One continuous attack and four whose scores are 95% tied: the level holds (taking the smaller of the
+    permutation and Bonferroni p-values everywhere, not only below the permutations' resolution, gave 8.3% in
+    2,000 such draws)."""
+    from leakaudit.attacks.metrics import joint_auc_p_values
+
+    rng = np.random.default_rng(1)
+    n, draws = 200, 400
+    member = np.arange(n) < n // 2
+    leaky = 0
+    for d in range(draws):
+        scores = {"a": rng.normal(size=n)}
+        for j in range(4):
+            scores[f"tied{j}"] = np.where(rng.random(n) < 0.95, 0.0, rng.normal(size=n))
+        leaky += min(joint_auc_p_values(scores, rng.permutation(member), permutations=199, seed=d).values()) < 0.05
+    assert leaky / draws <= 0.075  # 5% expected; 2.3 standard errors above it

@@ -75,8 +75,10 @@ def _max_t_p_values(values: np.ndarray, member: np.ndarray, unit: np.ndarray, *,
     ``values``: [records, tests].  Each test's statistic is the members' mean minus the non-members' mean; the
     units (``unit``: a unit index per record) are relabelled at random, the number of member units kept, and
     each observed statistic is compared with the largest of all the tests' statistics in every relabelling.
-    ``studentize``: each test's statistics divided first by their standard deviation over the relabellings
-    (tests on different scales then weigh alike); a test whose statistic never varies gets p = 1.
+    ``studentize``: each test's statistics divided first by the standard deviation of its values (with
+    records as the units that is the statistic's own spread over the relabellings up to a factor common
+    to all tests, so tests on different scales, or with many ties, weigh alike; it does not depend on the
+    labels, so the test stays exact); a test whose statistic never varies gets p = 1.
     """
     if permutations < 1:
         raise ValueError("permutations must be at least 1")
@@ -105,8 +107,8 @@ def _max_t_p_values(values: np.ndarray, member: np.ndarray, unit: np.ndarray, *,
         drawn.append(stat(chosen[:, unit]))
     null = np.concatenate(drawn)  # [permutations, tests]
     scale = np.ones(values.shape[1])
-    if studentize:
-        sd = null.std(axis=0)
+    if studentize:  # the values' spread: the same whichever labelling was observed, as validity needs
+        sd = values.std(axis=0)
         scale = np.where(sd > 0, sd, 1.0)
     largest = (null / scale).max(axis=1)
     tol = 1e-9 * max(1.0, float(np.abs(observed / scale).max()))
@@ -114,6 +116,16 @@ def _max_t_p_values(values: np.ndarray, member: np.ndarray, unit: np.ndarray, *,
     p = (1 + hits) / (1 + permutations)
     still = np.ptp(null, axis=0) == 0
     return np.where(still, 1.0, p)
+
+
+def _below_resolution(p: np.ndarray, permutations: int, bonferroni: list[float]) -> np.ndarray:
+    """``p`` where a test's estimate sits at the permutations' floor (no relabelling reached it) replaced by
+    its Bonferroni value when smaller.  Anywhere else Bonferroni is a second, separate test: taking the
+    smaller of two tests' p-values would reject more often than either (attacks with many tied scores move
+    the max-T little while Bonferroni still tests them at alpha / K)."""
+    floor = 1.0 / (1 + permutations)
+    bound = np.minimum(1.0, np.asarray(bonferroni, dtype=np.float64))
+    return np.where(p <= floor * (1 + 1e-12), np.minimum(p, bound), p)
 
 
 def _scores_matrix(scores: dict[str, np.ndarray], member: np.ndarray) -> np.ndarray:
@@ -138,9 +150,10 @@ def joint_auc_p_values(
     """Each attack's p-value that its AUC exceeds 0.5, adjusted for all the attacks together.
 
     Westfall and Young's single-step max-T method over the attacks' AUCs (on ranks, AUC - 1/2 is the
-    members' mean rank minus the non-members', over the number of records): each attack's AUC is
-    compared with the largest AUC of *any* attack under random relabellings of the same records, the
-    number of member units kept.  Under "the model never saw these records" with a random split, the
+    members' mean rank minus the non-members', over the number of records): each attack's AUC, in
+    units of its ranks' spread (an attack with many tied scores spreads less), is
+    compared with the largest such value of *any* attack under random relabellings of the same records,
+    the number of member units kept.  Under "the model never saw these records" with a random split, the
     labels are exchangeable, so the family-wise error is controlled whatever the attacks' dependence:
     attacks that measure nearly the same thing (LOSS, zlib, Min-K%) cost almost nothing, where
     Bonferroni pays a factor for each.  Attacks must not use the membership labels (none does).
@@ -148,9 +161,10 @@ def joint_auc_p_values(
     ``groups``: a unit id per record (a person), for splits made per unit: every unit's records must
     lie on one side, and the units, not the records, are relabelled (a person's records resemble one
     another, so relabelling them one by one would understate chance).  Without it each record is a unit.
-    The estimate ``(1 + hits) / (1 + permutations)`` cannot go below its resolution; without ``groups``
-    the Bonferroni value (the attacks' count times the Mann-Whitney p-value, an upper bound on the same
-    tail probability when records are the units) is taken where it is smaller.
+    The estimate ``(1 + hits) / (1 + permutations)`` cannot go below its resolution; where it sits there
+    and records are the units (no ``groups``), the Bonferroni value (the attacks' count times the
+    Mann-Whitney p-value, a valid test on its own) is taken when smaller: below 1 / (permutations + 1)
+    only Bonferroni can reject, above it only the permutation test does.
     ``scores``: attack -> one finite score per record (higher = member), all over the same records.
     """
     member = np.asarray(member, dtype=bool)
@@ -159,10 +173,10 @@ def joint_auc_p_values(
     values = _scores_matrix(scores, member)
     ranks = np.column_stack([rankdata(values[:, j]) for j in range(values.shape[1])])
     p = _max_t_p_values(ranks, member, _units(member, groups), permutations=permutations, seed=seed,
-                        studentize=False)
+                        studentize=True)
     if groups is None:
         one = [auc_p_value(values[member, j], values[~member, j]) for j in range(values.shape[1])]
-        p = np.minimum(p, len(scores) * np.array(one))
+        p = _below_resolution(p, permutations, [len(scores) * x for x in one])
     return {a: float(min(1.0, x)) for a, x in zip(scores, p)}
 
 
@@ -179,10 +193,10 @@ def joint_rate_p_values(
     expected success where ties are split: a fraction).
 
     The max-T permutation test as :func:`joint_auc_p_values`, on the difference of the two sides' rates,
-    each test's difference divided by its standard deviation over the relabellings.  With records as the
+    each test's difference divided by its outcomes' standard deviation.  With records as the
     units, one test and 0/1 outcomes it is Fisher's exact test (the margins are what a relabelling keeps);
-    with ``groups`` whole units (people) are relabelled.  Without ``groups``, with 0/1 outcomes, the
-    Bonferroni value over Fisher's p-values is taken where smaller (below the permutations' resolution).
+    with ``groups`` whole units (people) are relabelled.  Without ``groups``, with 0/1 outcomes, an
+    estimate at the permutations' floor takes the Bonferroni value over Fisher's p-values when smaller.
     """
     from leakaudit.report.stats import fisher_greater
 
@@ -198,7 +212,7 @@ def joint_rate_p_values(
         n1, n0 = int(member.sum()), int((~member).sum())
         one = [fisher_greater(int(values[member, j].sum()), n1, int(values[~member, j].sum()), n0)
                for j in range(values.shape[1])]
-        p = np.minimum(p, len(hits) * np.array(one))
+        p = _below_resolution(p, permutations, [len(hits) * x for x in one])
     return {a: float(min(1.0, x)) for a, x in zip(hits, p)}
 
 
