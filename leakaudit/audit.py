@@ -352,6 +352,10 @@ def model_result(
     per_sample = pd.DataFrame({"id": table["id"], "member": member, "user_id": table.get("user_id")})
     eps, delta = privacy.epsilon, privacy.delta
     users, no_users = _user_groups(table)
+    dp_subset = None
+    if users is not None and eps is not None:  # split per person: check the DP bound where one record differs
+        single = users.groupby("user")["user"].transform("size").to_numpy() == 1
+        dp_subset = (single[member], single[~member])
     for name in options.attacks:
         missing = missing_requirements(name, inputs)
         if missing:
@@ -359,7 +363,8 @@ def model_result(
             continue
         s = run_attack(name, inputs, options.params.get(name))
         per_sample[f"score_{name}"] = s
-        mia[name] = attack_result(s[member], s[~member], epsilon=eps, delta=delta, n_boot=options.n_boot)
+        mia[name] = attack_result(s[member], s[~member], epsilon=eps, delta=delta, n_boot=options.n_boot,
+                                  dp_subset=dp_subset)
         if users is not None:
             by_user[name] = attack_result(*_user_scores(users, s), epsilon=None, n_boot=options.n_boot)
     joint = None

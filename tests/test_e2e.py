@@ -82,6 +82,9 @@ def test_membership_attacks_find_members_only_where_the_model_trained_on_them(de
     assert min(non_dp.mia_joint.p_values.values()) == pytest.approx(1 / (non_dp.mia_joint.permutations + 1))
     dp = results.models["dp"]
     assert all(r.dp_bound is not None and not r.dp_bound.violated for r in dp.mia.values())
+    # split per person: checked where one record differs (people with no other record)
+    assert {r.dp_bound.scope for r in dp.mia.values()} == {"records of people with no other record"}
+    assert 0 < dp.mia["loss"].dp_bound.n_members < dp.mia["loss"].n_members
 
 
 def test_no_secret_canary_or_pii_in_shared_artifacts(demo_run):

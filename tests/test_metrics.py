@@ -139,6 +139,29 @@ def test_dp_bound_check_flags_only_real_violations():
     assert not dp_bound_check(*same, epsilon=0.01, delta=0.0).violated
 
 
+def test_the_dp_bound_is_checked_only_where_one_record_differs():
+    """Records split per person: a person's records go in or out together, so the record-level bound speaks only
+    for people with one record.  A strong signal carried by people of many records is no violation; the same
+    signal among single-record people is."""
+    from leakaudit.attacks.metrics import attack_result
+
+    rng = np.random.default_rng(6)
+    m, n = np.r_[rng.normal(3, 1, 300), rng.normal(0, 1, 100)], rng.normal(0, 1, 400)
+    single_m, single_n = np.arange(400) >= 300, np.arange(400) >= 300  # the last 100 of each side
+    assert attack_result(m, n, epsilon=0.1, delta=1e-5, n_boot=0).dp_bound.violated  # all records: violated
+    r = attack_result(m, n, epsilon=0.1, delta=1e-5, n_boot=0, dp_subset=(single_m, single_n))
+    assert not r.dp_bound.violated and not any("broken" in w for w in r.warnings)
+    assert (r.dp_bound.scope, r.dp_bound.n_members, r.dp_bound.n_non_members) == (
+        "records of people with no other record", 100, 100)
+    assert r.auc > 0.8 and r.n_members == 400  # everything else is over all records
+    flipped = attack_result(m[::-1].copy(), n, epsilon=0.1, delta=1e-5, n_boot=0, dp_subset=(single_m, single_n))
+    assert flipped.dp_bound.violated  # the strong members are now the single-record people
+    none = attack_result(m, n, epsilon=0.1, delta=1e-5, n_boot=0, dp_subset=(np.zeros(400, bool), single_n))
+    assert none.dp_bound is None
+    assert any(w.startswith("the DP bound was not checked: records were split per person and 0 member")
+               for w in none.warnings)
+
+
 def test_group_bound_and_the_broken_warning_only_beyond_it():
     from leakaudit.attacks.metrics import attack_result, group_bound
 

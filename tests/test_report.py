@@ -691,6 +691,24 @@ def test_dp_bound_violated_gives_a_loud_warning():
     assert '<td class="num violated">⚠ VIOLATED</td>' in mia_html
 
 
+def test_the_dp_check_says_which_records_it_checked_or_why_it_could_not():
+    from leakaudit.report.mia import _dp_check
+
+    dp = make_results().models["dp"]
+    scoped = {a: r.model_copy(update={"dp_bound": r.dp_bound.model_copy(update={
+        "scope": "records of people with no other record", "n_members": 99, "n_non_members": 89})})
+        for a, r in dp.mia.items()}
+    text = _dp_check("dp", dp.model_copy(update={"mia": scoped}))["text"]
+    assert text.startswith("dp: no attack exceeds the DP bound") and (
+        "Checked on the 99 member and 89 held-out records whose person has no other record" in text)
+    assert "Checked on" not in _dp_check("dp", dp)["text"]
+    why = ("the DP bound was not checked: records were split per person and 0 member and 12 non-member records "
+           "belong to people with no other record (a person's records together are protected only at group privacy)")
+    unchecked = {a: r.model_copy(update={"dp_bound": None, "warnings": [why]}) for a, r in dp.mia.items()}
+    out = _dp_check("dp", dp.model_copy(update={"mia": unchecked}))
+    assert out["status"] == "unchecked" and "was not checked (records were split per person and 0 member" in out["text"]
+
+
 def test_canary_unit_dp_violation_is_explained_by_group_privacy():
     res = make_results()
     dp = res.models["dp"]

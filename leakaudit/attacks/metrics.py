@@ -330,6 +330,7 @@ def attack_result(
     delta: float | None = None,
     n_boot: int = 1000,
     group: int = 1,
+    dp_subset: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> AttackResult:
     """AUC with its bootstrap interval, TPR at 0.1%, 1% and 10% FPR with Clopper-Pearson intervals,
     balanced accuracy, the ROC for plotting, resolution warnings and, for a DP model, the DP bound check.
@@ -338,6 +339,9 @@ def attack_result(
     The check kept in the result is always against the record-level bound (the report says what a
     unit's excess over it means); the warning that the DP training or its accounting is broken is
     given only when the ROC exceeds the bound that protects such a group (:func:`group_bound`).
+    ``dp_subset``: boolean masks over ``members`` and ``non_members`` of the records the DP bound is checked on
+    (records split per person: those whose person has no other record, the only ones a record-level
+    guarantee speaks for); none on a side leaves the bound unchecked, with a warning saying why.
     """
     m, n = _check(members, non_members)
     delta = 0.0 if delta is None else delta
@@ -354,11 +358,19 @@ def attack_result(
                          "non-members: a coarse estimate (see its confidence interval)")
     tprs = {a: float(tpr[fpr <= float(a) + 1e-12].max()) for a in FPR_LEVELS}
     dp = None
-    if epsilon is not None:
-        dp = dp_bound_check(m, n, epsilon, delta)
+    dm, dn = (m, n) if dp_subset is None else (m[np.asarray(dp_subset[0], bool)], n[np.asarray(dp_subset[1], bool)])
+    if epsilon is not None and not (dm.size and dn.size):
+        warns.append(f"the DP bound was not checked: records were split per person and {dm.size} member and "
+                     f"{dn.size} non-member records belong to people with no other record (a person's records "
+                     "together are protected only at group privacy)")
+    elif epsilon is not None:
+        dp = dp_bound_check(dm, dn, epsilon, delta)
+        if dp_subset is not None:
+            dp = dp.model_copy(update={"scope": "records of people with no other record",
+                                       "n_members": int(dm.size), "n_non_members": int(dn.size)})
         broken = dp
         if group > 1 and dp.violated:
-            broken = dp_bound_check(m, n, *group_bound(epsilon, delta, group))
+            broken = dp_bound_check(dm, dn, *group_bound(epsilon, delta, group))
         if broken.violated:
             of = f" for groups of {group} records" if group > 1 else ""
             warns.append(

@@ -101,14 +101,23 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
     if not checks:
         if model.privacy.epsilon is None:
             return None
+        skipped = "the DP bound was not checked: "
+        why = next((w.removeprefix(skipped) for r in model.mia.values() for w in r.warnings if w.startswith(skipped)),
+                   "no attack result carries a DP bound check")
         return {
             "status": "unchecked",
             "headline": "",
-            "text": f"{name}: the DP bound {DP_BOUND} was not checked (no attack result carries a DP bound check).",
+            "text": f"{name}: the DP bound {DP_BOUND} was not checked ({why}).",
             "short": "DP bound not checked",
             "cell": "not checked",
         }
     params = _dp_params(next(iter(checks.values())))
+    first = next(iter(checks.values()))
+    scope = ""
+    if first.scope != "all records":
+        scope = (f" Checked on the {first.n_members:,} member and {first.n_non_members:,} held-out records whose "
+                 "person has no other record: the records were split per person, and a person's records together "
+                 "are protected only at group privacy.")
     excess = {a: c.max_excess for a, c in checks.items() if _ok(c.max_excess)}
     worst = max(excess, key=lambda a: excess[a]) if excess else None
     violators = dp_bound_violations(model)
@@ -119,7 +128,7 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
             "status": "violated",
             "headline": f"WARNING, {name}: {DP_BROKEN}.",
             "text": f"On {name}, {_join(violators)} {verb} the DP bound {DP_BOUND} ({params}) "
-            f"beyond sampling error{largest}. Do not rely on this model's privacy guarantee.",
+            f"beyond sampling error{largest}. Do not rely on this model's privacy guarantee.{scope}",
             "short": f"⚠ DP bound VIOLATED by {_join(violators)}: the DP guarantee does not hold (see the warning)",
             "cell": f"⚠ VIOLATED by {len(violators)} of {len(checks)} attacks",
             "attacks": violators,
@@ -133,7 +142,7 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
         "status": "ok",
         "headline": "",
         "text": f"{name}: no attack exceeds the DP bound {DP_BOUND} ({params}) beyond sampling error "
-        f"({n} attack{'s' if n != 1 else ''} checked; {tail}).",
+        f"({n} attack{'s' if n != 1 else ''} checked; {tail}).{scope}",
         "short": f"no attack exceeds the DP bound {DP_BOUND} ({n} checked)",
         "cell": f"holds ({n} attack{'s' if n != 1 else ''})",
         "attacks": [],

@@ -70,6 +70,14 @@ class DPBoundCheck(_Model):
         "e^eps times the upper bound on FPR plus delta (95% two-sided intervals)."
     )
     max_excess: float = Field(description="Largest empirical TPR - (e^eps FPR + delta) over thresholds.")
+    scope: str = Field(
+        default="all records",
+        description="The records checked: 'all records', or, when records were split per person, 'records of "
+        "people with no other record' (only those differ from the training set by one record; a person's k "
+        "records together are protected only at group privacy).",
+    )
+    n_members: int | None = Field(default=None, description="Member records checked (None: all of the attack's).")
+    n_non_members: int | None = Field(default=None, description="Non-member records checked (None: all).")
 
 
 class AttackResult(_Model):
