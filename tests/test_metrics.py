@@ -373,3 +373,15 @@ def test_joint_p_values_hold_their_level_with_attacks_of_many_ties():
             scores[f"tied{j}"] = np.where(rng.random(n) < 0.95, 0.0, rng.normal(size=n))
         leaky += min(joint_auc_p_values(scores, rng.permutation(member), permutations=199, seed=d).values()) < 0.05
     assert leaky / draws <= 0.075  # 5% expected; 2.3 standard errors above it
+
+
+@pytest.mark.parametrize("case", list(_cases()))
+def test_bootstrap_interval_equals_recomputing_each_resamples_auc(case):
+    """The counting bootstrap against the definition: the same draws, each resample's AUC from scratch."""
+    from leakaudit.attacks.metrics import bootstrap_auc_ci
+
+    m, n = case
+    rng = np.random.default_rng(9)
+    draws = [auc(m[rng.integers(0, m.size, m.size)], n[rng.integers(0, n.size, n.size)]) for _ in range(300)]
+    expected = tuple(np.quantile(draws, [0.025, 0.975]))
+    assert bootstrap_auc_ci(m, n, n_boot=300, seed=9) == pytest.approx(expected, abs=1e-12)
