@@ -398,6 +398,8 @@ def model_result(
     # (record id, side) -> person: a members' file and a non-members' file may number their ids alike
     person = dict(zip(zip(table["id"].astype(str), member), users["user"])) if users is not None else None
     memorization = [_memorization_tested(m, extraction_dir, person, options) for m in found.memorization]
+    untargeted_test = _rates_test(extraction_dir / "untargeted_records.parquet" if extraction_dir else None,
+                                  lambda rows: {"written": rows["written"].to_numpy(float)}, person, options)
     reconstruction_test = None
     if "members" in found.pii_reconstruction and "non_members" in found.pii_reconstruction:
         reconstruction_test = _rates_test(extraction_dir / "pii_reconstruction.parquet",
@@ -429,6 +431,7 @@ def model_result(
         pii_extraction=found.pii_extraction,
         pii_reconstruction=found.pii_reconstruction,
         pii_reconstruction_test=reconstruction_test,
+        untargeted_test=untargeted_test,
         empirical_privacy=empirical,
     )
 

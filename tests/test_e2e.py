@@ -144,6 +144,9 @@ def test_extraction_memorization_and_pii_are_measured_with_baselines(demo_run):
         assert m.pii_extraction is not None and m.pii_extraction.overall.n_training > 0
     # the base model never saw the private records: nothing it generates is verified as training text
     assert base.untargeted_extraction.n_memorized == 0
+    for m in (non_dp, base, dp):  # the audit's records written out, members against held-out, people relabelled
+        u = m.untargeted_extraction
+        assert m.untargeted_test.unit == "user" and u.n_member_records + u.n_held_out_records > 100
     assert non_dp.untargeted_extraction.n_memorized > dp.untargeted_extraction.n_memorized
     mem = non_dp.memorization[0]
     # at this size the tiny model completes members barely better than held-out records (shared template)

@@ -103,6 +103,42 @@ def test_untargeted_extraction_verifies_memorised_samples(memorised, corpora):
     assert not any(r["text"][:20] in dumped for r in members)
 
 
+def test_records_written_checks_every_record_alike_whichever_side():
+    """A record is written out when some kept sample holds one of its non-public n-grams that the sample wrote:
+    text two records share counts for both, public text and text inside a prompt for neither."""
+    from leakaudit.attacks.untargeted import records_written
+
+    template, mine, theirs, public_text = [1, 2, 3, 4], [20, 21, 22, 23], [30, 31, 32, 33], [40, 41, 42, 43]
+    records = [template + [7], mine, template + [9], theirs, public_text, [50, 51, 52, 53]]
+    samples = Samples(prompts=[[1], [20], [40], [50, 51, 52], [30]],
+                      new=[[2, 3, 4], [21, 22, 23], [41, 42, 43], [60, 61], [31, 32, 33]],
+                      strategy=["bos"] * 5)
+    public = NgramIndex([public_text], 3)
+    kept = [0, 1, 2, 3]  # the last sample was dropped as a near duplicate: it does not count
+    flags = records_written(samples, kept, records, 3, public)
+    # both records sharing the template; mine; not theirs (only the dropped sample wrote it); not the public
+    # text; not the record whose n-gram lay inside the prompt ([50, 51, 52] with 60 after it)
+    np.testing.assert_array_equal(flags, [True, True, True, False, False, False])
+    np.testing.assert_array_equal(records_written(samples, [0, 1, 2, 3, 4], records, 3, public),
+                                  [True, True, True, True, False, False])
+
+
+def test_untargeted_extraction_counts_records_written_on_each_side(memorised, corpora):
+    target, members, non_members = memorised
+    samples = sample_texts(target, 32, length=24, seed=1)
+    found: list[bool] = []
+    summary, _ = untargeted_extraction(
+        target, samples, [r["text"] for r in members], non_member_texts=[r["text"] for r in non_members],
+        member_texts=[r["text"] for r in members], found=found, ngram=12,
+    )
+    assert len(found) == len(members) + len(non_members)
+    assert summary.n_member_records == len(members) and summary.n_held_out_records == len(non_members)
+    assert summary.n_member_records_written == sum(found[: len(members)]) >= 1  # a memorised model writes them
+    assert summary.n_held_out_records_written == sum(found[len(members):])
+    bare, _ = untargeted_extraction(target, samples, [r["text"] for r in members], ngram=12)
+    assert bare.n_member_records is None  # no records given: no counts
+
+
 def test_verification_ignores_ngrams_inside_the_prompt(memorised):
     target, members, _ = memorised
     ids = encode(target.tokenizer, [members[0]["text"]])[0].ids

@@ -1947,6 +1947,28 @@ def test_the_reconstruction_finding_takes_the_audits_permutation_test_when_recor
     assert f.p_value == 0.3 and f.signal is False
 
 
+def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
+    from leakaudit.report.findings import _untargeted_finding
+    from leakaudit.report.schema import PermutationTest
+
+    model = make_results().models["non_dp"]
+    u = model.untargeted_extraction
+    legacy = _untargeted_finding(model)
+    assert legacy.p_value == pytest.approx(fisher_greater(u.n_memorized, u.n_unique, u.n_non_member_matches,
+                                                          u.n_unique))
+    counted = u.model_copy(update={"n_member_records": 200, "n_member_records_written": 9,
+                                   "n_held_out_records": 200, "n_held_out_records_written": 6})
+    test = PermutationTest(unit="user", permutations=9999, p_values={"written": 0.31})
+    f = _untargeted_finding(model.model_copy(update={"untargeted_extraction": counted, "untargeted_test": test}))
+    assert f.p_value == 0.31 and f.signal is False
+    assert (f.value, f.baseline) == ("9 of 200 training records", "6 of 200 held-out records")
+    assert "writes out its training records no more often than held-out ones" in f.sentence
+    assert "outside the audited records" in f.sentence  # the samples matching canary text are not hidden
+    loud = test.model_copy(update={"p_values": {"written": 1e-6}})
+    f = _untargeted_finding(model.model_copy(update={"untargeted_extraction": counted, "untargeted_test": loud}))
+    assert f.signal and f.sentence.startswith("sampled freely, it writes out text of 9 of 200 training records against")
+
+
 def test_the_gate_does_not_gate_a_control_and_fails_every_model_on_a_failed_split_check():
     from leakaudit.errors import LeakauditError
     from leakaudit.policy import Policy, evaluate_policy

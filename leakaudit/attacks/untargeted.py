@@ -191,6 +191,28 @@ def ranking_scores(
     return df
 
 
+def _written(prompt: Sequence[int], new: Sequence[int], n: int) -> list[int]:
+    """The tokens whose n-grams a sample writes: the prompt's last n - 1 and the new ones (every n-gram then
+    holds a generated token, so a public prompt is never counted as the model's output)."""
+    return list(prompt[-(n - 1):]) + list(new) if n > 1 else list(new)
+
+
+def records_written(samples: Samples, kept: Sequence[int], records: Sequence[Sequence[int]], n: int,
+                    public: NgramIndex | None = None) -> np.ndarray:
+    """Per record (token ids): whether some kept sample writes one of its token n-grams that the public
+    corpus does not hold.  Every record is checked the same way whichever side it is on, and a text
+    several records share counts for each of them, so under "the model never saw them" and a random
+    split, which records are written out does not depend on their side."""
+    written = NgramIndex([_written(samples.prompts[i], samples.new[i], n) for i in kept], n)
+    out = np.zeros(len(records), dtype=bool)
+    for r, ids in enumerate(records):
+        hit = written.lookup(ids) >= 0
+        if public is not None and hit.any():
+            hit &= public.lookup(ids) < 0
+        out[r] = bool(hit.any())
+    return out
+
+
 def verify(samples: Samples, train: NgramIndex, *, public: NgramIndex | None = None,
            non_members: NgramIndex | None = None) -> pd.DataFrame:
     """Per sample: whether it reproduces training text not in the public corpus ('memorized'),
@@ -198,7 +220,7 @@ def verify(samples: Samples, train: NgramIndex, *, public: NgramIndex | None = N
     n = train.n
     rows = []
     for p, g in zip(samples.prompts, samples.new):
-        seq = list(p[-(n - 1):]) + list(g) if n > 1 else list(g)  # every n-gram holds a generated token
+        seq = _written(p, g, n)
         hits = train.lookup(seq)
         pub = public.lookup(seq) >= 0 if public is not None else np.zeros(hits.size, bool)
         private = (hits >= 0) & ~pub
@@ -236,17 +258,28 @@ def untargeted_extraction(
     ngram: int = 16,
     ks: Sequence[int] = (10, 50, 100),
     window: int = 16,
+    member_texts: Sequence[str] = (),
+    found: list[bool] | None = None,
 ) -> tuple[UntargetedExtraction, pd.DataFrame]:
-    """Rank, dedupe and verify the samples; returns the summary (no text) and a per-sample table."""
+    """Rank, dedupe and verify the samples; returns the summary (no text) and a per-sample table.
+
+    ``member_texts``: the audit's member records, checked like ``non_member_texts`` record by record
+    (:func:`records_written`) for the summary's record counts; when ``found`` is a list, one flag per
+    record, members first, is appended to it (private: it pairs records with outcomes).
+    """
     tok = target.tokenizer
 
+    def tokens(texts):
+        return [e.ids[e.n_special:] for e in encode(tok, list(texts))]
+
     def index(texts):
-        return NgramIndex([e.ids[e.n_special:] for e in encode(tok, list(texts))], ngram) if texts else None
+        return NgramIndex(tokens(texts), ngram) if texts else None
 
     train = index(train_texts)
     if train is None:
         raise ValueError("untargeted extraction needs the training texts to verify against")
-    table = verify(samples, train, public=index(public_texts), non_members=index(non_member_texts))
+    public = index(public_texts)
+    table = verify(samples, train, public=public, non_members=index(non_member_texts))
     table.insert(0, "strategy", samples.strategy)
     keep = dedupe([p + g for p, g in zip(samples.prompts, samples.new)])
     table["unique"] = False
@@ -257,6 +290,14 @@ def untargeted_extraction(
     uniq = table[table["unique"]]
     mem = uniq["memorized"].to_numpy(bool)
     base = uniq["non_member_match"].to_numpy(bool)
+    sides = {}
+    if member_texts and non_member_texts:
+        flags = records_written(samples, keep, tokens(member_texts) + tokens(non_member_texts), ngram, public)
+        k = len(member_texts)
+        sides = dict(n_member_records=k, n_member_records_written=int(flags[:k].sum()),
+                     n_held_out_records=len(flags) - k, n_held_out_records_written=int(flags[k:].sum()))
+        if found is not None:
+            found.extend(bool(f) for f in flags)
     summary = UntargetedExtraction(
         n_samples=len(table),
         sample_tokens=int(max((len(g) for g in samples.new), default=0)),
@@ -269,5 +310,6 @@ def untargeted_extraction(
         n_non_member_matches=int(base.sum()),
         precision_at_k={m: precision_at(mem, uniq[f"score_{m}"].to_numpy(), ks) for m in scores.columns},
         baseline_precision_at_k={m: precision_at(base, uniq[f"score_{m}"].to_numpy(), ks) for m in scores.columns},
+        **sides,
     )
     return summary, table

@@ -88,8 +88,9 @@ FINDINGS: dict[str, tuple[str, str]] = {
     ),
     "untargeted": (
         "Untargeted extraction",
-        "Does the model, sampled freely, write out training text? Distinct training records found in its "
-        "samples, against samples that match held-out records (chance and templates, which match both).",
+        "Does the model, sampled freely, write out training text? The audited training records its samples "
+        "write a passage of, against held-out records found the same way (chance and templates, which match "
+        "both; older results: samples matching each side).",
     ),
     "pii_extraction": (
         "PII extraction",
@@ -540,8 +541,29 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
     u = model.untargeted_extraction
     if u is None:
         return None
-    # beyond sampling error: the samples matching training text against those matching held-out records (the
-    # same test, text both sides share counting on both), a one-sided Fisher test over the unique samples
+    detail = f"{u.n_memorized:,} of {_plural(u.n_unique, 'unique sample')} match training text"
+    test = model.untargeted_test
+    if test is not None and _ok(test.p_values.get("written")) and u.n_held_out_records is not None:
+        # the audit's records written out by the samples, members against held-out records, by permutation
+        # (people relabelled under a per-person split): each record checked alike whichever side it is on.
+        # Training text outside the audited records (inserted canaries, --train-data) has no held-out twin,
+        # so it is counted in the detail but not tested here (the canary findings test the canaries).
+        p, passing = _tested("untargeted", {"written": test.p_values["written"]}, adjusted)
+        signal = bool(passing)
+        value = f"{u.n_member_records_written:,} of {_plural(u.n_member_records, 'training record')}"
+        baseline = f"{u.n_held_out_records_written:,} of {u.n_held_out_records:,} held-out records"
+        if signal:
+            sentence = (f"sampled freely, it writes out text of {value} against {baseline} "
+                        f"({_plural(u.n_samples, 'sample')})")
+        else:
+            sentence = (f"free sampling ({_plural(u.n_samples, 'sample')}) writes out its training records no more "
+                        f"often than held-out ones ({value} against {baseline})")
+            if u.n_memorized:
+                sentence += (f"; {detail}, some of it outside the audited records (inserted canaries, other "
+                             "training data), which this test leaves to the canary findings")
+        return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p)
+    # results written before that test: samples matching training text against samples matching held-out
+    # records (text both sides share counting on both), a one-sided Fisher test over the unique samples
     found = u.n_training_records_reproduced > 0 and u.n_unique > 0
     p, passing = _tested("untargeted", {"fisher": fisher_greater(u.n_memorized, u.n_unique, u.n_non_member_matches,
                                                                   u.n_unique) if found else 1.0}, adjusted)

@@ -299,6 +299,15 @@ class UntargetedExtraction(_Model):
     baseline_precision_at_k: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="The same with held-out records in place of the training set."
     )
+    n_member_records: int | None = Field(default=None, description="The audit's member records checked one by one.")
+    n_member_records_written: int | None = Field(
+        default=None, description="Member records some unique sample writes a non-public token n-gram of."
+    )
+    n_held_out_records: int | None = Field(default=None, description="Held-out records checked the same way.")
+    n_held_out_records_written: int | None = Field(
+        default=None, description="Held-out records some unique sample writes a non-public token n-gram of (the "
+        "baseline of the test in untargeted_test)."
+    )
 
 
 class PIIExtractionCounts(_Model):
@@ -448,6 +457,11 @@ class ModelResult(_Model):
         default_factory=dict,
         description="'members' / 'non_members' -> ranking of a record's true PII among candidates "
         "(the non-member figure is the baseline).",
+    )
+    untargeted_test: PermutationTest | None = Field(
+        default=None,
+        description="Records written out by the free samples, members against held-out records ('written'), by "
+        "permutation (people relabelled when the split is per person); absent in results written before it.",
     )
     pii_reconstruction_test: PermutationTest | None = Field(
         default=None,

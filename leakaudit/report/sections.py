@@ -315,8 +315,9 @@ def _memorization(results: Results, findings: dict[str, list[Finding]]) -> dict[
         "records (the baseline: what can be guessed from the language alone). Approximate match counts "
         "continuations with a BLEU-4 score above 0.75 (near-verbatim).",
         "signal_text": f"{SIGNAL}: more exact or approximate matches on training records than on held-out ones "
-        f"beyond chance (one-sided Fisher exact tests, corrected for the two of them and for the model's other "
-        f"findings, p < {SIGNIFICANCE:g}), in the setting the verdict uses (each model's first).",
+        f"beyond chance (the two tested together by relabelling people, or records, at random; in results "
+        f"written before that test, one-sided Fisher exact tests, Bonferroni over the two; then corrected for "
+        f"the model's other findings, p < {SIGNIFICANCE:g}), in the setting the verdict uses (each model's first).",
     }
 
 
@@ -339,6 +340,15 @@ def _untargeted(results: Results) -> dict[str, Any]:
         ("match the public corpus (not counted)", cell(lambda u: f"{u.n_in_public:,}")),
         ("verified on token n-grams of length", cell(lambda u: str(u.verify_ngram))),
     ]
+    if any(u.n_member_records is not None for u in present):  # the test the verdict uses
+        rows += [
+            ("audited training records written out",
+             cell(lambda u: DASH if u.n_member_records is None else
+                  f"{u.n_member_records_written:,} of {u.n_member_records:,}")),
+            ("held-out records written out (the test's baseline)",
+             cell(lambda u: DASH if u.n_held_out_records is None else
+                  f"{u.n_held_out_records_written:,} of {u.n_held_out_records:,}")),
+        ]
     metrics: list[tuple[str, str]] = []
     for u in present:
         for metric, by_k in u.precision_at_k.items():
@@ -365,7 +375,10 @@ def _untargeted(results: Results) -> dict[str, Any]:
         "prompts), near-duplicate samples are removed and each sample is checked against the training set: a "
         "sample that shares a long token sequence with a training record, and not with the public corpus, "
         "reproduces training text. The baseline is the same check against held-out records, which the model never "
-        "saw: matches there come from chance and common templates. No sample text is kept.",
+        "saw: matches there come from chance and common templates. The verdict's test counts the audited "
+        "records, training against held-out, that some sample writes a passage of (each record checked alike; "
+        "people compared when the records were split per person): training text outside them, such as inserted "
+        "canaries, has no held-out counterpart and is left to the canary findings. No sample text is kept.",
         "precision_text": "Precision at k: of the k samples a ranking metric finds most suspicious, the share that "
         "reproduces training text, vs the same share against held-out records (the baseline).",
     }
