@@ -83,7 +83,7 @@ def test_membership_attacks_find_members_only_where_the_model_trained_on_them(de
     dp = results.models["dp"]
     assert all(r.dp_bound is not None and not r.dp_bound.violated for r in dp.mia.values())
     # split per person: checked where one record differs (people with no other record)
-    assert {r.dp_bound.scope for r in dp.mia.values()} == {"records of people with no other record"}
+    assert {r.dp_bound.scope for r in dp.mia.values()} == {"records of people with no other audited record"}
     assert 0 < dp.mia["loss"].dp_bound.n_members < dp.mia["loss"].n_members
 
 

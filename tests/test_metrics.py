@@ -152,7 +152,7 @@ def test_the_dp_bound_is_checked_only_where_one_record_differs():
     r = attack_result(m, n, epsilon=0.1, delta=1e-5, n_boot=0, dp_subset=(single_m, single_n))
     assert not r.dp_bound.violated and not any("broken" in w for w in r.warnings)
     assert (r.dp_bound.scope, r.dp_bound.n_members, r.dp_bound.n_non_members) == (
-        "records of people with no other record", 100, 100)
+        "records of people with no other audited record", 100, 100)
     assert r.auc > 0.8 and r.n_members == 400  # everything else is over all records
     flipped = attack_result(m[::-1].copy(), n, epsilon=0.1, delta=1e-5, n_boot=0, dp_subset=(single_m, single_n))
     assert flipped.dp_bound.violated  # the strong members are now the single-record people
@@ -160,6 +160,20 @@ def test_the_dp_bound_is_checked_only_where_one_record_differs():
     assert none.dp_bound is None
     assert any(w.startswith("the DP bound was not checked: records were split per person and 0 member")
                for w in none.warnings)
+
+
+def test_the_dp_bound_check_says_when_no_attack_could_fail_it():
+    """A check that even a perfect attack would pass at these sizes says nothing: it is marked untestable, in
+    agreement with running the check on such an attack."""
+    from leakaudit.attacks.metrics import dp_bound_check
+
+    for m_size, n_size, eps in [(99, 89, 7.99), (484, 516, 7.99), (484, 516, 4.0), (500, 500, 1.0), (5, 5, 0.1)]:
+        perfect = dp_bound_check(np.ones(m_size), np.zeros(n_size), eps, 1e-5)
+        rng = np.random.default_rng(0)
+        chance = dp_bound_check(rng.normal(size=m_size), rng.normal(size=n_size), eps, 1e-5)
+        assert perfect.testable == chance.testable == perfect.violated, (m_size, n_size, eps)
+    assert not dp_bound_check(np.ones(99), np.zeros(89), 7.99, 1e-5).testable
+    assert dp_bound_check(np.ones(500), np.zeros(500), 1.0, 1e-5).testable
 
 
 def test_group_bound_and_the_broken_warning_only_beyond_it():

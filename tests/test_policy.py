@@ -229,6 +229,19 @@ def test_dp_guarantee_broken_by_empirical_bound_or_roc():
     assert all(x.passed for x in evaluate_policy(res, policy))
 
 
+def test_a_dp_bound_check_no_attack_could_fail_is_no_audit_of_the_guarantee():
+    policy = Policy(require_dp_guarantee_holds=True)
+    res = make_results().model_dump(mode="json")
+    res["models"]["dp"]["empirical_privacy"] = []
+    for r in res["models"]["dp"]["mia"].values():
+        r["dp_bound"]["testable"] = False
+    check = evaluate_policy(res, policy, model="dp")[0].checks[0]
+    assert check.status == "not measured" and "not audited" in check.message
+    for r in res["models"]["dp"]["mia"].values():
+        r["dp_bound"]["testable"] = True
+    assert evaluate_policy(res, policy, model="dp")[0].checks[0].status == "pass"
+
+
 def test_audit_power():
     v = {x.model: x for x in evaluate_policy(make_results(n_non=50), Policy(min_audit_power=100))}
     assert not v["dp"].passed

@@ -696,14 +696,22 @@ def test_the_dp_check_says_which_records_it_checked_or_why_it_could_not():
 
     dp = make_results().models["dp"]
     scoped = {a: r.model_copy(update={"dp_bound": r.dp_bound.model_copy(update={
-        "scope": "records of people with no other record", "n_members": 99, "n_non_members": 89})})
+        "scope": "records of people with no other audited record", "n_members": 99, "n_non_members": 89})})
         for a, r in dp.mia.items()}
     text = _dp_check("dp", dp.model_copy(update={"mia": scoped}))["text"]
     assert text.startswith("dp: no attack exceeds the DP bound") and (
-        "Checked on the 99 member and 89 held-out records whose person has no other record" in text)
+        "Checked on the 99 member and 89 held-out records whose person has no other audited record" in text)
     assert "Checked on" not in _dp_check("dp", dp)["text"]
+    assert _dp_check("dp", dp.model_copy(update={"mia": scoped}))["cell"] == "holds (4 attacks, single-record people)"
+    blind = {a: r.model_copy(update={"dp_bound": r.dp_bound.model_copy(update={"testable": False})})
+             for a, r in scoped.items()}
+    out = _dp_check("dp", dp.model_copy(update={"mia": blind}))
+    assert out["status"] == "untestable" and out["cell"] == "not testable (too few records, single-record people)"
+    assert "even an attack that told all 99 member records from all 89 held-out ones would stay within it" in (
+        out["text"])
     why = ("the DP bound was not checked: records were split per person and 0 member and 12 non-member records "
-           "belong to people with no other record (a person's records together are protected only at group privacy)")
+           "belong to people with no other audited record (a person's records together are protected only at group "
+           "privacy)")
     unchecked = {a: r.model_copy(update={"dp_bound": None, "warnings": [why]}) for a, r in dp.mia.items()}
     out = _dp_check("dp", dp.model_copy(update={"mia": unchecked}))
     assert out["status"] == "unchecked" and "was not checked (records were split per person and 0 member" in out["text"]
@@ -1962,7 +1970,7 @@ def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
     f = _untargeted_finding(model.model_copy(update={"untargeted_extraction": counted, "untargeted_test": test}))
     assert f.p_value == 0.31 and f.signal is False
     assert (f.value, f.baseline) == ("9 of 200 training records", "6 of 200 held-out records")
-    assert "writes out its training records no more often than held-out ones" in f.sentence
+    assert "does not write out its training records more often than held-out ones beyond chance" in f.sentence
     assert "outside the audited records" in f.sentence  # the samples matching canary text are not hidden
     loud = test.model_copy(update={"p_values": {"written": 1e-6}})
     f = _untargeted_finding(model.model_copy(update={"untargeted_extraction": counted, "untargeted_test": loud}))

@@ -322,7 +322,16 @@ def dp_bound_check(
         if clopper_pearson(tp, m.size, each)[0] > _dp_tpr_bound(epsilon, np.array([fpr_hi]), delta)[0]:
             violated = True
             break
-    return DPBoundCheck(epsilon=epsilon, delta=delta, violated=violated, max_excess=float(excess.max()))
+    return DPBoundCheck(epsilon=epsilon, delta=delta, violated=violated, max_excess=float(excess.max()),
+                        testable=_bound_testable(m.size, n.size, epsilon, delta, level))
+
+
+def _bound_testable(n_members: int, n_non_members: int, epsilon: float, delta: float, level: float) -> bool:
+    """Whether :func:`dp_bound_check` could fail at these sizes: a perfectly separating attack (every member
+    found at FPR 0; its ROC has three points) is declared a violation."""
+    each = 1 - (1 - level) / 3
+    fpr_hi = clopper_pearson(0, n_non_members, each)[1]
+    return bool(clopper_pearson(n_members, n_members, each)[0] > _dp_tpr_bound(epsilon, np.array([fpr_hi]), delta)[0])
 
 
 def group_bound(epsilon: float, delta: float, k: int) -> tuple[float, float]:
@@ -374,12 +383,12 @@ def attack_result(
     dm, dn = (m, n) if dp_subset is None else (m[np.asarray(dp_subset[0], bool)], n[np.asarray(dp_subset[1], bool)])
     if epsilon is not None and not (dm.size and dn.size):
         warns.append(f"the DP bound was not checked: records were split per person and {dm.size} member and "
-                     f"{dn.size} non-member records belong to people with no other record (a person's records "
-                     "together are protected only at group privacy)")
+                     f"{dn.size} non-member records belong to people with no other audited record (a person's "
+                     "records together are protected only at group privacy)")
     elif epsilon is not None:
         dp = dp_bound_check(dm, dn, epsilon, delta)
         if dp_subset is not None:
-            dp = dp.model_copy(update={"scope": "records of people with no other record",
+            dp = dp.model_copy(update={"scope": "records of people with no other audited record",
                                        "n_members": int(dm.size), "n_non_members": int(dn.size)})
         broken = dp
         if group > 1 and dp.violated:

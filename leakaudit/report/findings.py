@@ -556,9 +556,9 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
             sentence = (f"sampled freely, it writes out text of {value} against {baseline} "
                         f"({_plural(u.n_samples, 'sample')})")
         else:
-            sentence = (f"free sampling ({_plural(u.n_samples, 'sample')}) writes out its training records no more "
-                        f"often than held-out ones ({value} against {baseline})")
-            if u.n_memorized:
+            sentence = (f"free sampling ({_plural(u.n_samples, 'sample')}) does not write out its training "
+                        f"records more often than held-out ones beyond chance ({value} against {baseline})")
+            if u.n_training_records_reproduced > u.n_member_records_written:
                 sentence += (f"; {detail}, some of it outside the audited records (inserted canaries, other "
                              "training data), which this test leaves to the canary findings")
         return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p)

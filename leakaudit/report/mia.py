@@ -113,11 +113,12 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
         }
     params = _dp_params(next(iter(checks.values())))
     first = next(iter(checks.values()))
-    scope = ""
-    if first.scope != "all records":
+    scope, scoped = "", first.scope != "all records"
+    if scoped:
         scope = (f" Checked on the {first.n_members:,} member and {first.n_non_members:,} held-out records whose "
-                 "person has no other record: the records were split per person, and a person's records together "
-                 "are protected only at group privacy.")
+                 "person has no other audited record: the records were split per person, and a person's records "
+                 "together are protected only at group privacy.")
+    where = ", single-record people" if scoped else ""
     excess = {a: c.max_excess for a, c in checks.items() if _ok(c.max_excess)}
     worst = max(excess, key=lambda a: excess[a]) if excess else None
     violators = dp_bound_violations(model)
@@ -133,6 +134,20 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
             "cell": f"⚠ VIOLATED by {len(violators)} of {len(checks)} attacks",
             "attacks": violators,
         }
+    if all(c.testable is False for c in checks.values()):  # no attack, however strong, could have failed it
+        attack = next(r for r in model.mia.values() if r.dp_bound is not None)
+        n_m = first.n_members if first.n_members is not None else attack.n_members
+        n_n = first.n_non_members if first.n_non_members is not None else attack.n_non_members
+        return {
+            "status": "untestable",
+            "headline": "",
+            "text": f"{name}: the DP bound {DP_BOUND} ({params}) cannot be tested with these records: even an "
+            f"attack that told all {n_m:,} member records from all {n_n:,} held-out ones would stay within it "
+            f"beyond sampling error, so that no attack exceeds it is no evidence that the guarantee holds.{scope}",
+            "short": f"the DP bound {DP_BOUND} cannot be tested with {n_m:,} and {n_n:,} records",
+            "cell": f"not testable (too few records{where})",
+            "attacks": [],
+        }
     if worst is not None and excess[worst] > 0:
         tail = f"the largest empirical excess, {excess[worst]:.3f} ({worst}), is within sampling error"
     else:
@@ -143,8 +158,8 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
         "headline": "",
         "text": f"{name}: no attack exceeds the DP bound {DP_BOUND} ({params}) beyond sampling error "
         f"({n} attack{'s' if n != 1 else ''} checked; {tail}).{scope}",
-        "short": f"no attack exceeds the DP bound {DP_BOUND} ({n} checked)",
-        "cell": f"holds ({n} attack{'s' if n != 1 else ''})",
+        "short": f"no attack exceeds the DP bound {DP_BOUND} ({n} checked{where})",
+        "cell": f"holds ({n} attack{'s' if n != 1 else ''}{where})",
         "attacks": [],
     }
 

@@ -236,7 +236,8 @@ def _draw_roc_panel(ax, results: Results, curves, floor: float, *, auc_labels: b
                 ls=":",
                 lw=1.2,
                 zorder=2,
-                label=f"{name}: DP bound e^ε·FPR+δ (ε={dp.epsilon:.2f})",
+                label=f"{name}: DP bound e^ε·FPR+δ (ε={dp.epsilon:.2f})"
+                + ("; checked on single-record people" if dp.scope != "all records" else ""),
             )
     ax.plot([floor, 1.0], [floor, 1.0], color="black", ls="--", lw=0.8, label="chance", zorder=1)
     unresolved = max((r.min_resolvable_fpr for _, r, _ in curves if _ok(r.min_resolvable_fpr)), default=0.0)

@@ -73,8 +73,13 @@ class DPBoundCheck(_Model):
     scope: str = Field(
         default="all records",
         description="The records checked: 'all records', or, when records were split per person, 'records of "
-        "people with no other record' (only those differ from the training set by one record; a person's k "
-        "records together are protected only at group privacy).",
+        "people with no other audited record' (only those differ from the training set by one record; a "
+        "person's k records together are protected only at group privacy).",
+    )
+    testable: bool | None = Field(
+        default=None,
+        description="Whether a perfectly separating attack on as many records would be declared a violation: when "
+        "False the check cannot fail at this size and says nothing (None: results written before this field).",
     )
     n_members: int | None = Field(default=None, description="Member records checked (None: all of the attack's).")
     n_non_members: int | None = Field(default=None, description="Non-member records checked (None: all).")
