@@ -48,6 +48,7 @@ def test_front_matter_values_equal_the_results(results):
         bounds = [e.eps_lower_bound for e in model.empirical_privacy]
         assert r["empirical_epsilon_lower_bound"] == (max(bounds) if bounds else None)
         assert r["dp_guarantee_failed"] is False
+        assert r["dp_bound_check"] == (None if model.privacy.epsilon is None else "ok")
         assert ("differential-privacy" in meta["tags"]) == (model.privacy.epsilon is not None)
 
 

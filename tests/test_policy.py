@@ -237,6 +237,18 @@ def test_a_dp_bound_check_no_attack_could_fail_is_no_audit_of_the_guarantee():
         r["dp_bound"]["testable"] = False
     check = evaluate_policy(res, policy, model="dp")[0].checks[0]
     assert check.status == "not measured" and "not audited" in check.message
+    assert "no attack could have exceeded the ROC bound at this size" in check.message
+    # an empirical bound whose best possible value lies below the accountant's eps cannot fail either
+    res["models"]["dp"]["empirical_privacy"] = [{
+        "method": "one_run", "eps_lower_bound": 0.04, "alpha": 0.05, "delta": 1e-5, "best_possible": 5.0,
+        "accountant_epsilon": 8.0,
+    }]
+    check = evaluate_policy(res, policy, model="dp")[0].checks[0]
+    assert check.status == "not measured" and "the empirical bound could not exceed the accountant's eps" in (
+        check.message)
+    res["models"]["dp"]["empirical_privacy"][0]["best_possible"] = 12.0
+    assert evaluate_policy(res, policy, model="dp")[0].checks[0].status == "pass"
+    res["models"]["dp"]["empirical_privacy"] = []
     for r in res["models"]["dp"]["mia"].values():
         r["dp_bound"]["testable"] = True
     assert evaluate_policy(res, policy, model="dp")[0].checks[0].status == "pass"

@@ -709,6 +709,10 @@ def test_the_dp_check_says_which_records_it_checked_or_why_it_could_not():
     assert out["status"] == "untestable" and out["cell"] == "not testable (too few records, single-record people)"
     assert "even an attack that told all 99 member records from all 89 held-out ones would stay within it" in (
         out["text"])
+    md = render_markdown(make_results().model_copy(update={"models": {
+        **make_results().models, "dp": dp.model_copy(update={"mia": blind})}}))
+    dp_part = md[md.index("### dp") : md.index("### Comparison across models")]
+    assert "| not testable |" in dp_part and "| ok |" not in dp_part  # the per-attack column agrees
     why = ("the DP bound was not checked: records were split per person and 0 member and 12 non-member records "
            "belong to people with no other audited record (a person's records together are protected only at group "
            "privacy)")
@@ -1972,6 +1976,12 @@ def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
     assert (f.value, f.baseline) == ("9 of 200 training records", "6 of 200 held-out records")
     assert "does not write out its training records more often than held-out ones beyond chance" in f.sentence
     assert "outside the audited records" in f.sentence  # the samples matching canary text are not hidden
+    res = make_results()
+    old_md = render_markdown(res)  # results written before the records-written test describe their own rule
+    assert "Fisher's test over the unique samples" in old_md and "The verdict's test counts the audited" not in old_md
+    new_md = render_markdown(res.model_copy(update={"models": {**res.models, "non_dp": model.model_copy(
+        update={"untargeted_extraction": counted, "untargeted_test": test})}}))
+    assert "The verdict's test counts the audited records" in new_md
     loud = test.model_copy(update={"p_values": {"written": 1e-6}})
     f = _untargeted_finding(model.model_copy(update={"untargeted_extraction": counted, "untargeted_test": loud}))
     assert f.signal and f.sentence.startswith("sampled freely, it writes out text of 9 of 200 training records against")

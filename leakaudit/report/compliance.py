@@ -113,7 +113,8 @@ FRAMEWORKS: tuple[Framework, ...] = (
         keys=("empirical", "mia", "pii_extraction"),
         how="The audit record identifies exactly which data, configuration, code and models were audited (hashes, "
         "versions, seed, git revision: What was audited); the privacy settings document a privacy-preserving "
-        "measure (DP-SGD) and the findings test whether it holds.",
+        "measure (DP-SGD) and the findings test whether it holds, where the audit is large enough for a "
+        "violation to show (the DP bound check says when it is not).",
         record=True,
     ),
 )

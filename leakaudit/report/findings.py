@@ -8,8 +8,9 @@ cards (:mod:`leakaudit.report.modelcard`) are all built from these.
 
 Multiplicity.  A model is tested in several ways, and a finding may rest on several tests (eleven
 membership attacks, exact and approximate matches, ...).  Each finding's p-value is the Bonferroni
-bound over its own tests (the membership attacks: their joint max-T permutation test, recorded by the
-audit, which pays nothing for attacks that measure the same thing), and the findings of one model are
+bound over its own tests (the membership attacks, and memorization's exact and approximate matches: their
+joint max-T permutation tests, recorded by the audit, which pay nothing for tests that measure the same
+thing), and the findings of one model are
 corrected together by Holm's method
 (:func:`model_findings`): a model that never saw the data gets any "signal" with probability at most
 :data:`SIGNIFICANCE` (members and non-members split at random).  Left out of that family: the DP
@@ -559,8 +560,9 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
             sentence = (f"free sampling ({_plural(u.n_samples, 'sample')}) does not write out its training "
                         f"records more often than held-out ones beyond chance ({value} against {baseline})")
             if u.n_training_records_reproduced > u.n_member_records_written:
-                sentence += (f"; {detail}, some of it outside the audited records (inserted canaries, other "
-                             "training data), which this test leaves to the canary findings")
+                sentence += (f"; {detail}, some of it outside the audited records, which this test does not "
+                             "cover (inserted canaries are tested by the canary findings, other training data by "
+                             "nothing)")
         return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p)
     # results written before that test: samples matching training text against samples matching held-out
     # records (text both sides share counting on both), a one-sided Fisher test over the unique samples

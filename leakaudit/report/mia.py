@@ -297,7 +297,8 @@ def _mia(results: Results) -> dict[str, Any]:
             row = {"attack": attack, "cells": [_auc(r), *tprs, _pct(r.balanced_accuracy)]}
             if dp_column:
                 b = r.dp_bound
-                row["cells"].append(DASH if b is None else ("⚠ VIOLATED" if b.violated else "ok"))
+                row["cells"].append(DASH if b is None else "⚠ VIOLATED" if b.violated
+                                    else "not testable" if b.testable is False else "ok")
             rows.append(row)
         models.append(
             {
@@ -326,6 +327,9 @@ def _mia(results: Results) -> dict[str, Any]:
                     f"({_dp_params(checks[violators[0]])}) beyond sampling error; {why}, so this alone does not "
                     "contradict the DP guarantee, but it does show that such units leak."
                 )
+            elif checks and all(c.testable is False for c in checks.values()):
+                notes.append(f"{name}: the record-level DP bound {DP_BOUND} cannot be tested at this unit with so "
+                             "few units (even a perfect attack would stay within it).")
             elif checks:
                 notes.append(f"{name}: no attack exceeds the record-level DP bound {DP_BOUND} at this unit.")
         facts = [f"Evaluated on {_counts(results, unit)}"]

@@ -22,6 +22,7 @@ from leakaudit.report.findings import (
     split_check,
 )
 from leakaudit.report.formatting import SHORT_HASH, _dp_settings, _md_escape
+from leakaudit.report.mia import _dp_check
 from leakaudit.report.schema import Results
 
 CARD_KEY = "privacy_audit"
@@ -87,6 +88,9 @@ def card_metadata(results: Results, model_name: str, controls: dict[str, list[Fi
             "empirical_epsilon_method": h["empirical_method"],
             "empirical_epsilon_alpha": h["empirical_alpha"],
             "dp_guarantee_failed": h["dp_guarantee_failed"],
+            # the ROC check of the DP bound: violated, ok, untestable (no attack could fail it at this size),
+            # unchecked; null without a DP claim
+            "dp_bound_check": (_dp_check(model_name, model) or {}).get("status"),
         },
     }
     return {"tags": tags, CARD_KEY: audit}

@@ -375,10 +375,15 @@ def _untargeted(results: Results) -> dict[str, Any]:
         "prompts), near-duplicate samples are removed and each sample is checked against the training set: a "
         "sample that shares a long token sequence with a training record, and not with the public corpus, "
         "reproduces training text. The baseline is the same check against held-out records, which the model never "
-        "saw: matches there come from chance and common templates. The verdict's test counts the audited "
-        "records, training against held-out, that some sample writes a passage of (each record checked alike; "
-        "people compared when the records were split per person): training text outside them, such as inserted "
-        "canaries, has no held-out counterpart and is left to the canary findings. No sample text is kept.",
+        "saw: matches there come from chance and common templates." + (
+            " The verdict's test counts the audited records, training against held-out, that some sample writes a "
+            "passage of (each record checked alike; people compared when the records were split per person): "
+            "training text outside them has no held-out counterpart and is not tested here (inserted canaries "
+            "are tested by the canary findings; other training data by nothing)."
+            if any(u.n_member_records is not None for u in present) else
+            " The verdict compares the samples matching training text with those matching held-out records "
+            "(Fisher's test over the unique samples; results written before the records-written test)."
+        ) + " No sample text is kept.",
         "precision_text": "Precision at k: of the k samples a ranking metric finds most suspicious, the share that "
         "reproduces training text, vs the same share against held-out records (the baseline).",
     }
@@ -602,8 +607,9 @@ def _limitations(results: Results) -> list[str]:
         "at a smaller FPR rests on zero false positives and is coarse, and the TPR at 0.1% FPR may not be "
         "resolvable at all. Intervals are 95%. A model is tested in several ways (several attacks, several kinds "
         "of finding), and each test alone would sometimes fire by luck: a finding counts as a signal only when its "
-        "p-value, corrected for the tests within it (the attacks together by a permutation test, other tests by "
-        "Bonferroni) and for the model's other findings (Holm), is "
+        "p-value, corrected for the tests within it (the attacks together, and memorization's exact and "
+        "approximate matches together, by permutation tests; other tests by Bonferroni) and for the model's "
+        "other findings (Holm), is "
         "below 5%, so a model that never saw the data is called leaky at most 5% of the time by these tests, which "
         "assume members and non-members were split at random (see the split check). The empirical ε bound has an "
         "error level of its own (5%), and in results recorded without these p-values (older runs) membership "
