@@ -1204,7 +1204,8 @@ def test_verdict_per_model(markdown, html):
     dp = paragraphs["dp"]
     assert dp.startswith("**dp** (trained with DP at ε = 7.98):")
     # The DP model's membership signal is weak but its AUC interval excludes 0.5; its approximate matches too.
-    assert "It completes 5.0% of training records nearly word for word (BLEU above 0.75)" in dp
+    assert ("It completes 5.0% of training records nearly word for word (BLEU above 0.75, 32 tokens from a "
+            "32-token prompt)") in dp
     assert "No leak beyond the baseline in canary extraction, canary exposure, untargeted extraction" in dp
     summary_html = _section(html, '<section id="summary">', '<section id="audited">')
     assert summary_html.count('<p class="verdict ') == 3
@@ -1985,6 +1986,33 @@ def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
     loud = test.model_copy(update={"p_values": {"written": 1e-6}})
     f = _untargeted_finding(model.model_copy(update={"untargeted_extraction": counted, "untargeted_test": loud}))
     assert f.signal and f.sentence.startswith("sampled freely, it writes out text of 9 of 200 training records against")
+
+
+def test_the_memorization_finding_tests_every_setting_and_marks_the_ones_that_pass():
+    """A leak in the second setting is found (it was ignored when only the first setting counted), with
+    Bonferroni over the settings; the table marks that setting only."""
+    from leakaudit.report.findings import _memorization_finding
+    from leakaudit.report.schema import PermutationTest
+
+    res = make_results()
+    dp = res.models["dp"]
+    first = dp.memorization[0].model_copy(update={"k": 32, "n": 32, "test": PermutationTest(
+        unit="user", permutations=9999, p_values={"exact": 0.9, "approx": 0.8})})
+    second = first.model_copy(update={"k": 16, "n": 16, "test": PermutationTest(
+        unit="user", permutations=9999, p_values={"exact": 0.6, "approx": 0.004})})
+    model = dp.model_copy(update={"memorization": [first, second]})
+    f = _memorization_finding(model)
+    assert f.signal and f.p_value == pytest.approx(0.008) and f.settings == ((16, 16),)
+    assert "16 tokens from a 16-token prompt" in f.sentence and f.detail.startswith("k=16, n=16")
+    weak = second.model_copy(update={"test": second.test.model_copy(update={"p_values": {"exact": 0.6,
+                                                                                         "approx": 0.03}})})
+    f = _memorization_finding(dp.model_copy(update={"memorization": [first, weak]}))
+    assert not f.signal and f.p_value == pytest.approx(0.06) and "in any of the 2 settings tested" in f.sentence
+    md = render_markdown(res.model_copy(update={"models": {**res.models, "dp": model}}))
+    table = _section(md, "## Discoverable memorization", "## Untargeted extraction")
+    marks = [line for line in table.splitlines() if line.startswith("| dp ▲ |")]
+    assert len(marks) == 1 and table.index("| dp ▲ |") > table.index("Prompt k = 16") and (
+        table.index("| dp ▲ |") < table.index("Prompt k = 32"))
 
 
 def test_the_gate_does_not_gate_a_control_and_fails_every_model_on_a_failed_split_check():

@@ -137,6 +137,8 @@ class Finding:
     p_adjusted: float | None = None
     """``p_value`` corrected by Holm's method over the model's tested findings; ``signal`` is it below
     :data:`SIGNIFICANCE`."""
+    settings: tuple[tuple[int, int], ...] = ()
+    """Only for memorization: the (k, n) settings whose tests pass (the table marks them)."""
 
     @property
     def label(self) -> str:
@@ -497,10 +499,9 @@ def memorization_p_values(m: MemorizationResult) -> tuple[float, float]:
     return exact, approx
 
 
-def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
-    if not model.memorization:
-        return None
-    m = model.memorization[0]
+def _memorization_tests(m: MemorizationResult) -> tuple[dict[str, float], bool]:
+    """One setting's tests ('exact', 'approx') and whether their p-values are already adjusted for each other
+    (the audit's permutation test, people relabelled under a per-person split; else Fisher's, unadjusted)."""
     mem, non = m.members, m.non_members
     exact_p, approx_p = memorization_p_values(m)
     tests = {}
@@ -508,34 +509,54 @@ def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Find
         tests["exact"] = exact_p
         if _ok(mem.approx_match_rate) and _ok(non.approx_match_rate):
             tests["approx"] = approx_p
-    joint = m.test.p_values if m.test is not None and tests and set(tests) <= set(m.test.p_values) else None
-    if joint is not None:  # the audit's permutation test of both (people relabelled under a per-person split)
-        tests = {t: joint[t] for t in tests}
-    p, passing = _tested("memorization", tests, adjusted, joint=joint is not None)
+    if m.test is not None and tests and set(tests) <= set(m.test.p_values):
+        return {t: m.test.p_values[t] for t in tests}, True
+    return tests, False
+
+
+def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
+    if not model.memorization:
+        return None
+    per = [(m, *_memorization_tests(m)) for m in model.memorization]
+    n_settings = sum(1 for _, tests, _ in per if tests)
+    flat = {}  # every setting's tests, Bonferroni over the settings (and over a setting's two Fisher tests)
+    for i, (_, tests, joint) in enumerate(per):
+        factor = n_settings * (1 if joint else len(tests))
+        flat.update({f"{i}:{t}": min(1.0, factor * q) for t, q in tests.items()})
+    p, passing = _tested("memorization", flat, adjusted, joint=True)
     signal = None if p is None else bool(passing)
+    shown = next((i for i in range(len(per)) if any(t.startswith(f"{i}:") for t in passing)),
+                 next((i for i, (_, tests, _) in enumerate(per) if tests), 0))
+    m = per[shown][0]
+    mem, non = m.members, m.non_members
     value = f"{_pct(mem.exact_match_rate)}{_ci(mem.exact_match_ci)} exact"
     baseline = f"{_pct(non.exact_match_rate)} of held-out records"
     if _ok(mem.approx_match_rate):
         value += f", {_pct(mem.approx_match_rate)} approximate"
         baseline += f" ({_pct(non.approx_match_rate)} approximate)"
+    setting = f"{m.n} tokens from a {m.k}-token prompt"
     if signal is None:  # one side tested no record: no comparison can be made
         sentence = (
             f"it completes {_pct(mem.exact_match_rate)} of {mem.n_records:,} training records word for word; "
             f"{non.n_records:,} held-out records were tested, so there is no baseline to compare with"
         )
-    elif "exact" in passing:
+    elif f"{shown}:exact" in passing:
         sentence = (
-            f"it completes {_pct(mem.exact_match_rate)} of training records word for word ({m.n} tokens from a "
-            f"{m.k}-token prompt) against {_pct(non.exact_match_rate)} of held-out ones"
+            f"it completes {_pct(mem.exact_match_rate)} of training records word for word ({setting}) against "
+            f"{_pct(non.exact_match_rate)} of held-out ones"
         )
-    elif "approx" in passing:
+    elif f"{shown}:approx" in passing:
         sentence = (
-            f"it completes {_pct(mem.approx_match_rate)} of training records nearly word for word (BLEU above 0.75) "
-            f"against {_pct(non.approx_match_rate)} of held-out ones"
+            f"it completes {_pct(mem.approx_match_rate)} of training records nearly word for word (BLEU above 0.75, "
+            f"{setting}) against {_pct(non.approx_match_rate)} of held-out ones"
         )
     else:
         sentence = "it does not complete training records word for word more often than held-out ones"
-    return Finding("memorization", value, baseline, signal, sentence, detail=f"k={m.k}, n={m.n}", p_value=p)
+        if n_settings > 1:
+            sentence += f" in any of the {n_settings} settings tested"
+    detail = f"k={m.k}, n={m.n}" + (f" ({n_settings} settings tested together)" if n_settings > 1 else "")
+    marked = tuple(sorted({(per[int(t.split(":")[0])][0].k, per[int(t.split(":")[0])][0].n) for t in passing}))
+    return Finding("memorization", value, baseline, signal, sentence, detail=detail, p_value=p, settings=marked)
 
 
 def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:

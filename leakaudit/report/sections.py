@@ -281,8 +281,9 @@ def _memorization(results: Results, findings: dict[str, list[Finding]]) -> dict[
         "skipped (too short)",
     ]
     tables = []
-    # the marker is the verdict's memorization finding (the model's first setting, after the corrections)
-    marked = {name: any(f.key == "memorization" and f.signal for f in findings[name]) for name in results.models}
+    # the marker is the verdict's memorization finding: the settings whose tests pass, after the corrections
+    marked = {name: {kn for f in findings[name] if f.key == "memorization" and f.signal for kn in f.settings}
+              for name in results.models}
     for k, n in settings:
         rows = []
         for name, model in results.models.items():
@@ -300,7 +301,7 @@ def _memorization(results: Results, findings: dict[str, list[Finding]]) -> dict[
                 f"{_f(a.bleu_mean, '.3f')} vs {_f(b.bleu_mean, '.3f')}",
                 f"{m.skipped_short:,}",
             ]
-            rows.append({"name": name, "cells": cells, "signal": marked[name] and m is model.memorization[0]})
+            rows.append({"name": name, "cells": cells, "signal": (m.k, m.n) in marked[name]})
         tables.append({"title": f"Prompt k = {k} tokens, continuation n = {n} tokens", "rows": rows})
     return {
         "any": bool(settings),
@@ -317,7 +318,7 @@ def _memorization(results: Results, findings: dict[str, list[Finding]]) -> dict[
         "signal_text": f"{SIGNAL}: more exact or approximate matches on training records than on held-out ones "
         f"beyond chance (the two tested together by relabelling people, or records, at random; in results "
         f"written before that test, one-sided Fisher exact tests, Bonferroni over the two; then corrected for "
-        f"the model's other findings, p < {SIGNIFICANCE:g}), in the setting the verdict uses (each model's first).",
+        f"the model's other findings and Bonferroni over the settings, p < {SIGNIFICANCE:g}).",
     }
 
 
