@@ -14,7 +14,7 @@ import math
 import numpy as np
 from scipy.stats import beta, mannwhitneyu, rankdata
 
-from leakaudit.report.schema import FPR_LEVELS, AttackResult, DPBoundCheck, RocCurve
+from leakaudit.report.schema import DP_UNCHECKED, FPR_LEVELS, AttackResult, DPBoundCheck, RocCurve
 
 COARSE_FP = 10  # a TPR at a level allowing fewer false positives than this is flagged as coarse
 
@@ -53,10 +53,11 @@ JOINT_PERMUTATIONS = 9999
 """Relabellings of the joint permutation tests (their p-values resolve down to 1 / 10,000)."""
 
 
-def _units(member: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
-    """Each record's unit index (0..U-1): its group's, or its own without groups; every unit on one side."""
+def _units(member: np.ndarray, groups: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """(each record's unit index 0..U-1, whether each unit is a member): a record's group, or the record itself
+    without groups; every unit must lie on one side."""
     if groups is None:
-        return np.arange(member.size)
+        return np.arange(member.size), member
     _, unit = np.unique(np.asarray(groups), return_inverse=True)
     unit = unit.reshape(-1)
     if unit.size != member.size:
@@ -65,26 +66,24 @@ def _units(member: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
     unit_member[unit[member]] = True
     if (unit_member[unit] != member).any():
         raise ValueError("a group has records among both members and non-members")
-    return unit
+    return unit, unit_member
 
 
-def _max_t_p_values(values: np.ndarray, member: np.ndarray, unit: np.ndarray, *, permutations: int, seed: int,
-                    studentize: bool, chunk_elements: int = 1 << 22) -> np.ndarray:
+def _max_t_p_values(values: np.ndarray, member: np.ndarray, groups: np.ndarray | None, *, permutations: int,
+                    seed: int, chunk_elements: int = 1 << 22) -> np.ndarray:
     """Single-step max-T permutation p-values (Westfall and Young) of "members' mean is higher", one per column.
 
-    ``values``: [records, tests].  Each test's statistic is the members' mean minus the non-members' mean; the
-    units (``unit``: a unit index per record) are relabelled at random, the number of member units kept, and
-    each observed statistic is compared with the largest of all the tests' statistics in every relabelling.
-    ``studentize``: each test's statistics divided first by the standard deviation of its values (with
-    records as the units that is the statistic's own spread over the relabellings up to a factor common
-    to all tests, so tests on different scales, or with many ties, weigh alike; it does not depend on the
-    labels, so the test stays exact); a test whose statistic never varies gets p = 1.
+    ``values``: [records, tests].  Each test's statistic is the members' mean minus the non-members' mean, divided
+    by the standard deviation of its values (with records as the units that is the statistic's own spread over
+    the relabellings up to a factor common to all tests, so tests on different scales, or with many ties, weigh
+    alike; it does not depend on the labels, so the test stays exact).  The units (:func:`_units`) are relabelled
+    at random, the number of member units kept, and each observed statistic is compared with the largest of all
+    the tests' statistics in every relabelling.  A test whose statistic never varies gets p = 1.
     """
     if permutations < 1:
         raise ValueError("permutations must be at least 1")
-    n_all, n_units = member.size, int(unit.max()) + 1
-    unit_member = np.zeros(n_units, dtype=bool)
-    unit_member[unit[member]] = True
+    unit, unit_member = _units(member, groups)
+    n_all, n_units = member.size, unit_member.size
     k = int(unit_member.sum())
     if k == 0 or k == n_units:
         raise ValueError("need at least one member and one non-member score")
@@ -98,18 +97,15 @@ def _max_t_p_values(values: np.ndarray, member: np.ndarray, unit: np.ndarray, *,
     observed = stat(member[None, :].astype(np.float64))[0]
     rng = np.random.default_rng(seed)
     rows = max(1, chunk_elements // max(n_all, n_units))
-    drawn = []
-    while sum(len(d) for d in drawn) < permutations:
-        c = min(rows, permutations - sum(len(d) for d in drawn))
+    null = np.empty((permutations, values.shape[1]))
+    for start in range(0, permutations, rows):
+        c = min(rows, permutations - start)
         pick = rng.random((c, n_units)).argpartition(k - 1, axis=1)[:, :k]  # k random units per row
         chosen = np.zeros((c, n_units))
         np.put_along_axis(chosen, pick, 1.0, axis=1)
-        drawn.append(stat(chosen[:, unit]))
-    null = np.concatenate(drawn)  # [permutations, tests]
-    scale = np.ones(values.shape[1])
-    if studentize:  # the values' spread: the same whichever labelling was observed, as validity needs
-        sd = values.std(axis=0)
-        scale = np.where(sd > 0, sd, 1.0)
+        null[start : start + c] = stat(chosen[:, unit])
+    sd = values.std(axis=0)  # the values' spread: the same whichever labelling was observed, as validity needs
+    scale = np.where(sd > 0, sd, 1.0)
     largest = (null / scale).max(axis=1)
     tol = 1e-9 * max(1.0, float(np.abs(observed / scale).max()))
     hits = (largest[:, None] >= (observed / scale)[None, :] - tol).sum(axis=0)
@@ -118,14 +114,19 @@ def _max_t_p_values(values: np.ndarray, member: np.ndarray, unit: np.ndarray, *,
     return np.where(still, 1.0, p)
 
 
-def _below_resolution(p: np.ndarray, permutations: int, bonferroni: list[float]) -> np.ndarray:
-    """``p`` where a test's estimate sits at the permutations' floor (no relabelling reached it) replaced by
-    its Bonferroni value when smaller.  Anywhere else Bonferroni is a second, separate test: taking the
-    smaller of two tests' p-values would reject more often than either (attacks with many tied scores move
-    the max-T little while Bonferroni still tests them at alpha / K)."""
-    floor = 1.0 / (1 + permutations)
-    bound = np.minimum(1.0, np.asarray(bonferroni, dtype=np.float64))
-    return np.where(p <= floor * (1 + 1e-12), np.minimum(p, bound), p)
+def _joint(values: np.ndarray, member: np.ndarray, groups: np.ndarray | None, permutations: int, seed: int,
+           alone: list[float] | None) -> np.ndarray:
+    """:func:`_max_t_p_values`, with each test's own exact p-value ``alone`` (records as the units only) giving
+    the Bonferroni value where the permutation estimate sits at its floor (no relabelling reached it), when
+    smaller.  Only there: anywhere else Bonferroni is a second, separate test, and taking the smaller of two
+    tests' p-values would reject more often than either (attacks with many tied scores move the max-T little
+    while Bonferroni still tests them at alpha / K)."""
+    p = _max_t_p_values(values, member, groups, permutations=permutations, seed=seed)
+    if alone is not None:
+        floor = 1.0 / (1 + permutations)
+        bound = np.minimum(1.0, len(alone) * np.asarray(alone, dtype=np.float64))
+        p = np.where(p <= floor * (1 + 1e-12), np.minimum(p, bound), p)
+    return np.minimum(1.0, p)
 
 
 def _scores_matrix(scores: dict[str, np.ndarray], member: np.ndarray) -> np.ndarray:
@@ -171,13 +172,9 @@ def joint_auc_p_values(
     if not scores:
         return {}
     values = _scores_matrix(scores, member)
-    ranks = np.column_stack([rankdata(values[:, j]) for j in range(values.shape[1])])
-    p = _max_t_p_values(ranks, member, _units(member, groups), permutations=permutations, seed=seed,
-                        studentize=True)
-    if groups is None:
-        one = [auc_p_value(values[member, j], values[~member, j]) for j in range(values.shape[1])]
-        p = _below_resolution(p, permutations, [len(scores) * x for x in one])
-    return {a: float(min(1.0, x)) for a, x in zip(scores, p)}
+    ranks = np.column_stack([rankdata(v) for v in values.T])
+    alone = None if groups is not None else [auc_p_value(v[member], v[~member]) for v in values.T]
+    return {a: float(x) for a, x in zip(scores, _joint(ranks, member, groups, permutations, seed, alone))}
 
 
 def joint_rate_p_values(
@@ -206,14 +203,11 @@ def joint_rate_p_values(
     values = _scores_matrix(hits, member)
     if ((values < 0) | (values > 1)).any():
         raise ValueError("each outcome must lie in [0, 1]")
-    p = _max_t_p_values(values, member, _units(member, groups), permutations=permutations, seed=seed,
-                        studentize=True)
+    alone = None
     if groups is None and np.isin(values, (0.0, 1.0)).all():  # Fisher needs whole counts
         n1, n0 = int(member.sum()), int((~member).sum())
-        one = [fisher_greater(int(values[member, j].sum()), n1, int(values[~member, j].sum()), n0)
-               for j in range(values.shape[1])]
-        p = _below_resolution(p, permutations, [len(hits) * x for x in one])
-    return {a: float(min(1.0, x)) for a, x in zip(hits, p)}
+        alone = [fisher_greater(int(v[member].sum()), n1, int(v[~member].sum()), n0) for v in values.T]
+    return {a: float(x) for a, x in zip(hits, _joint(values, member, groups, permutations, seed, alone))}
 
 
 def roc_curve(members: np.ndarray, non_members: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -315,23 +309,21 @@ def dp_bound_check(
     violated = False
     each = 1 - (1 - level) / max(len(fpr), 1)
     for f, t, x in zip(fpr, tpr, excess):
-        if x <= 0:
-            continue
-        tp, fp = round(t * m.size), round(f * n.size)
-        fpr_hi = clopper_pearson(fp, n.size, each)[1]
-        if clopper_pearson(tp, m.size, each)[0] > _dp_tpr_bound(epsilon, np.array([fpr_hi]), delta)[0]:
+        if x > 0 and _beyond_bound(round(t * m.size), m.size, round(f * n.size), n.size, each, epsilon, delta):
             violated = True
             break
+    # could it fail at these sizes: a perfectly separating attack (every member at FPR 0; three ROC points)
+    testable = _beyond_bound(m.size, m.size, 0, n.size, 1 - (1 - level) / 3, epsilon, delta)
     return DPBoundCheck(epsilon=epsilon, delta=delta, violated=violated, max_excess=float(excess.max()),
-                        testable=_bound_testable(m.size, n.size, epsilon, delta, level))
+                        testable=testable)
 
 
-def _bound_testable(n_members: int, n_non_members: int, epsilon: float, delta: float, level: float) -> bool:
-    """Whether :func:`dp_bound_check` could fail at these sizes: a perfectly separating attack (every member
-    found at FPR 0; its ROC has three points) is declared a violation."""
-    each = 1 - (1 - level) / 3
-    fpr_hi = clopper_pearson(0, n_non_members, each)[1]
-    return bool(clopper_pearson(n_members, n_members, each)[0] > _dp_tpr_bound(epsilon, np.array([fpr_hi]), delta)[0])
+def _beyond_bound(tp: int, n_members: int, fp: int, n_non_members: int, level: float, epsilon: float,
+                  delta: float) -> bool:
+    """Whether the Clopper-Pearson lower bound on TPR = tp / n_members exceeds the DP bound at the upper bound
+    on FPR = fp / n_non_members (intervals at ``level``)."""
+    fpr_hi = clopper_pearson(fp, n_non_members, level)[1]
+    return bool(clopper_pearson(tp, n_members, level)[0] > _dp_tpr_bound(epsilon, np.array([fpr_hi]), delta)[0])
 
 
 def group_bound(epsilon: float, delta: float, k: int) -> tuple[float, float]:
@@ -382,7 +374,7 @@ def attack_result(
     dp = None
     dm, dn = (m, n) if dp_subset is None else (m[np.asarray(dp_subset[0], bool)], n[np.asarray(dp_subset[1], bool)])
     if epsilon is not None and not (dm.size and dn.size):
-        warns.append(f"the DP bound was not checked: records were split per person and {dm.size} member and "
+        warns.append(f"{DP_UNCHECKED}records were split per person and {dm.size} member and "
                      f"{dn.size} non-member records belong to people with no other audited record (a person's "
                      "records together are protected only at group privacy)")
     elif epsilon is not None:

@@ -270,16 +270,17 @@ def untargeted_extraction(
     tok = target.tokenizer
 
     def tokens(texts):
-        return [e.ids[e.n_special:] for e in encode(tok, list(texts))]
+        return [e.ids[e.n_special:] for e in encode(tok, list(texts))] if texts else []
 
-    def index(texts):
-        return NgramIndex(tokens(texts), ngram) if texts else None
+    def index(docs):
+        return NgramIndex(docs, ngram) if docs else None
 
-    train = index(train_texts)
+    train = index(tokens(train_texts))
     if train is None:
         raise ValueError("untargeted extraction needs the training texts to verify against")
-    public = index(public_texts)
-    table = verify(samples, train, public=public, non_members=index(non_member_texts))
+    public = index(tokens(public_texts))
+    held_out = tokens(non_member_texts)  # indexed for the samples' baseline, checked one by one below
+    table = verify(samples, train, public=public, non_members=index(held_out))
     table.insert(0, "strategy", samples.strategy)
     keep = dedupe([p + g for p, g in zip(samples.prompts, samples.new)])
     table["unique"] = False
@@ -292,7 +293,7 @@ def untargeted_extraction(
     base = uniq["non_member_match"].to_numpy(bool)
     sides = {}
     if member_texts and non_member_texts:
-        flags = records_written(samples, keep, tokens(member_texts) + tokens(non_member_texts), ngram, public)
+        flags = records_written(samples, keep, tokens(member_texts) + held_out, ngram, public)
         k = len(member_texts)
         sides = dict(n_member_records=k, n_member_records_written=int(flags[:k].sum()),
                      n_held_out_records=len(flags) - k, n_held_out_records_written=int(flags[k:].sum()))

@@ -50,7 +50,7 @@ from leakaudit.report.formatting import (
     _sentence,
 )
 from leakaudit.report.mia import KEY_LEVEL, _auc, _tpr, _tpr_key, best_attack, dp_bound_violations
-from leakaudit.report.schema import EmpiricalPrivacy, MemorizationResult, ModelResult, Results
+from leakaudit.report.schema import EmpiricalPrivacy, MemorizationResult, ModelResult, PermutationTest, Results
 from leakaudit.report.stats import binomial_greater, fisher_greater, holm, wilson
 
 SIGNIFICANCE = 0.05
@@ -181,13 +181,13 @@ def _count(rate: float | None, n: int) -> int:
     return round((rate or 0.0) * n) if _ok(rate) else 0
 
 
-def _joint_p_values(model: ModelResult, tests: dict[str, float]) -> dict[str, float] | None:
-    """The attacks' p-values adjusted for one another (the audit's max-T permutation test), when that test
-    covered every attack in ``tests``; None: results written before it, or attacks it did not cover."""
-    joint = model.mia_joint.p_values if model.mia_joint is not None else {}
-    if not tests or not set(tests) <= set(joint) or not all(_ok(joint[a]) for a in tests):
+def _recorded(test: PermutationTest | None, names) -> dict[str, float] | None:
+    """The p-values of ``names`` from the audit's permutation test (adjusted for one another; people relabelled
+    under a per-person split), when it covered every one of them; None: results written before it, or names it
+    did not cover (the caller then keeps its earlier rule)."""
+    if test is None or not names or not all(_ok(test.p_values.get(n)) for n in names):
         return None
-    return {a: joint[a] for a in tests}
+    return {n: test.p_values[n] for n in names}
 
 
 def _mia_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
@@ -196,7 +196,7 @@ def _mia_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | Non
         return None
     name, r = best
     tests = {a: x.auc_pvalue for a, x in model.mia.items() if _ok(x.auc_pvalue)}
-    joint = _joint_p_values(model, tests)
+    joint = _recorded(model.mia_joint, tests)
     p, passing = _tested("mia", joint or tests, adjusted, joint=joint is not None)
     corrected = f"corrected for {_plural(len(tests), 'attack')}" + (" by permutation" if joint else "")
     if tests:  # an attack separates members beyond chance, after the correction for the attacks and findings
@@ -509,9 +509,8 @@ def _memorization_tests(m: MemorizationResult) -> tuple[dict[str, float], bool]:
         tests["exact"] = exact_p
         if _ok(mem.approx_match_rate) and _ok(non.approx_match_rate):
             tests["approx"] = approx_p
-    if m.test is not None and tests and set(tests) <= set(m.test.p_values):
-        return {t: m.test.p_values[t] for t in tests}, True
-    return tests, False
+    joint = _recorded(m.test, tests)
+    return (tests, False) if joint is None else (joint, True)
 
 
 def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
@@ -519,14 +518,15 @@ def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Find
         return None
     per = [(m, *_memorization_tests(m)) for m in model.memorization]
     n_settings = sum(1 for _, tests, _ in per if tests)
-    flat = {}  # every setting's tests, Bonferroni over the settings (and over a setting's two Fisher tests)
+    flat, where = {}, {}  # every setting's tests, Bonferroni over the settings (and a setting's two Fisher tests)
     for i, (_, tests, joint) in enumerate(per):
         factor = n_settings * (1 if joint else len(tests))
-        flat.update({f"{i}:{t}": min(1.0, factor * q) for t, q in tests.items()})
+        for t, q in tests.items():
+            flat[f"{i}:{t}"], where[f"{i}:{t}"] = min(1.0, factor * q), i
     p, passing = _tested("memorization", flat, adjusted, joint=True)
     signal = None if p is None else bool(passing)
-    shown = next((i for i in range(len(per)) if any(t.startswith(f"{i}:") for t in passing)),
-                 next((i for i, (_, tests, _) in enumerate(per) if tests), 0))
+    # the setting the finding describes: the first that passes, else the first tested
+    shown = min((where[t] for t in passing), default=min(where.values(), default=0))
     m = per[shown][0]
     mem, non = m.members, m.non_members
     value = f"{_pct(mem.exact_match_rate)}{_ci(mem.exact_match_ci)} exact"
@@ -555,7 +555,7 @@ def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Find
         if n_settings > 1:
             sentence += f" in any of the {n_settings} settings tested"
     detail = f"k={m.k}, n={m.n}" + (f" ({n_settings} settings tested together)" if n_settings > 1 else "")
-    marked = tuple(sorted({(per[int(t.split(":")[0])][0].k, per[int(t.split(":")[0])][0].n) for t in passing}))
+    marked = tuple(sorted({(per[where[t]][0].k, per[where[t]][0].n) for t in passing}))
     return Finding("memorization", value, baseline, signal, sentence, detail=detail, p_value=p, settings=marked)
 
 
@@ -564,13 +564,13 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
     if u is None:
         return None
     detail = f"{u.n_memorized:,} of {_plural(u.n_unique, 'unique sample')} match training text"
-    test = model.untargeted_test
-    if test is not None and _ok(test.p_values.get("written")) and u.n_held_out_records is not None:
+    test = _recorded(model.untargeted_test, ["written"])
+    if test is not None and u.n_held_out_records is not None:
         # the audit's records written out by the samples, members against held-out records, by permutation
         # (people relabelled under a per-person split): each record checked alike whichever side it is on.
         # Training text outside the audited records (inserted canaries, --train-data) has no held-out twin,
         # so it is counted in the detail but not tested here (the canary findings test the canaries).
-        p, passing = _tested("untargeted", {"written": test.p_values["written"]}, adjusted)
+        p, passing = _tested("untargeted", test, adjusted)
         signal = bool(passing)
         value = f"{u.n_member_records_written:,} of {_plural(u.n_member_records, 'training record')}"
         baseline = f"{u.n_held_out_records_written:,} of {u.n_held_out_records:,} held-out records"
@@ -647,11 +647,11 @@ def _pii_reconstruction_finding(model: ModelResult, adjusted: Adjusted = None) -
         return None
     non = model.pii_reconstruction.get("non_members")
     k = _count(mem.top1_accuracy, mem.n_queries)
-    test = model.pii_reconstruction_test
+    test = _recorded(model.pii_reconstruction_test, ["top1"])
     if non is not None:
-        if test is not None and _ok(test.p_values.get("top1")):  # the audit's permutation test (people relabelled)
-            p = test.p_values["top1"]
-        else:  # results written before it: Fisher over the queries
+        if test is not None:
+            p = test["top1"]
+        else:  # results written before the permutation test: Fisher over the queries
             p = fisher_greater(k, mem.n_queries, _count(non.top1_accuracy, non.n_queries), non.n_queries)
         baseline = f"held-out {_pct(non.top1_accuracy)}, chance {_pct(mem.chance_top1)}"
     else:

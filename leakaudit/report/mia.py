@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from leakaudit.report.formatting import DASH, _f, _join, _ok, _pct
-from leakaudit.report.schema import FPR_LEVELS, AttackResult, ModelResult, Results
+from leakaudit.report.schema import DP_UNCHECKED, FPR_LEVELS, AttackResult, ModelResult, Results
 
 KEY_LEVEL = "0.01"
 """The FPR level used to rank attacks (TPR at 1% FPR): the best is starred and named in the summary."""
@@ -101,9 +101,8 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
     if not checks:
         if model.privacy.epsilon is None:
             return None
-        skipped = "the DP bound was not checked: "
-        why = next((w.removeprefix(skipped) for r in model.mia.values() for w in r.warnings if w.startswith(skipped)),
-                   "no attack result carries a DP bound check")
+        why = next((w.removeprefix(DP_UNCHECKED) for r in model.mia.values() for w in r.warnings
+                    if w.startswith(DP_UNCHECKED)), "no attack result carries a DP bound check")
         return {
             "status": "unchecked",
             "headline": "",

@@ -60,6 +60,10 @@ class RocCurve(_Model):
     tpr: list[float]
 
 
+DP_UNCHECKED = "the DP bound was not checked: "
+"""How an attack result's warning begins when its DP bound could not be checked (the reason follows)."""
+
+
 class DPBoundCheck(_Model):
     """Whether the attack's ROC respects TPR <= e^eps FPR + delta (it must, under (eps, delta)-DP)."""
 

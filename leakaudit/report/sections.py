@@ -341,7 +341,8 @@ def _untargeted(results: Results) -> dict[str, Any]:
         ("match the public corpus (not counted)", cell(lambda u: f"{u.n_in_public:,}")),
         ("verified on token n-grams of length", cell(lambda u: str(u.verify_ngram))),
     ]
-    if any(u.n_member_records is not None for u in present):  # the test the verdict uses
+    by_records = any(u.n_member_records is not None for u in present)  # the records-written test was run
+    if by_records:  # the test the verdict uses
         rows += [
             ("audited training records written out",
              cell(lambda u: DASH if u.n_member_records is None else
@@ -381,7 +382,7 @@ def _untargeted(results: Results) -> dict[str, Any]:
             "passage of (each record checked alike; people compared when the records were split per person): "
             "training text outside them has no held-out counterpart and is not tested here (inserted canaries "
             "are tested by the canary findings; other training data by nothing)."
-            if any(u.n_member_records is not None for u in present) else
+            if by_records else
             " The verdict compares the samples matching training text with those matching held-out records "
             "(Fisher's test over the unique samples; results written before the records-written test)."
         ) + " No sample text is kept.",
