@@ -8,7 +8,9 @@ For each architecture and batch size it prints new tokens/s of both and their ra
 one-off set-up time (first call: static cache allocation and, on a GPU, the CUDA-graph capture),
 which path the engine took, and peak GPU memory.  ``--untargeted-samples N`` also times the
 untargeted extraction attack's sampling stage (three strategies, ``--new-tokens`` tokens each) on
-the first architecture.  Prints one JSON object.
+the first architecture, and with ``--untargeted-post`` the rest of the attack on those samples (ranking
+by the model's scores, near-duplicate removal, verification against half the corpus as training text
+and half as held out).  Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -226,6 +228,8 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--untargeted-samples", type=int, default=0)
+    ap.add_argument("--untargeted-post", action="store_true",
+                    help="also time ranking, dedupe and verification of the untargeted samples")
     ap.add_argument("--step-profile", action="store_true", help="GPU time of a decoding step's parts (largest batch)")
     ap.add_argument("--attention-variants", action="store_true",
                     help="at the largest batch, also time the engine's one-token steps with the library's SDPA "
@@ -318,6 +322,15 @@ def main() -> None:
             "seconds": t, "tokens_per_s": len(samples.new) * args.new_tokens / t,
         }
         dump()
+        if args.untargeted_post:  # the rest of the attack on those samples: ranking, dedupe, verification
+            from leakaudit.attacks.untargeted import untargeted_extraction
+
+            texts = [r["text"] for r in public]
+            half = len(texts) // 2
+            (summary, _), t = timed(partial(untargeted_extraction, target, samples, texts[:half],
+                                       member_texts=texts[:half], non_member_texts=texts[half:]))
+            res["untargeted_post"] = {"samples": len(samples.new), "unique": summary.n_unique, "seconds": t}
+            dump()
     print(json.dumps(res, indent=2))
 
 

@@ -88,9 +88,11 @@ step scoring-compiled 150 "$OUT/scoring_compiled.json" python3 benchmarks/scorin
 # issue 5: DP step cost, GPT-2-small-sized, Opacus hooks and ghost and leakaudit's book-keeping against non-DP
 step dp-gpt2 150 "$OUT/dp_gpt2.json" python3 benchmarks/dp_step.py --arch gpt2 --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5 --fixed-batch
-# issue 7: the untargeted attack's sampling stage, 100,000 samples of 256 tokens
-step untargeted 220 - python3 benchmarks/generation.py --size "$SIZE" --archs gpt2 --batches "" \
-  --new-tokens "$NEW" --untargeted-samples "$SAMPLES" --out "$OUT/untargeted.json"
+# issue 7: the untargeted attack's sampling stage, 100,000 samples of 256 tokens; POST=1: then the rest of the
+# attack on them (ranking, dedupe, verification; the sampling figure is written before it starts)
+step untargeted $(( ${POST:+180} + 220 )) - python3 benchmarks/generation.py --size "$SIZE" --archs gpt2 \
+  --batches "" --new-tokens "$NEW" --untargeted-samples "$SAMPLES" ${POST:+--untargeted-post} \
+  --out "$OUT/untargeted.json"
 # issue 5: the same DP comparison on a Llama-style model
 step dp-llama 130 "$OUT/dp_llama.json" python3 benchmarks/dp_step.py --arch llama --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5 --fixed-batch

@@ -192,3 +192,87 @@ def test_the_audits_rate_test_relabels_people_and_survives_ids_numbered_alike_on
     with pytest.raises(LeakauditError, match="absent from the score table"):
         _rates_test(f, outcomes, {k: v for k, v in list(person.items())[1:]}, opts)
     assert _rates_test(tmp_path / "missing.parquet", outcomes, None, opts) is None
+
+
+def _dedupe_by_definition(samples, threshold):
+    """Keep a sample unless an earlier kept one holds more than ``threshold`` of its distinct trigrams."""
+    kept, grams = [], []
+    for i, s in enumerate(samples):
+        g = {tuple(s[j: j + 3]) for j in range(len(s) - 2)}
+        if g and not any(len(g & grams[k]) > threshold * len(g) for k in kept):
+            kept.append(i)
+        grams.append(g)
+    return kept
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dedupe_equals_its_definition_on_overlapping_samples(seed):
+    """The prefix-filtered search keeps exactly the samples the pairwise definition keeps: copies, partial
+    copies, repeats within a sample, short and empty samples, a small vocabulary sharing many trigrams."""
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(300):
+        kind = rng.integers(0, 5)
+        if kind == 0 and samples:  # an earlier sample with some tokens changed
+            s = list(samples[rng.integers(0, len(samples))])
+            for j in rng.integers(0, max(len(s), 1), size=rng.integers(0, 6)):
+                if s:
+                    s[j] = int(rng.integers(0, 8))
+        elif kind == 1 and samples:  # part of an earlier sample, then new tokens
+            s = list(samples[rng.integers(0, len(samples))])
+            s = s[: rng.integers(0, len(s) + 1)] + rng.integers(0, 8, size=rng.integers(0, 20)).tolist()
+        elif kind == 2:  # short: fewer than three tokens has no trigram
+            s = rng.integers(0, 8, size=rng.integers(0, 4)).tolist()
+        else:
+            s = rng.integers(0, 8, size=rng.integers(3, 40)).tolist()
+        samples.append(s)
+    for threshold in (0.0, 0.25, 0.5, 0.8, 1.0):
+        np.testing.assert_array_equal(dedupe(samples, threshold), _dedupe_by_definition(samples, threshold))
+
+
+def test_ngram_hashes_of_many_sequences_equal_each_one_hashed_alone():
+    from leakaudit.attacks.untargeted import ngram_hashes
+
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(0, 50_000, size=k).tolist() for k in (0, 1, 5, 6, 40, 2, 17)]
+    h, owner = ngram_hashes(seqs, 5)
+    for i, s in enumerate(seqs):
+        alone = np.array([NgramIndex([s[j: j + 5]], 5)._h[0] for j in range(len(s) - 4)], dtype=np.uint64)
+        np.testing.assert_array_equal(h[owner == i], alone)
+    assert owner.tolist() == sorted(owner.tolist())
+    with pytest.raises(ValueError, match="n must be"):
+        ngram_hashes(seqs, 0)
+
+
+def test_verify_equals_a_per_sample_check():
+    """Each sample's flags and first matched document, against sets of n-gram tuples built sample by sample."""
+    from leakaudit.attacks.untargeted import verify
+
+    rng = np.random.default_rng(2)
+    train_docs = [rng.integers(0, 6, size=30).tolist() for _ in range(20)]
+    held_docs = [rng.integers(0, 6, size=30).tolist() for _ in range(20)]
+    public_docs = [rng.integers(0, 6, size=30).tolist() for _ in range(5)]
+    prompts = [rng.integers(0, 6, size=rng.integers(1, 6)).tolist() for _ in range(60)]
+    new = [rng.integers(0, 6, size=rng.integers(0, 25)).tolist() for _ in range(60)]
+    samples = Samples(prompts, new, ["top_k"] * 60)
+    n = 4
+    got = verify(samples, NgramIndex(train_docs, n), public=NgramIndex(public_docs, n),
+                 non_members=NgramIndex(held_docs, n))
+
+    def grams(s):
+        return [tuple(s[j: j + n]) for j in range(len(s) - n + 1)]
+
+    first_doc = {}
+    for d, doc in enumerate(train_docs):
+        for g in grams(doc):
+            first_doc.setdefault(g, d)
+    pub = {g for doc in public_docs for g in grams(doc)}
+    held = {g for doc in held_docs for g in grams(doc)}
+    for i, (p, g) in enumerate(zip(prompts, new)):
+        mine = grams(p[-(n - 1):] + g)
+        private = [x for x in mine if x in first_doc and x not in pub]
+        assert got.memorized[i] == bool(private)
+        assert got.train_doc[i] == (first_doc[private[0]] if private else -1)
+        assert got.in_public[i] == any(x in pub for x in mine)
+        assert got.non_member_match[i] == any(x in held and x not in pub for x in mine)
+    assert got.memorized.any() and (~got.memorized).any() and got.non_member_match.any()

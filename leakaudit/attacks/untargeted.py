@@ -16,9 +16,11 @@ Language Models"), verified against the training set.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 import pandas as pd
@@ -31,69 +33,139 @@ from leakaudit.report.schema import UntargetedExtraction
 _MULT = np.uint64(0x9E3779B97F4A7C15)
 
 
+def ngram_hashes(seqs: Sequence[Sequence[int]], n: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit polynomial hashes of every token n-gram of each sequence, in order, and the index of the
+    sequence each one came from.  All sequences are hashed together (one pass of ``n`` array operations),
+    so millions of samples cost seconds, not a Python loop per sample."""
+    if n < 1:
+        raise ValueError("n must be >= 1")
+    lens = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+    counts = np.maximum(lens - n + 1, 0)
+    total = int(counts.sum())
+    if total == 0:
+        return np.zeros(0, np.uint64), np.zeros(0, np.int64)
+    flat = np.fromiter(chain.from_iterable(seqs), dtype=np.uint64, count=int(lens.sum())) + np.uint64(1)
+    start, owner = _ranges(np.cumsum(lens) - lens, counts)  # where each n-gram starts in ``flat``
+    # every window of ``flat`` hashed with contiguous slices (windows across two sequences are dropped)
+    h = np.zeros(flat.size - n + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for j in range(n):
+            h *= _MULT
+            h += flat[j: j + h.size]
+    return h[start], owner
+
+
+def _ranges(starts: np.ndarray, lens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The positions ``starts[k], ..., starts[k] + lens[k] - 1`` of every k, concatenated, and each one's k."""
+    label = np.repeat(np.arange(lens.size, dtype=np.int64), lens)
+    return np.arange(label.size, dtype=np.int64) - (np.cumsum(lens) - lens)[label] + starts[label], label
+
+
+def _unique(a: np.ndarray) -> np.ndarray:
+    """The distinct values of ``a``, sorted (by sorting: numpy's hash-based ``unique`` is several times
+    slower on millions of 64-bit keys)."""
+    a = np.sort(a)
+    return a[np.concatenate(([True], a[1:] != a[:-1]))] if a.size else a
+
+
+def _in_sorted(sorted_keys: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Whether each of ``q`` is one of ``sorted_keys`` (sorted ascending)."""
+    if sorted_keys.size == 0 or q.size == 0:
+        return np.zeros(q.size, dtype=bool)
+    order = np.argsort(q)
+    found = np.empty(q.size, dtype=bool)
+    pos = np.searchsorted(sorted_keys, q[order]).clip(max=sorted_keys.size - 1)
+    found[order] = sorted_keys[pos] == q[order]
+    return found
+
+
 class NgramIndex:
-    """Hashes of every token n-gram of a corpus, sorted for binary search (8 bytes per n-gram).
+    """Hashes of every token n-gram of a corpus, sorted for binary search (16 bytes per n-gram).
 
     ``lookup`` answers which document each n-gram of a query first occurs in (-1: nowhere).
     64-bit polynomial hashes make a false match vanishingly unlikely (about 2^-64 per pair).
     """
 
     def __init__(self, docs: Sequence[Sequence[int]], n: int):
-        if n < 1:
-            raise ValueError("n must be >= 1")
         self.n = n
-        hashes, owners = [], []
-        for d, ids in enumerate(docs):
-            h = self.hashes(ids)
-            hashes.append(h)
-            owners.append(np.full(h.size, d, dtype=np.int64))
-        h = np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)
-        o = np.concatenate(owners) if owners else np.zeros(0, np.int64)
-        order = np.argsort(h, kind="stable")
-        self._h, self._doc = h[order], o[order]
+        h, owner = ngram_hashes(docs, n)
+        order = np.argsort(h, kind="stable")  # equal n-grams keep document order: the first document wins
+        self._h, self._doc = h[order], owner[order]
 
     def hashes(self, ids: Sequence[int]) -> np.ndarray:
-        a = np.asarray(ids, dtype=np.uint64) + np.uint64(1)
-        if a.size < self.n:
-            return np.zeros(0, np.uint64)
-        windows = np.lib.stride_tricks.sliding_window_view(a, self.n)
-        h = np.zeros(windows.shape[0], dtype=np.uint64)
-        with np.errstate(over="ignore"):
-            for j in range(self.n):
-                h = h * _MULT + windows[:, j]
-        return h
+        return ngram_hashes([ids], self.n)[0]
 
     def __len__(self) -> int:
         return int(self._h.size)
 
-    def lookup(self, ids: Sequence[int]) -> np.ndarray:
-        """For each n-gram of ``ids``: the index of a document containing it, or -1."""
-        q = self.hashes(ids)
+    def find(self, q: np.ndarray, *, presorted: bool = False) -> np.ndarray:
+        """For each n-gram hash in ``q``: the index of a document containing it, or -1.  Sorted queries
+        search several times faster (cache-friendly): they are sorted here unless ``presorted``."""
         if q.size == 0 or self._h.size == 0:
             return np.full(q.size, -1, dtype=np.int64)
-        pos = np.searchsorted(self._h, q).clip(max=self._h.size - 1)
+        if presorted:
+            pos = np.searchsorted(self._h, q)
+        else:
+            order = np.argsort(q)
+            pos = np.empty(q.size, dtype=np.int64)
+            pos[order] = np.searchsorted(self._h, q[order])
+        pos = pos.clip(max=self._h.size - 1)
         return np.where(self._h[pos] == q, self._doc[pos], -1)
+
+    def lookup(self, ids: Sequence[int]) -> np.ndarray:
+        """For each n-gram of ``ids``: the index of a document containing it, or -1."""
+        return self.find(self.hashes(ids))
 
 
 def dedupe(samples: Sequence[Sequence[int]], threshold: float = 0.5) -> np.ndarray:
-    """Indices of the samples kept: a sample is dropped when more than ``threshold`` of its
-    token trigrams occur in a single earlier kept sample."""
-    owners: dict[tuple[int, ...], list[int]] = {}
-    kept = []
-    for i, s in enumerate(samples):
-        grams = {tuple(s[j : j + 3]) for j in range(len(s) - 2)}
-        if not grams:
+    """Indices of the samples kept: a sample is dropped when more than ``threshold`` of its distinct
+    token trigrams occur in a single earlier kept sample (a sample without a trigram is dropped too).
+
+    Exact, and fast at hundreds of thousands of samples: a sample whose trigrams are mostly new is kept
+    without a search, and otherwise only earlier samples holding one of its rarest trigrams are compared
+    with it (an earlier sample sharing ``need`` of the ``e`` trigrams that occur earlier must hold one of
+    any ``e - need + 1`` of them, the prefix filter of set-similarity joins).
+    """
+    h, owner = ngram_hashes(samples, 3)
+    keys, gram = np.unique(h, return_inverse=True)
+    # each sample's distinct trigrams as (sample, trigram) pairs, sorted by sample then trigram
+    pairs = _unique(owner * keys.size + gram.reshape(-1))
+    own, gram = pairs // keys.size, pairs % keys.size
+    bounds = np.searchsorted(own, np.arange(len(samples) + 1))
+    freq = np.bincount(gram, minlength=keys.size)  # how many samples hold each trigram
+    first = np.full(keys.size, len(samples), dtype=np.int64)
+    np.minimum.at(first, gram, own)  # the first sample holding each trigram
+    # the samples holding each trigram, in sample order (one sort of trigram-major keys)
+    by_gram = np.sort(gram * len(samples) + own)
+    holders, row = by_gram % len(samples), np.searchsorted(by_gram // len(samples), np.arange(keys.size + 1))
+    earlier = first[gram] < own  # the trigrams an earlier sample holds
+    n_earlier = np.bincount(own[earlier], minlength=len(samples))
+    kept_mask = np.zeros(len(samples), dtype=bool)
+    for i in range(len(samples)):
+        lo, hi = bounds[i], bounds[i + 1]
+        m = hi - lo
+        if m == 0:
             continue
-        shared: dict[int, int] = {}
-        for g in grams:
-            for k in owners.get(g, ()):
-                shared[k] = shared.get(k, 0) + 1
-        if shared and max(shared.values()) > threshold * len(grams):
+        need = max(math.floor(threshold * m) + 1, 1)  # shared trigrams that drop the sample
+        if n_earlier[i] >= need and _shares(i, gram[lo:hi][earlier[lo:hi]], need, freq, holders, row,
+                                            kept_mask, gram, bounds):
             continue
-        kept.append(i)
-        for g in grams:
-            owners.setdefault(g, []).append(i)
-    return np.array(kept, dtype=np.int64)
+        kept_mask[i] = True
+    return np.flatnonzero(kept_mask).astype(np.int64)
+
+
+def _shares(i, mine, need, freq, holders, row, kept_mask, gram, bounds) -> bool:
+    """Whether an earlier kept sample holds at least ``need`` of ``mine`` (sample ``i``'s sorted trigrams
+    that occur earlier)."""
+    probe = mine[np.argsort(freq[mine], kind="stable")[: mine.size - need + 1]]
+    cand = np.concatenate([holders[row[t]: row[t + 1]] for t in probe.tolist()])
+    cand = _unique(cand[cand < i])
+    cand = cand[kept_mask[cand]]
+    if cand.size == 0:
+        return False
+    idx, label = _ranges(bounds[cand], bounds[cand + 1] - bounds[cand])
+    shared = np.bincount(label[_in_sorted(mine, gram[idx])], minlength=cand.size)
+    return bool(shared.max() >= need)
 
 
 @dataclass(frozen=True)
@@ -203,37 +275,40 @@ def records_written(samples: Samples, kept: Sequence[int], records: Sequence[Seq
     corpus does not hold.  Every record is checked the same way whichever side it is on, and a text
     several records share counts for each of them, so under "the model never saw them" and a random
     split, which records are written out does not depend on their side."""
-    written = NgramIndex([_written(samples.prompts[i], samples.new[i], n) for i in kept], n)
-    out = np.zeros(len(records), dtype=bool)
-    for r, ids in enumerate(records):
-        hit = written.lookup(ids) >= 0
-        if public is not None and hit.any():
-            hit &= public.lookup(ids) < 0
-        out[r] = bool(hit.any())
-    return out
+    written = _unique(ngram_hashes([_written(samples.prompts[i], samples.new[i], n) for i in kept], n)[0])
+    q, owner = ngram_hashes(records, n)
+    hit = _in_sorted(written, q)
+    if public is not None:
+        hit &= public.find(q) < 0
+    return np.bincount(owner[hit], minlength=len(records)) > 0
 
 
 def verify(samples: Samples, train: NgramIndex, *, public: NgramIndex | None = None,
            non_members: NgramIndex | None = None) -> pd.DataFrame:
     """Per sample: whether it reproduces training text not in the public corpus ('memorized'),
-    which training document it matched, and the same check against held-out records (baseline)."""
-    n = train.n
-    rows = []
-    for p, g in zip(samples.prompts, samples.new):
-        seq = _written(p, g, n)
-        hits = train.lookup(seq)
-        pub = public.lookup(seq) >= 0 if public is not None else np.zeros(hits.size, bool)
-        private = (hits >= 0) & ~pub
-        held = non_members.lookup(seq) >= 0 if non_members is not None else np.zeros(hits.size, bool)
-        rows.append({
-            "memorized": bool(private.any()),
-            "train_doc": int(hits[private][0]) if private.any() else -1,
-            "in_public": bool(pub.any()),
-            # the same test against held-out records, whether or not training also holds the n-gram: text
-            # shared by members and non-members (a template) counts on both sides, as it should
-            "non_member_match": bool((held & ~pub).any()),
-        })
-    return pd.DataFrame(rows, columns=["memorized", "train_doc", "in_public", "non_member_match"])
+    which training document it matched (its first such n-gram's), and the same check against held-out
+    records (baseline)."""
+    n, m = train.n, len(samples.new)
+    q, owner = ngram_hashes([_written(p, g, n) for p, g in zip(samples.prompts, samples.new)], n)
+    at = np.argsort(q)  # the n-grams sorted once for the three indexes; ``at``: each one's position
+    q, owner = q[at], owner[at]
+    hits = train.find(q, presorted=True)
+    pub = public.find(q, presorted=True) >= 0 if public is not None else np.zeros(q.size, bool)
+    private = (hits >= 0) & ~pub
+    # the same test against held-out records, whether or not training also holds the n-gram: text
+    # shared by members and non-members (a template) counts on both sides, as it should
+    held = (non_members.find(q, presorted=True) >= 0) & ~pub if non_members is not None else np.zeros(q.size, bool)
+    train_doc = np.full(m, -1, dtype=np.int64)
+    back = np.argsort(at[private])  # the private matches in position order: each sample's first one wins
+    first_sample, first_at = np.unique(owner[private][back], return_index=True)
+    train_doc[first_sample] = hits[private][back][first_at]
+
+    def any_of(mask):
+        return np.bincount(owner[mask], minlength=m) > 0
+
+    return pd.DataFrame({"memorized": any_of(private), "train_doc": train_doc, "in_public": any_of(pub),
+                         "non_member_match": any_of(held)},
+                        columns=["memorized", "train_doc", "in_public", "non_member_match"])
 
 
 def precision_at(flags: np.ndarray, scores: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
