@@ -437,13 +437,16 @@ def model_result(
 
 
 def _rates_test(f: Path | None, outcomes, person: dict | None, options: AuditOptions) -> PermutationTest | None:
-    """Members' outcomes against non-members' in the private per-record table ``f`` (columns id, member and
-    those ``outcomes(rows)`` maps to tests), tested together by :func:`joint_rate_p_values`: people relabelled
-    under a per-person split (``person``: (record id, member) -> user), else records (a record's rows
-    together).  None when the table is missing (results of earlier versions) or one side has no row."""
+    """Members' outcomes against non-members' in the private per-record table ``f`` (columns id, member,
+    those ``outcomes(rows)`` maps to tests and optionally ``testable``, the rows tested), tested together
+    by :func:`joint_rate_p_values`: people relabelled under a per-person split (``person``: (record id,
+    member) -> user), else records (a record's rows together).  None when the table is missing (results of
+    earlier versions) or one side has no row."""
     if f is None or not f.is_file():
         return None
     rows = pd.read_parquet(f)
+    if "testable" in rows:  # records that cannot count on either side (tables of earlier versions: all count)
+        rows = rows[rows["testable"].to_numpy(bool)]
     member = rows["member"].to_numpy(bool)
     if not member.any() or member.all():
         return None

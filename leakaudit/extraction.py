@@ -112,8 +112,9 @@ def extraction_stage(
         "pii": [options.pii_reconstruction_records, options.pii_candidates],
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
         "ngram": options.verify_ngram, "seed": options.seed, "dtype": dtype_name(dtype),
-        # 3: PII extraction's held-out baseline; 4: reconstruction's per-query table; 5: records written out
-        "pii_version": 5,
+        # 3: PII extraction's held-out baseline; 4: reconstruction's per-query table; 5: records written out;
+        # 6: records with no non-public n-gram marked untestable
+        "pii_version": 6,
     }
 
     def build(tmp: Path) -> None:
@@ -135,16 +136,16 @@ def extraction_stage(
         if samples_dir is not None:
             ref = _target(reference, **kw) if reference is not None else None
             with log.timed("untargeted verification", model=name):
-                found: list[bool] = []
+                per_record: list[dict] = []
                 summary, table = untargeted_extraction(
                     target, load_samples(samples_dir), train_texts, public_texts=public_texts,
                     non_member_texts=texts[n_members:], reference=ref, ngram=options.verify_ngram,
-                    member_texts=texts[:n_members], found=found,
+                    member_texts=texts[:n_members], per_record=per_record,
                 )
             write_json(tmp / "untargeted.json", summary.model_dump(mode="json"))
             write_parquet(table, tmp / "untargeted.parquet")
-            if found:
-                write_parquet(pd.DataFrame({"id": ids, "member": member, "written": found}),
+            if per_record:
+                write_parquet(pd.DataFrame({"id": ids, "member": member}).join(pd.DataFrame(per_record)),
                               tmp / "untargeted_records.parquet")
         with log.timed("pii", model=name):
             _pii(tmp, target, records, n_members, options, samples_dir, baseline_samples_dir)

@@ -115,28 +115,76 @@ def test_records_written_checks_every_record_alike_whichever_side():
                       strategy=["bos"] * 5)
     public = NgramIndex([public_text], 3)
     kept = [0, 1, 2, 3]  # the last sample was dropped as a near duplicate: it does not count
-    flags = records_written(samples, kept, records, 3, public)
+    table = records_written(samples, kept, records, 3, public)
     # both records sharing the template; mine; not theirs (only the dropped sample wrote it); not the public
     # text; not the record whose n-gram lay inside the prompt ([50, 51, 52] with 60 after it)
-    np.testing.assert_array_equal(flags, [True, True, True, False, False, False])
-    np.testing.assert_array_equal(records_written(samples, [0, 1, 2, 3, 4], records, 3, public),
+    np.testing.assert_array_equal(table["written"], [True, True, True, False, False, False])
+    np.testing.assert_array_equal(records_written(samples, [0, 1, 2, 3, 4], records, 3, public)["written"],
                                   [True, True, True, True, False, False])
+    # each record's trigrams and those the public corpus holds: the public text alone has no other
+    np.testing.assert_array_equal(table["ngrams"], [3, 2, 3, 2, 2, 2])
+    np.testing.assert_array_equal(table["public_ngrams"], [0, 0, 0, 0, 2, 0])
+    assert records_written(samples, kept, records, 3)["public_ngrams"].sum() == 0  # no public corpus
+
+
+def test_public_skew_warning_only_when_the_public_corpus_covers_held_out_text_more():
+    import pandas as pd
+
+    from leakaudit.attacks.untargeted import public_skew_warning
+
+    rng = np.random.default_rng(0)
+    ngrams = rng.integers(40, 60, size=400)
+
+    def table(member_share, held_share):
+        share = np.r_[np.full(200, member_share), np.full(200, held_share)]
+        public = rng.binomial(ngrams, share)
+        return pd.DataFrame({"ngrams": ngrams, "public_ngrams": public})
+
+    assert public_skew_warning(table(0.1, 0.1), 200) is None  # alike on both sides
+    assert public_skew_warning(table(0.3, 0.1), 200) is None  # members covered more: hides leaks, no warning
+    w = public_skew_warning(table(0.1, 0.3), 200)
+    assert w is not None and "30% of the held-out records" in w and "10% of the training" in w
+    small = table(0.1, 0.3).iloc[[0, 1, 200, 201]]  # four records: too few to tell
+    assert public_skew_warning(small, 2) is None
+    empty = pd.DataFrame({"ngrams": [0, 5], "public_ngrams": [0, 5]})  # no member record long enough
+    assert public_skew_warning(empty, 1) is None
 
 
 def test_untargeted_extraction_counts_records_written_on_each_side(memorised, corpora):
     target, members, non_members = memorised
     samples = sample_texts(target, 32, length=24, seed=1)
-    found: list[bool] = []
+    per_record: list[dict] = []
     summary, _ = untargeted_extraction(
         target, samples, [r["text"] for r in members], non_member_texts=[r["text"] for r in non_members],
-        member_texts=[r["text"] for r in members], found=found, ngram=12,
+        member_texts=[r["text"] for r in members], per_record=per_record, ngram=12,
     )
-    assert len(found) == len(members) + len(non_members)
+    found = [r["written"] for r in per_record]
+    assert len(found) == len(members) + len(non_members) and all(r["testable"] for r in per_record)
     assert summary.n_member_records == len(members) and summary.n_held_out_records == len(non_members)
+    assert summary.n_member_records_untestable == summary.n_held_out_records_untestable == 0
     assert summary.n_member_records_written == sum(found[: len(members)]) >= 1  # a memorised model writes them
     assert summary.n_held_out_records_written == sum(found[len(members):])
+    assert summary.warnings == []
     bare, _ = untargeted_extraction(target, samples, [r["text"] for r in members], ngram=12)
     assert bare.n_member_records is None  # no records given: no counts
+
+
+def test_held_out_records_in_the_public_corpus_are_left_out_and_warned_about(memorised):
+    """A public corpus holding the held-out records (non-members taken from a public dataset, that dataset
+    given as --public): their text can never count as written out, so they leave the test, and the summary
+    says the corpus favours a leak."""
+    target, members, non_members = memorised
+    samples = sample_texts(target, 32, length=24, seed=1)
+    held = [r["text"] for r in non_members]
+    per_record: list[dict] = []
+    summary, _ = untargeted_extraction(
+        target, samples, [r["text"] for r in members], public_texts=held, non_member_texts=held,
+        member_texts=[r["text"] for r in members], per_record=per_record, ngram=12,
+    )
+    assert summary.n_held_out_records == 0 and summary.n_held_out_records_untestable == len(non_members)
+    assert summary.n_member_records + summary.n_member_records_untestable == len(members)
+    assert [r["testable"] for r in per_record[len(members):]] == [False] * len(non_members)
+    assert len(summary.warnings) == 1 and "100% of the held-out records' token n-grams" in summary.warnings[0]
 
 
 def test_verification_ignores_ngrams_inside_the_prompt(memorised):
@@ -192,6 +240,10 @@ def test_the_audits_rate_test_relabels_people_and_survives_ids_numbered_alike_on
     with pytest.raises(LeakauditError, match="absent from the score table"):
         _rates_test(f, outcomes, {k: v for k, v in list(person.items())[1:]}, opts)
     assert _rates_test(tmp_path / "missing.parquet", outcomes, None, opts) is None
+    # rows marked untestable are left out: here every completed member, leaving nothing to find
+    pd.DataFrame({"id": ids, "member": member, "exact": exact,
+                  "testable": [not e for e in exact]}).to_parquet(f)
+    assert _rates_test(f, outcomes, None, opts).p_values["exact"] == 1.0
 
 
 def _dedupe_by_definition(samples, threshold):

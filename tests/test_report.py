@@ -1986,6 +1986,15 @@ def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
     loud = test.model_copy(update={"p_values": {"written": 1e-6}})
     f = _untargeted_finding(model.model_copy(update={"untargeted_extraction": counted, "untargeted_test": loud}))
     assert f.signal and f.sentence.startswith("sampled freely, it writes out text of 9 of 200 training records against")
+    # a public corpus covering the held-out side: the records left out are shown and the bias is said
+    skewed = counted.model_copy(update={"n_member_records_untestable": 3, "n_held_out_records_untestable": 40,
+                                        "warnings": ["the public corpus holds 30% of the held-out records' ..."]})
+    skewed_model = model.model_copy(update={"untargeted_extraction": skewed, "untargeted_test": loud})
+    f = _untargeted_finding(skewed_model)
+    assert f.signal and f.sentence.endswith("; but the public corpus holds 30% of the held-out records' ...")
+    md = render_markdown(res.model_copy(update={"models": {**res.models, "non_dp": skewed_model}}))
+    assert "left out: every n-gram public, training / held out" in md and "| 3 / 40 |" in md
+    assert "left out: every n-gram public" not in new_md  # shown only where a record was left out
 
 
 def test_the_memorization_finding_tests_every_setting_and_marks_the_ones_that_pass():

@@ -270,17 +270,46 @@ def _written(prompt: Sequence[int], new: Sequence[int], n: int) -> list[int]:
 
 
 def records_written(samples: Samples, kept: Sequence[int], records: Sequence[Sequence[int]], n: int,
-                    public: NgramIndex | None = None) -> np.ndarray:
-    """Per record (token ids): whether some kept sample writes one of its token n-grams that the public
-    corpus does not hold.  Every record is checked the same way whichever side it is on, and a text
-    several records share counts for each of them, so under "the model never saw them" and a random
-    split, which records are written out does not depend on their side."""
+                    public: NgramIndex | None = None) -> pd.DataFrame:
+    """Per record (token ids): ``written``, whether some kept sample writes one of its token n-grams that
+    the public corpus does not hold; ``ngrams``, its n-grams, and ``public_ngrams``, how many of them the
+    public corpus holds (a record with none outside it cannot be written out).  Every record is checked the
+    same way whichever side it is on, and a text several records share counts for each of them, so under
+    "the model never saw them" and a random split, which records are written out does not depend on their
+    side."""
     written = _unique(ngram_hashes([_written(samples.prompts[i], samples.new[i], n) for i in kept], n)[0])
     q, owner = ngram_hashes(records, n)
-    hit = _in_sorted(written, q)
-    if public is not None:
-        hit &= public.find(q) < 0
-    return np.bincount(owner[hit], minlength=len(records)) > 0
+    pub = public.find(q) >= 0 if public is not None else np.zeros(q.size, dtype=bool)
+    hit = _in_sorted(written, q) & ~pub
+
+    def per_record(mask):
+        return np.bincount(owner[mask], minlength=len(records))
+
+    return pd.DataFrame({"written": per_record(hit) > 0, "ngrams": np.bincount(owner, minlength=len(records)),
+                         "public_ngrams": per_record(pub)})
+
+
+PUBLIC_SKEW = 0.05
+"""Warn when the public corpus holds this much more (a difference of shares of n-grams) of the held-out
+records' text than of the training records' and a Mann-Whitney test puts it beyond chance (p < 0.001)."""
+
+
+def public_skew_warning(table: pd.DataFrame, n_members: int) -> str | None:
+    """A warning when the public corpus covers the held-out records (the last rows of a
+    :func:`records_written` table) more than the training records: their text then counts less often as
+    written out, which makes free sampling look like a leak.  (The other way round only hides leaks.)"""
+    from scipy.stats import mannwhitneyu
+
+    has = table["ngrams"].to_numpy() > 0
+    share = np.where(has, table["public_ngrams"] / np.maximum(table["ngrams"], 1), np.nan)
+    mine, theirs = share[:n_members][has[:n_members]], share[n_members:][has[n_members:]]
+    if mine.size == 0 or theirs.size == 0 or theirs.mean() - mine.mean() < PUBLIC_SKEW:
+        return None
+    if mannwhitneyu(theirs, mine, alternative="greater").pvalue >= 1e-3:
+        return None
+    return (f"the public corpus holds {theirs.mean():.0%} of the held-out records' token n-grams against "
+            f"{mine.mean():.0%} of the training records': held-out text is less often counted as written out, "
+            "which favours a leak; a public corpus drawn from neither side avoids this")
 
 
 def verify(samples: Samples, train: NgramIndex, *, public: NgramIndex | None = None,
@@ -334,13 +363,15 @@ def untargeted_extraction(
     ks: Sequence[int] = (10, 50, 100),
     window: int = 16,
     member_texts: Sequence[str] = (),
-    found: list[bool] | None = None,
+    per_record: list[dict] | None = None,
 ) -> tuple[UntargetedExtraction, pd.DataFrame]:
     """Rank, dedupe and verify the samples; returns the summary (no text) and a per-sample table.
 
     ``member_texts``: the audit's member records, checked like ``non_member_texts`` record by record
-    (:func:`records_written`) for the summary's record counts; when ``found`` is a list, one flag per
-    record, members first, is appended to it (private: it pairs records with outcomes).
+    (:func:`records_written`) for the summary's record counts.  Records whose every n-gram is public (or
+    that are shorter than one) cannot be written out on either side and are left out of those counts.
+    When ``per_record`` is a list, one row per record, members first, is appended to it: ``written`` and
+    ``testable`` (private: it pairs records with outcomes).
     """
     tok = target.tokenizer
 
@@ -368,12 +399,17 @@ def untargeted_extraction(
     base = uniq["non_member_match"].to_numpy(bool)
     sides = {}
     if member_texts and non_member_texts:
-        flags = records_written(samples, keep, tokens(member_texts) + held_out, ngram, public)
+        rec = records_written(samples, keep, tokens(member_texts) + held_out, ngram, public)
+        rec["testable"] = rec["ngrams"] > rec["public_ngrams"]
         k = len(member_texts)
-        sides = dict(n_member_records=k, n_member_records_written=int(flags[:k].sum()),
-                     n_held_out_records=len(flags) - k, n_held_out_records_written=int(flags[k:].sum()))
-        if found is not None:
-            found.extend(bool(f) for f in flags)
+        written, testable = rec["written"].to_numpy(), rec["testable"].to_numpy()
+        skew = public_skew_warning(rec, k)
+        sides = dict(n_member_records=int(testable[:k].sum()), n_member_records_written=int(written[:k].sum()),
+                     n_held_out_records=int(testable[k:].sum()), n_held_out_records_written=int(written[k:].sum()),
+                     n_member_records_untestable=int((~testable[:k]).sum()),
+                     n_held_out_records_untestable=int((~testable[k:]).sum()), warnings=[skew] if skew else [])
+        if per_record is not None:
+            per_record.extend(rec[["written", "testable"]].to_dict("records"))
     summary = UntargetedExtraction(
         n_samples=len(table),
         sample_tokens=int(max((len(g) for g in samples.new), default=0)),

@@ -584,6 +584,8 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
                 sentence += (f"; {detail}, some of it outside the audited records, which this test does not "
                              "cover (inserted canaries are tested by the canary findings, other training data by "
                              "nothing)")
+        for w in u.warnings:  # a bias of this test the reader must weigh
+            sentence += f"; but {w}"
         return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p)
     # results written before that test: samples matching training text against samples matching held-out
     # records (text both sides share counting on both), a one-sided Fisher test over the unique samples

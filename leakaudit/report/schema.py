@@ -308,7 +308,10 @@ class UntargetedExtraction(_Model):
     baseline_precision_at_k: dict[str, dict[str, float]] = Field(
         default_factory=dict, description="The same with held-out records in place of the training set."
     )
-    n_member_records: int | None = Field(default=None, description="The audit's member records checked one by one.")
+    n_member_records: int | None = Field(
+        default=None, description="The audit's member records checked one by one: those with a token n-gram outside "
+        "the public corpus (the others cannot be written out)."
+    )
     n_member_records_written: int | None = Field(
         default=None, description="Member records some unique sample writes a non-public token n-gram of."
     )
@@ -316,6 +319,15 @@ class UntargetedExtraction(_Model):
     n_held_out_records_written: int | None = Field(
         default=None, description="Held-out records some unique sample writes a non-public token n-gram of (the "
         "baseline of the test in untargeted_test)."
+    )
+    n_member_records_untestable: int | None = Field(
+        default=None, description="Member records left out of the test: every token n-gram in the public corpus, or "
+        "too short for one."
+    )
+    n_held_out_records_untestable: int | None = Field(default=None, description="Held-out records left out alike.")
+    warnings: list[str] = Field(
+        default_factory=list, description="Conditions that bias the records-written test (a public corpus holding "
+        "more of one side's text)."
     )
 
 

@@ -351,6 +351,10 @@ def _untargeted(results: Results) -> dict[str, Any]:
              cell(lambda u: DASH if u.n_held_out_records is None else
                   f"{u.n_held_out_records_written:,} of {u.n_held_out_records:,}")),
         ]
+    if any(u.n_member_records_untestable or u.n_held_out_records_untestable for u in present):
+        rows.append(("left out: every n-gram public, training / held out",
+                     cell(lambda u: DASH if u.n_member_records_untestable is None else
+                          f"{u.n_member_records_untestable:,} / {u.n_held_out_records_untestable:,}")))
     metrics: list[tuple[str, str]] = []
     for u in present:
         for metric, by_k in u.precision_at_k.items():
