@@ -436,9 +436,7 @@ def audit(
         list[str] | None,
         typer.Option(help="Discoverable memorization K:N (prompt K tokens, decode N); repeatable; 'none' to skip."),
     ] = None,
-    memorization_max_records: Annotated[
-        int, typer.Option(min=1, help="Records tested on the larger side (both sides sampled at one rate).")
-    ] = 500,
+    memorization_max_records: Annotated[int, typer.Option(min=1, help="Records per side tested.")] = 500,
     samples: Annotated[
         int, typer.Option(min=0, help="Untargeted extraction: samples drawn from each model (0: none).")
     ] = 0,

@@ -35,7 +35,7 @@ class ExtractionOptions:
     """What the generation stages run (all off when ``memorization`` is empty and ``samples`` is 0)."""
 
     memorization: list[tuple[int, int]] = field(default_factory=lambda: [(32, 32), (50, 50)])
-    memorization_max_records: int | None = 500  # on the larger side; both sides sampled at one rate
+    memorization_max_records: int | None = 500  # per side, a seeded sample
     samples: int = 0  # untargeted samples per model (0: no untargeted or PII extraction)
     sample_tokens: int = 64
     verify_ngram: int = 16  # tokens shared with a training record that count as reproduction
@@ -113,7 +113,7 @@ def extraction_stage(
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
         "ngram": options.verify_ngram, "seed": options.seed, "dtype": dtype_name(dtype),
         # 3: PII extraction's held-out baseline; 4: reconstruction's per-query table; 5: records written out;
-        # 6: records with no non-public n-gram marked untestable, memorization sampled at one rate
+        # 6: records with no non-public n-gram marked untestable
         "pii_version": 6,
     }
 

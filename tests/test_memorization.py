@@ -70,21 +70,6 @@ def test_discoverable_memorization_finds_members_not_non_members(memorised):
     assert result.skipped_short == 1 and result.members.n_records == 0
 
 
-def test_memorization_samples_both_sides_at_one_rate_whatever_their_labels(memorised):
-    """Capped, the records tested are drawn from both sides together: the same records whichever side each
-    is on, for sides of the same sizes (so relabelling people stays exact), the larger side keeping about
-    ``max_records``."""
-    target, members, non_members = memorised
-    rows = members + non_members[:4]  # 8 members, 4 non-members
-    ids, texts = [r["id"] for r in rows], [r["text"] for r in rows]
-    _, table = discoverable_memorization(target, ids, texts, [True] * 8 + [False] * 4, k=8, n=8, max_records=4)
-    _, flipped = discoverable_memorization(target, ids, texts, [False] * 4 + [True] * 8, k=8, n=8, max_records=4)
-    assert len(table) == 6  # 12 records at the rate 4 / 8
-    assert table["id"].tolist() == flipped["id"].tolist()
-    _, uncapped = discoverable_memorization(target, ids, texts, [True] * 8 + [False] * 4, k=8, n=8, max_records=8)
-    assert uncapped["id"].tolist() == ids  # no side above the cap: every record
-
-
 def test_ngram_index_lookup_and_dedupe():
     idx = NgramIndex([[1, 2, 3, 4, 5], [7, 8, 9]], 3)
     assert len(idx) == 4

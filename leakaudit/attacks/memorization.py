@@ -115,19 +115,20 @@ def discoverable_memorization(
 
     ``texts`` are the records as the model was trained on them; ``members`` says which were in
     the training set.  Records shorter than ``k + n`` tokens are skipped (counted in the result).
-    ``max_records``: where a side has more, a seeded sample of the records of both sides together, at the
-    rate that leaves the larger side about ``max_records``: which records are tested does not depend on
-    their side, so a permutation test of members against non-members (people relabelled included) stays
-    exact.  Returns the summary (no text) and one row per record: id, member, exact, token_match, bleu,
-    edit_similarity.
+    ``max_records`` caps each side by a seeded sample.  Returns the summary (no text) and one row
+    per record: id, member, exact, token_match, bleu, edit_similarity.
     """
     cases = _cases(target, ids, texts, members, k, n)
     skipped = len(texts) - len(cases)
-    larger = max(sum(c.member for c in cases), sum(not c.member for c in cases), 0)
-    if max_records is not None and larger > max_records:
+    if max_records is not None:
         rng = np.random.default_rng(seed)
-        keep = rng.choice(len(cases), size=round(len(cases) * max_records / larger), replace=False)
-        cases = [cases[i] for i in sorted(keep.tolist())]
+        keep = []
+        for side in (True, False):
+            idx = [i for i, c in enumerate(cases) if c.member == side]
+            if len(idx) > max_records:
+                idx = sorted(rng.choice(idx, size=max_records, replace=False).tolist())
+            keep.extend(idx)
+        cases = [cases[i] for i in sorted(keep)]
     rows = []
     if cases:
         new = generate(target.model, [c.prompt for c in cases], Sampling(max_new_tokens=n, greedy=True),
