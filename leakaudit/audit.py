@@ -39,6 +39,7 @@ from leakaudit.attacks.extraction import Extraction, beam_search_secret, extract
 from leakaudit.attacks.memorization import APPROX_BLEU
 from leakaudit.attacks.metrics import JOINT_PERMUTATIONS, joint_auc_p_values, joint_rate_p_values
 from leakaudit.attacks.registry import REQUIREMENTS, missing_requirements
+from leakaudit.attacks.untargeted import public_skew_warning
 from leakaudit.canaries.manifest import Canary, CanaryManifest
 from leakaudit.data.loading import user_of
 from leakaudit.errors import LeakauditError, describe_validation_error
@@ -398,8 +399,12 @@ def model_result(
     # (record id, side) -> person: a members' file and a non-members' file may number their ids alike
     person = dict(zip(zip(table["id"].astype(str), member), users["user"])) if users is not None else None
     memorization = [_memorization_tested(m, extraction_dir, person, options) for m in found.memorization]
-    untargeted_test = _rates_test(extraction_dir / "untargeted_records.parquet" if extraction_dir else None,
-                                  lambda rows: {"written": rows["written"].to_numpy(float)}, person, options)
+    written_table = extraction_dir / "untargeted_records.parquet" if extraction_dir else None
+    untargeted_test = _rates_test(written_table, lambda rows: {"written": rows["written"].to_numpy(float)}, person,
+                                  options)
+    untargeted = found.untargeted
+    if untargeted is not None:
+        untargeted = untargeted.model_copy(update={"warnings": _public_skew(written_table, person)})
     reconstruction_test = None
     if "members" in found.pii_reconstruction and "non_members" in found.pii_reconstruction:
         reconstruction_test = _rates_test(extraction_dir / "pii_reconstruction.parquet",
@@ -427,7 +432,7 @@ def model_result(
         canaries=published,
         exposure_by_repetition=exposure_groups(published),  # medians of what is published, no finer
         memorization=memorization,
-        untargeted_extraction=found.untargeted,
+        untargeted_extraction=untargeted,
         pii_extraction=found.pii_extraction,
         pii_reconstruction=found.pii_reconstruction,
         pii_reconstruction_test=reconstruction_test,
@@ -462,6 +467,24 @@ def _rates_test(f: Path | None, outcomes, person: dict | None, options: AuditOpt
     p = joint_rate_p_values(outcomes(rows), member, groups=groups, permutations=options.permutations,
                             seed=options.seed)
     return PermutationTest(unit=unit, permutations=options.permutations, seed=options.seed, p_values=p)
+
+
+def _public_skew(f: Path | None, person: dict | None) -> list[str]:
+    """The records-written test's bias check (:func:`public_skew_warning`) over the records it tests: each
+    person's mean share under a per-person split (a person's records are alike), else each record's."""
+    if f is None or not f.is_file():
+        return []
+    rows = pd.read_parquet(f)
+    if "public_ngrams" not in rows:  # tables of earlier versions
+        return []
+    rows = rows[rows["testable"].to_numpy(bool)]
+    units = pd.DataFrame({"share": rows["public_ngrams"] / rows["ngrams"], "member": rows["member"].to_numpy(bool)})
+    if person is not None:
+        units["unit"] = [person[k] for k in zip(rows["id"].astype(str), units["member"])]
+        units = units.groupby("unit").agg(share=("share", "mean"), member=("member", "first"))
+    w = public_skew_warning(units["share"].to_numpy(float), units["member"].to_numpy(bool),
+                            "person" if person is not None else "record")
+    return [w] if w else []
 
 
 def _memorization_tested(m: MemorizationResult, extraction_dir: Path | None, person: dict | None,

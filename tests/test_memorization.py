@@ -128,26 +128,47 @@ def test_records_written_checks_every_record_alike_whichever_side():
 
 
 def test_public_skew_warning_only_when_the_public_corpus_covers_held_out_text_more():
-    import pandas as pd
-
     from leakaudit.attacks.untargeted import public_skew_warning
 
     rng = np.random.default_rng(0)
     ngrams = rng.integers(40, 60, size=400)
+    member = np.arange(400) < 200
 
-    def table(member_share, held_share):
-        share = np.r_[np.full(200, member_share), np.full(200, held_share)]
-        public = rng.binomial(ngrams, share)
-        return pd.DataFrame({"ngrams": ngrams, "public_ngrams": public})
+    def shares(member_share, held_share):
+        return rng.binomial(ngrams, np.where(member, member_share, held_share)) / ngrams
 
-    assert public_skew_warning(table(0.1, 0.1), 200) is None  # alike on both sides
-    assert public_skew_warning(table(0.3, 0.1), 200) is None  # members covered more: hides leaks, no warning
-    w = public_skew_warning(table(0.1, 0.3), 200)
-    assert w is not None and "30% of the held-out records" in w and "10% of the training" in w
-    small = table(0.1, 0.3).iloc[[0, 1, 200, 201]]  # four records: too few to tell
-    assert public_skew_warning(small, 2) is None
-    empty = pd.DataFrame({"ngrams": [0, 5], "public_ngrams": [0, 5]})  # no member record long enough
-    assert public_skew_warning(empty, 1) is None
+    assert public_skew_warning(shares(0.1, 0.1), member) is None  # alike on both sides
+    assert public_skew_warning(shares(0.3, 0.1), member) is None  # members covered more: hides leaks, no warning
+    w = public_skew_warning(shares(0.1, 0.3), member, "person")
+    assert w is not None and "30% of a held-out person's token n-grams" in w and "10% of a training person's" in w
+    few = np.array([0, 1, 200, 201])
+    assert public_skew_warning(shares(0.1, 0.3)[few], member[few]) is None  # four units: too few to tell
+    assert public_skew_warning(np.array([0.5]), np.array([False])) is None  # no member unit
+
+
+def test_the_audit_checks_public_coverage_over_tested_records_and_people(tmp_path):
+    """The bias check looks at the records the test keeps (not those left out) and, under a per-person split,
+    at people: a few people whose records are alike are not hundreds of independent records."""
+    import pandas as pd
+
+    from leakaudit.audit import _public_skew
+
+    f = tmp_path / "untargeted_records.parquet"
+    member = [True] * 90 + [False] * 90
+    share = [0.1] * 90 + [0.3] * 90  # three held-out people of 30 alike records, more covered
+    ids = [str(i) for i in range(180)]
+    table = pd.DataFrame({"id": ids, "member": member, "written": False, "testable": True, "ngrams": 100,
+                          "public_ngrams": [round(100 * x) for x in share]})
+    table.to_parquet(f)
+    assert len(_public_skew(f, None)) == 1  # as records: 90 against 90, p far below 0.001
+    person = {(i, m): f"{'m' if m else 'n'}{int(i) // 30}" for i, m in zip(ids, member)}
+    assert _public_skew(f, person) == []  # as people: 3 against 3, p >= 0.05 at best
+    # held-out records wholly public are left out of the test, and of the check
+    table.assign(public_ngrams=[10] * 90 + [10] * 60 + [100] * 30,
+                 testable=[True] * 150 + [False] * 30).to_parquet(f)
+    assert _public_skew(f, None) == []
+    table.drop(columns=["ngrams", "public_ngrams"]).to_parquet(f)  # a table of an earlier version
+    assert _public_skew(f, None) == [] and _public_skew(None, None) == []
 
 
 def test_untargeted_extraction_counts_records_written_on_each_side(memorised, corpora):
@@ -164,15 +185,14 @@ def test_untargeted_extraction_counts_records_written_on_each_side(memorised, co
     assert summary.n_member_records_untestable == summary.n_held_out_records_untestable == 0
     assert summary.n_member_records_written == sum(found[: len(members)]) >= 1  # a memorised model writes them
     assert summary.n_held_out_records_written == sum(found[len(members):])
-    assert summary.warnings == []
+    assert all(r["ngrams"] > 0 and r["public_ngrams"] == 0 for r in per_record)  # no public corpus
     bare, _ = untargeted_extraction(target, samples, [r["text"] for r in members], ngram=12)
     assert bare.n_member_records is None  # no records given: no counts
 
 
 def test_held_out_records_in_the_public_corpus_are_left_out_and_warned_about(memorised):
     """A public corpus holding the held-out records (non-members taken from a public dataset, that dataset
-    given as --public): their text can never count as written out, so they leave the test, and the summary
-    says the corpus favours a leak."""
+    given as --public): their text can never count as written out, so they leave the test."""
     target, members, non_members = memorised
     samples = sample_texts(target, 32, length=24, seed=1)
     held = [r["text"] for r in non_members]
@@ -184,7 +204,7 @@ def test_held_out_records_in_the_public_corpus_are_left_out_and_warned_about(mem
     assert summary.n_held_out_records == 0 and summary.n_held_out_records_untestable == len(non_members)
     assert summary.n_member_records + summary.n_member_records_untestable == len(members)
     assert [r["testable"] for r in per_record[len(members):]] == [False] * len(non_members)
-    assert len(summary.warnings) == 1 and "100% of the held-out records' token n-grams" in summary.warnings[0]
+    assert all(r["public_ngrams"] == r["ngrams"] for r in per_record[len(members):])
 
 
 def test_verification_ignores_ngrams_inside_the_prompt(memorised):

@@ -1992,8 +1992,19 @@ def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
     skewed_model = model.model_copy(update={"untargeted_extraction": skewed, "untargeted_test": loud})
     f = _untargeted_finding(skewed_model)
     assert f.signal and f.sentence.endswith("; but the public corpus holds 30% of the held-out records' ...")
+    quiet = _untargeted_finding(skewed_model.model_copy(update={"untargeted_test": test}))
+    assert quiet.signal is False
+    assert quiet.sentence.endswith("; although the public corpus holds 30% of the held-out records' ...")
+    # every held-out record wholly public: no test (not the sample-level rule, which would call a leak)
+    none_left = skewed.model_copy(update={"n_held_out_records": 0, "n_held_out_records_written": 0,
+                                          "n_held_out_records_untestable": 240})
+    f = _untargeted_finding(skewed_model.model_copy(update={"untargeted_extraction": none_left,
+                                                             "untargeted_test": None}))
+    assert f.signal is None and f.p_value is None and f.value == "not testable"
+    assert "cannot be tested: 3 training and 240 held-out records have no token n-gram outside" in f.sentence
+    assert f.sentence.endswith("; the public corpus holds 30% of the held-out records' ...")
     md = render_markdown(res.model_copy(update={"models": {**res.models, "non_dp": skewed_model}}))
-    assert "left out: every n-gram public, training / held out" in md and "| 3 / 40 |" in md
+    assert "left out: too short or every n-gram public, training / held out" in md and "| 3 / 40 |" in md
     assert "left out: every n-gram public" not in new_md  # shown only where a record was left out
 
 

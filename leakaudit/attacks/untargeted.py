@@ -290,26 +290,26 @@ def records_written(samples: Samples, kept: Sequence[int], records: Sequence[Seq
 
 
 PUBLIC_SKEW = 0.05
-"""Warn when the public corpus holds this much more (a difference of shares of n-grams) of the held-out
-records' text than of the training records' and a Mann-Whitney test puts it beyond chance (p < 0.001)."""
+"""Warn when the public corpus holds this much more (a difference of mean shares of token n-grams) of the
+held-out side's text than of the training side's and a Mann-Whitney test puts it beyond chance (p < 0.001)."""
 
 
-def public_skew_warning(table: pd.DataFrame, n_members: int) -> str | None:
-    """A warning when the public corpus covers the held-out records (the last rows of a
-    :func:`records_written` table) more than the training records: their text then counts less often as
-    written out, which makes free sampling look like a leak.  (The other way round only hides leaks.)"""
+def public_skew_warning(share: np.ndarray, member: np.ndarray, unit: str = "record") -> str | None:
+    """A warning when the public corpus covers the held-out units' n-grams (``share``: of each unit, records or
+    people, the fraction of its token n-grams the public corpus holds) more than the training units': their
+    text then counts less often as written out, which makes free sampling look like a leak.  (The other way
+    round only hides leaks.)  Units must be independent under the split: people, not their records, under a
+    per-person split."""
     from scipy.stats import mannwhitneyu
 
-    has = table["ngrams"].to_numpy() > 0
-    share = np.where(has, table["public_ngrams"] / np.maximum(table["ngrams"], 1), np.nan)
-    mine, theirs = share[:n_members][has[:n_members]], share[n_members:][has[n_members:]]
+    mine, theirs = share[member], share[~member]
     if mine.size == 0 or theirs.size == 0 or theirs.mean() - mine.mean() < PUBLIC_SKEW:
         return None
     if mannwhitneyu(theirs, mine, alternative="greater").pvalue >= 1e-3:
         return None
-    return (f"the public corpus holds {theirs.mean():.0%} of the held-out records' token n-grams against "
-            f"{mine.mean():.0%} of the training records': held-out text is less often counted as written out, "
-            "which favours a leak; a public corpus drawn from neither side avoids this")
+    return (f"the public corpus holds on average {theirs.mean():.0%} of a held-out {unit}'s token n-grams against "
+            f"{mine.mean():.0%} of a training {unit}'s: held-out text is less often counted as written out, which "
+            "favours a leak; a public corpus drawn from neither side avoids this")
 
 
 def verify(samples: Samples, train: NgramIndex, *, public: NgramIndex | None = None,
@@ -370,8 +370,9 @@ def untargeted_extraction(
     ``member_texts``: the audit's member records, checked like ``non_member_texts`` record by record
     (:func:`records_written`) for the summary's record counts.  Records whose every n-gram is public (or
     that are shorter than one) cannot be written out on either side and are left out of those counts.
-    When ``per_record`` is a list, one row per record, members first, is appended to it: ``written`` and
-    ``testable`` (private: it pairs records with outcomes).
+    When ``per_record`` is a list, one row per record, members first, is appended to it: ``written``,
+    ``testable`` and the :func:`records_written` counts (private: it pairs records with outcomes; the audit
+    tests it and checks it with :func:`public_skew_warning`).
     """
     tok = target.tokenizer
 
@@ -403,13 +404,12 @@ def untargeted_extraction(
         rec["testable"] = rec["ngrams"] > rec["public_ngrams"]
         k = len(member_texts)
         written, testable = rec["written"].to_numpy(), rec["testable"].to_numpy()
-        skew = public_skew_warning(rec, k)
         sides = dict(n_member_records=int(testable[:k].sum()), n_member_records_written=int(written[:k].sum()),
                      n_held_out_records=int(testable[k:].sum()), n_held_out_records_written=int(written[k:].sum()),
                      n_member_records_untestable=int((~testable[:k]).sum()),
-                     n_held_out_records_untestable=int((~testable[k:]).sum()), warnings=[skew] if skew else [])
+                     n_held_out_records_untestable=int((~testable[k:]).sum()))
         if per_record is not None:
-            per_record.extend(rec[["written", "testable"]].to_dict("records"))
+            per_record.extend(rec.to_dict("records"))
     summary = UntargetedExtraction(
         n_samples=len(table),
         sample_tokens=int(max((len(g) for g in samples.new), default=0)),

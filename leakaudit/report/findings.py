@@ -565,6 +565,14 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
         return None
     detail = f"{u.n_memorized:,} of {_plural(u.n_unique, 'unique sample')} match training text"
     test = _recorded(model.untargeted_test, ["written"])
+    if test is None and u.n_held_out_records is not None and not (u.n_member_records and u.n_held_out_records):
+        # a side without a record that could be written out (every n-gram public, or too short): no test, and
+        # not the sample-level rule below, which would compare training text against held-out text it cannot see
+        untestable = (f"{u.n_member_records_untestable or 0:,} training and {u.n_held_out_records_untestable or 0:,} "
+                      "held-out records have no token n-gram outside the public corpus")
+        sentence = f"free sampling ({_plural(u.n_samples, 'sample')}) cannot be tested: {untestable}"
+        sentence += "".join(f"; {w}" for w in u.warnings)
+        return Finding("untargeted", "not testable", untestable, None, sentence, detail=detail)
     if test is not None and u.n_held_out_records is not None:
         # the audit's records written out by the samples, members against held-out records, by permutation
         # (people relabelled under a per-person split): each record checked alike whichever side it is on.
@@ -585,7 +593,7 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
                              "cover (inserted canaries are tested by the canary findings, other training data by "
                              "nothing)")
         for w in u.warnings:  # a bias of this test the reader must weigh
-            sentence += f"; but {w}"
+            sentence += f"; {'but' if signal else 'although'} {w}"
         return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p)
     # results written before that test: samples matching training text against samples matching held-out
     # records (text both sides share counting on both), a one-sided Fisher test over the unique samples

@@ -310,7 +310,8 @@ class UntargetedExtraction(_Model):
     )
     n_member_records: int | None = Field(
         default=None, description="The audit's member records checked one by one: those with a token n-gram outside "
-        "the public corpus (the others cannot be written out)."
+        "the public corpus (the others cannot be written out; results without n_member_records_untestable counted "
+        "every record)."
     )
     n_member_records_written: int | None = Field(
         default=None, description="Member records some unique sample writes a non-public token n-gram of."
@@ -327,7 +328,7 @@ class UntargetedExtraction(_Model):
     n_held_out_records_untestable: int | None = Field(default=None, description="Held-out records left out alike.")
     warnings: list[str] = Field(
         default_factory=list, description="Conditions that bias the records-written test (a public corpus holding "
-        "more of one side's text)."
+        "more of the held-out side's text), found by the audit."
     )
 
 
@@ -482,7 +483,8 @@ class ModelResult(_Model):
     untargeted_test: PermutationTest | None = Field(
         default=None,
         description="Records written out by the free samples, members against held-out records ('written'), by "
-        "permutation (people relabelled when the split is per person); absent in results written before it.",
+        "permutation (people relabelled when the split is per person); absent in results written before it and "
+        "where a side has no record that could be written out (untargeted_extraction's *_untestable).",
     )
     pii_reconstruction_test: PermutationTest | None = Field(
         default=None,

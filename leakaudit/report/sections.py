@@ -352,7 +352,7 @@ def _untargeted(results: Results) -> dict[str, Any]:
                   f"{u.n_held_out_records_written:,} of {u.n_held_out_records:,}")),
         ]
     if any(u.n_member_records_untestable or u.n_held_out_records_untestable for u in present):
-        rows.append(("left out: every n-gram public, training / held out",
+        rows.append(("left out: too short or every n-gram public, training / held out",
                      cell(lambda u: DASH if u.n_member_records_untestable is None else
                           f"{u.n_member_records_untestable:,} / {u.n_held_out_records_untestable:,}")))
     metrics: list[tuple[str, str]] = []
