@@ -6,9 +6,11 @@ replaced (kept below as the baseline), on the same synthetic samples in the same
 
 The samples are drawn from a Zipf distribution over a GPT-2-sized vocabulary (so common trigrams are
 shared by thousands of samples, as in sampled text), with 5% copies of earlier samples and 100 planted
-training passages.  Both implementations run on ``--samples`` and their outputs are compared; the new
-one alone also runs on ``--scale`` samples (the old near-duplicate search grows quadratically there).
-No model is involved: ranking (scoring the samples) is the scoring engine's benchmark.
+training passages; dedupe also runs on samples as a memorising, early-stopping model writes them (a
+third near-copies of one text, a third padded after an early stop).  Both implementations run on
+``--samples`` and their outputs are compared; the new one alone also runs on ``--scale`` samples (the
+old near-duplicate search grows quadratically there).  No model is involved: ranking (scoring the
+samples) is the scoring engine's benchmark.  The baseline's loops use the current ``NgramIndex``.
 """
 
 from __future__ import annotations
@@ -86,6 +88,26 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+def repeats(n: int, tokens: int, seed: int = 1) -> list[list[int]]:
+    """Samples as a memorising, early-stopping model writes them: a third copies of one text with a few
+    tokens changed, a third stopping early and padded to full length, a third Zipf text."""
+    rng = np.random.default_rng(seed)
+    text = rng.integers(0, VOCAB, tokens).tolist()
+    out = []
+    for i in range(n):
+        if i % 3 == 0:
+            s = list(text)
+            for j in rng.integers(0, tokens, 3):
+                s[j] = int(rng.integers(0, VOCAB))
+        elif i % 3 == 1:
+            k = int(rng.integers(0, tokens // 4))
+            s = ((rng.zipf(1.2, size=k) - 1) % VOCAB).tolist() + [VOCAB - 1] * (tokens - k)
+        else:
+            s = ((rng.zipf(1.2, size=tokens) - 1) % VOCAB).tolist()
+        out.append([VOCAB - 1] + s)
+    return out
+
+
 def run(samples, train_docs, held_docs, *, baseline: bool) -> dict:
     seqs = [p + g for p, g in zip(samples.prompts, samples.new)]
     train, held = NgramIndex(train_docs, 16), NgramIndex(held_docs, 16)
@@ -100,9 +122,12 @@ def run(samples, train_docs, held_docs, *, baseline: bool) -> dict:
         table0, res["verify_loop_s"] = timed(lambda: verify_loop(samples, train, held))
         flags0, res["records_written_loop_s"] = timed(
             lambda: records_written_loop(samples, kept0, train_docs + held_docs, 16))
+        rep = repeats(len(seqs), len(samples.new[0]))
+        kept_rep, res["dedupe_repeats_s"] = timed(lambda: dedupe(rep))
+        kept_rep0, res["dedupe_repeats_loop_s"] = timed(lambda: dedupe_loop(rep))
         res["identical"] = bool(np.array_equal(kept, kept0) and table.equals(table0.astype(table.dtypes))
-                                and np.array_equal(flags, flags0))
-        for step in ("dedupe", "verify", "records_written"):
+                                and np.array_equal(flags, flags0) and np.array_equal(kept_rep, kept_rep0))
+        for step in ("dedupe", "dedupe_repeats", "verify", "records_written"):
             res[f"{step}_speedup"] = round(res[f"{step}_loop_s"] / max(res[f"{step}_s"], 1e-9), 1)
     return res
 

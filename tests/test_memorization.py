@@ -302,6 +302,20 @@ def test_dedupe_equals_its_definition_on_overlapping_samples(seed):
         np.testing.assert_array_equal(dedupe(samples, threshold), _dedupe_by_definition(samples, threshold))
 
 
+def test_dedupe_of_copies_and_padded_samples_equals_its_definition():
+    """Samples as a memorising model that stops early writes them: many near-copies of one text, padding."""
+    rng = np.random.default_rng(3)
+    text = rng.integers(0, 1000, 60).tolist()
+    samples = []
+    for i in range(240):
+        s = list(text) if i % 2 else rng.integers(0, 1000, rng.integers(0, 20)).tolist() + [7] * 40
+        s[rng.integers(0, len(s))] = int(rng.integers(0, 1000))
+        samples.append(s)
+    np.testing.assert_array_equal(dedupe(samples), _dedupe_by_definition(samples, 0.5))
+    with pytest.raises(ValueError, match="threshold must be a finite number"):
+        dedupe(samples, float("nan"))
+
+
 def test_ngram_hashes_of_many_sequences_equal_each_one_hashed_alone():
     from leakaudit.attacks.untargeted import ngram_hashes
 

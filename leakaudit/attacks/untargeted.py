@@ -83,7 +83,8 @@ class NgramIndex:
     """Hashes of every token n-gram of a corpus, sorted for binary search (16 bytes per n-gram).
 
     ``lookup`` answers which document each n-gram of a query first occurs in (-1: nowhere).
-    64-bit polynomial hashes make a false match vanishingly unlikely (about 2^-64 per pair).
+    64-bit polynomial hashes make a false match vanishingly unlikely (about 2^-64 per pair) for text not
+    crafted to collide (collisions can be constructed, as for any 64-bit hash).
     """
 
     def __init__(self, docs: Sequence[Sequence[int]], n: int):
@@ -121,50 +122,49 @@ def dedupe(samples: Sequence[Sequence[int]], threshold: float = 0.5) -> np.ndarr
     """Indices of the samples kept: a sample is dropped when more than ``threshold`` of its distinct
     token trigrams occur in a single earlier kept sample (a sample without a trigram is dropped too).
 
-    Exact, and fast at hundreds of thousands of samples: a sample whose trigrams are mostly new is kept
-    without a search, and otherwise only earlier samples holding one of its rarest trigrams are compared
-    with it (an earlier sample sharing ``need`` of the ``e`` trigrams that occur earlier must hold one of
-    any ``e - need + 1`` of them, the prefix filter of set-similarity joins).
+    Exact (trigrams compared by 64-bit hash: token ids of real vocabularies cannot collide), and fast at
+    hundreds of thousands of samples, copies and padding included: the samples holding each trigram are
+    listed as they are kept, a sample with fewer than ``need`` trigrams that a kept sample holds is kept
+    at once, and otherwise only the kept samples holding one of its ``e - need + 1`` least-held such
+    trigrams are compared with it (a sample sharing ``need`` of those ``e`` must hold one of any
+    ``e - need + 1``: the prefix filter of set-similarity joins).
     """
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number (got {threshold})")
     h, owner = ngram_hashes(samples, 3)
     keys, gram = np.unique(h, return_inverse=True)
     # each sample's distinct trigrams as (sample, trigram) pairs, sorted by sample then trigram
     pairs = _unique(owner * keys.size + gram.reshape(-1))
     own, gram = pairs // keys.size, pairs % keys.size
     bounds = np.searchsorted(own, np.arange(len(samples) + 1))
-    freq = np.bincount(gram, minlength=keys.size)  # how many samples hold each trigram
-    first = np.full(keys.size, len(samples), dtype=np.int64)
-    np.minimum.at(first, gram, own)  # the first sample holding each trigram
-    # the samples holding each trigram, in sample order (one sort of trigram-major keys)
-    by_gram = np.sort(gram * len(samples) + own)
-    holders, row = by_gram % len(samples), np.searchsorted(by_gram // len(samples), np.arange(keys.size + 1))
-    earlier = first[gram] < own  # the trigrams an earlier sample holds
-    n_earlier = np.bincount(own[earlier], minlength=len(samples))
-    kept_mask = np.zeros(len(samples), dtype=bool)
+    # the kept samples holding trigram t, in order: slots[row[t]: row[t] + n_kept[t]]
+    row = np.concatenate(([0], np.cumsum(np.bincount(gram, minlength=keys.size))))
+    slots = np.empty(int(row[-1]), dtype=np.int64)
+    n_kept = np.zeros(keys.size, dtype=np.int64)
+    kept = []
     for i in range(len(samples)):
-        lo, hi = bounds[i], bounds[i + 1]
-        m = hi - lo
-        if m == 0:
+        mine = gram[bounds[i]: bounds[i + 1]]
+        if mine.size == 0:
             continue
-        need = max(math.floor(threshold * m) + 1, 1)  # shared trigrams that drop the sample
-        if n_earlier[i] >= need and _shares(i, gram[lo:hi][earlier[lo:hi]], need, freq, holders, row,
-                                            kept_mask, gram, bounds):
+        need = max(math.floor(threshold * int(mine.size)) + 1, 1)  # shared trigrams that drop the sample
+        held = mine[n_kept[mine] > 0]
+        if held.size >= need and _shares(held, need, n_kept, slots, row, gram, bounds):
             continue
-        kept_mask[i] = True
-    return np.flatnonzero(kept_mask).astype(np.int64)
+        kept.append(i)
+        slots[row[mine] + n_kept[mine]] = i  # a sample's trigrams are distinct: no index twice
+        n_kept[mine] += 1
+    return np.array(kept, dtype=np.int64)
 
 
-def _shares(i, mine, need, freq, holders, row, kept_mask, gram, bounds) -> bool:
-    """Whether an earlier kept sample holds at least ``need`` of ``mine`` (sample ``i``'s sorted trigrams
-    that occur earlier)."""
-    probe = mine[np.argsort(freq[mine], kind="stable")[: mine.size - need + 1]]
-    cand = np.concatenate([holders[row[t]: row[t + 1]] for t in probe.tolist()])
-    cand = _unique(cand[cand < i])
-    cand = cand[kept_mask[cand]]
-    if cand.size == 0:
-        return False
+def _shares(held, need, n_kept, slots, row, gram, bounds) -> bool:
+    """Whether one kept sample holds at least ``need`` of ``held`` (a sample's sorted trigrams that kept
+    samples hold)."""
+    if need == 1:  # any holder shares one
+        return True
+    probe = held[np.argsort(n_kept[held], kind="stable")[: held.size - need + 1]]
+    cand = _unique(np.concatenate([slots[row[t]: row[t] + n_kept[t]] for t in probe.tolist()]))
     idx, label = _ranges(bounds[cand], bounds[cand + 1] - bounds[cand])
-    shared = np.bincount(label[_in_sorted(mine, gram[idx])], minlength=cand.size)
+    shared = np.bincount(label[_in_sorted(held, gram[idx])], minlength=cand.size)
     return bool(shared.max() >= need)
 
 
