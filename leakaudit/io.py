@@ -65,8 +65,10 @@ def write_bytes_atomic(path: str | Path, data: bytes, *, private: bool = False) 
         raise
 
 
-def write_json(path: str | Path, obj: Any, *, private: bool = False) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", private=private)
+def write_json(path: str | Path, obj: Any, *, private: bool = False, compact: bool = False) -> None:
+    """``compact``: no indentation (for large arrays: Python's fast encoder, half the size)."""
+    text = json.dumps(obj, indent=None if compact else 2, sort_keys=False, default=str)
+    write_text_atomic(path, text + "\n", private=private)
 
 
 def records_hash(records: Iterable[dict]) -> str:

@@ -102,6 +102,7 @@ class NgramIndex:
     def find(self, q: np.ndarray, *, presorted: bool = False) -> np.ndarray:
         """For each n-gram hash in ``q``: the index of a document containing it, or -1.  Sorted queries
         search several times faster (cache-friendly): they are sorted here unless ``presorted``."""
+        q = np.asarray(q, dtype=np.uint64)  # other integer types would be searched as floats
         if q.size == 0 or self._h.size == 0:
             return np.full(q.size, -1, dtype=np.int64)
         if presorted:
