@@ -89,7 +89,7 @@ step scoring-compiled 150 "$OUT/scoring_compiled.json" python3 benchmarks/scorin
 step dp-gpt2 150 "$OUT/dp_gpt2.json" python3 benchmarks/dp_step.py --arch gpt2 --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5 --fixed-batch
 # issue 7: the untargeted attack's sampling stage, 100,000 samples of 256 tokens; POST=1: then the rest of the
-# attack on them (ranking, dedupe, verification; the sampling figure is written before it starts)
+# attack on them (ranking, dedupe, verification; the sampling figure is written before it starts; any non-empty POST)
 step untargeted $(( ${POST:+180} + 220 )) - python3 benchmarks/generation.py --size "$SIZE" --archs gpt2 \
   --batches "" --new-tokens "$NEW" --untargeted-samples "$SAMPLES" ${POST:+--untargeted-post} \
   --out "$OUT/untargeted.json"

@@ -1830,6 +1830,23 @@ def test_a_control_model_with_a_signal_fails_the_split_check_and_qualifies_the_o
     assert "SPLIT CHECK FAILED, base:" in render_html(res)
 
 
+def test_a_controls_failed_split_check_names_a_bias_of_the_failing_test():
+    """A control whose untargeted signal comes with the public-coverage warning: the split check says so."""
+    from leakaudit.report.schema import PermutationTest
+
+    res = _with_control(make_results(), leaky=False)
+    base = res.models["base"]
+    u = res.models["non_dp"].untargeted_extraction.model_copy(update={
+        "n_member_records": 200, "n_member_records_written": 30, "n_held_out_records": 200,
+        "n_held_out_records_written": 2, "warnings": ["the public corpus holds on average 40% of ..."]})
+    base = base.model_copy(update={"untargeted_extraction": u, "untargeted_test": PermutationTest(
+        unit="record", permutations=9999, p_values={"written": 1e-4})})
+    md = render_markdown(res.model_copy(update={"models": {**res.models, "base": base}}))
+    verdict = _verdicts(md)["base"]
+    assert "SPLIT CHECK FAILED" in verdict
+    assert "For untargeted extraction, the public corpus holds on average 40% of ...." in verdict
+
+
 def test_pii_extraction_is_tested_against_held_out_records_values():
     """With held-out units counted, PII extraction is a test like the others: training people whose values the
     samples contain against held-out people found the same way; without them (older results) the count alone
@@ -1993,19 +2010,25 @@ def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
     f = _untargeted_finding(skewed_model)
     assert f.signal and f.sentence.endswith("; but the public corpus holds 30% of the held-out records' ...")
     quiet = _untargeted_finding(skewed_model.model_copy(update={"untargeted_test": test}))
-    assert quiet.signal is False
-    assert quiet.sentence.endswith("; although the public corpus holds 30% of the held-out records' ...")
+    assert quiet.signal is False and quiet.caveat == "the public corpus holds 30% of the held-out records' ..."
     # every held-out record wholly public: no test (not the sample-level rule, which would call a leak)
     none_left = skewed.model_copy(update={"n_held_out_records": 0, "n_held_out_records_written": 0,
-                                          "n_held_out_records_untestable": 240})
+                                          "n_held_out_records_untestable": 240, "warnings": []})
     f = _untargeted_finding(skewed_model.model_copy(update={"untargeted_extraction": none_left,
                                                              "untargeted_test": None}))
     assert f.signal is None and f.p_value is None and f.value == "not testable"
-    assert "cannot be tested: 3 training and 240 held-out records have no token n-gram outside" in f.sentence
-    assert f.sentence.endswith("; the public corpus holds 30% of the held-out records' ...")
-    md = render_markdown(res.model_copy(update={"models": {**res.models, "non_dp": skewed_model}}))
+    assert f.baseline == "no held-out record testable (240 public or too short)"
+    assert f.sentence == ("free sampling (1,000 samples) could not be tested against held-out records: none of the "
+                          "240 held-out records has a token n-gram outside the public corpus (a public corpus drawn "
+                          "from neither side avoids this)")
+    # the caution is shown in the section whatever the verdict
+    for model_name in ("non_dp", "base"):
+        md = render_markdown(res.model_copy(update={"models": {**res.models, model_name: skewed_model.model_copy(
+            update={"untargeted_test": test})}}))
+        assert f"**Caution** {model_name}: the public corpus holds 30% of the held-out records' ...." in md
     assert "left out: too short or every n-gram public, training / held out" in md and "| 3 / 40 |" in md
-    assert "left out: every n-gram public" not in new_md  # shown only where a record was left out
+    assert "left out: too short or every n-gram public" not in new_md  # shown only where a record was left out
+    assert "Caution" not in new_md
 
 
 def test_the_memorization_finding_tests_every_setting_and_marks_the_ones_that_pass():

@@ -139,6 +139,8 @@ class Finding:
     :data:`SIGNIFICANCE`."""
     settings: tuple[tuple[int, int], ...] = ()
     """Only for memorization: the (k, n) settings whose tests pass (the table marks them)."""
+    caveat: str = ""
+    """A condition that biases the finding's test towards a signal (a control model's split check names it)."""
 
     @property
     def label(self) -> str:
@@ -565,14 +567,16 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
         return None
     detail = f"{u.n_memorized:,} of {_plural(u.n_unique, 'unique sample')} match training text"
     test = _recorded(model.untargeted_test, ["written"])
-    if test is None and u.n_held_out_records is not None and not (u.n_member_records and u.n_held_out_records):
+    if test is None and 0 in (u.n_member_records, u.n_held_out_records):
         # a side without a record that could be written out (every n-gram public, or too short): no test, and
         # not the sample-level rule below, which would compare training text against held-out text it cannot see
-        untestable = (f"{u.n_member_records_untestable or 0:,} training and {u.n_held_out_records_untestable or 0:,} "
-                      "held-out records have no token n-gram outside the public corpus")
-        sentence = f"free sampling ({_plural(u.n_samples, 'sample')}) cannot be tested: {untestable}"
-        sentence += "".join(f"; {w}" for w in u.warnings)
-        return Finding("untargeted", "not testable", untestable, None, sentence, detail=detail)
+        side, n = (("held-out", u.n_held_out_records_untestable) if u.n_held_out_records == 0
+                   else ("training", u.n_member_records_untestable))
+        sentence = (f"free sampling ({_plural(u.n_samples, 'sample')}) could not be tested against held-out records: "
+                    f"none of the {n or 0:,} {side} records has a token n-gram outside the public corpus (a public "
+                    "corpus drawn from neither side avoids this)")
+        return Finding("untargeted", "not testable", f"no {side} record testable ({n or 0:,} public or too short)",
+                       None, sentence, detail=detail)
     if test is not None and u.n_held_out_records is not None:
         # the audit's records written out by the samples, members against held-out records, by permutation
         # (people relabelled under a per-person split): each record checked alike whichever side it is on.
@@ -592,9 +596,10 @@ def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Findin
                 sentence += (f"; {detail}, some of it outside the audited records, which this test does not "
                              "cover (inserted canaries are tested by the canary findings, other training data by "
                              "nothing)")
-        for w in u.warnings:  # a bias of this test the reader must weigh
-            sentence += f"; {'but' if signal else 'although'} {w}"
-        return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p)
+        caveat = "; ".join(u.warnings)  # a bias of this test the reader must weigh
+        if signal and caveat:
+            sentence += f"; but {caveat}"
+        return Finding("untargeted", value, baseline, signal, sentence, detail=detail, p_value=p, caveat=caveat)
     # results written before that test: samples matching training text against samples matching held-out
     # records (text both sides share counting on both), a one-sided Fisher test over the unique samples
     found = u.n_training_records_reproduced > 0 and u.n_unique > 0
@@ -809,7 +814,7 @@ def _control_verdict(name: str, findings: list[Finding]) -> dict[str, Any]:
             "records' two sides (members and held-out records, or inserted and reference canaries) differ in a way "
             "a model tells apart without memorizing them, so the same findings for the other models measure that "
             "difference too. Split the records at random, or read those findings against this model's."
-        )
+        ) + "".join(f" For {_lower(f.label)}, {f.caveat}." for f in hits if f.caveat)
         status = "failed"
     elif quiet:
         text = dp + (f"Split check passed: {name} was never trained on these records, and none of its "

@@ -373,6 +373,8 @@ def _untargeted(results: Results) -> dict[str, Any]:
         "any": True,
         "rows": [{"label": label, "cells": cells} for label, cells in rows],
         "precision": precision,
+        # biases of the records-written test, whatever the verdict (a control's signal may come from them)
+        "warnings": [f"{name}: {w}" for name, u in models.items() if u is not None for w in u.warnings],
         "plain": (
             "whether text the model writes on its own copies passages of its training records, compared with "
             "records it never saw."
