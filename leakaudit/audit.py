@@ -441,29 +441,43 @@ def model_result(
     )
 
 
+def _tested_rows(f: Path | None) -> pd.DataFrame | None:
+    """The rows of the private per-record table ``f`` that a test compares: those marked ``testable`` where
+    the table has the column (tables of earlier versions: all).  None when the table is missing."""
+    if f is None or not f.is_file():
+        return None
+    rows = pd.read_parquet(f)
+    return rows[rows["testable"].to_numpy(bool)] if "testable" in rows else rows
+
+
+def _persons(rows: pd.DataFrame, person: dict, f: Path) -> np.ndarray:
+    """Each row's person (``person``: (record id, member) -> user)."""
+    keys = list(zip(rows["id"].astype(str), rows["member"].to_numpy(bool)))
+    missing = sum(k not in person for k in keys)
+    if missing:  # the tables are written from the score table's records: this is a bug, not bad input
+        raise LeakauditError(f"{f}: {missing} rows name records absent from the score table")
+    return np.array([person[k] for k in keys])
+
+
 def _rates_test(f: Path | None, outcomes, person: dict | None, options: AuditOptions) -> PermutationTest | None:
     """Members' outcomes against non-members' in the private per-record table ``f`` (columns id, member,
     those ``outcomes(rows)`` maps to tests and optionally ``testable``, the rows tested), tested together
     by :func:`joint_rate_p_values`: people relabelled under a per-person split (``person``: (record id,
     member) -> user), else records (a record's rows together).  None when the table is missing (results of
     earlier versions) or one side has no row."""
-    if f is None or not f.is_file():
+    rows = _tested_rows(f)
+    if rows is None:
         return None
-    rows = pd.read_parquet(f)
-    if "testable" in rows:  # records that cannot count on either side (tables of earlier versions: all count)
-        rows = rows[rows["testable"].to_numpy(bool)]
     member = rows["member"].to_numpy(bool)
     if not member.any() or member.all():
         return None
-    keys = list(zip(rows["id"].astype(str), member))
     unit, groups = "record", None
     if person is not None:
-        missing = sum(k not in person for k in keys)
-        if missing:  # the tables are written from the score table's records: this is a bug, not bad input
-            raise LeakauditError(f"{f}: {missing} rows name records absent from the score table")
-        unit, groups = "user", np.array([person[k] for k in keys])
-    elif len(set(keys)) < len(keys):
-        groups = np.array([f"{i}\x00{m}" for i, m in keys])
+        unit, groups = "user", _persons(rows, person, f)
+    else:
+        keys = list(zip(rows["id"].astype(str), member))
+        if len(set(keys)) < len(keys):
+            groups = np.array([f"{i}\x00{m}" for i, m in keys])
     p = joint_rate_p_values(outcomes(rows), member, groups=groups, permutations=options.permutations,
                             seed=options.seed)
     return PermutationTest(unit=unit, permutations=options.permutations, seed=options.seed, p_values=p)
@@ -472,15 +486,12 @@ def _rates_test(f: Path | None, outcomes, person: dict | None, options: AuditOpt
 def _public_skew(f: Path | None, person: dict | None) -> list[str]:
     """The records-written test's bias check (:func:`public_skew_warning`) over the records it tests: each
     person's mean share under a per-person split (a person's records are alike), else each record's."""
-    if f is None or not f.is_file():
+    rows = _tested_rows(f)
+    if rows is None or "public_ngrams" not in rows:  # missing, or a table of an earlier version
         return []
-    rows = pd.read_parquet(f)
-    if "public_ngrams" not in rows:  # tables of earlier versions
-        return []
-    rows = rows[rows["testable"].to_numpy(bool)]
     units = pd.DataFrame({"share": rows["public_ngrams"] / rows["ngrams"], "member": rows["member"].to_numpy(bool)})
     if person is not None:
-        units["unit"] = [person[k] for k in zip(rows["id"].astype(str), units["member"])]
+        units["unit"] = _persons(rows, person, f)
         units = units.groupby("unit").agg(share=("share", "mean"), member=("member", "first"))
     w = public_skew_warning(units["share"].to_numpy(float), units["member"].to_numpy(bool),
                             "person" if person is not None else "record")

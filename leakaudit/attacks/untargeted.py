@@ -68,15 +68,24 @@ def _unique(a: np.ndarray) -> np.ndarray:
     return a[np.concatenate(([True], a[1:] != a[:-1]))] if a.size else a
 
 
+def _positions(sorted_keys: np.ndarray, q: np.ndarray, presorted: bool = False) -> np.ndarray:
+    """Where each of ``q`` would stand in ``sorted_keys`` (non-empty, sorted ascending), clipped to its
+    last index.  Sorted queries search several times faster (cache-friendly): they are sorted here unless
+    ``presorted``."""
+    if presorted:
+        pos = np.searchsorted(sorted_keys, q)
+    else:
+        order = np.argsort(q)
+        pos = np.empty(q.size, dtype=np.int64)
+        pos[order] = np.searchsorted(sorted_keys, q[order])
+    return pos.clip(max=sorted_keys.size - 1)
+
+
 def _in_sorted(sorted_keys: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Whether each of ``q`` is one of ``sorted_keys`` (sorted ascending)."""
     if sorted_keys.size == 0 or q.size == 0:
         return np.zeros(q.size, dtype=bool)
-    order = np.argsort(q)
-    found = np.empty(q.size, dtype=bool)
-    pos = np.searchsorted(sorted_keys, q[order]).clip(max=sorted_keys.size - 1)
-    found[order] = sorted_keys[pos] == q[order]
-    return found
+    return sorted_keys[_positions(sorted_keys, q)] == q
 
 
 class NgramIndex:
@@ -93,30 +102,21 @@ class NgramIndex:
         order = np.argsort(h, kind="stable")  # equal n-grams keep document order: the first document wins
         self._h, self._doc = h[order], owner[order]
 
-    def hashes(self, ids: Sequence[int]) -> np.ndarray:
-        return ngram_hashes([ids], self.n)[0]
-
     def __len__(self) -> int:
         return int(self._h.size)
 
     def find(self, q: np.ndarray, *, presorted: bool = False) -> np.ndarray:
-        """For each n-gram hash in ``q``: the index of a document containing it, or -1.  Sorted queries
-        search several times faster (cache-friendly): they are sorted here unless ``presorted``."""
+        """For each n-gram hash in ``q``: the index of a document containing it, or -1 (``presorted``: ``q``
+        is sorted already)."""
         q = np.asarray(q, dtype=np.uint64)  # other integer types would be searched as floats
         if q.size == 0 or self._h.size == 0:
             return np.full(q.size, -1, dtype=np.int64)
-        if presorted:
-            pos = np.searchsorted(self._h, q)
-        else:
-            order = np.argsort(q)
-            pos = np.empty(q.size, dtype=np.int64)
-            pos[order] = np.searchsorted(self._h, q[order])
-        pos = pos.clip(max=self._h.size - 1)
+        pos = _positions(self._h, q, presorted)
         return np.where(self._h[pos] == q, self._doc[pos], -1)
 
     def lookup(self, ids: Sequence[int]) -> np.ndarray:
         """For each n-gram of ``ids``: the index of a document containing it, or -1."""
-        return self.find(self.hashes(ids))
+        return self.find(ngram_hashes([ids], self.n)[0])
 
 
 def dedupe(samples: Sequence[Sequence[int]], threshold: float = 0.5) -> np.ndarray:
@@ -274,10 +274,10 @@ def records_written(samples: Samples, kept: Sequence[int], records: Sequence[Seq
                     public: NgramIndex | None = None) -> pd.DataFrame:
     """Per record (token ids): ``written``, whether some kept sample writes one of its token n-grams that
     the public corpus does not hold; ``ngrams``, its n-grams, and ``public_ngrams``, how many of them the
-    public corpus holds (a record with none outside it cannot be written out).  Every record is checked the
-    same way whichever side it is on, and a text several records share counts for each of them, so under
-    "the model never saw them" and a random split, which records are written out does not depend on their
-    side."""
+    public corpus holds; ``testable``, whether it has one outside (else it cannot be written out).  Every
+    record is checked the same way whichever side it is on, and a text several records share counts for each
+    of them, so under "the model never saw them" and a random split, which records are written out does not
+    depend on their side."""
     written = _unique(ngram_hashes([_written(samples.prompts[i], samples.new[i], n) for i in kept], n)[0])
     q, owner = ngram_hashes(records, n)
     pub = public.find(q) >= 0 if public is not None else np.zeros(q.size, dtype=bool)
@@ -286,8 +286,9 @@ def records_written(samples: Samples, kept: Sequence[int], records: Sequence[Seq
     def per_record(mask):
         return np.bincount(owner[mask], minlength=len(records))
 
-    return pd.DataFrame({"written": per_record(hit) > 0, "ngrams": np.bincount(owner, minlength=len(records)),
-                         "public_ngrams": per_record(pub)})
+    ngrams, public_ngrams = np.bincount(owner, minlength=len(records)), per_record(pub)
+    return pd.DataFrame({"written": per_record(hit) > 0, "ngrams": ngrams, "public_ngrams": public_ngrams,
+                         "testable": ngrams > public_ngrams})
 
 
 PUBLIC_SKEW = 0.05
@@ -402,7 +403,6 @@ def untargeted_extraction(
     sides = {}
     if member_texts and non_member_texts:
         rec = records_written(samples, keep, tokens(member_texts) + held_out, ngram, public)
-        rec["testable"] = rec["ngrams"] > rec["public_ngrams"]
         k = len(member_texts)
         written, testable = rec["written"].to_numpy(), rec["testable"].to_numpy()
         sides = dict(n_member_records=int(testable[:k].sum()), n_member_records_written=int(written[:k].sum()),
