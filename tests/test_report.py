@@ -2021,6 +2021,14 @@ def test_the_untargeted_finding_takes_the_records_written_test_when_recorded():
     assert f.sentence == ("free sampling (1,000 samples) could not be tested against held-out records: none of the "
                           "240 held-out records has a token n-gram outside the public corpus (a public corpus drawn "
                           "from neither side avoids this)")
+    # ... and the section's text does not describe a test that did not run
+    models = {n: m.model_copy(update={"untargeted_extraction": none_left, "untargeted_test": None})
+              if m.untargeted_extraction is not None else m for n, m in res.models.items()}
+    md = render_markdown(res.model_copy(update={"models": models}))
+    assert "but no model here kept a record on both sides to test" in md
+    assert "writes a passage of (each record checked alike" not in md
+    assert "but no model here kept a record on both sides" not in new_md
+    assert "writes a passage of (each record checked alike" in new_md
     # the caution is shown in the section whatever the verdict
     for model_name in ("non_dp", "base"):
         md = render_markdown(res.model_copy(update={"models": {**res.models, model_name: skewed_model.model_copy(

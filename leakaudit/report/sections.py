@@ -342,6 +342,8 @@ def _untargeted(results: Results) -> dict[str, Any]:
         ("verified on token n-grams of length", cell(lambda u: str(u.verify_ngram))),
     ]
     by_records = any(u.n_member_records is not None for u in present)  # the records-written test was run
+    # ... and could test something: both sides kept a record (else the verdict is "not testable", and says why)
+    testable = any(u.n_member_records and u.n_held_out_records for u in present)
     if by_records:  # the test the verdict uses
         rows += [
             ("audited training records written out",
@@ -388,6 +390,11 @@ def _untargeted(results: Results) -> dict[str, Any]:
             "passage of (each record checked alike; people compared when the records were split per person): "
             "training text outside them has no held-out counterpart and is not tested here (inserted canaries "
             "are tested by the canary findings; other training data by nothing)."
+            if testable else
+            " The verdict's test counts the audited records, training against held-out, that some sample writes a "
+            "passage of, but no model here kept a record on both sides to test: a side whose every record is too "
+            "short or wholly in the public corpus has nothing a sample could be found to copy (the findings say "
+            "which side)."
             if by_records else
             " The verdict compares the samples matching training text with those matching held-out records "
             "(Fisher's test over the unique samples; results written before the records-written test)."
