@@ -77,7 +77,7 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     def replay(graph):
         def run():
             for layer in layers:  # every replay writes the same cache slot (each one advances the write position)
-                layer.cumulative_length.fill_(dec.W)
+                layer.cumulative_length.fill_(dec.start)
             graph.replay()
         return run
 
@@ -119,35 +119,61 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     return out
 
 
+ENGINE = "auto"  # the engine's path (--engine): auto, static or portable
+
+
+def slots_per_step(before: tuple[int, int] | None = None) -> tuple[int, int] | float | None:
+    """Cache slots a decoding step attends to: the static decoder's counters now (no ``before``), or
+    their mean over the steps since ``before`` (None where the portable path ran)."""
+    from leakaudit.models import generate as engine
+
+    dec = engine._last_decoder[0][1] if engine._last_decoder else None
+    if dec is None:
+        return None
+    now = dec.steps, dec.slots_read
+    if before is None:
+        return now
+    return (now[1] - before[1]) / max(1, now[0] - before[0])
+
+
 def fresh_runs(model, prompts, s, pad, b) -> dict:
     """The engine with its current settings from a fresh decoder: the first call (allocation, capture,
     compiling) and a second, timed one, with the same seed."""
     from leakaudit.models import generate as engine
 
     engine.release_decoder()
-    run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
+    run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1, engine=ENGINE)
     first, setup = timed(run)
+    counted = slots_per_step()
     again, t = timed(run)
     return {"tokens_per_s": b * s.max_new_tokens / t, "first_call_s": setup,
-            "same_samples_twice": bool(np.array_equal(first, again))}
+            "same_samples_twice": bool(np.array_equal(first, again)),
+            "cache_slots_per_step": slots_per_step(counted) if counted else None}
 
 
-def engine_variants(model, prompts, s, pad, b) -> list[dict]:
+OLD_SLICES = {"kv_bucket": 64, "prompt_align": 0}  # the cache slices as they were before the fourteenth session
+
+
+def engine_variants(model, prompts, s, pad, b, settings: list[dict] | None = None) -> list[dict]:
     """The engine with its step savings switched off one at a time (same prompts, same run).
 
-    ``kv_bucket``: cache slices (0: the whole cache every step; a half and a quarter of the default:
-    more captured graphs, fewer idle slots read); ``tie_margin`` (0: sample over the whole vocabulary every step);
-    ``chunk`` (128: a first pass over chunk maxima for the sampler's candidates); ``defer_ties`` (False: the tie check
-    read on the host every step).
+    ``kv_bucket``: cache slices (0: the whole cache every step; twice, a half and a quarter of the default:
+    more captured graphs, fewer idle slots read); ``prompt_align`` (0: every batch's new tokens start after
+    the call's widest prompt, rounded as the cache is, as before the fourteenth session); ``tie_margin`` (0:
+    sample over the whole vocabulary every step); ``chunk`` (128: a first pass over chunk maxima for the
+    sampler's candidates); ``defer_ties`` (False: the tie check read on the host every step).
     """
     from leakaudit.models import generate as engine
 
-    names = {"kv_bucket": "_KV_BUCKET", "tie_margin": "_TIE_MARGIN", "chunk": "_CHUNK", "defer_ties": "_DEFER_TIES"}
+    names = {"kv_bucket": "_KV_BUCKET", "prompt_align": "_PROMPT_ALIGN", "tie_margin": "_TIE_MARGIN",
+             "chunk": "_CHUNK", "defer_ties": "_DEFER_TIES"}
     saved = {k: getattr(engine, v) for k, v in names.items()}
     # {"defer_ties": False}: the sampler as it was before the fifth session
-    settings = [{}, {"kv_bucket": 0}, {"kv_bucket": saved["kv_bucket"] // 2},
-                {"kv_bucket": saved["kv_bucket"] // 4}, {"tie_margin": 0}, {"chunk": 128},
-                {"defer_ties": False}, {"chunk": 128, "defer_ties": False}]
+    bucket = saved["kv_bucket"]
+    if settings is None:
+        settings = [{}, OLD_SLICES, {"prompt_align": 0}, {"kv_bucket": 0},
+                    {"kv_bucket": bucket * 2}, {"kv_bucket": bucket // 2}, {"kv_bucket": bucket // 4},
+                    {"tie_margin": 0}, {"chunk": 128}, {"defer_ties": False}, {"chunk": 128, "defer_ties": False}]
     rows = []
     try:
         for change in settings:
@@ -239,8 +265,15 @@ def main() -> None:
                          "(experimental _COMPILE_STEP; compiling counted apart)")
     ap.add_argument("--variants", action="store_true",
                     help="also time the engine without its cache slices and/or its short top-k (largest batch)")
+    ap.add_argument("--slices-ab", type=int, default=0, metavar="N",
+                    help="at the largest batch, time the engine N times each with its cache slices and with the "
+                         "slices as they were before (64 slots, one prompt column per call), alternately")
+    ap.add_argument("--engine", choices=["auto", "static", "portable"], default="auto",
+                    help="the engine's path (auto: static with CUDA graphs on a GPU, portable on a CPU)")
     ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")
     args = ap.parse_args()
+    global ENGINE
+    ENGINE = args.engine
     sz = SIZES[args.size]
     cuda = args.device.startswith("cuda")
     _, public = make_corpora(1, 2000, seed=0)
@@ -251,7 +284,8 @@ def main() -> None:
     res: dict = {
         "machine": f"{platform.machine()} {platform.processor()}".strip(),
         "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "size": args.size, "new_tokens": args.new_tokens, "runs": [],
+        "torch": torch.__version__, "size": args.size, "new_tokens": args.new_tokens, "engine": args.engine,
+        "runs": [],
     }
 
     def dump() -> None:
@@ -275,14 +309,16 @@ def main() -> None:
             prompts = [enc[i].ids[: int(rng.integers(8, 33))] for i in picks]
             s = Sampling(max_new_tokens=args.new_tokens, top_k=40)
             report: dict = {}
-            engine = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1)
+            engine = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1, engine=ENGINE)
             first, setup = timed(partial(engine, report=report))
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
+            counted = slots_per_step()
             a, t_engine = timed(engine)
+            slots = slots_per_step(counted) if counted else None
             again = engine()
             greedy = [generate(model, prompts, Sampling(max_new_tokens=args.new_tokens, greedy=True), pad_id=pad,
-                               batch_size=b) for _ in range(2)]
+                               batch_size=b, engine=ENGINE) for _ in range(2)]
             peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
             library_generate(model, prompts[:1], pad, 4)  # warm-up
             _, t_lib = timed(partial(library_generate, model, prompts, pad, args.new_tokens))
@@ -293,7 +329,7 @@ def main() -> None:
                 "engine_vs_library": t_lib / t_engine, "engine_first_call_s": setup, "engine_s": t_engine,
                 "library_s": t_lib, "same_samples_with_same_seed": bool((a == again).all() and (first == a).all()),
                 "same_greedy_twice": bool((greedy[0] == greedy[1]).all()),
-                "engine_peak_mb": peak,
+                "engine_peak_mb": peak, "cache_slots_per_step": slots,
             }
             largest = b == max(batch_sizes)
             if args.step_profile and cuda and largest:
@@ -301,6 +337,16 @@ def main() -> None:
                 run["step_profile_ms"] = step_profile(model, s)
             if args.variants and largest and arch == args.archs.split(",")[0]:
                 run["variants"] = engine_variants(model, prompts, s, pad, b)
+            static = str(report.get("path")).startswith("static")
+            if args.slices_ab and largest and arch == args.archs.split(",")[0] and not static:
+                run["slices_ab"] = {"skipped": "the portable path ran (on a CPU: --engine static): no cache slices"}
+            elif args.slices_ab and largest and arch == args.archs.split(",")[0]:
+                ab = engine_variants(model, prompts, s, pad, b, settings=[{}, OLD_SLICES] * args.slices_ab)
+                now, old = ([r["tokens_per_s"] for r in ab[i::2]] for i in (0, 1))
+                run["slices_ab"] = {"tokens_per_s": now, "old_slices_tokens_per_s": old,
+                                    "median_ratio": float(np.median(now) / np.median(old)),
+                                    "cache_slots_per_step": ab[0]["cache_slots_per_step"],
+                                    "old_cache_slots_per_step": ab[1]["cache_slots_per_step"]}
             if args.compile_step and largest:
                 run["compiled_step"] = compiled_step(model, prompts, s, pad, b)
             if args.attention_variants and largest and arch == args.archs.split(",")[0]:

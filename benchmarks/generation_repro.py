@@ -54,7 +54,7 @@ def kernels_repeat(model, prompts, pad, new) -> dict:
         s1 = dec.step(tok, 0).clone()
         for layer in dec.cache.layers:
             layer.cumulative_length.sub_(1)
-        dec.mask[:, 0, 0, dec.W] = 0.0
+        dec.mask[:, 0, 0, dec.start] = 0.0  # the slot step 0 unmasked (still unmasked: the state is unchanged)
         dec.pos.sub_(1)
         s2 = dec.step(tok, 0).clone()
     out["step_bitwise_equal"] = bool(torch.equal(s1, s2))

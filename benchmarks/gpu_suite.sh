@@ -64,6 +64,10 @@ fi
 # issue 7: engine vs library generate, GPT-2-small and Llama-style, batch 1/64/512, 256 new tokens
 step generation 150 - python3 benchmarks/generation.py --size "$SIZE" --batches "$BATCHES" --new-tokens "$NEW" \
   --archs "$ARCHS" --step-profile ${VARIANTS:+--variants} --attention-variants --out "$OUT/generation.json"
+# issue 7: GPT-2-small at the largest batch, the cache slices of the fourteenth session against the old ones
+# (64 slots after one prompt column per call), alternately in one run; and where a step's time goes
+step generation-slices 120 - python3 benchmarks/generation.py --size "$SIZE" --batches "${BATCHES##*,}" \
+  --new-tokens "$NEW" --archs gpt2 --slices-ab 2 --step-profile --out "$OUT/generation_slices.json"
 # issue 7: the same at the largest batch with the decoding step compiled (experimental)
 step generation-compiled 200 - python3 benchmarks/generation.py --size "$SIZE" --batches "${BATCHES##*,}" \
   --new-tokens "$NEW" --archs "${ARCHS%%,*}" --compile-step --out "$OUT/generation_compiled.json"

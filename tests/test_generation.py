@@ -147,6 +147,36 @@ def test_static_path_attends_to_growing_cache_slices(arch, corpora, tokenizer, m
     engine.release_decoder()
 
 
+@pytest.mark.parametrize("align", [8, 1, 0])
+def test_static_path_starts_each_batch_after_its_own_widest_prompt(align, gpt2, corpora, tokenizer, monkeypatch):
+    """Batches of two prompts sorted by length: each batch's new tokens start right after its own
+    widest prompt (rounded up to ``_PROMPT_ALIGN``; 0: after the call's widest), greedy still equal."""
+    from leakaudit.models import generate as engine
+
+    monkeypatch.setattr(engine, "_PROMPT_ALIGN", align)
+    monkeypatch.setattr(engine, "_KV_BUCKET", 8)
+    engine.release_decoder()
+    starts: list[int] = []
+    prefill = engine._StaticDecoder.prefill
+
+    def recorded(self, prompts, pad_id):
+        out = prefill(self, prompts, pad_id)
+        starts.append(self.start)
+        return out
+
+    monkeypatch.setattr(engine._StaticDecoder, "prefill", recorded)
+    prompts = _prompts(corpora, tokenizer)
+    pad = tokenizer.pad_token_id
+    ours = generate(gpt2, prompts, Sampling(max_new_tokens=10, greedy=True), pad_id=pad, batch_size=2,
+                    engine="static")
+    dec = engine._last_decoder[0][1]
+    widths = sorted(map(len, prompts))[1::2]  # each batch's widest prompt
+    expected = [-(-w // align) * align if align else dec.W for w in widths]
+    assert starts == [min(dec.W, e) for e in expected] and (starts[0] < dec.W) == bool(align)
+    np.testing.assert_array_equal(ours, _hf_greedy(gpt2, prompts, pad, 10))
+    engine.release_decoder()
+
+
 def test_released_decoder_frees_its_cache_without_the_garbage_collector(gpt2, corpora, tokenizer):
     import gc
     import weakref

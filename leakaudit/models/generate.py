@@ -334,7 +334,10 @@ def _sliced(update, visible: list[int]):
     return sliced_update
 
 
-_KV_BUCKET = 64  # decoding steps attend to the cache in slices of this many slots (0: the whole cache)
+_KV_BUCKET = 32  # decoding steps attend to the cache in slices of this many slots (0: the whole cache)
+# each batch's prompts end at their own widest prompt, rounded up to this many slots (0: every batch's at the
+# widest prompt of the call, rounded as the cache is); decoding steps read no slot left of a batch's prompts
+_PROMPT_ALIGN = 8
 _DECODE_ATTENTION = True  # one-token steps use models.attention's two products (False: the library's SDPA)
 _COMPILE_STEP = False  # experimental: the decoding step through torch.compile before it is captured
 
@@ -346,7 +349,9 @@ class _StaticDecoder:
     attention mask live in buffers allocated once, so every decoding step has the same shapes
     and addresses.  A step attends only to the cache slots filled so far, rounded up to a
     multiple of ``_KV_BUCKET`` (the cache layers return that slice of their keys and values),
-    so early steps do not read the whole cache.  On CUDA each slice length's step is captured
+    so early steps do not read the whole cache, and each batch's prompts end at that batch's own
+    widest prompt (rounded up to ``_PROMPT_ALIGN``), so a batch of short prompts does not attend to
+    the padding that the call's longest prompt would need.  On CUDA each slice length's step is captured
     as a graph once and replayed for every later step and batch: it is first run eagerly twice
     on a side stream (lazy initialisation, library kernels) and those runs are rewound, so every
     real step, in the first call as in later ones, is a replay of the same graph.  The mask is
@@ -361,8 +366,10 @@ class _StaticDecoder:
         self.model, self.cache_arg = model, cache_arg
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
-        self.B, self.W = batch, max_prompt
+        self.B, self.W = batch, max_prompt  # W: the widest prompts a batch may have
         self.L = -(-(max_prompt + max_new) // 64) * 64  # a multiple of 64: aligned attention-mask rows
+        self.start = max_prompt  # the current batch's prompt width: its first new token goes to this slot
+        self.steps = self.slots_read = 0  # decoding steps run and the cache slots they attended to, in all
         try:
             self.cache = StaticCache(config=model.config, max_cache_len=self.L)
         except Exception as e:  # noqa: BLE001 - any failure means: this model cannot use the path
@@ -432,16 +439,23 @@ class _StaticDecoder:
         for layer, pos in zip(self.cache.layers, saved):
             layer.cumulative_length.copy_(pos)
 
+    def _prompt_width(self, widest: int) -> int:
+        """The column at which a batch whose longest prompt has ``widest`` tokens starts decoding."""
+        if _PROMPT_ALIGN <= 0:
+            return self.W
+        return min(self.W, -(-widest // _PROMPT_ALIGN) * _PROMPT_ALIGN)
+
     def prefill(self, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
-        """Run the left-padded prompts (width ``W``, right-aligned) and return the last logits."""
+        """Run the left-padded prompts (right-aligned at :meth:`_prompt_width`) and return the last logits."""
         ids, keep = _left_pad(prompts, pad_id)
-        if ids.shape[1] < self.W:  # right-align every batch at column W so decoding slots line up
-            extra = self.W - ids.shape[1]
+        W, L = self._prompt_width(ids.shape[1]), self.L
+        if ids.shape[1] < W:  # right-align the batch at column W so its rows' decoding slots line up
+            extra = W - ids.shape[1]
             ids = torch.cat([torch.full((self.B, extra), pad_id, dtype=torch.long), ids], 1)
             keep = torch.cat([torch.zeros((self.B, extra), dtype=torch.long), keep], 1)
         ids, keep = ids.to(self.device), keep.to(self.device).bool()
         self._reset()
-        W, L = self.W, self.L
+        self.start = W
         causal = torch.ones((W, L), dtype=torch.bool, device=self.device).tril()
         allowed = causal[None] & torch.cat([keep, torch.zeros((self.B, L - W), dtype=torch.bool,
                                                               device=self.device)], 1)[:, None, :]
@@ -459,12 +473,14 @@ class _StaticDecoder:
         return out.logits[:, -1]
 
     def step(self, tok: torch.Tensor, step: int) -> torch.Tensor:
-        """Feed the tokens chosen at ``step`` (written to cache slot W + step); return the next logits."""
+        """Feed the tokens chosen at ``step`` (written to cache slot start + step); return the next logits."""
         self.ids.copy_(tok[:, None])
         self.pos.add_(1)
-        self.mask[:, 0, 0, self.W + step] = 0.0
-        filled = self.W + step + 1
+        self.mask[:, 0, 0, self.start + step] = 0.0
+        filled = self.start + step + 1
         self.visible = min(self.L, -(-filled // self.bucket) * self.bucket) if self.bucket else self.L
+        self.steps += 1
+        self.slots_read += self.visible
         if not self.use_graph:
             return self._step_forward()
         if self.visible not in self.graphs and not self._capture():
