@@ -267,7 +267,7 @@ def main() -> None:
                     help="also time the engine without its cache slices and/or its short top-k (largest batch)")
     ap.add_argument("--slices-ab", type=int, default=0, metavar="N",
                     help="at the largest batch, time the engine N times each with its cache slices and with the "
-                         "slices as they were before (64 slots, one prompt column per call), alternately")
+                         "slices as they were before (64 slots, one prompt column per call), in the order ABBA...")
     ap.add_argument("--engine", choices=["auto", "static", "portable"], default="auto",
                     help="the engine's path (auto: static with CUDA graphs on a GPU, portable on a CPU)")
     ap.add_argument("--out", help="also write the JSON here (rewritten after every measurement)")
@@ -341,12 +341,16 @@ def main() -> None:
             if args.slices_ab and largest and arch == args.archs.split(",")[0] and not static:
                 run["slices_ab"] = {"skipped": "the portable path ran (on a CPU: --engine static): no cache slices"}
             elif args.slices_ab and largest and arch == args.archs.split(",")[0]:
-                ab = engine_variants(model, prompts, s, pad, b, settings=[{}, OLD_SLICES] * args.slices_ab)
-                now, old = ([r["tokens_per_s"] for r in ab[i::2]] for i in (0, 1))
-                run["slices_ab"] = {"tokens_per_s": now, "old_slices_tokens_per_s": old,
+                # A B B A ...: neither arm always runs first
+                order = [arm for r in range(args.slices_ab) for arm in ((0, 1) if r % 2 == 0 else (1, 0))]
+                ab = engine_variants(model, prompts, s, pad, b, settings=[({}, OLD_SLICES)[a] for a in order])
+                arms = [[r for r, a in zip(ab, order) if a == i] for i in (0, 1)]
+                now, old = ([r["tokens_per_s"] for r in rows] for rows in arms)
+                run["slices_ab"] = {"order": ["now" if a == 0 else "old" for a in order],
+                                    "tokens_per_s": now, "old_slices_tokens_per_s": old,
                                     "median_ratio": float(np.median(now) / np.median(old)),
-                                    "cache_slots_per_step": ab[0]["cache_slots_per_step"],
-                                    "old_cache_slots_per_step": ab[1]["cache_slots_per_step"]}
+                                    "cache_slots_per_step": arms[0][0]["cache_slots_per_step"],
+                                    "old_cache_slots_per_step": arms[1][0]["cache_slots_per_step"]}
             if args.compile_step and largest:
                 run["compiled_step"] = compiled_step(model, prompts, s, pad, b)
             if args.attention_variants and largest and arch == args.archs.split(",")[0]:

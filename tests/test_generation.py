@@ -460,6 +460,30 @@ def test_cuda_graph_path_matches_library_greedy(arch, bucket, corpora, tokenizer
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_cuda_graphs_replay_exactly_across_batches_of_different_widths(arch, corpora, tokenizer, monkeypatch):
+    """A step captured for one batch's prompt column is replayed for later batches whose prompts end
+    elsewhere: the same tokens as the eager static path, greedy and seeded top-k."""
+    from leakaudit.models import build_model
+    from leakaudit.models import generate as engine
+
+    monkeypatch.setattr(engine, "_KV_BUCKET", 8)
+    model = build_model(tokenizer, arch=arch, n_layer=2, n_embd=64, n_head=2, context=256).cuda().eval()
+    prompts = _prompts(corpora, tokenizer) * 2  # sorted by length, batches of 2: several prompt columns
+    pad = tokenizer.pad_token_id
+    for s in (Sampling(max_new_tokens=20, greedy=True), Sampling(max_new_tokens=20, top_k=40, temperature=2.0)):
+        runs = []
+        for graph in (True, False):
+            engine.release_decoder()
+            report: dict = {}
+            runs.append(generate(model, prompts, s, pad_id=pad, batch_size=2, seed=4, cuda_graph=graph,
+                                 report=report))
+            assert report["path"] == ("static, CUDA graph" if graph else "static")
+        np.testing.assert_array_equal(runs[0], runs[1])
+    engine.release_decoder()
+
+
+@pytest.mark.gpu
 def test_cuda_sampling_is_seeded_and_stays_in_top_k(gpt2, corpora, tokenizer):
     import copy
 

@@ -390,7 +390,8 @@ class _StaticDecoder:
         self.mask = torch.full((batch, 1, 1, self.L), self.neg, dtype=self.dtype, device=self.device)
         self.use_graph = use_graph and self.device.type == "cuda" and counted
         # graphs replay one at a time and each one's logits are used before the next replay, so they can
-        # share one pool; without it every slice length would keep its own batch x vocabulary buffers
+        # share one pool for their intermediate buffers; each graph still keeps its own logits output (batch x
+        # vocabulary: at batch 512 and GPT-2's vocabulary in bf16, 51 MB for each of up to L / _KV_BUCKET graphs)
         self.pool = torch.cuda.graph_pool_handle() if self.use_graph else None
         self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.decode_attention = _DECODE_ATTENTION  # fixed per decoder: its captured graphs hold the kernels
