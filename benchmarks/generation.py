@@ -64,7 +64,9 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     pass over 128-token chunks' maxima instead of one top-k over the whole vocabulary;
     ``sample_top_k_whole_vocab``: the draw over the whole vocabulary
     (the path a tie overflow falls back to); ``top_k_kernel``: ``torch.topk`` of k + margin alone
-    (the rest of ``sample_top_k`` is the cut, the ordering by id and the draw over those candidates).
+    (the rest of ``sample_top_k`` is the cut, the ordering by id and the draw over those candidates);
+    ``top_k_kernel_unsorted`` and ``top_k_unsorted_then_sort``: the same with ``sorted=False``, alone and
+    followed by a sort of the k + margin candidates (an option for the sampler, not yet taken).
     """
     from leakaudit.models import generate as engine
 
@@ -106,6 +108,10 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
     parts["sample_top_k_chunked"] = chunked_top_k
     parts["sample_top_k_whole_vocab"] = full_vocab
     parts["top_k_kernel"] = lambda: torch.topk(logits, s.top_k + margin, dim=-1)
+    # candidates unsorted, then sorted among themselves (the sampler needs them largest first): cheaper?
+    parts["top_k_kernel_unsorted"] = lambda: torch.topk(logits, s.top_k + margin, dim=-1, sorted=False)
+    parts["top_k_unsorted_then_sort"] = lambda: torch.topk(logits, s.top_k + margin, dim=-1,
+                                                           sorted=False).values.sort(-1, descending=True)
     out = {}
     for name, fn in parts.items():
         fn()
