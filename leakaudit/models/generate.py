@@ -336,7 +336,8 @@ def _sliced(update, visible: list[int]):
 
 _KV_BUCKET = 32  # decoding steps attend to the cache in slices of this many slots (0: the whole cache)
 # each batch's prompts end at their own widest prompt, rounded up to this many slots (0: every batch's at the
-# widest prompt of the call, rounded as the cache is); decoding steps read no slot left of a batch's prompts
+# widest prompt of the call, rounded as the cache is), so a batch of short prompts does not attend to the
+# padding that the call's longest prompt needs
 _PROMPT_ALIGN = 8
 _DECODE_ATTENTION = True  # one-token steps use models.attention's two products (False: the library's SDPA)
 _COMPILE_STEP = False  # experimental: the decoding step through torch.compile before it is captured
