@@ -128,18 +128,22 @@ def step_profile(model, s: Sampling, reps: int = 50) -> dict:
 ENGINE = "auto"  # the engine's path (--engine): auto, static or portable
 
 
-def slots_per_step(before: tuple[int, int] | None = None) -> tuple[int, int] | float | None:
-    """Cache slots a decoding step attends to: the static decoder's counters now (no ``before``), or
-    their mean over the steps since ``before`` (None where the portable path ran)."""
+def timed_slots(fn):
+    """:func:`timed`, and the cache slots a decoding step of that call attended to on average (from the static
+    decoder's counters; None where the portable path ran)."""
     from leakaudit.models import generate as engine
 
-    dec = engine._last_decoder[0][1] if engine._last_decoder else None
-    if dec is None:
-        return None
-    now = dec.steps, dec.slots_read
-    if before is None:
-        return now
-    return (now[1] - before[1]) / max(1, now[0] - before[0])
+    def counters():
+        dec = engine._last_decoder[0][1] if engine._last_decoder else None
+        return None if dec is None else (dec, dec.steps, dec.slots_read)
+
+    before = counters()
+    out, t = timed(fn)
+    after = counters()
+    if after is None:
+        return out, t, None
+    steps, slots = before[1:] if before is not None and before[0] is after[0] else (0, 0)  # else: a new decoder
+    return out, t, (after[2] - slots) / max(1, after[1] - steps)
 
 
 def fresh_runs(model, prompts, s, pad, b) -> dict:
@@ -150,11 +154,9 @@ def fresh_runs(model, prompts, s, pad, b) -> dict:
     engine.release_decoder()
     run = partial(generate, model, prompts, s, pad_id=pad, batch_size=b, seed=1, engine=ENGINE)
     first, setup = timed(run)
-    counted = slots_per_step()
-    again, t = timed(run)
+    again, t, slots = timed_slots(run)
     return {"tokens_per_s": b * s.max_new_tokens / t, "first_call_s": setup,
-            "same_samples_twice": bool(np.array_equal(first, again)),
-            "cache_slots_per_step": slots_per_step(counted) if counted else None}
+            "same_samples_twice": bool(np.array_equal(first, again)), "cache_slots_per_step": slots}
 
 
 OLD_SLICES = {"kv_bucket": 64, "prompt_align": 0}  # the cache slices as they were before the fourteenth session
@@ -319,9 +321,7 @@ def main() -> None:
             first, setup = timed(partial(engine, report=report))
             if cuda:
                 torch.cuda.reset_peak_memory_stats()
-            counted = slots_per_step()
-            a, t_engine = timed(engine)
-            slots = slots_per_step(counted) if counted else None
+            a, t_engine, slots = timed_slots(engine)
             again = engine()
             greedy = [generate(model, prompts, Sampling(max_new_tokens=args.new_tokens, greedy=True), pad_id=pad,
                                batch_size=b, engine=ENGINE) for _ in range(2)]

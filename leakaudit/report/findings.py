@@ -50,7 +50,14 @@ from leakaudit.report.formatting import (
     _sentence,
 )
 from leakaudit.report.mia import KEY_LEVEL, _auc, _tpr, _tpr_key, best_attack, dp_bound_violations
-from leakaudit.report.schema import EmpiricalPrivacy, MemorizationResult, ModelResult, PermutationTest, Results
+from leakaudit.report.schema import (
+    EmpiricalPrivacy,
+    MemorizationResult,
+    ModelResult,
+    PermutationTest,
+    Results,
+    UntargetedExtraction,
+)
 from leakaudit.report.stats import binomial_greater, fisher_greater, holm, wilson
 
 SIGNIFICANCE = 0.05
@@ -561,13 +568,21 @@ def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Find
     return Finding("memorization", value, baseline, signal, sentence, detail=detail, p_value=p, settings=marked)
 
 
+def records_testable(u: UntargetedExtraction) -> bool | None:
+    """Whether the records-written test had a record on both sides to compare (None: results written before
+    it counted records)."""
+    if u.n_member_records is None or u.n_held_out_records is None:
+        return None
+    return u.n_member_records > 0 and u.n_held_out_records > 0
+
+
 def _untargeted_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | None:
     u = model.untargeted_extraction
     if u is None:
         return None
     detail = f"{u.n_memorized:,} of {_plural(u.n_unique, 'unique sample')} match training text"
     test = _recorded(model.untargeted_test, ["written"])
-    if test is None and 0 in (u.n_member_records, u.n_held_out_records):
+    if test is None and records_testable(u) is False:
         # a side without a record that could be written out (every n-gram public, or too short): no test, and
         # not the sample-level rule below, which would compare training text against held-out text it cannot see
         side, n = (("held-out", u.n_held_out_records_untestable) if u.n_held_out_records == 0

@@ -37,6 +37,7 @@ from leakaudit.report.findings import (
     canary_extraction_counts,
     control_failures,
     model_findings,
+    records_testable,
 )
 from leakaudit.report.formatting import DASH, SHORT_HASH, _ci, _epsilon, _f, _int, _lower, _ok, _pct, _short
 from leakaudit.report.mia import DP_BOUND, KEY_LEVEL, UNRESOLVED, _dp_cell, _dp_check, _mia, _tpr_key, best_attack
@@ -342,8 +343,6 @@ def _untargeted(results: Results) -> dict[str, Any]:
         ("verified on token n-grams of length", cell(lambda u: str(u.verify_ngram))),
     ]
     by_records = any(u.n_member_records is not None for u in present)  # the records-written test was run
-    # ... and could test something: both sides kept a record (else the verdict is "not testable", and says why)
-    testable = any(u.n_member_records and u.n_held_out_records for u in present)
     if by_records:  # the test the verdict uses
         rows += [
             ("audited training records written out",
@@ -385,23 +384,27 @@ def _untargeted(results: Results) -> dict[str, Any]:
         "prompts), near-duplicate samples are removed and each sample is checked against the training set: a "
         "sample that shares a long token sequence with a training record, and not with the public corpus, "
         "reproduces training text. The baseline is the same check against held-out records, which the model never "
-        "saw: matches there come from chance and common templates." + (
-            " The verdict's test counts the audited records, training against held-out, that some sample writes a "
-            "passage of (each record checked alike; people compared when the records were split per person): "
-            "training text outside them has no held-out counterpart and is not tested here (inserted canaries "
-            "are tested by the canary findings; other training data by nothing)."
-            if testable else
-            " The verdict's test counts the audited records, training against held-out, that some sample writes a "
-            "passage of, but no model here kept a record on both sides to test: a side whose every record is too "
-            "short or wholly in the public corpus has nothing a sample could be found to copy (the findings say "
-            "which side)."
-            if by_records else
-            " The verdict compares the samples matching training text with those matching held-out records "
-            "(Fisher's test over the unique samples; results written before the records-written test)."
-        ) + " No sample text is kept.",
+        "saw: matches there come from chance and common templates." + _untargeted_test_text(present)
+        + " No sample text is kept.",
         "precision_text": "Precision at k: of the k samples a ranking metric finds most suspicious, the share that "
         "reproduces training text, vs the same share against held-out records (the baseline).",
     }
+
+
+def _untargeted_test_text(present: list) -> str:
+    """What the untargeted verdict's test compares, as the results hold it."""
+    if any(records_testable(u) for u in present):
+        return (" The verdict's test counts the audited records, training against held-out, that some sample "
+                "writes a passage of (each record checked alike; people compared when the records were split per "
+                "person): training text outside them has no held-out counterpart and is not tested here (inserted "
+                "canaries are tested by the canary findings; other training data by nothing).")
+    if any(records_testable(u) is False for u in present):  # counted, but no model kept a record on both sides
+        return (" The verdict's test counts the audited records, training against held-out, that some sample "
+                "writes a passage of, but no model here kept a record on both sides to test: a side whose every "
+                "record is too short or wholly in the public corpus has nothing a sample could be found to copy "
+                "(the findings say which side).")
+    return (" The verdict compares the samples matching training text with those matching held-out records "
+            "(Fisher's test over the unique samples; results written before the records-written test).")
 
 
 PII_COUNT_ROWS = (
