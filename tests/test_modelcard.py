@@ -45,6 +45,7 @@ def test_front_matter_values_equal_the_results(results):
         assert r["canaries_searched"] == len(inserted)
         assert r["pii_recall"] == model.pii_extraction.overall.recall
         assert r["memorization_exact_match_rate"] == model.memorization[0].members.exact_match_rate
+        assert (r["memorization_k"], r["memorization_n"]) == (model.memorization[0].k, model.memorization[0].n)
         bounds = [e.eps_lower_bound for e in model.empirical_privacy]
         assert r["empirical_epsilon_lower_bound"] == (max(bounds) if bounds else None)
         assert r["dp_guarantee_failed"] is False

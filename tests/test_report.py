@@ -1088,9 +1088,9 @@ def test_a_search_that_completed_no_secret_is_inconclusive_not_a_negative(result
     dp = _verdicts(md)["dp"]
     assert "Inconclusive" not in dp and "extraction inconclusive" not in _key_figures(md)["dp"]
     assert "No leak beyond the baseline in canary extraction" in dp
-    assert ("| 0/6 inserted canaries (0/6 within 10 guesses; no complete secret in 9 of 9 searches); baseline: 0/3 "
-            "never-inserted canaries (0/3 within 10 guesses); guessing: at most 2e-06 per canary |"
-            ) in _finding_rows(md)["Canary extraction"]
+    assert ("| 0/6 inserted canaries (0/6 within 10 guesses; the best-first search completed no secret in 9 of 9 "
+            "searches: the beam search's results stand); baseline: 0/3 never-inserted canaries (0/3 within 10 "
+            "guesses); guessing: at most 2e-06 per canary |") in _finding_rows(md)["Canary extraction"]
     assert "**dp**: The best-first search found no complete secret" not in md
     assert ("A beam search over the same format ranks the secret first for 0 of 6 inserted canaries and 0 of 3 "
             "reference canaries.") in _section(md, "### Extraction", "## Membership inference")
@@ -1300,7 +1300,7 @@ def test_empirical_privacy_section(markdown, html):
     emp = _section(markdown, "## Empirical privacy", "## Utility")
     assert (
         "| dp | one_run | ≥ 0.80 | 0.05, δ = 1.0e-05 | 7.98 | 3.47 | 70/100 (m = 1,000) | "
-        "consistent with the accountant |"
+        "cannot test the claim (its best possible is below the accountant's ε) |"
     ) in emp
     assert "| non_dp | threshold | ≥ 2.10 | 0.05, δ = 1.0e-05 | none (non-private) | — | 380/400 (m = 400) |" in emp
     assert "- dp, one_run: guesses on the top and bottom 50 canaries" in emp
@@ -1340,14 +1340,14 @@ def test_comparison_table(markdown):
         "| model | ε (δ) | best TPR@1% FPR | max canary exposure | canaries extracted | memorization (exact) | "
         "PII recall | empirical ε |"
     ) in comparison
-    assert "| base | none (non-private) | 2.1% (zlib) | 1.20 bits | 0/6 | 0% vs 0% held-out | 0% | — |" in comparison
+    assert ("| base | none (non-private) | 2.1% (zlib) | 1.20 bits | 0/6 | 0% vs 0% held-out (k=32, n=32) | 0% | — |"
+            in comparison)
     assert (
-        "| non_dp | none (non-private) | 6.0% (rmia) | ≥9.97 bits | 3/6 | 6.0% vs 0% held-out | 14.0% | ≥ 2.10 |"
-        in comparison
+        "| non_dp | none (non-private) | 6.0% (rmia) | ≥9.97 bits | 3/6 | 6.0% vs 0% held-out (k=32, n=32) | 14.0% | "
+        "≥ 2.10 |" in comparison
     )
-    assert "| dp | 7.98 (δ = 1.0e-05) | 2.6% (rmia) | 2.20 bits | 0/6 | 0.50% vs 0% held-out | 0% | ≥ 0.80 |" in (
-        comparison
-    )
+    assert ("| dp | 7.98 (δ = 1.0e-05) | 2.6% (rmia) | 2.20 bits | 0/6 | 0.50% vs 0% held-out (k=32, n=32) | 0% | "
+            "≥ 0.80 |") in comparison
     assert "Trained with DP: dp; without: base and non_dp." in comparison
 
 
@@ -1748,11 +1748,13 @@ def test_findings_without_a_baseline_say_so_instead_of_no_leak():
 def test_a_proven_loss_within_the_dp_claim_is_neither_a_leak_nor_no_leak():
     md = render_markdown(make_results())
     dp = _verdicts(md)["dp"]
-    assert "The measurements prove a privacy loss of at least ε = 0.80, within the ε = 7.98 its DP training " \
-           "claims." in dp
+    # (the fixture's audit can prove at most ε = 3.47: it cannot test the claim, and says so)
+    assert "The measurements prove a privacy loss of at least ε = 0.80; this audit's design can prove at most " \
+           "ε = 3.47, below the ε = 7.98 its DP training claims, so it cannot test that claim." in dp
     assert "empirical ε" not in dp.split("No leak beyond the baseline in")[1].split(".")[0]
     gdpr = _section(md[md.index("## Compliance"):], "### GDPR", "### EDPB")
-    assert "empirical ε (ε ≥ 0.80, within the accountant ε = 7.98)" in gdpr
+    assert ("empirical ε (ε ≥ 0.80; this audit's design can prove at most ε = 3.47, below the accountant ε = 7.98, "
+            "so it cannot test that claim)") in gdpr
     dp_row = next(line for line in gdpr.splitlines() if line.startswith("- **dp**"))
     at_baseline = dp_row.split("At its baseline (no leak found by these attacks): ")[1].split(".")[0]
     assert "empirical" not in at_baseline
@@ -2095,3 +2097,205 @@ def test_the_gate_does_not_gate_a_control_and_fails_every_model_on_a_failed_spli
     blank = blank.model_copy(update={"models": {**blank.models, "base": empty}})
     v = {x.model: x for x in evaluate_policy(blank, strict)}
     assert [c.status for c in v["dp"].checks if c.name == "require_split_check"] == ["not measured"]
+
+
+# ------------------------------------------------------------------------------ review: wording and selection
+
+
+SEEDED_CONDITION = "seeded: holds only while the training seed stays secret"
+
+
+def _with_privacy(res: Results, model: str, **update) -> Results:
+    m = res.models[model]
+    privacy = m.privacy.model_copy(update=update)
+    return res.model_copy(update={"models": {**res.models, model: m.model_copy(update={"privacy": privacy})}})
+
+
+def test_a_seeded_dp_guarantee_is_named_with_its_condition_wherever_the_safeguard_is():
+    from leakaudit.report.modelcard import model_card
+
+    res = _with_privacy(make_results(), "dp", randomness="seeded")
+    md, html = render_markdown(res), render_html(res)
+    assert _verdicts(md)["dp"].startswith(f"**dp** (trained with DP at ε = 7.98; {SEEDED_CONDITION}):")
+    assert f"<strong>dp</strong> (trained with DP at ε = 7.98; {SEEDED_CONDITION}):" in html
+    assert f": ε = 7.98 ({SEEDED_CONDITION}); " in _key_figures(md)["dp"]
+    comparison = _section(md, "## DP vs non-DP comparison", "## Limitations")
+    assert f"| dp | 7.98 (δ = 1.0e-05; {SEEDED_CONDITION}) |" in comparison
+    compliance = md[md.index("## Compliance"):]
+    safeguard = f"Safeguard: DP-SGD at ε = 7.98, δ = 1.0e-05 (prv accountant; {SEEDED_CONDITION})."
+    assert compliance.count(safeguard) == 2  # GDPR and the EU AI Act name the safeguard
+    assert (f"Trained with differential privacy (DP-SGD): ε = 7.98, δ = 1.0e-05 (prv accountant; "
+            f"{SEEDED_CONDITION}).") in model_card(res, "dp")
+    # the condition belongs to the DP model alone
+    assert SEEDED_CONDITION not in _verdicts(md)["non_dp"] + _key_figures(md)["non_dp"]
+    # secret (or unrecorded) randomness: the safeguard as before, without a condition
+    for how in ("secret", None):
+        md = render_markdown(_with_privacy(make_results(), "dp", randomness=how))
+        assert "seeded:" not in md and _verdicts(md)["dp"].startswith("**dp** (trained with DP at ε = 7.98):")
+        assert "Safeguard: DP-SGD at ε = 7.98, δ = 1.0e-05 (prv accountant)." in md
+    # a seed recorded for a model without DP names no DP condition
+    md = render_markdown(_with_privacy(make_results(), "non_dp", randomness="seeded"))
+    assert "seeded:" not in md
+
+
+def _with_best_possible(res: Results, best: float | None) -> Results:
+    dp = res.models["dp"]
+    bound = dp.empirical_privacy[0].model_copy(update={"best_possible": best})
+    return res.model_copy(update={"models": {**res.models, "dp": dp.model_copy(update={"empirical_privacy": [bound]})}})
+
+
+def test_an_audit_that_cannot_prove_the_claimed_epsilon_says_it_cannot_test_the_claim():
+    from leakaudit.report.modelcard import model_card
+
+    res = make_results()  # best possible 3.47 below the accountant's 7.98
+    md = render_markdown(res)
+    untestable = ("The measurements prove a privacy loss of at least ε = 0.80; this audit's design can prove at most "
+                  "ε = 3.47, below the ε = 7.98 its DP training claims, so it cannot test that claim.")
+    assert untestable in _verdicts(md)["dp"] and "within the ε" not in _verdicts(md)["dp"]
+    assert untestable in model_card(res, "dp")
+    compliance = md[md.index("## Compliance"):]
+    assert compliance.count("empirical ε (ε ≥ 0.80; this audit's design can prove at most ε = 3.47, below the "
+                            "accountant ε = 7.98, so it cannot test that claim)") == 2
+    assert "within the accountant" not in compliance
+    emp = _section(md, "## Empirical privacy", "## Utility")
+    assert "| cannot test the claim (its best possible is below the accountant's ε) |" in emp
+    assert "consistent with the accountant" not in emp
+    # an audit that could prove the claim (best possible at or above it), or one that did not record its best
+    # possible: the bound is within the claim, as before
+    for best in (EPS, 9.0, None):
+        md = render_markdown(_with_best_possible(make_results(), best))
+        assert ("The measurements prove a privacy loss of at least ε = 0.80, within the ε = 7.98 its DP training "
+                "claims.") in _verdicts(md)["dp"]
+        assert "empirical ε (ε ≥ 0.80, within the accountant ε = 7.98)" in md[md.index("## Compliance"):]
+        assert "| consistent with the accountant |" in _section(md, "## Empirical privacy", "## Utility")
+        assert "cannot test" not in md
+
+
+def _memorization_first_setting_quiet(res: Results) -> Results:
+    """non_dp's first setting (k=32) shows nothing; its second (k=64, 20/190 exact) still does."""
+    m = res.models["non_dp"]
+    quiet = m.memorization[0].model_copy(update={"members": _stats(200, 0, 0, 0.1)})
+    mem = [quiet, *m.memorization[1:]]
+    return res.model_copy(update={"models": {**res.models, "non_dp": m.model_copy(update={"memorization": mem})}})
+
+
+def test_memorization_headline_is_the_setting_its_finding_describes():
+    from leakaudit.report.findings import headline, model_findings
+    from leakaudit.report.modelcard import card_metadata
+
+    res = _memorization_first_setting_quiet(make_results())
+    model = res.models["non_dp"]
+    finding = next(f for f in model_findings(model, res) if f.key == "memorization")
+    assert finding.signal and finding.setting == (64, 32) and finding.detail.startswith("k=64, n=32")
+    h = headline(res, "non_dp")
+    assert (h["memorization_k"], h["memorization_n"]) == (64, 32)
+    assert h["memorization_exact_match_rate"] == model.memorization[1].members.exact_match_rate == 20 / 190
+    meta = card_metadata(res, "non_dp")["privacy_audit"]["results"]
+    assert (meta["memorization_k"], meta["memorization_n"]) == (64, 32)
+    assert meta["memorization_exact_match_rate"] == 20 / 190
+    md = render_markdown(res)
+    assert "10.5% [" in _finding_rows(md)["Discoverable memorization"]  # the finding quotes the same setting
+    comparison = _section(md, "## DP vs non-DP comparison", "## Limitations")
+    assert "| 10.5% vs 0% held-out (k=64, n=32) |" in comparison
+    assert "| 0% vs 0% held-out (k=32, n=32) |" in comparison  # base: one setting, named as the column mixes them
+    # a model whose settings all show nothing: the first setting, as its finding says
+    h = headline(make_results(), "dp")
+    assert (h["memorization_k"], h["memorization_n"]) == (32, 32)
+    # one setting in the whole run: the cell does not name it
+    single = make_results()
+    nd = single.models["non_dp"]
+    single = single.model_copy(update={"models": {**single.models, "non_dp": nd.model_copy(
+        update={"memorization": nd.memorization[:1]})}})
+    comparison = _section(render_markdown(single), "## DP vs non-DP comparison", "## Limitations")
+    assert "| 6.0% vs 0% held-out |" in comparison and "(k=" not in comparison
+
+
+def test_the_membership_row_and_key_figures_name_the_attack_the_finding_quotes():
+    res = make_results()
+    dp = res.models["dp"]
+    loud = dp.mia["loss"].model_copy(update={"auc": 0.5, "auc_pvalue": 0.6,
+                                             "tpr_at_fpr": {"0.001": 0.0, "0.01": 0.09, "0.1": 0.1}})
+    beats = dp.mia["reference"].model_copy(update={"auc": 0.6, "auc_pvalue": 1e-5,
+                                                   "tpr_at_fpr": {"0.001": 0.0, "0.01": 0.04, "0.1": 0.2}})
+    res = res.model_copy(update={"models": {**res.models, "dp": dp.model_copy(
+        update={"mia": {"loss": loud, "reference": beats}})}})
+    md = render_markdown(res)
+    row = _finding_rows(md)["Membership inference"]
+    assert ("The share of training records found while wrongly flagging 1% of held-out records (TPR at 1% FPR) by the "
+            "strongest attack that beats chance after the corrections for several tests (see Limitations), or by the "
+            "strongest of all when none does; chance is 1%.") in row
+    assert "| 4.0% [" in row and "(reference, AUC 0.600" in row
+    assert ("strongest attack by TPR at 1% FPR: loss, 9.0% (AUC 0.500); strongest beating chance: reference, 4.0% "
+            "(AUC 0.600);") in _key_figures(md)["dp"]
+    assert "strongest beating chance: reference, 4.0% (AUC 0.600)" in render_html(res)
+    # the same attack, or none beating chance: named once
+    figures = _key_figures(render_markdown(make_results()))
+    assert "strongest beating chance" not in "".join(figures.values())
+    quiet = res.models["dp"].model_copy(update={"mia": {"loss": loud, "reference": beats.model_copy(
+        update={"auc_pvalue": 0.5})}})
+    md = render_markdown(res.model_copy(update={"models": {**res.models, "dp": quiet}}))
+    assert "strongest beating chance" not in _key_figures(md)["dp"]
+    assert "(loss, AUC 0.500" in _finding_rows(md)["Membership inference"]
+
+
+def test_the_signal_legend_says_what_the_marker_means():
+    res = make_results()
+    legend = ("▲ marks a finding whose test rejects “no leak” at 5%: its p-value, corrected for the tests within it "
+              "and for the model's other findings (see Limitations), is below 0.05. The intervals are per "
+              "measurement: an interval that lies above its baseline does not by itself make a signal (the strongest "
+              "of several attacks lies above chance by selection).")
+    md, html = render_markdown(res), render_html(res)
+    assert legend in _between(md, "## Findings", "| measurement |")
+    assert legend.replace("'", "&#39;") in _between(html, '<section id="findings">', '<div class="wide">')
+    for text in (md, html):
+        assert "marks a result above its baseline beyond sampling error" not in text
+
+
+def test_a_dirty_git_revision_keeps_its_suffix_when_shortened():
+    from leakaudit.report.formatting import _short
+
+    assert _short("0123456789abcdef0123456789abcdef01234567-dirty") == "0123456789ab-dirty"
+    assert _short("0123456789abcdef0123456789abcdef01234567") == "0123456789ab"
+    assert _short("e" * 64) == "e" * 12 and _short(None) == "—"
+    res = make_results()
+    res = res.model_copy(update={"run": _run(git_revision="0123456789abcdef0123456789abcdef01234567-dirty")})
+    md = render_markdown(res)
+    assert "| git revision | `0123456789ab-dirty` |" in md
+    assert "code: leakaudit 0.1.0, git 0123456789ab-dirty." in md[md.index("## Compliance"):]
+    assert "<code>0123456789ab-dirty</code>" in render_html(res)
+
+
+def test_incomplete_best_first_searches_are_named_as_such_when_a_beam_search_decides_them():
+    from leakaudit.report.modelcard import model_card
+
+    res = _with_guesses(make_results())  # base: one of 9 best-first searches completed no secret
+    row = _finding_rows(render_markdown(res))["Canary extraction"]
+    assert "| 0/6 inserted canaries (0/6 within 10 guesses; no complete secret in 1 of 9 searches); baseline:" in row
+    assert "beam" not in row
+    beam = _with_beam(res)
+    row = _finding_rows(render_markdown(beam))["Canary extraction"]
+    assert ("| 0/6 inserted canaries (0/6 within 10 guesses; the best-first search completed no secret in 1 of 9 "
+            "searches: the beam search's results stand); baseline:") in row
+    assert ("the best-first search completed no secret in 1 of 9 searches: the beam search's results stand"
+            in model_card(beam, "base"))
+    # every search incomplete and no beam search: inconclusive, as before
+    row = _finding_rows(render_markdown(_inconclusive(res)))["Canary extraction"]
+    assert "| inconclusive (no complete secret in 9 searches); baseline:" in row
+
+
+def test_limitations_count_the_prompt_lengths_and_a_capped_exposure_reads_as_at_least():
+    md = render_markdown(make_results())  # k = 32 on every model, k = 64 on non_dp
+    limitations = _section(md, "## Limitations", "## Compliance")
+    assert "Discoverable memorization tests greedy continuations from 2 prompt lengths (32 and 64 tokens);" in (
+        limitations
+    )
+    assert "It makes planted secrets stand out: at least 9.97 bits of exposure (the cap)." in _verdicts(md)["non_dp"]
+    assert "up to ≥" not in md
+    single = make_results()
+    nd = single.models["non_dp"]
+    canaries = [c.model_copy(update={"exposure_bits": 8.5}) if c.exposure_bits >= CAP else c for c in nd.canaries]
+    single = single.model_copy(update={"models": {**single.models, "non_dp": nd.model_copy(
+        update={"memorization": nd.memorization[:1], "canaries": canaries})}})
+    md = render_markdown(single)
+    assert "Discoverable memorization tests greedy continuations from one prompt length;" in md
+    assert "It makes planted secrets stand out: up to 8.50 bits of exposure." in _verdicts(md)["non_dp"]

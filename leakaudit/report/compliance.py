@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from leakaudit.report.findings import FAILED_DP, FINDINGS, Finding, checks_split, control_failures, split_qualified
-from leakaudit.report.formatting import _dp_settings, _lower
+from leakaudit.report.formatting import _dp_settings, _f, _lower
 
 NOT_LEGAL_ADVICE = (
     "Not legal advice: this section makes no legal determination. It maps this audit's measurements to "
@@ -130,7 +130,10 @@ def _model_evidence(
         f = next((x for x in findings if x.key == key), None)
         if f is None:
             continue
-        if f.within_claim:  # a proven loss within the DP claim: not "at its baseline"
+        if f.within_claim and f.best_possible is not None:  # an audit too small to test the DP claim
+            untested.append(f"{_lower(f.label)} ({f.value}; this audit's design can prove at most ε = "
+                            f"{_f(f.best_possible, '.2f')}, below the {f.baseline}, so it cannot test that claim)")
+        elif f.within_claim:  # a proven loss within the DP claim: not "at its baseline"
             untested.append(f"{_lower(f.label)} ({f.value}, within the {f.baseline})")
         elif f.inconclusive:
             inconclusive.append(f"{_lower(f.label)} ({f.detail})" if f.detail else _lower(f.label))

@@ -40,6 +40,7 @@ from leakaudit.report.formatting import (
     DASH,
     _bits,
     _ci,
+    _dp_condition,
     _epsilon,
     _f,
     _join,
@@ -70,8 +71,10 @@ SPLIT_FAILED = "SPLIT CHECK FAILED"
 FINDINGS: dict[str, tuple[str, str]] = {
     "mia": (
         "Membership inference",
-        "Can an attacker tell whether a given record was in the training data? The share of training records the "
-        "strongest attack finds while wrongly flagging 1% of held-out records (TPR at 1% FPR); chance is 1%.",
+        "Can an attacker tell whether a given record was in the training data? The share of training records found "
+        "while wrongly flagging 1% of held-out records (TPR at 1% FPR) by the strongest attack that beats chance "
+        "after the corrections for several tests (see Limitations), or by the strongest of all when none does; "
+        "chance is 1%.",
     ),
     "canary_extraction": (
         "Canary extraction",
@@ -146,6 +149,15 @@ class Finding:
     :data:`SIGNIFICANCE`."""
     settings: tuple[tuple[int, int], ...] = ()
     """Only for memorization: the (k, n) settings whose tests pass (the table marks them)."""
+    setting: tuple[int, int] | None = None
+    """Only for memorization: the (k, n) setting the finding describes (the first whose tests pass, else the first
+    tested); the headline numbers (:func:`headline`) are that setting's."""
+    attack: str | None = None
+    """Only for membership inference: the attack the finding quotes (the strongest of those that show the signal,
+    else the strongest of all)."""
+    best_possible: float | None = None
+    """Only for the empirical ε within a DP claim: the largest bound the audit's design can prove, when it is below
+    the claim (the audit cannot test the claim, :func:`claim_untestable`); None otherwise."""
     caveat: str = ""
     """A condition that biases the finding's test towards a signal (a control model's split check names it)."""
 
@@ -239,8 +251,8 @@ def _mia_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | Non
             f"{_f(model.privacy.epsilon, '.2f')}) beyond sampling error; " + sentence
         )
         return Finding("mia", tpr, "1% (chance)", True, sentence, detail=f"{name}, AUC {auc}", failed=True,
-                       p_value=p)
-    return Finding("mia", tpr, "1% (chance)", signal, sentence, detail=f"{name}, AUC {auc}", p_value=p)
+                       p_value=p, attack=name)
+    return Finding("mia", tpr, "1% (chance)", signal, sentence, detail=f"{name}, AUC {auc}", p_value=p, attack=name)
 
 
 
@@ -353,8 +365,12 @@ def _canary_extraction_finding(model: ModelResult, results: Results, adjusted: A
             sentence += f" ({within[0]} of {within[1]} {label})"
     searches = no_guess_counts(model)
     if searches is not None and searches[0]:
-        # some searches completed no secret: their misses say nothing
-        detail = "; ".join(x for x in (detail, f"no complete secret in {searches[0]} of {searches[1]} searches") if x)
+        # some searches completed no secret: their misses say nothing, unless a beam search (which always
+        # completes) ran, whose results then stand for them
+        incomplete = (f"the best-first search completed no secret in {searches[0]} of {searches[1]} searches: the "
+                      "beam search's results stand" if _beam_counts(model)
+                      else f"no complete secret in {searches[0]} of {searches[1]} searches")
+        detail = "; ".join(x for x in (detail, incomplete) if x)
         if not strict and not guessed:
             rest = ("those rest on the beam search, which always completes" if _beam_counts(model)
                     else "inconclusive there")
@@ -472,7 +488,10 @@ def _canary_exposure_finding(model: ModelResult, results: Results, adjusted: Adj
         sentence = (f"it makes a planted secret stand out: {_exposure_value(top)} of exposure, a rank that secrets "
                     f"it never saw reach by chance with probability {p_rank:.2g}")
     elif signal:
-        sentence = f"it makes planted secrets stand out: up to {_exposure_value(top)} of exposure"
+        value_bits, at_cap = top
+        sentence = "it makes planted secrets stand out: " + (
+            f"at least {_bits(value_bits)} bits of exposure (the cap)" if at_cap
+            else f"up to {_bits(value_bits)} bits of exposure")
     elif signal is False:
         sentence = f"planted secrets do not stand out from never-inserted ones (max exposure {_exposure_value(top)})"
     else:
@@ -565,7 +584,8 @@ def _memorization_finding(model: ModelResult, adjusted: Adjusted = None) -> Find
             sentence += f" in any of the {n_settings} settings tested"
     detail = f"k={m.k}, n={m.n}" + (f" ({n_settings} settings tested together)" if n_settings > 1 else "")
     marked = tuple(sorted({(per[where[t]][0].k, per[where[t]][0].n) for t in passing}))
-    return Finding("memorization", value, baseline, signal, sentence, detail=detail, p_value=p, settings=marked)
+    return Finding("memorization", value, baseline, signal, sentence, detail=detail, p_value=p, settings=marked,
+                   setting=(m.k, m.n))
 
 
 def records_testable(u: UntargetedExtraction) -> bool | None:
@@ -710,6 +730,12 @@ def empirical_best(model: ModelResult) -> EmpiricalPrivacy | None:
     return max(model.empirical_privacy, key=lambda e: (e.exceeds_accountant, e.eps_lower_bound))
 
 
+def claim_untestable(e: EmpiricalPrivacy, accountant: float | None) -> bool:
+    """Whether the audit's design could not prove a bound as large as the DP claim (its best possible bound is
+    below the accountant's ε): then no result of it can contradict the claim, and it does not test it."""
+    return accountant is not None and _ok(e.best_possible) and e.best_possible < accountant
+
+
 def _empirical_finding(model: ModelResult) -> Finding | None:
     e = empirical_best(model)
     if e is None:
@@ -726,10 +752,14 @@ def _empirical_finding(model: ModelResult) -> Finding | None:
         return Finding("empirical", value, baseline, True, sentence, detail=detail, failed=True)
     if _ok(e.eps_lower_bound) and e.eps_lower_bound > 0:
         sentence = f"the measurements prove a privacy loss of at least ε = {_f(e.eps_lower_bound, '.2f')}"
-        if accountant is not None:
+        untestable = claim_untestable(e, accountant)
+        if untestable:
+            sentence += (f"; this audit's design can prove at most ε = {_f(e.best_possible, '.2f')}, below the ε = "
+                         f"{_f(accountant, '.2f')} its DP training claims, so it cannot test that claim")
+        elif accountant is not None:
             sentence += f", within the ε = {_f(accountant, '.2f')} its DP training claims"
         return Finding("empirical", value, baseline, True if accountant is None else False, sentence, detail=detail,
-                       within_claim=accountant is not None)
+                       within_claim=accountant is not None, best_possible=e.best_possible if untestable else None)
     sentence = "the empirical privacy audit proves no privacy loss above ε = 0 (its lower bound is 0)"
     return Finding("empirical", value, baseline, False, sentence, detail=detail)
 
@@ -882,19 +912,36 @@ def _verdict(name: str, model: ModelResult, findings: list[Finding],
         parts.append(qualified)
     eps = model.privacy.epsilon
     privacy = f"trained with DP at ε = {_f(eps, '.2f')}" if eps is not None else "trained without DP"
+    if _dp_condition(model.privacy):  # the condition the safeguard holds under, wherever it is named
+        privacy += f"; {_dp_condition(model.privacy)}"
     status = "failed" if failed else ("leaks" if leaks else ("clean" if quiet else "unknown"))
     return {"name": name, "privacy": privacy, "text": " ".join(parts), "status": status}
 
 
-def headline(results: Results, name: str) -> dict[str, Any]:
-    """The model's headline numbers, unformatted (the DP comparison and the model card use them)."""
+def shown_memorization(model: ModelResult, findings: list[Finding]) -> MemorizationResult | None:
+    """The memorization setting the model's finding describes (:attr:`Finding.setting`: the first whose tests
+    pass, else the first tested); without a finding, the first setting run; None: none run."""
+    f = next((x for x in findings if x.key == "memorization"), None)
+    if f is not None and f.setting is not None:
+        shown = next((m for m in model.memorization if (m.k, m.n) == f.setting), None)
+        if shown is not None:
+            return shown
+    return model.memorization[0] if model.memorization else None
+
+
+def headline(results: Results, name: str, findings: list[Finding] | None = None) -> dict[str, Any]:
+    """The model's headline numbers, unformatted (the DP comparison and the model card use them).
+
+    ``findings``: the model's findings (:func:`model_findings`), when already built; memorization is quoted at
+    the setting its finding describes.
+    """
     model = results.models[name]
     best = best_attack(model)
     extraction = canary_extraction_counts(model)
     within = within_guesses(model)
     other = other_secret_first(model)
     top = max_exposure(model, results)
-    mem = model.memorization[0] if model.memorization else None
+    mem = shown_memorization(model, model_findings(model, results) if findings is None else findings)
     emp = empirical_best(model)
     pii = model.pii_extraction.overall if model.pii_extraction is not None else None
     return {
@@ -943,11 +990,18 @@ def _findings_table(results: Results, findings: dict[str, list[Finding]]) -> dic
             value = f"⚠ {FAILED_DP}: {f.value}" if f.failed else f.value + (f" {SIGNAL}" if f.signal else "")
             cells.append({"text": f.cell, "value": value, "detail": f.detail, "baseline": f.baseline, "status": status})
         rows.append({"label": label, "meaning": meaning, "cells": cells})
-    return {"rows": rows, "signal": SIGNAL}
+    legend = (
+        f"{SIGNAL} marks a finding whose test rejects “no leak” at {SIGNIFICANCE:.0%}: its p-value, corrected for "
+        "the tests within it and for the model's other findings (see Limitations), is below "
+        f"{SIGNIFICANCE:g}. The intervals are per measurement: an interval that lies above its baseline does not "
+        "by itself make a signal (the strongest of several attacks lies above chance by selection)."
+    )
+    return {"rows": rows, "signal": SIGNAL, "legend": legend}
 
 
-def _comparison(results: Results) -> dict[str, Any]:
-    """DP vs non-DP: one row per model with the headline numbers."""
+def _comparison(results: Results, findings: dict[str, list[Finding]] | None = None) -> dict[str, Any]:
+    """DP vs non-DP: one row per model with the headline numbers (``findings``: each model's, when already
+    built)."""
     header = [
         "model",
         "ε (δ)",
@@ -959,11 +1013,15 @@ def _comparison(results: Results) -> dict[str, Any]:
         "empirical ε",
     ]
     rows = []
+    # a memorization cell names its setting when the models ran several (each is quoted at its finding's)
+    several = len({(m.k, m.n) for model in results.models.values() for m in model.memorization}) > 1
     for name, model in results.models.items():
-        h = headline(results, name)
+        h = headline(results, name, None if findings is None else findings.get(name))
         eps = _epsilon(h["epsilon"])
-        if h["epsilon"] is not None and h["delta"] is not None:
-            eps += f" (δ = {_f(h['delta'], '.1e')})"
+        notes = [f"δ = {_f(h['delta'], '.1e')}" if h["epsilon"] is not None and h["delta"] is not None else "",
+                 _dp_condition(model.privacy)]
+        if any(notes):
+            eps += f" ({'; '.join(x for x in notes if x)})"
         best = DASH
         if h["best_attack"] is not None:
             best = f"{_pct(h['best_tpr_at_1pct_fpr'])} ({h['best_attack']})"
@@ -985,6 +1043,8 @@ def _comparison(results: Results) -> dict[str, Any]:
                 f"{_pct(h['memorization_exact_match_rate'])} vs {_pct(h['memorization_exact_match_rate_non_members'])}"
                 " held-out"
             )
+            if several:
+                mem += f" (k={h['memorization_k']}, n={h['memorization_n']})"
         emp = DASH
         failed = h["dp_guarantee_failed"]
         if h["empirical_epsilon_lower_bound"] is not None:

@@ -13,6 +13,10 @@ from leakaudit.report.schema import PrivacyRecord
 
 DASH = "—"
 SHORT_HASH = 12
+DIRTY = "-dirty"
+"""The suffix of a git revision recorded with uncommitted changes (kept when the revision is shortened)."""
+SEEDED = "seeded: holds only while the training seed stays secret"
+"""The condition of a DP guarantee whose batches and noise came from the recorded training seed."""
 
 
 def _ok(x: Any) -> bool:
@@ -49,8 +53,11 @@ def _pct(x: float | None) -> str:
 
 
 def _short(h: str | None) -> str:
+    """A hash or git revision shortened to :data:`SHORT_HASH` characters, a "-dirty" suffix kept."""
     if not h:
         return DASH
+    if h.endswith(DIRTY):
+        return h[: -len(DIRTY)][:SHORT_HASH] + DIRTY
     return h[:SHORT_HASH]
 
 
@@ -60,13 +67,21 @@ def _join(names: list[str], word: str = "and") -> str:
     return ", ".join(names[:-1]) + f" {word} " + names[-1]
 
 
+def _dp_condition(privacy: PrivacyRecord) -> str:
+    """The condition a DP model's guarantee holds under, to say wherever the safeguard is named: :data:`SEEDED`
+    when its batches and noise came from the recorded training seed; "" otherwise (and without DP)."""
+    return SEEDED if privacy.epsilon is not None and privacy.randomness == "seeded" else ""
+
+
 def _dp_settings(privacy: PrivacyRecord) -> str:
-    """A DP model's settings: "ε = 1.00, δ = 1.0e-05 (rdp accountant)" (δ and the accountant when known)."""
+    """A DP model's settings: "ε = 1.00, δ = 1.0e-05 (rdp accountant)" (δ and the accountant when known), with
+    its condition (:func:`_dp_condition`): "(rdp accountant; seeded: holds only while ...)"."""
     text = f"ε = {privacy.epsilon:.2f}"
     if privacy.delta is not None:
         text += f", δ = {privacy.delta:.1e}"
-    if privacy.accountant:
-        text += f" ({privacy.accountant} accountant)"
+    notes = [x for x in (f"{privacy.accountant} accountant" if privacy.accountant else "", _dp_condition(privacy)) if x]
+    if notes:
+        text += f" ({'; '.join(notes)})"
     return text
 
 

@@ -29,15 +29,16 @@ CARD_KEY = "privacy_audit"
 """The front-matter key holding the audit's metadata."""
 
 
-def card_metadata(results: Results, model_name: str, controls: dict[str, list[Finding]] | None = None
-                  ) -> dict[str, Any]:
+def card_metadata(results: Results, model_name: str, controls: dict[str, list[Finding]] | None = None,
+                  findings: list[Finding] | None = None) -> dict[str, Any]:
     """The front matter as a dict: hub tags plus :data:`CARD_KEY` with the privacy record and headline results.
 
-    ``controls``: the control models' findings (:func:`control_findings`), when already built.
+    ``controls``: the control models' findings (:func:`control_findings`), when already built; ``findings``: the
+    model's own.
     """
     model = results.models[model_name]
     p = model.privacy
-    h = headline(results, model_name)
+    h = headline(results, model_name, findings)
     checked = split_check(results.models, control_findings(results) if controls is None else controls)
     tags = ["leakaudit", "privacy-audit"]
     if p.epsilon is not None:
@@ -80,6 +81,9 @@ def card_metadata(results: Results, model_name: str, controls: dict[str, list[Fi
             "extraction_guesses": h["extraction_guesses"],
             "canary_searches_other_secret_first": h["canary_searches_other_secret_first"],
             "canary_extraction_inconclusive": h["canary_extraction_inconclusive"],
+            # at the setting the memorization finding describes
+            "memorization_k": h["memorization_k"],
+            "memorization_n": h["memorization_n"],
             "memorization_exact_match_rate": h["memorization_exact_match_rate"],
             "memorization_exact_match_rate_non_members": h["memorization_exact_match_rate_non_members"],
             "pii_recall": h["pii_recall"],
@@ -102,9 +106,9 @@ def model_card(results: Results, model_name: str) -> str:
         raise KeyError(f"no model {model_name!r} in the results (models: {', '.join(results.models)})")
     model = results.models[model_name]
     controls = control_findings(results)
-    front = yaml.safe_dump(card_metadata(results, model_name, controls), sort_keys=False, allow_unicode=True,
-                           width=1000)
     findings = model_findings(model, results)
+    front = yaml.safe_dump(card_metadata(results, model_name, controls, findings), sort_keys=False,
+                           allow_unicode=True, width=1000)
     split = {n: hits for n, hits in control_failures(results.models, controls).items() if n != model_name}
     verdict = _verdict(model_name, model, findings, split)
     if model.privacy.epsilon is None:

@@ -35,14 +35,27 @@ from leakaudit.report.findings import (
     _findings_table,
     _verdict,
     canary_extraction_counts,
+    claim_untestable,
     control_failures,
     model_findings,
     records_testable,
 )
-from leakaudit.report.formatting import DASH, SHORT_HASH, _ci, _epsilon, _f, _int, _lower, _ok, _pct, _short
+from leakaudit.report.formatting import (
+    DASH,
+    SHORT_HASH,
+    _ci,
+    _dp_condition,
+    _epsilon,
+    _f,
+    _int,
+    _lower,
+    _ok,
+    _pct,
+    _short,
+)
 from leakaudit.report.mia import DP_BOUND, KEY_LEVEL, UNRESOLVED, _dp_cell, _dp_check, _mia, _tpr_key, best_attack
 from leakaudit.report.plots import exposure_plot, png_size, roc_plot
-from leakaudit.report.schema import ModelResult, Results
+from leakaudit.report.schema import AttackResult, ModelResult, Results
 from leakaudit.report.stats import wilson
 
 MAX_PREFLIGHT = 5
@@ -54,13 +67,14 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
     alerts = []
     for name, model in results.models.items():
         parts = [f"ε = {_epsilon(model.privacy.epsilon)}"]
+        notes = [_dp_condition(model.privacy)]
         if model.privacy.bound_to_weights is False and model.privacy.epsilon is not None:
-            parts[0] += " (claimed by a privacy.json not saved with these weights)"
+            notes.append("claimed by a privacy.json not saved with these weights")
+        if any(notes):
+            parts[0] += f" ({'; '.join(x for x in notes if x)})"
         parts.append(_exposure_sentence(model, results))
         parts += _extraction_summary(model)
-        strongest = _strongest(model)
-        if strongest:
-            parts.append(strongest)
+        parts += _strongest(model, findings.get(name, []))
         auc = _best_auc(model)
         if auc:
             parts.append(auc)
@@ -151,16 +165,26 @@ def _extraction_summary(model: ModelResult) -> list[str]:
     return parts
 
 
-def _strongest(model: ModelResult) -> str | None:
-    """The attack with the highest TPR at 1% FPR (:func:`best_attack`), with its AUC."""
+def _attack_figure(name: str, r: AttackResult) -> str:
+    """ "loss, 3.7% (AUC 0.495)": an attack's TPR at 1% FPR (marked where the FPR is not resolved) and AUC."""
+    mark = UNRESOLVED if float(KEY_LEVEL) < r.min_resolvable_fpr else ""
+    return f"{name}, {_pct(_tpr_key(r))}{mark} (AUC {_f(r.auc, '.3f')})"
+
+
+def _strongest(model: ModelResult, findings: list[Finding]) -> list[str]:
+    """The attack with the highest TPR at 1% FPR (:func:`best_attack`), with its AUC; and, when the membership
+    finding quotes another (the strongest of those that beat chance), that one too."""
     best = best_attack(model)
     if best is None:
-        return None
+        return []
     name, r = best
     if (_tpr_key(r) or 0.0) <= 0:
-        return "no attack reaches a nonzero TPR at 1% FPR"
-    mark = UNRESOLVED if float(KEY_LEVEL) < r.min_resolvable_fpr else ""
-    return f"strongest attack by TPR at 1% FPR: {name}, {_pct(_tpr_key(r))}{mark} (AUC {_f(r.auc, '.3f')})"
+        return ["no attack reaches a nonzero TPR at 1% FPR"]
+    parts = [f"strongest attack by TPR at 1% FPR: {_attack_figure(name, r)}"]
+    quoted = next((f for f in findings if f.key == "mia"), None)  # another attack only when it beats chance
+    if quoted is not None and quoted.attack not in (None, name) and quoted.attack in model.mia:
+        parts.append(f"strongest beating chance: {_attack_figure(quoted.attack, model.mia[quoted.attack])}")
+    return parts
 
 
 def _best_auc(model: ModelResult) -> str | None:
@@ -559,6 +583,8 @@ def _empirical(results: Results) -> dict[str, Any]:
                 )
             elif accountant is None:
                 verdict = "no DP claim to check"
+            elif claim_untestable(e, accountant):
+                verdict = "cannot test the claim (its best possible is below the accountant's ε)"
             else:
                 verdict = "consistent with the accountant"
             guesses = DASH
@@ -645,8 +671,11 @@ def _limitations(results: Results) -> list[str]:
         "leak from a DP model; likewise a person with several records.",
     ]
     if any(m.memorization or m.untargeted_extraction for m in models):
+        lengths = sorted({m.k for model in models for m in model.memorization})
+        prompts = ("one prompt length" if len(lengths) <= 1 else
+                   f"{len(lengths)} prompt lengths ({', '.join(map(str, lengths[:-1]))} and {lengths[-1]} tokens)")
         items.append(
-            "Discoverable memorization tests greedy continuations from one prompt length; other prompts or "
+            f"Discoverable memorization tests greedy continuations from {prompts}; other prompts or "
             "decoding may reproduce more. Untargeted extraction finds only what a finite number of samples happens "
             "to produce and what the verifier's n-gram match recognises."
         )
@@ -715,7 +744,7 @@ def _view(results: Results, *, plots: bool) -> dict[str, Any]:
         "reconstruction": _pii_reconstruction(results),
         "empirical": _empirical(results),
         "utility": _utility(results),
-        "comparison": _comparison(results),
+        "comparison": _comparison(results, findings),
         "limitations": _limitations(results),
         "compliance": compliance(dict(results.models), findings, _record(results)),
         "high_repetitions": HIGH_REPETITIONS,
