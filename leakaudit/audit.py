@@ -357,6 +357,8 @@ def model_result(
     if users is not None and eps is not None:  # split per person: check the DP bound where one record differs
         single = users.groupby("user")["user"].transform("size").to_numpy() == 1
         dp_subset = (single[member], single[~member])
+    # split per person: a person's records are not independent draws, so the intervals resample people
+    people = None if users is None else (users["user"].to_numpy()[member], users["user"].to_numpy()[~member])
     for name in options.attacks:
         missing = missing_requirements(name, inputs)
         if missing:
@@ -365,7 +367,7 @@ def model_result(
         s = run_attack(name, inputs, options.params.get(name))
         per_sample[f"score_{name}"] = s
         mia[name] = attack_result(s[member], s[~member], epsilon=eps, delta=delta, n_boot=options.n_boot,
-                                  dp_subset=dp_subset)
+                                  dp_subset=dp_subset, groups=people)
         if users is not None:
             by_user[name] = attack_result(*_user_scores(users, s), epsilon=None, n_boot=options.n_boot)
     joint = None

@@ -229,3 +229,18 @@ def test_one_run_bounds_of_several_specs_share_alpha(tmp_path):
     (alone,) = _one_run_bounds(tmp_path, {}, PrivacyRecord(), seed=0)
     assert alone.alpha == 0.05 and alone.eps_lower_bound > both[0].eps_lower_bound > 0  # the same data, less alpha
 
+
+
+def test_per_example_lira_variance_needs_two_shadows_on_a_side():
+    """One shadow on a side has no spread (0, floored to 1e-4: scores in the millions): such examples take the
+    pooled spread, the others keep their own."""
+    rng = np.random.default_rng(21)
+    stats = rng.normal(size=(6, 4))
+    member = np.zeros((6, 4), bool)
+    member[:1, 0] = True  # example 0: one IN shadow
+    member[:3, 1:] = True  # the others: three
+    _, sd_global = _fit(stats, member, "global")
+    mu, sd = _fit(stats, member, "per_example")
+    assert sd[0] == pytest.approx(sd_global[0])
+    assert sd[1:] == pytest.approx(stats[:3, 1:].std(axis=0, ddof=1))
+    assert mu[0] == stats[0, 0]

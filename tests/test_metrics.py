@@ -399,3 +399,81 @@ def test_bootstrap_interval_equals_recomputing_each_resamples_auc(case):
     draws = [auc(m[rng.integers(0, m.size, m.size)], n[rng.integers(0, n.size, n.size)]) for _ in range(300)]
     expected = tuple(np.quantile(draws, [0.025, 0.975]))
     assert bootstrap_auc_ci(m, n, n_boot=300, seed=9) == pytest.approx(expected, abs=1e-12)
+
+
+def test_the_tpr_interval_covers_the_tpr_at_the_fpr_not_only_at_the_chosen_threshold():
+    """The threshold is picked from the non-members, so its true FPR is uncertain: the interval allows for it.
+    Known answer: Gaussian scores, where the true TPR at FPR alpha is sf(isf(alpha) - mu)."""
+    from scipy.stats import norm
+
+    from leakaudit.attacks.metrics import clopper_pearson, tpr_interval
+
+    rng = np.random.default_rng(11)
+    mu, reps = 1.5, 200
+    for alpha in (0.01, 0.1):
+        true = norm.sf(norm.isf(alpha) - mu)
+        hits = at_threshold = 0
+        for _ in range(reps):
+            m, n = rng.normal(mu, 1, 400), rng.normal(0, 1, 400)
+            lo, hi = tpr_interval(m, n, alpha)
+            assert lo <= tpr_at_fpr(m, n, alpha) <= hi
+            hits += lo <= true <= hi
+            cp = clopper_pearson(round(tpr_at_fpr(m, n, alpha) * m.size), m.size)
+            at_threshold += cp[0] <= true <= cp[1]
+        assert hits / reps >= 0.95, (alpha, hits)
+        if alpha == 0.01:  # the interval at the chosen threshold alone falls well short there
+            assert at_threshold / reps < 0.85, at_threshold
+    # too few non-members to find a threshold with FPR <= 0.1% with confidence: the lower end is 0
+    assert tpr_interval(np.full(100, 5.0), np.zeros(100), 0.001)[0] == 0.0
+    assert tpr_interval(np.full(100, 5.0), np.linspace(0, 1, 5000), 0.001)[0] > 0.9
+
+
+def test_the_dp_bound_check_tests_both_inequalities_and_is_testable_exactly_when_a_perfect_attack_fails():
+    from leakaudit.attacks.metrics import dp_bound_check
+
+    rng = np.random.default_rng(12)
+    # 1 - FPR <= e^eps (1 - TPR) + delta broken: every member in the top half of the non-members (TPR 1 at FPR 0.5)
+    check = dp_bound_check(rng.uniform(0.5, 1, 500), rng.uniform(0, 1, 500), epsilon=1.0, delta=1e-5)
+    assert check.violated and check.max_excess > 0.4
+    # distinct scores (as many ROC points as records) and tied ones alike: a perfect attack fails the check
+    # exactly when the check is testable at these sizes
+    for m_size, n_size in [(484, 516), (99, 89), (1000, 1000), (30, 2000)]:
+        for eps in np.arange(0.5, 8.0, 0.25):
+            distinct = dp_bound_check(np.linspace(10, 11, m_size), np.linspace(0, 1, n_size), eps, 1e-5)
+            tied = dp_bound_check(np.ones(m_size), np.zeros(n_size), eps, 1e-5)
+            assert distinct.testable == distinct.violated == tied.violated == tied.testable, (m_size, n_size, eps)
+    # chance alone: false alarms well under 5%, even at eps near 0
+    alarms = sum(dp_bound_check(rng.normal(size=300), rng.normal(size=300), 0.01, 0.0).violated for _ in range(200))
+    assert alarms <= 2
+
+
+def test_intervals_resample_people_when_records_were_split_per_person():
+    """Known answer: when every person has the same number of identical records, resampling people gives
+    exactly the intervals of one record per person (the same draws), not the narrower ones of records taken
+    as independent; and a model that saw nobody gets an interval around 0.5 about as often as promised."""
+    from leakaudit.attacks.metrics import attack_result, bootstrap_auc_ci, cluster_bootstrap_cis
+
+    rng = np.random.default_rng(13)
+    m, n = rng.normal(0.3, 1, 120), rng.normal(0, 1, 150)
+    once = cluster_bootstrap_cis(m, n, np.arange(120), np.arange(150), n_boot=200, seed=3)
+    thrice = cluster_bootstrap_cis(np.repeat(m, 3), np.repeat(n, 3), np.repeat(np.arange(120), 3),
+                                   np.repeat(np.arange(150), 3), n_boot=200, seed=3)
+    assert thrice[0] == pytest.approx(once[0], abs=1e-12)
+    for level, pair in once[1].items():
+        assert thrice[1][level] == pytest.approx(pair, abs=1e-12)
+    as_records = bootstrap_auc_ci(np.repeat(m, 3), np.repeat(n, 3), n_boot=200, seed=3)
+    assert as_records[1] - as_records[0] < 0.7 * (once[0][1] - once[0][0])
+    r = attack_result(np.repeat(m, 3), np.repeat(n, 3), n_boot=200,
+                      groups=(np.repeat(np.arange(120), 3), np.repeat(np.arange(150), 3)))
+    assert r.auc_ci is not None and r.auc_ci[1] - r.auc_ci[0] > 1.4 * (as_records[1] - as_records[0])
+    assert set(r.tpr_ci) == {"0.001", "0.01", "0.1"}
+    # a model that saw nobody; people of 1-4 alike records, split per person
+    covered, reps = 0, 60
+    for rep in range(reps):
+        person = np.repeat(np.arange(300), rng.integers(1, 5, 300))
+        s = rng.normal(size=300)[person] + 0.5 * rng.normal(size=person.size)
+        member = (rng.random(300) < 0.5)[person]
+        (lo, hi), _ = cluster_bootstrap_cis(s[member], s[~member], person[member], person[~member], n_boot=200,
+                                            seed=rep)
+        covered += lo <= 0.5 <= hi
+    assert covered / reps >= 0.85, covered

@@ -18,15 +18,19 @@ _FLOOR = 1e-4
 
 
 def _fit(stats: np.ndarray, member: np.ndarray, variance: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-example mean and standard deviation of ``stats`` over the shadows selected by ``member``."""
+    """Per-example mean and standard deviation of ``stats`` over the shadows selected by ``member``.
+
+    ``per_example``: an example with fewer than two such shadows has no spread of its own (one value: 0, and
+    scores of millions from the floor) and takes the pooled one, as ``global`` gives every example."""
     w = member.astype(np.float64)
     n = w.sum(0)
     mu = (stats * w).sum(0) / np.maximum(n, 1)
     resid2 = ((stats - mu) ** 2) * w
+    pooled = np.sqrt(resid2.sum() / max(w.sum() - stats.shape[1], 1))
     if variance == "global":
-        sd = np.full(stats.shape[1], np.sqrt(resid2.sum() / max(w.sum() - stats.shape[1], 1)))
+        sd = np.full(stats.shape[1], pooled)
     else:
-        sd = np.sqrt(resid2.sum(0) / np.maximum(n - 1, 1))
+        sd = np.where(n >= 2, np.sqrt(resid2.sum(0) / np.maximum(n - 1, 1)), pooled)
     return mu, np.maximum(sd, _FLOOR)
 
 

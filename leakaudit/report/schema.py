@@ -70,10 +70,12 @@ class DPBoundCheck(_Model):
     epsilon: float
     delta: float
     violated: bool = Field(
-        description="True when, at some threshold, the Clopper-Pearson lower bound on TPR exceeds "
-        "e^eps times the upper bound on FPR plus delta (95% two-sided intervals)."
+        description="True when, at one of the tested thresholds, the Clopper-Pearson lower bound on TPR exceeds "
+        "e^eps times the upper bound on FPR plus delta, for TPR <= e^eps FPR + delta or for 1 - FPR <= e^eps "
+        "(1 - TPR) + delta (Bonferroni over the thresholds of both, 95% overall)."
     )
-    max_excess: float = Field(description="Largest empirical TPR - (e^eps FPR + delta) over thresholds.")
+    max_excess: float = Field(description="Largest empirical excess over thresholds: TPR - (e^eps FPR + delta), or "
+                              "(1 - FPR) - (e^eps (1 - TPR) + delta).")
     scope: str = Field(
         default="all records",
         description="The records checked: 'all records', or, when records were split per person, 'records of "
@@ -82,8 +84,9 @@ class DPBoundCheck(_Model):
     )
     testable: bool | None = Field(
         default=None,
-        description="Whether a perfectly separating attack on as many records would be declared a violation: when "
-        "False the check cannot fail at this size and says nothing (None: results written before this field).",
+        description="Whether a perfectly separating attack on as many records would be declared a violation by the "
+        "same tests: when False the check cannot fail at this size and says nothing (None: results written before "
+        "this field).",
     )
     n_members: int | None = Field(default=None, description="Member records checked (None: all of the attack's).")
     n_non_members: int | None = Field(default=None, description="Non-member records checked (None: all).")
@@ -93,7 +96,9 @@ class AttackResult(_Model):
     """Metrics of one membership-inference attack on one model."""
 
     auc: float = Field(description="Area under the ROC (Mann-Whitney, ties count 1/2).")
-    auc_ci: tuple[float, float] | None = Field(default=None, description="95% bootstrap interval of the AUC.")
+    auc_ci: tuple[float, float] | None = Field(
+        default=None, description="95% bootstrap interval of the AUC (records split per person: resampling people)."
+    )
     auc_pvalue: float | None = Field(
         default=None,
         description="One-sided Mann-Whitney p-value that the AUC exceeds 0.5 (before any correction for the number "
@@ -101,7 +106,10 @@ class AttackResult(_Model):
     )
     tpr_at_fpr: dict[str, float] = Field(description="TPR at FPR <= alpha from the step-function ROC.")
     tpr_ci: dict[str, tuple[float, float]] = Field(
-        default_factory=dict, description="95% Clopper-Pearson interval of each TPR at its threshold."
+        default_factory=dict,
+        description="95% interval of the TPR at each FPR level, allowing for the threshold's own error: from order "
+        "statistics and Clopper-Pearson bounds, or, records split per person, a bootstrap resampling people (older "
+        "results: Clopper-Pearson at the chosen threshold only)."
     )
     balanced_accuracy: float | None = Field(default=None, description="max over thresholds of (TPR + 1 - FPR) / 2.")
     n_members: int
