@@ -466,7 +466,8 @@ def test_intervals_resample_people_when_records_were_split_per_person():
     r = attack_result(np.repeat(m, 3), np.repeat(n, 3), n_boot=200,
                       groups=(np.repeat(np.arange(120), 3), np.repeat(np.arange(150), 3)))
     assert r.auc_ci is not None and r.auc_ci[1] - r.auc_ci[0] > 1.4 * (as_records[1] - as_records[0])
-    assert set(r.tpr_ci) == {"0.001", "0.01", "0.1"}
+    assert set(r.tpr_ci) == {"0.001", "0.01", "0.1"} and r.intervals == "people"
+    assert attack_result(m, n, n_boot=0).intervals == "records"
     # a model that saw nobody; people of 1-4 alike records, split per person
     covered, reps = 0, 60
     for rep in range(reps):

@@ -2299,3 +2299,19 @@ def test_limitations_count_the_prompt_lengths_and_a_capped_exposure_reads_as_at_
     md = render_markdown(single)
     assert "Discoverable memorization tests greedy continuations from one prompt length;" in md
     assert "It makes planted secrets stand out: up to 8.50 bits of exposure." in _verdicts(md)["non_dp"]
+
+
+def test_the_membership_section_says_how_its_intervals_were_computed():
+    """Intervals written by the current metrics name their method (per record, or resampling people under a
+    per-person split); results of an older version say theirs did not allow for the threshold's error."""
+    results = make_results()
+    old = render_markdown(results)
+    assert "the TPR's Clopper-Pearson at the chosen threshold (results written by an older version" in old
+    for kind, words in (("records", "allowing for the error of a threshold chosen from the held-out records"),
+                        ("people", "a bootstrap that resamples people")):
+        models = {n: m.model_copy(update={"mia": {a: r.model_copy(update={"intervals": kind})
+                                                  for a, r in m.mia.items()}})
+                  for n, m in results.models.items()}
+        text = render_markdown(results.model_copy(update={"models": models}))
+        assert words in text and "older version" not in text
+        assert words in render_html(results.model_copy(update={"models": models}))

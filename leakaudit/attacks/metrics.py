@@ -514,6 +514,7 @@ def attack_result(
         auc_pvalue=auc_p_value(m, n),
         tpr_at_fpr=tprs,
         tpr_ci=tpr_ci,
+        intervals="people" if groups is not None else "records",
         balanced_accuracy=(1 + _advantage(fpr, tpr)) / 2,
         n_members=int(m.size),
         n_non_members=int(n.size),

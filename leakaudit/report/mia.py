@@ -276,6 +276,23 @@ def _where(results: Results, triples: list[tuple[str | None, str, str]], units: 
     return "; ".join(parts)
 
 
+INTERVALS = {
+    "records": "the AUC's from a bootstrap over records; the TPR's covers the TPR at that FPR, allowing for the "
+    "error of a threshold chosen from the held-out records (order statistics with Clopper-Pearson bounds)",
+    "people": "records were split per person, so both come from a bootstrap that resamples people (a person's "
+    "records are alike, not independent draws), the TPR's threshold re-chosen in every resample",
+    None: "the AUC's from a bootstrap over records; the TPR's Clopper-Pearson at the chosen threshold (results "
+    "written by an older version: it does not allow for the threshold's own error)",
+}
+"""How each kind of :attr:`AttackResult.intervals` was computed, for the report."""
+
+
+def _intervals_text(results: Results) -> str:
+    """The per-record attacks' 95% intervals, as computed (one sentence for each kind the results hold)."""
+    kinds = list(dict.fromkeys(r.intervals for m in results.models.values() for r in m.mia.values()))
+    return " ".join(f"95% intervals: {INTERVALS.get(k, INTERVALS[None])}." for k in kinds)
+
+
 def _mia(results: Results) -> dict[str, Any]:
     levels = [_level_label(level) for level in FPR_LEVELS]
     key_label = _level_label(KEY_LEVEL)
@@ -365,6 +382,7 @@ def _mia(results: Results) -> dict[str, Any]:
     counts = _counts(results, None)
     return {
         "any": any(m.mia for m in results.models.values()),
+        "intervals": _intervals_text(results),
         "header": header,
         "key_label": key_label,
         "models_mia": models,

@@ -111,6 +111,13 @@ class AttackResult(_Model):
         "statistics and Clopper-Pearson bounds, or, records split per person, a bootstrap resampling people (older "
         "results: Clopper-Pearson at the chosen threshold only)."
     )
+    intervals: str | None = Field(
+        default=None,
+        description="How auc_ci and tpr_ci were computed: 'records' (AUC: bootstrap over records; TPR: order "
+        "statistics and Clopper-Pearson, allowing for the threshold's error), 'people' (records split per person: "
+        "one bootstrap resampling people for both); None: older results (TPR: Clopper-Pearson at the chosen "
+        "threshold only).",
+    )
     balanced_accuracy: float | None = Field(default=None, description="max over thresholds of (TPR + 1 - FPR) / 2.")
     n_members: int
     n_non_members: int
