@@ -216,13 +216,16 @@ def roc_curve(members: np.ndarray, non_members: np.ndarray) -> tuple[np.ndarray,
     The first point is (0, 0) at threshold +inf; one point per distinct score after that.
     """
     m, n = _check(members, non_members)
+    fp, tp, thr = _roc_counts(m, n)
+    return fp / n.size, tp / m.size, thr
+
+
+def _roc_counts(m: np.ndarray, n: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`roc_curve` as counts: ``(false positives, true positives, thresholds)``, both counts non-decreasing."""
     thr = np.unique(np.concatenate([m, n]))[::-1]
-    ms, ns = np.sort(m), np.sort(n)
-    tp = m.size - np.searchsorted(ms, thr, side="left")
-    fp = n.size - np.searchsorted(ns, thr, side="left")
-    fpr = np.concatenate([[0.0], fp / n.size])
-    tpr = np.concatenate([[0.0], tp / m.size])
-    return fpr, tpr, np.concatenate([[np.inf], thr])
+    tp = m.size - np.searchsorted(np.sort(m), thr, side="left")
+    fp = n.size - np.searchsorted(np.sort(n), thr, side="left")
+    return np.r_[0, fp], np.r_[0, tp], np.r_[np.inf, thr]
 
 
 def tpr_at_fpr(members: np.ndarray, non_members: np.ndarray, alpha: float) -> float:
@@ -305,19 +308,23 @@ def tpr_interval(members: np.ndarray, non_members: np.ndarray, alpha: float,
     Records must be independent (with a per-person split, :func:`cluster_bootstrap_cis`).
     """
     m, n = _check(members, non_members)
+    fp, tp, _ = _roc_counts(m, n)
+    return _tpr_interval(fp, tp, m.size, n.size, alpha, level)
+
+
+def _tpr_interval(fp: np.ndarray, tp: np.ndarray, n_members: int, n_non_members: int, alpha: float,
+                  level: float = 0.95) -> tuple[float, float]:
+    """:func:`tpr_interval` from the ROC's counts (:func:`_roc_counts`)."""
     a = (1 - level) / 4
-    fpr, tpr, _ = roc_curve(m, n)
-    fp, tp = np.rint(fpr * n.size).astype(np.int64), np.rint(tpr * m.size).astype(np.int64)
-    c = np.arange(n.size + 1)
-    safe_below = np.flatnonzero(binom.sf(c, n.size, alpha) >= 1 - a)  # P(FPR <= alpha) >= 1 - a
+    one_sided = 1 - 2 * a  # a two-sided Clopper-Pearson level whose one end errs with probability a
+    c = np.arange(n_non_members + 1)
+    safe_below = np.flatnonzero(binom.sf(c, n_non_members, alpha) >= 1 - a)  # P(FPR <= alpha) >= 1 - a
     lo = 0.0
     if safe_below.size:  # the ROC point with the most members among those with at most c_lo false positives
-        k = tp[np.flatnonzero(fp <= safe_below[-1])[-1]]
-        lo = 0.0 if k == 0 else float(beta.ppf(a, k, m.size - k + 1))
-    c_hi = int(np.flatnonzero(binom.cdf(c, n.size, alpha) >= 1 - a)[0])  # P(FPR >= alpha) >= 1 - a
-    k = tp[np.flatnonzero(fp >= c_hi)[0]]  # at or below that threshold: its FPR only larger
-    hi = 1.0 if k == m.size else float(beta.ppf(1 - a, k + 1, m.size - k))
-    return lo, hi
+        lo = clopper_pearson(int(tp[np.flatnonzero(fp <= safe_below[-1])[-1]]), n_members, one_sided)[0]
+    c_hi = int(np.flatnonzero(binom.cdf(c, n_non_members, alpha) >= 1 - a)[0])  # P(FPR >= alpha) >= 1 - a
+    # at or below that threshold: its FPR only larger
+    return lo, clopper_pearson(int(tp[np.flatnonzero(fp >= c_hi)[0]]), n_members, one_sided)[1]
 
 
 def cluster_bootstrap_cis(
@@ -339,6 +346,7 @@ def cluster_bootstrap_cis(
     un = np.unique(np.asarray(non_member_groups), return_inverse=True)[1].reshape(-1)
     if um.size != m.size or un.size != n.size:
         raise ValueError(f"{um.size} and {un.size} group ids for {m.size} members and {n.size} non-members")
+    people_m, people_n = int(um.max()) + 1, int(un.max()) + 1
     rng = np.random.default_rng(seed)
     wins = _wins(m, n)
     # the ROC of a resample: all scores sorted once, highest first; a threshold per distinct score
@@ -348,8 +356,8 @@ def cluster_bootstrap_cis(
     ends = np.r_[np.flatnonzero(np.diff(scores[order]) != 0), scores.size - 1]  # last of each tie group
     aucs, tprs = np.empty(n_boot), {a: np.empty(n_boot) for a in alphas}
     for b in range(n_boot):
-        w_m = np.bincount(rng.integers(0, um.max() + 1, um.max() + 1), minlength=um.max() + 1)[um].astype(float)
-        w_n = np.bincount(rng.integers(0, un.max() + 1, un.max() + 1), minlength=un.max() + 1)[un].astype(float)
+        w_m = np.bincount(rng.integers(0, people_m, people_m), minlength=people_m)[um].astype(float)
+        w_n = np.bincount(rng.integers(0, people_n, people_n), minlength=people_n)[un].astype(float)
         aucs[b] = _weighted_auc(wins, w_m, w_n)
         w = np.concatenate([w_m, w_n])[order]
         tp = np.cumsum(np.where(is_member, w, 0.0))[ends] / w_m.sum()
@@ -389,9 +397,8 @@ def dp_test_counts(n: int) -> list[int]:
 def _dp_side(m: np.ndarray, n: np.ndarray, epsilon: float, delta: float, each: float) -> tuple[bool, float]:
     """(whether TPR <= e^eps FPR + delta fails beyond sampling error at one of :func:`dp_test_counts`, the
     largest empirical excess over the ROC) for "member if score >= threshold" (``each``: each test's level)."""
-    fpr, tpr, _ = roc_curve(m, n)
-    excess = float((tpr - _dp_tpr_bound(epsilon, fpr, delta)).max())
-    fp, tp = np.rint(fpr * n.size).astype(np.int64), np.rint(tpr * m.size).astype(np.int64)
+    fp, tp, _ = _roc_counts(m, n)
+    excess = float((tp / m.size - _dp_tpr_bound(epsilon, fp / n.size, delta)).max())
     for c in dp_test_counts(n.size):
         i = np.flatnonzero(fp <= c)[-1]  # the threshold above the (c + 1)-th largest non-member score
         if _beyond_bound(int(tp[i]), m.size, int(fp[i]), n.size, each, epsilon, delta):
@@ -507,7 +514,8 @@ def attack_result(
         auc_ci, tpr_ci = cluster_bootstrap_cis(m, n, *groups, n_boot=n_boot) if n_boot else (None, {})
     else:
         auc_ci = bootstrap_auc_ci(m, n, n_boot=n_boot) if n_boot else None
-        tpr_ci = {a: tpr_interval(m, n, float(a)) for a in FPR_LEVELS}
+        fp, tp = np.rint(fpr * n.size).astype(np.int64), np.rint(tpr * m.size).astype(np.int64)
+        tpr_ci = {a: _tpr_interval(fp, tp, m.size, n.size, float(a)) for a in FPR_LEVELS}
     return AttackResult(
         auc=auc(m, n),
         auc_ci=auc_ci,

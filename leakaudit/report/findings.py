@@ -45,6 +45,7 @@ from leakaudit.report.formatting import (
     _f,
     _join,
     _lower,
+    _notes,
     _ok,
     _pct,
     _plural,
@@ -1018,10 +1019,8 @@ def _comparison(results: Results, findings: dict[str, list[Finding]] | None = No
     for name, model in results.models.items():
         h = headline(results, name, None if findings is None else findings.get(name))
         eps = _epsilon(h["epsilon"])
-        notes = [f"δ = {_f(h['delta'], '.1e')}" if h["epsilon"] is not None and h["delta"] is not None else "",
-                 _dp_condition(model.privacy)]
-        if any(notes):
-            eps += f" ({'; '.join(x for x in notes if x)})"
+        eps += _notes(f"δ = {_f(h['delta'], '.1e')}" if h["epsilon"] is not None and h["delta"] is not None else "",
+                      _dp_condition(model.privacy))
         best = DASH
         if h["best_attack"] is not None:
             best = f"{_pct(h['best_tpr_at_1pct_fpr'])} ({h['best_attack']})"

@@ -67,6 +67,12 @@ def _join(names: list[str], word: str = "and") -> str:
     return ", ".join(names[:-1]) + f" {word} " + names[-1]
 
 
+def _notes(*notes: str) -> str:
+    """" (a; b)": the non-empty ``notes`` in brackets after a value; "" when there are none."""
+    kept = [x for x in notes if x]
+    return f" ({'; '.join(kept)})" if kept else ""
+
+
 def _dp_condition(privacy: PrivacyRecord) -> str:
     """The condition a DP model's guarantee holds under, to say wherever the safeguard is named: :data:`SEEDED`
     when its batches and noise came from the recorded training seed; "" otherwise (and without DP)."""
@@ -79,10 +85,7 @@ def _dp_settings(privacy: PrivacyRecord) -> str:
     text = f"ε = {privacy.epsilon:.2f}"
     if privacy.delta is not None:
         text += f", δ = {privacy.delta:.1e}"
-    notes = [x for x in (f"{privacy.accountant} accountant" if privacy.accountant else "", _dp_condition(privacy)) if x]
-    if notes:
-        text += f" ({'; '.join(notes)})"
-    return text
+    return text + _notes(f"{privacy.accountant} accountant" if privacy.accountant else "", _dp_condition(privacy))
 
 
 def _ci(interval: tuple[float, float] | None) -> str:

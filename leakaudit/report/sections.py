@@ -48,7 +48,9 @@ from leakaudit.report.formatting import (
     _epsilon,
     _f,
     _int,
+    _join,
     _lower,
+    _notes,
     _ok,
     _pct,
     _short,
@@ -67,11 +69,9 @@ def _summary(results: Results, findings: dict[str, list[Finding]]) -> dict[str, 
     alerts = []
     for name, model in results.models.items():
         parts = [f"ε = {_epsilon(model.privacy.epsilon)}"]
-        notes = [_dp_condition(model.privacy)]
-        if model.privacy.bound_to_weights is False and model.privacy.epsilon is not None:
-            notes.append("claimed by a privacy.json not saved with these weights")
-        if any(notes):
-            parts[0] += f" ({'; '.join(x for x in notes if x)})"
+        unbound = model.privacy.bound_to_weights is False and model.privacy.epsilon is not None
+        parts[0] += _notes(_dp_condition(model.privacy),
+                           "claimed by a privacy.json not saved with these weights" if unbound else "")
         parts.append(_exposure_sentence(model, results))
         parts += _extraction_summary(model)
         parts += _strongest(model, findings.get(name, []))
@@ -673,7 +673,7 @@ def _limitations(results: Results) -> list[str]:
     if any(m.memorization or m.untargeted_extraction for m in models):
         lengths = sorted({m.k for model in models for m in model.memorization})
         prompts = ("one prompt length" if len(lengths) <= 1 else
-                   f"{len(lengths)} prompt lengths ({', '.join(map(str, lengths[:-1]))} and {lengths[-1]} tokens)")
+                   f"{len(lengths)} prompt lengths ({_join([str(k) for k in lengths])} tokens)")
         items.append(
             f"Discoverable memorization tests greedy continuations from {prompts}; other prompts or "
             "decoding may reproduce more. Untargeted extraction finds only what a finite number of samples happens "
