@@ -7,6 +7,7 @@ printed as one line (``leakaudit: error: ...``) with exit code 2 and no tracebac
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -33,6 +34,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Measure how much a language model leaks of its training data.",
 )
+@app.callback()
+def _before_any_command() -> None:
+    _check_repeated_options(sys.argv[1:])
+
+
 canaries_app = typer.Typer(no_args_is_help=True, help="Generate canaries from a spec and insert them into data.")
 app.add_typer(canaries_app, name="canaries")
 console = Console(stderr=True)
@@ -122,27 +128,45 @@ one, is written into, since a run replaces files by name (config.yaml, report.md
 
 def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) -> None:
     """Refuse an --out that cannot take the output, before any work: ``kind`` is file, dir, experiment or
-    model; ``inputs`` are directories the run reads (models), which it must not write into."""
-    if kind == "file":
-        if path.is_dir():
-            raise LeakauditError(f"--out {path}: is a directory; give the path of a file to write")
-        return
-    if path.exists() and not path.is_dir():
+    model; ``inputs`` are the files and directories the command reads (models, corpora, a spec), which it
+    must neither overwrite nor write into (a trained model replaces its whole directory)."""
+    _check_writable(path)
+    if kind == "file" and path.is_dir():
+        raise LeakauditError(f"--out {path}: is a directory; give the path of a file to write")
+    if kind != "file" and path.exists() and not path.is_dir():
         raise LeakauditError(f"--out {path}: is a file; give a directory")
+    for flag, d in (inputs or {}).items():
+        a, b = path.resolve(), Path(d).resolve()
+        if a == b or b in a.parents or a in b.parents:
+            raise LeakauditError(f"--out {path}: overlaps {flag} {d}; write the output somewhere else")
+    if kind == "file":
+        return
     markers = RUN_MARKERS.get(kind, ())
     if (markers and path.is_dir() and any(not f.name.startswith(".") for f in path.iterdir())
             and not any((path / m).exists() for m in markers)):
         raise LeakauditError(f"--out {path}: holds files that are not a leakaudit run, which the run could "
                              "replace; choose another directory or empty it")
-    for flag, d in (inputs or {}).items():
-        a, b = path.resolve(), Path(d).resolve()
-        if a == b or b in a.parents or a in b.parents:
-            raise LeakauditError(f"--out {path}: overlaps {flag} {d}; write the run somewhere else")
     if kind == "model" and path.is_dir() and any(path.iterdir()) and not (path / "privacy.json").is_file():
         raise LeakauditError(
             f"--out {path}: holds files that are not a model written by 'leakaudit train', and the trained model "
             "would replace them; choose another directory or empty it"
         )
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse an --out under a file, or where this user cannot write: one line now, not a traceback after
+    the work.  The output is written into ``path`` when it is a directory, else beside it (a temporary
+    name in its parent, moved into place), so the directory checked is the nearest that exists."""
+    here = path.absolute()
+    while not here.exists():  # a path not made yet is made under its nearest existing ancestor
+        here = here.parent
+    if not here.is_dir() and here != path.absolute():
+        raise LeakauditError(f"--out {path}: {here} is a file, so nothing can be written under it")
+    # an existing output directory is written into and, for a trained model, replaced from its parent
+    targets = [here] if here != path.absolute() else [here.parent] + ([here] if here.is_dir() else [])
+    for d in targets:
+        if not os.access(d, os.W_OK | os.X_OK):
+            raise LeakauditError(f"--out {path}: cannot write in {d} (permission denied)")
 
 
 def _positive(value: float, flag: str) -> None:
@@ -206,7 +230,7 @@ def canaries_generate(
     """Draw the canaries of a spec and write their manifest."""
     from leakaudit.canaries import generate_canaries, load_spec
 
-    _check_out(out, "file")
+    _check_out(out, "file", inputs={"SPEC": spec})
     loaded = load_spec(spec)
     manifest = generate_canaries(loaded)
     manifest.save(out)
@@ -230,7 +254,7 @@ def canaries_insert(
     from leakaudit.data.loading import load_corpus, record_id
     from leakaudit.io import write_jsonl
 
-    _check_out(out, "file")
+    _check_out(out, "file", inputs={"--manifest": manifest, "--data": data})
     if out.suffix.lower() not in {".jsonl", ".ndjson"}:
         raise LeakauditError(f"--out {out}: the corpus with canaries is written as JSONL; name it *.jsonl")
     m = _load_manifest(manifest)
@@ -320,7 +344,7 @@ def train(
     from leakaudit.models import check_model_loadable, default_device, load_model
     from leakaudit.train import DPSettings, TrainSettings, save_trained, train_model
 
-    _check_out(out, "model")
+    _check_out(out, "model", inputs={"--base": base, "--data": data})
     _positive(lr, "--lr")
     dp_settings = None
     dp_only = {"--epsilon": epsilon, "--delta": delta, "--max-grad-norm": max_grad_norm, "--accountant": accountant,
@@ -515,6 +539,14 @@ def audit(
         raise LeakauditError("--shadows needs --shadow-base (the model the shadows are fine-tuned from)")
     if shadow_base is not None:
         check_model_loadable(shadow_base)
+    if attacks:  # attacks asked for by name must be able to run (by default, those that cannot are skipped)
+        given = {"reference": (bool(refs), "a reference model (--reference DIR)"),
+                 "shadows_out": (bool(shadows), "shadow models (--shadows N --shadow-base DIR)"),
+                 "shadows_in": (bool(shadows), "shadow models (--shadows N --shadow-base DIR)")}
+        for a in names:
+            lacking = [what for r in get_attack(a).requires for ok, what in [given.get(r, (True, ""))] if not ok]
+            if lacking:
+                raise LeakauditError(f"--attacks {a}: needs {lacking[0]}")
     _positive(shadow_lr, "--shadow-lr")
     _check_out(out, "dir", inputs={**{f"--model {k}": v for k, v in models.items()},
                                    **{f"--reference {k}": v for k, v in refs.items()},
@@ -706,13 +738,53 @@ def _usage_error(e: Exception) -> int:
 
 
 INTERRUPTED = "leakaudit: interrupted; run the same command again to resume\n"
+INTERRUPTED_TRAINING = ("leakaudit: interrupted; nothing was saved (a trained model is written only when "
+                        "training ends), and the same command trains again from the start\n")
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR}
+"""Errors of the file system a user can fix (permissions, a full disk, a file where a directory should be):
+one line naming the path, not a traceback."""
+
+
+def _interrupted() -> None:
+    training = len(sys.argv) > 1 and sys.argv[1] == "train"  # training has no checkpoints to resume from
+    sys.stderr.write(INTERRUPTED_TRAINING if training else INTERRUPTED)
+    sys.exit(130)
+
+
+def _check_repeated_options(args: list[str]) -> None:
+    """Refuse an option that takes one value given twice (``--out a --out b``): the parser would keep the last
+    without a word, and a run would go where the user did not look."""
+    cmd = typer.main.get_command(app)
+    args = list(args)
+    while args and hasattr(cmd, "commands") and args[0] in cmd.commands:
+        cmd = cmd.commands[args.pop(0)]
+    if hasattr(cmd, "commands"):
+        return
+    single: dict[str, str] = {}
+    takes_value: set[str] = set()
+    for p in cmd.params:
+        if p.param_type_name != "option":
+            continue
+        if not p.is_flag:
+            takes_value.update(p.opts)
+        if not p.multiple:
+            single.update({o: p.opts[0] for o in (*p.opts, *p.secondary_opts)})
+    seen: set[str] = set()
+    i = 0
+    while i < len(args) and args[i] != "--":
+        name = args[i].split("=", 1)[0]
+        if name in single:
+            if single[name] in seen:
+                raise LeakauditError(f"{name} is given twice; give it once")
+            seen.add(single[name])
+        i += 2 if name in takes_value and "=" not in args[i] else 1
 
 
 def main() -> None:
     try:
         rc = app(standalone_mode=False, prog_name="leakaudit")  # returns a typer.Exit's code in this mode
         if rc == 130:  # click turned a Ctrl-C into this exit code
-            sys.stderr.write(INTERRUPTED)
+            _interrupted()
         if isinstance(rc, int) and rc:
             sys.exit(rc)
     except LeakauditError as e:
@@ -720,12 +792,14 @@ def main() -> None:
         sys.exit(e.exit_code)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.stderr.write(INTERRUPTED)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        sys.stderr.write(INTERRUPTED)
-        sys.exit(130)
+    except (typer.Abort, KeyboardInterrupt):
+        _interrupted()
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS or not e.filename:
+            raise
+        sys.stderr.write(f"leakaudit: error: {e.filename}: {e.strerror}; fix that and run the same command "
+                         "again\n")
+        sys.exit(2)
     except Exception as e:  # click's usage errors (bad values, unknown options, missing arguments)
         if isinstance(e, _click_errors()):
             sys.exit(_usage_error(e))

@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from leakaudit.errors import LeakauditError
 from leakaudit.io import read_yaml_mapping
-from leakaudit.report.schema import Results
+from leakaudit.report.schema import SCHEMA_VERSION, Results
 
 __all__ = ["Check", "Policy", "Verdict", "evaluate_policy", "gate", "load_policy"]
 
@@ -189,6 +189,10 @@ def load_results_file(run_dir: Path) -> dict[str, Any]:
     if bad:  # every limit compares with '>', which is false for NaN: a NaN would pass, and hide the worst value
         raise LeakauditError(f"{path}: field '{bad}' is not a finite number; a run never writes one, so the file "
                              "was edited or broken, and no limit can be checked against it")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:  # checked first: a newer file fails anyway
+        raise LeakauditError(f"{path}: field 'schema_version': {version!r} is not a results version this "
+                             f"leakaudit reads (1 to {SCHEMA_VERSION}); a newer one needs a newer leakaudit")
     try:
         Results.model_validate(data)
     except ValidationError as e:

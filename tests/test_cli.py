@@ -597,3 +597,130 @@ def test_out_directories_a_run_may_write_into(tmp_path):
     for kind in ("dir", "experiment"):
         with pytest.raises(LeakauditError, match="not a leakaudit run"):
             _check_out(hidden, kind)
+
+
+def test_outputs_that_would_destroy_an_input_or_cannot_be_written_are_refused(
+        monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    mem, non = corpus
+    base = _copy_model(tiny_model_dir, tmp_path / "base")
+    (base / "privacy.json").write_text("{}")  # as a model written by 'leakaudit train' (which --out may replace)
+    before = sorted((f.name, f.read_bytes()) for f in base.iterdir())
+    code, _, err = run(monkeypatch, capsys, "train", "--base", base, "--data", mem, "--out", base)
+    _assert_clean_error(code, err, f"--out {base}: overlaps --base")
+    code, _, err = run(monkeypatch, capsys, "train", "--base", base, "--data", mem, "--out", base / "tuned")
+    _assert_clean_error(code, err, "overlaps --base")
+    assert sorted((f.name, f.read_bytes()) for f in base.iterdir()) == before
+    code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", mem, "--out", tmp_path)
+    _assert_clean_error(code, err, "overlaps --data")  # the model would replace the folder holding its corpus
+    spec = tmp_path / "spec.yaml"
+    spec.write_text((Path(__file__).resolve().parents[1] / "canaries" / "recovery_codes.yaml").read_text())
+    code, _, err = run(monkeypatch, capsys, "canaries", "generate", spec, "--out", spec)
+    _assert_clean_error(code, err, "overlaps SPEC")
+    manifest = tmp_path / "m.json"
+    assert run(monkeypatch, capsys, "canaries", "generate", spec, "--out", manifest)[0] == 0
+    text = mem.read_text()
+    code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", manifest, "--data", mem, "--out", mem)
+    _assert_clean_error(code, err, "overlaps --data")
+    assert mem.read_text() == text
+    # under a file: one line before any work, for every command that writes
+    for args in (("train", "--base", tiny_model_dir, "--data", mem, "--out", mem / "model"),
+                 ("audit", "--model", tiny_model_dir, "--members", mem, "--non-members", non, "--out", mem / "run"),
+                 ("canaries", "generate", spec, "--out", mem / "sub" / "m.json"),
+                 ("demo", "--preset", "tiny", "--out", mem / "demo")):
+        code, _, err = run(monkeypatch, capsys, *args)
+        _assert_clean_error(code, err, f"{mem} is a file, so nothing can be written under it")
+
+
+def test_file_system_errors_while_writing_are_one_line(monkeypatch, capsys):
+    import leakaudit.cli as cli
+
+    def app(**kw):
+        raise PermissionError(13, "Permission denied", "/srv/runs/x/results.json")
+
+    monkeypatch.setattr(cli, "app", app)
+    code, _, err = run(monkeypatch, capsys, "audit")
+    _assert_clean_error(code, err, "/srv/runs/x/results.json: Permission denied")
+
+    def bug(**kw):
+        raise FileNotFoundError(2, "No such file or directory", "x")  # not the user's to fix: a traceback
+
+    monkeypatch.setattr(cli, "app", bug)
+    with pytest.raises(FileNotFoundError):
+        run(monkeypatch, capsys, "audit")
+
+
+def test_an_interrupted_training_says_it_starts_again(monkeypatch, capsys):
+    import leakaudit.cli as cli
+
+    monkeypatch.setattr(cli, "app", lambda **kw: 130)
+    code, _, err = run(monkeypatch, capsys, "train")
+    assert code == 130 and "nothing was saved" in err and "resume" not in err
+
+
+@pytest.mark.parametrize("args", [
+    ("train", "--base", "a", "--out", "x", "--data", "d", "--out", "y"),
+    ("canaries", "insert", "--manifest", "m", "--out=a", "--data", "d", "--out", "b"),
+    ("audit", "--model", "a", "--members", "m", "--members=n", "--non-members", "n", "--out", "o"),
+])
+def test_an_option_given_twice_is_refused(monkeypatch, capsys, args):
+    code, _, err = run(monkeypatch, capsys, *args)
+    name = "--members" if "audit" in args else "--out"
+    _assert_clean_error(code, err, f"{name} is given twice")
+
+
+def test_repeatable_options_and_option_like_values_are_not_counted_twice():
+    from leakaudit.cli import _check_repeated_options
+
+    _check_repeated_options(["audit", "--model", "a", "--model", "b", "--canaries", "c", "--canaries", "d"])
+    _check_repeated_options(["audit", "--text-field", "--out", "--out", "x"])  # the first --out is a value
+    _check_repeated_options(["canaries", "generate", "--out", "a", "--", "--out"])
+
+
+def test_attacks_asked_for_by_name_must_be_able_to_run(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
+    args = ["audit", "--model", tiny_model_dir, "--members", corpus[0], "--non-members", corpus[1]]
+    for attack, needs in (("lira_online", "--shadows N"), ("rmia", "--shadows N"), ("reference", "--reference DIR")):
+        code, _, err = run(monkeypatch, capsys, *args, "--attacks", f"loss,{attack}", "--out", tmp_path / "r")
+        _assert_clean_error(code, err, f"--attacks {attack}: needs", needs)
+    assert not (tmp_path / "r").exists()
+
+
+def test_weights_unlike_their_config_are_refused(tmp_path, tiny_model_dir):
+    from leakaudit.errors import LeakauditError
+    from leakaudit.models import check_model_loadable, load_model
+
+    wider = _copy_model(tiny_model_dir, tmp_path / "wider")
+    cfg = json.loads((wider / "config.json").read_text())
+    (wider / "config.json").write_text(json.dumps({**cfg, "n_embd": 2 * cfg["n_embd"]}))
+    with pytest.raises(LeakauditError, match=r"wider: weight '.*' has shape \[.*\] in the files but config.json "
+                       r"makes it"):
+        check_model_loadable(wider)  # before any work
+    deeper = _copy_model(tiny_model_dir, tmp_path / "deeper")
+    (deeper / "config.json").write_text(json.dumps({**cfg, "n_layer": cfg["n_layer"] + 1}))
+    with pytest.raises(LeakauditError, match=r"deeper: cannot load model: 12 weight\(s\) .* are not in the files"):
+        load_model(deeper)  # the library would have filled the third layer with random values
+    assert load_model(tiny_model_dir).model.config.n_layer == cfg["n_layer"]
+
+
+def test_files_from_a_newer_leakaudit_and_absurd_specs_are_refused(monkeypatch, capsys, tmp_path, tiny_model_dir,
+                                                                   corpus):
+    out = tmp_path / "run"
+    assert run(monkeypatch, capsys, "audit", "--model", f"m={tiny_model_dir}", "--members", corpus[0],
+               "--non-members", corpus[1], "--attacks", "loss", "--out", out)[0] == 0
+    data = json.loads((out / "results.json").read_text())
+    (out / "results.json").write_text(json.dumps({**data, "schema_version": 999}))
+    policy = Path(__file__).resolve().parents[1] / "experiments" / "policy.yaml"
+    for args in (("report", out), ("gate", out, "--policy", policy)):
+        code, _, err = run(monkeypatch, capsys, *args)
+        _assert_clean_error(code, err, "field 'schema_version': 999 is not a results version this leakaudit reads")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("name: x\ntemplate: 'pin {secret}'\nsecret: {format: digits, length: 9}\n"
+                    "repetitions: [1, 100000000]\n")
+    code, _, err = run(monkeypatch, capsys, "canaries", "generate", spec, "--out", tmp_path / "m.json")
+    _assert_clean_error(code, err, "spec.yaml", "repetitions", "400,000,004 canary copies")
+    spec.write_text("name: x\ntemplate: 'pin {secret}'\nsecret: {format: digits, length: 9}\nrepetitions: [1, 2]\n")
+    manifest = tmp_path / "m.json"
+    assert run(monkeypatch, capsys, "canaries", "generate", spec, "--out", manifest)[0] == 0
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "schema_version": 2}))
+    code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", manifest, "--data", corpus[0],
+                       "--out", tmp_path / "with.jsonl")
+    _assert_clean_error(code, err, "m.json", "schema_version")

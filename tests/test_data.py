@@ -151,7 +151,7 @@ def test_load_records_ids_users_and_pii_spans(tmp_path):
     assert text[12:27] == "ada@example.com"
     for bad in ("yes", json.dumps([{"type": "email", "start": 12, "end": 99}]), json.dumps({"type": "email"})):
         pd.DataFrame({"text": [text], "pii": [bad]}).to_csv(csv, index=False)
-        with pytest.raises(LeakauditError, match=r"c.csv: row 0: field 'pii': expected a list of spans"):
+        with pytest.raises(LeakauditError, match=r"c.csv: record 1: field 'pii': expected a list of spans"):
             load_records(csv)
 
 
@@ -169,3 +169,41 @@ def test_load_errors_never_quote_a_records_values(tmp_path):
     with pytest.raises(LeakauditError, match="start 5, end 40 in a text of 13 characters") as e:
         load_records(p)
     assert "555-0100" not in str(e.value)
+
+
+def test_record_errors_are_located_as_the_user_counts(tmp_path):
+    from leakaudit.data import load_records
+
+    # JSON lines and text files: the line (blank lines hold no record); tables: the record counted from 1
+    p = tmp_path / "m.jsonl"
+    p.write_text(json.dumps({"text": "one"}) + "\n\n" + json.dumps({"text": "two"}) + "\n" + json.dumps({"text": ""})
+                 + "\n")
+    with pytest.raises(LeakauditError, match=r"m.jsonl: field 'text' is empty or not text in 1 record\(s\), first at "
+                       r"line 4$"):
+        load_corpus(p)
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"text": ["a", "b", " "], "user_id": ["u", "v", "w"]}).to_csv(csv, index=False)
+    with pytest.raises(LeakauditError, match="first at record 3$"):
+        load_corpus(csv)
+    # an id given twice would merge two records' results: refused, naming both places
+    p.write_text("".join(json.dumps({"id": i, "text": f"record {k}"}) + "\n" for k, i in enumerate([7, 8, 9, 8])))
+    with pytest.raises(LeakauditError, match=r"m.jsonl: field 'id': line 4 has the id of line 2"):
+        load_records(p)
+    p.write_text("".join(json.dumps({"text": f"record {k}"}) + "\n" for k in range(3)))
+    assert [r["id"] for r in load_records(p, id_prefix="member-")] == ["member-0", "member-1", "member-2"]
+
+
+def test_overlapping_pii_spans_are_refused(tmp_path):
+    from leakaudit.data import load_records
+
+    text = "Mail Ada Lovelace at ada@example.com"
+    p = tmp_path / "m.jsonl"
+    nested = [{"type": "email", "start": 21, "end": 36}, {"type": "name", "start": 5, "end": 17},
+              {"type": "first_name", "start": 5, "end": 8}]
+    p.write_text(json.dumps({"text": text, "pii": nested}) + "\n")
+    with pytest.raises(LeakauditError, match=r"m.jsonl: line 1: field 'pii': spans overlap \(characters 5-8 and "
+                       r"5-17\)") as e:
+        load_records(p)
+    assert "Lovelace" not in str(e.value)
+    p.write_text(json.dumps({"text": text, "pii": nested[:2]}) + "\n")  # touching or apart: fine, order kept
+    assert load_records(p)[0]["pii"] == nested[:2]

@@ -662,9 +662,9 @@ def test_markdown_units_of_evaluation(markdown):
 
 
 def test_dp_bound_respected(markdown, html):
-    text = "dp: no attack exceeds the DP bound TPR ≤ e^ε·FPR + δ (ε = 7.98, δ = 1.0e-05) beyond sampling error"
+    text = "dp: no attack exceeds the DP bounds TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ (ε = 7.98, δ = 1.0e-05) beyond sampling error"
     assert text in markdown and text in html
-    assert "| DP bound check (TPR ≤ e^ε·FPR + δ) | n/a (no DP) | n/a (no DP) | holds (4 attacks) |" in markdown
+    assert "| DP bound check (TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ) | n/a (no DP) | n/a (no DP) | holds (4 attacks) |" in markdown
     assert BROKEN not in markdown and BROKEN not in html
     assert 'class="alert"' not in html
 
@@ -676,7 +676,7 @@ def test_dp_bound_violated_gives_a_loud_warning():
     for out in (md, html):
         assert BROKEN in out
         assert "no attack exceeds the DP bound TPR" not in out
-        assert "On dp, zlib and rmia exceed the DP bound TPR ≤ e^ε·FPR + δ" in out
+        assert "On dp, zlib and rmia exceed the DP bounds TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ" in out
     # In the summary (before everything else) and under the DP model's table.
     summary = md[md.index("## Summary") : md.index("## What was audited")]
     assert f"> **⚠ WARNING, dp: {BROKEN}.**" in summary
@@ -1722,11 +1722,11 @@ def test_a_dp_bound_violation_fails_the_guarantee_in_the_verdict_model_card_and_
     md = render_markdown(res)
     dp = _verdicts(md)["dp"]
     assert dp.startswith("**dp** (trained with DP at ε = ")
-    assert "FAILED DP GUARANTEE: the rmia attack's ROC (and 1 other attack) lies above TPR ≤ e^ε·FPR + δ" in dp
+    assert "FAILED DP GUARANTEE: the rmia attack's ROC (and 1 other attack) lies outside TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ" in dp
     assert headline(res, "dp")["dp_guarantee_failed"] is True
     assert headline(make_results(), "dp")["dp_guarantee_failed"] is False
     compliance = md[md.index("## Compliance"):]
-    assert "Membership inference (" in compliance and "): ROC above TPR ≤ e^ε·FPR + δ" in compliance
+    assert "Membership inference (" in compliance and "): ROC outside TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ" in compliance
 
 
 def test_findings_without_a_baseline_say_so_instead_of_no_leak():

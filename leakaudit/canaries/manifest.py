@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import secrets as secrets_module
 from pathlib import Path
+from typing import Literal
 
 from faker import Faker
 from pydantic import BaseModel, Field, model_validator
@@ -35,7 +36,7 @@ class Canary(BaseModel):
 class CanaryManifest(BaseModel):
     """All canaries of one spec, inserted and reference.  Holds secrets: keep it private."""
 
-    schema_version: int = 1
+    schema_version: Literal[1] = 1  # the only version: a newer manifest needs a newer leakaudit
     spec: CanarySpec
     space_size: int
     canaries: list[Canary]

@@ -30,6 +30,10 @@ class SecretSpec(BaseModel):
         return v
 
 
+MAX_COPIES = 1_000_000
+"""Most canary copies one spec may insert (sum of repetitions x canaries_per_repetition)."""
+
+
 class CanarySpec(BaseModel):
     """A family of canaries: a template, a secret format and where to insert them.
 
@@ -54,10 +58,10 @@ class CanarySpec(BaseModel):
     template: str = Field(description="Canary text with one {secret} placeholder and optional per-canary fields.")
     secret: SecretSpec
     repetitions: list[int] = Field(description="Repetition counts at which canaries are inserted.")
-    canaries_per_repetition: int = Field(default=4, ge=1, description="Canaries inserted at each count.")
-    reference_canaries: int = Field(default=24, ge=1, description="Canaries generated but never inserted.")
+    canaries_per_repetition: int = Field(default=4, ge=1, le=10_000, description="Canaries inserted at each count.")
+    reference_canaries: int = Field(default=24, ge=1, le=100_000, description="Canaries generated but never inserted.")
     null_samples: int = Field(
-        default=1000, ge=10, description="Random secrets scored as the null population for exposure."
+        default=1000, ge=10, le=1_000_000, description="Random secrets scored as the null population for exposure."
     )
     seed: int | None = Field(
         default=None,
@@ -79,6 +83,14 @@ class CanarySpec(BaseModel):
         if not v or any(r < 1 for r in v):
             raise ValueError("repetitions must be a non-empty list of counts >= 1")
         return sorted(set(v))
+
+    @model_validator(mode="after")
+    def _copies(self) -> CanarySpec:
+        copies = sum(self.repetitions) * self.canaries_per_repetition
+        if copies > MAX_COPIES:  # a mistyped count would otherwise fill memory while inserting, then the disk
+            raise ValueError(f"repetitions: the spec inserts {copies:,} canary copies (the sum of the counts times "
+                             f"canaries_per_repetition), more than {MAX_COPIES:,}; is a count mistyped?")
+        return self
 
     @model_validator(mode="after")
     def _template(self) -> CanarySpec:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,9 +129,20 @@ def load_corpus(path: str | Path, *, text_field: str = "text") -> datasets.Datas
     bad = [i for i, t in enumerate(ds[text_field]) if not isinstance(t, str) or not t.strip()]
     if bad:
         raise LeakauditError(
-            f"{p}: field '{text_field}' is empty or not text in {len(bad)} record(s), first at row {bad[0]}"
+            f"{p}: field '{text_field}' is empty or not text in {len(bad)} record(s), first at {where(p, bad[0])}"
         )
     return ds
+
+
+def where(path: str | Path, i: int) -> str:
+    """Where the ``i``-th record (from 0) of a corpus lies, as its user would look for it: the line of a
+    JSON-lines or text file (blank lines hold no record), else the record's number counting from 1."""
+    p = Path(path)
+    if p.is_file() and p.suffix.lower() in {".jsonl", ".ndjson", ".txt"}:
+        with open(p, encoding="utf-8") as f:
+            lines = (n for n, line in enumerate(f, 1) if line.strip())
+            return f"line {next(n for k, n in enumerate(lines) if k == i)}"
+    return f"record {i + 1}"
 
 
 def load_texts(path: str | Path, *, text_field: str = "text") -> list[str]:
@@ -156,9 +168,10 @@ def user_of(value: Any) -> str | None:
     return text if text.strip() else None
 
 
-def _pii_spans(value: Any, text: str, where: str) -> list[dict] | None:
+def _pii_spans(value: Any, text: str, locate: Callable[[], str]) -> list[dict] | None:
     """A record's annotated PII spans ``[{"type", "start", "end"}, ...]`` checked against its text
-    (a table cell may hold them as a JSON string); None when the record has none."""
+    (a table cell may hold them as a JSON string); None when the record has none.  ``locate()`` names the
+    record in an error."""
     if _missing(value) or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, str):
@@ -170,7 +183,7 @@ def _pii_spans(value: Any, text: str, where: str) -> list[dict] | None:
         value = value.tolist()
     expected = 'a list of spans {"type": str, "start": int, "end": int} into the text'
     if not isinstance(value, list):
-        raise LeakauditError(f"{where}: field 'pii': expected {expected}")
+        raise LeakauditError(f"{locate()}: field 'pii': expected {expected}")
     spans = []
     for span in value:
         ok = isinstance(span, dict) and isinstance(span.get("type"), str)
@@ -181,8 +194,13 @@ def _pii_spans(value: Any, text: str, where: str) -> list[dict] | None:
             if ok:
                 got = f"start {start}, end {end} in a text of {len(text)} characters"
             # (the span's values are never quoted: an annotation may carry the PII value itself)
-            raise LeakauditError(f"{where}: field 'pii': expected {expected}, got {got}")
+            raise LeakauditError(f"{locate()}: field 'pii': expected {expected}, got {got}")
         spans.append({"type": span["type"], "start": start, "end": end})
+    ordered = sorted(spans, key=lambda sp: (sp["start"], sp["end"]))
+    for a, b in zip(ordered, ordered[1:]):  # a character in two spans would count as two values leaked
+        if b["start"] < a["end"]:
+            raise LeakauditError(f"{locate()}: field 'pii': spans overlap (characters {a['start']}-{a['end']} and "
+                                 f"{b['start']}-{b['end']}); annotate each value once")
     return spans
 
 
@@ -196,8 +214,14 @@ def load_records(path: str | Path, *, text_field: str = "text", id_prefix: str =
     """
     ds = load_corpus(path, text_field=text_field)
     rows = []
+    first: dict[str, int] = {}
     for i, r in enumerate(ds):
         text = r[text_field]
-        rows.append({"id": record_id(r, i, id_prefix), "text": text, "user_id": user_of(r.get("user_id")),
-                     "pii": _pii_spans(r.get("pii"), text, f"{path}: row {i}")})
+        rid = record_id(r, i, id_prefix)
+        if rid in first:  # results are kept per id: two records with one id would merge into one
+            raise LeakauditError(f"{path}: field 'id': {where(path, i)} has the id of {where(path, first[rid])}; "
+                                 "give every record its own id, or leave the field out to number them")
+        first[rid] = i
+        rows.append({"id": rid, "text": text, "user_id": user_of(r.get("user_id")),
+                     "pii": _pii_spans(r.get("pii"), text, lambda i=i: f"{path}: {where(path, i)}")})
     return rows

@@ -129,16 +129,41 @@ def check_model_loadable(path: str | Path, *, trust_remote_code: bool = False) -
     p = check_model_dir(path)
     load_tokenizer(p, trust_remote_code=trust_remote_code)
     try:
-        AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
         raise LeakauditError(f"{p}: cannot load config.json: {str(e).splitlines()[0]}") from None
+    stored: dict[str, tuple[int, ...]] = {}
     for f in sorted(p.glob("*.safetensors")):
         try:
             with safe_open(str(f), framework="pt") as weights:
-                weights.keys()
+                stored.update({k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()})
         except (SafetensorError, OSError) as e:
             raise LeakauditError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    _check_shapes(p, config, stored, trust_remote_code=trust_remote_code)
     return p
+
+
+def _check_shapes(p: Path, config, stored: dict[str, tuple[int, ...]], *, trust_remote_code: bool) -> None:
+    """Refuse weights whose shapes are not those config.json gives them (a config from another model size):
+    the model's skeleton is built on the meta device (no memory, no weights read) and its tensors compared
+    with the files' headers by name.  Names the loader would convert are left to the loader, which refuses
+    them too (:func:`load_model`), only later; so are quantized weights, whose stored shapes differ."""
+    if getattr(config, "quantization_config", None):
+        return
+    try:
+        with torch.device("meta"):
+            skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except Exception:  # noqa: BLE001 - an architecture this check cannot build: the loader will speak
+        return
+    expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    prefix = f"{skeleton.base_model_prefix}."
+    for key, shape in stored.items():
+        name = key if key in expected else prefix + key  # a checkpoint of the base model, without its head
+        if name in expected and expected[name] != shape:
+            raise LeakauditError(
+                f"{p}: weight '{key}' has shape {list(shape)} in the files but config.json makes it "
+                f"{list(expected[name])}: the config describes another model than these weights"
+            )
 
 
 @dataclass
@@ -162,11 +187,16 @@ def load_model(
     tokenizer = load_tokenizer(p, trust_remote_code=trust_remote_code)
     try:
         with _no_unpickling(p):
-            model = AutoModelForCausalLM.from_pretrained(
-                p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype
+            model, info = AutoModelForCausalLM.from_pretrained(
+                p, local_files_only=True, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype,
+                output_loading_info=True,
             )
     except (OSError, ValueError, RuntimeError, SafetensorError) as e:  # unreadable weights, shapes unlike the config
         raise LeakauditError(f"{p}: cannot load model: {str(e).splitlines()[0]}") from None
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # the library would fill them with random values: an audit of a model nobody trained
+        raise LeakauditError(f"{p}: cannot load model: {len(missing)} weight(s) of the model config.json describes "
+                             f"are not in the files (first '{missing[0]}'); is config.json that of these weights?")
     model.eval()
     if device:
         model.to(device)

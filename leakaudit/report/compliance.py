@@ -12,6 +12,7 @@ from typing import Any
 
 from leakaudit.report.findings import FAILED_DP, FINDINGS, Finding, checks_split, control_failures, split_qualified
 from leakaudit.report.formatting import _dp_settings, _f, _lower
+from leakaudit.report.mia import DP_BOUND
 
 NOT_LEGAL_ADVICE = (
     "Not legal advice: this section makes no legal determination. It maps this audit's measurements to "
@@ -140,7 +141,7 @@ def _model_evidence(
         elif f.failed and f.key == "empirical":
             failed.append(f"{f.label} {f.value}, above the accountant's ε")
         elif f.failed:  # an attack's ROC above the DP bound
-            failed.append(f"{f.label} ({f.value}): ROC above TPR ≤ e^ε·FPR + δ")
+            failed.append(f"{f.label} ({f.value}): ROC outside {DP_BOUND}")
         elif f.signal:
             above.append(f"{_lower(f.label)} ({f.value})")
         elif f.signal is False:

@@ -51,7 +51,7 @@ from leakaudit.report.formatting import (
     _plural,
     _sentence,
 )
-from leakaudit.report.mia import KEY_LEVEL, _auc, _tpr, _tpr_key, best_attack, dp_bound_violations
+from leakaudit.report.mia import DP_BOUND, KEY_LEVEL, _auc, _tpr, _tpr_key, best_attack, dp_bound_violations
 from leakaudit.report.schema import (
     EmpiricalPrivacy,
     MemorizationResult,
@@ -248,7 +248,7 @@ def _mia_finding(model: ModelResult, adjusted: Adjusted = None) -> Finding | Non
         n_other = len(violated) - 1
         others = f" (and {n_other} other attack{'s' if n_other > 1 else ''})" if n_other else ""
         sentence = (
-            f"{FAILED_DP}: the {violated[0]} attack's ROC{others} lies above TPR ≤ e^ε·FPR + δ (ε = "
+            f"{FAILED_DP}: the {violated[0]} attack's ROC{others} lies outside {DP_BOUND} (ε = "
             f"{_f(model.privacy.epsilon, '.2f')}) beyond sampling error; " + sentence
         )
         return Finding("mia", tpr, "1% (chance)", True, sentence, detail=f"{name}, AUC {auc}", failed=True,

@@ -17,7 +17,8 @@ KEY_LEVEL = "0.01"
 """The FPR level used to rank attacks (TPR at 1% FPR): the best is starred and named in the summary."""
 BEST = "★"
 UNRESOLVED = "†"
-DP_BOUND = "TPR ≤ e^ε·FPR + δ"
+DP_BOUND = "TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ"
+"""The two inequalities every (ε, δ)-DP test obeys (TNR = 1 − FPR, FNR = 1 − TPR); the check tests both."""
 DP_BROKEN = "the DP guarantee is contradicted by the measurements: the DP training or its accounting is broken"
 UNIT_TITLES = {"user": "Per user", "canary": "Per canary"}
 UNIT_NAMES = {"user": "a person", "canary": "a canary"}
@@ -106,7 +107,7 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
         return {
             "status": "unchecked",
             "headline": "",
-            "text": f"{name}: the DP bound {DP_BOUND} was not checked ({why}).",
+            "text": f"{name}: the DP bounds {DP_BOUND} was not checked ({why}).",
             "short": "DP bound not checked",
             "cell": "not checked",
         }
@@ -127,7 +128,7 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
         return {
             "status": "violated",
             "headline": f"WARNING, {name}: {DP_BROKEN}.",
-            "text": f"On {name}, {_join(violators)} {verb} the DP bound {DP_BOUND} ({params}) "
+            "text": f"On {name}, {_join(violators)} {verb} the DP bounds {DP_BOUND} ({params}) "
             f"beyond sampling error{largest}. Do not rely on this model's privacy guarantee.{scope}",
             "short": f"⚠ DP bound VIOLATED by {_join(violators)}: the DP guarantee does not hold (see the warning)",
             "cell": f"⚠ VIOLATED by {len(violators)} of {len(checks)} attacks",
@@ -140,10 +141,10 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
         return {
             "status": "untestable",
             "headline": "",
-            "text": f"{name}: the DP bound {DP_BOUND} ({params}) cannot be tested with these records: even an "
+            "text": f"{name}: the DP bounds {DP_BOUND} ({params}) cannot be tested with these records: even an "
             f"attack that told all {n_m:,} member records from all {n_n:,} held-out ones would stay within it "
             f"beyond sampling error, so that no attack exceeds it is no evidence that the guarantee holds.{scope}",
-            "short": f"the DP bound {DP_BOUND} cannot be tested with {n_m:,} and {n_n:,} records",
+            "short": f"the DP bounds {DP_BOUND} cannot be tested with {n_m:,} and {n_n:,} records",
             "cell": f"not testable (too few records{where})",
             "attacks": [],
         }
@@ -155,9 +156,9 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
     return {
         "status": "ok",
         "headline": "",
-        "text": f"{name}: no attack exceeds the DP bound {DP_BOUND} ({params}) beyond sampling error "
+        "text": f"{name}: no attack exceeds the DP bounds {DP_BOUND} ({params}) beyond sampling error "
         f"({n} attack{'s' if n != 1 else ''} checked; {tail}).{scope}",
-        "short": f"no attack exceeds the DP bound {DP_BOUND} ({n} checked{where})",
+        "short": f"no attack exceeds the DP bounds {DP_BOUND} ({n} checked{where})",
         "cell": f"holds ({n} attack{'s' if n != 1 else ''}{where})",
         "attacks": [],
     }
@@ -339,15 +340,15 @@ def _mia(results: Results) -> dict[str, Any]:
                 why = GROUP_PRIVACY.get(unit, "a unit made of several records is protected only at group privacy")
                 verb = "exceeds" if len(violators) == 1 else "exceed"
                 notes.append(
-                    f"{name}: {_join(violators)} {verb} the record-level DP bound {DP_BOUND} "
+                    f"{name}: {_join(violators)} {verb} the record-level DP bounds {DP_BOUND} "
                     f"({_dp_params(checks[violators[0]])}) beyond sampling error; {why}, so this alone does not "
                     "contradict the DP guarantee, but it does show that such units leak."
                 )
             elif checks and all(c.testable is False for c in checks.values()):
-                notes.append(f"{name}: the record-level DP bound {DP_BOUND} cannot be tested at this unit with so "
+                notes.append(f"{name}: the record-level DP bounds {DP_BOUND} cannot be tested at this unit with so "
                              "few units (even a perfect attack would stay within it).")
             elif checks:
-                notes.append(f"{name}: no attack exceeds the record-level DP bound {DP_BOUND} at this unit.")
+                notes.append(f"{name}: no attack exceeds the record-level DP bounds {DP_BOUND} at this unit.")
         facts = [f"Evaluated on {_counts(results, unit)}"]
         width = _ci_width(results, unit)
         if width:

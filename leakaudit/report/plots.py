@@ -226,9 +226,12 @@ def _draw_roc_panel(ax, results: Results, curves, floor: float, *, auc_labels: b
         dp = res.dp_bound
         if dp is not None and _ok(dp.epsilon) and _ok(dp.delta):
             violated = violated or dp.violated
-            # e^eps FPR + delta, sampled evenly in log FPR: a straight line on log-log axes until delta matters.
+            # the most a DP test's TPR can be at each FPR: the lower of e^eps FPR + delta and, from
+            # TNR <= e^eps FNR + delta, 1 - e^-eps (1 - delta - FPR); sampled evenly in log FPR (a straight
+            # line on log-log axes until delta, or the second bound near FPR 1, matters)
             bx = [floor * (1.0 / floor) ** (k / 64) for k in range(65)]
-            by = [min(max(math.exp(dp.epsilon) * x + dp.delta, floor), 1.0) for x in bx]
+            e = math.exp(dp.epsilon)
+            by = [min(max(min(e * x + dp.delta, 1 - (1 - dp.delta - x) / e), floor), 1.0) for x in bx]
             ax.plot(
                 bx,
                 by,
@@ -236,7 +239,7 @@ def _draw_roc_panel(ax, results: Results, curves, floor: float, *, auc_labels: b
                 ls=":",
                 lw=1.2,
                 zorder=2,
-                label=f"{name}: DP bound e^ε·FPR+δ (ε={dp.epsilon:.2f})"
+                label=f"{name}: DP bound (ε={dp.epsilon:.2f})"
                 + ("; checked on single-record people" if dp.scope != "all records" else ""),
             )
     ax.plot([floor, 1.0], [floor, 1.0], color="black", ls="--", lw=0.8, label="chance", zorder=1)
@@ -266,7 +269,7 @@ def roc_plot(
     and with the same model colors as the other figures, so attacks and models can be compared at a
     glance.  ``models`` restricts the curves to some models (e.g. one model's grid); ``unit`` picks a
     unit of evaluation from ``mia_by_unit`` ("user", "canary") instead of the per-sequence attacks.
-    For a DP model the bound TPR <= e^eps FPR + delta is drawn dotted in the model's color.
+    For a DP model the most TPR its (eps, delta) allows at each FPR is drawn dotted in the model's color.
     """
     names = [n for n in (models if models is not None else list(results.models)) if n in results.models]
     attacks = [attack] if attack is not None else attack_order(results, unit, names)

@@ -65,7 +65,8 @@ DP_UNCHECKED = "the DP bound was not checked: "
 
 
 class DPBoundCheck(_Model):
-    """Whether the attack's ROC respects TPR <= e^eps FPR + delta (it must, under (eps, delta)-DP)."""
+    """Whether the attack's ROC respects TPR <= e^eps FPR + delta and TNR <= e^eps FNR + delta (it must, under
+    (eps, delta)-DP)."""
 
     epsilon: float
     delta: float
