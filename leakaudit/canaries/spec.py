@@ -58,7 +58,7 @@ class CanarySpec(BaseModel):
     template: str = Field(description="Canary text with one {secret} placeholder and optional per-canary fields.")
     secret: SecretSpec
     repetitions: list[int] = Field(description="Repetition counts at which canaries are inserted.")
-    canaries_per_repetition: int = Field(default=4, ge=1, le=10_000, description="Canaries inserted at each count.")
+    canaries_per_repetition: int = Field(default=4, ge=1, le=100_000, description="Canaries inserted at each count.")
     reference_canaries: int = Field(default=24, ge=1, le=100_000, description="Canaries generated but never inserted.")
     null_samples: int = Field(
         default=1000, ge=10, le=1_000_000, description="Random secrets scored as the null population for exposure."
