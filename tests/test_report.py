@@ -70,6 +70,7 @@ EPS, DELTA = 7.9812, 1e-5
 REF_REASON = "needs a reference model trained on similar data without the audited records"
 SHADOW_REASON = "needs shadow models (run with --shadows N)"
 BROKEN = "the DP guarantee is contradicted by the measurements: the DP training or its accounting is broken"
+BOUNDS = "TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ"  # the two DP inequalities, as the report writes them
 
 
 def _run(**kw) -> RunInfo:
@@ -662,9 +663,9 @@ def test_markdown_units_of_evaluation(markdown):
 
 
 def test_dp_bound_respected(markdown, html):
-    text = "dp: no attack exceeds the DP bounds TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ (ε = 7.98, δ = 1.0e-05) beyond sampling error"
+    text = f"dp: no attack exceeds the DP bounds {BOUNDS} (ε = 7.98, δ = 1.0e-05) beyond sampling error"
     assert text in markdown and text in html
-    assert "| DP bound check (TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ) | n/a (no DP) | n/a (no DP) | holds (4 attacks) |" in markdown
+    assert f"| DP bound check ({BOUNDS}) | n/a (no DP) | n/a (no DP) | holds (4 attacks) |" in markdown
     assert BROKEN not in markdown and BROKEN not in html
     assert 'class="alert"' not in html
 
@@ -676,7 +677,7 @@ def test_dp_bound_violated_gives_a_loud_warning():
     for out in (md, html):
         assert BROKEN in out
         assert "no attack exceeds the DP bound TPR" not in out
-        assert "On dp, zlib and rmia exceed the DP bounds TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ" in out
+        assert f"On dp, zlib and rmia exceed the DP bounds {BOUNDS}" in out
     # In the summary (before everything else) and under the DP model's table.
     summary = md[md.index("## Summary") : md.index("## What was audited")]
     assert f"> **⚠ WARNING, dp: {BROKEN}.**" in summary
@@ -1722,11 +1723,11 @@ def test_a_dp_bound_violation_fails_the_guarantee_in_the_verdict_model_card_and_
     md = render_markdown(res)
     dp = _verdicts(md)["dp"]
     assert dp.startswith("**dp** (trained with DP at ε = ")
-    assert "FAILED DP GUARANTEE: the rmia attack's ROC (and 1 other attack) lies outside TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ" in dp
+    assert f"FAILED DP GUARANTEE: the rmia attack's ROC (and 1 other attack) lies outside {BOUNDS}" in dp
     assert headline(res, "dp")["dp_guarantee_failed"] is True
     assert headline(make_results(), "dp")["dp_guarantee_failed"] is False
     compliance = md[md.index("## Compliance"):]
-    assert "Membership inference (" in compliance and "): ROC outside TPR ≤ e^ε·FPR + δ and TNR ≤ e^ε·FNR + δ" in compliance
+    assert "Membership inference (" in compliance and f"): ROC outside {BOUNDS}" in compliance
 
 
 def test_findings_without_a_baseline_say_so_instead_of_no_leak():

@@ -126,6 +126,31 @@ def test_many_candidates_take_the_vectorised_path_and_agree(request, tokenizer, 
     np.testing.assert_allclose(fast, slow, atol=1e-4)
 
 
+def test_tails_tokenized_for_one_canary_serve_the_next(tokenizer):
+    from leakaudit.models.tokenize import TailCache, encode_continuations
+
+    rng = np.random.default_rng(1)
+    pool = [f"{i:06d}" for i in rng.choice(10**6, 400, replace=False)]
+    cache = TailCache(max_entries=600)
+    calls = []
+    real = cache.tails
+    cache.tails = lambda b, rest, cs: calls.append(sum(c not in cache._by_rest.get(rest, {}) for c in cs)) or real(
+        b, rest, cs)
+    for name, own in (("Ann Lee", "123456"), ("Bo Chen", "654321"), ("Cy Dorr", "000001")):
+        prefix = f"Security note for {name}: the account recovery code is "
+        cands = pool + [own, " 42", "x y"]
+        cached = encode_continuations(tokenizer, prefix, cands, cache=cache)
+        plain = encode_continuations(tokenizer, prefix, cands)
+        assert cached is not None and cached.tails == plain.tails and cached.rest_ids == plain.rest_ids
+        assert cached.head == plain.head
+    assert calls == [403, 1, 1]  # the second and third canaries tokenize only their own secret
+    assert cache._size == 405
+    big = [f"{i:07d}" for i in range(300)]  # past max_entries: tokenized, returned, not kept
+    prefix = "Security note for Di Ek: the account recovery code is "
+    split = encode_continuations(tokenizer, prefix, big, cache=cache)
+    assert split.tails == encode_continuations(tokenizer, prefix, big).tails and cache._size == 405
+
+
 def test_continuations_refuse_a_prefix_without_word_boundaries(tokenizer):
     from leakaudit.models.tokenize import encode_continuations
 

@@ -19,7 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from leakaudit.models import fused, vocab
 from leakaudit.models.compiling import Compiled
 from leakaudit.models.generate import cache_argument, returned_cache
-from leakaudit.models.tokenize import Continuations, encode, encode_continuations, scored_start
+from leakaudit.models.tokenize import Continuations, TailCache, encode, encode_continuations, scored_start
 
 
 def default_device() -> str:
@@ -144,6 +144,9 @@ class Target:
         self._cache_arg = cache_argument(model)
         self._compiled = vocab.compile_wanted(self.device)  # fused vocabulary reductions
         self._compiled_model = Compiled(model, "the scoring model", dynamic=True) if compile_model else None
+        # candidates' tails tokenized for earlier prefixes (the same null secrets after each canary's prefix);
+        # None: tokenize every time.  (Enumerations of a whole space go through tokenize_candidates, uncached.)
+        self.tail_cache: TailCache | None = TailCache()
 
     @property
     def _compile_model(self) -> bool:
@@ -355,7 +358,7 @@ class Target:
         are gathered from its row's logits.  The tokens covering the candidate are summed
         without a per-candidate Python loop.
         """
-        split = split or encode_continuations(self.tokenizer, prefix, candidates)
+        split = split or encode_continuations(self.tokenizer, prefix, candidates, cache=self.tail_cache)
         if split is None or len(split.head.ids) + int(split.tail_lens.max()) > self.context:
             return None
         head_lp, cache = self._run_head(split.head.ids)

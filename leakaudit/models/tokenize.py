@@ -121,8 +121,44 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
     return n
 
 
+class TailCache:
+    """Tails already tokenized, per ``rest`` (the words a prefix ends with): the canaries of one spec share
+    those words and score the same null secrets, so each canary after the first tokenizes only its own new
+    candidates.  Bounded: past ``max_entries`` tails nothing more is kept.  One cache per tokenizer."""
+
+    def __init__(self, max_entries: int = 200_000):
+        self.max_entries = max_entries
+        self._by_rest: dict[str, dict[str, np.ndarray]] = {}
+        self._size = 0
+
+    def tails(self, backend, rest: str, continuations: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(every tail's ids concatenated, tokens per tail) of ``rest + c`` for each continuation."""
+        known = self._by_rest.setdefault(rest, {})
+        missing = [c for c in dict.fromkeys(continuations) if c not in known]
+        new: dict[str, np.ndarray] = {}
+        if missing:
+            flat, lens = _encode_tails(backend, rest, missing)
+            new = dict(zip(missing, np.split(flat, np.cumsum(lens)[:-1])))
+            if self._size + len(new) <= self.max_entries:
+                known.update(new)
+                self._size += len(new)
+        parts = [known[c] if c in known else new[c] for c in continuations]
+        return np.concatenate(parts), np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+
+
+def _encode_tails(backend, rest: str, continuations: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids of ``rest + c`` for each continuation, concatenated, and their lengths (the fast tokenizer's batch
+    encoder without offsets: building them costs more than the tokenizing)."""
+    batch = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    encs = batch([rest + c for c in continuations], add_special_tokens=False)
+    # one merged encoding: its ids come back as one list, not one list per continuation
+    flat = np.asarray(Encoding.merge(encs, growing_offsets=False).ids, dtype=np.int64)
+    return flat, np.fromiter(map(len, encs), dtype=np.int64, count=len(encs))
+
+
 def encode_continuations(
-    tokenizer: PreTrainedTokenizerBase, prefix: str, continuations: list[str], *, check: int = 16, seed: int = 0
+    tokenizer: PreTrainedTokenizerBase, prefix: str, continuations: list[str], *, check: int = 16, seed: int = 0,
+    cache: TailCache | None = None,
 ) -> Continuations | None:
     """Tokenize many continuations of one prefix without re-tokenizing the prefix each time.
 
@@ -135,7 +171,7 @@ def encode_continuations(
     the shared tokens are exactly those before the span) are checked with offsets on
     ``check`` continuations (the first, the last, random ones); the next cut is tried when they
     fail, and None is returned when no cut holds or the tokenizer has no fast backend, so callers
-    fall back to :func:`encode`.
+    fall back to :func:`encode`.  ``cache``: tails tokenized by earlier calls with the same tokenizer.
     """
     import random
     import re
@@ -159,11 +195,8 @@ def encode_continuations(
         rest = prefix[cut:]
         rest_ids = backend.encode(prefix[cut:max(cut, start)], add_special_tokens=False).ids
         if _split_holds(backend, head, rest, rest_ids, start, [continuations[i] for i in probe], full):
-            batch = getattr(backend, "encode_batch_fast", backend.encode_batch)  # fast: no offsets
-            encs = batch([rest + c for c in continuations], add_special_tokens=False)
-            # one merged encoding: its ids come back as one list, not one list per continuation
-            flat = np.asarray(Encoding.merge(encs, growing_offsets=False).ids, dtype=np.int64)
-            lens = np.fromiter(map(len, encs), dtype=np.int64, count=len(encs))
+            flat, lens = (cache.tails(backend, rest, continuations) if cache is not None
+                          else _encode_tails(backend, rest, continuations))
             return Continuations(head=head, tail_ids=flat, tail_lens=lens, rest_ids=list(rest_ids), cut=cut)
     return None
 
