@@ -73,7 +73,7 @@ def _command() -> str:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Run directory (resumed if it exists).")] = Path("runs/demo"),
-    preset: Annotated[str, typer.Option(help="tiny (tests, ~1 min), cpu (~12 min on 2 cores) or gpu.")] = "cpu",
+    preset: Annotated[str, typer.Option(help="tiny (tests, ~2 min), cpu (~12 min on 2 cores) or gpu.")] = "cpu",
     config: Annotated[Path | None, typer.Option(help="YAML file overriding the preset.")] = None,
     canaries: Annotated[list[Path] | None, typer.Option("--canaries", help="Canary spec file(s).")] = None,
     epsilon: Annotated[float | None, typer.Option(help="Target eps of the DP model.")] = None,
