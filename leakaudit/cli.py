@@ -34,11 +34,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Measure how much a language model leaks of its training data.",
 )
-@app.callback()
-def _before_any_command() -> None:
-    _check_repeated_options(sys.argv[1:])
-
-
 canaries_app = typer.Typer(no_args_is_help=True, help="Generate canaries from a spec and insert them into data.")
 app.add_typer(canaries_app, name="canaries")
 console = Console(stderr=True)
@@ -130,7 +125,7 @@ def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) 
     """Refuse an --out that cannot take the output, before any work: ``kind`` is file, dir, experiment or
     model; ``inputs`` are the files and directories the command reads (models, corpora, a spec), which it
     must neither overwrite nor write into (a trained model replaces its whole directory)."""
-    _check_writable(path)
+    _check_writable(path, kind)
     if kind == "file" and path.is_dir():
         raise LeakauditError(f"--out {path}: is a directory; give the path of a file to write")
     if kind != "file" and path.exists() and not path.is_dir():
@@ -153,17 +148,18 @@ def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) 
         )
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, kind: str) -> None:
     """Refuse an --out under a file, or where this user cannot write: one line now, not a traceback after
-    the work.  The output is written into ``path`` when it is a directory, else beside it (a temporary
-    name in its parent, moved into place), so the directory checked is the nearest that exists."""
-    here = path.absolute()
-    while not here.exists():  # a path not made yet is made under its nearest existing ancestor
+    the work.  A run directory is written into; a file or a trained model is built under a temporary name
+    in its parent and moved into place.  A path not made yet is made under its nearest existing ancestor."""
+    here = path.resolve()
+    while not here.exists():
         here = here.parent
-    if not here.is_dir() and here != path.absolute():
+    if not here.is_dir() and here != path.resolve():
         raise LeakauditError(f"--out {path}: {here} is a file, so nothing can be written under it")
-    # an existing output directory is written into and, for a trained model, replaced from its parent
-    targets = [here] if here != path.absolute() else [here.parent] + ([here] if here.is_dir() else [])
+    targets = [here] if here.is_dir() else []  # (an existing file where a directory is wanted: refused later)
+    if here == path.resolve() and kind in ("file", "model"):
+        targets.append(here.parent)
     for d in targets:
         if not os.access(d, os.W_OK | os.X_OK):
             raise LeakauditError(f"--out {path}: cannot write in {d} (permission denied)")
@@ -751,10 +747,13 @@ def _interrupted() -> None:
     sys.exit(130)
 
 
-def _check_repeated_options(args: list[str]) -> None:
+def _check_repeated_options(args: list[str], root: typer.Typer = app) -> None:
     """Refuse an option that takes one value given twice (``--out a --out b``): the parser would keep the last
-    without a word, and a run would go where the user did not look."""
-    cmd = typer.main.get_command(app)
+    without a word, and a run would go where the user did not look.  (Flags, ``--x`` and ``--no-x``, may be
+    given again: the last one counts, as a script's override expects.)"""
+    if "--help" in args:
+        return
+    cmd = typer.main.get_command(root)
     args = list(args)
     while args and hasattr(cmd, "commands") and args[0] in cmd.commands:
         cmd = cmd.commands[args.pop(0)]
@@ -767,8 +766,8 @@ def _check_repeated_options(args: list[str]) -> None:
             continue
         if not p.is_flag:
             takes_value.update(p.opts)
-        if not p.multiple:
-            single.update({o: p.opts[0] for o in (*p.opts, *p.secondary_opts)})
+            if not p.multiple:
+                single.update({o: p.opts[0] for o in p.opts})
     seen: set[str] = set()
     i = 0
     while i < len(args) and args[i] != "--":
@@ -782,6 +781,7 @@ def _check_repeated_options(args: list[str]) -> None:
 
 def main() -> None:
     try:
+        _check_repeated_options(sys.argv[1:])
         rc = app(standalone_mode=False, prog_name="leakaudit")  # returns a typer.Exit's code in this mode
         if rc == 130:  # click turned a Ctrl-C into this exit code
             _interrupted()

@@ -121,7 +121,7 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     directory from an earlier crash is removed first.  An earlier output at ``path`` is moved
     aside before the new one moves in and deleted after, so no moment leaves neither.
     """
-    path = Path(path)
+    path = Path(path).resolve()  # "." and ".." have no name to build the temporary names from
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.partial")
     old = path.with_name(f".{path.name}.old")

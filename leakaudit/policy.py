@@ -185,14 +185,14 @@ def load_results_file(run_dir: Path) -> dict[str, Any]:
         raise LeakauditError(f"{path}: cannot read the results file: {e}") from None
     if not isinstance(data, dict):
         raise LeakauditError(f"{path}: results must be a JSON object")
+    version = data.get("schema_version", SCHEMA_VERSION)
+    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:  # first: a newer file may fail the rest
+        raise LeakauditError(f"{path}: field 'schema_version': {version!r} is not a results version this "
+                             f"leakaudit reads (1 to {SCHEMA_VERSION}); a newer one needs a newer leakaudit")
     bad = _non_finite(data)
     if bad:  # every limit compares with '>', which is false for NaN: a NaN would pass, and hide the worst value
         raise LeakauditError(f"{path}: field '{bad}' is not a finite number; a run never writes one, so the file "
                              "was edited or broken, and no limit can be checked against it")
-    version = data.get("schema_version", SCHEMA_VERSION)
-    if type(version) is not int or not 1 <= version <= SCHEMA_VERSION:  # checked first: a newer file fails anyway
-        raise LeakauditError(f"{path}: field 'schema_version': {version!r} is not a results version this "
-                             f"leakaudit reads (1 to {SCHEMA_VERSION}); a newer one needs a newer leakaudit")
     try:
         Results.model_validate(data)
     except ValidationError as e:

@@ -674,6 +674,25 @@ def test_repeatable_options_and_option_like_values_are_not_counted_twice():
     _check_repeated_options(["audit", "--model", "a", "--model", "b", "--canaries", "c", "--canaries", "d"])
     _check_repeated_options(["audit", "--text-field", "--out", "--out", "x"])  # the first --out is a value
     _check_repeated_options(["canaries", "generate", "--out", "a", "--", "--out"])
+    _check_repeated_options(["audit", "--trust-remote-code", "--no-trust-remote-code"])  # a flag: the last counts
+    _check_repeated_options(["train", "--out", "a", "--out", "b", "--help"])  # help is shown, not an error
+
+
+def test_where_an_output_must_be_writable(monkeypatch, tmp_path):
+    import leakaudit.cli as cli
+    from leakaudit.errors import LeakauditError
+    from leakaudit.io import atomic_dir
+
+    parent = tmp_path / "ro"
+    (parent / "run").mkdir(parents=True)
+    monkeypatch.setattr(cli.os, "access", lambda d, mode: Path(d) != parent)  # as if this user could not write there
+    cli._check_out(parent / "run", "dir")  # a run directory is written into, not replaced from its parent
+    for kind, out in (("model", parent / "run"), ("file", parent / "m.json"), ("dir", parent / "new")):
+        with pytest.raises(LeakauditError, match=f"cannot write in {parent}"):
+            cli._check_out(out, kind)
+    with atomic_dir(tmp_path / "model" / "sub" / "..") as d:  # "." and ".." name no directory of their own
+        (d / "a").write_text("1")
+    assert (tmp_path / "model" / "a").read_text() == "1"
 
 
 def test_attacks_asked_for_by_name_must_be_able_to_run(monkeypatch, capsys, tmp_path, tiny_model_dir, corpus):
@@ -696,8 +715,18 @@ def test_weights_unlike_their_config_are_refused(tmp_path, tiny_model_dir):
         check_model_loadable(wider)  # before any work
     deeper = _copy_model(tiny_model_dir, tmp_path / "deeper")
     (deeper / "config.json").write_text(json.dumps({**cfg, "n_layer": cfg["n_layer"] + 1}))
+    with pytest.raises(LeakauditError, match=r"deeper: 12 weight\(s\) .* are not in the files"):
+        check_model_loadable(deeper)  # before any work
     with pytest.raises(LeakauditError, match=r"deeper: cannot load model: 12 weight\(s\) .* are not in the files"):
         load_model(deeper)  # the library would have filled the third layer with random values
+    # tied embeddings: the head's weight is not stored, and is no missing weight
+    tied = tmp_path / "tied"
+    model = load_model(tiny_model_dir).model
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    model.save_pretrained(tied)
+    load_model(tiny_model_dir).tokenizer.save_pretrained(tied)
+    check_model_loadable(tied)
     assert load_model(tiny_model_dir).model.config.n_layer == cfg["n_layer"]
 
 

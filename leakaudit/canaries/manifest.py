@@ -5,10 +5,9 @@ from __future__ import annotations
 import random
 import secrets as secrets_module
 from pathlib import Path
-from typing import Literal
 
 from faker import Faker
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from leakaudit.canaries.spec import CanarySpec
 from leakaudit.io import read_json, sha256_text, write_json
@@ -36,10 +35,18 @@ class Canary(BaseModel):
 class CanaryManifest(BaseModel):
     """All canaries of one spec, inserted and reference.  Holds secrets: keep it private."""
 
-    schema_version: Literal[1] = 1  # the only version: a newer manifest needs a newer leakaudit
+    schema_version: int = 1
     spec: CanarySpec
     space_size: int
     canaries: list[Canary]
+
+    @field_validator("schema_version")
+    @classmethod
+    def _known_version(cls, v: int) -> int:
+        if v != 1:  # the only version so far
+            raise ValueError(f"{v} is not a manifest version this leakaudit reads (1); a newer one needs a newer "
+                             "leakaudit")
+        return v
 
     @model_validator(mode="after")
     def _consistent(self) -> CanaryManifest:

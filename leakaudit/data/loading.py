@@ -37,7 +37,10 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
         raise LeakauditError(f"{path}: not UTF-8 text (byte {e.start})") from None
     if not rows:
         raise LeakauditError(f"{path}: the corpus is empty")
-    return pd.DataFrame.from_records(rows)
+    df = pd.DataFrame.from_records(rows)
+    if "id" in df.columns:  # ids as written: a column with gaps would turn 7 into 7.0 and round ids past 2^53
+        df["id"] = pd.Series([r.get("id") for r in rows], dtype=object)
+    return df
 
 
 def _mixed_field(df: pd.DataFrame) -> str | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,7 @@ def _check_shapes(p: Path, config, stored: dict[str, tuple[int, ...]], *, trust_
         return
     expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
     prefix = f"{skeleton.base_model_prefix}."
+    names = {}
     for key, shape in stored.items():
         name = key if key in expected else prefix + key  # a checkpoint of the base model, without its head
         if name in expected and expected[name] != shape:
@@ -164,6 +166,20 @@ def _check_shapes(p: Path, config, stored: dict[str, tuple[int, ...]], *, trust_
                 f"{p}: weight '{key}' has shape {list(shape)} in the files but config.json makes it "
                 f"{list(expected[name])}: the config describes another model than these weights"
             )
+        names[key] = name
+    if any(n not in expected for n in names.values()):
+        return  # names the loader converts (older layouts, fused experts): missing weights are its to find
+    # every parameter must come from the files; tied ones (one tensor, several names) from any of their names
+    have = set(names.values())
+    tensors: dict[int, list[str]] = {}
+    for name, param in skeleton.named_parameters(remove_duplicate=False):
+        tensors.setdefault(id(param), []).append(name)
+    ignored = [re.compile(r) for r in getattr(skeleton, "_keys_to_ignore_on_load_missing", None) or ()]
+    missing = sorted(ns[0] for ns in tensors.values()
+                     if not have.intersection(ns) and not any(r.search(n) for r in ignored for n in ns))
+    if missing:
+        raise LeakauditError(f"{p}: {len(missing)} weight(s) of the model config.json describes are not in the "
+                             f"files (first '{missing[0]}'); is config.json that of these weights?")
 
 
 @dataclass

@@ -107,7 +107,7 @@ def _dp_check(name: str, model: ModelResult) -> dict[str, Any] | None:
         return {
             "status": "unchecked",
             "headline": "",
-            "text": f"{name}: the DP bounds {DP_BOUND} was not checked ({why}).",
+            "text": f"{name}: the DP bounds {DP_BOUND} were not checked ({why}).",
             "short": "DP bound not checked",
             "cell": "not checked",
         }
