@@ -193,17 +193,18 @@ def test_record_errors_are_located_as_the_user_counts(tmp_path):
     assert [r["id"] for r in load_records(p, id_prefix="member-")] == ["member-0", "member-1", "member-2"]
 
 
-def test_overlapping_pii_spans_are_refused(tmp_path):
+def test_overlapping_pii_spans_of_one_type_are_refused(tmp_path):
     from leakaudit.data import load_records
 
     text = "Mail Ada Lovelace at ada@example.com"
     p = tmp_path / "m.jsonl"
-    nested = [{"type": "email", "start": 21, "end": 36}, {"type": "name", "start": 5, "end": 17},
-              {"type": "first_name", "start": 5, "end": 8}]
-    p.write_text(json.dumps({"text": text, "pii": nested}) + "\n")
-    with pytest.raises(LeakauditError, match=r"m.jsonl: line 1: field 'pii': spans overlap \(characters 5-8 and "
-                       r"5-17\)") as e:
+    same = [{"type": "email", "start": 21, "end": 36}, {"type": "name", "start": 5, "end": 17},
+            {"type": "name", "start": 5, "end": 8}]
+    p.write_text(json.dumps({"text": text, "pii": same}) + "\n")
+    with pytest.raises(LeakauditError, match=r"m.jsonl: line 1: field 'pii': two 'name' spans overlap \(characters "
+                       r"5-8 and 5-17\)") as e:
         load_records(p)
     assert "Lovelace" not in str(e.value)
-    p.write_text(json.dumps({"text": text, "pii": nested[:2]}) + "\n")  # touching or apart: fine, order kept
-    assert load_records(p)[0]["pii"] == nested[:2]
+    nested = [*same[:2], {"type": "first_name", "start": 5, "end": 8}]  # other types may nest; order kept
+    p.write_text(json.dumps({"text": text, "pii": nested}) + "\n")
+    assert load_records(p)[0]["pii"] == nested

@@ -199,11 +199,13 @@ def _pii_spans(value: Any, text: str, locate: Callable[[], str]) -> list[dict] |
             # (the span's values are never quoted: an annotation may carry the PII value itself)
             raise LeakauditError(f"{locate()}: field 'pii': expected {expected}, got {got}")
         spans.append({"type": span["type"], "start": start, "end": end})
-    ordered = sorted(spans, key=lambda sp: (sp["start"], sp["end"]))
-    for a, b in zip(ordered, ordered[1:]):  # a character in two spans would count as two values leaked
-        if b["start"] < a["end"]:
-            raise LeakauditError(f"{locate()}: field 'pii': spans overlap (characters {a['start']}-{a['end']} and "
-                                 f"{b['start']}-{b['end']}); annotate each value once")
+    # spans of one type must not overlap: reconstruction fills all of a type's spans with one candidate, and
+    # two overlapping ones would garble the text (spans of different types may nest: a first name in a name)
+    ordered = sorted(spans, key=lambda sp: (sp["type"], sp["start"], sp["end"]))
+    for a, b in zip(ordered, ordered[1:]):
+        if a["type"] == b["type"] and b["start"] < a["end"]:
+            raise LeakauditError(f"{locate()}: field 'pii': two '{a['type']}' spans overlap (characters "
+                                 f"{a['start']}-{a['end']} and {b['start']}-{b['end']}); annotate each value once")
     return spans
 
 
