@@ -100,4 +100,6 @@ step untargeted $(( ${POST:+180} + 220 )) - python3 benchmarks/generation.py --s
 # issue 5: the same DP comparison on a Llama-style model
 step dp-llama 130 "$OUT/dp_llama.json" python3 benchmarks/dp_step.py --arch llama --size "$SIZE" --batch 16 \
   --tokens 256 --steps 5 --fixed-batch
+# a whole manifest's exposure (48 canaries, 2,000 null secrets): tails tokenized once per spec vs per canary
+step exposure-manifest 120 "$OUT/exposure_manifest.json" python3 benchmarks/exposure_speed.py --size "$SIZE" --bf16
 echo "== done in $(( $(date +%s) - start ))s" >>"$log"
