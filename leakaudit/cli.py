@@ -325,8 +325,8 @@ def train(
     max_grad_norm: Annotated[float | None, typer.Option(help="Per-sample clip norm (with --dp; default 1).")] = None,
     accountant: Annotated[str | None, typer.Option(help="prv (default) or rdp (with --dp).")] = None,
     grad_sample_mode: Annotated[str | None, typer.Option(
-        help="Per-example clipping (with --dp): hooks (default), ghost or functorch (Opacus), or bookkeeping (one "
-        "backward pass; the fastest, flat clipping).")] = None,
+        help="Per-example clipping (with --dp): hooks (default), ghost (GPT-2, Llama, Qwen2, Mistral, GPT-NeoX and "
+        "OPT only) or functorch (Opacus), or bookkeeping (one backward pass; the fastest, flat clipping).")] = None,
     dp_randomness: Annotated[str | None, typer.Option(
         help="With --dp: secret (batches and noise from unrecorded random seeds: the default, for models to "
         "release) or seeded (from --seed: the run repeats exactly, and the guarantee holds only while the seed "

@@ -214,3 +214,17 @@ def test_empty_poisson_batches_give_noise_only_steps(mode, clipping, tokenizer, 
     acc = PRVAccountant()
     acc.history = [(1.0, 0.25, 12)]
     assert rec.epsilon == pytest.approx(acc.get_epsilon(rec.delta), rel=1e-6)
+
+
+def test_ghost_clipping_refuses_a_model_type_it_was_not_verified_on(tokenizer, texts):
+    from leakaudit.errors import LeakauditError
+
+    model = _tiny(tokenizer, "gpt2")
+    model.config.model_type = "gpt2_custom"  # as a model whose head might use the embedding outside its module
+    before = _snapshot(model)
+    ghost = DPSettings(randomness="seeded", noise_multiplier=1.0, grad_sample_mode="ghost")
+    with pytest.raises(LeakauditError, match="grad_sample_mode ghost: not verified for model type 'gpt2_custom'"):
+        train_model(model, tokenizer, texts, SETTINGS, dp=ghost)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # refused before any step
+    hooks = DPSettings(randomness="seeded", noise_multiplier=1.0)
+    assert train_model(model, tokenizer, texts, SETTINGS, dp=hooks).steps == 4  # other modes train it

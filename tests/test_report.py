@@ -719,7 +719,8 @@ def test_the_dp_check_says_which_records_it_checked_or_why_it_could_not():
            "privacy)")
     unchecked = {a: r.model_copy(update={"dp_bound": None, "warnings": [why]}) for a, r in dp.mia.items()}
     out = _dp_check("dp", dp.model_copy(update={"mia": unchecked}))
-    assert out["status"] == "unchecked" and "were not checked (records were split per person and 0 member" in out["text"]
+    assert out["status"] == "unchecked"
+    assert "were not checked (records were split per person and 0 member" in out["text"]
 
 
 def test_canary_unit_dp_violation_is_explained_by_group_privacy():

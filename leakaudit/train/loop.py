@@ -60,6 +60,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.errors import LeakauditError
 from leakaudit.io import sha256_file, write_json
+from leakaudit.models.tiny import ARCHS
 from leakaudit.models.tokenize import encode
 from leakaudit.report.schema import PrivacyRecord
 
@@ -80,6 +81,11 @@ LORA_TARGETS: dict[str, list[str]] = {
     "gpt_neox": ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
     "opt": ["q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"],
 }
+
+
+GHOST_VERIFIED: tuple[str, ...] = ARCHS
+"""Model types whose ghost-clipping norms tests/test_dp_archs.py checks against each example's own gradient (full
+and LoRA): ghost clipping trains only these."""
 
 
 class LoraSettings(BaseModel):
@@ -694,6 +700,13 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
                              "guarantee allows a whole record to leak; use a delta well below 1/N, or leave it out")
     q = 1.0 / len(loader)  # Opacus's Poisson rate for this loader
     ghost = dp.grad_sample_mode == "ghost"
+    if ghost and _model_type(net) not in GHOST_VERIFIED:
+        raise LeakauditError(
+            f"grad_sample_mode ghost: not verified for model type '{_model_type(net)}' (verified: "
+            f"{', '.join(GHOST_VERIFIED)}). Opacus's ghost clipping takes each example's norm from module hooks, so "
+            "a weight also used outside its module (a head written as a plain product with the embedding) would "
+            "escape clipping; use hooks or bookkeeping"
+        )
     noise_gen, sample_gen = _dp_randomness(device, settings, dp)
     # Opacus's Poisson sampler draws from the loader's generator (it has no secure one of its own outside its
     # secure mode): a copy of the loader that draws from the sampling generator, never from the training seed's
