@@ -12,6 +12,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -645,10 +646,25 @@ def experiment(
         raise LeakauditError(f"--cluster: expected slurm or local (got '{cluster}')")
     if max_minutes is not None:
         _positive(max_minutes, "--max-minutes")
-    _check_device(exp.base.device, f"{file}: field 'base.device'")
     out = out or Path("runs") / "experiments" / exp.config.name
     _check_out(out, "experiment")
-    ex = make_executor(executor, exp, out, jobs=jobs, cluster=cluster)
+    existed = out.exists()
+    try:
+        ex = make_executor(executor, exp, out, jobs=jobs, cluster=cluster)
+        where = getattr(ex, "cluster", "this process")  # submitit: "local" or "slurm"
+        if where != "slurm":  # cells sent to Slurm run on its nodes: a login node needs no GPU of its own
+            _check_device(exp.base.device, f"{file}: field 'base.device'")
+        if where == "local" and "gpus_per_node" not in exp.config.submitit.parameters:
+            import torch
+
+            device = exp.base.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            if device.startswith("cuda"):  # submitit's local jobs would fail, or quietly run on the CPU
+                raise LeakauditError(f"{file}: field 'submitit.parameters': submitit's local jobs see no GPU "
+                                     "unless gpus_per_node is set (for example gpus_per_node: 1)")
+    except LeakauditError:
+        if not existed:  # submitit made its folder before the error: leave no half-made output behind
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     try:
         run = run_experiment(exp, out, executor=ex, echo=_say,
                              max_seconds=None if max_minutes is None else 60 * max_minutes)

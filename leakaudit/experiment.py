@@ -23,6 +23,7 @@ submitit jobs (:class:`SubmititExecutor`: Slurm when available, or local subproc
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as _dt
 import html
@@ -135,8 +136,8 @@ class NonDPLearningRates(BaseModel):
     """The non-DP cells' learning rate per fine-tuning mode; null: the same as the DP cells of that mode."""
 
     model_config = ConfigDict(extra="forbid")
-    full: float | None = Field(default=None, gt=0)
-    lora: float | None = Field(default=None, gt=0)
+    full: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    lora: float | None = Field(default=None, gt=0, allow_inf_nan=False)
 
 
 class ExperimentConfig(BaseModel):
@@ -157,7 +158,8 @@ class ExperimentConfig(BaseModel):
         "(matched_settings); false: the base config's finetune settings.",
     )
     lora: LoraSettings = Field(default_factory=LoraSettings, description="Adapters of the lora cells.")
-    lora_lr: float | None = Field(default=None, gt=0, description="Learning rate of the lora cells (null: same).")
+    lora_lr: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                  description="Learning rate of the lora cells (null: same).")
     non_dp_lr: NonDPLearningRates = Field(
         default_factory=lambda: NonDPLearningRates(),
         description="Learning rates of the non-DP (eps inf) cells, per mode (null: the DP cells' of that mode).",
@@ -314,11 +316,20 @@ def seed_dir(out: Path, seed: int) -> Path:
     return Path(out) / "seeds" / f"seed-{seed}"
 
 
+def _marker(path: Path) -> dict:
+    """A seed's or cell's marker file as a dict; {} (not done) when absent or unreadable (a truncated copy, a
+    merge conflict): its work is done again rather than the run stopped."""
+    try:
+        data = read_json(path) if path.is_file() else {}
+    except (OSError, ValueError):  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def seed_done(exp: Experiment, out: Path, seed: int) -> bool:
     """Whether ``seed.json`` was written for the seed's current settings and, where its base model is on disk,
     for that base model (a ``seed.json`` carried over a rebuilt base would hand its perplexity to the new one)."""
-    marker = seed_dir(out, seed) / "seed.json"
-    info = read_json(marker) if marker.is_file() else {}
+    info = _marker(seed_dir(out, seed) / "seed.json")
     if info.get("key") != stable_hash(_seed_key(seed_config(exp, seed))):
         return False
     recorded, base = info.get("base_sha256"), seed_dir(out, seed) / "models" / "base"
@@ -462,7 +473,8 @@ def _cell_key(exp: Experiment, cell: CellSpec, n_train: int) -> str:
     from leakaudit.audit import SCORE_VERSIONS
 
     return stable_hash({
-        "version": EXPERIMENT_VERSION, "scoring": SCORE_VERSIONS, "seed": _seed_key(cfg), "cell": cell.id,
+        "version": EXPERIMENT_VERSION, "scoring": SCORE_VERSIONS, "record": RECORD_VERSION, "seed": _seed_key(cfg),
+        "cell": cell.id,
         "train": settings.model_dump(mode="json"), "dp": dp.model_dump(mode="json") if dp else None,
         "audit": audit, "pii": [exp.config.pii_reconstruction_records, exp.config.pii_candidates],
         "exposure_min_repetitions": exp.config.exposure_min_repetitions,
@@ -473,8 +485,7 @@ def cell_done(exp: Experiment, out: Path, cell: CellSpec) -> bool:
     """Whether the cell's ``cell.json`` was written for its current settings (with the training set's size it
     recorded: its seed's ``seed.json`` is missing while the seed is prepared again).  A ``cell.json`` without
     ``n_train`` predates the scoring version in the key, so it could never match: not done."""
-    marker = cell_dir(out, cell) / "cell.json"
-    done = read_json(marker) if marker.is_file() else {}
+    done = _marker(cell_dir(out, cell) / "cell.json")
     return done.get("n_train") is not None and done.get("key") == _cell_key(exp, cell, done["n_train"])
 
 
@@ -729,7 +740,10 @@ class SubmititExecutor(Executor):
         self.folder = Path(folder)
         self.jobs = max(1, jobs)
         self.poll_s = poll_s
-        self.executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
+        try:
+            self.executor = submitit.AutoExecutor(folder=self.folder / "%j", cluster=cluster)
+        except RuntimeError as e:  # no srun for --cluster slurm, say
+            raise LeakauditError(f"--executor submitit: {str(e).splitlines()[0]}") from None
         self.cluster = self.executor.cluster
         params = {"timeout_min": timeout_min, "name": "leakaudit"}
         if self.cluster == "slurm":
@@ -738,7 +752,7 @@ class SubmititExecutor(Executor):
         try:
             self.executor.update_parameters(**params)
         except (TypeError, ValueError, NameError) as e:  # NameError: an unknown parameter
-            raise LeakauditError(f"submitit.parameters: {e}") from None
+            raise LeakauditError(f"field 'submitit.parameters': {e}") from None
         self.threads = None
         if self.cluster == "local":
             import os
@@ -749,6 +763,17 @@ class SubmititExecutor(Executor):
         pending = list(zip(range(len(tasks)), tasks, labels))
         running: list[tuple[int, str, Any, float]] = []
         results: dict[int, Outcome] = {}
+        try:
+            self._run(fn, pending, running, results, log, budget)
+        except BaseException:  # interrupted or killed by an error: no job may go on writing into the run
+            for _, label, job, _ in running:
+                with contextlib.suppress(Exception):
+                    job.cancel(check=False)
+                    log("task_cancelled", f"{label}: submitit job {job.job_id} cancelled", task=label)
+            raise
+        return [results[i] for i in range(len(tasks))]
+
+    def _run(self, fn, pending, running, results, log, budget) -> None:
         while pending or running:
             while pending and len(running) < self.jobs:
                 i, task, label = pending.pop(0)
@@ -775,10 +800,9 @@ class SubmititExecutor(Executor):
                     err = msg[-1] if msg else type(e).__name__
                     log("task_failed", f"{label} failed (job {job.job_id}): {err}", task=label, error=str(e))
                     results[i] = Outcome(label, error=err)
-            running = still
+            running[:] = still  # in place: the caller cancels what is still running if this is interrupted
             if running:
                 time.sleep(self.poll_s)
-        return [results[i] for i in range(len(tasks))]
 
 
 def make_executor(kind: str, exp: Experiment, out: Path, *, jobs: int = 1, cluster: str | None = None) -> Executor:
@@ -790,8 +814,11 @@ def make_executor(kind: str, exp: Experiment, out: Path, *, jobs: int = 1, clust
         return LocalExecutor()
     if kind == "submitit":
         s = exp.config.submitit
-        return SubmititExecutor(out / "submitit", cluster=cluster or s.cluster, jobs=jobs, timeout_min=s.timeout_min,
-                                parameters=s.parameters)
+        try:
+            return SubmititExecutor(out / "submitit", cluster=cluster or s.cluster, jobs=jobs,
+                                    timeout_min=s.timeout_min, parameters=s.parameters)
+        except LeakauditError as e:
+            raise LeakauditError(f"{exp.source}: {e}" if str(e).startswith("field ") else str(e)) from None
     raise LeakauditError(f"--executor: expected local or submitit (got '{kind}')")
 
 
@@ -1025,10 +1052,10 @@ def write_comparison(exp: Experiment, out: Path, rows: list[dict]) -> dict[str, 
     summary = summarize(rows)
     check = matched_check(rows)
     base_ppl = {}
-    for seed in exp.config.grid.seed:
-        f = seed_dir(out, seed) / "seed.json"
-        if f.is_file() and read_json(f).get("base_perplexity") is not None:
-            base_ppl[str(seed)] = read_json(f)["base_perplexity"]
+    for seed in exp.config.grid.seed:  # from a seed.json of the current settings only
+        info = _marker(seed_dir(out, seed) / "seed.json") if seed_done(exp, out, seed) else {}
+        if info.get("base_perplexity") is not None:
+            base_ppl[str(seed)] = info["base_perplexity"]
     expected = [c.id for c in exp.cells()]
     doc = {
         "experiment": exp.config.name,
@@ -1229,6 +1256,11 @@ def _worse_than_base(doc: dict) -> list[str]:
     return out
 
 
+def _join_modes(modes) -> str:
+    modes = sorted(set(modes))
+    return ("mode " if len(modes) == 1 else "modes ") + " and ".join(modes) + " take"
+
+
 def _notes(doc: dict) -> list[str]:
     notes = []
     if doc["matched_steps"] and not doc["matched_check"]:
@@ -1240,8 +1272,9 @@ def _notes(doc: dict) -> list[str]:
                       if c.get("non_dp_lr") != c.get("dp_lr")})
         if own:
             lrs = "; ".join(f"{m}: DP {d:g}, non-DP {p:g}" for m, d, p in own)
-            what = ("the optimizer steps and expected batch size of the DP cells of its mode, at a learning rate "
-                    f"of its own ({lrs}); clipping, noise and the learning rate differ.")
+            what = ("the optimizer steps and expected batch size of the DP cells of its mode; the non-DP cells of "
+                    f"{_join_modes(m for m, _, _ in own)} a learning rate of their own ({lrs}): there clipping, noise "
+                    "and the learning rate differ.")
         else:
             what = ("the optimizer steps, expected batch size and learning rate of the DP cells of its mode; "
                     "only clipping and noise differ.")

@@ -90,6 +90,8 @@ def _with(**changes):
         ({"base__canaries": ["missing.yaml"]}, ["field 'base.canaries.0'", "missing.yaml"]),
         ({"lora_lr": 0}, ["field 'lora_lr'"]),
         ({"non_dp_lr": {"full": 0}}, ["field 'non_dp_lr.full'"]),
+        ({"non_dp_lr": {"lora": float("inf")}}, ["field 'non_dp_lr.lora'", "finite"]),
+        ({"lora_lr": float("inf")}, ["field 'lora_lr'", "finite"]),
         ({"non_dp_lr": {"qlora": 1e-3}}, ["field 'non_dp_lr.qlora'"]),
     ],
 )
@@ -393,6 +395,68 @@ def test_cli_experiment_on_a_finished_grid(grid, monkeypatch, capsys):
     assert "0 cell(s) run, 2 already finished" in cap.out and "comparison.html" in cap.out
 
 
+def test_a_new_privacy_record_version_or_an_unreadable_marker_reruns_the_work(grid, tmp_path, monkeypatch):
+    """A cell finished before the privacy record changed was skipped (its models retrained, its cell not); a
+    truncated cell.json or seed.json stopped the run with a traceback."""
+    from leakaudit import experiment
+    from leakaudit.experiment import cell_dir, cell_done, seed_dir, seed_done
+
+    exp, _, out, _ = grid
+    target = tmp_path / "out"
+    shutil.copytree(out, target)
+    assert all(cell_done(exp, target, c) for c in exp.cells())
+    (cell_dir(target, exp.cells()[0]) / "cell.json").write_text('{"key": "abc", "n_tr')
+    (seed_dir(target, 0) / "seed.json").write_text("[1]")
+    assert not cell_done(exp, target, exp.cells()[0]) and cell_done(exp, target, exp.cells()[1])
+    assert not seed_done(exp, target, 0)
+    monkeypatch.setattr(experiment, "RECORD_VERSION", experiment.RECORD_VERSION + 1)
+    assert not any(cell_done(exp, out, c) for c in exp.cells())
+
+
+def test_submitit_jobs_are_cancelled_when_the_command_stops(tmp_path, monkeypatch):
+    pytest.importorskip("submitit")
+    from leakaudit import experiment
+
+    class Job:
+        job_id, cancelled = "7", False
+
+        def done(self):
+            return False
+
+        def cancel(self, check=True):
+            Job.cancelled = True
+
+    executor = SubmititExecutor(tmp_path / "submitit", cluster="local", jobs=2, poll_s=0.01)
+    monkeypatch.setattr(executor.executor, "submit", lambda *a: Job())
+
+    def interrupt(_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(experiment.time, "sleep", interrupt)
+    events = []
+    with pytest.raises(KeyboardInterrupt):
+        executor.map(len, [[1], [2]], ["a", "b"], lambda event, *a, **k: events.append(event))
+    assert Job.cancelled and events.count("task_cancelled") == 2
+
+
+def test_a_cuda_grid_in_local_submitit_jobs_needs_gpus_per_node(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("submitit")
+    import torch
+
+    from leakaudit.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    path = _write(tmp_path, _with(base__device="cuda"))
+    out = tmp_path / "run"
+    monkeypatch.setattr(sys, "argv", ["leakaudit", "experiment", str(path), "--out", str(out), "--executor",
+                                      "submitit", "--cluster", "local"])
+    with pytest.raises(SystemExit) as e:
+        main()
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "field 'submitit.parameters': submitit's local jobs see no GPU" in err, err
+    assert not out.exists()  # the executor's folder is not left behind
+
+
 def test_submitit_executor_in_local_mode(grid, tmp_path):
     pytest.importorskip("submitit")
     exp, _, out, first = grid
@@ -532,7 +596,8 @@ def test_matched_note_says_when_the_non_dp_cells_have_their_own_learning_rate():
     assert same in _notes(doc)[0]
     doc["matched_check"] += [{**check, "mode": "lora", "dp_lr": 3e-3, "non_dp_lr": 2e-4}]
     note = _notes(doc)[0]
-    assert "at a learning rate of its own (lora: DP 0.003, non-DP 0.0002)" in note and "full:" not in note
+    assert ("the non-DP cells of mode lora take a learning rate of their own (lora: DP 0.003, non-DP 0.0002)"
+            in note and "full:" not in note)
     doc["matched_check"] = []  # no DP and non-DP pair finished: nothing compared, nothing claimed
     assert _notes(doc)[0].startswith("Matched steps: asked for, but no mode and seed has both")
 
