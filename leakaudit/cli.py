@@ -109,9 +109,11 @@ def demo(
         raise
     _check_device(cfg.device, "--device" if device is not None else
                   f"{config}: field 'device'" if config is not None else f"preset {preset}: device")
+    from leakaudit.io import run_lock
     from leakaudit.pipeline import run_demo
 
-    results = run_demo(cfg, out, echo=_say, bar=_bar, command=_command())
+    with run_lock(out, "demo"):
+        results = run_demo(cfg, out, echo=_say, bar=_bar, command=_command())
     _print_summary(results)
     typer.echo(f"report: {out / 'report.html'}")
 
@@ -665,9 +667,12 @@ def experiment(
         if not existed:  # submitit made its folder before the error: leave no half-made output behind
             shutil.rmtree(out, ignore_errors=True)
         raise
+    from leakaudit.io import run_lock
+
     try:
-        run = run_experiment(exp, out, executor=ex, echo=_say,
-                             max_seconds=None if max_minutes is None else 60 * max_minutes)
+        with run_lock(out, "experiment"):
+            run = run_experiment(exp, out, executor=ex, echo=_say,
+                                 max_seconds=None if max_minutes is None else 60 * max_minutes)
     except ExperimentFailed as e:
         for label, err in e.failed.items():
             _say(f"failed: {label}: {err}")

@@ -206,3 +206,53 @@ def read_yaml_mapping(path: str | Path, what: str, *, empty_ok: bool = False) ->
         article = "an" if what[:1].lower() in "aeiou" else "a"
         raise LeakauditError(f"{p}: {article} {what} must be a YAML mapping")
     return raw
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(directory: str | Path, what: str) -> Iterator[None]:
+    """Let one process at a time write a run directory (two resuming into one would rebuild the same stages
+    over each other).  ``.lock`` holds the writer's process id and host; a lock left by a process that is
+    gone (on this host) is taken over.  ``what`` names the command in the refusal."""
+    import socket
+
+    from leakaudit.errors import LeakauditError
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    lock, host = directory / ".lock", socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                pid, _, owner = lock.read_text(encoding="utf-8").partition(" ")
+            except OSError:
+                pid, owner = "", ""
+            owner = owner.strip()
+            if owner and (owner != host or (pid.isdigit() and _alive(int(pid)))):
+                where = "" if owner == host else f" on {owner}"
+                raise LeakauditError(f"{directory}: another leakaudit {what}{where} (process {pid}) is writing into "
+                                     f"it; wait for it to end (or, if it is gone, remove {lock})") from None
+            lock.unlink(missing_ok=True)  # its writer is gone: take it over
+            continue
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {host}")
+        break
+    else:
+        raise LeakauditError(f"{directory}: could not take {lock}; another process keeps making it")
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text(encoding="utf-8").split(" ")[0] == str(os.getpid()):
+                lock.unlink()

@@ -753,3 +753,27 @@ def test_files_from_a_newer_leakaudit_and_absurd_specs_are_refused(monkeypatch, 
     code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", manifest, "--data", corpus[0],
                        "--out", tmp_path / "with.jsonl")
     _assert_clean_error(code, err, "m.json", "schema_version")
+
+
+def test_one_process_at_a_time_writes_a_run_directory(tmp_path):
+    import os
+    import socket
+
+    from leakaudit.errors import LeakauditError
+    from leakaudit.io import run_lock
+
+    run_dir = tmp_path / "run"
+    with run_lock(run_dir, "demo"):
+        assert (run_dir / ".lock").read_text() == f"{os.getpid()} {socket.gethostname()}"
+        with pytest.raises(LeakauditError, match=rf"another leakaudit demo \(process {os.getpid()}\) is writing"):
+            with run_lock(run_dir, "demo"):
+                pass
+        assert (run_dir / ".lock").exists()  # the refused one leaves the holder's lock in place
+    assert not (run_dir / ".lock").exists()
+    (run_dir / ".lock").write_text(f"999999999 {socket.gethostname()}")  # a writer that is gone: taken over
+    with run_lock(run_dir, "demo"):
+        assert (run_dir / ".lock").read_text().startswith(str(os.getpid()))
+    (run_dir / ".lock").write_text("123 another-host")
+    with pytest.raises(LeakauditError, match="another leakaudit experiment on another-host"):
+        with run_lock(run_dir, "experiment"):
+            pass
