@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from collections.abc import Callable
@@ -143,8 +144,8 @@ def where(path: str | Path, i: int) -> str:
     p = Path(path)
     if p.is_file() and p.suffix.lower() in {".jsonl", ".ndjson", ".txt"}:
         with open(p, encoding="utf-8") as f:
-            lines = (n for n, line in enumerate(f, 1) if line.strip())
-            return f"line {next(n for k, n in enumerate(lines) if k == i)}"
+            records = (n for n, line in enumerate(f, 1) if line.strip())
+            return f"line {next(itertools.islice(records, i, None))}"
     return f"record {i + 1}"
 
 

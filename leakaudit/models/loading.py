@@ -140,15 +140,17 @@ def check_model_loadable(path: str | Path, *, trust_remote_code: bool = False) -
                 stored.update({k: tuple(weights.get_slice(k).get_shape()) for k in weights.keys()})
         except (SafetensorError, OSError) as e:
             raise LeakauditError(f"{f}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
-    _check_shapes(p, config, stored, trust_remote_code=trust_remote_code)
+    _check_weights_fit_config(p, config, stored, trust_remote_code=trust_remote_code)
     return p
 
 
-def _check_shapes(p: Path, config, stored: dict[str, tuple[int, ...]], *, trust_remote_code: bool) -> None:
-    """Refuse weights whose shapes are not those config.json gives them (a config from another model size):
-    the model's skeleton is built on the meta device (no memory, no weights read) and its tensors compared
-    with the files' headers by name.  Names the loader would convert are left to the loader, which refuses
-    them too (:func:`load_model`), only later; so are quantized weights, whose stored shapes differ."""
+def _check_weights_fit_config(p: Path, config, stored: dict[str, tuple[int, ...]], *,
+                              trust_remote_code: bool) -> None:
+    """Refuse weights whose shapes are not those config.json gives them (a config from another model size),
+    and weights config.json describes that the files lack: the model's skeleton is built on the meta device
+    (no memory, no weights read) and its tensors compared with the files' headers by name.  Files whose names
+    the loader converts are left to the loader, which refuses them too (:func:`load_model`), only later; so
+    are quantized weights, whose stored shapes differ."""
     if getattr(config, "quantization_config", None):
         return
     try:
@@ -178,8 +180,12 @@ def _check_shapes(p: Path, config, stored: dict[str, tuple[int, ...]], *, trust_
     missing = sorted(ns[0] for ns in tensors.values()
                      if not have.intersection(ns) and not any(r.search(n) for r in ignored for n in ns))
     if missing:
-        raise LeakauditError(f"{p}: {len(missing)} weight(s) of the model config.json describes are not in the "
-                             f"files (first '{missing[0]}'); is config.json that of these weights?")
+        raise _missing_weights(p, missing)
+
+
+def _missing_weights(p: Path, missing: list[str], what: str = "") -> LeakauditError:
+    return LeakauditError(f"{p}: {what}{len(missing)} weight(s) of the model config.json describes are not in the "
+                          f"files (first '{missing[0]}'); is config.json that of these weights?")
 
 
 @dataclass
@@ -211,8 +217,7 @@ def load_model(
         raise LeakauditError(f"{p}: cannot load model: {str(e).splitlines()[0]}") from None
     missing = sorted(info.get("missing_keys") or ())
     if missing:  # the library would fill them with random values: an audit of a model nobody trained
-        raise LeakauditError(f"{p}: cannot load model: {len(missing)} weight(s) of the model config.json describes "
-                             f"are not in the files (first '{missing[0]}'); is config.json that of these weights?")
+        raise _missing_weights(p, missing, "cannot load model: ")
     model.eval()
     if device:
         model.to(device)
