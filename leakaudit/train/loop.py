@@ -813,8 +813,10 @@ def _train_bookkeeping(net, loader, optimizer, params, total, device, settings, 
         steps.step(noise_multiplier=sigma, sample_rate=q)
         return torch.cat(losses).mean() if losses else None  # an empty batch: a noise-only step
 
-    _run(DPDataLoader.from_data_loader(loader), optimizer, total, train_step, progress)  # the loader's generator
-    return _record_steps(settings, dp, n, steps.history, delta=delta, sigma=sigma, q=q, total=total,
+    dp_loader = DPDataLoader.from_data_loader(loader)  # Poisson batches from the loader's generator
+    _run(dp_loader, optimizer, total, train_step, progress)
+    # the rate the sampler drew at, read from it: the accountant's history must show that one
+    return _record_steps(settings, dp, n, steps.history, delta=delta, sigma=sigma, q=_q(dp_loader), total=total,
                          accountant=accountant)
 
 
