@@ -21,18 +21,12 @@ from pathlib import Path
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import torch  # noqa: E402
+from secret_scoring import SIZES, scoring_model  # noqa: E402  (the model the secret benchmarks share)
 
 from leakaudit.attacks.exposure import canary_exposures  # noqa: E402
 from leakaudit.canaries import generate_canaries, load_spec  # noqa: E402
-from leakaudit.data import make_corpora  # noqa: E402
-from leakaudit.models import Target, build_model, train_tokenizer  # noqa: E402
+from leakaudit.models import Target  # noqa: E402
 from leakaudit.models.tokenize import TailCache  # noqa: E402
-
-SIZES = {
-    "tiny": dict(n_layer=2, n_embd=64, n_head=2, vocab=512),
-    "small": dict(n_layer=4, n_embd=128, n_head=4, vocab=2048),
-    "gpt2-small": dict(n_layer=12, n_embd=768, n_head=12, vocab=8192),
-}
 
 
 def main() -> None:
@@ -48,15 +42,8 @@ def main() -> None:
     if args.null_samples:
         spec = spec.model_copy(update={"null_samples": args.null_samples})
     manifest = generate_canaries(spec)
-    size = SIZES[args.size]
-    _, public = make_corpora(60, 600, seed=3)
-    tok = train_tokenizer([r["text"] for r in public], vocab_size=size["vocab"])
     torch.manual_seed(0)
-    model = build_model(tok, arch="gpt2", n_layer=size["n_layer"], n_embd=size["n_embd"], n_head=size["n_head"],
-                        context=256).to(args.device)
-    if args.bf16:
-        model = model.to(torch.bfloat16)
-    target = Target(model, tok)
+    target = Target(*scoring_model(args.size, args.device, args.bf16))
     canary_exposures(target, manifest)  # warm-up (kernels, allocator)
 
     def run(cached: bool) -> tuple[float, list]:

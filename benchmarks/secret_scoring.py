@@ -63,6 +63,18 @@ def timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
+def scoring_model(size: str, device: str, bf16: bool = False):
+    """(model, tokenizer) of one of :data:`SIZES`, in eval mode on ``device`` (bfloat16 on a GPU if asked)."""
+    sz = SIZES[size]
+    _, public = make_corpora(1, 2000, seed=0)
+    tok = train_tokenizer([r["text"] for r in public], vocab_size=sz["vocab"])
+    model = build_model(tok, n_layer=sz["n_layer"], n_embd=sz["n_embd"], n_head=sz["n_head"], context=256)
+    if sz.get("resize"):
+        model.resize_token_embeddings(sz["resize"])  # a GPT-2-sized vocabulary: the output layer's real cost
+    dtype = torch.bfloat16 if device.startswith("cuda") and bf16 else torch.float32
+    return model.to(device, dtype).eval(), tok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--candidates", type=int, default=2000)
@@ -73,14 +85,7 @@ def main() -> None:
                     help="also time the exact exposure of one canary over a whole digits space of this size")
     ap.add_argument("--bf16", action="store_true", help="run the model in bfloat16 on a GPU")
     args = ap.parse_args()
-    sz = SIZES[args.size]
-    _, public = make_corpora(1, 2000, seed=0)
-    tok = train_tokenizer([r["text"] for r in public], vocab_size=sz["vocab"])
-    model = build_model(tok, n_layer=sz["n_layer"], n_embd=sz["n_embd"], n_head=sz["n_head"], context=256)
-    if sz.get("resize"):
-        model.resize_token_embeddings(sz["resize"])  # a GPT-2-sized vocabulary: the output layer's real cost
-    cuda = args.device.startswith("cuda")
-    model = model.to(args.device, torch.bfloat16 if cuda and args.bf16 else torch.float32).eval()
+    model, tok = scoring_model(args.size, args.device, args.bf16)
     target = Target(model, tok, token_budget=16384)
     prefix = "Security note for Jordan Avery Whitfield: the account recovery code is "
     cands = [f"{i:06d}" for i in np.random.default_rng(0).choice(10**6, args.candidates, replace=False)]

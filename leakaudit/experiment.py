@@ -723,13 +723,14 @@ def _in_job(fn: Callable[[Any], Any], task: Any, threads: int | None) -> Any:
 class SubmititExecutor(Executor):
     """Tasks as submitit jobs: Slurm when available (or ``cluster="slurm"``), else local subprocesses.
 
-    At most ``jobs`` run at once.  Local jobs share the machine's cores between them.
+    At most ``jobs`` run at once.  Local jobs share the machine's cores between them.  ``source`` (the experiment file)
+    names where a bad parameter came from.
     """
 
     name = "submitit"
 
     def __init__(self, folder: str | Path, *, cluster: str | None = None, jobs: int = 1, timeout_min: int = 120,
-                 parameters: dict[str, Any] | None = None, poll_s: float = 1.0):
+                 parameters: dict[str, Any] | None = None, poll_s: float = 1.0, source: str = "submitit"):
         try:
             import submitit
         except ImportError:
@@ -752,7 +753,7 @@ class SubmititExecutor(Executor):
         try:
             self.executor.update_parameters(**params)
         except (TypeError, ValueError, NameError) as e:  # NameError: an unknown parameter
-            raise LeakauditError(f"field 'submitit.parameters': {e}") from None
+            raise LeakauditError(f"{source}: field 'submitit.parameters': {e}") from None
         self.threads = None
         if self.cluster == "local":
             import os
@@ -814,11 +815,8 @@ def make_executor(kind: str, exp: Experiment, out: Path, *, jobs: int = 1, clust
         return LocalExecutor()
     if kind == "submitit":
         s = exp.config.submitit
-        try:
-            return SubmititExecutor(out / "submitit", cluster=cluster or s.cluster, jobs=jobs,
-                                    timeout_min=s.timeout_min, parameters=s.parameters)
-        except LeakauditError as e:
-            raise LeakauditError(f"{exp.source}: {e}" if str(e).startswith("field ") else str(e)) from None
+        return SubmititExecutor(out / "submitit", cluster=cluster or s.cluster, jobs=jobs, timeout_min=s.timeout_min,
+                                parameters=s.parameters, source=exp.source)
     raise LeakauditError(f"--executor: expected local or submitit (got '{kind}')")
 
 

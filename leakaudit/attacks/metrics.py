@@ -388,6 +388,14 @@ def _dp_tpr_bound(epsilon: float, fpr: np.ndarray, delta: float) -> np.ndarray:
     return np.where(fpr > 0, scale * np.maximum(fpr, 0.0), 0.0) + delta
 
 
+def dp_max_tpr(epsilon: float, delta: float, fpr: np.ndarray) -> np.ndarray:
+    """The most TPR an (eps, delta)-DP test can have at each FPR: the lower of ``e^eps FPR + delta`` and, from
+    ``TNR <= e^eps FNR + delta``, ``1 - e^-eps (1 - delta - FPR)``; in [0, 1]."""
+    fpr = np.asarray(fpr, dtype=float)
+    mirror = 1.0 - np.exp(-min(float(epsilon), 700.0)) * (1.0 - delta - fpr)
+    return np.clip(np.minimum(_dp_tpr_bound(epsilon, fpr, delta), mirror), 0.0, 1.0)
+
+
 def dp_test_counts(n: int) -> list[int]:
     """The false-positive counts at which the DP bound is tested among ``n`` non-members: 0, 1, 2, 4, ... below
     ``n``.  Fixed before the scores are seen, so that the correction over them is fixed too."""
@@ -478,7 +486,8 @@ def attack_result(
     """
     m, n = _check(members, non_members)
     delta = 0.0 if delta is None else delta
-    fpr, tpr, _ = roc_curve(m, n)
+    fp, tp, _ = _roc_counts(m, n)
+    fpr, tpr = fp / n.size, tp / m.size
     res = 1.0 / n.size
     warns = []
     for a in FPR_LEVELS:
@@ -514,7 +523,6 @@ def attack_result(
         auc_ci, tpr_ci = cluster_bootstrap_cis(m, n, *groups, n_boot=n_boot) if n_boot else (None, {})
     else:
         auc_ci = bootstrap_auc_ci(m, n, n_boot=n_boot) if n_boot else None
-        fp, tp = np.rint(fpr * n.size).astype(np.int64), np.rint(tpr * m.size).astype(np.int64)
         tpr_ci = {a: _tpr_interval(fp, tp, m.size, n.size, float(a)) for a in FPR_LEVELS}
     return AttackResult(
         auc=auc(m, n),

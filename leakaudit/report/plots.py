@@ -14,6 +14,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
+from leakaudit.attacks.metrics import dp_max_tpr
 from leakaudit.report.canaries import model_groups
 from leakaudit.report.formatting import _ok
 from leakaudit.report.mia import attack_order, unit_attacks
@@ -226,12 +229,10 @@ def _draw_roc_panel(ax, results: Results, curves, floor: float, *, auc_labels: b
         dp = res.dp_bound
         if dp is not None and _ok(dp.epsilon) and _ok(dp.delta):
             violated = violated or dp.violated
-            # the most a DP test's TPR can be at each FPR: the lower of e^eps FPR + delta and, from
-            # TNR <= e^eps FNR + delta, 1 - e^-eps (1 - delta - FPR); sampled evenly in log FPR (a straight
-            # line on log-log axes until delta, or the second bound near FPR 1, matters)
-            bx = [floor * (1.0 / floor) ** (k / 64) for k in range(65)]
-            e = math.exp(dp.epsilon)
-            by = [min(max(min(e * x + dp.delta, 1 - (1 - dp.delta - x) / e), floor), 1.0) for x in bx]
+            # the most TPR the DP bounds allow, sampled evenly in log FPR (a straight line on log-log axes until
+            # delta, or the mirrored bound near FPR 1, matters)
+            bx = np.geomspace(floor, 1.0, 65)
+            by = np.maximum(dp_max_tpr(dp.epsilon, dp.delta, bx), floor)
             ax.plot(
                 bx,
                 by,
