@@ -547,7 +547,8 @@ def run_cell(task: CellTask) -> dict:
         "lr": settings.lr, "lora_rank": settings.lora.r if settings.lora else None,
         "train_seconds": read_json(model_dir / "timing.json")["train_seconds"],
         "audit_seconds": round(time.perf_counter() - t0, 2),
-        "device": device_name(device), "run_dir": str(cdir.relative_to(out)),
+        "device": device_name(device), "platform": platform.platform(), "software": _software(),
+        "run_dir": str(cdir.relative_to(out)),
         "base_sha256": _weights_sha256(base_dir),  # the model on disk, never a record that may be another's
     })
     # where this run's time went (seconds per step; not a metric: no part of the comparison)
@@ -1023,7 +1024,18 @@ def matched_check(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _software() -> str:
+    """The packages that make a cell's numbers, as one line (recorded per cell: a grid may run on several machines)."""
+    from leakaudit.runs import package_versions
+
+    v = package_versions()
+    return ", ".join(f"{k} {v[k]}" for k in ("leakaudit", "python", "torch", "transformers", "opacus") if k in v)
+
+
 def _machine(rows: list[dict]) -> dict:
+    """Where the cells ran (per-cell device, platform and software, counted) and where this comparison was written."""
+    from collections import Counter
+
     from leakaudit.runs import package_versions
 
     versions = package_versions()
@@ -1034,8 +1046,11 @@ def _machine(rows: list[dict]) -> dict:
             versions[pkg] = metadata.version(pkg)
         except Exception:  # noqa: BLE001
             pass
+    ran_on = Counter((r.get("device") or "", r.get("platform") or "", r.get("software") or "") for r in rows)
     return {
         "devices": sorted({r["device"] for r in rows if r.get("device")}),
+        "cells_ran_on": [{"device": d, "platform": p, "software": s, "cells": n}
+                         for (d, p, s), n in sorted(ran_on.items())],
         "platform": platform.platform(),
         "machine": platform.machine(),
         "python": platform.python_version(),
@@ -1306,8 +1321,15 @@ def _notes(doc: dict) -> list[str]:
 
 def _machine_lines(doc: dict) -> list[str]:
     m = doc["machine"]
+    lines = [f"Device: {', '.join(m['devices']) or '—'}"]
+    for g in m.get("cells_ran_on", []):
+        n = f"{g['cells']} cell{'s' if g['cells'] != 1 else ''}"
+        if g["platform"] or g["software"]:
+            lines.append(f"Ran {n} on: {g['device'] or 'an unrecorded device'}; {g['platform']}; {g['software']}")
+        else:  # cells finished before the platform was kept with them
+            lines.append(f"Ran {n} on: {g['device'] or 'an unrecorded device'} (platform and software not recorded)")
     v = ", ".join(f"{k} {val}" for k, val in m["versions"].items())
-    return [f"Device: {', '.join(m['devices']) or '—'}", f"Platform: {m['platform']}", f"Versions: {v}"]
+    return [*lines, f"Comparison written on: {m['platform']}; {v}"]
 
 
 FIGURE_TEXT = {

@@ -27,7 +27,7 @@ from leakaudit.models.target import default_device
 from leakaudit.models.tiny import build_model, train_tokenizer
 from leakaudit.report.schema import Results
 from leakaudit.runs import EventLog, clear_results, stage
-from leakaudit.train.loop import RECORD_VERSION, TrainSettings, save_trained, train_model
+from leakaudit.train.loop import RECORD_VERSION, TrainSettings, dp_delta, save_trained, train_model
 from leakaudit.train.shadows import train_shadows
 
 BarFactory = Callable[[str, int], contextlib.AbstractContextManager]
@@ -165,7 +165,9 @@ def shared_stages(
             rows = insert_canaries(rows, manifest, seed=cfg.seed + i)
         write_jsonl(tmp / "train.jsonl", rows)
 
-    stage(run_dir, "canaries", can_key, build_canaries, log)
+    can_dir = stage(run_dir, "canaries", can_key, build_canaries, log)
+    # a delta the DP training would refuse is refused now, before the base model is trained
+    dp_delta(cfg.dp, len(read_jsonl(can_dir / "train.jsonl")), where="dp.delta")
     base_key = {**data_key, "model": cfg_json["model"], "pretrain": cfg_json["pretrain"], "seed": cfg.seed}
 
     def build_base(tmp: Path) -> None:

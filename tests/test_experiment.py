@@ -14,6 +14,7 @@ import yaml
 from leakaudit.canaries import CanaryManifest
 from leakaudit.errors import LeakauditError
 from leakaudit.experiment import (
+    ExperimentFailed,
     SubmititExecutor,
     experiment_from_dict,
     load_experiment,
@@ -175,6 +176,19 @@ def test_cli_bad_experiment_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_dp_delta_not_below_one_over_n_stops_the_seed_before_its_base_model(tmp_path):
+    """N is known once the canaries are in; the DP cells' training would refuse the delta, so the seed does,
+    before the base model is trained (not after it and every non-DP cell)."""
+    exp = experiment_from_dict(_with(base__dp={"delta": 0.5}))
+    with pytest.raises(ExperimentFailed) as e:
+        run_experiment(exp, tmp_path / "out")
+    (label, error), = e.value.failed.items()
+    assert label == "seed 0: data, canaries, base model" and "dp.delta 0.5 is not below 1/N = " in error
+    seed = tmp_path / "out" / "seeds" / "seed-0"
+    assert (seed / "canaries" / "train.jsonl").is_file() and not (seed / "models").exists()
+    assert not (tmp_path / "out" / "cells").exists()
+
+
 # ------------------------------------------------------------------------------- a tiny grid
 
 
@@ -232,6 +246,11 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
     assert [(g["mode"], g["epsilon_label"], g["n_seeds"]) for g in doc["summary"]] == [("full", "inf", 1),
                                                                                        ("full", "1", 1)]
     assert doc["machine"]["devices"] and "torch" in doc["machine"]["versions"] and doc["machine"]["platform"]
+    # each cell says where it ran (a grid may be finished on another machine): both cells here, one group
+    assert doc["machine"]["cells_ran_on"] == [{"device": plain["device"], "platform": plain["platform"],
+                                               "software": plain["software"], "cells": 2}]
+    assert "torch " in plain["software"] and plain["platform"]
+    assert f"Ran 2 cells on: {plain['device']}" in (out / "comparison.md").read_text()
     rows = list(csv.DictReader((out / "comparison.csv").open()))
     assert [r["cell"] for r in rows] == CELLS and float(rows[1]["epsilon"]) == pytest.approx(dp["epsilon"])
 

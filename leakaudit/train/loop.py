@@ -203,6 +203,17 @@ def default_delta(n: int) -> float:
     return min(1e-5, 1.0 / (10 * n))
 
 
+def dp_delta(dp: DPSettings, n: int, where: str = "DP delta") -> float:
+    """The delta a DP run over ``n`` records uses: the one asked for, refused unless below 1/N, else the default."""
+    if dp.delta is None:
+        return default_delta(n)
+    if dp.delta >= 1.0 / n:
+        raise LeakauditError(f"{where} {dp.delta:g} is not below 1/N = {1.0 / n:g} (N = {n} training records): "
+                             "such a guarantee allows a whole record to leak; use a delta well below 1/N, or leave "
+                             "it out")
+    return dp.delta
+
+
 def _base_model(model: nn.Module) -> nn.Module:
     """The Hugging Face model inside Opacus's and peft's wrappers."""
     seen = 0
@@ -694,10 +705,7 @@ def _train_dp(net, loader, optimizer, params, total, device, settings, dp, progr
     from opacus import PrivacyEngine
 
     n = len(loader.dataset)
-    delta = dp.delta if dp.delta is not None else default_delta(n)
-    if delta >= 1.0 / n:
-        raise LeakauditError(f"DP delta {delta:g} is not below 1/N = {1.0 / n:g} (N = {n} training records): such a "
-                             "guarantee allows a whole record to leak; use a delta well below 1/N, or leave it out")
+    delta = dp_delta(dp, n)
     q = 1.0 / len(loader)  # Opacus's Poisson rate for this loader
     ghost = dp.grad_sample_mode == "ghost"
     if ghost and _model_type(net) not in GHOST_VERIFIED:
