@@ -21,8 +21,8 @@ from pathlib import Path
 import pandas as pd
 
 from leakaudit.attacks.memorization import discoverable_memorization
-from leakaudit.attacks.pii import pii_extraction, pii_reconstruction
-from leakaudit.attacks.untargeted import Samples, sample_texts, untargeted_extraction
+from leakaudit.attacks.pii import normalise, pii_extraction, pii_reconstruction
+from leakaudit.attacks.untargeted import Samples, decode_records, sample_texts, untargeted_extraction
 from leakaudit.io import read_json, records_hash, texts_hash, write_json, write_parquet
 from leakaudit.models.loading import hash_model_dir, load_model
 from leakaudit.models.target import Target, dtype_name
@@ -61,7 +61,7 @@ def sample_stage(
     """Draw (or reuse) the model's untargeted samples: ``samples/<name>/samples.json``."""
     key = {"model": hash_model_dir(path), "n": options.samples, "tokens": options.sample_tokens,
            "public": texts_hash(public_texts), "seed": options.seed, "batch": options.batch_size,
-           "dtype": dtype_name(dtype), "texts": 1}
+           "dtype": dtype_name(dtype), "texts": 2}
 
     def build(tmp: Path) -> None:
         target = _target(path, device=device, dtype=dtype, token_budget=token_budget,
@@ -69,9 +69,9 @@ def sample_stage(
         with log.timed("untargeted sampling", model=name, samples=options.samples, tokens=options.sample_tokens):
             s = sample_texts(target, options.samples, length=options.sample_tokens, public_texts=public_texts,
                              batch_size=options.batch_size, seed=options.seed)
-        # the generated text, decoded here with the model's own tokenizer: a baseline (reference) model's
-        # samples are read beside another model's, whose tokenizer may differ
-        generated = [target.tokenizer.decode(g, skip_special_tokens=True) for g in s.new]
+        # the generated text, decoded here with the model's own tokenizer (a baseline (reference) model's
+        # samples are read beside another model's, whose tokenizer may differ), a line per record written
+        generated = [decode_records(target.tokenizer, g) for g in s.new]
         write_json(tmp / "samples.json", {"prompts": s.prompts, "new": s.new, "strategy": s.strategy,
                                           "generated": generated}, compact=True)  # 100,000 x 256 ids: 4 s, not 16
 
@@ -176,8 +176,8 @@ def _pii(tmp: Path, target: Target, records: Sequence[dict], n_members: int, opt
         return
     annotated = [r for r in records if r.get("pii")]
     names = sorted({r["text"][p["start"]:p["end"]] for r in annotated for p in r["pii"] if p["type"] == "name"})
-    if len(names) < options.pii_candidates:
-        return  # too few names to draw candidates from
+    if len({normalise("name", v) for v in names}) < options.pii_candidates:
+        return  # too few names to draw candidates from (names that differ only in case are one person)
     out, queries = {}, []
     for side, rows in (("members", members), ("non_members", held_out)):
         if rows:

@@ -39,6 +39,23 @@ def test_greedy_equals_library_generate_with_mixed_length_prompts(arch, corpora,
         np.testing.assert_array_equal(alone[0], row)
 
 
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("engine", ["portable", "static"])
+def test_decoding_up_to_the_context_and_not_past_it(arch, engine, tokenizer):
+    """A learned position table (GPT-2) failed with an index error past its context (a device assert on a GPU);
+    a rotary model (Llama) decoded on past what it was built for. Filling the context exactly is fine."""
+    from leakaudit.errors import LeakauditError
+    from leakaudit.models import build_model
+
+    model = build_model(tokenizer, arch=arch, n_layer=1, n_embd=16, n_head=2, context=32).eval()
+    pad, fits = tokenizer.pad_token_id, [[5] * 12, [7] * 3]
+    out = generate(model, fits, Sampling(max_new_tokens=21, greedy=True), pad_id=pad, engine=engine)
+    np.testing.assert_array_equal(out[:1], _hf_greedy(model, fits[:1], pad, 21))  # 12 + 21 - 1 = 32 positions
+    with pytest.raises(LeakauditError, match=r"^generation: prompts of 12 tokens and 22 new tokens need 33 "
+                                             r"positions; the model's context is 32$"):
+        generate(model, fits, Sampling(max_new_tokens=22, greedy=True), pad_id=pad, engine=engine)
+
+
 def test_fixed_seed_reproducible_and_seeds_differ(gpt2, corpora, tokenizer):
     prompts = _prompts(corpora, tokenizer) * 4
     s = Sampling(max_new_tokens=16, top_k=40)
@@ -90,7 +107,7 @@ def test_stop_token_pads_the_rest_and_trim_cuts(gpt2, corpora, tokenizer):
     first = out[0].tolist()
     assert first[: first.index(stop) + 1] == free[0, : first.index(stop) + 1].tolist()
     assert all(t == tokenizer.pad_token_id for t in first[first.index(stop) + 1 :])
-    assert trim(out, stop, tokenizer.pad_token_id)[0][-1] == stop
+    assert trim(out, stop)[0][-1] == stop
 
 
 def test_temperature_schedule_and_bad_settings():

@@ -70,6 +70,19 @@ def test_discoverable_memorization_finds_members_not_non_members(memorised):
     assert result.skipped_short == 1 and result.members.n_records == 0
 
 
+def test_memorization_past_the_model_context_is_refused_naming_k_and_n(tokenizer, corpora):
+    from leakaudit.errors import LeakauditError
+
+    model = build_model(tokenizer, arch="gpt2", n_layer=1, n_embd=16, n_head=2, context=64).eval()
+    texts = [r["text"] * 4 for r in corpora[0][:4]]  # long enough for 40 + 32 tokens
+    with pytest.raises(LeakauditError, match=r"^memorization 40:32 \(k:n\): prompts of 41 tokens and 32 new "):
+        discoverable_memorization(Target(model, tokenizer), ["a", "b", "c", "d"], texts, [True, True, False, False],
+                                  k=40, n=32)
+    result, _ = discoverable_memorization(Target(model, tokenizer), ["a", "b", "c", "d"], texts,
+                                          [True, True, False, False], k=16, n=16)
+    assert result.members.n_records == 2 and result.non_members.n_records == 2
+
+
 def test_ngram_index_lookup_and_dedupe():
     idx = NgramIndex([[1, 2, 3, 4, 5], [7, 8, 9]], 3)
     assert len(idx) == 4

@@ -137,6 +137,36 @@ def test_names_from_a_known_list():
     assert detect_pii("Ann\nLee", names=names)[0].value == "Ann\nLee"  # any whitespace between words
 
 
+def test_names_before_a_possessive_and_names_whose_case_folding_adds_a_word():
+    names = ["Jane Doe", "İpek Yılmaz"]  # 'İpek'.casefold() is 'i̇pek': two words to the word pattern
+    text = "Jane Doe's card and Jane Doe’s account; JANE DOE'S too. İpek Yılmaz called; Jane Does not."
+    assert [m.value for m in detect_pii(text, names=names)] == ["Jane Doe", "Jane Doe", "JANE DOE", "İpek Yılmaz"]
+    assert [m.value for m in PIIDetector(names, name_case_sensitive=True).detect(text)] == [
+        "Jane Doe", "Jane Doe", "İpek Yılmaz"]
+    # a training record written back verbatim with its possessive is a leak found
+    train = [{"id": "a", "text": "Jane Doe's card was declined.", "pii": [{"type": "name", "start": 0, "end": 8}]}]
+    assert pii_extraction(["Jane Doe's card was declined."], [], train).overall.n_true == 1
+
+
+def test_an_email_with_an_apostrophe_is_read_whole_and_quotes_stay_outside():
+    text = "Write to o'connor12@mail.com or 'ann.lee@mail.com' (quoted)."
+    assert [m.value for m in detect_pii(text)] == ["o'connor12@mail.com", "ann.lee@mail.com"]
+
+
+def test_generated_records_are_decoded_a_line_each(tokenizer):
+    """A model trained on records ending in EOS writes EOS between records; decoded with special tokens skipped,
+    one record's phone number ran into the next record's name and was no phone number."""
+    from leakaudit.attacks.untargeted import decode_records
+
+    a = tokenizer("Callback note: call (415) 555-0123", add_special_tokens=False)["input_ids"]
+    b = tokenizer("John Doe wrote", add_special_tokens=False)["input_ids"]
+    eos = tokenizer.eos_token_id
+    text = decode_records(tokenizer, [eos, *a, eos, eos, *b, eos])
+    assert text.split("\n") == [tokenizer.decode(a), tokenizer.decode(b)]
+    assert [m.value for m in detect_pii(text, names=["John Doe"])] == ["(415) 555-0123", "John Doe"]
+    assert decode_records(tokenizer, a) == tokenizer.decode(a) and decode_records(tokenizer, [eos]) == ""
+
+
 def test_overlaps_prefer_longer_and_results_are_sorted():
     text = "Write to Ann Lee at 12 Ann Lee Road, Springfield, CA 12345 or ann.lee@mail.com; SSN 123-45-6789."
     found = detect_pii(text, names=["Ann Lee"])
@@ -479,6 +509,7 @@ def test_samples_are_decoded_by_the_tokenizer_of_the_model_that_drew_them(tmp_pa
     must be decoded with its own tokenizer (decoded with another, a baseline's text was garbage)."""
     import torch
 
+    from leakaudit.attacks.untargeted import decode_records
     from leakaudit.extraction import ExtractionOptions, _generated_texts, load_samples, sample_stage
     from leakaudit.models import build_model, train_tokenizer
     from leakaudit.runs import EventLog
@@ -493,4 +524,23 @@ def test_samples_are_decoded_by_the_tokenizer_of_the_model_that_drew_them(tmp_pa
     opts = ExtractionOptions(memorization=[], samples=4, sample_tokens=12, batch_size=4)
     d = sample_stage(tmp_path / "run", "reference", ref_dir, opts, public[:20], device="cpu", dtype=torch.float32,
                      token_budget=None, trust_remote_code=False, log=EventLog(tmp_path / "run"))
-    assert _generated_texts(d) == [other.decode(g, skip_special_tokens=True) for g in load_samples(d).new]
+    assert _generated_texts(d) == [decode_records(other, g) for g in load_samples(d).new]
+
+
+def test_names_that_differ_only_in_case_are_one_candidate_for_reconstruction(tmp_path):
+    """The stage counted names as written, the reconstruction as people (case-folded): 32 spellings of 31 people
+    passed the stage's check for 32 candidates, and the reconstruction raised, failing the whole stage."""
+    from leakaudit.extraction import ExtractionOptions, _pii
+
+    class Flat:  # every candidate equally likely
+        def score(self, texts):
+            return [np.zeros(3) for _ in texts]
+
+    names = [f"Person Number{i}" for i in range(31)] + ["PERSON NUMBER0"]
+    records = [{"id": f"r{i}", "text": f"Hi {n}.", "pii": [{"type": "name", "start": 3, "end": 3 + len(n)}]}
+               for i, n in enumerate(names)]
+    for k, made in ((32, False), (31, True)):
+        out = tmp_path / str(k)
+        out.mkdir()
+        _pii(out, Flat(), records, 16, ExtractionOptions(pii_candidates=k), None, None)
+        assert (out / "pii_reconstruction.json").is_file() == made, k

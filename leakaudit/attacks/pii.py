@@ -158,7 +158,7 @@ def _email_valid(email: str) -> bool:
 # -- patterns --------------------------------------------------------------------------------------
 
 _EMAIL = re.compile(
-    r"(?<![\w.%+-])[A-Za-z0-9._%+-]+@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
+    r"(?<![\w.%+-])[A-Za-z0-9._%+-]+(?:'[A-Za-z0-9._%+-]+)*@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,24}(?![\w-])"
 )
 _PHONE_US = re.compile(_NL + r"(?:\+?1[ .-]?)?(?:\(\d{3}\)[ .-]?|\d{3}[ .-])\d{3}[ .-]\d{4}" + _NR)
 _PHONE_INTL = re.compile(r"(?<![\w+])\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,4})){2,6}" + _NR)
@@ -293,6 +293,7 @@ def normalise(pii_type: str, value: str) -> str:
 
 
 _NAME_WORD = re.compile(r"\w+(?:['’.-]\w+)*")
+_POSSESSIVE = re.compile(r"['’][sS]$")
 
 
 class _NameMatcher:
@@ -308,8 +309,8 @@ class _NameMatcher:
         self.by_len: dict[int, set[str]] = {}
         for name in names:
             key = self._key(name)
-            if key:
-                self.by_len.setdefault(len(_NAME_WORD.findall(key)), set()).add(key)
+            if key:  # words counted as written: case-folding may split one ('İpek' folds to 'i̇pek')
+                self.by_len.setdefault(len(_NAME_WORD.findall(_collapse(name))), set()).add(key)
         self.lengths = sorted((n for n in self.by_len if n > 0), reverse=True)
 
     def _key(self, s: str) -> str:
@@ -326,8 +327,11 @@ class _NameMatcher:
                 if i + n > len(words):
                     continue
                 start, end = words[i].start(), words[i + n - 1].end()
-                if self._key(text[start:end]) in self.by_len[n]:
-                    out.append(PIIMatch("name", text[start:end], start, end))
+                # the name itself, else the name before a possessive ("Jane Doe's")
+                ends = (end, end - 2) if _POSSESSIVE.search(words[i + n - 1].group()) else (end,)
+                hit = next((e for e in ends if self._key(text[start:e]) in self.by_len[n]), None)
+                if hit is not None:
+                    out.append(PIIMatch("name", text[start:hit], start, hit))
                     i += n
                     break
             else:

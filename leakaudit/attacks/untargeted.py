@@ -25,7 +25,7 @@ from itertools import chain
 import numpy as np
 import pandas as pd
 
-from leakaudit.models.generate import Sampling, generate
+from leakaudit.models.generate import Sampling, check_fits_context, generate
 from leakaudit.models.target import Target
 from leakaudit.models.tokenize import bos_id, encode
 from leakaudit.report.schema import UntargetedExtraction
@@ -181,6 +181,22 @@ class Samples:
         return [tokenizer.decode(p + n, skip_special_tokens=True) for p, n in zip(self.prompts, self.new)]
 
 
+def decode_records(tokenizer, ids: Sequence[int]) -> str:
+    """The text of generated ``ids``, one line per record the model wrote: a model trained on records that end
+    in EOS writes EOS between records, and decoding with the special tokens skipped would glue the end of one
+    record to the start of the next (a phone number followed by a name is then no phone number)."""
+    special = set(tokenizer.all_special_ids)
+    parts, part = [], []
+    for t in ids:
+        if int(t) in special:
+            parts.append(part)
+            part = []
+        else:
+            part.append(int(t))
+    parts.append(part)
+    return "\n".join(text for p in parts if p and (text := tokenizer.decode(p, skip_special_tokens=True)))
+
+
 def _start_ids(tokenizer) -> list[int]:
     start = bos_id(tokenizer)
     if start is None:
@@ -227,6 +243,8 @@ def sample_texts(
                      decay_steps=min(decay_steps, length))
             if name == "temperature_decay" else Sampling(max_new_tokens=length, top_k=top_k)
         )
+        check_fits_context(target.model, max(map(len, ps)), length,
+                           f"untargeted sampling ({name}), sample_tokens {length}")
         out = generate(target.model, ps, sampling, pad_id=target.pad_id, batch_size=batch_size, seed=seed * 7 + s_i)
         prompts.extend(list(p) for p in ps)
         new.extend(out.tolist())

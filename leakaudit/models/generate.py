@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from leakaudit.errors import LeakauditError
 from leakaudit.models.attention import single_token_attention
 from leakaudit.models.compiling import Compiled, first_line
 
@@ -83,6 +84,24 @@ class Sampling:
             return self.temperature
         frac = step / self.decay_steps
         return self.start_temperature + frac * (self.temperature - self.start_temperature)
+
+
+def model_context(model: PreTrainedModel) -> int:
+    """The positions the model was built for (its learned position table, or the length a rotary model was
+    trained to); 1,024 when its configuration does not say."""
+    cfg = model.config
+    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1024)
+
+
+def check_fits_context(model: PreTrainedModel, prompt_tokens: int, new_tokens: int, what: str) -> None:
+    """Refuse decoding past the model's context: a learned position table fails with an index error (a device
+    assert on a GPU), a rotary model decodes on, past what it was trained for, and its tokens mean nothing."""
+    context = model_context(model)
+    if prompt_tokens + new_tokens - 1 > context:
+        raise LeakauditError(
+            f"{what}: prompts of {prompt_tokens} tokens and {new_tokens} new tokens need "
+            f"{prompt_tokens + new_tokens - 1} positions; the model's context is {context}"
+        )
 
 
 def cache_argument(model: PreTrainedModel) -> str:
@@ -656,6 +675,8 @@ def generate(
         raise ValueError("every prompt needs at least one token (a BOS for an empty prompt)")
     if engine not in ("auto", "static", "portable"):
         raise ValueError(f"engine must be auto, static or portable, not {engine!r}")
+    if prompts:
+        check_fits_context(model, max(map(len, prompts)), sampling.max_new_tokens, "generation")
     from leakaudit.models.fused import fuse_activations
 
     if fuse:
@@ -679,14 +700,7 @@ def generate(
     return out
 
 
-def trim(tokens: np.ndarray, stop_token: int | None, pad_id: int) -> list[list[int]]:
+def trim(tokens: np.ndarray, stop_token: int | None) -> list[list[int]]:
     """Generated rows as lists, cut after the stop token (kept) and without trailing padding."""
-    rows = []
-    for row in tokens.tolist():
-        if stop_token is not None and stop_token in row:
-            row = row[: row.index(stop_token) + 1]
-        else:
-            while row and row[-1] == pad_id:
-                row.pop()
-        rows.append(row)
-    return rows
+    return [row[: row.index(stop_token) + 1] if stop_token is not None and stop_token in row else row
+            for row in tokens.tolist()]  # padding only ever follows a stop token; a generated pad id is kept

@@ -18,7 +18,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.models import fused, vocab
 from leakaudit.models.compiling import Compiled
-from leakaudit.models.generate import cache_argument, returned_cache
+from leakaudit.models.generate import cache_argument, model_context, returned_cache
 from leakaudit.models.tokenize import Continuations, TailCache, encode, encode_continuations, scored_start
 
 
@@ -135,10 +135,7 @@ class Target:
         n_vocab = int(getattr(model.config, "vocab_size", 0) or 32000)
         cpu_budget = min(4096, max(512, (1 << 26) // n_vocab))
         self.token_budget = token_budget or (32768 if self.device.type == "cuda" else cpu_budget)
-        cfg = model.config
-        self.context = int(
-            getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1024
-        )
+        self.context = model_context(model)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)
         self._cache_arg = cache_argument(model)
