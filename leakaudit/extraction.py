@@ -113,8 +113,9 @@ def extraction_stage(
         "memorization": [list(x) for x in options.memorization], "max_records": options.memorization_max_records,
         "ngram": options.verify_ngram, "seed": options.seed, "dtype": dtype_name(dtype),
         # 3: PII extraction's held-out baseline; 4: reconstruction's per-query table; 5: records written out;
-        # 6: records with no non-public n-gram marked untestable
-        "pii_version": 6,
+        # 6: records with no non-public n-gram marked untestable; 7: names before a possessive, emails with an
+        # apostrophe, candidates counted as people
+        "pii_version": 7,
     }
 
     def build(tmp: Path) -> None:
