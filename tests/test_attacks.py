@@ -127,6 +127,25 @@ def test_offline_lira_ranks_as_the_log_cdf_and_keeps_strong_leaks_apart():
     assert norm.logcdf(40.0) == norm.logcdf(60.0) == 0.0 and far[1] > far[0] > 30
 
 
+def test_rmia_with_too_few_shadows_to_tune_a_takes_the_plain_out_average():
+    """With 2 shadows no shadow can be attacked from the other (some text has no OUT reference left): the
+    fallback a = 0.3 put a constant 0.35 beside sequence probabilities of about 0.05, and RMIA ranked as LOSS."""
+    from leakaudit.train.shadows import membership_matrix
+
+    rng = np.random.default_rng(1)
+    n = 400
+    base = rng.normal(-3.0, 0.5, n)  # a text's own difficulty; exp(mean lp) about 0.05
+    member = rng.random(n) < 0.5
+    target = pd.DataFrame({"mean_logprob": base + 0.15 * member + rng.normal(0, 0.05, n)})
+    shadow_in = membership_matrix(2, n, seed=0)
+    stats = np.stack([base + 0.15 * m + rng.normal(0, 0.05, n) for m in shadow_in])
+    inp = AttackInputs(target=target, shadow_stats=stats, shadow_in=shadow_in)
+    assert tune_a(stats, shadow_in) == 1.0
+    s, loss = run_attack("rmia", inp), run_attack("loss", inp)
+    np.testing.assert_array_equal(s, run_attack("rmia", inp, {"a": 1.0}))
+    assert auc(s[member], s[~member]) > 0.85 > 0.65 > auc(loss[member], loss[~member])
+
+
 def test_rmia_tunes_a_on_a_paired_shadow_when_a_is_not_given():
     inp, member = _simulated(n=600, n_shadows=8, seed=4)
     a = tune_a(inp.shadow_stats, inp.shadow_in)

@@ -80,13 +80,16 @@ def test_attack_result_warns_about_unresolvable_fpr():
 def test_dp_bound_check_at_extreme_epsilons_and_without_delta():
     """e^eps overflows past eps ~ 709: at FPR 0 the bound is delta (not inf * 0 = NaN), and a privacy record
     with eps but no delta is read as delta 0 instead of failing on the warning's format."""
-    from leakaudit.attacks.metrics import dp_bound_check
+    from leakaudit.attacks.metrics import dp_bound_check, group_bound
 
     m, n = np.linspace(10, 11, 500), np.linspace(0, 1, 500)  # perfect separation: TPR 1 at FPR 0
-    for eps in (800.0, float("inf")):
-        check = dp_bound_check(m, n, epsilon=eps, delta=1e-5)
-        # the excess at FPR 0 is finite; no violation: the FPR's upper bound times e^eps covers any TPR
-        assert check.max_excess == pytest.approx(1 - 1e-5) and not check.violated
+    check = dp_bound_check(m, n, epsilon=800.0, delta=1e-5)
+    # the excess at FPR 0 is finite; no violation: the FPR's upper bound times e^eps covers any TPR
+    assert check.max_excess == pytest.approx(1 - 1e-5) and not check.violated
+    # an infinite eps bounds no TPR, at FPR 0 too (it gave delta there: an excess of 1 - delta)
+    check = dp_bound_check(m, n, epsilon=float("inf"), delta=1e-5)
+    assert check.max_excess <= 0 and not check.violated
+    assert group_bound(float("inf"), 1e-5, 1) == (float("inf"), 1e-5)  # (k - 1) eps was 0 * inf = NaN
     r = attack_result(m, n, epsilon=0.1, delta=None, n_boot=0)
     assert r.dp_bound.delta == 0.0 and r.dp_bound.violated
     assert any("delta=0" in w and "DP bound" in w for w in r.warnings)

@@ -383,7 +383,10 @@ def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
 
 
 def _dp_tpr_bound(epsilon: float, fpr: np.ndarray, delta: float) -> np.ndarray:
-    """``e^eps * FPR + delta`` without overflow: at FPR 0 it is delta whatever eps (inf * 0 would be NaN)."""
+    """``e^eps * FPR + delta`` without overflow: at FPR 0 it is delta for any finite eps (inf * 0 would be NaN);
+    an infinite eps bounds nothing (1)."""
+    if math.isinf(epsilon):
+        return np.ones_like(fpr, dtype=float)
     scale = np.exp(min(float(epsilon), 700.0))
     return np.where(fpr > 0, scale * np.maximum(fpr, 0.0), 0.0) + delta
 
@@ -455,6 +458,8 @@ def group_bound(epsilon: float, delta: float, k: int) -> tuple[float, float]:
     ``(k eps, k e^((k-1) eps) delta)`` (delta capped at 1, where the bound says nothing)."""
     if k < 1:
         raise ValueError("a group has at least one record")
+    if k == 1:
+        return float(epsilon), float(delta)  # (k - 1) eps would be 0 * inf = NaN at eps inf
     exponent = (k - 1) * float(epsilon)
     group_delta = 1.0 if exponent > 700 else min(1.0, k * math.exp(exponent) * float(delta))
     return k * float(epsilon), group_delta
