@@ -553,5 +553,10 @@ def gate(run_dir: str | Path, policy_file: str | Path, *, model: str | None = No
         lines.extend(f"  - {missing_tag} {c.message}" for c in v.checks if c.status == "not measured")
     gated = [v for v in verdicts if not v.control]
     ok = all(v.passed for v in gated)
-    lines.append(f"gate: {'passed' if ok else 'failed'} ({sum(v.passed for v in gated)}/{len(gated)} models)")
+    summary = f"gate: {'passed' if ok else 'failed'} ({sum(v.passed for v in gated)}/{len(gated)} models"
+    unmeasured = sum(c.status == "not measured" for v in gated for c in v.checks)
+    if ok and unmeasured:  # a bare "passed" would read as every limit met
+        summary += (f"; {unmeasured} limit{'s' if unmeasured != 1 else ''} not measured, passed only because "
+                    "fail_on_missing is off")
+    lines.append(summary + ")")
     return (0 if ok else 1), lines

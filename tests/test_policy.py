@@ -337,6 +337,18 @@ def test_gate_exit_codes(tmp_path):
     assert code == 1
 
 
+def test_a_gate_that_passes_with_limits_not_measured_says_so(tmp_path):
+    """Only one limit, which the non-DP model cannot be measured on: it passes (fail_on_missing is off), and the
+    last line says why, instead of a bare 'passed' beside a report that calls the model leaky."""
+    run = _run_dir(tmp_path, make_results())
+    code, lines = gate(run, write(tmp_path / "p.yaml", "require_secret_randomness: true\n"), model="non_dp")
+    assert code == 0 and lines[0] == "PASS non_dp" and lines[1].startswith("  - [not measured] non_dp: ")
+    assert lines[-1] == "gate: passed (1/1 models; 1 limit not measured, passed only because fail_on_missing is off)"
+    code, lines = gate(run, write(tmp_path / "q.yaml", "require_secret_randomness: true\nfail_on_missing: true\n"),
+                       model="non_dp")
+    assert code == 1 and lines[-1] == "gate: failed (0/1 models)"
+
+
 def test_gate_fails_an_empirical_bound_above_the_accountant(tmp_path):
     data = make_results().model_dump(mode="json")
     data["models"]["dp"]["empirical_privacy"] = [{
