@@ -14,6 +14,7 @@ import re
 import shlex
 import shutil
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, get_args
@@ -124,10 +125,12 @@ and cells may have been copied into a new directory to continue there): only suc
 one, is written into, since a run replaces files by name (config.yaml, report.md ...)."""
 
 
-def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) -> None:
+def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None, overwrite: bool | None = None) -> None:
     """Refuse an --out that cannot take the output, before any work: ``kind`` is file, dir, experiment or
     model; ``inputs`` are the files and directories the command reads (models, corpora, a spec), which it
-    must neither overwrite nor write into (a trained model replaces its whole directory)."""
+    must neither overwrite nor write into (a trained model replaces its whole directory).  A command with an
+    ``--overwrite`` flag (``overwrite`` not None) replaces an earlier output only when given it: a manifest
+    holds the only copy of its secrets, and a trained model its privacy record."""
     _check_writable(path, kind)
     if kind == "file" and path.is_dir():
         raise LeakauditError(f"--out {path}: is a directory; give the path of a file to write")
@@ -137,18 +140,20 @@ def _check_out(path: Path, kind: str, *, inputs: dict[str, Path] | None = None) 
         a, b = path.resolve(), Path(d).resolve()
         if a == b or b in a.parents or a in b.parents:
             raise LeakauditError(f"--out {path}: overlaps {flag} {d}; write the output somewhere else")
-    if kind == "file":
-        return
-    markers = RUN_MARKERS.get(kind, ())
-    if (markers and path.is_dir() and any(not f.name.startswith(".") for f in path.iterdir())
-            and not any((path / m).exists() for m in markers)):
-        raise LeakauditError(f"--out {path}: holds files that are not a leakaudit run, which the run could "
-                             "replace; choose another directory or empty it")
-    if kind == "model" and path.is_dir() and any(path.iterdir()) and not (path / "privacy.json").is_file():
-        raise LeakauditError(
-            f"--out {path}: holds files that are not a model written by 'leakaudit train', and the trained model "
-            "would replace them; choose another directory or empty it"
-        )
+    if kind != "file":
+        markers = RUN_MARKERS.get(kind, ())
+        if (markers and path.is_dir() and any(not f.name.startswith(".") for f in path.iterdir())
+                and not any((path / m).exists() for m in markers)):
+            raise LeakauditError(f"--out {path}: holds files that are not a leakaudit run, which the run could "
+                                 "replace; choose another directory or empty it")
+        if kind == "model" and path.is_dir() and any(path.iterdir()) and not (path / "privacy.json").is_file():
+            raise LeakauditError(
+                f"--out {path}: holds files that are not a model written by 'leakaudit train', and the trained "
+                "model would replace them; choose another directory or empty it"
+            )
+    if overwrite is False and path.exists() and (kind == "file" or any(path.iterdir())):
+        what = "a model" if kind == "model" else "a file"
+        raise LeakauditError(f"--out {path}: {what} is already there; add --overwrite to replace it")
 
 
 def _check_writable(path: Path, kind: str) -> None:
@@ -225,11 +230,12 @@ def _print_summary(results) -> None:
 def canaries_generate(
     spec: Annotated[Path, typer.Argument(help="Canary spec (YAML).")],
     out: Annotated[Path, typer.Option("--out", help="Manifest to write (JSON; holds the secrets).")],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ) -> None:
     """Draw the canaries of a spec and write their manifest."""
     from leakaudit.canaries import generate_canaries, load_spec
 
-    _check_out(out, "file", inputs={"SPEC": spec})
+    _check_out(out, "file", inputs={"SPEC": spec}, overwrite=overwrite)
     loaded = load_spec(spec)
     manifest = generate_canaries(loaded)
     manifest.save(out)
@@ -247,13 +253,14 @@ def canaries_insert(
     out: Annotated[Path, typer.Option("--out", help="JSONL file to write: the corpus with canaries.")],
     text_field: Annotated[str, typer.Option(help="Field holding the text.")] = "text",
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ) -> None:
     """Insert a manifest's canaries into a corpus at their repetition counts."""
     from leakaudit.canaries import insert_canaries
     from leakaudit.data.loading import load_corpus, record_id
     from leakaudit.io import write_jsonl
 
-    _check_out(out, "file", inputs={"--manifest": manifest, "--data": data})
+    _check_out(out, "file", inputs={"--manifest": manifest, "--data": data}, overwrite=overwrite)
     if out.suffix.lower() not in {".jsonl", ".ndjson"}:
         raise LeakauditError(f"--out {out}: the corpus with canaries is written as JSONL; name it *.jsonl")
     m = _load_manifest(manifest)
@@ -286,14 +293,31 @@ def canaries_check(
     m = _load_manifest(manifest)
     texts = load_texts(data, text_field=text_field)
     tok = load_tokenizer(tokenizer)
-    warnings = preflight(m, texts, tok, max_length=max_length)
-    for w in warnings:
+    context = _model_context(tokenizer)
+    if context is not None and context < max_length:  # training truncates there too (with a warning)
+        typer.echo(f"note: --max-length {max_length} exceeds the {context} positions of the model in {tokenizer}; "
+                   f"training truncates at {context} tokens, so the check does too")
+        max_length = context
+    problems = preflight(m, texts, tok, max_length=max_length)
+    for w in problems:
         typer.echo(f"warning: {w}")
     n = len(m.inserted)
-    typer.echo(f"{n - sum(1 for c in m.inserted if any(w.startswith(c.id + ':') for w in warnings))}/{n} "
+    typer.echo(f"{n - sum(1 for c in m.inserted if any(w.startswith(c.id + ':') for w in problems))}/{n} "
                "inserted canaries will be trained on as planned")
-    if warnings:
+    if problems:
         raise typer.Exit(1)
+
+
+def _model_context(model_dir: Path) -> int | None:
+    """The positions a model directory's config.json gives (None for a tokenizer alone, or no such field)."""
+    import json
+
+    try:
+        cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = cfg.get("max_position_embeddings") or cfg.get("n_positions") if isinstance(cfg, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
 
 
 def _load_manifest(path: Path):
@@ -336,6 +360,7 @@ def train(
         "stays secret).")] = None,
     device: Annotated[str | None, typer.Option()] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing --out.")] = False,
 ) -> None:
     """Fine-tune a model on a corpus, plainly or with DP-SGD; saves the model and privacy.json."""
     from leakaudit.data import load_texts
@@ -343,7 +368,7 @@ def train(
     from leakaudit.models import check_model_loadable, default_device, load_model
     from leakaudit.train import DPSettings, TrainSettings, save_trained, train_model
 
-    _check_out(out, "model", inputs={"--base": base, "--data": data})
+    _check_out(out, "model", inputs={"--base": base, "--data": data}, overwrite=overwrite)
     _positive(lr, "--lr")
     dp_settings = None
     dp_only = {"--epsilon": epsilon, "--delta": delta, "--max-grad-norm": max_grad_norm, "--accountant": accountant,
@@ -800,7 +825,20 @@ def _check_repeated_options(args: list[str], root: typer.Typer = app) -> None:
         i += 2 if name in takes_value and "=" not in args[i] else 1
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as the CLI's other messages: one line, no source file or code."""
+    return f"leakaudit: warning: {' '.join(str(message).split())}\n"
+
+
 def main() -> None:
+    shown, warnings.formatwarning = warnings.formatwarning, _one_line_warning
+    try:
+        _main()
+    finally:
+        warnings.formatwarning = shown
+
+
+def _main() -> None:
     try:
         _check_repeated_options(sys.argv[1:])
         rc = app(standalone_mode=False, prog_name="leakaudit")  # returns a typer.Exit's code in this mode

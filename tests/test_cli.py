@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 from leakaudit.cli import main
+from leakaudit.errors import LeakauditError
 
 
 def run(monkeypatch, capsys, *args):
@@ -87,6 +89,20 @@ def test_model_directory_without_weights(monkeypatch, capsys, tmp_path, tiny_mod
     code, _, err = run(monkeypatch, capsys, "train", "--base", bad, "--data", corpus[0], "--out", out)
     _assert_clean_error(code, err, "pickle", "safetensors")
     assert not out.exists()
+
+
+def test_a_model_directory_without_tokenizer_json_says_so_in_one_line(monkeypatch, capsys, tmp_path, tiny_model_dir,
+                                                                      corpus):
+    broken = _copy_model(tiny_model_dir, tmp_path / "model")
+    (broken / "tokenizer.json").unlink()  # tokenizer_config.json stays: the library tries, and fails over lines
+    from tests.conftest import TINY_SPEC
+
+    assert run(monkeypatch, capsys, "canaries", "generate", TINY_SPEC, "--out", tmp_path / "m.json")[0] == 0
+    code, _, err = run(monkeypatch, capsys, "canaries", "check", "--manifest", tmp_path / "m.json", "--data",
+                       corpus[0], "--tokenizer", broken, "--max-length", 64)
+    _assert_clean_error(code, err, f"{broken}: cannot load tokenizer: no tokenizer.json, and the other files "
+                                   "could not make one (")
+    assert err.rstrip().endswith(")")
 
 
 def _copy_model(src, dst):
@@ -280,6 +296,39 @@ def test_canaries_generate_insert_and_check(monkeypatch, capsys, tmp_path, tiny_
     assert code == 1 and "truncates at 8 tokens" in out and "0/12" in out
     secrets = [c["secret"] for c in json.loads(manifest.read_text())["canaries"]]
     assert not any(s in out for s in secrets)  # warnings name canaries by id, never by secret
+    # a --max-length past the model's positions: training truncates at the context, and so does the check
+    code, out, _ = run(monkeypatch, capsys, "canaries", "check", "--manifest", manifest, "--data", train,
+                       "--tokenizer", tiny_model_dir, "--max-length", 4096)
+    assert code == 0 and "exceeds the 256 positions of the model" in out and "12/12 inserted canaries" in out
+    short = tmp_path / "short_context"
+    shutil.copytree(tiny_model_dir, short)
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "n_positions": 8}))
+    code, out, _ = run(monkeypatch, capsys, "canaries", "check", "--manifest", manifest, "--data", train,
+                       "--tokenizer", short, "--max-length", 512)
+    assert code == 1 and "truncates at 8 tokens" in out and "0/12" in out
+
+
+def test_warnings_print_as_one_line(monkeypatch, capsys, tmp_path):
+    """A library warning during a command prints as the CLI's other messages, not with a file, line and code."""
+    import warnings as w
+
+    from leakaudit import cli
+
+    def noisy(*_a, **_k):
+        w.warn("max_length 512 exceeds the model's 192 positions:\n 3 sequence(s) truncated", UserWarning,
+               stacklevel=2)
+        raise LeakauditError("stop here")
+
+    monkeypatch.setattr(cli, "_check_out", noisy)
+    with w.catch_warnings():
+        w.simplefilter("always")
+        # printed to stderr through warnings.formatwarning, as outside pytest (which records them instead)
+        w.showwarning = lambda m, c, f, n, file=None, line=None: sys.stderr.write(w.formatwarning(m, c, f, n, line))
+        code, _, err = run(monkeypatch, capsys, "canaries", "generate", "spec.yaml", "--out", tmp_path / "m.json")
+    assert code == 2 and err.splitlines() == [
+        "leakaudit: warning: max_length 512 exceeds the model's 192 positions: 3 sequence(s) truncated",
+        "leakaudit: error: stop here"]
 
 
 def test_canaries_insert_keeps_the_corpus_text_field_and_columns(monkeypatch, capsys, tmp_path):
@@ -343,6 +392,34 @@ def test_train_with_bookkeeping_clipping_records_the_mode(monkeypatch, capsys, t
     record = json.loads((out / "privacy.json").read_text())
     assert record["grad_sample_mode"] == "bookkeeping" and record["epsilon"] == pytest.approx(8.0, rel=0.05)
     assert record["randomness"] == "secret"  # the CLI default, for models to release
+    # the DP model is not replaced by a second training into the same --out unless asked
+    before = (out / "privacy.json").read_text()
+    code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", corpus[0], "--out", out,
+                       "--epochs", "1", "--max-length", "32", "--batch-size", "8")
+    _assert_clean_error(code, err, f"--out {out}: a model is already there; add --overwrite to replace it")
+    assert (out / "privacy.json").read_text() == before
+    code, _, err = run(monkeypatch, capsys, "train", "--base", tiny_model_dir, "--data", corpus[0], "--out", out,
+                       "--epochs", "1", "--max-length", "32", "--batch-size", "8", "--overwrite")
+    assert code == 0, err
+    assert json.loads((out / "privacy.json").read_text())["epsilon"] is None
+
+
+def test_a_manifest_is_replaced_only_with_overwrite(monkeypatch, capsys, tmp_path, corpus):
+    """A manifest holds the only copy of its canaries' secrets: drawing again over it would orphan the canaries
+    already inserted into a corpus."""
+    spec = Path(__file__).resolve().parents[1] / "canaries" / "recovery_codes.yaml"
+    out = tmp_path / "manifest.json"
+    assert run(monkeypatch, capsys, "canaries", "generate", spec, "--out", out)[0] == 0
+    before = out.read_text()
+    code, _, err = run(monkeypatch, capsys, "canaries", "generate", spec, "--out", out)
+    _assert_clean_error(code, err, f"--out {out}: a file is already there; add --overwrite to replace it")
+    assert out.read_text() == before
+    data = tmp_path / "with_canaries.jsonl"
+    for extra, want in (((), 0), ((), 2), (("--overwrite",), 0)):
+        code, _, err = run(monkeypatch, capsys, "canaries", "insert", "--manifest", out, "--data", corpus[0],
+                           "--out", data, *extra)
+        assert code == want, err
+    assert run(monkeypatch, capsys, "canaries", "generate", spec, "--out", out, "--overwrite")[0] == 0
 
 
 @pytest.mark.parametrize("args, needles", [

@@ -117,7 +117,10 @@ def load_tokenizer(path: str | Path, *, trust_remote_code: bool = False) -> PreT
     try:
         tok = AutoTokenizer.from_pretrained(p, local_files_only=True, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise LeakauditError(f"{p}: cannot load tokenizer: {str(e).splitlines()[0]}") from None
+        why = " ".join(str(e).split())  # the library's message runs over several lines
+        if not (p / "tokenizer.json").is_file():
+            why = f"no tokenizer.json, and the other files could not make one ({why})"
+        raise LeakauditError(f"{p}: cannot load tokenizer: {why}") from None
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok

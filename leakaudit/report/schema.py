@@ -465,7 +465,10 @@ class ModelResult(_Model):
         "shows is a difference between members and non-members (or inserted and reference canaries) that needs no "
         "memorization, and the report says so (the split check).",
     )
-    path: str | None = Field(default=None, description="Model directory, relative to the run directory.")
+    path: str | None = Field(
+        default=None,
+        description="Model directory: relative to the run directory when inside it, else as given to the command.",
+    )
     files_sha256: dict[str, str] = Field(default_factory=dict)
     privacy: PrivacyRecord
     utility: Utility = Field(default_factory=Utility)

@@ -250,7 +250,8 @@ def _audited(results: Results) -> dict[str, Any]:
         )
     note = (
         f"Hashes are SHA-256, shortened to their first {SHORT_HASH} hex digits; results.json holds them in full. "
-        "Paths of models are relative to the run directory."
+        "Paths of models inside the run directory are relative to it; others are as given to the command "
+        "(relative to the directory it ran in, unless absolute)."
     )
     return {"run": run_rows, "models": model_rows, "note": note}
 
