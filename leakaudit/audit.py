@@ -359,6 +359,13 @@ def model_result(
         dp_subset = (single[member], single[~member])
     # split per person: a person's records are not independent draws, so the intervals resample people
     people = None if users is None else (users["user"].to_numpy()[member], users["user"].to_numpy()[~member])
+    canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
+    ins = np.array([c.exposure_bits for c in canaries if c.inserted])
+    ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
+    runnable = [name for name in options.attacks if not missing_requirements(name, inputs)]
+    # one DP bound check per attack and one on the canaries' exposure: any of them failing says the guarantee
+    # failed, so each is made at 1 - 0.05 / k (Bonferroni) and the claim holds at 95% overall
+    dp_level = 1 - 0.05 / max(1, len(runnable) + bool(ins.size and ref.size))
     for name in options.attacks:
         missing = missing_requirements(name, inputs)
         if missing:
@@ -367,7 +374,7 @@ def model_result(
         s = run_attack(name, inputs, options.params.get(name))
         per_sample[f"score_{name}"] = s
         mia[name] = attack_result(s[member], s[~member], epsilon=eps, delta=delta, n_boot=options.n_boot,
-                                  dp_subset=dp_subset, groups=people)
+                                  dp_subset=dp_subset, groups=people, dp_level=dp_level)
         if users is not None:
             by_user[name] = attack_result(*_user_scores(users, s), epsilon=None, n_boot=options.n_boot)
     joint = None
@@ -387,16 +394,13 @@ def model_result(
         for old in (run_dir / "per_sample").glob(f"{model.name}{pattern}.parquet"):
             old.unlink()
     write_parquet(per_sample, model_samples / "scores.parquet")
-    canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     units: dict[str, dict[str, AttackResult]] = {}
     if by_user:
         units["user"] = by_user
-    ins = np.array([c.exposure_bits for c in canaries if c.inserted])
-    ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
     if ins.size and ref.size:
         k = max(c.repetitions for c in canaries if c.inserted)  # a canary inserted k times: k records
         units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot,
-                                                     group=k)}
+                                                     group=k, dp_level=dp_level)}
     found = read_extraction(extraction_dir)
     # (record id, side) -> person: a members' file and a non-members' file may number their ids alike
     person = dict(zip(zip(table["id"].astype(str), member), users["user"])) if users is not None else None

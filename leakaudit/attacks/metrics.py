@@ -442,7 +442,7 @@ def dp_bound_check(
     testable = (_beyond_bound(m.size, m.size, 0, n.size, each, epsilon, delta)
                 or _beyond_bound(n.size, n.size, 0, m.size, each, epsilon, delta))
     return DPBoundCheck(epsilon=epsilon, delta=delta, violated=above or below,
-                        max_excess=max(excess, excess_swapped), testable=testable)
+                        max_excess=max(excess, excess_swapped), testable=testable, level=level)
 
 
 def _beyond_bound(tp: int, n_members: int, fp: int, n_non_members: int, level: float, epsilon: float,
@@ -475,6 +475,7 @@ def attack_result(
     group: int = 1,
     dp_subset: tuple[np.ndarray, np.ndarray] | None = None,
     groups: tuple[np.ndarray, np.ndarray] | None = None,
+    dp_level: float = 0.95,
 ) -> AttackResult:
     """AUC with its bootstrap interval, TPR at 0.1%, 1% and 10% FPR with their intervals (:func:`tpr_interval`),
     balanced accuracy, the ROC for plotting, resolution warnings and, for a DP model, the DP bound check.
@@ -488,6 +489,8 @@ def attack_result(
     guarantee speaks for); none on a side leaves the bound unchecked, with a warning saying why.
     ``groups``: each member's and each non-member's person, for records split per person: the AUC and TPR
     intervals then resample people (:func:`cluster_bootstrap_cis`; ``n_boot`` 0: no intervals at all).
+    ``dp_level``: the DP bound check's confidence (an audit running k such checks on one model passes
+    ``1 - 0.05 / k``, so that any of them failing says the guarantee failed at 95% overall).
     """
     m, n = _check(members, non_members)
     delta = 0.0 if delta is None else delta
@@ -511,13 +514,13 @@ def attack_result(
                      f"{dn.size} non-member records belong to people with no other audited record (a person's "
                      "records together are protected only at group privacy)")
     elif epsilon is not None:
-        dp = dp_bound_check(dm, dn, epsilon, delta)
+        dp = dp_bound_check(dm, dn, epsilon, delta, dp_level)
         if dp_subset is not None:
             dp = dp.model_copy(update={"scope": "records of people with no other audited record",
                                        "n_members": int(dm.size), "n_non_members": int(dn.size)})
         broken = dp
         if group > 1 and dp.violated:
-            broken = dp_bound_check(dm, dn, *group_bound(epsilon, delta, group))
+            broken = dp_bound_check(dm, dn, *group_bound(epsilon, delta, group), dp_level)
         if broken.violated:
             of = f" for groups of {group} records" if group > 1 else ""
             warns.append(

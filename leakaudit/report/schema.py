@@ -73,7 +73,12 @@ class DPBoundCheck(_Model):
     violated: bool = Field(
         description="True when, at one of the tested thresholds, the Clopper-Pearson lower bound on TPR exceeds "
         "e^eps times the upper bound on FPR plus delta, for TPR <= e^eps FPR + delta or for 1 - FPR <= e^eps "
-        "(1 - TPR) + delta (Bonferroni over the thresholds of both, 95% overall)."
+        "(1 - TPR) + delta (Bonferroni over the thresholds of both, at the check's level)."
+    )
+    level: float = Field(
+        default=0.95,
+        description="The check's confidence. An audit Bonferroni-corrects over the model's checks (one per attack, "
+        "and the canaries' exposure): each at 1 - 0.05 / k, so that a violation of any holds at 95% overall.",
     )
     max_excess: float = Field(description="Largest empirical excess over thresholds: TPR - (e^eps FPR + delta), or "
                               "(1 - FPR) - (e^eps (1 - TPR) + delta).")
