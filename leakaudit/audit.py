@@ -362,10 +362,9 @@ def model_result(
     canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     ins = np.array([c.exposure_bits for c in canaries if c.inserted])
     ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
-    runnable = [name for name in options.attacks if not missing_requirements(name, inputs)]
-    # one DP bound check per attack and one on the canaries' exposure: any of them failing says the guarantee
-    # failed, so each is made at 1 - 0.05 / k (Bonferroni) and the claim holds at 95% overall
-    dp_level = 1 - 0.05 / max(1, len(runnable) + bool(ins.size and ref.size))
+    # one DP bound check per attack, any of which failing fails the guarantee: each at 1 - 0.05 / k (Bonferroni),
+    # so that the attacks' claim holds at 95% overall
+    dp_level = 1 - 0.05 / max(1, sum(not missing_requirements(name, inputs) for name in options.attacks))
     for name in options.attacks:
         missing = missing_requirements(name, inputs)
         if missing:
@@ -400,7 +399,7 @@ def model_result(
     if ins.size and ref.size:
         k = max(c.repetitions for c in canaries if c.inserted)  # a canary inserted k times: k records
         units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot,
-                                                     group=k, dp_level=dp_level)}
+                                                     group=k)}  # reported on its own (not in the verdict)
     found = read_extraction(extraction_dir)
     # (record id, side) -> person: a members' file and a non-members' file may number their ids alike
     person = dict(zip(zip(table["id"].astype(str), member), users["user"])) if users is not None else None

@@ -312,12 +312,13 @@ def _model_context(model_dir: Path) -> int | None:
     """The positions a model directory's config.json gives (None for a tokenizer alone, or no such field)."""
     import json
 
+    from leakaudit.models.generate import context_of
+
     try:
         cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    value = cfg.get("max_position_embeddings") or cfg.get("n_positions") if isinstance(cfg, dict) else None
-    return value if isinstance(value, int) and value > 0 else None
+    return context_of(cfg) if isinstance(cfg, dict) else None
 
 
 def _load_manifest(path: Path):

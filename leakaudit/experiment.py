@@ -370,7 +370,7 @@ def prepare_seed(task: SeedTask) -> dict:
     device = _device(cfg)
     t0 = time.perf_counter()
 
-    shared = shared_stages(cfg, sdir, log, device)
+    shared = shared_stages(cfg, sdir, log, device, dp=any(c.dp for c in task.experiment.cells()))
     if cfg.shadows:
         _shadows(cfg, sdir, shared, device, log)
     scores = _prime_reference(cfg, task.experiment.config, sdir, shared, device, log)
@@ -976,7 +976,7 @@ CSV_COLUMNS = (
     "extraction_searches_completed", "canaries_within_guesses", "other_secret_first", "memorization_k_n",
     "memorization_exact_rate", "memorization_exact_rate_non_members", "untargeted_memorized",
     "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "dp_guarantee_failed",
-    "train_seconds", "audit_seconds", "device", "run_dir", "base_sha256",
+    "train_seconds", "audit_seconds", "device", "platform", "software", "run_dir", "base_sha256",
 )
 
 

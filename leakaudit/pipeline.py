@@ -137,9 +137,10 @@ def read_shared(cfg: DemoConfig, run_dir: Path, **extra: Any) -> SharedStages:
 
 
 def shared_stages(
-    cfg: DemoConfig, run_dir: Path, log: EventLog, device: str, bar: BarFactory = _no_bar
+    cfg: DemoConfig, run_dir: Path, log: EventLog, device: str, bar: BarFactory = _no_bar, *, dp: bool = True
 ) -> SharedStages:
-    """Stages 1-3 (data, canaries, base model) and the canary pre-flight, each cached in ``run_dir``."""
+    """Stages 1-3 (data, canaries, base model) and the canary pre-flight, each cached in ``run_dir``;
+    ``dp``: whether models will be trained with ``cfg.dp`` (its delta is then checked before the base model)."""
     cfg_json = cfg.model_dump(mode="json")
     data_key = {"data": cfg_json["data"]}
 
@@ -166,8 +167,8 @@ def shared_stages(
         write_jsonl(tmp / "train.jsonl", rows)
 
     can_dir = stage(run_dir, "canaries", can_key, build_canaries, log)
-    # a delta the DP training would refuse is refused now, before the base model is trained
-    dp_delta(cfg.dp, len(read_jsonl(can_dir / "train.jsonl")), where="dp.delta")
+    if dp:  # a delta the DP training would refuse is refused now, before the base model is trained
+        dp_delta(cfg.dp, len(read_jsonl(can_dir / "train.jsonl")), where="dp.delta")
     base_key = {**data_key, "model": cfg_json["model"], "pretrain": cfg_json["pretrain"], "seed": cfg.seed}
 
     def build_base(tmp: Path) -> None:
@@ -185,7 +186,7 @@ def shared_stages(
     # canary pre-flight: will the training loss see every inserted canary?
     warnings = preflight_all(
         shared.manifests, shared.train_texts, load_tokenizer(base_dir),
-        max_length=min(cfg.finetune.max_length, cfg.dp_train.max_length),
+        max_length=min(cfg.finetune.max_length, cfg.dp_train.max_length, cfg.model.context),  # training cuts there
     )
     for w in warnings:
         log("preflight_warning", f"warning: {w}", warning=w)

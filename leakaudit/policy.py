@@ -556,7 +556,7 @@ def gate(run_dir: str | Path, policy_file: str | Path, *, model: str | None = No
     summary = f"gate: {'passed' if ok else 'failed'} ({sum(v.passed for v in gated)}/{len(gated)} models"
     unmeasured = sum(c.status == "not measured" for v in gated for c in v.checks)
     if ok and unmeasured:  # a bare "passed" would read as every limit met
-        summary += (f"; {unmeasured} limit{'s' if unmeasured != 1 else ''} not measured, passed only because "
-                    "fail_on_missing is off")
+        summary += (f"; {unmeasured} check{'s' if unmeasured != 1 else ''} of a limit not measured, passed only "
+                    "because fail_on_missing is off")
     lines.append(summary + ")")
     return (0 if ok else 1), lines

@@ -85,10 +85,9 @@ def test_membership_attacks_find_members_only_where_the_model_trained_on_them(de
     # split per person: checked where one record differs (people with no other record)
     assert {r.dp_bound.scope for r in dp.mia.values()} == {"records of people with no other audited record"}
     assert 0 < dp.mia["loss"].dp_bound.n_members < dp.mia["loss"].n_members
-    # one check per attack and one on the canaries' exposure, each at 1 - 0.05 / k: 95% for the claim overall
-    k = len(dp.mia) + 1
-    checks = [r.dp_bound for r in dp.mia.values()] + [dp.mia_by_unit["canary"]["exposure"].dp_bound]
-    assert all(c is not None and c.level == pytest.approx(1 - 0.05 / k) for c in checks), checks
+    # one check per attack, each at 1 - 0.05 / k: 95% for the attacks' claim overall
+    assert all(r.dp_bound.level == pytest.approx(1 - 0.05 / len(dp.mia)) for r in dp.mia.values())
+    assert dp.mia_by_unit["canary"]["exposure"].dp_bound.level == 0.95  # reported on its own
 
 
 def test_no_secret_canary_or_pii_in_shared_artifacts(demo_run):

@@ -83,6 +83,19 @@ def test_memorization_past_the_model_context_is_refused_naming_k_and_n(tokenizer
     assert result.members.n_records == 2 and result.non_members.n_records == 2
 
 
+def test_sampling_past_the_model_context_is_refused_before_any_sample_is_drawn(tokenizer, corpora, monkeypatch):
+    from leakaudit.attacks import untargeted
+    from leakaudit.errors import LeakauditError
+
+    model = build_model(tokenizer, arch="gpt2", n_layer=1, n_embd=16, n_head=2, context=32).eval()
+    calls = []
+    monkeypatch.setattr(untargeted, "generate", lambda *a, **k: calls.append(a))
+    # BOS prompts fit 31 new tokens; public prompts (1 + 5 to 10 tokens) do not
+    with pytest.raises(LeakauditError, match=r"^untargeted sampling, sample_tokens 31: prompts of \d+ tokens"):
+        sample_texts(Target(model, tokenizer), 9, length=31, public_texts=[r["text"] for r in corpora[1][:20]])
+    assert calls == []
+
+
 def test_ngram_index_lookup_and_dedupe():
     idx = NgramIndex([[1, 2, 3, 4, 5], [7, 8, 9]], 3)
     assert len(idx) == 4

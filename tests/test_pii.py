@@ -153,18 +153,24 @@ def test_an_email_with_an_apostrophe_is_read_whole_and_quotes_stay_outside():
     assert [m.value for m in detect_pii(text)] == ["o'connor12@mail.com", "ann.lee@mail.com"]
 
 
-def test_generated_records_are_decoded_a_line_each(tokenizer):
+def test_generated_records_are_decoded_a_paragraph_each(tokenizer):
     """A model trained on records ending in EOS writes EOS between records; decoded with special tokens skipped,
-    one record's phone number ran into the next record's name and was no phone number."""
-    from leakaudit.attacks.untargeted import decode_records
+    one record's phone number ran into the next record's name and was no phone number. A name split over two
+    records is no name."""
+    from leakaudit.attacks.untargeted import RECORD_BREAK, decode_records
 
-    a = tokenizer("Callback note: call (415) 555-0123", add_special_tokens=False)["input_ids"]
-    b = tokenizer("John Doe wrote", add_special_tokens=False)["input_ids"]
+    def ids(text):
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    a, b = ids("Callback note: call (415) 555-0123"), ids("John Doe wrote")
     eos = tokenizer.eos_token_id
     text = decode_records(tokenizer, [eos, *a, eos, eos, *b, eos])
-    assert text.split("\n") == [tokenizer.decode(a), tokenizer.decode(b)]
+    assert text.split(RECORD_BREAK) == [tokenizer.decode(a), tokenizer.decode(b)]
     assert [m.value for m in detect_pii(text, names=["John Doe"])] == ["(415) 555-0123", "John Doe"]
     assert decode_records(tokenizer, a) == tokenizer.decode(a) and decode_records(tokenizer, [eos]) == ""
+    split = decode_records(tokenizer, [*ids("Refund approved by John"), eos, *ids("Doe wrote the ticket")])
+    assert detect_pii(split, names=["John Doe"]) == []
+    assert [m.value for m in detect_pii("approved by John\nDoe", names=["John Doe"])] == ["John\nDoe"]  # wrapped
 
 
 def test_overlaps_prefer_longer_and_results_are_sorted():

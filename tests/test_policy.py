@@ -343,7 +343,8 @@ def test_a_gate_that_passes_with_limits_not_measured_says_so(tmp_path):
     run = _run_dir(tmp_path, make_results())
     code, lines = gate(run, write(tmp_path / "p.yaml", "require_secret_randomness: true\n"), model="non_dp")
     assert code == 0 and lines[0] == "PASS non_dp" and lines[1].startswith("  - [not measured] non_dp: ")
-    assert lines[-1] == "gate: passed (1/1 models; 1 limit not measured, passed only because fail_on_missing is off)"
+    assert lines[-1] == ("gate: passed (1/1 models; 1 check of a limit not measured, passed only because "
+                         "fail_on_missing is off)")
     code, lines = gate(run, write(tmp_path / "q.yaml", "require_secret_randomness: true\nfail_on_missing: true\n"),
                        model="non_dp")
     assert code == 1 and lines[-1] == "gate: failed (0/1 models)"

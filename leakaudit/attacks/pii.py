@@ -330,7 +330,7 @@ class _NameMatcher:
                 # the name itself, else the name before a possessive ("Jane Doe's")
                 ends = (end, end - 2) if _POSSESSIVE.search(words[i + n - 1].group()) else (end,)
                 hit = next((e for e in ends if self._key(text[start:e]) in self.by_len[n]), None)
-                if hit is not None:
+                if hit is not None and "\n\n" not in text[start:hit]:  # a blank line: two records, no name
                     out.append(PIIMatch("name", text[start:hit], start, hit))
                     i += n
                     break

@@ -181,8 +181,11 @@ class Samples:
         return [tokenizer.decode(p + n, skip_special_tokens=True) for p, n in zip(self.prompts, self.new)]
 
 
+RECORD_BREAK = "\n\n"  # between the records of one sample; no detected value spans it (see attacks.pii)
+
+
 def decode_records(tokenizer, ids: Sequence[int]) -> str:
-    """The text of generated ``ids``, one line per record the model wrote: a model trained on records that end
+    """The text of generated ``ids``, a paragraph per record the model wrote: a model trained on records that end
     in EOS writes EOS between records, and decoding with the special tokens skipped would glue the end of one
     record to the start of the next (a phone number followed by a name is then no phone number)."""
     special = set(tokenizer.all_special_ids)
@@ -194,7 +197,7 @@ def decode_records(tokenizer, ids: Sequence[int]) -> str:
         else:
             part.append(int(t))
     parts.append(part)
-    return "\n".join(text for p in parts if p and (text := tokenizer.decode(p, skip_special_tokens=True)))
+    return RECORD_BREAK.join(text for p in parts if p and (text := tokenizer.decode(p, skip_special_tokens=True)))
 
 
 def _start_ids(tokenizer) -> list[int]:
@@ -226,7 +229,7 @@ def sample_texts(
     strategies = ["top_k", "temperature_decay"] + (["public_prompt"] if public_texts else [])
     counts = [n_samples // len(strategies) + (i < n_samples % len(strategies)) for i in range(len(strategies))]
     rng = np.random.default_rng(seed)
-    prompts, new, labels = [], [], []
+    plans = []  # (strategy's index, name, prompts, sampling): every prompt drawn before any is decoded
     for s_i, (name, count) in enumerate(zip(strategies, counts)):
         if count == 0:
             continue
@@ -243,12 +246,16 @@ def sample_texts(
                      decay_steps=min(decay_steps, length))
             if name == "temperature_decay" else Sampling(max_new_tokens=length, top_k=top_k)
         )
-        check_fits_context(target.model, max(map(len, ps)), length,
-                           f"untargeted sampling ({name}), sample_tokens {length}")
+        plans.append((s_i, name, ps, sampling))
+    if plans:  # refused before any sample is drawn, not after the first strategies' work
+        check_fits_context(target.model, max(len(p) for _, _, ps, _ in plans for p in ps), length,
+                           f"untargeted sampling, sample_tokens {length}")
+    prompts, new, labels = [], [], []
+    for s_i, name, ps, sampling in plans:
         out = generate(target.model, ps, sampling, pad_id=target.pad_id, batch_size=batch_size, seed=seed * 7 + s_i)
         prompts.extend(list(p) for p in ps)
         new.extend(out.tolist())
-        labels.extend([name] * count)
+        labels.extend([name] * len(ps))
     return Samples(prompts, new, labels)
 
 

@@ -86,11 +86,17 @@ class Sampling:
         return self.start_temperature + frac * (self.temperature - self.start_temperature)
 
 
+def context_of(config) -> int | None:
+    """The positions a model configuration (a config object or config.json's dict) was built for: its learned
+    position table, or the length a rotary model was trained to; None when it does not say."""
+    get = config.get if isinstance(config, dict) else lambda k: getattr(config, k, None)
+    value = get("max_position_embeddings") or get("n_positions")
+    return value if isinstance(value, int) and value > 0 else None
+
+
 def model_context(model: PreTrainedModel) -> int:
-    """The positions the model was built for (its learned position table, or the length a rotary model was
-    trained to); 1,024 when its configuration does not say."""
-    cfg = model.config
-    return int(getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or 1024)
+    """:func:`context_of` the model's configuration; 1,024 when it does not say."""
+    return context_of(model.config) or 1024
 
 
 def check_fits_context(model: PreTrainedModel, prompt_tokens: int, new_tokens: int, what: str) -> None:
@@ -698,9 +704,3 @@ def generate(
         if idx:
             out[idx] = rows
     return out
-
-
-def trim(tokens: np.ndarray, stop_token: int | None) -> list[list[int]]:
-    """Generated rows as lists, cut after the stop token (kept) and without trailing padding."""
-    return [row[: row.index(stop_token) + 1] if stop_token is not None and stop_token in row else row
-            for row in tokens.tolist()]  # padding only ever follows a stop token; a generated pad id is kept

@@ -77,8 +77,8 @@ class DPBoundCheck(_Model):
     )
     level: float = Field(
         default=0.95,
-        description="The check's confidence. An audit Bonferroni-corrects over the model's checks (one per attack, "
-        "and the canaries' exposure): each at 1 - 0.05 / k, so that a violation of any holds at 95% overall.",
+        description="The check's confidence. An audit Bonferroni-corrects over a model's attacks: each attack's "
+        "check at 1 - 0.05 / k for k attacks, so that a violation by any holds at 95% overall.",
     )
     max_excess: float = Field(description="Largest empirical excess over thresholds: TPR - (e^eps FPR + delta), or "
                               "(1 - FPR) - (e^eps (1 - TPR) + delta).")

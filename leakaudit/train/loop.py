@@ -60,6 +60,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from leakaudit.errors import LeakauditError
 from leakaudit.io import sha256_file, write_json
+from leakaudit.models.generate import context_of
 from leakaudit.models.tiny import ARCHS
 from leakaudit.models.tokenize import encode
 from leakaudit.report.schema import PrivacyRecord
@@ -518,8 +519,7 @@ def train_model(
     torch.manual_seed(settings.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     ids = [e.ids for e in encode(tokenizer, texts, add_eos=True)]
-    cfg = _base_model(model).config
-    context = getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+    context = context_of(_base_model(model).config)
     max_length = settings.max_length
     if context and max_length > context:  # a longer sequence would index past the position embeddings
         max_length = int(context)
