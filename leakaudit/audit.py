@@ -616,6 +616,25 @@ def _extraction(
     return out
 
 
+def _note_changed_run(cfg_path: Path, models: list[str], attacks: list[str], log: EventLog) -> None:
+    """Say when a run directory's earlier run audited other models or attacks: its results are replaced by this
+    run's, and the stages only it used stay, unused, in the directory."""
+    try:
+        old = yaml.safe_load(cfg_path.read_text(encoding="utf-8")) if cfg_path.is_file() else None
+    except (OSError, yaml.YAMLError):
+        return
+    if not isinstance(old, dict):
+        return
+    changes = []
+    for what, before, now in (("models", old.get("models"), models), ("attacks", old.get("attacks"), attacks)):
+        before = sorted(before) if isinstance(before, (dict, list)) else None
+        if before is not None and before != sorted(now):
+            changes.append(f"{what} {', '.join(map(str, before))} before, {', '.join(now)} now")
+    if changes:
+        log("run_changed", f"note: this directory held an earlier run of other settings ({'; '.join(changes)}); "
+            "its results are replaced by this run's", changes=changes)
+
+
 def run_audit(
     run_dir: str | Path,
     models: dict[str, Path] | list[ModelToAudit],
@@ -669,6 +688,7 @@ def run_audit(
     rows = list(members) + list(non_members)
     cfg_path = run_dir / "config.yaml"
     if is_writer():
+        _note_changed_run(cfg_path, [m.name for m in models], options.attacks, log)
         clear_results(run_dir)
     if is_writer() and (write_config or not cfg_path.is_file()):  # this run's settings, even in an old directory
         cfg = {

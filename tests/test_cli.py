@@ -264,6 +264,10 @@ def test_audit_writes_a_run_directory(monkeypatch, capsys, tmp_path, tiny_model_
     code, _, err = run(monkeypatch, capsys, "audit", "--model", f"tiny={tiny_model_dir}", "--members", users,
                        "--non-members", corpus[1], "--out", out, "--attacks", "loss,zlib")
     assert code == 0, err
+    # the user hears that the directory's earlier run had other settings, whose results this run replaces
+    said = " ".join(err.split())
+    assert "note: this directory held an earlier run of other settings (attacks lira_offline, " in said
+    assert "zlib before, loss, zlib now); its results are replaced by this run's" in said
     import yaml
 
     assert yaml.safe_load((out / "config.yaml").read_text())["attacks"] == ["loss", "zlib"]
