@@ -359,9 +359,6 @@ def model_result(
         dp_subset = (single[member], single[~member])
     # split per person: a person's records are not independent draws, so the intervals resample people
     people = None if users is None else (users["user"].to_numpy()[member], users["user"].to_numpy()[~member])
-    canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
-    ins = np.array([c.exposure_bits for c in canaries if c.inserted])
-    ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
     # one DP bound check per attack, any of which failing fails the guarantee: each at 1 - 0.05 / k (Bonferroni),
     # so that the attacks' claim holds at 95% overall
     dp_level = 1 - 0.05 / max(1, sum(not missing_requirements(name, inputs) for name in options.attacks))
@@ -393,9 +390,12 @@ def model_result(
         for old in (run_dir / "per_sample").glob(f"{model.name}{pattern}.parquet"):
             old.unlink()
     write_parquet(per_sample, model_samples / "scores.parquet")
+    canaries = [CanaryResult.model_validate(c) for c in read_json(score_dir / "canaries.json")]
     units: dict[str, dict[str, AttackResult]] = {}
     if by_user:
         units["user"] = by_user
+    ins = np.array([c.exposure_bits for c in canaries if c.inserted])
+    ref = np.array([c.exposure_bits for c in canaries if not c.inserted])
     if ins.size and ref.size:
         k = max(c.repetitions for c in canaries if c.inserted)  # a canary inserted k times: k records
         units["canary"] = {"exposure": attack_result(ins, ref, epsilon=eps, delta=delta, n_boot=options.n_boot,

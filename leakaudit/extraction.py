@@ -70,7 +70,7 @@ def sample_stage(
             s = sample_texts(target, options.samples, length=options.sample_tokens, public_texts=public_texts,
                              batch_size=options.batch_size, seed=options.seed)
         # the generated text, decoded here with the model's own tokenizer (a baseline (reference) model's
-        # samples are read beside another model's, whose tokenizer may differ), a line per record written
+        # samples are read beside another model's, whose tokenizer may differ), a paragraph per record written
         generated = [decode_records(target.tokenizer, g) for g in s.new]
         write_json(tmp / "samples.json", {"prompts": s.prompts, "new": s.new, "strategy": s.strategy,
                                           "generated": generated}, compact=True)  # 100,000 x 256 ids: 4 s, not 16
