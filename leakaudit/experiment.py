@@ -582,6 +582,11 @@ def cell_metrics(model, min_reps: int = 16) -> dict:
         "member_loss": model.utility.member_loss, "non_member_loss": model.utility.non_member_loss,
         "exposure_max": max(hi) if hi else None,
         "exposure_median": statistics.median(hi) if hi else None,
+        # canaries whose secret beat every null sample: their exposure is the interpolation's cap, a lower bound
+        "exposure_at_cap": sum(c.rank == 1 for c in inserted if c.repetitions >= min_reps),
+        "exposure_skewnorm_median": statistics.median(sk) if (sk := [
+            c.exposure_bits_skewnorm for c in inserted
+            if c.repetitions >= min_reps and c.exposure_bits_skewnorm is not None]) else None,
         "exposure_reference_median": statistics.median(ref) if ref else None,
         "n_exposure_canaries": len(hi),
         "best_tpr_at_1pct_fpr": best[1].tpr_at_fpr.get("0.01") if best else None,
@@ -960,6 +965,7 @@ METRICS = (
     ("loss_auc", "LOSS AUC", "{:.3f}"),
     ("exposure_median", "median exposure (bits)", "{:.2f}"),
     ("exposure_max", "max exposure (bits)", "{:.2f}"),
+    ("exposure_skewnorm_median", "median exposure, skew-normal (bits)", "{:.2f}"),
     ("canaries_extracted", "canaries extracted", "{:g}"),
     ("canaries_within_guesses", "within the search's guesses", "{:g}"),
     ("other_secret_first", "another canary's secret first", "{:g}"),
@@ -972,7 +978,8 @@ CSV_COLUMNS = (
     "cell", "mode", "seed", "dp", "target_epsilon", "epsilon_label", "epsilon", "delta", "noise_multiplier", "steps",
     "sample_rate", "expected_batch", "dataset_size", "lr", "lora_rank", "perplexity", "member_loss",
     "non_member_loss", "best_tpr_at_1pct_fpr", "best_attack", "loss_auc", "loss_tpr_at_1pct_fpr", "exposure_median",
-    "exposure_max", "exposure_reference_median", "n_exposure_canaries", "canaries_extracted", "canaries_searched",
+    "exposure_max", "exposure_at_cap", "exposure_skewnorm_median", "exposure_reference_median", "n_exposure_canaries",
+    "canaries_extracted", "canaries_searched",
     "extraction_searches_completed", "canaries_within_guesses", "other_secret_first", "memorization_k_n",
     "memorization_exact_rate", "memorization_exact_rate_non_members", "untargeted_memorized",
     "untargeted_samples", "pii_recall", "one_run_eps_lower_bound", "one_run_best_possible", "dp_guarantee_failed",
@@ -984,8 +991,16 @@ def _eps_order(label: str) -> float:
     return math.inf if label == "inf" else float(label)
 
 
+def capped(row: dict, key: str) -> bool:
+    """Whether a cell's exposure figure is the interpolation's cap (a lower bound): the median when at least half
+    of its canaries beat every null sample, the maximum when one did."""
+    at_cap, n = row.get("exposure_at_cap") or 0, row.get("n_exposure_canaries") or 0
+    return (key == "exposure_median" and n > 0 and 2 * at_cap >= n) or (key == "exposure_max" and at_cap > 0)
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Mean, standard deviation (over seeds), min, max and n of each metric per (mode, epsilon)."""
+    """Mean, standard deviation (over seeds), min, max and n of each metric per (mode, epsilon); ``at_cap``: some
+    seed's value is a lower bound (:func:`capped`)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r["mode"], r["epsilon_label"]), []).append(r)
@@ -999,6 +1014,7 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "mean": statistics.fmean(vals) if vals else None,
                 "std": statistics.stdev(vals) if len(vals) > 1 else None,  # one value: no spread measured
                 "min": min(vals) if vals else None, "max": max(vals) if vals else None, "n": len(vals),
+                "at_cap": any(capped(r, key) for r in rs),
             }
         out.append(g)
     return out
@@ -1216,7 +1232,7 @@ def _summary_cell(g: dict, key: str, fmt: str) -> str:
     s = g[key]
     if s["mean"] is None:
         return "—"
-    text = _fmt(s["mean"], fmt)
+    text = ("≥ " if s.get("at_cap") else "") + _fmt(s["mean"], fmt)
     if s["n"] > 1:
         text += " ± " + _fmt(s["std"], fmt)
     if s["n"] < g["n_seeds"]:  # not measured (or not finite, e.g. a diverged model's perplexity) in some seeds
@@ -1231,7 +1247,8 @@ def _tables(doc: dict) -> tuple[list[str], list[list[str]], list[str], list[list
     chead = ["cell", "steps", "expected batch", "noise σ", *[label for _, label, _ in METRICS], "best attack",
              "train s", "audit s"]
     cbody = [[r["cell"], _fmt(r["steps"], "{:g}"), _fmt(r["expected_batch"], "{:g}"),
-              _fmt(r["noise_multiplier"], "{:.3f}"), *[_fmt(r.get(k), f) for k, _, f in METRICS],
+              _fmt(r["noise_multiplier"], "{:.3f}"),
+              *[("≥ " if capped(r, k) else "") + _fmt(r.get(k), f) for k, _, f in METRICS],
               r.get("best_attack") or "—", _fmt(r.get("train_seconds"), "{:.0f}"),
               _fmt(r.get("audit_seconds"), "{:.0f}")]
              for r in doc["cells"]]
@@ -1300,6 +1317,11 @@ def _notes(doc: dict) -> list[str]:
                      "difference may come from the number of steps and the batch size, not from DP.")
     notes.append(f"Exposure: over canaries inserted at least {doc['exposure_min_repetitions']} times. Best TPR: "
                  "the largest TPR at 1% FPR over the attacks run. Spread: ± one standard deviation over seeds.")
+    if any(capped(r, k) for r in doc["cells"] for k in ("exposure_median", "exposure_max")):
+        notes.append("≥: a lower bound. The interpolation's exposure cannot exceed log2 of the null samples; at "
+                     "least half of the canaries (median) or one (max) beat every null sample there. The skew-normal "
+                     "column estimates past the cap (a fitted tail, not a measurement); the figure's points at the "
+                     "cap are lower bounds too.")
     if doc["base_model_perplexity"]:
         vals = list(doc["base_model_perplexity"].values())
         notes.append(f"Base model (pretrained on public data, before fine-tuning): held-out perplexity "

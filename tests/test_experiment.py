@@ -189,6 +189,23 @@ def test_a_dp_delta_not_below_one_over_n_stops_the_seed_before_its_base_model(tm
     assert not (tmp_path / "out" / "cells").exists()
 
 
+def test_exposures_at_the_interpolation_cap_read_as_lower_bounds():
+    from leakaudit.experiment import _tables, capped, summarize
+
+    def row(seed, median, at_cap, n=4):
+        return {"cell": f"full-epsinf-seed{seed}", "mode": "full", "epsilon_label": "inf", "seed": seed,
+                "steps": 10, "expected_batch": 8, "noise_multiplier": None, "exposure_median": median,
+                "exposure_max": 10.97, "exposure_at_cap": at_cap, "n_exposure_canaries": n}
+
+    rows = [row(0, 10.97, 2), row(1, 6.5, 1)]
+    assert [capped(r, "exposure_median") for r in rows] == [True, False]  # half of 4 at the cap: the median
+    assert all(capped(r, "exposure_max") for r in rows) and not capped(row(2, 3.0, 0), "exposure_max")
+    head, body, chead, cbody = _tables({"summary": summarize(rows), "cells": rows})
+    median_col = head.index("median exposure (bits)")
+    assert body[0][median_col] == "≥ 8.73 ± 3.16"  # one seed's value is a lower bound: so is the mean
+    assert [r[chead.index("median exposure (bits)")] for r in cbody] == ["≥ 10.97", "6.50"]
+
+
 # ------------------------------------------------------------------------------- a tiny grid
 
 
@@ -243,6 +260,15 @@ def test_grid_runs_end_to_end_into_the_comparison(grid):
     # a real effect even at this size: the 16x canaries are exposed without DP, much less with eps 1
     assert plain["exposure_median"] > dp["exposure_median"] + 1.0, (plain, dp)
     assert dp["one_run_eps_lower_bound"] <= dp["epsilon"]
+    # exposures at the interpolation's cap (the secret beat every null sample) are marked as lower bounds
+    results = json.loads((out / "cells" / "full-epsinf-seed0" / "results.json").read_text())
+    ranks = [c["rank"] for c in results["models"]["full-epsinf-seed0"]["canaries"]
+             if c["inserted"] and c["repetitions"] >= 16]
+    assert plain["exposure_at_cap"] == ranks.count(1) and plain["n_exposure_canaries"] == len(ranks)
+    md = (out / "comparison.md").read_text()
+    if 2 * ranks.count(1) >= len(ranks):
+        assert f"≥ {plain['exposure_median']:.2f}" in md and "≥: a lower bound." in md
+    assert plain["exposure_skewnorm_median"] >= plain["exposure_median"] - 1.0
     assert [(g["mode"], g["epsilon_label"], g["n_seeds"]) for g in doc["summary"]] == [("full", "inf", 1),
                                                                                        ("full", "1", 1)]
     assert doc["machine"]["devices"] and "torch" in doc["machine"]["versions"] and doc["machine"]["platform"]
