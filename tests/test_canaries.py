@@ -59,6 +59,15 @@ def test_bad_specs_name_the_field(tmp_path):
                  "repetitions: [1]\n")
     with pytest.raises(LeakauditError, match=r"write \{secret\} once"):
         load_spec(p)
+    # a letter, digit or field touching the secret: a tokenizer may merge it into the secret's first or last token
+    # for some candidates only (a reviewer: ' is sk' + hex merged for 210 of 4,096 secrets, ranks 1.8 bits apart)
+    for template in ("key sk{secret}.", "code {name}{secret}", "pin {secret}th", "id 7{secret}", "pin {secret}{name}"):
+        p.write_text(f"name: x\ntemplate: '{template}'\nsecret: {{format: digits, length: 4}}\nrepetitions: [1]\n")
+        with pytest.raises(LeakauditError, match=r"put a space or punctuation on both sides of \{secret\}"):
+            load_spec(p)
+    for template in ("API_KEY={secret}", "pin: {secret}.", "({secret})", "{name}: {secret}, {{ok}}"):
+        p.write_text(f"name: x\ntemplate: '{template}'\nsecret: {{format: digits, length: 4}}\nrepetitions: [1]\n")
+        assert load_spec(p).template == template
     # a one-run audit inserts each canary once: with k copies its bound would be compared with the wrong eps
     p.write_text("name: x\ndesign: one_run\ntemplate: 'a {secret}'\nsecret: {format: digits, length: 6}\n"
                  "repetitions: [1, 4]\n")

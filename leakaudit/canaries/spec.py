@@ -110,6 +110,13 @@ class CanarySpec(BaseModel):
                              "or conversion)")
         if self.template.count("{secret}") > 1:  # an escaped "{{secret}}" too: the canary is split at "{secret}"
             raise ValueError("template: write {secret} once, and no literal '{{secret}}' beside it")
+        before, _, after = self.template.partition("{secret}")
+        if re.search(r"(\w|})$", before) or re.match(r"\w|{(?!{)", after):
+            # a tokenizer may merge the text beside the secret into its first or last token for some secrets and
+            # not others, so candidates would be charged for different text and ranked unfairly
+            raise ValueError("template: put a space or punctuation on both sides of {secret} (a letter, digit or "
+                             "field touching it may be merged with the secret's first or last characters by the "
+                             "tokenizer, for some secrets and not others)")
         return self
 
     @model_validator(mode="after")
