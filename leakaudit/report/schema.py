@@ -180,7 +180,9 @@ class CanaryResult(_Model):
         "fitted to the null NLLs for the rest; clipped to [0, log2 |R|], not capped by the number of null samples.",
     )
     skewnorm_ks_pvalue: float | None = Field(
-        default=None, description="Kolmogorov-Smirnov p-value of that fit (small: the fit is poor)."
+        default=None,
+        description="Kolmogorov-Smirnov p-value of that fit (small: the fit is poor). The parameters are fitted to "
+        "the same sample, so the p-value runs high: a large one does not show a good fit.",
     )
     exposure_bits_exact: float | None = Field(
         default=None, description="log2|R| - log2(rank) over the whole randomness space, when it was enumerated."
