@@ -78,10 +78,11 @@ def test_steps_override_epochs(gpt2, tokenizer, corpora):
         model, tokenizer, texts, TrainSettings(epochs=5, steps=7, batch_size=4, max_length=32),
         progress=lambda s, t, loss: calls.append((s, t)),
     )
-    assert rec.steps == 7 and calls[-1] == (7, 7) and rec.epochs == pytest.approx(7 / 3)
+    # fixed steps take full batches: 7 x 4 records over 10 (before: 7 steps of 3 batches an epoch, one of 2)
+    assert rec.steps == 7 and calls[-1] == (7, 7) and rec.epochs == pytest.approx(7 * 4 / 10)
 
 
-def test_matched_plain_run_takes_the_dp_runs_steps_and_batch(tokenizer, corpora):
+def test_matched_plain_run_takes_the_dp_runs_steps_and_batch(tokenizer, corpora, monkeypatch):
     texts = [r["text"] for r in corpora[0][:30]]
     dp_settings = TrainSettings(epochs=2, batch_size=8, lr=1e-3, max_length=32)
     model = build_model(tokenizer, arch="llama", n_layer=1, n_embd=16, n_head=2, context=64)
@@ -90,8 +91,19 @@ def test_matched_plain_run_takes_the_dp_runs_steps_and_batch(tokenizer, corpora)
     plain = matched_settings(rec, len(texts), base=dp_settings)
     assert plain.steps == 8 and plain.batch_size == 8 and plain.lr == dp_settings.lr  # round(30 / 4)
     assert matched_settings(dp_settings, len(texts)) == plain
+    from leakaudit.train import loop
+
+    sizes, step_fn = [], loop._backward_step
+
+    def counting(*a, **k):
+        step = step_fn(*a, **k)
+        return lambda x, m: (sizes.append(len(x)), step(x, m))[1]
+
+    monkeypatch.setattr(loop, "_backward_step", counting)
     plain_rec = train_model(copy.deepcopy(model), tokenizer, texts, plain)
     assert plain_rec.steps == rec.steps and plain_rec.epsilon is None
+    # full batches only: 30 records in batches of 8 left a batch of 6 each epoch
+    assert sizes == [8] * 8 and plain_rec.epochs == pytest.approx(8 * 8 / 30)
     # Poisson rate 1 / ceil(N / b): 30 records in batches of 7 give q = 1/5, an expected batch of 6
     assert matched_settings(TrainSettings(epochs=1, batch_size=7), 30).model_dump(include={"steps", "batch_size"}) == {
         "steps": 5, "batch_size": 6,

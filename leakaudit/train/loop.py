@@ -67,8 +67,9 @@ from leakaudit.report.schema import PrivacyRecord
 
 ProgressFn = Callable[[int, int, float], None]
 
-RECORD_VERSION = 2
-"""Version of what :func:`save_trained` writes (2: privacy.json names the weights' hashes).  Stages that keep
+RECORD_VERSION = 3
+"""Version of what :func:`save_trained` writes (2: privacy.json names the weights' hashes; 3: a plain run of
+fixed steps takes full batches only).  Stages that keep
 a trained model put it in their key, so a model saved before is trained again rather than reported with a
 record that cannot be tied to its weights."""
 
@@ -535,7 +536,10 @@ def train_model(
     if not params:
         raise ValueError("the model has no trainable parameters")
     gen = torch.Generator().manual_seed(settings.seed)
-    loader = DataLoader(data, batch_size=min(settings.batch_size, n), shuffle=True, generator=gen)
+    # a plain run of fixed steps (a matched comparison) takes full batches only: a last, short batch each epoch
+    # (1 record at N = 136, batch 27) would see fewer records than the DP run it is matched with
+    full = dp is None and settings.steps is not None and n > settings.batch_size
+    loader = DataLoader(data, batch_size=min(settings.batch_size, n), shuffle=True, generator=gen, drop_last=full)
     per_epoch = len(loader)
     total = settings.steps if settings.steps is not None else settings.epochs * per_epoch
     optimizer = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -544,7 +548,8 @@ def train_model(
         if dp is None:
             _run(loader, optimizer, total, _backward_step(net, optimizer, device), progress)
             record = PrivacyRecord(
-                steps=total, epochs=total / per_epoch, dataset_size=n, sample_rate=min(settings.batch_size, n) / n,
+                steps=total, epochs=total * settings.batch_size / n if full else total / per_epoch, dataset_size=n,
+                sample_rate=min(settings.batch_size, n) / n,
             )
         else:
             with _dp_compatible(net):
