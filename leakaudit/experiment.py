@@ -247,6 +247,10 @@ def experiment_from_dict(raw: dict, *, where: str = "experiment", root: Path | N
         elif not msg.startswith(where):
             msg = f"{where}: base: {msg}"
         raise LeakauditError(msg) from None
+    most = max((max(c.repetitions) for c in demo.canaries if c.design != "one_run"), default=None)
+    if most is not None and cfg.exposure_min_repetitions > most:
+        raise LeakauditError(f"{where}: field 'exposure_min_repetitions': {cfg.exposure_min_repetitions} is more than "
+                             f"any canary is inserted ({most} times at most), so no exposure would be summarised")
     return Experiment(cfg, demo, where)
 
 

@@ -164,6 +164,13 @@ def test_executor_errors(tmp_path, monkeypatch):
         make_executor("submitit", exp, tmp_path)
 
 
+def test_an_exposure_threshold_above_every_repetition_is_refused():
+    with pytest.raises(LeakauditError, match=r"field 'exposure_min_repetitions': 64 is more than any canary is "
+                                             r"inserted \(16 times at most\)"):
+        experiment_from_dict(_with(exposure_min_repetitions=64))
+    assert experiment_from_dict(_with(exposure_min_repetitions=16)).config.exposure_min_repetitions == 16
+
+
 def test_cli_bad_experiment_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     from leakaudit.cli import main
 
