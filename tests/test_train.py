@@ -116,7 +116,7 @@ def test_plain_lora_training_merges_into_a_plain_model(llama, tokenizer, corpora
     before = {k: v.clone() for k, v in model.state_dict().items()}
     settings = TrainSettings(epochs=1, batch_size=4, max_length=32, lr=1e-2, lora=LoraSettings(r=2))
     rec = train_model(model, tokenizer, texts, settings)
-    assert rec.steps == 2 and set(model.state_dict()) == set(before)
+    assert rec.steps == 2 and set(model.state_dict()) == set(before) and rec.lora_rank == 2  # as a DP run records
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all("proj" in k for k in changed)
     save_trained(model, tokenizer, tmp_path, rec)

@@ -549,7 +549,7 @@ def train_model(
             _run(loader, optimizer, total, _backward_step(net, optimizer, device), progress)
             record = PrivacyRecord(
                 steps=total, epochs=total * settings.batch_size / n if full else total / per_epoch, dataset_size=n,
-                sample_rate=min(settings.batch_size, n) / n,
+                sample_rate=min(settings.batch_size, n) / n, lora_rank=settings.lora.r if settings.lora else None,
             )
         else:
             with _dp_compatible(net):
