@@ -361,9 +361,9 @@ def model_result(
     people = None if users is None else (users["user"].to_numpy()[member], users["user"].to_numpy()[~member])
     # one DP bound check per attack, any of which failing fails the guarantee: each at 1 - 0.05 / k (Bonferroni),
     # so that the attacks' claim holds at 95% overall
-    dp_level = 1 - 0.05 / max(1, sum(not missing_requirements(name, inputs) for name in options.attacks))
-    for name in options.attacks:
-        missing = missing_requirements(name, inputs)
+    missing_of = {name: missing_requirements(name, inputs) for name in options.attacks}
+    dp_level = 1 - 0.05 / max(1, sum(not missing for missing in missing_of.values()))
+    for name, missing in missing_of.items():
         if missing:
             skipped[name] = "needs " + "; ".join(REQUIREMENTS[m] for m in missing)
             continue

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from leakaudit.attacks.metrics import clopper_pearson
-from leakaudit.models.generate import Sampling, check_fits_context, generate
+from leakaudit.models.generate import Sampling, generate
 from leakaudit.models.target import Target
 from leakaudit.models.tokenize import encode
 from leakaudit.report.schema import MemorizationResult, MemorizationStats
@@ -131,9 +131,8 @@ def discoverable_memorization(
         cases = [cases[i] for i in sorted(keep)]
     rows = []
     if cases:
-        check_fits_context(target.model, len(cases[0].prompt), n, f"memorization {k}:{n} (k:n)")
         new = generate(target.model, [c.prompt for c in cases], Sampling(max_new_tokens=n, greedy=True),
-                       pad_id=target.pad_id, batch_size=batch_size)
+                       pad_id=target.pad_id, batch_size=batch_size, what=f"memorization {k}:{n} (k:n)")
         for c, g in zip(cases, new.tolist()):
             same = np.equal(g, c.truth)
             rows.append({

@@ -661,6 +661,7 @@ def generate(
     cuda_graph: bool = True,
     report: dict | None = None,
     fuse: bool = True,
+    what: str = "generation",
 ) -> np.ndarray:
     """Decode ``sampling.max_new_tokens`` tokens after each prompt (token ids, BOS included).
 
@@ -675,14 +676,15 @@ def generate(
     that decoded the last batch ("static, CUDA graph", "static" or "portable").  Under
     ``torch.distributed`` each rank decodes every W-th prompt (by length) and all ranks return
     the full result in prompt order.  ``fuse=False`` keeps composite activations as they are
-    (see :mod:`leakaudit.models.fused`).
+    (see :mod:`leakaudit.models.fused`).  ``what`` names the setting in the error when the prompts and new tokens
+    do not fit the model's context.
     """
     if any(len(p) == 0 for p in prompts):
         raise ValueError("every prompt needs at least one token (a BOS for an empty prompt)")
     if engine not in ("auto", "static", "portable"):
         raise ValueError(f"engine must be auto, static or portable, not {engine!r}")
     if prompts:
-        check_fits_context(model, max(map(len, prompts)), sampling.max_new_tokens, "generation")
+        check_fits_context(model, max(map(len, prompts)), sampling.max_new_tokens, what)
     from leakaudit.models.fused import fuse_activations
 
     if fuse:
